@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    pia_split_tunnel_exporter::cli::main()
+}

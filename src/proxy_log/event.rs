@@ -1,0 +1,176 @@
+//! Typed events of `transparent_proxy.log`: what one line means, independent of its text.
+
+use serde::{Deserialize, Serialize};
+
+/// Transport of a proxied flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// Log level printed by the proxy's logger, from most to least verbose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl Level {
+    pub const ALL: [Level; 4] = [Level::Debug, Level::Info, Level::Warning, Level::Error];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// Classified error of a flow or its outbound channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// `Empty buffer occurred during ...`: the app side returned no data (normal end if bytes moved).
+    EmptyBuffer,
+    /// `ioOnClosedChannel`: write after the outbound channel closed.
+    IoOnClosedChannel,
+    /// `connectTimeout(...)` or errno 60.
+    ConnectTimeout,
+    /// errno 61, `Connection refused`.
+    ConnectionRefused,
+    /// errno 54, `Connection reset by peer`.
+    ConnectionReset,
+    /// errno 65 (no route to host) or 51 (network unreachable): a routing failure.
+    Unreachable,
+    /// NEAppProxyFlowErrorDomain error 10, "a read is already pending": not fatal.
+    ReadPending,
+    Other,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::EmptyBuffer,
+        ErrorKind::IoOnClosedChannel,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::ConnectionRefused,
+        ErrorKind::ConnectionReset,
+        ErrorKind::Unreachable,
+        ErrorKind::ReadPending,
+        ErrorKind::Other,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::EmptyBuffer => "empty_buffer",
+            ErrorKind::IoOnClosedChannel => "io_on_closed_channel",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::ConnectionRefused => "connection_refused",
+            ErrorKind::ConnectionReset => "connection_reset",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::ReadPending => "read_pending",
+            ErrorKind::Other => "other",
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A byte count as printed by ByteCountFormatter (MB only, decimal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Size {
+    /// `Zero KB`: exactly zero bytes.
+    Zero,
+    /// `0 MB`: more than zero but under about 0.05 MB; adds 0 to byte counters.
+    UnderTenth,
+    /// `12.3 MB` and the like, in bytes (1 MB = 1,000,000 bytes).
+    Bytes(u64),
+    /// A shape we do not know (another locale's words); the session is kept.
+    Unparsed,
+}
+
+impl Size {
+    /// Bytes this size adds to a byte counter.
+    pub fn counted_bytes(self) -> u64 {
+        match self {
+            Size::Bytes(b) => b,
+            _ => 0,
+        }
+    }
+}
+
+/// Local wall-clock time of a line, without zone, as milliseconds since 1970-01-01T00:00 local.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LocalMillis(pub i64);
+
+/// One parsed line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line<'a> {
+    /// `None` when the timestamp is missing or in a shape we cannot read; the event is kept.
+    pub time: Option<LocalMillis>,
+    pub level: Option<Level>,
+    pub event: Event<'a>,
+}
+
+/// What a line says. Borrowed from the input: parsing allocates nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event<'a> {
+    SessionOpened {
+        id: u64,
+        proto: Proto,
+        app: &'a str,
+        /// TCP: `HOST:PORT`; UDP: none.
+        endpoint: Option<&'a str>,
+        bind_ip: &'a str,
+        /// UDP: the flow's local endpoint, `None` for `N/A`.
+        local_endpoint: Option<&'a str>,
+    },
+    FlowError {
+        id: u64,
+        /// Known when the line says it (`TCP flow`, `ProxySessionUDP.swift`), else from the session.
+        proto: Option<Proto>,
+        kind: ErrorKind,
+        /// Present on lines that name the app (`... readData() APP`).
+        app: Option<&'a str>,
+    },
+    Terminating {
+        id: u64,
+    },
+    /// The outbound channel's handler was destroyed or closed (`Destructor called for InboundHandlerTCP`).
+    ChannelClosed {
+        id: u64,
+        proto: Option<Proto>,
+    },
+    SessionClosed {
+        id: u64,
+        proto: Proto,
+        rx: Size,
+        tx: Size,
+        app: Option<&'a str>,
+    },
+    ProxyStarted,
+    ProxyStopped,
+    BindInterface(&'a str),
+    IsConnected(bool),
+    /// `Logger initialized ... with log level: X`.
+    LoggerLevel(Level),
+    /// A line we know and that carries nothing to count (start-up block, `Successfully shutdown channel`, ...).
+    Known,
+    /// A line in no shape we know: counted, never an error.
+    Unrecognized,
+}

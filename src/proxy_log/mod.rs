@@ -1,0 +1,7 @@
+//! `transparent_proxy.log`: typed events ([`event`]) and the nom grammar that produces them ([`grammar`]).
+
+pub mod event;
+pub mod grammar;
+
+pub use event::{ErrorKind, Event, Level, Line, LocalMillis, Proto, Size};
+pub use grammar::parse_line;

@@ -1,0 +1,1 @@
+//! Lossless follower of a rotating log file.
