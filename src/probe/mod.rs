@@ -22,7 +22,12 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 4] = [PathKind::Physical, PathKind::Tunnel, PathKind::Bypass, PathKind::Default];
+    pub const ALL: [PathKind; 4] = [
+        PathKind::Physical,
+        PathKind::Tunnel,
+        PathKind::Bypass,
+        PathKind::Default,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             PathKind::Physical => "physical",
@@ -64,6 +69,22 @@ pub struct Round {
 
 impl Round {
     pub fn egress(&self, path: PathKind) -> Option<Ipv4Addr> {
-        self.results.iter().find(|r| r.path == path).and_then(|r| r.outcome.ok())
+        self.results
+            .iter()
+            .find(|r| r.path == path)
+            .and_then(|r| r.outcome.ok())
+    }
+}
+
+/// `[probe]` section of the config.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {}
+
+pub mod cli {
+    //! `probe` and `diagnose` subcommands.
+    use std::process::ExitCode;
+    pub fn probe_command(_config: &crate::config::Config) -> anyhow::Result<ExitCode> {
+        anyhow::bail!("not built yet")
     }
 }

@@ -1,1 +1,3 @@
-pub fn parse_line(_l: &[u8]) -> super::Line<'_> { todo!() }
+pub fn parse_line(_l: &[u8]) -> super::Line<'_> {
+    todo!()
+}
