@@ -1,1 +1,311 @@
-//! (work in progress)
+//! `analyze FILE...`: the offline report (per-app table, verdict, JSON).
+//!
+//! Files stream through the same [`Pipeline`] the agent uses, in bounded chunks, so memory
+//! stays flat whatever the file size.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::config::LogConfig;
+use crate::pipeline::Pipeline;
+use crate::proxy_log::{ErrorKind, Level};
+use crate::sessions::{AppCounts, Outcome, proto_label};
+
+const CHUNK: usize = 1 << 20;
+
+/// The log's story: counts per app and transport, and what they mean.
+pub struct Report {
+    pub pipeline: Pipeline,
+}
+
+impl Report {
+    /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older).
+    pub fn from_files(paths: &[PathBuf], cfg: &LogConfig) -> anyhow::Result<Report> {
+        let mut pipeline = Pipeline::new(cfg);
+        for path in chronological(paths) {
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            read_into(&mut pipeline, file, cfg.max_line_bytes)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        Ok(Report { pipeline })
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (&str, &'static str, &AppCounts)> {
+        let apps = self.pipeline.sessions.apps();
+        self.pipeline
+            .sessions
+            .counts()
+            .iter()
+            .map(move |(a, p, c)| (apps.name(a), proto_label(p), c))
+    }
+
+    pub fn total_sessions_closed(&self) -> u64 {
+        self.rows().map(|(_, _, c)| c.sessions_closed()).sum()
+    }
+
+    pub fn zero_byte_closures(&self) -> u64 {
+        self.rows()
+            .map(|(_, _, c)| c.closed(Outcome::ZeroBytes))
+            .sum()
+    }
+
+    pub fn errors_by_kind(&self) -> BTreeMap<ErrorKind, u64> {
+        let mut out = BTreeMap::new();
+        for (_, _, c) in self.rows() {
+            for kind in ErrorKind::ALL {
+                if c.errors(kind) > 0 {
+                    *out.entry(kind).or_default() += c.errors(kind);
+                }
+            }
+        }
+        out
+    }
+
+    /// Source IPs the proxy bound its sockets to (the last one seen).
+    pub fn bind_ips(&self) -> Vec<String> {
+        self.pipeline.proxy.bind_ip.iter().cloned().collect()
+    }
+
+    /// One line: is the bypass working, as far as the log shows?
+    pub fn verdict(&self) -> String {
+        let closed = self.total_sessions_closed();
+        let zero = self.zero_byte_closures();
+        if closed == 0 {
+            return match self.pipeline.proxy.level() {
+                Some(Level::Error | Level::Warning) => {
+                    "no verdict: the log is at error level (debug logging off), so sessions are not visible".into()
+                }
+                _ => "no verdict: no session closed in the log".into(),
+            };
+        }
+        let pct = percent(zero, closed);
+        let state = if zero * 10 >= closed * 9 {
+            "bypass broken"
+        } else if zero * 10 >= closed * 3 {
+            "bypass degraded"
+        } else {
+            "bypass working"
+        };
+        format!("{state}: {pct}% of {closed} sessions closed with zero bytes")
+    }
+
+    /// `{app: {proto: {sessions_opened, sessions_closed, zero_byte_closures, rx_bytes, tx_bytes,
+    /// errors: {kind: n}, ...}}, "_summary": {...}}`.
+    pub fn to_json(&self) -> Value {
+        let mut apps = serde_json::Map::new();
+        for (app, proto, c) in self.rows() {
+            let errors: serde_json::Map<String, Value> = ErrorKind::ALL
+                .iter()
+                .filter(|k| c.errors(**k) > 0)
+                .map(|k| (k.as_str().to_owned(), json!(c.errors(*k))))
+                .collect();
+            let outcomes: serde_json::Map<String, Value> = Outcome::ALL
+                .iter()
+                .map(|o| (o.as_str().to_owned(), json!(c.closed(*o))))
+                .collect();
+            let entry = apps.entry(app.to_owned()).or_insert_with(|| json!({}));
+            entry[proto] = json!({
+                "sessions_opened": c.opened,
+                "sessions_closed": c.sessions_closed(),
+                "zero_byte_closures": c.closed(Outcome::ZeroBytes),
+                "rx_bytes": c.rx_bytes,
+                "tx_bytes": c.tx_bytes,
+                "errors": errors,
+                "outcomes": outcomes,
+                "open_sessions": c.open,
+            });
+        }
+        let p = &self.pipeline;
+        apps.insert(
+            "_summary".into(),
+            json!({
+                "verdict": self.verdict(),
+                "sessions_closed": self.total_sessions_closed(),
+                "zero_byte_closures": self.zero_byte_closures(),
+                "lines": p.read.lines,
+                "unrecognized_lines": p.read.unrecognized,
+                "lines_too_long": p.read.lines_too_long,
+                "bytes": p.read.bytes,
+                "proxy_restarts": p.proxy.restarts,
+                "log_level": p.proxy.level().map(Level::as_str),
+                "bind_interface": p.proxy.bind_interface,
+                "bind_ip": p.proxy.bind_ip,
+                "is_connected": p.proxy.connected,
+                "evictions": p.sessions.evictions(),
+            }),
+        );
+        Value::Object(apps)
+    }
+
+    /// The log-side metrics of the agent after reading the same lines.
+    pub fn to_prometheus(&self) -> String {
+        let mut families = crate::metrics::render(&self.pipeline);
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf)
+            .expect("valid families");
+        String::from_utf8(buf).expect("text format is UTF-8")
+    }
+
+    /// The per-app table and the verdict, for a terminal.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<34} {:<5} {:>8} {:>8} {:>6} {:>12} {:>12}  errors",
+            "app", "proto", "sessions", "zero-B", "ratio", "rx bytes", "tx bytes"
+        );
+        for (app, proto, c) in self.rows() {
+            let closed = c.sessions_closed();
+            let ratio = if closed == 0 {
+                "-".to_owned()
+            } else {
+                format!("{}%", percent(c.closed(Outcome::ZeroBytes), closed))
+            };
+            let errors: Vec<String> = ErrorKind::ALL
+                .iter()
+                .filter(|k| c.errors(**k) > 0)
+                .map(|k| format!("{}={}", k.as_str(), c.errors(*k)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<34} {:<5} {:>8} {:>8} {:>6} {:>12} {:>12}  {}",
+                app,
+                proto,
+                closed,
+                c.closed(Outcome::ZeroBytes),
+                ratio,
+                c.rx_bytes,
+                c.tx_bytes,
+                errors.join(" ")
+            );
+        }
+        let r = &self.pipeline.read;
+        let _ = writeln!(
+            out,
+            "\n{} lines read, {} unrecognized",
+            r.lines, r.unrecognized
+        );
+        let _ = writeln!(out, "verdict: {}", self.verdict());
+        out
+    }
+}
+
+fn percent(part: u64, whole: u64) -> u64 {
+    (part * 100 + whole / 2) / whole
+}
+
+/// `X.1` before `X`: the archive holds the older lines.
+fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = paths.to_vec();
+    let is_archive_of =
+        |a: &Path, b: &Path| a.as_os_str().to_string_lossy() == format!("{}.1", b.display());
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(j) = (0..i).find(|&j| is_archive_of(&out[i], &out[j])) {
+            let archive = out.remove(i);
+            out.insert(j, archive);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Streams `reader` into the pipeline in bounded chunks. A line longer than `max_line` is
+/// skipped up to its newline and counted; a last line without a newline is fed as it is
+/// (the file is finished).
+pub fn read_into(
+    pipeline: &mut Pipeline,
+    mut reader: impl Read,
+    max_line: usize,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK.max(max_line + 1)];
+    let mut filled = 0;
+    let mut skipping = false;
+    loop {
+        let n = reader.read(&mut buf[filled..])?;
+        if n == 0 {
+            if filled > 0 && !skipping {
+                pipeline.read.bytes += filled as u64;
+                pipeline.feed_line(&buf[..filled]);
+            }
+            return Ok(());
+        }
+        let mut start = 0;
+        let end = filled + n;
+        if skipping {
+            match memchr::memchr(b'\n', &buf[..end]) {
+                Some(nl) => {
+                    skipping = false;
+                    start = nl + 1;
+                }
+                None => {
+                    filled = 0;
+                    continue;
+                }
+            }
+        }
+        start += pipeline.feed(&buf[start..end]);
+        let rest = end - start;
+        if rest > max_line {
+            pipeline.read.lines_too_long += 1;
+            skipping = true;
+            filled = 0;
+        } else {
+            buf.copy_within(start..end, 0);
+            filled = rest;
+        }
+    }
+}
+
+/// Peak resident set size of this process, in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let max = usage.ru_maxrss as u64;
+    // Linux reports KiB, macOS bytes.
+    if cfg!(target_os = "macos") {
+        max
+    } else {
+        max * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archives_come_first() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            chronological(&[p("a.log"), p("b"), p("a.log.1")]),
+            vec![p("a.log.1"), p("a.log"), p("b")]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_skipped_and_the_stream_resyncs() {
+        let mut p = Pipeline::new(&LogConfig::default());
+        let mut data = vec![b'x'; 3 * CHUNK];
+        data.extend_from_slice(b"\n[t] [x.swift:1] info: Proxy started!\ntail-without-newline");
+        read_into(&mut p, &data[..], 1000).unwrap();
+        assert_eq!(
+            (
+                p.read.lines_too_long,
+                p.read.lines,
+                p.proxy.restarts,
+                p.read.unrecognized
+            ),
+            (1, 2, 1, 1)
+        );
+    }
+}

@@ -1,42 +1,162 @@
 //! Command line: one subcommand per job; each dispatches to the module that owns it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 
+use crate::analyze::Report;
 use crate::config::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "pia-split-tunnel-exporter", version, about)]
+#[command(
+    name = "pia-split-tunnel-exporter",
+    version,
+    about = "Watches PIA's split tunnel, exports Prometheus metrics, repairs the bypass."
+)]
 pub struct Cli {
     /// Config file (TOML). Missing keys take their defaults.
     #[arg(long, short, global = true, env = "PIA_STE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Override any config key: `--set section.key=value` (repeatable), e.g. `--set log.max_apps=128`.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonFlags,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// Shorthands for the keys people change most (same as `--set`).
+#[derive(Args, Debug, Default)]
+pub struct CommonFlags {
+    /// `http.listen`: address of /metrics.
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// `log.path`: the proxy's log file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_path: Option<PathBuf>,
+    /// `log.checkpoint`: where the agent keeps its position.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the agent (the default).
+    /// Run the agent: tail the log, probe, serve /metrics (the default).
     Run,
+    /// Read log files (archives `.1` included) and print a per-app report and a verdict.
+    Analyze {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long, conflicts_with = "prom")]
+        json: bool,
+        /// Print the metrics the agent would export after these files (Prometheus text format,
+        /// e.g. for node_exporter's textfile collector).
+        #[arg(long)]
+        prom: bool,
+        /// Also print throughput and peak memory (to stderr).
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Replay embedded sample logs (healthy, then the failure) and run the real agent on them.
+    Demo {
+        /// Replay speed: 1 is the logs' own pace.
+        #[arg(long, default_value_t = 4.0)]
+        speed: f64,
+    },
+    /// Validate the config and print the effective values.
+    CheckConfig,
     /// Probe every egress path once and print a table; exit 1 when the bypass is broken.
     Probe,
 }
 
+impl Cli {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut set = self.set.clone();
+        let c = &self.common;
+        if let Some(l) = c.listen {
+            set.push(format!("http.listen=\"{l}\""));
+        }
+        if let Some(p) = &c.log_path {
+            set.push(format!("log.path={}", toml_string(p)));
+        }
+        if let Some(p) = &c.checkpoint {
+            set.push(format!("log.checkpoint={}", toml_string(p)));
+        }
+        Ok(Config::load(self.config.as_deref(), &set)?)
+    }
+}
+
+fn toml_string(p: &std::path::Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::default();
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => Ok(ExitCode::SUCCESS),
-        Command::Probe => crate::probe::cli::probe_command(&config),
-    };
-    match result {
+    match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config()?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => crate::agent::run_blocking(config),
+        Command::Analyze {
+            files,
+            json,
+            prom,
+            stats,
+        } => analyze(&config, &files, json, prom, stats),
+        Command::Demo { speed } => crate::demo::run_blocking(config, speed),
+        Command::CheckConfig => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe => crate::probe::cli::probe_command(&config),
+    }
+}
+
+fn analyze(
+    config: &Config,
+    files: &[PathBuf],
+    json: bool,
+    prom: bool,
+    stats: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let report = Report::from_files(files, &config.log)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).context("rendering JSON")?
+        );
+    } else if prom {
+        print!("{}", report.to_prometheus());
+    } else {
+        print!("{}", report.to_table());
+    }
+    if stats {
+        let r = &report.pipeline.read;
+        eprintln!(
+            "analyze: {} lines, {:.1} MB in {:.3} s: {:.2} M lines/s, {:.0} MB/s, peak RSS {:.1} MB",
+            r.lines,
+            r.bytes as f64 / 1e6,
+            elapsed,
+            r.lines as f64 / elapsed / 1e6,
+            r.bytes as f64 / elapsed / 1e6,
+            crate::analyze::peak_rss_bytes() as f64 / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

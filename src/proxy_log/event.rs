@@ -118,6 +118,37 @@ impl Size {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LocalMillis(pub i64);
 
+/// Text from the log, not yet checked to be UTF-8: most of it is never looked at, and
+/// checking only what is used keeps parsing cheap. Invalid bytes never reach a label raw.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Text<'a>(pub &'a [u8]);
+
+impl<'a> Text<'a> {
+    pub fn bytes(self) -> &'a [u8] {
+        self.0
+    }
+    /// The text, or `None` when it is not UTF-8.
+    pub fn as_str(self) -> Option<&'a str> {
+        std::str::from_utf8(self.0).ok()
+    }
+    /// The text with invalid bytes replaced by U+FFFD.
+    pub fn lossy(self) -> std::borrow::Cow<'a, str> {
+        String::from_utf8_lossy(self.0)
+    }
+}
+
+impl<'a> From<&'a str> for Text<'a> {
+    fn from(s: &'a str) -> Self {
+        Text(s.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Text<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.lossy())
+    }
+}
+
 /// One parsed line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Line<'a> {
@@ -133,12 +164,12 @@ pub enum Event<'a> {
     SessionOpened {
         id: u64,
         proto: Proto,
-        app: &'a str,
+        app: Text<'a>,
         /// TCP: `HOST:PORT`; UDP: none.
-        endpoint: Option<&'a str>,
-        bind_ip: &'a str,
+        endpoint: Option<Text<'a>>,
+        bind_ip: Text<'a>,
         /// UDP: the flow's local endpoint, `None` for `N/A`.
-        local_endpoint: Option<&'a str>,
+        local_endpoint: Option<Text<'a>>,
     },
     FlowError {
         id: u64,
@@ -146,7 +177,7 @@ pub enum Event<'a> {
         proto: Option<Proto>,
         kind: ErrorKind,
         /// Present on lines that name the app (`... readData() APP`).
-        app: Option<&'a str>,
+        app: Option<Text<'a>>,
     },
     Terminating {
         id: u64,
@@ -158,14 +189,15 @@ pub enum Event<'a> {
     },
     SessionClosed {
         id: u64,
-        proto: Proto,
+        /// From the source file (`ProxySessionTCP.swift`); else from the session.
+        proto: Option<Proto>,
         rx: Size,
         tx: Size,
-        app: Option<&'a str>,
+        app: Option<Text<'a>>,
     },
     ProxyStarted,
     ProxyStopped,
-    BindInterface(&'a str),
+    BindInterface(Text<'a>),
     IsConnected(bool),
     /// `Logger initialized ... with log level: X`.
     LoggerLevel(Level),

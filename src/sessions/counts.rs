@@ -1,0 +1,112 @@
+//! Per-(app, proto) counters that the metrics and `analyze` render.
+
+use serde::{Deserialize, Serialize};
+
+use super::apps::AppId;
+use crate::proxy_log::{ErrorKind, Proto};
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Some bytes moved (`0 MB` counts: it is under 0.05 MB, not zero).
+    Transferred,
+    /// Both sizes `Zero KB`: the failure signature.
+    ZeroBytes,
+    /// Sizes in a shape we could not read, none of them non-zero.
+    Unknown,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Transferred, Outcome::ZeroBytes, Outcome::Unknown];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Transferred => "transferred",
+            Outcome::ZeroBytes => "zero_bytes",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the session duration histogram. Connect timeouts end at 10 s.
+pub const DURATION_BUCKETS_SECS: [f64; 13] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// Counters of one app over one transport.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppCounts {
+    pub opened: u64,
+    pub closed: [u64; 3],
+    pub errors: [u64; ErrorKind::ALL.len()],
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Sessions of this app now in the open table.
+    pub open: u64,
+    /// Non-cumulative bucket counts; the last slot is `+Inf`.
+    pub duration_buckets: [u64; DURATION_BUCKETS_SECS.len() + 1],
+    pub duration_count: u64,
+    pub duration_sum_ms: u64,
+}
+
+impl AppCounts {
+    pub fn closed(&self, outcome: Outcome) -> u64 {
+        self.closed[outcome as usize]
+    }
+    pub fn sessions_closed(&self) -> u64 {
+        self.closed.iter().sum()
+    }
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind.index()]
+    }
+    pub fn observe_duration(&mut self, ms: u64) {
+        let secs = ms as f64 / 1000.0;
+        let slot = DURATION_BUCKETS_SECS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DURATION_BUCKETS_SECS.len());
+        self.duration_buckets[slot] += 1;
+        self.duration_count += 1;
+        self.duration_sum_ms += ms;
+    }
+}
+
+/// Transport of a counter row; `None` when no line said it (an error of an unseen session).
+pub type ProtoKey = Option<Proto>;
+
+pub fn proto_label(p: ProtoKey) -> &'static str {
+    p.map_or("unknown", Proto::as_str)
+}
+
+/// All rows, dense by app id (app ids are small: the app cap bounds them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    rows: Vec<Option<Box<AppCounts>>>,
+}
+
+fn slot(app: AppId, proto: ProtoKey) -> usize {
+    app.0 as usize * 3
+        + match proto {
+            Some(Proto::Tcp) => 0,
+            Some(Proto::Udp) => 1,
+            None => 2,
+        }
+}
+
+impl Counts {
+    pub fn row(&mut self, app: AppId, proto: ProtoKey) -> &mut AppCounts {
+        let i = slot(app, proto);
+        if i >= self.rows.len() {
+            self.rows.resize_with(i + 1, || None);
+        }
+        self.rows[i].get_or_insert_with(Default::default)
+    }
+
+    /// Rows that were ever touched, in app-id order.
+    pub fn iter(&self) -> impl Iterator<Item = (AppId, ProtoKey, &AppCounts)> {
+        self.rows.iter().enumerate().filter_map(|(i, r)| {
+            let proto = [Some(Proto::Tcp), Some(Proto::Udp), None][i % 3];
+            r.as_deref().map(|c| (AppId((i / 3) as u32), proto, c))
+        })
+    }
+}

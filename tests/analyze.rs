@@ -1,0 +1,178 @@
+//! `analyze` reports exactly the counts the generator wrote down.
+
+mod common;
+
+use common::{BIN, assert_subset, fixture, generate, run_bin};
+use serde_json::Value;
+
+fn analyze_json(files: &[&std::path::Path], extra: &[&str]) -> Value {
+    let mut args: Vec<&str> = vec!["analyze", "--json"];
+    args.extend_from_slice(extra);
+    let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    args.extend(paths.iter().map(String::as_str));
+    serde_json::from_slice(&run_bin(&args, &[]).stdout).expect("analyze --json prints JSON")
+}
+
+#[test]
+fn shipped_samples_match_their_expected_counts() {
+    for profile in ["healthy", "broken", "mixed"] {
+        let got = analyze_json(&[&fixture(&format!("{profile}.log"))], &[]);
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(&format!("{profile}.expected.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_subset(&expected, &got, profile);
+        assert_eq!(got["_summary"]["unrecognized_lines"], 0, "{profile}");
+    }
+}
+
+#[test]
+fn generated_logs_match_across_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    for profile in ["healthy", "broken", "mixed"] {
+        for seed in [11, 12, 13] {
+            let (log, expected) = generate(dir.path(), profile, 400, seed);
+            let got = analyze_json(&[&log], &[]);
+            assert_subset(&expected, &got, &format!("{profile}/{seed}"));
+        }
+    }
+}
+
+#[test]
+fn verdict_names_the_failure() {
+    let broken = analyze_json(&[&fixture("broken.log")], &[]);
+    assert_eq!(
+        broken["_summary"]["verdict"],
+        "bypass broken: 100% of 80 sessions closed with zero bytes"
+    );
+    let healthy = analyze_json(&[&fixture("healthy.log")], &[]);
+    assert!(
+        healthy["_summary"]["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("bypass working"),
+        "{healthy}"
+    );
+    let table = String::from_utf8(
+        run_bin(
+            &["analyze", &fixture("broken.log").display().to_string()],
+            &[],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        table.contains("verdict: bypass broken: 100% of 80 sessions"),
+        "{table}"
+    );
+    assert!(table.contains("com.plexapp.plexmediaserver"), "{table}");
+}
+
+/// A rotation mid-session: the archive `.1` holds the start, the live file the rest. Given in
+/// either order, the archive is read first and every session is whole again.
+#[test]
+fn archive_and_live_file_make_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, expected) = generate(dir.path(), "mixed", 600, 5);
+    let text = std::fs::read(&log).unwrap();
+    let mut cut = text.len() / 2;
+    while text[cut - 1] != b'\n' {
+        cut += 1;
+    }
+    let live = dir.path().join("transparent_proxy.log");
+    let archive = dir.path().join("transparent_proxy.log.1");
+    std::fs::write(&archive, &text[..cut]).unwrap();
+    std::fs::write(&live, &text[cut..]).unwrap();
+    let got = analyze_json(&[&live, &archive], &[]);
+    assert_subset(&expected, &got, "rotated");
+    // The live file alone starts mid-session: closes without their creation line still count,
+    // under the app the destructor line names.
+    let alone = analyze_json(&[&live], &[]);
+    let closed: u64 = expected
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|c| c["sessions_closed"].as_u64().unwrap())
+        .sum();
+    let closed_alone: u64 = alone
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| !k.starts_with('_'))
+        .flat_map(|(_, p)| p.as_object().unwrap().values())
+        .map(|c| c["sessions_closed"].as_u64().unwrap())
+        .sum();
+    assert!(
+        closed_alone > closed / 3 && closed_alone < closed,
+        "{closed_alone} of {closed}"
+    );
+}
+
+#[test]
+fn app_flood_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("flood.log");
+    let mut text = String::new();
+    for id in 1..=200 {
+        text.push_str(&format!(
+            "[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: {id} com.flood.app{id} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15\r\n\
+[2026-02-16 11:49:31:5330] [ProxySessionTCP.swift:31] debug: id: {id} Destructor: ProxySession closed. rxBytes=Zero KB txBytes=Zero KB com.flood.app{id}\r\n"
+        ));
+    }
+    std::fs::write(&log, text).unwrap();
+    let got = analyze_json(&[&log], &["--set", "log.max_apps=64"]);
+    let apps: Vec<&String> = got
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| !k.starts_with('_'))
+        .collect();
+    assert_eq!(apps.len(), 65, "64 apps and `other`: {apps:?}");
+    assert_eq!(got["other"]["tcp"]["sessions_opened"], 136);
+    assert_eq!(got["other"]["tcp"]["zero_byte_closures"], 136);
+    let prom = String::from_utf8(
+        run_bin(
+            &[
+                "analyze",
+                "--prom",
+                "--set",
+                "log.max_apps=64",
+                &log.display().to_string(),
+            ],
+            &[],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        prom.contains("pia_split_tunnel_apps_folded_total 136\n"),
+        "{prom}"
+    );
+}
+
+/// The whole text of the metrics after the mixed sample, compared with a reviewed copy.
+#[test]
+fn metrics_text_matches_golden() {
+    let out = run_bin(
+        &[
+            "analyze",
+            "--prom",
+            &fixture("mixed.log").display().to_string(),
+        ],
+        &[("TZ", "UTC")],
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    let golden_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/metrics_mixed.prom");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden_path, &got).unwrap();
+    }
+    let golden =
+        std::fs::read_to_string(&golden_path).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(
+        got, golden,
+        "metrics text changed; review and run with UPDATE_GOLDEN=1"
+    );
+    let _ = BIN;
+}
