@@ -42,7 +42,9 @@ type Header<'a> = (Option<LocalMillis>, &'a [u8], Level);
 fn header(input: &[u8]) -> IResult<&[u8], Header<'_>> {
     // Fast path: the usual 24-byte timestamp; any other shape goes through the general rule.
     let (input, stamp) = match input.get(..27) {
-        Some(head) if head[0] == b'[' && &head[25..27] == b"] " => (&input[25..], &input[1..25]),
+        Some(head) if head[0] == b'[' && &head[25..27] == b"] " && !head[1..25].contains(&b']') => {
+            (&input[25..], &input[1..25])
+        }
         _ => preceded(tag("["), take_until("] [")).parse(input)?,
     };
     let (input, source) = preceded(tag("] ["), short_until(b']')).parse(input)?;
@@ -541,6 +543,9 @@ mod tests {
 
     #[test]
     fn odd_timestamp_keeps_the_event() {
+        // A short stamp puts a `]` inside the usual 24-byte window.
+        let l = parse_line(b"[] [ProxySession.swift:25] info: id: 3 Terminating the session");
+        assert_eq!((l.time, l.event), (None, Event::Terminating { id: 3 }));
         let l = parse_line("[2569-02-16 11:49:40 PM:7270] [ProxySession.swift:25] info: id: 3 Terminating the session".as_bytes());
         assert_eq!(l.time, None);
         assert_eq!(l.event, Event::Terminating { id: 3 });
