@@ -40,16 +40,24 @@ pub fn parse_line(line: &[u8]) -> Line<'_> {
 type Header<'a> = (Option<LocalMillis>, &'a [u8], Level);
 
 fn header(input: &[u8]) -> IResult<&[u8], Header<'_>> {
-    // Fast path: the usual 24-byte timestamp; any other shape goes through the general rule.
-    let (input, stamp) = match input.get(..27) {
-        Some(head) if head[0] == b'[' && &head[25..27] == b"] " && !head[1..25].contains(&b']') => {
-            (&input[25..], &input[1..25])
+    // Fast path: the usual 24-byte timestamp (all digits and separators, so no `]` inside);
+    // any other shape goes through the general rule.
+    let (input, time) = match input.get(..27) {
+        Some(head)
+            if head[0] == b'['
+                && &head[25..27] == b"] "
+                && let Some(t) = timestamp(&head[1..25]) =>
+        {
+            (&input[25..], Some(t))
         }
-        _ => preceded(tag("["), take_until("] [")).parse(input)?,
+        _ => {
+            let (input, stamp) = preceded(tag("["), take_until("] [")).parse(input)?;
+            (input, timestamp(stamp))
+        }
     };
     let (input, source) = preceded(tag("] ["), short_until(b']')).parse(input)?;
     let (input, level) = preceded(tag("] "), terminated(level, tag(": "))).parse(input)?;
-    Ok((input, (timestamp(stamp), source, level)))
+    Ok((input, (time, source, level)))
 }
 
 fn level(input: &[u8]) -> IResult<&[u8], Level> {
