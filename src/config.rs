@@ -12,6 +12,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
+    pub processes: crate::watch::ProcessConfig,
 }
 
 /// `[log]`: where the proxy writes and how much state the agent keeps.
@@ -120,7 +121,7 @@ impl Config {
         if log.path.as_os_str().is_empty() {
             return Err("log.path must name the proxy's log file".into());
         }
-        Ok(())
+        self.processes.validate()
     }
 
     /// The effective config as TOML, for `check-config`.

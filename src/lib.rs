@@ -23,3 +23,4 @@ pub mod probe;
 pub mod proxy_log;
 pub mod sessions;
 pub mod tail;
+pub mod watch;

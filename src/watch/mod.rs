@@ -1,0 +1,290 @@
+//! Who is there to write the log: PIA's processes, and the agent itself.
+//!
+//! A quiet log means nothing if the split-tunnel extension is not running (macOS can drop its
+//! approval after a reboot) or the daemon is down. The watch reports their presence, by role,
+//! and the agent's own resource use as the standard `process_*` metrics on macOS and Linux
+//! alike (the prometheus crate's process collector covers Linux only).
+
+pub mod process;
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::FamilyBuilder;
+pub use process::{ProcInfo, ProcessSource, SysinfoSource};
+
+/// What each PIA process is, for the `process` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The split-tunnel network extension (the transparent proxy).
+    Extension,
+    /// `pia-daemon`.
+    Daemon,
+    /// The VPN's own process (OpenVPN or WireGuard).
+    Vpn,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Extension, Role::Daemon, Role::Vpn];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Extension => "extension",
+            Role::Daemon => "daemon",
+            Role::Vpn => "vpn",
+        }
+    }
+}
+
+/// `[processes]`: how to recognize PIA's processes. A pattern matches a process whose name
+/// equals it or whose executable path contains it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessConfig {
+    pub extension: Vec<String>,
+    pub daemon: Vec<String>,
+    pub vpn: Vec<String>,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            extension: vec!["com.privateinternetaccess.vpn.splittunnel".into()],
+            daemon: vec!["pia-daemon".into()],
+            vpn: vec![
+                "pia-openvpn".into(),
+                "openvpn".into(),
+                "pia-wireguard-go".into(),
+            ],
+        }
+    }
+}
+
+impl ProcessConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, patterns) in [
+            ("extension", &self.extension),
+            ("daemon", &self.daemon),
+            ("vpn", &self.vpn),
+        ] {
+            if patterns.iter().any(|p| p.trim().is_empty()) {
+                return Err(format!(
+                    "processes.{key} has an empty pattern; remove it or name the process"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn patterns(&self, role: Role) -> &[String] {
+        match role {
+            Role::Extension => &self.extension,
+            Role::Daemon => &self.daemon,
+            Role::Vpn => &self.vpn,
+        }
+    }
+
+    /// Roles `p` plays.
+    pub fn roles_of(&self, p: &ProcInfo) -> impl Iterator<Item = Role> + '_ {
+        let p = p.clone();
+        Role::ALL.into_iter().filter(move |r| {
+            self.patterns(*r).iter().any(|pat| {
+                p.name == *pat || p.exe.as_deref().is_some_and(|e| e.contains(pat.as_str()))
+            })
+        })
+    }
+}
+
+/// How many processes of each role run now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Presence {
+    pub extension: u32,
+    pub daemon: u32,
+    pub vpn: u32,
+    /// False until the first look at the process table.
+    pub checked: bool,
+}
+
+impl Presence {
+    pub fn count(&self, role: Role) -> u32 {
+        match role {
+            Role::Extension => self.extension,
+            Role::Daemon => self.daemon,
+            Role::Vpn => self.vpn,
+        }
+    }
+}
+
+/// Looks at the process table on demand and keeps the last answer for `/metrics` and health.
+pub struct ProcessWatch<S: ProcessSource> {
+    source: S,
+    config: ProcessConfig,
+    last: Arc<Mutex<Presence>>,
+}
+
+impl<S: ProcessSource> ProcessWatch<S> {
+    pub fn new(source: S, config: ProcessConfig) -> Self {
+        ProcessWatch {
+            source,
+            config,
+            last: Arc::default(),
+        }
+    }
+
+    /// Refreshes the process table (names and executable paths only) and counts roles.
+    pub fn refresh(&mut self) -> Presence {
+        let mut presence = Presence {
+            checked: true,
+            ..Presence::default()
+        };
+        for p in self.source.processes() {
+            for role in self.config.roles_of(&p) {
+                match role {
+                    Role::Extension => presence.extension += 1,
+                    Role::Daemon => presence.daemon += 1,
+                    Role::Vpn => presence.vpn += 1,
+                }
+            }
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = presence.clone();
+        presence
+    }
+
+    /// The last presence, shared with collectors and health.
+    pub fn shared(&self) -> Arc<Mutex<Presence>> {
+        self.last.clone()
+    }
+}
+
+/// `process_running{process}`: 1 when at least one process of the role runs.
+pub struct PresenceCollector {
+    last: Arc<Mutex<Presence>>,
+    desc: Vec<Desc>,
+}
+
+impl PresenceCollector {
+    pub fn new(last: Arc<Mutex<Presence>>) -> Self {
+        PresenceCollector {
+            last,
+            desc: vec![FamilyBuilder::desc(
+                "process_running",
+                PRESENCE_HELP,
+                &["process"],
+            )],
+        }
+    }
+}
+
+const PRESENCE_HELP: &str =
+    "1 when a PIA process of this role runs (extension: the split-tunnel proxy), else 0.";
+
+impl Collector for PresenceCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.desc.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let p = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !p.checked {
+            return vec![];
+        }
+        let mut f = FamilyBuilder::new("process_running", PRESENCE_HELP, MetricType::GAUGE);
+        for role in Role::ALL {
+            f.gauge(
+                &[("process", role.as_str())],
+                f64::from(u8::from(p.count(role) > 0)),
+            );
+        }
+        vec![f.build()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use process::FakeSource;
+
+    fn proc(name: &str, exe: Option<&str>) -> ProcInfo {
+        ProcInfo {
+            name: name.into(),
+            exe: exe.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn roles_by_name_or_executable_path() {
+        let table = vec![
+            proc(
+                "com.privateinternetaccess.vpn.splittunnel",
+                Some(
+                    "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
+                ),
+            ),
+            proc("pia-daemon", None),
+            proc("launchd", Some("/sbin/launchd")),
+        ];
+        let source = FakeSource::new(table);
+        let mut watch = ProcessWatch::new(source.clone(), ProcessConfig::default());
+        assert_eq!(
+            watch.refresh(),
+            Presence {
+                extension: 1,
+                daemon: 1,
+                vpn: 0,
+                checked: true
+            }
+        );
+        source.set(vec![proc("pia-wireguard-go", None)]);
+        assert_eq!(
+            watch.refresh(),
+            Presence {
+                extension: 0,
+                daemon: 0,
+                vpn: 1,
+                checked: true
+            }
+        );
+        assert_eq!(
+            *watch.shared().lock().unwrap(),
+            Presence {
+                extension: 0,
+                daemon: 0,
+                vpn: 1,
+                checked: true
+            }
+        );
+    }
+
+    #[test]
+    fn presence_metric_appears_after_the_first_look() {
+        let source = FakeSource::new(vec![proc("pia-daemon", None)]);
+        let mut watch = ProcessWatch::new(source, ProcessConfig::default());
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(PresenceCollector::new(watch.shared())))
+            .unwrap();
+        assert!(!crate::metrics::encode(&registry).contains("process_running"));
+        watch.refresh();
+        let text = crate::metrics::encode(&registry);
+        assert!(
+            text.contains("pia_split_tunnel_process_running{process=\"daemon\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pia_split_tunnel_process_running{process=\"extension\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_pattern_is_a_config_error() {
+        let c = ProcessConfig {
+            daemon: vec![" ".into()],
+            ..ProcessConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("processes.daemon"));
+    }
+}

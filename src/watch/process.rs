@@ -1,0 +1,248 @@
+//! The process table behind a small trait (sysinfo for real, a fake for tests), and the
+//! agent's own `process_*` metrics.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, Metric, MetricFamily, MetricType};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+
+/// What the watch needs to know of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub name: String,
+    /// Executable path, when the OS tells (not for every process of another user).
+    pub exe: Option<String>,
+}
+
+pub trait ProcessSource {
+    fn processes(&mut self) -> Vec<ProcInfo>;
+}
+
+/// sysinfo, refreshing only names and executable paths.
+pub struct SysinfoSource {
+    system: System,
+}
+
+impl SysinfoSource {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(SysinfoSource {
+            system: System::new()
+                .map_err(|e| anyhow::anyhow!("cannot read the process table: {e:?}"))?,
+        })
+    }
+}
+
+impl ProcessSource for SysinfoSource {
+    fn processes(&mut self) -> Vec<ProcInfo> {
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            ProcessRefreshKind::nothing().with_exe(UpdateKind::OnlyIfNotSet),
+        );
+        self.system
+            .processes()
+            .values()
+            .map(|p| ProcInfo {
+                name: p.name().to_string_lossy().into_owned(),
+                exe: p.exe().map(|e| e.display().to_string()),
+            })
+            .collect()
+    }
+}
+
+/// A process table that tests set by hand.
+#[derive(Clone, Default)]
+pub struct FakeSource {
+    table: Arc<Mutex<Vec<ProcInfo>>>,
+}
+
+impl FakeSource {
+    pub fn new(table: Vec<ProcInfo>) -> Self {
+        FakeSource {
+            table: Arc::new(Mutex::new(table)),
+        }
+    }
+    pub fn set(&self, table: Vec<ProcInfo>) {
+        *self.table.lock().unwrap() = table;
+    }
+}
+
+impl ProcessSource for FakeSource {
+    fn processes(&mut self) -> Vec<ProcInfo> {
+        self.table.lock().unwrap().clone()
+    }
+}
+
+/// The agent's own CPU, memory, open files and start time, read from the OS at each scrape,
+/// under the standard names (`process_cpu_seconds_total`, `process_resident_memory_bytes`...).
+pub struct SelfCollector {
+    system: Mutex<System>,
+    pid: Pid,
+    descs: Vec<Desc>,
+}
+
+const SELF_FAMILIES: &[(&str, &str, MetricType)] = &[
+    (
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+        MetricType::COUNTER,
+    ),
+    (
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        MetricType::GAUGE,
+    ),
+    (
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes.",
+        MetricType::GAUGE,
+    ),
+    (
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        MetricType::GAUGE,
+    ),
+    (
+        "process_open_fds",
+        "Number of open file descriptors.",
+        MetricType::GAUGE,
+    ),
+    (
+        "process_max_fds",
+        "Maximum number of open file descriptors.",
+        MetricType::GAUGE,
+    ),
+];
+
+impl SelfCollector {
+    pub fn new() -> anyhow::Result<Self> {
+        let pid = sysinfo::get_current_pid()
+            .map_err(|e| anyhow::anyhow!("cannot know our own pid: {e}"))?;
+        let system =
+            System::new().map_err(|e| anyhow::anyhow!("cannot read the process table: {e:?}"))?;
+        let descs = SELF_FAMILIES
+            .iter()
+            .map(|(n, h, _)| {
+                Desc::new((*n).into(), (*h).into(), vec![], Default::default())
+                    .expect("valid descriptor")
+            })
+            .collect();
+        Ok(SelfCollector {
+            system: Mutex::new(system),
+            pid,
+            descs,
+        })
+    }
+}
+
+impl Collector for SelfCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut system = self.system.lock().unwrap_or_else(|e| e.into_inner());
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[self.pid]),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        let Some(p) = system.process(self.pid) else {
+            return vec![];
+        };
+        let values = [
+            Some(p.accumulated_cpu_time() as f64 / 1000.0),
+            Some(p.memory() as f64),
+            Some(p.virtual_memory() as f64),
+            Some(p.start_time() as f64),
+            p.open_files().map(|n| n as f64),
+            p.open_files_limit().map(|n| n as f64),
+        ];
+        SELF_FAMILIES
+            .iter()
+            .zip(values)
+            .filter_map(|((name, help, kind), value)| {
+                let value = value?;
+                let mut m = Metric::default();
+                if *kind == MetricType::COUNTER {
+                    let mut c = Counter::default();
+                    c.set_value(value);
+                    m.set_counter(c);
+                } else {
+                    let mut g = Gauge::default();
+                    g.set_value(value);
+                    m.set_gauge(g);
+                }
+                let mut f = MetricFamily::default();
+                f.set_name((*name).into());
+                f.set_help((*help).into());
+                f.set_field_type(*kind);
+                f.set_metric(vec![m]);
+                Some(f)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    }
+
+    #[test]
+    fn own_process_metrics_are_plausible() {
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(SelfCollector::new().unwrap()))
+            .unwrap();
+        // Burn a little CPU so the counter cannot be zero.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let text = crate::metrics::encode(&registry);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = sample(&text, "process_start_time_seconds");
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "start {start} vs now {now}"
+        );
+        assert!(
+            sample(&text, "process_resident_memory_bytes") > 1e6,
+            "{text}"
+        );
+        assert!(
+            sample(&text, "process_virtual_memory_bytes")
+                >= sample(&text, "process_resident_memory_bytes")
+        );
+        assert!(sample(&text, "process_cpu_seconds_total") > 0.0, "{text}");
+        let open = sample(&text, "process_open_fds");
+        assert!(
+            open >= 3.0 && open <= sample(&text, "process_max_fds"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_real_table_contains_this_process() {
+        let mut s = SysinfoSource::new().unwrap();
+        let me = std::env::current_exe().unwrap().display().to_string();
+        assert!(
+            s.processes()
+                .iter()
+                .any(|p| p.exe.as_deref() == Some(me.as_str())),
+            "{me} not found"
+        );
+    }
+}
