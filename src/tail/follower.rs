@@ -237,17 +237,16 @@ impl Follower {
                 continue;
             }
             let src_id = self.src.as_ref().map(|s| s.id);
-            let current = matches!(at_path, PathState::Is(id) if Some(id) == src_id);
-            if current {
+            if !self.src.as_ref().is_some_and(|s| s.finished) {
+                // Also for a file just rotated away: it may have been truncated before the
+                // rename, and reading on at the old offset would hand on a torn line.
                 self.check_truncation(&mut p)?;
-            }
-            // Stat first, then read to the end: whatever the writer put in our file before
-            // it was renamed away is read before we leave it.
-            if !self.src.as_ref().is_some_and(|s| s.finished)
-                && !self.drain(out, &mut budget, &mut p)?
-            {
-                p.more = true;
-                return Ok(p);
+                // Stat first, then read to the end: whatever the writer put in our file
+                // before it was renamed away is read before we leave it.
+                if !self.drain(out, &mut budget, &mut p)? {
+                    p.more = true;
+                    return Ok(p);
+                }
             }
             if !matches!(at_path, PathState::Is(id) if Some(id) != src_id) {
                 // Still the current file, or the path is missing / unknown: wait on this one.
