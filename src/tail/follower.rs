@@ -1,0 +1,491 @@
+//! The synchronous core: reads a rotating log file into complete lines, keeps a cursor.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::fingerprint::{Fingerprint, head_fingerprint, head_matches};
+use super::lines::LineSplitter;
+
+/// Where reading stopped: enough to find the same file and position after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub dev: u64,
+    pub ino: u64,
+    /// Offset just after the last complete line consumed (handed on, or skipped as too long).
+    pub offset: u64,
+    /// First bytes of the file, to tell it apart from a later file given the same inode.
+    pub fingerprint: Fingerprint,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowOptions {
+    /// Longest line handed on, its `\n` included; longer lines are skipped and counted.
+    pub max_line_bytes: usize,
+    /// Size of one read from the file.
+    pub read_chunk: usize,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            max_line_bytes: 1024 * 1024,
+            read_chunk: 256 * 1024,
+        }
+    }
+}
+
+/// What the followed path looked like during a poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    Present,
+    /// No file at the path (not created yet, or between a rotation's rename and create).
+    Missing,
+    /// The path exists but could not be examined or opened.
+    Unreadable(io::ErrorKind),
+}
+
+/// How the saved cursor given to [`Follower::new`] was used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Same file still at the path: reading goes on at the saved offset.
+    Exact,
+    /// The file was rotated while stopped: its rest is read from the archive, then the new file.
+    FromArchive,
+    /// Neither the path nor the archive holds the saved file: the current file is read from 0.
+    NotFound,
+}
+
+/// Outcome of one [`Follower::poll`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Poll {
+    /// Bytes of complete lines appended to `out`.
+    pub bytes: u64,
+    /// Lines longer than `max_line_bytes`, skipped.
+    pub lines_too_long: u64,
+    /// Files finished because the path moved on to a new file.
+    pub rotations: u32,
+    /// Times the file was found truncated (or rewritten) in place and reread from 0.
+    pub truncations: u32,
+    /// The byte budget ran out with data left: call again.
+    pub more: bool,
+    pub file: FileState,
+    /// Set on the first poll after [`Follower::new`] with a saved cursor.
+    pub resumed: Option<Resume>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(m: &Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// The file being read.
+#[derive(Debug)]
+struct Source {
+    file: File,
+    id: FileId,
+    /// Bytes read from the file so far (a partial line may sit past `committed`).
+    pos: u64,
+    /// Offset after the last complete line consumed.
+    committed: u64,
+    /// Head of the file as last seen; grows until it covers the full fingerprint length.
+    fp: Fingerprint,
+    /// Drained to its end after the path moved on; only waits for the next file to open.
+    finished: bool,
+}
+
+impl Source {
+    fn open_at(file: File, meta: &Metadata, offset: u64) -> io::Result<Source> {
+        let fp = head_fingerprint(&file)?;
+        Ok(Source {
+            file,
+            id: FileId::of(meta),
+            pos: offset,
+            committed: offset,
+            fp,
+            finished: false,
+        })
+    }
+}
+
+/// A file known to be older than (or the same as) the one being read: found at the archive
+/// name when a file was opened, or read to its end before. Never reread from the archive.
+#[derive(Debug)]
+struct Seen {
+    id: FileId,
+    len: u64,
+    fp: Fingerprint,
+}
+
+/// How many past files are remembered; a few rotations' worth is plenty.
+const SEEN_MAX: usize = 8;
+/// File switches within one poll, so a storm of rotations cannot keep one call busy forever.
+const SWITCHES_PER_POLL: usize = 16;
+
+/// Follows one log path across rotations (rename to `PATH.1`, new file) and truncations.
+///
+/// Reading is pull-based: [`poll`](Follower::poll) reads what is there now and returns. The
+/// async [`Tailer`](super::Tailer) decides when to call it.
+#[derive(Debug)]
+pub struct Follower {
+    path: PathBuf,
+    archive: PathBuf,
+    opts: FollowOptions,
+    src: Option<Source>,
+    /// Saved cursor, applied by the first poll.
+    start: Option<Cursor>,
+    lines: LineSplitter,
+    chunk: Vec<u8>,
+    seen: VecDeque<Seen>,
+}
+
+impl Follower {
+    /// Follows `path`. With `start`, reading resumes from that cursor if the file can still be
+    /// found (see [`Resume`]); without, an existing file is read from its start.
+    pub fn new(path: PathBuf, start: Option<Cursor>, opts: FollowOptions) -> Follower {
+        let mut archive: OsString = path.clone().into_os_string();
+        archive.push(".1");
+        let read_chunk = opts.read_chunk.max(1);
+        Follower {
+            archive: PathBuf::from(archive),
+            lines: LineSplitter::new(opts.max_line_bytes),
+            chunk: vec![0; read_chunk],
+            path,
+            opts,
+            src: None,
+            start,
+            seen: VecDeque::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Name the file is rotated to (`PATH.1`).
+    pub fn archive_path(&self) -> &Path {
+        &self.archive
+    }
+
+    pub fn options(&self) -> &FollowOptions {
+        &self.opts
+    }
+
+    /// Position after the last complete line consumed (`None` before any file was opened).
+    pub fn cursor(&self) -> Option<Cursor> {
+        self.src.as_ref().map(|s| Cursor {
+            dev: s.id.dev,
+            ino: s.id.ino,
+            offset: s.committed,
+            fingerprint: s.fp,
+        })
+    }
+
+    /// Bytes of memory held for line assembly (partial line + read buffer), for tests and
+    /// diagnostics: stays bounded by the options whatever the input.
+    pub fn buffered_capacity(&self) -> usize {
+        self.lines.capacity() + self.chunk.capacity()
+    }
+
+    /// Reads what is available now, following rotation and truncation, and appends complete
+    /// lines (each with its `\n`; a `\r` before it is left in place) to `out`. Stops after
+    /// about `max_bytes` bytes read, setting [`Poll::more`], so a large backlog comes in
+    /// bounded batches.
+    ///
+    /// Open and stat failures are reported in [`Poll::file`], not as errors; an error is a
+    /// failed read of an open file, and the next poll retries from the same position.
+    pub fn poll(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> io::Result<Poll> {
+        let mut p = Poll {
+            bytes: 0,
+            lines_too_long: 0,
+            rotations: 0,
+            truncations: 0,
+            more: false,
+            file: FileState::Present,
+            resumed: None,
+        };
+        if let Some(c) = self.start.take() {
+            p.resumed = Some(self.resume(&c));
+        }
+        let mut budget = max_bytes.max(1);
+        let mut switches = 0;
+        loop {
+            let at_path = self.stat_path(&mut p);
+            if self.src.is_none() {
+                if !matches!(at_path, PathState::Is(_)) {
+                    return Ok(p);
+                }
+                match self.open_fresh(&mut p) {
+                    Some(src) => self.src = Some(src),
+                    None => return Ok(p),
+                }
+                continue;
+            }
+            let src_id = self.src.as_ref().map(|s| s.id);
+            if !self.src.as_ref().is_some_and(|s| s.finished) {
+                // Also for a file just rotated away: it may have been truncated before the
+                // rename, and reading on at the old offset would hand on a torn line.
+                self.check_truncation(&mut p)?;
+                // Stat first, then read to the end: whatever the writer put in our file
+                // before it was renamed away is read before we leave it.
+                if !self.drain(out, &mut budget, &mut p)? {
+                    p.more = true;
+                    return Ok(p);
+                }
+            }
+            if !matches!(at_path, PathState::Is(id) if Some(id) != src_id) {
+                // Still the current file, or the path is missing / unknown: wait on this one.
+                return Ok(p);
+            }
+            // The path names another file: ours was rotated away and is read to its end.
+            let src = self.src.as_mut().expect("source checked above");
+            if !src.finished {
+                src.finished = true;
+                // Nothing more will be written to it: a trailing partial line is a line.
+                p.bytes += self.lines.finish(out);
+                src.committed = src.pos;
+                p.rotations += 1;
+            }
+            match self.open_successor(&mut p) {
+                Some(next) => {
+                    let old = self.src.replace(next).expect("source checked above");
+                    self.remember_own(old);
+                }
+                None => return Ok(p),
+            }
+            switches += 1;
+            if switches >= SWITCHES_PER_POLL {
+                p.more = true;
+                return Ok(p);
+            }
+        }
+    }
+
+    /// Reads the source to its end (true) or until the budget runs out (false).
+    fn drain(&mut self, out: &mut Vec<u8>, budget: &mut usize, p: &mut Poll) -> io::Result<bool> {
+        let src = self.src.as_mut().expect("drain needs a source");
+        loop {
+            if *budget == 0 {
+                return Ok(false);
+            }
+            let want = self.chunk.len().min(*budget);
+            let n = match src.file.read_at(&mut self.chunk[..want], src.pos) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(with_path(e, "reading", &self.path)),
+            };
+            let fed = self.lines.feed(&self.chunk[..n], out);
+            if let Some(end) = fed.last_newline_end {
+                src.committed = src.pos + end as u64;
+            }
+            src.pos += n as u64;
+            *budget -= n;
+            p.bytes += fed.handed;
+            p.lines_too_long += fed.too_long;
+        }
+    }
+
+    /// Truncated (shorter than what we read) or rewritten (other first bytes) in place:
+    /// start again from 0. Also extends the fingerprint while the file is still small.
+    fn check_truncation(&mut self, p: &mut Poll) -> io::Result<()> {
+        let src = self.src.as_mut().expect("check needs a source");
+        let ctx = |e| with_path(e, "checking", &self.path);
+        let len = src.file.metadata().map_err(ctx)?.len();
+        if len < src.pos || !head_matches(&src.file, src.fp).map_err(ctx)? {
+            tracing::debug!(path = %self.path.display(), len, pos = src.pos, "log truncated in place");
+            p.truncations += 1;
+            src.pos = 0;
+            src.committed = 0;
+            src.fp = Fingerprint::EMPTY;
+            self.lines.reset();
+        }
+        if !src.fp.is_full() && len > u64::from(src.fp.len) {
+            src.fp = head_fingerprint(&src.file).map_err(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn stat_path(&self, p: &mut Poll) -> PathState {
+        match fs::metadata(&self.path) {
+            Ok(m) => {
+                p.file = FileState::Present;
+                PathState::Is(FileId::of(&m))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                p.file = FileState::Missing;
+                PathState::Missing
+            }
+            Err(e) => {
+                p.file = FileState::Unreadable(e.kind());
+                PathState::Unknown
+            }
+        }
+    }
+
+    /// Opens the path from 0 with no predecessor (start, or the saved cursor was not found).
+    fn open_fresh(&mut self, p: &mut Poll) -> Option<Source> {
+        // The archive present now is older than the file we are about to open: recorded
+        // before opening, so a rotation in between cannot make us skip a newer archive.
+        if let Some((file, meta)) = open_existing(&self.archive) {
+            self.remember_archive(&file, &meta);
+        }
+        self.open_path(p)
+    }
+
+    fn open_path(&mut self, p: &mut Poll) -> Option<Source> {
+        let opened = File::open(&self.path).and_then(|f| {
+            let m = f.metadata()?;
+            if !m.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ));
+            }
+            Source::open_at(f, &m, 0)
+        });
+        match opened {
+            Ok(src) => {
+                p.file = FileState::Present;
+                Some(src)
+            }
+            Err(e) => {
+                p.file = if e.kind() == io::ErrorKind::NotFound {
+                    FileState::Missing
+                } else {
+                    tracing::debug!(path = %self.path.display(), error = %e, "cannot open log");
+                    FileState::Unreadable(e.kind())
+                };
+                None
+            }
+        }
+    }
+
+    /// The file to read after the current one: normally the new file at the path; but if
+    /// the archive holds a file we have not seen, more than one rotation happened since we
+    /// last looked, and that archive (newer than ours, older than the path's) comes first.
+    fn open_successor(&mut self, p: &mut Poll) -> Option<Source> {
+        if let Some(src) = self.unseen_archive(None) {
+            return Some(src);
+        }
+        let next = self.open_path(p)?;
+        // A rotation between the archive check and the open would have put an unread file
+        // at the archive name: look again.
+        if let Some(src) = self.unseen_archive(Some(next.id)) {
+            return Some(src);
+        }
+        Some(next)
+    }
+
+    fn unseen_archive(&mut self, not: Option<FileId>) -> Option<Source> {
+        let (file, meta) = open_existing(&self.archive)?;
+        let id = FileId::of(&meta);
+        let cur = self.src.as_ref().map(|s| s.id);
+        if Some(id) == cur || Some(id) == not || self.is_seen(&file, id, meta.len()) {
+            return None;
+        }
+        tracing::debug!(path = %self.archive.display(), "reading an archive rotated past us");
+        Source::open_at(file, &meta, 0).ok()
+    }
+
+    fn is_seen(&self, file: &File, id: FileId, len: u64) -> bool {
+        self.seen.iter().any(|s| {
+            // Inodes are reused: the head must match too, and for a tiny head the length.
+            s.id == id
+                && (s.fp.is_full() || s.len == len)
+                && head_matches(file, s.fp).unwrap_or(false)
+        })
+    }
+
+    fn remember(&mut self, seen: Seen) {
+        self.seen.retain(|s| s.id != seen.id);
+        if self.seen.len() >= SEEN_MAX {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(seen);
+    }
+
+    fn remember_archive(&mut self, file: &File, meta: &Metadata) {
+        if let Ok(fp) = head_fingerprint(file) {
+            self.remember(Seen {
+                id: FileId::of(meta),
+                len: meta.len(),
+                fp,
+            });
+        }
+    }
+
+    fn remember_own(&mut self, old: Source) {
+        // Its length now; a late write to it after we left would make it look unseen only
+        // for a tiny file (a full fingerprint matches regardless of length).
+        let len = old.file.metadata().map(|m| m.len()).unwrap_or(old.pos);
+        let fp = head_fingerprint(&old.file).unwrap_or(old.fp);
+        self.remember(Seen {
+            id: old.id,
+            len,
+            fp,
+        });
+    }
+
+    /// Finds the saved file: at the path (same inode, long enough, same first bytes), else at
+    /// the archive name (rotated while stopped).
+    fn resume(&mut self, c: &Cursor) -> Resume {
+        let want = FileId {
+            dev: c.dev,
+            ino: c.ino,
+        };
+        let found = |path: &Path| -> Option<Source> {
+            let (file, meta) = open_existing(path)?;
+            let ok = FileId::of(&meta) == want
+                && meta.len() >= c.offset
+                && head_matches(&file, c.fingerprint).ok()?;
+            if ok {
+                Source::open_at(file, &meta, c.offset).ok()
+            } else {
+                None
+            }
+        };
+        if let Some(src) = found(&self.path) {
+            self.src = Some(src);
+            return Resume::Exact;
+        }
+        if let Some(src) = found(&self.archive) {
+            self.src = Some(src);
+            return Resume::FromArchive;
+        }
+        tracing::info!(path = %self.path.display(), "saved log position not found; reading from the start");
+        Resume::NotFound
+    }
+}
+
+enum PathState {
+    Is(FileId),
+    Missing,
+    /// Could not stat (e.g. permissions): do not conclude anything about rotation.
+    Unknown,
+}
+
+fn open_existing(path: &Path) -> Option<(File, Metadata)> {
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    meta.is_file().then_some((file, meta))
+}
+
+fn with_path(e: io::Error, doing: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
+}

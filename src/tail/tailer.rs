@@ -1,0 +1,227 @@
+//! Async driver: decides when to poll the [`Follower`].
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::follower::{Cursor, FileState, Follower, Poll};
+
+/// Backstop poll period while the folder watch is up: events bring latency down, this only
+/// bounds what a lost event can cost.
+const TICK_WATCHED: Duration = Duration::from_secs(1);
+/// Backstop period without a working watch (folder missing, watch failed).
+const TICK_UNWATCHED: Duration = Duration::from_millis(250);
+/// Bytes read per [`Tailer::next`] call at most, so one call never blocks the runtime long.
+const DEFAULT_BATCH_BYTES: usize = 1024 * 1024;
+
+/// The live folder watch.
+struct Watch {
+    _watcher: RecommendedWatcher,
+    /// Identity of the folder watched: a folder deleted and recreated needs a new watch.
+    dir: (u64, u64),
+}
+
+/// Wakes the [`Follower`] on filesystem events in the log's folder and on a backstop timer.
+///
+/// The folder is watched, not the file, because rotation replaces the file. Events only wake
+/// a poll (they carry no data), so a lost or coalesced event costs latency, never lines. When
+/// idle it sleeps on the event and the timer: no busy loop.
+///
+/// Reads are done inline on the runtime thread: they are local-file reads bounded by the
+/// batch size, and keeping the follower in `self` is what makes [`next`](Tailer::next)
+/// cancel-safe.
+pub struct Tailer {
+    follower: Follower,
+    dir: PathBuf,
+    names: Arc<[OsString; 2]>,
+    wake: Arc<Notify>,
+    broken: Arc<AtomicBool>,
+    watch: Option<Watch>,
+    next_tick: Option<Instant>,
+    last_file: Option<FileState>,
+    /// The last poll failed: wait for the timer before retrying, rather than spinning.
+    backoff: bool,
+    batch_bytes: usize,
+}
+
+impl Tailer {
+    pub fn new(follower: Follower) -> Tailer {
+        let path = follower.path();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().map(OsString::from).unwrap_or_default();
+        let archive = follower
+            .archive_path()
+            .file_name()
+            .map(OsString::from)
+            .unwrap_or_default();
+        Tailer {
+            dir,
+            names: Arc::new([name, archive]),
+            follower,
+            wake: Arc::new(Notify::new()),
+            broken: Arc::new(AtomicBool::new(false)),
+            watch: None,
+            next_tick: None,
+            last_file: None,
+            backoff: false,
+            batch_bytes: DEFAULT_BATCH_BYTES,
+        }
+    }
+
+    /// Bytes read per [`next`](Tailer::next) call at most (default 1 MiB).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Tailer {
+        self.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Waits until complete lines were appended to `out`, or there is something to report (a
+    /// rotation, truncation, over-long line, a change of [`FileState`], or the resume outcome),
+    /// and returns what the poll saw. The first call always reports the file state.
+    ///
+    /// Cancel-safe: lines are only appended right before returning, and everything else lives
+    /// in `self`, so dropping the future (e.g. in `tokio::select!`) loses nothing.
+    pub async fn next(&mut self, out: &mut Vec<u8>) -> io::Result<Poll> {
+        if self.next_tick.is_none() {
+            self.ensure_watch();
+            self.next_tick = Some(Instant::now() + self.period());
+        }
+        loop {
+            if self.backoff {
+                self.wait().await;
+                self.backoff = false;
+            }
+            let p = match self.follower.poll(out, self.batch_bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.backoff = true;
+                    return Err(e);
+                }
+            };
+            let file_changed = self.last_file != Some(p.file);
+            self.last_file = Some(p.file);
+            if p.bytes > 0
+                || p.rotations > 0
+                || p.truncations > 0
+                || p.lines_too_long > 0
+                || p.resumed.is_some()
+                || file_changed
+            {
+                return Ok(p);
+            }
+            if p.more {
+                // Backlog without a complete line yet (e.g. skipping a huge line): let other
+                // tasks run between batches.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            self.wait().await;
+        }
+    }
+
+    pub fn cursor(&self) -> Option<Cursor> {
+        self.follower.cursor()
+    }
+
+    pub fn follower(&self) -> &Follower {
+        &self.follower
+    }
+
+    pub fn into_follower(self) -> Follower {
+        self.follower
+    }
+
+    /// True while the folder watch is up (otherwise only the backstop timer drives reads).
+    pub fn is_watching(&self) -> bool {
+        self.watch.is_some() && !self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps until a folder event or the backstop timer.
+    async fn wait(&mut self) {
+        let deadline = self.next_tick.unwrap_or_else(Instant::now);
+        tokio::select! {
+            // A notification sent while we were polling is kept as a permit: not lost.
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                self.ensure_watch();
+                self.next_tick = Some(Instant::now() + self.period());
+            }
+        }
+    }
+
+    fn period(&self) -> Duration {
+        if self.is_watching() {
+            TICK_WATCHED
+        } else {
+            TICK_UNWATCHED
+        }
+    }
+
+    /// (Re)creates the folder watch when it is missing, reported an error, or watches a
+    /// folder that has since been replaced.
+    fn ensure_watch(&mut self) {
+        let dir_id = fs::metadata(&self.dir).ok().map(|m| (m.dev(), m.ino()));
+        if let Some(w) = &self.watch
+            && !self.broken.load(Ordering::Relaxed)
+            && Some(w.dir) == dir_id
+        {
+            return;
+        }
+        self.watch = None;
+        let Some(dir_id) = dir_id else { return };
+        self.broken.store(false, Ordering::Relaxed);
+        match watch_folder(&self.dir, &self.names, &self.wake, &self.broken) {
+            Ok(watcher) => {
+                self.watch = Some(Watch {
+                    _watcher: watcher,
+                    dir: dir_id,
+                });
+                // Changes made before the watch existed raised no event.
+                self.wake.notify_one();
+            }
+            Err(e) => {
+                tracing::debug!(dir = %self.dir.display(), error = %e, "cannot watch log folder; polling");
+            }
+        }
+    }
+}
+
+fn watch_folder(
+    dir: &Path,
+    names: &Arc<[OsString; 2]>,
+    wake: &Arc<Notify>,
+    broken: &Arc<AtomicBool>,
+) -> notify::Result<RecommendedWatcher> {
+    let (names, wake, broken) = (names.clone(), wake.clone(), broken.clone());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+        Ok(ev) => {
+            // The folder may hold other busy logs: wake only for our file and its archive.
+            let ours = ev.paths.is_empty()
+                || ev.need_rescan()
+                || ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)));
+            if ours {
+                wake.notify_one();
+            }
+        }
+        Err(_) => {
+            broken.store(true, Ordering::Relaxed);
+            wake.notify_one();
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
