@@ -23,6 +23,13 @@ pub enum Command {
     Run,
     /// Probe every egress path once and print a table; exit 1 when the bypass is broken.
     Probe,
+    /// Print the rules the fallback would load.
+    Rules(crate::fallback::cli::TargetArgs),
+    /// Install, remove or show the fallback by hand.
+    Fallback {
+        #[command(subcommand)]
+        op: crate::fallback::cli::FallbackOp,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -31,6 +38,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => Ok(ExitCode::SUCCESS),
         Command::Probe => crate::probe::cli::probe_command(&config),
+        Command::Rules(target) => crate::fallback::cli::rules_command(&config, &target),
+        Command::Fallback { op } => crate::fallback::cli::fallback_command(&config, &op),
     };
     match result {
         Ok(code) => code,
