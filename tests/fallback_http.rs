@@ -27,7 +27,12 @@ fn shared(cfg: &FallbackConfig) -> SharedController {
         let r = verify.clone();
         async move { r }
     };
-    Arc::new(tokio::sync::Mutex::new(Controller::new(cfg, build_backend(cfg), Box::new(v), m)))
+    Arc::new(tokio::sync::Mutex::new(Controller::new(
+        cfg,
+        build_backend(cfg),
+        Box::new(v),
+        m,
+    )))
 }
 
 fn token_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
@@ -38,12 +43,21 @@ fn token_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
     p
 }
 
-async fn call(app: &Router, path: &str, auth: Option<&str>, body: impl Into<Body>) -> (StatusCode, String) {
+async fn call(
+    app: &Router,
+    path: &str,
+    auth: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, String) {
     let mut req = Request::post(path).header("content-type", "application/json");
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
-    let resp = app.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
@@ -65,9 +79,17 @@ async fn disabled_without_a_token_file() {
 #[tokio::test]
 async fn token_required_and_wrong_token_refused() {
     let s = StandIn::new();
-    let cfg = FallbackConfig { token_file: Some(token_file(s.dir.path(), 0o600)), ..s.config() };
+    let cfg = FallbackConfig {
+        token_file: Some(token_file(s.dir.path(), 0o600)),
+        ..s.config()
+    };
     let app = router(shared(&cfg), &cfg).unwrap();
-    for auth in [None, Some("Bearer wrong-token-0123456789"), Some(&*format!("Basic {TOKEN}")), Some("Bearer ")] {
+    for auth in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some(&*format!("Basic {TOKEN}")),
+        Some("Bearer "),
+    ] {
         for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
             let (code, _) = call(&app, path, auth, "{}").await;
             assert_eq!(code, StatusCode::UNAUTHORIZED, "{path} with {auth:?}");
@@ -75,11 +97,23 @@ async fn token_required_and_wrong_token_refused() {
     }
     assert!(s.calls().is_empty(), "nothing ran without the token");
 
-    let (code, body) = call(&app, "/fallback/apply", Some(&format!("Bearer {TOKEN}")), "").await;
+    let (code, body) = call(
+        &app,
+        "/fallback/apply",
+        Some(&format!("Bearer {TOKEN}")),
+        "",
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(body.contains("\"applied\""), "{body}");
     assert_eq!(s.held_tokens().len(), 1);
-    let (code, body) = call(&app, "/fallback/revert", Some(&format!("bearer {TOKEN}")), "").await;
+    let (code, body) = call(
+        &app,
+        "/fallback/revert",
+        Some(&format!("bearer {TOKEN}")),
+        "",
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(s.held_tokens().is_empty());
 }
@@ -87,8 +121,11 @@ async fn token_required_and_wrong_token_refused() {
 #[tokio::test]
 async fn token_file_readable_by_others_is_refused() {
     let s = StandIn::new();
-    let cfg = FallbackConfig { token_file: Some(token_file(s.dir.path(), 0o644)), ..s.config() };
-    let err = router(shared(&cfg), &cfg).err().expect("refused");
+    let cfg = FallbackConfig {
+        token_file: Some(token_file(s.dir.path(), 0o644)),
+        ..s.config()
+    };
+    let err = router(shared(&cfg), &cfg).expect_err("refused");
     assert!(err.contains("chmod 600"), "{err}");
 }
 
@@ -104,17 +141,45 @@ async fn alertmanager_webhook_applies_in_auto_and_limits_bodies() {
     let app = router(shared(&cfg), &cfg).unwrap();
     let auth = format!("Bearer {TOKEN}");
     let hook = |name: &str, status: &str| {
-        format!(r#"{{"version":"4","groupKey":"{{}}:{{}}","status":"{status}","receiver":"agent","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://localhost:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"{name}"}},"annotations":{{}},"startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"x"}}]}}"#)
+        format!(
+            r#"{{"version":"4","groupKey":"{{}}:{{}}","status":"{status}","receiver":"agent","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://localhost:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"{name}"}},"annotations":{{}},"startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"x"}}]}}"#
+        )
     };
     let (code, body) = call(&app, "/alertmanager", Some(&auth), hook("Other", "firing")).await;
-    assert_eq!((code, body.contains("ignored")), (StatusCode::OK, true), "{body}");
-    let (code, body) = call(&app, "/alertmanager", Some(&auth), hook("PiaSplitTunnelBypassBroken", "resolved")).await;
-    assert_eq!((code, body.contains("ignored")), (StatusCode::OK, true), "{body}");
+    assert_eq!(
+        (code, body.contains("ignored")),
+        (StatusCode::OK, true),
+        "{body}"
+    );
+    let (code, body) = call(
+        &app,
+        "/alertmanager",
+        Some(&auth),
+        hook("PiaSplitTunnelBypassBroken", "resolved"),
+    )
+    .await;
+    assert_eq!(
+        (code, body.contains("ignored")),
+        (StatusCode::OK, true),
+        "{body}"
+    );
     assert!(s.calls().is_empty());
-    let (code, body) = call(&app, "/alertmanager", Some(&auth), hook("PiaSplitTunnelBypassBroken", "firing")).await;
+    let (code, body) = call(
+        &app,
+        "/alertmanager",
+        Some(&auth),
+        hook("PiaSplitTunnelBypassBroken", "firing"),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(body.contains("\"applied\""), "{body}");
-    let (code, body) = call(&app, "/alertmanager", Some(&auth), hook("PiaSplitTunnelBypassBroken", "firing")).await;
+    let (code, body) = call(
+        &app,
+        "/alertmanager",
+        Some(&auth),
+        hook("PiaSplitTunnelBypassBroken", "firing"),
+    )
+    .await;
     assert!(body.contains("already_active"), "{code} {body}");
     let (code, _) = call(&app, "/alertmanager", Some(&auth), "x".repeat(10_000)).await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
@@ -130,29 +195,50 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let get = |path: &'static str| {
         let app = app.clone();
         async move {
-            let resp = app.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+            let resp = app
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
             let code = resp.status();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (code, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+            (
+                code,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
         }
     };
     let (code, body) = get("/-/ready").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["probe_round"], false);
     health.update_round(round(true, Bypass::Timeout));
-    health.update_log(LogHealthInput { file_present: true, lines_read: 10, ..Default::default() });
+    health.update_log(LogHealthInput {
+        file_present: true,
+        lines_read: 10,
+        ..Default::default()
+    });
     assert_eq!(get("/-/ready").await.0, StatusCode::OK);
     let (code, body) = get("/health").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "failing");
     assert_eq!(body["components"]["probe_bypass"]["status"], "failing");
-    assert!(body["components"]["probe_bypass"]["reason"].as_str().unwrap().contains("timed out"));
+    assert!(
+        body["components"]["probe_bypass"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out")
+    );
     health.update_round(round(true, Bypass::Physical));
     let (code, body) = get("/health").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");
-    health.update_log(LogHealthInput { file_present: false, ..Default::default() });
+    health.update_log(LogHealthInput {
+        file_present: false,
+        ..Default::default()
+    });
     let (code, body) = get("/health").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body["components"]["log"]["reason"], "the proxy log file is missing");
+    assert_eq!(
+        body["components"]["log"]["reason"],
+        "the proxy log file is missing"
+    );
 }

@@ -21,13 +21,20 @@ fn pf(s: &StandIn) -> Pf {
 
 /// Compares with a reviewed file; `UPDATE_GOLDEN=1` rewrites it (then review the diff).
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
     let want = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
-    assert_eq!(actual, want, "rendered rules differ from {}", path.display());
+    assert_eq!(
+        actual,
+        want,
+        "rendered rules differ from {}",
+        path.display()
+    );
 }
 
 #[test]
@@ -41,7 +48,10 @@ fn pf_rules_match_golden_with_bypass_subnets_and_ports() {
     let s = StandIn::new();
     let cfg = FallbackConfig {
         served_ports: vec![32400, 8443],
-        bypass_subnets: vec!["10.16.0.0/16".parse().unwrap(), "203.0.113.0/24".parse().unwrap()],
+        bypass_subnets: vec![
+            "10.16.0.0/16".parse().unwrap(),
+            "203.0.113.0/24".parse().unwrap(),
+        ],
         ..s.config()
     };
     golden("pf_bypass_subnets.conf", &pf(&s).render(&plan(&cfg)));
@@ -81,12 +91,20 @@ fn pf_apply_confirm_revert_and_token_release() {
         token[0]
     );
     let loaded = b.status().unwrap();
-    assert!(loaded.rules.iter().any(|r| r.contains("route-to (en0 10.0.15.1) inet from 10.0.15.15 to ! <rfc1918>")));
+    assert!(
+        loaded
+            .rules
+            .iter()
+            .any(|r| r.contains("route-to (en0 10.0.15.1) inet from 10.0.15.15 to ! <rfc1918>"))
+    );
 
     b.revert().expect("revert");
     let after: Vec<String> = s.call_lines().split_off(4);
     assert!(after.contains(&format!("-a {ANCHOR} -F all")), "{after:?}");
-    assert!(after.contains(&"-k 10.0.15.15".to_string()), "states killed after revert: {after:?}");
+    assert!(
+        after.contains(&"-k 10.0.15.15".to_string()),
+        "states killed after revert: {after:?}"
+    );
     assert!(after.contains(&format!("-X {}", token[0])), "{after:?}");
     assert!(s.held_tokens().is_empty(), "token released");
     assert!(!s.token_file().exists());
@@ -119,7 +137,10 @@ fn pf_load_failure_is_an_error_with_stderr() {
     let msg = err.to_string();
     assert!(matches!(err, BackendError::Failed { .. }), "{msg}");
     assert!(msg.contains("stand-in told to fail -f"), "{msg}");
-    assert!(!s.call_lines().contains(&"-E".to_string()), "pf not enabled after a failed load");
+    assert!(
+        !s.call_lines().contains(&"-E".to_string()),
+        "pf not enabled after a failed load"
+    );
     assert!(s.held_tokens().is_empty());
 }
 
@@ -156,8 +177,14 @@ fn pf_revert_failure_is_reported_and_token_still_released() {
     b.apply(&plan(&s.config())).unwrap();
     s.fail("-F");
     let err = b.revert().unwrap_err();
-    assert!(err.to_string().contains("stand-in told to fail -F"), "{err}");
-    assert!(s.held_tokens().is_empty(), "token released even though the flush failed");
+    assert!(
+        err.to_string().contains("stand-in told to fail -F"),
+        "{err}"
+    );
+    assert!(
+        s.held_tokens().is_empty(),
+        "token released even though the flush failed"
+    );
 }
 
 #[test]

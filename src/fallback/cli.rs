@@ -54,10 +54,7 @@ fn plan(config: &Config, t: &TargetArgs) -> anyhow::Result<Plan> {
 
 /// `rules`: print what `fallback apply` would load.
 pub fn rules_command(config: &Config, target: &TargetArgs) -> anyhow::Result<ExitCode> {
-    config
-        .fallback
-        .validate()
-        .map_err(anyhow::Error::msg)?;
+    config.fallback.validate().map_err(anyhow::Error::msg)?;
     let plan = plan(config, target)?;
     print!("{}", build_backend(&config.fallback).render(&plan));
     Ok(ExitCode::SUCCESS)

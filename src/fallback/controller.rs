@@ -71,7 +71,9 @@ pub enum ControlError {
     NoPlan(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("applied, but the bypass egresses as {bypass:?}, not as the physical path {physical:?}: rolled back")]
+    #[error(
+        "applied, but the bypass egresses as {bypass:?}, not as the physical path {physical:?}: rolled back"
+    )]
     RolledBack {
         bypass: Option<Ipv4Addr>,
         physical: Option<Ipv4Addr>,
@@ -305,7 +307,13 @@ impl Controller {
         if let Err(e) = self.backend.revert() {
             tracing::error!(error = %e, "fallback: rollback failed");
         }
-        self.finish(now, action, Outcome::RolledBack, Some(err.to_string()), None);
+        self.finish(
+            now,
+            action,
+            Outcome::RolledBack,
+            Some(err.to_string()),
+            None,
+        );
         Err(err)
     }
 
@@ -318,7 +326,13 @@ impl Controller {
             }
             Err(e) => {
                 tracing::error!(error = %e, "fallback: revert failed");
-                self.finish(now, Action::Revert, Outcome::Failed, Some(e.to_string()), None);
+                self.finish(
+                    now,
+                    Action::Revert,
+                    Outcome::Failed,
+                    Some(e.to_string()),
+                    None,
+                );
                 Err(e)
             }
         }

@@ -143,7 +143,11 @@ fn error_response(e: ControlError) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     };
-    (code, Json(json!({"result": "error", "error": e.to_string()}))).into_response()
+    (
+        code,
+        Json(json!({"result": "error", "error": e.to_string()})),
+    )
+        .into_response()
 }
 
 async fn apply(State(s): State<ControlState>) -> Response {

@@ -26,7 +26,10 @@ impl FallbackMetrics {
                 "1 while the fallback is installed.",
             )?,
             mode: IntGaugeVec::new(
-                Opts::new(format!("{P}fallback_mode_info"), "Configured fallback mode."),
+                Opts::new(
+                    format!("{P}fallback_mode_info"),
+                    "Configured fallback mode.",
+                ),
                 &["mode"],
             )?,
             backend: IntGaugeVec::new(

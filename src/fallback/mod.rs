@@ -360,7 +360,10 @@ pub enum BackendError {
         stderr: String,
     },
     #[error("read-back after {action}: {detail}")]
-    ReadBack { action: &'static str, detail: String },
+    ReadBack {
+        action: &'static str,
+        detail: String,
+    },
     #[error("no backend configured (fallback.backend = \"none\" or unsupported platform)")]
     NoBackend,
     #[error("{0}")]

@@ -16,7 +16,12 @@ use super::exec::run;
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Loaded, Plan};
 
 /// Destinations that never take the `route-to`: private ranges and loopback.
-const LOCAL_NETS: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"];
+const LOCAL_NETS: [&str; 4] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+];
 
 #[derive(Clone, Debug)]
 pub struct PfOptions {
@@ -172,7 +177,10 @@ impl Backend for Pf {
 
     fn apply(&mut self, plan: &Plan) -> Result<(), BackendError> {
         // `-f` replaces the anchor's rules atomically; a syntax error loads nothing.
-        self.pfctl(&["-a", &self.opts.anchor, "-f", "-"], Some(&self.render(plan)))?;
+        self.pfctl(
+            &["-a", &self.opts.anchor, "-f", "-"],
+            Some(&self.render(plan)),
+        )?;
         match self.apply_loaded(plan) {
             Ok(()) => {
                 self.applied = Some(plan.clone());

@@ -353,9 +353,7 @@ impl Policy {
         self.broken_streak = 0;
         match (action, outcome) {
             (Action::Apply | Action::Reload, Outcome::Ok) => {
-                self.installed = plan
-                    .cloned()
-                    .map_or(Installed::Unknown, Installed::Plan);
+                self.installed = plan.cloned().map_or(Installed::Unknown, Installed::Plan);
                 self.failures = 0;
                 self.not_before = None;
             }

@@ -10,7 +10,12 @@ use std::path::PathBuf;
 use super::exec::{Ran, run};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Loaded, Plan};
 
-const LOCAL_NETS: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"];
+const LOCAL_NETS: [&str; 4] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+];
 
 #[derive(Clone, Debug)]
 pub struct PolicyRoutingOptions {
@@ -67,8 +72,15 @@ impl PolicyRouting {
         ]];
         cmds.push(
             [
-                "route", "replace", "default", "via", &plan.gateway.to_string(), "dev",
-                plan.interface.as_str(), "table", &table,
+                "route",
+                "replace",
+                "default",
+                "via",
+                &plan.gateway.to_string(),
+                "dev",
+                plan.interface.as_str(),
+                "table",
+                &table,
             ]
             .map(String::from)
             .to_vec(),

@@ -228,14 +228,10 @@ fn probe(round: Option<&Round>, path: PathKind, fallback_active: bool) -> Compon
         (PathKind::Tunnel, Err(ProbeError::NoInterface)) => {
             c(Status::Ok, "no tunnel interface: the VPN is disconnected")
         }
-        (PathKind::Physical | PathKind::Bypass, Err(e)) => c(
-            Status::Failing,
-            format!("{} after {ms} ms", err_words(e)),
-        ),
-        (_, Err(e)) => c(
-            Status::Degraded,
-            format!("{} after {ms} ms", err_words(e)),
-        ),
+        (PathKind::Physical | PathKind::Bypass, Err(e)) => {
+            c(Status::Failing, format!("{} after {ms} ms", err_words(e)))
+        }
+        (_, Err(e)) => c(Status::Degraded, format!("{} after {ms} ms", err_words(e))),
     }
 }
 
@@ -281,7 +277,11 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
         ),
         (mode, false) => c(
             Status::Ok,
-            format!("inactive (mode {}, backend {})", mode.as_str(), f.backend.as_str()),
+            format!(
+                "inactive (mode {}, backend {})",
+                mode.as_str(),
+                f.backend.as_str()
+            ),
         ),
     }
 }
