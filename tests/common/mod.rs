@@ -1,6 +1,8 @@
 //! Helpers shared by the fallback tests: scripted rounds and the stand-in pfctl.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
