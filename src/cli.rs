@@ -73,6 +73,13 @@ pub enum Command {
     CheckConfig,
     /// Probe every egress path once and print a table; exit 1 when the bypass is broken.
     Probe,
+    /// Print the rules the fallback would load.
+    Rules(crate::fallback::cli::TargetArgs),
+    /// Install, remove or show the fallback by hand.
+    Fallback {
+        #[command(subcommand)]
+        op: crate::fallback::cli::FallbackOp,
+    },
 }
 
 impl Cli {
@@ -123,6 +130,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe => crate::probe::cli::probe_command(&config),
+        Command::Rules(target) => crate::fallback::cli::rules_command(&config, &target),
+        Command::Fallback { op } => crate::fallback::cli::fallback_command(&config, &op),
     }
 }
 

@@ -13,6 +13,7 @@ pub struct Config {
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
     pub processes: crate::watch::ProcessConfig,
+    pub health: crate::health::HealthConfig,
 }
 
 /// `[log]`: where the proxy writes and how much state the agent keeps.
@@ -121,7 +122,9 @@ impl Config {
         if log.path.as_os_str().is_empty() {
             return Err("log.path must name the proxy's log file".into());
         }
-        self.processes.validate()
+        self.processes.validate()?;
+        self.fallback.validate()?;
+        self.health.validate()
     }
 
     /// The effective config as TOML, for `check-config`.

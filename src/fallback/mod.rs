@@ -1,8 +1,478 @@
 //! The repair: policy, backends (PF on macOS, policy routing on Linux), verification.
+//!
+//! - [`policy`]: the pure decision state machine (time injected);
+//! - [`controller`]: drives a [`Backend`], verifies with a fresh probe, rolls back, backs off;
+//! - [`pf`] and [`policy_routing`]: the backends, chosen in one place, [`build_backend`];
+//! - [`window`]: the sliding window of session closes the policy and health read;
+//! - [`http`], [`cli`], [`metrics`]: the surfaces.
+//!
+//! Undoing the repair by hand (documented because pf is not an API products should build on):
+//! macOS `sudo pfctl -a com.apple/250.PiaSplitTunnelFallback -F all` (then `sudo pfctl -X TOKEN`
+//! with the token in `pf_token_file`); Linux `ip rule del priority P` and
+//! `ip route flush table T`.
+
+pub mod cli;
+pub mod controller;
+mod exec;
+pub mod http;
+pub mod metrics;
+pub mod net;
+pub mod pf;
+pub mod policy;
+pub mod policy_routing;
+pub mod window;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::os::Interfaces;
+pub use net::{IfName, Ipv4Net};
+
+/// What the agent does when the bypass breaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// No decisions at all.
+    Off,
+    /// Decide and report, never act. The default: changing pf is the user's choice.
+    #[default]
+    Observe,
+    /// Decide and act.
+    Auto,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Off, Mode::Observe, Mode::Auto];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Observe => "observe",
+            Mode::Auto => "auto",
+        }
+    }
+}
+
+/// `fallback.backend` as configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// pf on macOS, policy routing on Linux, none elsewhere.
+    #[default]
+    Auto,
+    Pf,
+    PolicyRouting,
+    None,
+}
+
+/// The backend actually in use, after `auto` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Pf,
+    PolicyRouting,
+    None,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Pf,
+        BackendKind::PolicyRouting,
+        BackendKind::None,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Pf => "pf",
+            BackendKind::PolicyRouting => "policy-routing",
+            BackendKind::None => "none",
+        }
+    }
+}
+
+impl BackendChoice {
+    /// The one place where `auto` becomes a platform's backend.
+    pub fn resolve(self) -> BackendKind {
+        match self {
+            BackendChoice::Pf => BackendKind::Pf,
+            BackendChoice::PolicyRouting => BackendKind::PolicyRouting,
+            BackendChoice::None => BackendKind::None,
+            BackendChoice::Auto if cfg!(target_os = "macos") => BackendKind::Pf,
+            BackendChoice::Auto if cfg!(target_os = "linux") => BackendKind::PolicyRouting,
+            BackendChoice::Auto => BackendKind::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTunnelDown {
+    Keep,
+    #[default]
+    Revert,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStart {
+    /// A leftover from a previous run is taken over and managed (revert, reload) as our own.
+    #[default]
+    Adopt,
+    /// A leftover is removed before the first round.
+    Remove,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnShutdown {
+    Keep,
+    /// Without the agent nobody would revert on a gateway change, so removal is the default.
+    #[default]
+    Remove,
+}
+
 /// `[fallback]` section of the config.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct FallbackConfig {}
+pub struct FallbackConfig {
+    pub mode: Mode,
+    pub backend: BackendChoice,
+    /// Rounds in a row with the bypass broken and the physical path working before acting.
+    pub consecutive_rounds: u32,
+    /// Zero-byte share of sessions (0..=1) that, with one confirming round, triggers the repair.
+    pub zero_byte_ratio: f64,
+    pub window_secs: u64,
+    pub min_sessions: u32,
+    /// No automatic apply or reload sooner than this after any action.
+    pub cooldown_secs: u64,
+    /// Ceiling of the doubling back-off after failed verifications.
+    pub backoff_max_secs: u64,
+    /// Automatic actions (apply, reload, revert) in any sliding hour.
+    pub max_actions_per_hour: u32,
+    /// Rounds in a row without a tunnel before `on_tunnel_down` applies (hysteresis).
+    pub tunnel_down_rounds: u32,
+    pub on_tunnel_down: OnTunnelDown,
+    pub on_start: OnStart,
+    pub on_shutdown: OnShutdown,
+    /// pf anchor, under `com.apple/` so the stock pf.conf evaluates it.
+    pub anchor: String,
+    /// TCP ports served on the physical interface, passed in before anything else.
+    pub served_ports: Vec<u16>,
+    /// Extra destinations that stay local (beside RFC 1918 and loopback).
+    pub bypass_subnets: Vec<Ipv4Net>,
+    pub pfctl_path: PathBuf,
+    /// Where the `pfctl -E` reference token is kept, so a later process (CLI, restart) can
+    /// release it.
+    pub pf_token_file: PathBuf,
+    /// Routing table of the Linux backend; the agent owns it.
+    pub route_table: u32,
+    pub rule_priority: u32,
+    pub ip_path: PathBuf,
+    /// Bearer token for the mutating HTTP endpoints (file mode 0600); none disables them.
+    pub token_file: Option<PathBuf>,
+    /// Alertmanager alerts (by `alertname`) whose firing triggers the repair.
+    pub alert_names: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            mode: Mode::Observe,
+            backend: BackendChoice::Auto,
+            consecutive_rounds: 2,
+            zero_byte_ratio: 0.9,
+            window_secs: 300,
+            min_sessions: 5,
+            cooldown_secs: 120,
+            backoff_max_secs: 3600,
+            max_actions_per_hour: 6,
+            tunnel_down_rounds: 2,
+            on_tunnel_down: OnTunnelDown::Revert,
+            on_start: OnStart::Adopt,
+            on_shutdown: OnShutdown::Remove,
+            anchor: "com.apple/250.PiaSplitTunnelFallback".into(),
+            served_ports: vec![32400],
+            bypass_subnets: Vec::new(),
+            pfctl_path: "/sbin/pfctl".into(),
+            pf_token_file: "/var/db/pia-split-tunnel-exporter/pf-token".into(),
+            route_table: 100,
+            rule_priority: 100,
+            ip_path: "ip".into(),
+            token_file: None,
+            alert_names: vec!["PiaSplitTunnelBypassBroken".into()],
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl FallbackConfig {
+    /// Checks what serde cannot; the message names the key and the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let r = self.zero_byte_ratio;
+        if !(r > 0.0 && r <= 1.0) {
+            return Err(format!(
+                "fallback.zero_byte_ratio = {r}: use a share in (0, 1], e.g. 0.9"
+            ));
+        }
+        for (key, v) in [
+            ("consecutive_rounds", self.consecutive_rounds),
+            ("min_sessions", self.min_sessions),
+            ("max_actions_per_hour", self.max_actions_per_hour),
+            ("tunnel_down_rounds", self.tunnel_down_rounds),
+        ] {
+            if v == 0 {
+                return Err(format!("fallback.{key} = 0: use at least 1"));
+            }
+        }
+        if self.window_secs == 0 {
+            return Err("fallback.window_secs = 0: use a window of at least 1 s, e.g. 300".into());
+        }
+        if self.backoff_max_secs < self.cooldown_secs {
+            return Err(format!(
+                "fallback.backoff_max_secs = {} is below cooldown_secs = {}: raise it",
+                self.backoff_max_secs, self.cooldown_secs
+            ));
+        }
+        validate_anchor(&self.anchor)?;
+        if self.served_ports.contains(&0) {
+            return Err("fallback.served_ports contains 0: list real TCP ports".into());
+        }
+        if matches!(self.route_table, 0 | 253..=255) {
+            return Err(format!(
+                "fallback.route_table = {}: 0, 253 (default), 254 (main) and 255 (local) are \
+                 the system's; pick another, e.g. 100",
+                self.route_table
+            ));
+        }
+        if !(1..=32765).contains(&self.rule_priority) {
+            return Err(format!(
+                "fallback.rule_priority = {}: use 1..=32765 so the rule runs before the main \
+                 table (32766)",
+                self.rule_priority
+            ));
+        }
+        if self.mode == Mode::Auto && self.backend.resolve() == BackendKind::None {
+            return Err(
+                "fallback.mode = \"auto\" with no backend on this platform: set fallback.backend \
+                 to \"pf\" or \"policy-routing\", or mode to \"observe\""
+                    .into(),
+            );
+        }
+        if self.max_body_bytes == 0 {
+            return Err("fallback.max_body_bytes = 0: use e.g. 65536".into());
+        }
+        Ok(())
+    }
+}
+
+fn validate_anchor(anchor: &str) -> Result<(), String> {
+    let Some(rest) = anchor.strip_prefix("com.apple/") else {
+        return Err(format!(
+            "fallback.anchor = {anchor:?}: it must be under \"com.apple/\" (the stock pf.conf \
+             evaluates com.apple/*), e.g. \"com.apple/250.PiaSplitTunnelFallback\""
+        ));
+    };
+    let ok = !rest.is_empty()
+        && rest.len() <= 64
+        && rest.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "fallback.anchor = {anchor:?}: after \"com.apple/\" use letters, digits, '.', '_', \
+             '-' (e.g. \"com.apple/250.PiaSplitTunnelFallback\")"
+        ))
+    }
+}
+
+/// Everything a backend needs to install the repair, built only from validated values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub interface: IfName,
+    pub gateway: Ipv4Addr,
+    /// The physical interface's address: the source the bypass sockets are bound to.
+    pub source: Ipv4Addr,
+    pub served_ports: Vec<u16>,
+    pub bypass_subnets: Vec<Ipv4Net>,
+}
+
+/// Why no plan can be made from what discovery found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no physical interface")]
+    NoPhysical,
+    #[error("physical interface {0} has no default gateway")]
+    NoGateway(String),
+    #[error("{0}")]
+    BadInterface(String),
+}
+
+impl Plan {
+    pub fn from_interfaces(ifs: &Interfaces, cfg: &FallbackConfig) -> Result<Plan, PlanError> {
+        let phys = ifs.physical.as_ref().ok_or(PlanError::NoPhysical)?;
+        let gateway = phys
+            .gateway
+            .ok_or_else(|| PlanError::NoGateway(phys.name.clone()))?;
+        let interface = phys.name.parse().map_err(PlanError::BadInterface)?;
+        Ok(Plan {
+            interface,
+            gateway,
+            source: phys.ipv4,
+            served_ports: cfg.served_ports.clone(),
+            bypass_subnets: cfg.bypass_subnets.clone(),
+        })
+    }
+}
+
+/// What a backend finds installed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Loaded {
+    /// The backend's rules as the system prints them; empty when nothing is installed.
+    pub rules: Vec<String>,
+}
+
+impl Loaded {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// A failed backend operation, with what the system said.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{command}: could not run: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{command}: {status}: {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("read-back after {action}: {detail}")]
+    ReadBack {
+        action: &'static str,
+        detail: String,
+    },
+    #[error("no backend configured (fallback.backend = \"none\" or unsupported platform)")]
+    NoBackend,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A way to install the repair. Calls are blocking and short (one or a few commands).
+pub trait Backend: Send {
+    fn kind(&self) -> BackendKind;
+    /// The rules text (pf) or commands (policy routing) that `apply` would install.
+    fn render(&self, plan: &Plan) -> String;
+    /// Installs or replaces the repair and confirms it by reading it back; on any failure
+    /// leaves nothing of its own installed.
+    fn apply(&mut self, plan: &Plan) -> Result<(), BackendError>;
+    /// Removes everything the backend owns (also a leftover of a previous run).
+    fn revert(&mut self) -> Result<(), BackendError>;
+    fn status(&self) -> Result<Loaded, BackendError>;
+}
+
+/// Stands in when no backend is configured: reports nothing loaded and refuses to act.
+#[derive(Debug, Default)]
+pub struct NoBackend;
+
+impl Backend for NoBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::None
+    }
+    fn render(&self, _plan: &Plan) -> String {
+        String::new()
+    }
+    fn apply(&mut self, _plan: &Plan) -> Result<(), BackendError> {
+        Err(BackendError::NoBackend)
+    }
+    fn revert(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn status(&self) -> Result<Loaded, BackendError> {
+        Ok(Loaded::default())
+    }
+}
+
+/// The one place a configured backend is built.
+pub fn build_backend(cfg: &FallbackConfig) -> Box<dyn Backend> {
+    match cfg.backend.resolve() {
+        BackendKind::Pf => Box::new(pf::Pf::new(pf::PfOptions::from_config(cfg))),
+        BackendKind::PolicyRouting => Box::new(policy_routing::PolicyRouting::new(
+            policy_routing::PolicyRoutingOptions::from_config(cfg),
+        )),
+        BackendKind::None => Box::new(NoBackend),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip() {
+        let c = FallbackConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.mode, Mode::Observe);
+        let text = toml::to_string(&c).unwrap();
+        let back: FallbackConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn parse_keys() {
+        let c: FallbackConfig = toml::from_str(
+            r#"mode = "auto"
+backend = "policy-routing"
+bypass_subnets = ["10.16.0.0/16"]
+on_tunnel_down = "keep"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Auto);
+        assert_eq!(c.backend, BackendChoice::PolicyRouting);
+        assert_eq!(c.on_tunnel_down, OnTunnelDown::Keep);
+        assert!(toml::from_str::<FallbackConfig>("bypass_subnets = [\"10.16.0.1/16\"]").is_err());
+        assert!(toml::from_str::<FallbackConfig>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn validate_names_key_and_fix() {
+        let mut c = FallbackConfig {
+            anchor: "mine".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("fallback.anchor"));
+        c.anchor = "com.apple/../x".into();
+        assert!(c.validate().is_err());
+        c.anchor = "com.apple/a b".into();
+        assert!(c.validate().is_err());
+        c = FallbackConfig {
+            zero_byte_ratio: 1.5,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("zero_byte_ratio"));
+        c = FallbackConfig {
+            route_table: 254,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("route_table"));
+        c = FallbackConfig {
+            mode: Mode::Auto,
+            backend: BackendChoice::None,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("fallback.mode"));
+    }
+}

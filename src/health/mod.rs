@@ -1,1 +1,176 @@
-//! (work in progress)
+//! Health: a model of the agent's components ([`model`]), the state the agent loop feeds
+//! ([`Health`]), its metrics, and `GET /health`, `GET /-/ready` ([`http`]).
+
+pub mod http;
+pub mod model;
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+
+use crate::fallback::FallbackConfig;
+use crate::fallback::controller::StatusHandle;
+use crate::fallback::window::SharedWindow;
+use crate::probe::Round;
+use crate::proxy_log::Level;
+pub use model::{HealthReport, LogHealthInput, Status};
+
+/// `[health]` section of the config.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// No new log line for this long makes the log component degraded.
+    pub log_stale_secs: u64,
+    /// The least verbose proxy log level that still writes session lines (creation and
+    /// destructor lines are `debug`).
+    pub log_max_level: Level,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            log_stale_secs: 900,
+            log_max_level: Level::Debug,
+        }
+    }
+}
+
+impl HealthConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.log_stale_secs == 0 {
+            return Err("health.log_stale_secs = 0: use e.g. 900".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether the agent has done its first probe round and log read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub probe_round: bool,
+    pub log_read: bool,
+}
+
+#[derive(Default)]
+struct Inputs {
+    log: Option<LogHealthInput>,
+    round: Option<Round>,
+}
+
+/// The agent's health, fed by the agent loop, read by `/health`, `/-/ready` and `/metrics`.
+pub struct Health {
+    thresholds: model::Thresholds,
+    inputs: RwLock<Inputs>,
+    sessions: Option<SharedWindow>,
+    fallback: Option<StatusHandle>,
+    status_gauge: IntGaugeVec,
+    ready_gauge: IntGauge,
+}
+
+impl Health {
+    /// Registers `health_status{component,status}` and `ready` on `registry`.
+    pub fn new(
+        cfg: &HealthConfig,
+        fallback: &FallbackConfig,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
+        let status_gauge = IntGaugeVec::new(
+            Opts::new(
+                "pia_split_tunnel_health_status",
+                "1 for each component's current status (ok, degraded, failing), 0 for the others.",
+            ),
+            &["component", "status"],
+        )?;
+        let ready_gauge = IntGauge::new(
+            "pia_split_tunnel_ready",
+            "1 once the first probe round and log read have happened.",
+        )?;
+        registry.register(Box::new(status_gauge.clone()))?;
+        registry.register(Box::new(ready_gauge.clone()))?;
+        let h = Health {
+            thresholds: model::Thresholds {
+                log_stale: Duration::from_secs(cfg.log_stale_secs),
+                log_max_level: cfg.log_max_level,
+                zero_byte_ratio: fallback.zero_byte_ratio,
+                min_sessions: fallback.min_sessions,
+                window: Duration::from_secs(fallback.window_secs),
+            },
+            inputs: RwLock::default(),
+            sessions: None,
+            fallback: None,
+            status_gauge,
+            ready_gauge,
+        };
+        h.report(Instant::now());
+        Ok(h)
+    }
+
+    pub fn with_sessions(mut self, window: SharedWindow) -> Self {
+        self.sessions = Some(window);
+        self
+    }
+
+    pub fn with_fallback(mut self, status: StatusHandle) -> Self {
+        self.fallback = Some(status);
+        self
+    }
+
+    /// After each log read.
+    pub fn update_log(&self, input: LogHealthInput) {
+        self.inputs.write().expect("health lock").log = Some(input);
+        self.report(Instant::now());
+    }
+
+    /// After each probe round (and after the fallback controller saw it).
+    pub fn update_round(&self, round: Round) {
+        self.inputs.write().expect("health lock").round = Some(round);
+        self.report(Instant::now());
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let i = self.inputs.read().expect("health lock");
+        let r = Readiness {
+            ready: i.round.is_some() && i.log.is_some(),
+            probe_round: i.round.is_some(),
+            log_read: i.log.is_some(),
+        };
+        self.ready_gauge.set(i64::from(r.ready));
+        r
+    }
+
+    /// The report at `now`; also refreshes the health metrics.
+    pub fn report(&self, now: Instant) -> HealthReport {
+        let apps = self
+            .sessions
+            .as_ref()
+            .map(|w| w.lock().expect("session window lock").per_app(now));
+        let fallback = self
+            .fallback
+            .as_ref()
+            .map(|f| f.read().expect("status lock").clone());
+        let report = {
+            let i = self.inputs.read().expect("health lock");
+            model::assess(
+                &self.thresholds,
+                &model::Inputs {
+                    log: i.log.as_ref(),
+                    sessions: apps.as_deref(),
+                    round: i.round.as_ref(),
+                    fallback: fallback.as_ref(),
+                },
+            )
+        };
+        for (name, comp) in &report.components {
+            for s in Status::ALL {
+                self.status_gauge
+                    .with_label_values(&[name, s.as_str()])
+                    .set(i64::from(comp.status == s));
+            }
+        }
+        self.readiness();
+        report
+    }
+}

@@ -1,7 +1,173 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the agent binary and generated logs; scripted
+//! probe rounds and the stand-in pfctl for the fallback.
 #![allow(dead_code)]
 
+pub mod netns;
+
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pia_split_tunnel_exporter::fallback::FallbackConfig;
+use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
+use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round};
+
+pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 1);
+/// What the physical path egresses as (documentation range).
+pub const PHYS_EGRESS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
+/// What the tunnel egresses as.
+pub const TUNNEL_EGRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+
+pub fn interfaces(tunnel: bool, phys_ip: Ipv4Addr) -> Interfaces {
+    Interfaces {
+        physical: Some(PhysicalIf {
+            name: "en0".into(),
+            index: 4,
+            ipv4: phys_ip,
+            gateway: Some(GATEWAY),
+        }),
+        tunnel: tunnel.then(|| TunnelIf {
+            name: "utun4".into(),
+            index: 20,
+            ipv4: Ipv4Addr::new(10, 16, 0, 2),
+        }),
+    }
+}
+
+/// What the bypass probe did in a scripted round.
+#[derive(Clone, Copy, Debug)]
+pub enum Bypass {
+    /// Egresses as the physical path: healthy (or repaired).
+    Physical,
+    /// Egresses as the tunnel: broken.
+    Tunnel,
+    /// Times out: broken.
+    Timeout,
+}
+
+pub fn round_with(tunnel: bool, physical_ok: bool, bypass: Bypass, phys_ip: Ipv4Addr) -> Round {
+    let r = |path, outcome| PathResult {
+        path,
+        outcome,
+        duration: Duration::from_millis(20),
+    };
+    let physical = if physical_ok {
+        Ok(PHYS_EGRESS)
+    } else {
+        Err(ProbeError::Timeout)
+    };
+    let tunnel_out = if tunnel {
+        Ok(TUNNEL_EGRESS)
+    } else {
+        Err(ProbeError::NoInterface)
+    };
+    let bypass_out = match bypass {
+        Bypass::Physical => physical,
+        Bypass::Tunnel if tunnel => Ok(TUNNEL_EGRESS),
+        Bypass::Tunnel => physical,
+        Bypass::Timeout => Err(ProbeError::Timeout),
+    };
+    let default_out = if tunnel { tunnel_out } else { physical };
+    Round {
+        interfaces: interfaces(tunnel, phys_ip),
+        results: vec![
+            r(PathKind::Physical, physical),
+            r(PathKind::Tunnel, tunnel_out),
+            r(PathKind::Bypass, bypass_out),
+            r(PathKind::Default, default_out),
+        ],
+    }
+}
+
+pub fn round(tunnel: bool, bypass: Bypass) -> Round {
+    round_with(tunnel, true, bypass, PHYS_IP)
+}
+
+/// A directory with a `pfctl` that runs the stand-in with its state kept there.
+pub struct StandIn {
+    pub dir: tempfile::TempDir,
+}
+
+impl StandIn {
+    pub fn new() -> StandIn {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pfctl");
+        let wrapper = dir.path().join("pfctl");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nPFCTL_STANDIN_STATE='{}' exec python3 '{}' \"$@\"\n",
+                dir.path().display(),
+                script.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        StandIn { dir }
+    }
+
+    pub fn pfctl(&self) -> PathBuf {
+        self.dir.path().join("pfctl")
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("state/pf-token")
+    }
+
+    pub fn config(&self) -> FallbackConfig {
+        FallbackConfig {
+            backend: pia_split_tunnel_exporter::fallback::BackendChoice::Pf,
+            pfctl_path: self.pfctl(),
+            pf_token_file: self.token_file(),
+            ..FallbackConfig::default()
+        }
+    }
+
+    /// Make the next calls of `op` fail (`-f`, `-E`, `-X`, `-F`, `-k`, `-s`, `readback-empty`).
+    pub fn fail(&self, op: &str) {
+        std::fs::write(self.dir.path().join("fail"), format!("{op}\n")).unwrap();
+    }
+
+    pub fn heal(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("fail"));
+    }
+
+    /// Every call so far: (args, stdin).
+    pub fn calls(&self) -> Vec<(Vec<String>, Option<String>)> {
+        let text = std::fs::read_to_string(self.dir.path().join("calls.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let args = v["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned())
+                    .collect();
+                (args, v["stdin"].as_str().map(str::to_owned))
+            })
+            .collect()
+    }
+
+    /// Calls as single strings, e.g. `-a com.apple/x -f -`.
+    pub fn call_lines(&self) -> Vec<String> {
+        self.calls().into_iter().map(|(a, _)| a.join(" ")).collect()
+    }
+
+    /// Enable references handed out and not released.
+    pub fn held_tokens(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("tokens"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+// --- the agent binary and generated logs ---
+
 use std::process::{Command, Output};
 
 use serde_json::Value;

@@ -1,0 +1,372 @@
+//! Carries out the policy's decisions on a backend: apply, verify with a fresh probe, roll back
+//! and back off on failure; reconciles at start and cleans up at shutdown.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::metrics::FallbackMetrics;
+use super::policy::{Action, Decision, Outcome, Policy, Reason, bypass_broken};
+use super::window::Ratio;
+use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
+use crate::probe::{PathKind, Round};
+
+/// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
+pub trait Verifier: Send + Sync {
+    fn round(&self) -> Pin<Box<dyn Future<Output = Round> + Send + '_>>;
+}
+
+impl<F, Fut> Verifier for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Round> + Send + 'static,
+{
+    fn round(&self) -> Pin<Box<dyn Future<Output = Round> + Send + '_>> {
+        Box::pin(self())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DecisionRecord {
+    pub decision: &'static str,
+    pub reason: Reason,
+    pub at_unix: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ActionRecord {
+    pub action: Action,
+    pub outcome: Outcome,
+    /// The backend's error or why verification failed.
+    pub error: Option<String>,
+    pub at_unix: f64,
+}
+
+/// What the fallback is doing, for `/health`, `fallback status` and the HTTP answers.
+#[derive(Clone, Debug, Serialize)]
+pub struct FallbackStatus {
+    pub mode: Mode,
+    pub backend: BackendKind,
+    pub active: bool,
+    pub plan: Option<Plan>,
+    pub last_decision: Option<DecisionRecord>,
+    pub last_action: Option<ActionRecord>,
+    pub consecutive_failures: u32,
+}
+
+pub type StatusHandle = Arc<RwLock<FallbackStatus>>;
+
+/// Why a manual or alert-triggered action did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("fallback.mode is {0:?}: alerts are acted on only in auto mode")]
+    NotAuto(Mode),
+    #[error("not now: {}", .0.as_str())]
+    Gated(Reason),
+    #[error("cannot build rules: {0}")]
+    NoPlan(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(
+        "applied, but the bypass egresses as {bypass:?}, not as the physical path {physical:?}: rolled back"
+    )]
+    RolledBack {
+        bypass: Option<Ipv4Addr>,
+        physical: Option<Ipv4Addr>,
+    },
+}
+
+pub struct Controller {
+    cfg: FallbackConfig,
+    policy: Policy,
+    backend: Box<dyn Backend>,
+    verifier: Box<dyn Verifier>,
+    metrics: FallbackMetrics,
+    status: StatusHandle,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Controller {
+    pub fn new(
+        cfg: &FallbackConfig,
+        backend: Box<dyn Backend>,
+        verifier: Box<dyn Verifier>,
+        metrics: FallbackMetrics,
+    ) -> Self {
+        metrics.set_mode(cfg.mode);
+        metrics.set_backend(backend.kind());
+        metrics.set_active(false);
+        let status = Arc::new(RwLock::new(FallbackStatus {
+            mode: cfg.mode,
+            backend: backend.kind(),
+            active: false,
+            plan: None,
+            last_decision: None,
+            last_action: None,
+            consecutive_failures: 0,
+        }));
+        Controller {
+            cfg: cfg.clone(),
+            policy: Policy::new(cfg),
+            backend,
+            verifier,
+            metrics,
+            status,
+        }
+    }
+
+    /// A shared view of the status, updated after every round and action.
+    pub fn status_handle(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    pub fn status(&self) -> FallbackStatus {
+        self.status.read().expect("status lock").clone()
+    }
+
+    /// At start: adopt or remove what a previous run left installed (`on_start`).
+    pub fn reconcile(&mut self) -> Result<(), BackendError> {
+        let loaded = self.backend.status()?;
+        if loaded.is_empty() {
+            return Ok(());
+        }
+        match self.cfg.on_start {
+            OnStart::Adopt => {
+                tracing::info!(rules = ?loaded.rules, "fallback: adopting what a previous run left installed");
+                self.policy.adopt();
+            }
+            OnStart::Remove => {
+                tracing::info!(rules = ?loaded.rules, "fallback: removing what a previous run left installed");
+                self.backend.revert()?;
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// At shutdown: leave or remove the fallback (`on_shutdown`).
+    pub fn shutdown(&mut self) -> Result<(), BackendError> {
+        if self.cfg.on_shutdown == OnShutdown::Keep {
+            return Ok(());
+        }
+        if self.policy.active() || !self.backend.status()?.is_empty() {
+            tracing::info!("fallback: removing at shutdown (on_shutdown = \"remove\")");
+            self.backend.revert()?;
+            self.policy
+                .record(Instant::now(), Action::Revert, Outcome::Ok, None);
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// One probe round: decide, and in `auto` act. Returns the decision taken.
+    pub async fn on_round(&mut self, now: Instant, round: &Round, sessions: Ratio) -> Decision {
+        let decision = if self.cfg.mode == Mode::Off {
+            Decision::None(Reason::ModeOff)
+        } else {
+            self.policy.evaluate(now, round, sessions)
+        };
+        self.note_decision(&decision, sessions);
+        if self.cfg.mode == Mode::Auto {
+            let physical = round.egress(PathKind::Physical);
+            let _ = self.execute(now, &decision, physical).await;
+        }
+        self.publish();
+        decision
+    }
+
+    /// `POST /fallback/apply`, `fallback apply`: in any mode, outside cooldown and cap.
+    pub async fn manual_apply(&mut self, now: Instant) -> Result<Plan, ControlError> {
+        self.apply_now(now, Reason::Manual).await
+    }
+
+    /// `POST /fallback/revert`, `fallback revert`: in any mode, always allowed.
+    pub fn manual_revert(&mut self, now: Instant) -> Result<(), ControlError> {
+        let d = Decision::Revert(Reason::Manual);
+        self.note_decision(&d, Ratio::default());
+        let r = self.revert(now);
+        self.publish();
+        r.map_err(ControlError::from)
+    }
+
+    /// A firing Alertmanager alert: acts only in `auto`, under cooldown, cap and back-off.
+    pub async fn alert_apply(&mut self, now: Instant) -> Result<Option<Plan>, ControlError> {
+        if self.cfg.mode != Mode::Auto {
+            let d = if self.cfg.mode == Mode::Off {
+                Decision::None(Reason::ModeOff)
+            } else {
+                Decision::None(Reason::Alert)
+            };
+            self.note_decision(&d, Ratio::default());
+            return Err(ControlError::NotAuto(self.cfg.mode));
+        }
+        if self.policy.active() {
+            self.note_decision(&Decision::None(Reason::Active), Ratio::default());
+            return Ok(None);
+        }
+        if let Err(reason) = self.policy.may_act(now) {
+            self.note_decision(&Decision::None(reason), Ratio::default());
+            return Err(ControlError::Gated(reason));
+        }
+        self.apply_now(now, Reason::Alert).await.map(Some)
+    }
+
+    async fn apply_now(&mut self, now: Instant, reason: Reason) -> Result<Plan, ControlError> {
+        let round = self.verifier.round().await;
+        let plan = match Plan::from_interfaces(&round.interfaces, &self.cfg) {
+            Ok(p) => p,
+            Err(e) => {
+                self.note_decision(&Decision::None(Reason::NoPlan), Ratio::default());
+                self.publish();
+                return Err(ControlError::NoPlan(e.to_string()));
+            }
+        };
+        let d = Decision::Apply(plan.clone(), reason);
+        self.note_decision(&d, Ratio::default());
+        let r = self
+            .execute(now, &d, round.egress(PathKind::Physical))
+            .await;
+        self.publish();
+        r.map(|()| plan)
+    }
+
+    fn note_decision(&self, d: &Decision, sessions: Ratio) {
+        self.metrics.decision(d);
+        let reason = d.reason().as_str();
+        let mode = self.cfg.mode.as_str();
+        match d {
+            Decision::None(_) => {
+                tracing::debug!(decision = d.label(), reason, mode, "fallback decision")
+            }
+            _ => tracing::info!(
+                decision = d.label(),
+                reason,
+                mode,
+                zero_byte_sessions = sessions.zero,
+                sessions = sessions.total,
+                acting = self.cfg.mode == Mode::Auto || reason == "manual",
+                "fallback decision"
+            ),
+        }
+        self.status.write().expect("status lock").last_decision = Some(DecisionRecord {
+            decision: d.label(),
+            reason: d.reason(),
+            at_unix: unix_now(),
+        });
+    }
+
+    async fn execute(
+        &mut self,
+        now: Instant,
+        d: &Decision,
+        physical: Option<Ipv4Addr>,
+    ) -> Result<(), ControlError> {
+        match d {
+            Decision::None(_) => Ok(()),
+            Decision::Revert(_) => self.revert(now).map_err(Into::into),
+            Decision::Apply(plan, _) => self.apply(now, Action::Apply, plan, physical).await,
+            Decision::Reload(plan, _) => self.apply(now, Action::Reload, plan, physical).await,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        now: Instant,
+        action: Action,
+        plan: &Plan,
+        physical_before: Option<Ipv4Addr>,
+    ) -> Result<(), ControlError> {
+        if let Err(e) = self.backend.apply(plan) {
+            tracing::error!(action = action.as_str(), error = %e, "fallback: backend failed");
+            self.finish(now, action, Outcome::Failed, Some(e.to_string()), None);
+            return Err(e.into());
+        }
+        // The bypass must now leave as the physical path does.
+        let round = self.verifier.round().await;
+        let physical = round.egress(PathKind::Physical).or(physical_before);
+        let bypass = round.egress(PathKind::Bypass);
+        if physical.is_some() && bypass == physical && bypass_broken(&round).is_none() {
+            tracing::info!(action = action.as_str(), egress = ?bypass, interface = %plan.interface,
+                gateway = %plan.gateway, source = %plan.source,
+                "fallback: applied and verified: the bypass egresses as the physical path");
+            self.finish(now, action, Outcome::Ok, None, Some(plan));
+            return Ok(());
+        }
+        let err = ControlError::RolledBack { bypass, physical };
+        tracing::warn!(action = action.as_str(), error = %err, "fallback: verification failed");
+        if let Err(e) = self.backend.revert() {
+            tracing::error!(error = %e, "fallback: rollback failed");
+        }
+        self.finish(
+            now,
+            action,
+            Outcome::RolledBack,
+            Some(err.to_string()),
+            None,
+        );
+        Err(err)
+    }
+
+    fn revert(&mut self, now: Instant) -> Result<(), BackendError> {
+        match self.backend.revert() {
+            Ok(()) => {
+                tracing::info!("fallback: reverted");
+                self.finish(now, Action::Revert, Outcome::Ok, None, None);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fallback: revert failed");
+                self.finish(
+                    now,
+                    Action::Revert,
+                    Outcome::Failed,
+                    Some(e.to_string()),
+                    None,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        now: Instant,
+        action: Action,
+        outcome: Outcome,
+        error: Option<String>,
+        plan: Option<&Plan>,
+    ) {
+        self.policy.record(now, action, outcome, plan);
+        self.metrics.action(action, outcome);
+        self.status.write().expect("status lock").last_action = Some(ActionRecord {
+            action,
+            outcome,
+            error,
+            at_unix: unix_now(),
+        });
+    }
+
+    fn publish(&self) {
+        let active = self.policy.active();
+        self.metrics.set_active(active);
+        let mut s = self.status.write().expect("status lock");
+        s.active = active;
+        s.plan = self.policy.installed_plan().cloned();
+        s.consecutive_failures = self.policy.consecutive_failures();
+    }
+
+    /// The rules the backend would install for `plan`.
+    pub fn render(&self, plan: &Plan) -> String {
+        self.backend.render(plan)
+    }
+}

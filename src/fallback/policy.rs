@@ -1,0 +1,382 @@
+//! When to act: a pure state machine. Inputs carry their own `now`; outputs are decisions the
+//! controller carries out (in `auto`) or only reports (in `observe`), then feeds back with
+//! [`Policy::record`].
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::window::Ratio;
+use super::{FallbackConfig, OnTunnelDown, Plan};
+use crate::probe::{PathKind, Round};
+
+/// Why a decision was taken: a small fixed set, used as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Fallback off and the bypass egresses as the physical path does.
+    BypassHealthy,
+    /// Fallback off and no tunnel: nothing to repair.
+    NoTunnel,
+    /// The physical path itself fails: the repair could not help.
+    PhysicalDown,
+    /// Discovery found no physical interface, gateway or valid name to build rules from.
+    NoPlan,
+    /// A condition holds but not for enough rounds yet (hysteresis).
+    AwaitingConfirmation,
+    /// The bypass probe failed or went through the tunnel for N rounds.
+    ProbeBroken,
+    /// Most bypass sessions closed with zero bytes, and this round confirms it.
+    SessionsZeroBytes,
+    /// The fallback is active yet the bypass is still broken: re-apply.
+    StillBroken,
+    Cooldown,
+    RateLimited,
+    Backoff,
+    TunnelDown,
+    /// The tunnel went away and `on_tunnel_down = "keep"`.
+    KeepOnTunnelDown,
+    /// The physical address, gateway or interface changed: re-render and reload.
+    AddressChanged,
+    /// The fallback is active and nothing changed.
+    Active,
+    Manual,
+    Alert,
+    ModeOff,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 18] = [
+        Reason::BypassHealthy,
+        Reason::NoTunnel,
+        Reason::PhysicalDown,
+        Reason::NoPlan,
+        Reason::AwaitingConfirmation,
+        Reason::ProbeBroken,
+        Reason::SessionsZeroBytes,
+        Reason::StillBroken,
+        Reason::Cooldown,
+        Reason::RateLimited,
+        Reason::Backoff,
+        Reason::TunnelDown,
+        Reason::KeepOnTunnelDown,
+        Reason::AddressChanged,
+        Reason::Active,
+        Reason::Manual,
+        Reason::Alert,
+        Reason::ModeOff,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BypassHealthy => "bypass_healthy",
+            Reason::NoTunnel => "no_tunnel",
+            Reason::PhysicalDown => "physical_down",
+            Reason::NoPlan => "no_plan",
+            Reason::AwaitingConfirmation => "awaiting_confirmation",
+            Reason::ProbeBroken => "probe_broken",
+            Reason::SessionsZeroBytes => "sessions_zero_bytes",
+            Reason::StillBroken => "still_broken",
+            Reason::Cooldown => "cooldown",
+            Reason::RateLimited => "rate_limited",
+            Reason::Backoff => "backoff",
+            Reason::TunnelDown => "tunnel_down",
+            Reason::KeepOnTunnelDown => "keep_on_tunnel_down",
+            Reason::AddressChanged => "address_changed",
+            Reason::Active => "active",
+            Reason::Manual => "manual",
+            Reason::Alert => "alert",
+            Reason::ModeOff => "mode_off",
+        }
+    }
+}
+
+/// What to do after a round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    None(Reason),
+    Apply(Plan, Reason),
+    Reload(Plan, Reason),
+    Revert(Reason),
+}
+
+/// An action on the backend, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Apply,
+    Revert,
+    Reload,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Apply, Action::Revert, Action::Reload];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Apply => "apply",
+            Action::Revert => "revert",
+            Action::Reload => "reload",
+        }
+    }
+}
+
+/// How an action ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// The backend failed (its error is logged); it left nothing of its own installed.
+    Failed,
+    /// Installed, but the bypass did not egress as the physical path: removed again.
+    RolledBack,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Failed, Outcome::RolledBack];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl Decision {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Decision::None(r) | Decision::Revert(r) => *r,
+            Decision::Apply(_, r) | Decision::Reload(_, r) => *r,
+        }
+    }
+    /// `none`, `apply`, `reload` or `revert`: the metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::None(_) => "none",
+            Decision::Apply(..) => "apply",
+            Decision::Reload(..) => "reload",
+            Decision::Revert(_) => "revert",
+        }
+    }
+    pub fn action(&self) -> Option<Action> {
+        match self {
+            Decision::None(_) => None,
+            Decision::Apply(..) => Some(Action::Apply),
+            Decision::Reload(..) => Some(Action::Reload),
+            Decision::Revert(_) => Some(Action::Revert),
+        }
+    }
+}
+
+/// Is the bypass broken while the physical path works? `Some(physical egress)` when so.
+pub fn bypass_broken(round: &Round) -> Option<Ipv4Addr> {
+    let physical = round.egress(PathKind::Physical)?;
+    (round.egress(PathKind::Bypass) != Some(physical)).then_some(physical)
+}
+
+/// What the backend holds, as far as the policy knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Installed {
+    Nothing,
+    /// Adopted from a previous run; its plan is taken from the next round.
+    Unknown,
+    Plan(Plan),
+}
+
+/// The decision state machine.
+#[derive(Debug)]
+pub struct Policy {
+    cfg: FallbackConfig,
+    installed: Installed,
+    broken_streak: u32,
+    tunnel_down_streak: u32,
+    last_action: Option<Instant>,
+    /// Times of actions in the last hour, for the cap.
+    actions: VecDeque<Instant>,
+    /// Failed actions in a row, for the back-off.
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl Policy {
+    pub fn new(cfg: &FallbackConfig) -> Self {
+        Policy {
+            cfg: cfg.clone(),
+            installed: Installed::Nothing,
+            broken_streak: 0,
+            tunnel_down_streak: 0,
+            last_action: None,
+            actions: VecDeque::new(),
+            failures: 0,
+            not_before: None,
+        }
+    }
+
+    /// Whether the fallback is installed, as far as the policy knows.
+    pub fn active(&self) -> bool {
+        self.installed != Installed::Nothing
+    }
+
+    /// The plan installed, when known.
+    pub fn installed_plan(&self) -> Option<&Plan> {
+        match &self.installed {
+            Installed::Plan(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// A leftover of a previous run is now ours.
+    pub fn adopt(&mut self) {
+        self.installed = Installed::Unknown;
+    }
+
+    /// Failed actions in a row.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Decides after one probe round; `sessions` is the session window at `now`.
+    pub fn evaluate(&mut self, now: Instant, round: &Round, sessions: Ratio) -> Decision {
+        let tunnel = round.interfaces.tunnel.is_some();
+        let broken = tunnel && bypass_broken(round).is_some();
+        self.tunnel_down_streak = if tunnel {
+            0
+        } else {
+            self.tunnel_down_streak.saturating_add(1)
+        };
+        self.broken_streak = if broken {
+            self.broken_streak.saturating_add(1)
+        } else {
+            0
+        };
+        let plan = Plan::from_interfaces(&round.interfaces, &self.cfg);
+
+        if self.active() {
+            if !tunnel {
+                if self.tunnel_down_streak < self.cfg.tunnel_down_rounds {
+                    return Decision::None(Reason::AwaitingConfirmation);
+                }
+                return match self.cfg.on_tunnel_down {
+                    OnTunnelDown::Keep => Decision::None(Reason::KeepOnTunnelDown),
+                    // Undoing is always allowed, except straight after a failed undo.
+                    OnTunnelDown::Revert => match self.not_before {
+                        Some(t) if now < t => Decision::None(Reason::Backoff),
+                        _ => Decision::Revert(Reason::TunnelDown),
+                    },
+                };
+            }
+            let Ok(plan) = plan else {
+                return Decision::None(Reason::NoPlan);
+            };
+            match &self.installed {
+                Installed::Unknown => {
+                    // Take the leftover as rendered from today's facts; if it is not, the
+                    // bypass stays broken and `StillBroken` reloads it.
+                    self.installed = Installed::Plan(plan.clone());
+                }
+                Installed::Plan(p) if *p != plan => {
+                    return self.gate(now, Decision::Reload(plan, Reason::AddressChanged));
+                }
+                _ => {}
+            }
+            if self.broken_streak >= self.cfg.consecutive_rounds {
+                return self.gate(now, Decision::Reload(plan, Reason::StillBroken));
+            }
+            return Decision::None(Reason::Active);
+        }
+
+        if !tunnel {
+            return Decision::None(Reason::NoTunnel);
+        }
+        if round.egress(PathKind::Physical).is_none() {
+            return Decision::None(Reason::PhysicalDown);
+        }
+        if !broken {
+            return Decision::None(Reason::BypassHealthy);
+        }
+        let Ok(plan) = plan else {
+            return Decision::None(Reason::NoPlan);
+        };
+        let reason = if self.broken_streak >= self.cfg.consecutive_rounds {
+            Reason::ProbeBroken
+        } else if self.sessions_broken(sessions) {
+            // The sessions are the evidence; this round's probes are the confirmation.
+            Reason::SessionsZeroBytes
+        } else {
+            return Decision::None(Reason::AwaitingConfirmation);
+        };
+        self.gate(now, Decision::Apply(plan, reason))
+    }
+
+    fn sessions_broken(&self, s: Ratio) -> bool {
+        s.total >= u64::from(self.cfg.min_sessions)
+            && s.share().is_some_and(|r| r >= self.cfg.zero_byte_ratio)
+    }
+
+    /// Back-off, cooldown and the hourly cap, in that order, for apply and reload.
+    fn gate(&mut self, now: Instant, d: Decision) -> Decision {
+        if self.not_before.is_some_and(|t| now < t) {
+            return Decision::None(Reason::Backoff);
+        }
+        let cooldown = Duration::from_secs(self.cfg.cooldown_secs);
+        if self.last_action.is_some_and(|t| now < t + cooldown) {
+            return Decision::None(Reason::Cooldown);
+        }
+        self.prune(now);
+        if self.actions.len() >= self.cfg.max_actions_per_hour as usize {
+            return Decision::None(Reason::RateLimited);
+        }
+        d
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while self.actions.front().is_some_and(|t| *t + HOUR <= now) {
+            self.actions.pop_front();
+        }
+    }
+
+    /// Whether an action may run now under the cap and back-off (manual actions skip this).
+    pub fn may_act(&mut self, now: Instant) -> Result<(), Reason> {
+        match self.gate(now, Decision::None(Reason::Manual)) {
+            Decision::None(Reason::Manual) => Ok(()),
+            other => Err(other.reason()),
+        }
+    }
+
+    /// How an action ended. `plan` is what was applied (apply, reload).
+    pub fn record(&mut self, now: Instant, action: Action, outcome: Outcome, plan: Option<&Plan>) {
+        self.last_action = Some(now);
+        self.actions.push_back(now);
+        self.broken_streak = 0;
+        match (action, outcome) {
+            (Action::Apply | Action::Reload, Outcome::Ok) => {
+                self.installed = plan.cloned().map_or(Installed::Unknown, Installed::Plan);
+                self.failures = 0;
+                self.not_before = None;
+            }
+            (Action::Revert, Outcome::Ok) => {
+                self.installed = Installed::Nothing;
+                self.failures = 0;
+                self.not_before = None;
+            }
+            (Action::Apply | Action::Reload, _) => {
+                // Backends leave nothing of theirs after a failed apply or a rollback.
+                self.installed = Installed::Nothing;
+                self.back_off(now);
+            }
+            (Action::Revert, _) => self.back_off(now),
+        }
+    }
+
+    fn back_off(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let base = self.cfg.cooldown_secs.max(1);
+        let secs = base
+            .saturating_mul(1u64 << (self.failures - 1).min(20))
+            .min(self.cfg.backoff_max_secs.max(base));
+        self.not_before = Some(now + Duration::from_secs(secs));
+    }
+}

@@ -1,0 +1,221 @@
+//! Linux backend, the twin of the pf rule: `ip rule from SOURCE lookup T priority P` and, in
+//! table T (owned by the agent), a default route via the physical gateway plus `throw` routes
+//! for private ranges, loopback and the bypass subnets, so those fall through to the main
+//! table exactly as `to ! <rfc1918>` leaves them alone in pf.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::exec::{Ran, run};
+use super::{Backend, BackendError, BackendKind, FallbackConfig, Loaded, Plan};
+
+const LOCAL_NETS: [&str; 4] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+];
+
+#[derive(Clone, Debug)]
+pub struct PolicyRoutingOptions {
+    pub ip: PathBuf,
+    pub table: u32,
+    pub priority: u32,
+    /// Run every `ip` command as `ip -n NETNS ...`: tests work in a namespace of their own.
+    pub netns: Option<String>,
+}
+
+impl PolicyRoutingOptions {
+    pub fn from_config(cfg: &FallbackConfig) -> Self {
+        PolicyRoutingOptions {
+            ip: cfg.ip_path.clone(),
+            table: cfg.route_table,
+            priority: cfg.rule_priority,
+            netns: None,
+        }
+    }
+}
+
+pub struct PolicyRouting {
+    opts: PolicyRoutingOptions,
+}
+
+impl PolicyRouting {
+    pub fn new(opts: PolicyRoutingOptions) -> Self {
+        PolicyRouting { opts }
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<Ran, BackendError> {
+        let mut full: Vec<OsString> = Vec::with_capacity(args.len() + 3);
+        if let Some(ns) = &self.opts.netns {
+            full.push("-n".into());
+            full.push(ns.into());
+        }
+        full.push("-4".into());
+        full.extend(args.iter().map(OsString::from));
+        run(&self.opts.ip, &full, None)
+    }
+
+    /// Each command of the plan, as arguments after `ip -4`.
+    fn commands(&self, plan: &Plan) -> Vec<Vec<String>> {
+        let table = self.opts.table.to_string();
+        let mut cmds = vec![vec![
+            "rule".into(),
+            "add".into(),
+            "from".into(),
+            plan.source.to_string(),
+            "lookup".into(),
+            table.clone(),
+            "priority".into(),
+            self.opts.priority.to_string(),
+        ]];
+        cmds.push(
+            [
+                "route",
+                "replace",
+                "default",
+                "via",
+                &plan.gateway.to_string(),
+                "dev",
+                plan.interface.as_str(),
+                "table",
+                &table,
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let subnets = LOCAL_NETS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(plan.bypass_subnets.iter().map(|n| n.to_string()));
+        for net in subnets {
+            cmds.push(
+                ["route", "replace", "throw", &net, "table", &table]
+                    .map(String::from)
+                    .to_vec(),
+            );
+        }
+        cmds
+    }
+
+    fn rules(&self) -> Result<Vec<String>, BackendError> {
+        let out = self.ip(&[
+            "rule",
+            "list",
+            "priority",
+            &self.opts.priority.to_string(),
+            "table",
+            &self.opts.table.to_string(),
+        ])?;
+        Ok(lines(&out.stdout))
+    }
+
+    fn routes(&self) -> Result<Vec<String>, BackendError> {
+        match self.ip(&["route", "show", "table", &self.opts.table.to_string()]) {
+            Ok(out) => Ok(lines(&out.stdout)),
+            // A table that never held a route does not exist yet: nothing is installed.
+            Err(BackendError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_all(&self) -> Result<(), BackendError> {
+        let (prio, table) = (self.opts.priority.to_string(), self.opts.table.to_string());
+        // One `del` removes one rule; a crash loop could have left several. Bounded.
+        for _ in 0..64 {
+            if self.rules()?.is_empty() {
+                break;
+            }
+            self.ip(&["rule", "del", "priority", &prio, "table", &table])?;
+        }
+        if !self.routes()?.is_empty() {
+            self.ip(&["route", "flush", "table", &table])?;
+        }
+        let left = self.status()?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(BackendError::ReadBack {
+                action: "revert",
+                detail: format!("still installed: {:?}", left.rules),
+            })
+        }
+    }
+
+    fn install(&self, plan: &Plan) -> Result<(), BackendError> {
+        for cmd in self.commands(plan) {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            self.ip(&args)?;
+        }
+        let rules = self.rules()?;
+        let want_rule = format!("from {} lookup {}", plan.source, self.opts.table);
+        let want_route = format!("default via {} dev {}", plan.gateway, plan.interface);
+        let routes = self.routes()?;
+        if rules.len() == 1
+            && rules[0].contains(&want_rule)
+            && routes.iter().any(|r| r.starts_with(&want_route))
+        {
+            Ok(())
+        } else {
+            Err(BackendError::ReadBack {
+                action: "apply",
+                detail: format!(
+                    "want one `{want_rule}` rule and `{want_route}`; found rules {rules:?}, \
+                     routes {routes:?}"
+                ),
+            })
+        }
+    }
+}
+
+impl Backend for PolicyRouting {
+    fn kind(&self) -> BackendKind {
+        BackendKind::PolicyRouting
+    }
+
+    fn render(&self, plan: &Plan) -> String {
+        let mut s = String::new();
+        for cmd in self.commands(plan) {
+            let _ = writeln!(s, "ip -4 {}", cmd.join(" "));
+        }
+        s
+    }
+
+    fn apply(&mut self, plan: &Plan) -> Result<(), BackendError> {
+        // Replace, never stack: a reload with a new address must not leave the old rule.
+        self.remove_all()?;
+        let result = self.install(plan);
+        if result.is_err()
+            && let Err(e) = self.remove_all()
+        {
+            tracing::warn!(error = %e, "rollback after a failed apply did not finish");
+        }
+        result
+    }
+
+    fn revert(&mut self) -> Result<(), BackendError> {
+        self.remove_all()
+    }
+
+    fn status(&self) -> Result<Loaded, BackendError> {
+        let mut rules = self.rules()?;
+        let table = self.opts.table;
+        rules.extend(
+            self.routes()?
+                .into_iter()
+                .map(|r| format!("table {table}: {r}")),
+        );
+        Ok(Loaded { rules })
+    }
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

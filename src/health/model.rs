@@ -1,0 +1,287 @@
+//! The health model: each component `ok`, `degraded` or `failing`, with a reason in words.
+//! Pure: built from snapshots of the inputs, so it is tested without a running agent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::fallback::Mode;
+use crate::fallback::controller::FallbackStatus;
+use crate::fallback::policy::{Action, Outcome, bypass_broken};
+use crate::fallback::window::AppRatio;
+use crate::probe::{PathKind, ProbeError, Round};
+use crate::proxy_log::Level;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Degraded,
+    Failing,
+}
+
+impl Status {
+    pub const ALL: [Status; 3] = [Status::Ok, Status::Degraded, Status::Failing];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Degraded => "degraded",
+            Status::Failing => "failing",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Component {
+    pub status: Status,
+    pub reason: String,
+}
+
+fn c(status: Status, reason: impl Into<String>) -> Component {
+    Component {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// Component names, fixed: they are metric labels.
+pub const COMPONENTS: [&str; 7] = [
+    "log",
+    "sessions",
+    "probe_physical",
+    "probe_tunnel",
+    "probe_bypass",
+    "probe_default",
+    "fallback",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthReport {
+    /// The worst of the components.
+    pub status: Status,
+    pub components: BTreeMap<&'static str, Component>,
+}
+
+/// What the log side reports, filled by the log pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogHealthInput {
+    pub file_present: bool,
+    pub last_line_age: Option<Duration>,
+    pub level: Option<Level>,
+    pub lines_read: u64,
+    pub unrecognized: u64,
+}
+
+/// Thresholds the model uses.
+#[derive(Clone, Debug)]
+pub struct Thresholds {
+    pub log_stale: Duration,
+    /// A proxy logging at a level above this does not write the session lines.
+    pub log_max_level: Level,
+    pub zero_byte_ratio: f64,
+    pub min_sessions: u32,
+    pub window: Duration,
+}
+
+/// Snapshot of every input at one moment.
+pub struct Inputs<'a> {
+    pub log: Option<&'a LogHealthInput>,
+    pub sessions: Option<&'a [AppRatio]>,
+    pub round: Option<&'a Round>,
+    pub fallback: Option<&'a FallbackStatus>,
+}
+
+pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
+    let mut components = BTreeMap::new();
+    components.insert("log", log(t, i.log));
+    components.insert("sessions", sessions(t, i.sessions));
+    let active = i.fallback.is_some_and(|f| f.active);
+    for (name, path) in [
+        ("probe_physical", PathKind::Physical),
+        ("probe_tunnel", PathKind::Tunnel),
+        ("probe_bypass", PathKind::Bypass),
+        ("probe_default", PathKind::Default),
+    ] {
+        components.insert(name, probe(i.round, path, active));
+    }
+    components.insert("fallback", fallback(i.fallback, i.round));
+    let status = components
+        .values()
+        .map(|c| c.status)
+        .max()
+        .unwrap_or(Status::Ok);
+    HealthReport { status, components }
+}
+
+fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
+    let Some(l) = l else {
+        return c(Status::Degraded, "the log has not been read yet");
+    };
+    if !l.file_present {
+        return c(Status::Failing, "the proxy log file is missing");
+    }
+    if let Some(level) = l.level
+        && level > t.log_max_level
+    {
+        return c(
+            Status::Degraded,
+            format!(
+                "the proxy logs at {}: session lines need {} or more verbose",
+                level.as_str(),
+                t.log_max_level.as_str()
+            ),
+        );
+    }
+    match l.last_line_age {
+        Some(age) if age > t.log_stale => c(
+            Status::Degraded,
+            format!("no new line for {} s", age.as_secs()),
+        ),
+        None if l.lines_read == 0 => c(Status::Ok, "tailing; no line yet"),
+        _ => c(
+            Status::Ok,
+            format!(
+                "tailing: {} lines read, {} unrecognized{}",
+                l.lines_read,
+                l.unrecognized,
+                l.level
+                    .map(|v| format!(", level {}", v.as_str()))
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+fn sessions(t: &Thresholds, apps: Option<&[AppRatio]>) -> Component {
+    let Some(apps) = apps else {
+        return c(Status::Ok, "no session window");
+    };
+    let w = t.window.as_secs();
+    let bad: Vec<String> = apps
+        .iter()
+        .filter(|a| {
+            a.ratio.total >= u64::from(t.min_sessions)
+                && a.ratio.share().is_some_and(|s| s >= t.zero_byte_ratio)
+        })
+        .map(|a| {
+            format!(
+                "{}: {} of {} sessions closed with zero bytes",
+                a.app, a.ratio.zero, a.ratio.total
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        let total: u64 = apps.iter().map(|a| a.ratio.total).sum();
+        let zero: u64 = apps.iter().map(|a| a.ratio.zero).sum();
+        c(
+            Status::Ok,
+            format!("{zero} of {total} sessions zero-byte in the last {w} s"),
+        )
+    } else {
+        c(
+            Status::Degraded,
+            format!("in the last {w} s: {}", bad.join("; ")),
+        )
+    }
+}
+
+fn err_words(e: ProbeError) -> &'static str {
+    match e {
+        ProbeError::NoInterface => "its interface is missing",
+        ProbeError::Timeout => "timed out",
+        ProbeError::Refused => "connection refused",
+        ProbeError::Unreachable => "unreachable",
+        ProbeError::BadBody => "the echo answered something unreadable",
+        ProbeError::Http => "HTTP error",
+        ProbeError::Other => "failed",
+    }
+}
+
+fn probe(round: Option<&Round>, path: PathKind, fallback_active: bool) -> Component {
+    let Some(round) = round else {
+        return c(Status::Degraded, "no probe round yet");
+    };
+    let Some(r) = round.results.iter().find(|r| r.path == path) else {
+        return c(Status::Degraded, "not probed in the last round");
+    };
+    let ms = r.duration.as_millis();
+    match (path, r.outcome) {
+        (PathKind::Bypass, Ok(ip)) => match round.egress(PathKind::Physical) {
+            Some(p) if p != ip => c(
+                Status::Failing,
+                format!("egresses as {ip}, not as the physical path ({p}): the bypass is broken"),
+            ),
+            _ => c(
+                Status::Ok,
+                format!(
+                    "egresses as {ip} in {ms} ms{}",
+                    if fallback_active {
+                        " (through the fallback)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+        },
+        (_, Ok(ip)) => c(Status::Ok, format!("egresses as {ip} in {ms} ms")),
+        (PathKind::Tunnel, Err(ProbeError::NoInterface)) => {
+            c(Status::Ok, "no tunnel interface: the VPN is disconnected")
+        }
+        (PathKind::Physical | PathKind::Bypass, Err(e)) => {
+            c(Status::Failing, format!("{} after {ms} ms", err_words(e)))
+        }
+        (_, Err(e)) => c(Status::Degraded, format!("{} after {ms} ms", err_words(e))),
+    }
+}
+
+fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
+    let Some(f) = f else {
+        return c(Status::Ok, "no fallback controller");
+    };
+    if let Some(a) = &f.last_action
+        && a.outcome != Outcome::Ok
+    {
+        let what = format!(
+            "last {} {}: {}",
+            a.action.as_str(),
+            a.outcome.as_str(),
+            a.error.as_deref().unwrap_or("no detail")
+        );
+        // A failing backend (pfctl, ip) needs a human; a rolled-back apply backs off and retries.
+        let status = if a.outcome == Outcome::Failed || a.action == Action::Revert {
+            Status::Failing
+        } else {
+            Status::Degraded
+        };
+        return c(status, what);
+    }
+    let broken = round.is_some_and(|r| r.interfaces.tunnel.is_some() && bypass_broken(r).is_some());
+    match (f.mode, f.active) {
+        (_, true) => c(
+            Status::Ok,
+            match &f.plan {
+                Some(p) => format!(
+                    "active ({}): {} leaves via {} gateway {}",
+                    f.backend.as_str(),
+                    p.source,
+                    p.interface,
+                    p.gateway
+                ),
+                None => format!("active ({})", f.backend.as_str()),
+            },
+        ),
+        (Mode::Observe, false) if broken => c(
+            Status::Degraded,
+            "the bypass is broken; mode is observe, so the fallback is not applied",
+        ),
+        (mode, false) => c(
+            Status::Ok,
+            format!(
+                "inactive (mode {}, backend {})",
+                mode.as_str(),
+                f.backend.as_str()
+            ),
+        ),
+    }
+}

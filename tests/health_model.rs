@@ -1,0 +1,162 @@
+//! The health model from snapshots: each component's status and reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pia_split_tunnel_exporter::fallback::window::{AppRatio, Ratio};
+use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
+use pia_split_tunnel_exporter::health::{LogHealthInput, Status};
+use pia_split_tunnel_exporter::proxy_log::Level;
+
+fn t() -> Thresholds {
+    Thresholds {
+        log_stale: Duration::from_secs(900),
+        log_max_level: Level::Info,
+        zero_byte_ratio: 0.9,
+        min_sessions: 5,
+        window: Duration::from_secs(300),
+    }
+}
+
+fn log(present: bool, age: u64, level: Option<Level>) -> LogHealthInput {
+    LogHealthInput {
+        file_present: present,
+        last_line_age: Some(Duration::from_secs(age)),
+        level,
+        lines_read: 100,
+        unrecognized: 2,
+    }
+}
+
+#[test]
+fn log_component() {
+    let r = |l: &LogHealthInput| {
+        assess(
+            &t(),
+            &Inputs {
+                log: Some(l),
+                sessions: None,
+                round: None,
+                fallback: None,
+            },
+        )
+        .components["log"]
+            .clone()
+    };
+    assert_eq!(r(&log(true, 5, Some(Level::Debug))).status, Status::Ok);
+    assert_eq!(r(&log(false, 5, None)).status, Status::Failing);
+    let stale = r(&log(true, 3600, None));
+    assert_eq!(stale.status, Status::Degraded);
+    assert!(stale.reason.contains("3600 s"), "{}", stale.reason);
+    let quiet = r(&log(true, 5, Some(Level::Warning)));
+    assert_eq!(quiet.status, Status::Degraded);
+    assert!(quiet.reason.contains("warning"), "{}", quiet.reason);
+}
+
+#[test]
+fn sessions_component_names_the_app() {
+    let apps = vec![
+        AppRatio {
+            app: "Plex".into(),
+            ratio: Ratio { zero: 9, total: 10 },
+        },
+        AppRatio {
+            app: "curl".into(),
+            ratio: Ratio { zero: 3, total: 3 },
+        },
+    ];
+    let c = assess(
+        &t(),
+        &Inputs {
+            log: None,
+            sessions: Some(&apps),
+            round: None,
+            fallback: None,
+        },
+    )
+    .components["sessions"]
+        .clone();
+    assert_eq!(c.status, Status::Degraded);
+    assert!(c.reason.contains("Plex: 9 of 10"), "{}", c.reason);
+    assert!(
+        !c.reason.contains("curl"),
+        "under min_sessions: {}",
+        c.reason
+    );
+}
+
+#[test]
+fn probe_components_per_path() {
+    let broken = round(true, Bypass::Tunnel);
+    let rep = assess(
+        &t(),
+        &Inputs {
+            log: None,
+            sessions: None,
+            round: Some(&broken),
+            fallback: None,
+        },
+    );
+    let bypass = &rep.components["probe_bypass"];
+    assert_eq!(bypass.status, Status::Failing);
+    assert!(
+        bypass.reason.contains("203.0.113.9") && bypass.reason.contains("198.51.100.47"),
+        "{}",
+        bypass.reason
+    );
+    assert_eq!(rep.components["probe_physical"].status, Status::Ok);
+    assert_eq!(rep.status, Status::Failing);
+
+    let vpn_off = round(false, Bypass::Physical);
+    let rep = assess(
+        &t(),
+        &Inputs {
+            log: None,
+            sessions: None,
+            round: Some(&vpn_off),
+            fallback: None,
+        },
+    );
+    assert_eq!(rep.components["probe_tunnel"].status, Status::Ok);
+    assert!(
+        rep.components["probe_tunnel"]
+            .reason
+            .contains("disconnected")
+    );
+    assert_eq!(rep.components["probe_bypass"].status, Status::Ok);
+
+    let phys_down = round_with(true, false, Bypass::Timeout, PHYS_IP);
+    let rep = assess(
+        &t(),
+        &Inputs {
+            log: None,
+            sessions: None,
+            round: Some(&phys_down),
+            fallback: None,
+        },
+    );
+    assert_eq!(rep.components["probe_physical"].status, Status::Failing);
+    assert!(
+        rep.components["probe_physical"]
+            .reason
+            .contains("timed out")
+    );
+
+    let none = assess(
+        &t(),
+        &Inputs {
+            log: None,
+            sessions: None,
+            round: None,
+            fallback: None,
+        },
+    );
+    assert_eq!(none.components["probe_bypass"].status, Status::Degraded);
+    assert_eq!(
+        none.status,
+        Status::Degraded,
+        "not failing before the first round"
+    );
+}
