@@ -15,9 +15,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::fallback::controller::{Controller, Verifier};
+use crate::fallback::http::SharedController;
+use crate::fallback::window::{SessionWindow, SharedWindow};
+use crate::health::{Health, LogHealthInput};
 use crate::metrics::LogCollector;
 use crate::pipeline::Pipeline;
+use crate::probe::{Round, RoundSource};
+use crate::sessions::Outcome;
 use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Tailer};
+use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
 
 /// How often the checkpoint is saved while lines arrive.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -33,13 +40,33 @@ struct Checkpoint<P> {
     pipeline: P,
 }
 
-/// Shared state of a running agent.
-#[derive(Clone)]
-pub struct AgentState {
-    pub registry: Registry,
-    pub pipeline: Arc<Mutex<Pipeline>>,
-    /// Set when the first read of the log (present or not) has happened.
-    pub log_read_once: watch::Receiver<bool>,
+/// What the agent probes and watches with; the real ones by default, stand-ins for the demo.
+pub struct Sources {
+    /// Probe rounds; `None` runs the agent on the log alone.
+    pub rounds: Option<Arc<dyn RoundSource>>,
+    pub processes: Box<dyn ProcessSource + Send>,
+    /// Time between probe rounds (and process-table looks).
+    pub interval: Duration,
+}
+
+impl Sources {
+    /// The machine's own network and process table.
+    pub fn real(config: &Config) -> anyhow::Result<Sources> {
+        Ok(Sources {
+            rounds: crate::probe::real_source(&config.probe),
+            processes: Box::new(crate::watch::SysinfoSource::new()?),
+            interval: crate::probe::interval(&config.probe),
+        })
+    }
+}
+
+/// A round source as the fallback's verifier: a fresh round after an apply.
+struct Rounds(Arc<dyn RoundSource>);
+
+impl Verifier for Rounds {
+    fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
+        self.0.round()
+    }
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -50,7 +77,8 @@ pub fn run_blocking(config: Config) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-        run(config, listener, shutdown_signal()).await
+        let sources = Sources::real(&config)?;
+        run(config, sources, listener, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -80,20 +108,56 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Runs the agent on `listener` until `shutdown` resolves, then saves the checkpoint.
+/// Runs the agent on `listener` until `shutdown` resolves, then saves the checkpoint and
+/// leaves or removes the fallback as configured.
 pub async fn run(
     config: Config,
+    sources: Sources,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let store = CheckpointStore::new(config.log.checkpoint.clone());
-    let (cursor, pipeline) = restore(&store, &config);
+    let (cursor, mut pipeline) = restore(&store, &config);
+    pipeline.sessions.record_closed(true);
     let pipeline = Arc::new(Mutex::new(pipeline));
 
     let registry = Registry::new();
     crate::metrics::register_build_info(&registry)?;
     registry.register(Box::new(LogCollector::new(pipeline.clone())))?;
+    registry.register(Box::new(SelfCollector::new()?))?;
+    let mut processes = ProcessWatch::new(sources.processes, config.processes.clone());
+    registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
+    crate::probe::register_metrics(&registry)?;
+
+    let window: SharedWindow = Arc::new(Mutex::new(SessionWindow::new(Duration::from_secs(
+        config.fallback.window_secs,
+    ))));
+    let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
+    let verifier: Box<dyn Verifier> = match &sources.rounds {
+        Some(r) => Box::new(Rounds(r.clone())),
+        None => Box::new(|| async {
+            Round {
+                interfaces: Default::default(),
+                results: vec![],
+            }
+        }),
+    };
+    let mut controller = Controller::new(
+        &config.fallback,
+        crate::fallback::build_backend(&config.fallback),
+        verifier,
+        fallback_metrics,
+    );
+    if let Err(e) = controller.reconcile() {
+        tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
+    }
+    let health = Arc::new(
+        Health::new(&config.health, &config.fallback, &registry)?
+            .with_sessions(window.clone())
+            .with_fallback(controller.status_handle()),
+    );
+    let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
     let follower = Follower::new(
         config.log.path.clone(),
@@ -103,22 +167,58 @@ pub async fn run(
             ..FollowOptions::default()
         },
     );
-    let (read_tx, read_rx) = watch::channel(false);
+    let log_side = LogSide {
+        pipeline: pipeline.clone(),
+        window: window.clone(),
+        health: health.clone(),
+    };
     let tail = tokio::spawn(tail_loop(
         follower,
-        pipeline.clone(),
+        log_side,
         store,
         config.log.path.clone(),
-        read_tx,
         stop_rx.clone(),
     ));
+    let probe = sources.rounds.map(|rounds| {
+        let (controller, window, health, mut stop) = (
+            controller.clone(),
+            window.clone(),
+            health.clone(),
+            stop_rx.clone(),
+        );
+        let interval = sources.interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                let round = rounds.round().await;
+                crate::probe::record_round(&round);
+                let presence = tokio::task::block_in_place(|| processes.refresh());
+                tracing::debug!(?presence, "process table");
+                let ratio = window
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ratio(Instant::now());
+                controller
+                    .lock()
+                    .await
+                    .on_round(Instant::now(), &round, ratio)
+                    .await;
+                health.update_round(round);
+            }
+        })
+    });
 
-    let state = AgentState {
-        registry: registry.clone(),
-        pipeline,
-        log_read_once: read_rx,
-    };
-    let app = crate::http::router(state.registry.clone(), LINKS);
+    let mut app = crate::http::router(registry.clone(), LINKS)
+        .merge(crate::health::http::router(health.clone()));
+    match crate::fallback::http::router(controller.clone(), &config.fallback) {
+        Ok(routes) => app = app.merge(routes),
+        Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
+    }
     tracing::info!(listen = %listener.local_addr()?, log = %config.log.path.display(), "agent started");
     let server = crate::http::serve(listener, app, async move {
         shutdown.await;
@@ -126,14 +226,32 @@ pub async fn run(
     });
     server.await.context("HTTP server")?;
     tail.await.context("tail task")?;
+    if let Some(p) = probe {
+        p.await.context("probe task")?;
+    }
+    if let Err(e) = controller.lock().await.shutdown() {
+        tracing::warn!(error = %e, "fallback: cannot leave the system as configured (fallback.on_shutdown)");
+    }
     tracing::info!("agent stopped");
     Ok(())
 }
 
 const LINKS: &[(&str, &str)] = &[
     ("/metrics", "Prometheus metrics"),
+    (
+        "/health",
+        "health of each component, as JSON (503 when one is failing)",
+    ),
+    ("/-/ready", "readiness: first log read and probe round done"),
     ("/-/healthy", "liveness"),
 ];
+
+/// What the tail loop updates after each batch.
+struct LogSide {
+    pipeline: Arc<Mutex<Pipeline>>,
+    window: SharedWindow,
+    health: Arc<Health>,
+}
 
 /// The saved cursor and pipeline, if the checkpoint belongs to this log; else a fresh start.
 fn restore(store: &CheckpointStore, config: &Config) -> (Option<Cursor>, Pipeline) {
@@ -159,12 +277,13 @@ fn restore(store: &CheckpointStore, config: &Config) -> (Option<Cursor>, Pipelin
 
 async fn tail_loop(
     follower: Follower,
-    pipeline: Arc<Mutex<Pipeline>>,
+    side: LogSide,
     store: CheckpointStore,
     log_path: PathBuf,
-    read_once: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let pipeline = &side.pipeline;
+    let mut last_line: Option<Instant> = None;
     let mut tailer = Tailer::new(follower);
     let mut buf = Vec::with_capacity(BATCH_BYTES);
     let mut last_save = Instant::now();
@@ -176,7 +295,7 @@ async fn tail_loop(
         tokio::select! {
             _ = tick.tick() => {
                 if dirty {
-                    save(&store, &log_path, tailer.cursor(), &pipeline);
+                    save(&store, &log_path, tailer.cursor(), pipeline);
                     last_save = Instant::now();
                     dirty = false;
                 }
@@ -184,7 +303,11 @@ async fn tail_loop(
             polled = tailer.next(&mut buf) => {
                 match polled {
                     Ok(poll) => {
-                        {
+                        let now = Instant::now();
+                        if !buf.is_empty() {
+                            last_line = Some(now);
+                        }
+                        let health_input = {
                             let mut p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
                             let used = p.feed(&buf);
                             debug_assert_eq!(used, buf.len(), "the tailer hands on complete lines only");
@@ -192,10 +315,24 @@ async fn tail_loop(
                             p.read.truncations += u64::from(poll.truncations);
                             p.read.lines_too_long += poll.lines_too_long;
                             p.read.file_present = matches!(poll.file, FileState::Present);
-                        }
+                            let closed = p.sessions.drain_closed();
+                            if !closed.is_empty() {
+                                let mut w = side.window.lock().unwrap_or_else(|e| e.into_inner());
+                                for c in closed {
+                                    w.record_close(p.sessions.apps().name(c.app), now, c.outcome == Outcome::ZeroBytes);
+                                }
+                            }
+                            LogHealthInput {
+                                file_present: p.read.file_present,
+                                last_line_age: last_line.map(|t| now - t),
+                                level: p.proxy.level(),
+                                lines_read: p.read.lines,
+                                unrecognized: p.read.unrecognized,
+                            }
+                        };
+                        side.health.update_log(health_input);
                         dirty |= !buf.is_empty() || poll.rotations > 0 || poll.truncations > 0;
                         buf.clear();
-                        read_once.send_if_modified(|r| !std::mem::replace(r, true));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, log = %log_path.display(), "reading the log failed; retrying");
@@ -203,7 +340,7 @@ async fn tail_loop(
                     }
                 }
                 if dirty && last_save.elapsed() >= CHECKPOINT_EVERY {
-                    save(&store, &log_path, tailer.cursor(), &pipeline);
+                    save(&store, &log_path, tailer.cursor(), pipeline);
                     last_save = Instant::now();
                     dirty = false;
                 }
@@ -211,7 +348,7 @@ async fn tail_loop(
             _ = stop.changed() => break,
         }
     }
-    save(&store, &log_path, tailer.cursor(), &pipeline);
+    save(&store, &log_path, tailer.cursor(), pipeline);
 }
 
 fn save(

@@ -66,7 +66,7 @@ pub enum Command {
     /// Replay embedded sample logs (healthy, then the failure) and run the real agent on them.
     Demo {
         /// Replay speed: 1 is the logs' own pace.
-        #[arg(long, default_value_t = 4.0)]
+        #[arg(long, default_value_t = 1.0)]
         speed: f64,
     },
     /// Validate the config and print the effective values.

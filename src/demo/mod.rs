@@ -6,13 +6,20 @@
 //! real agent tails that file and serves its metrics. The failure repeats until Ctrl-C.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::agent::Sources;
 use crate::config::Config;
+use crate::os::{Interfaces, PhysicalIf, TunnelIf};
+use crate::probe::{PathKind, PathResult, ProbeError, Round, RoundSource};
+use crate::watch::{FakeSource, ProcInfo};
 
 const HEALTHY: &str = include_str!("healthy.log");
 const BROKEN: &str = include_str!("broken.log");
@@ -31,6 +38,8 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     config.log.path = dir.join("transparent_proxy.log");
     config.log.checkpoint = dir.join("checkpoint.json");
+    // The demo decides and reports, and never touches this machine's network.
+    config.fallback.backend = crate::fallback::BackendChoice::None;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -47,8 +56,15 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
             config.log.path.display()
         );
         println!("demo: live metrics at http://{addr}/metrics  (Ctrl-C to stop)");
-        let writer = tokio::spawn(replay(config.log.path.clone(), speed));
-        let run = crate::agent::run(config, listener, crate::agent::shutdown_signal()).await;
+        let broken = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(replay(config.log.path.clone(), speed, broken.clone()));
+        let run = crate::agent::run(
+            config,
+            sources(broken),
+            listener,
+            crate::agent::shutdown_signal(),
+        )
+        .await;
         writer.abort();
         run
     });
@@ -56,11 +72,96 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
     result.map(|()| ExitCode::SUCCESS)
 }
 
-/// Writes the healthy sample once, then the broken one again and again.
-pub async fn replay(path: PathBuf, speed: f64) -> anyhow::Result<()> {
+/// What the demo probes and watches: a Mac on PIA whose bypass works while the log is healthy
+/// and times out once it shows the failure. Replayed, like the log: nothing leaves this machine.
+pub fn sources(broken: Arc<AtomicBool>) -> Sources {
+    let pia = |name: &str, exe: &str| ProcInfo {
+        name: name.into(),
+        exe: Some(exe.into()),
+    };
+    let processes = FakeSource::new(vec![
+        pia(
+            "com.privateinternetaccess.vpn.splittunnel",
+            "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
+        ),
+        pia(
+            "pia-daemon",
+            "/Applications/Private Internet Access.app/Contents/MacOS/pia-daemon",
+        ),
+        pia(
+            "pia-wireguard-go",
+            "/Applications/Private Internet Access.app/Contents/MacOS/pia-wireguard-go",
+        ),
+    ]);
+    Sources {
+        rounds: Some(Arc::new(ReplayRounds { broken })),
+        processes: Box::new(processes),
+        interval: Duration::from_secs(5),
+    }
+}
+
+/// Probe rounds of the lab's topology: home IP 198.51.100.47, VPN exit 192.0.2.18.
+pub struct ReplayRounds {
+    broken: Arc<AtomicBool>,
+}
+
+pub const HOME_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
+pub const VPN_EXIT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
+
+impl ReplayRounds {
+    pub fn round_now(&self) -> Round {
+        let broken = self.broken.load(Ordering::Relaxed);
+        let ok = |path, ip, ms| PathResult {
+            path,
+            outcome: Ok(ip),
+            duration: Duration::from_millis(ms),
+        };
+        let bypass = if broken {
+            PathResult {
+                path: PathKind::Bypass,
+                outcome: Err(ProbeError::Timeout),
+                duration: Duration::from_secs(5),
+            }
+        } else {
+            ok(PathKind::Bypass, HOME_IP, 38)
+        };
+        Round {
+            interfaces: Interfaces {
+                physical: Some(PhysicalIf {
+                    name: "en0".into(),
+                    index: 4,
+                    ipv4: Ipv4Addr::new(10, 0, 15, 15),
+                    gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
+                }),
+                tunnel: Some(TunnelIf {
+                    name: "utun4".into(),
+                    index: 20,
+                    ipv4: Ipv4Addr::new(10, 16, 11, 143),
+                }),
+            },
+            results: vec![
+                ok(PathKind::Physical, HOME_IP, 35),
+                ok(PathKind::Tunnel, VPN_EXIT_IP, 81),
+                bypass,
+                ok(PathKind::Default, VPN_EXIT_IP, 79),
+            ],
+        }
+    }
+}
+
+impl RoundSource for ReplayRounds {
+    fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
+        Box::pin(async move { self.round_now() })
+    }
+}
+
+/// Writes the healthy sample once, then the broken one again and again; `broken` says which
+/// part is being written.
+pub async fn replay(path: PathBuf, speed: f64, broken: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut out = RotatingWriter::open(&path)?;
     let mut id_offset = 0;
     write_sample(&mut out, HEALTHY, speed, 0, true).await?;
+    broken.store(true, Ordering::Relaxed);
     for round in 0u64.. {
         // Later rounds continue the same proxy run: no start-up block, ids keep growing.
         id_offset += 1000;

@@ -88,3 +88,10 @@ pub mod cli {
         anyhow::bail!("not built yet")
     }
 }
+
+/// Where probe rounds come from: the real prober, or a replay (the demo, tests).
+pub trait RoundSource: Send + Sync + 'static {
+    fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>>;
+}
+mod glue;
+pub use glue::{interval, real_source, record_round, register_metrics};

@@ -14,7 +14,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::FamilyBuilder;
-pub use process::{ProcInfo, ProcessSource, SysinfoSource};
+pub use process::{FakeSource, ProcInfo, ProcessSource, SelfCollector, SysinfoSource};
 
 /// What each PIA process is, for the `process` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

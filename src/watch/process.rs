@@ -19,6 +19,12 @@ pub trait ProcessSource {
     fn processes(&mut self) -> Vec<ProcInfo>;
 }
 
+impl<S: ProcessSource + ?Sized> ProcessSource for Box<S> {
+    fn processes(&mut self) -> Vec<ProcInfo> {
+        (**self).processes()
+    }
+}
+
 /// sysinfo, refreshing only names and executable paths.
 pub struct SysinfoSource {
     system: System,
