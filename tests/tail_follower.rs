@@ -283,7 +283,10 @@ fn restart_without_rotation_resumes_exactly() {
     let c = save_and_reload(&store, &f);
     drop(f);
     log.append(b"tial\r\nc\r\n");
-    let mut f = log.follower(Some(c));
+    let mut f = log.follower(Some(c.clone()));
+    // Before its first poll, a resumed follower reports the saved position, so a
+    // checkpoint written then keeps it.
+    assert_eq!(f.cursor(), Some(c));
     let (out, p) = poll_all(&mut f);
     assert_eq!(out, "partial\r\nc\r\n");
     assert_eq!(p.resumed, Some(Resume::Exact));

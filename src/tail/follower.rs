@@ -141,7 +141,6 @@ const SWITCHES_PER_POLL: usize = 16;
 ///
 /// Reading is pull-based: [`poll`](Follower::poll) reads what is there now and returns. The
 /// async [`Tailer`](super::Tailer) decides when to call it.
-#[derive(Debug)]
 pub struct Follower {
     path: PathBuf,
     archive: PathBuf,
@@ -187,13 +186,18 @@ impl Follower {
     }
 
     /// Position after the last complete line consumed (`None` before any file was opened).
+    /// Before the first poll it is the saved cursor given to [`new`](Follower::new), so
+    /// saving a checkpoint early does not lose the position.
     pub fn cursor(&self) -> Option<Cursor> {
-        self.src.as_ref().map(|s| Cursor {
-            dev: s.id.dev,
-            ino: s.id.ino,
-            offset: s.committed,
-            fingerprint: s.fp,
-        })
+        match &self.src {
+            Some(s) => Some(Cursor {
+                dev: s.id.dev,
+                ino: s.id.ino,
+                offset: s.committed,
+                fingerprint: s.fp,
+            }),
+            None => self.start.clone(),
+        }
     }
 
     /// Bytes of memory held for line assembly (partial line + read buffer), for tests and
@@ -470,6 +474,17 @@ impl Follower {
         }
         tracing::info!(path = %self.path.display(), "saved log position not found; reading from the start");
         Resume::NotFound
+    }
+}
+
+impl std::fmt::Debug for Follower {
+    // Not derived: the read buffer would print hundreds of kilobytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("path", &self.path)
+            .field("cursor", &self.cursor())
+            .field("pending_bytes", &self.lines.pending_len())
+            .finish_non_exhaustive()
     }
 }
 
