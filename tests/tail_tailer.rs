@@ -36,7 +36,7 @@ fn parse_seq(l: &[u8]) -> u64 {
 /// With `reader`, waits before a rotation that would overwrite an archive the reader has not
 /// finished: overwriting it destroys lines no follower could read. With `pace`, sleeps that
 /// long after every 10 lines. Returns the last sequence number of each file, oldest first,
-/// and how often the writer waited for the reader.
+/// and at how many rotations the writer had to wait for the reader.
 fn writer(
     path: PathBuf,
     count: u64,
@@ -59,8 +59,10 @@ fn writer(
             let full = size + l.len() as u64 > ROTATE_AT || every.is_some_and(|n| in_file == n);
             if full {
                 if let (Some(r), Some(&archived_up_to)) = (&reader, file_ends.last()) {
-                    while r.load(Ordering::Acquire) < archived_up_to {
+                    if r.load(Ordering::Acquire) < archived_up_to {
                         waits += 1;
+                    }
+                    while r.load(Ordering::Acquire) < archived_up_to {
                         thread::sleep(Duration::from_micros(200));
                     }
                 }
@@ -140,7 +142,7 @@ async fn rotation_under_continuous_writing_loses_nothing() {
     let seqs = read_until(&mut tailer, count, &seen, Duration::from_secs(300)).await;
     let (file_ends, waits) = w.join().unwrap();
     eprintln!(
-        "{count} lines, {} rotations, writer waited {waits} times, {:?}",
+        "{count} lines, {} rotations ({waits} waited for the reader), {:?}",
         file_ends.len() - 1,
         started.elapsed()
     );

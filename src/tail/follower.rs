@@ -212,7 +212,8 @@ impl Follower {
     /// bounded batches.
     ///
     /// Open and stat failures are reported in [`Poll::file`], not as errors; an error is a
-    /// failed read of an open file, and the next poll retries from the same position.
+    /// failed read of an open file, returned only when nothing was appended to `out` by this
+    /// call, and the next poll retries from the same position.
     pub fn poll(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> io::Result<Poll> {
         let mut p = Poll {
             bytes: 0,
@@ -244,12 +245,24 @@ impl Follower {
             if !self.src.as_ref().is_some_and(|s| s.finished) {
                 // Also for a file just rotated away: it may have been truncated before the
                 // rename, and reading on at the old offset would hand on a torn line.
-                self.check_truncation(&mut p)?;
                 // Stat first, then read to the end: whatever the writer put in our file
                 // before it was renamed away is read before we leave it.
-                if !self.drain(out, &mut budget, &mut p)? {
-                    p.more = true;
-                    return Ok(p);
+                let drained = self
+                    .check_truncation(&mut p)
+                    .and_then(|()| self.drain(out, &mut budget, &mut p));
+                match drained {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        p.more = true;
+                        return Ok(p);
+                    }
+                    // Lines already appended are consumed (the cursor is past them): hand
+                    // them on; the error comes back on the next call.
+                    Err(_) if p.bytes > 0 => {
+                        p.more = true;
+                        return Ok(p);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if !matches!(at_path, PathState::Is(id) if Some(id) != src_id) {
