@@ -33,6 +33,9 @@ enum Op {
     Poll {
         budget: usize,
     },
+    /// Save the cursor, drop the follower, and start a new one from the saved cursor (it
+    /// resumes at its next poll, after whatever ops come in between).
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(pads, partial)| Op::Append { pads, partial }),
         1 => Just(Op::Rotate),
+        1 => Just(Op::Restart),
         1 => prop::collection::vec(pad, 0..8).prop_map(|regrow| Op::Truncate { regrow }),
         3 => prop_oneof![1usize..64, 64usize..4000, Just(usize::MAX)]
             .prop_map(|budget| Op::Poll { budget }),
@@ -69,6 +73,12 @@ struct Model {
     seq: u64,
     /// Generation the follower has open (from its cursor), after the last poll.
     held: Option<usize>,
+    /// After a restart: the generation the saved cursor names (no longer held open), its
+    /// inode, and whether the cursor's fingerprint covers any bytes.
+    resume_from: Option<(usize, u64, bool)>,
+    /// Generations truncated since the last poll.
+    truncated: Vec<usize>,
+    opts: FollowOptions,
     out: Vec<u8>,
 }
 
@@ -86,6 +96,12 @@ impl Model {
             partial: None,
             seq: 0,
             held: None,
+            resume_from: None,
+            truncated: Vec::new(),
+            opts: FollowOptions {
+                max_line_bytes: max_line,
+                read_chunk: 1,
+            },
             out: Vec::new(),
         }
     }
@@ -182,6 +198,7 @@ impl Model {
                 self.partial = None;
                 let g = self.inodes.len() - 1;
                 self.lose_unread(g);
+                self.truncated.push(g);
                 OpenOptions::new()
                     .write(true)
                     .open(&self.path)
@@ -196,6 +213,16 @@ impl Model {
                 }
                 self.write(&buf);
             }
+            Op::Restart => {
+                let cursor = follower.cursor();
+                let saved = self.held.take().zip(cursor.as_ref()).map(|(g, c)| {
+                    assert_eq!(c.ino, self.inodes[g]);
+                    (g, c.ino, c.fingerprint.len > 0)
+                });
+                *follower = Follower::new(self.path.clone(), cursor, self.opts.clone());
+                // Restarted again before any poll: the saved cursor is passed on unchanged.
+                self.resume_from = saved.or(self.resume_from);
+            }
             Op::Poll { budget } => {
                 self.poll(follower, *budget);
             }
@@ -204,6 +231,28 @@ impl Model {
 
     /// Returns whether the follower has more to read.
     fn poll(&mut self, follower: &mut Follower, budget: usize) -> bool {
+        if let Some((g, ino, has_head)) = self.resume_from.take() {
+            // Which generation the follower resumes in: the saved one if it is still at the
+            // path or the archive name with the same first bytes; otherwise the current file
+            // from 0. A cursor taken on an empty file (no first bytes, offset 0) matches any
+            // file that got the same inode, and reads it from 0. Everything older than where
+            // it resumes and not handed on is gone for it.
+            let n = self.inodes.len();
+            let k = if has_head {
+                let intact = g + 2 >= n && !self.truncated.contains(&g);
+                if intact { g } else { n - 1 }
+            } else if self.inodes[n - 1] == ino {
+                n - 1
+            } else if n >= 2 && self.inodes[n - 2] == ino {
+                n - 2
+            } else {
+                n - 1
+            };
+            for older in 0..k {
+                self.lose_unread(older);
+            }
+        }
+        self.truncated.clear();
         let before = self.out.len();
         let p = follower.poll(&mut self.out, budget).unwrap();
         assert_eq!(p.bytes as usize, self.out.len() - before, "{p:?}");
@@ -225,14 +274,8 @@ impl Model {
 fn run(ops: Vec<Op>, read_chunk: usize, max_line: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut model = Model::new(dir.path(), max_line);
-    let mut follower = Follower::new(
-        model.path.clone(),
-        None,
-        FollowOptions {
-            max_line_bytes: max_line,
-            read_chunk,
-        },
-    );
+    model.opts.read_chunk = read_chunk;
+    let mut follower = Follower::new(model.path.clone(), None, model.opts.clone());
     model.poll(&mut follower, usize::MAX);
     assert_eq!(model.held, Some(0));
     for op in &ops {

@@ -141,7 +141,6 @@ const SWITCHES_PER_POLL: usize = 16;
 ///
 /// Reading is pull-based: [`poll`](Follower::poll) reads what is there now and returns. The
 /// async [`Tailer`](super::Tailer) decides when to call it.
-#[derive(Debug)]
 pub struct Follower {
     path: PathBuf,
     archive: PathBuf,
@@ -187,13 +186,18 @@ impl Follower {
     }
 
     /// Position after the last complete line consumed (`None` before any file was opened).
+    /// Before the first poll it is the saved cursor given to [`new`](Follower::new), so
+    /// saving a checkpoint early does not lose the position.
     pub fn cursor(&self) -> Option<Cursor> {
-        self.src.as_ref().map(|s| Cursor {
-            dev: s.id.dev,
-            ino: s.id.ino,
-            offset: s.committed,
-            fingerprint: s.fp,
-        })
+        match &self.src {
+            Some(s) => Some(Cursor {
+                dev: s.id.dev,
+                ino: s.id.ino,
+                offset: s.committed,
+                fingerprint: s.fp,
+            }),
+            None => self.start.clone(),
+        }
     }
 
     /// Bytes of memory held for line assembly (partial line + read buffer), for tests and
@@ -208,7 +212,8 @@ impl Follower {
     /// bounded batches.
     ///
     /// Open and stat failures are reported in [`Poll::file`], not as errors; an error is a
-    /// failed read of an open file, and the next poll retries from the same position.
+    /// failed read of an open file, returned only when nothing was appended to `out` by this
+    /// call, and the next poll retries from the same position.
     pub fn poll(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> io::Result<Poll> {
         let mut p = Poll {
             bytes: 0,
@@ -240,12 +245,24 @@ impl Follower {
             if !self.src.as_ref().is_some_and(|s| s.finished) {
                 // Also for a file just rotated away: it may have been truncated before the
                 // rename, and reading on at the old offset would hand on a torn line.
-                self.check_truncation(&mut p)?;
                 // Stat first, then read to the end: whatever the writer put in our file
                 // before it was renamed away is read before we leave it.
-                if !self.drain(out, &mut budget, &mut p)? {
-                    p.more = true;
-                    return Ok(p);
+                let drained = self
+                    .check_truncation(&mut p)
+                    .and_then(|()| self.drain(out, &mut budget, &mut p));
+                match drained {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        p.more = true;
+                        return Ok(p);
+                    }
+                    // Lines already appended are consumed (the cursor is past them): hand
+                    // them on; the error comes back on the next call.
+                    Err(_) if p.bytes > 0 => {
+                        p.more = true;
+                        return Ok(p);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if !matches!(at_path, PathState::Is(id) if Some(id) != src_id) {
@@ -470,6 +487,17 @@ impl Follower {
         }
         tracing::info!(path = %self.path.display(), "saved log position not found; reading from the start");
         Resume::NotFound
+    }
+}
+
+impl std::fmt::Debug for Follower {
+    // Not derived: the read buffer would print hundreds of kilobytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("path", &self.path)
+            .field("cursor", &self.cursor())
+            .field("pending_bytes", &self.lines.pending_len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -91,7 +91,6 @@ impl LineSplitter {
         self.clear_pending();
     }
 
-    #[cfg(test)]
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }

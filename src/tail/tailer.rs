@@ -93,11 +93,8 @@ impl Tailer {
     /// Cancel-safe: lines are only appended right before returning, and everything else lives
     /// in `self`, so dropping the future (e.g. in `tokio::select!`) loses nothing.
     pub async fn next(&mut self, out: &mut Vec<u8>) -> io::Result<Poll> {
-        if self.next_tick.is_none() {
-            self.ensure_watch();
-            self.next_tick = Some(Instant::now() + self.period());
-        }
         loop {
+            self.tick_if_due();
             if self.backoff {
                 self.wait().await;
                 self.backoff = false;
@@ -153,10 +150,17 @@ impl Tailer {
         tokio::select! {
             // A notification sent while we were polling is kept as a permit: not lost.
             _ = self.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                self.ensure_watch();
-                self.next_tick = Some(Instant::now() + self.period());
-            }
+            _ = tokio::time::sleep_until(deadline) => self.tick_if_due(),
+        }
+    }
+
+    /// Timer housekeeping, also when busy (data flowing means no waiting): checks the
+    /// folder watch and schedules the next backstop poll.
+    fn tick_if_due(&mut self) {
+        let now = Instant::now();
+        if self.next_tick.is_none_or(|t| t <= now) {
+            self.ensure_watch();
+            self.next_tick = Some(now + self.period());
         }
     }
 

@@ -1,0 +1,361 @@
+//! Deterministic behaviour of the synchronous follower on real files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pia_split_tunnel_exporter::tail::{
+    CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Resume,
+};
+
+struct Log {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    archive: PathBuf,
+}
+
+impl Log {
+    fn new() -> Log {
+        let dir = tempfile::tempdir().unwrap();
+        Log {
+            path: dir.path().join("transparent_proxy.log"),
+            archive: dir.path().join("transparent_proxy.log.1"),
+            _dir: dir,
+        }
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// As the proxy does it: rename over the old archive, then a new empty file.
+    fn rotate(&self) {
+        fs::rename(&self.path, &self.archive).unwrap();
+        File::create_new(&self.path).unwrap();
+    }
+
+    fn follower(&self, start: Option<Cursor>) -> Follower {
+        Follower::new(self.path.clone(), start, FollowOptions::default())
+    }
+}
+
+fn poll_all(f: &mut Follower) -> (String, Poll) {
+    let mut out = Vec::new();
+    let p = f.poll(&mut out, usize::MAX).unwrap();
+    assert!(!p.more);
+    assert_eq!(p.bytes as usize, out.len());
+    (String::from_utf8(out).unwrap(), p)
+}
+
+#[test]
+fn existing_history_is_read_from_the_start() {
+    let log = Log::new();
+    log.append(b"a\r\nb\r\n");
+    let mut f = log.follower(None);
+    assert_eq!(f.cursor(), None);
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "a\r\nb\r\n");
+    assert_eq!(p.file, FileState::Present);
+    assert_eq!(p.resumed, None);
+    assert_eq!(f.cursor().unwrap().offset, 6);
+}
+
+#[test]
+fn partial_line_is_held_until_its_newline() {
+    let log = Log::new();
+    let mut f = log.follower(None);
+    log.append(b"one\r\ntw");
+    assert_eq!(poll_all(&mut f).0, "one\r\n");
+    log.append(b"o\r");
+    assert_eq!(poll_all(&mut f).0, "");
+    // The cursor stays after the last complete line, not after the partial bytes.
+    assert_eq!(f.cursor().unwrap().offset, 5);
+    log.append(b"\nthree\r\n");
+    assert_eq!(poll_all(&mut f).0, "two\r\nthree\r\n");
+    assert_eq!(f.cursor().unwrap().offset, 17);
+}
+
+#[test]
+fn rotation_reads_the_old_file_to_its_end_then_the_new_one() {
+    let log = Log::new();
+    let mut f = log.follower(None);
+    log.append(b"1\r\n");
+    assert_eq!(poll_all(&mut f).0, "1\r\n");
+    // Written just before the rename, and a partial line the old file ends with.
+    log.append(b"2\r\n3-partial");
+    log.rotate();
+    log.append(b"4\r\n");
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "2\r\n3-partial\n4\r\n");
+    assert_eq!((p.rotations, p.truncations), (1, 0));
+}
+
+#[test]
+fn two_rotations_between_polls_lose_nothing() {
+    let log = Log::new();
+    let mut f = log.follower(None);
+    log.append(b"a\r\n");
+    poll_all(&mut f);
+    log.append(b"b\r\n");
+    log.rotate();
+    log.append(b"c\r\n");
+    // Overwrites the archive holding a..b; we still hold that file open.
+    log.rotate();
+    log.append(b"d\r\n");
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "b\r\nc\r\nd\r\n");
+    assert_eq!(p.rotations, 2);
+}
+
+#[test]
+fn missing_file_between_rename_and_create() {
+    let log = Log::new();
+    let mut f = log.follower(None);
+    log.append(b"a\r\n");
+    poll_all(&mut f);
+    log.append(b"b\r\n");
+    fs::rename(&log.path, &log.archive).unwrap();
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file, p.rotations),
+        ("b\r\n", FileState::Missing, 0)
+    );
+    log.append(b"c\r\n");
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file, p.rotations),
+        ("c\r\n", FileState::Present, 1)
+    );
+}
+
+#[test]
+fn late_file_is_read_from_zero_when_it_appears() {
+    let log = Log::new();
+    let mut f = log.follower(None);
+    let (out, p) = poll_all(&mut f);
+    assert_eq!((out.as_str(), p.file), ("", FileState::Missing));
+    assert_eq!(f.cursor(), None);
+    log.append(b"first\r\n");
+    let (out, p) = poll_all(&mut f);
+    assert_eq!((out.as_str(), p.file), ("first\r\n", FileState::Present));
+}
+
+#[test]
+fn truncation_in_place_restarts_at_zero() {
+    let log = Log::new();
+    let mut f = log.follower(None);
+    log.append(b"aaaa\r\nbbbb\r\npart");
+    assert_eq!(poll_all(&mut f).0, "aaaa\r\nbbbb\r\n");
+    OpenOptions::new()
+        .write(true)
+        .open(&log.path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    log.append(b"new\r\n");
+    let (out, p) = poll_all(&mut f);
+    // The held partial line was destroyed with the file's content: not handed on.
+    assert_eq!(out, "new\r\n");
+    assert_eq!((p.truncations, p.rotations), (1, 0));
+}
+
+#[test]
+fn truncate_then_regrow_past_the_offset_is_caught_by_the_first_bytes() {
+    let log = Log::new();
+    let mut f = log.follower(None);
+    log.append(b"2024-01-01 old\r\n");
+    poll_all(&mut f);
+    let old_offset = f.cursor().unwrap().offset;
+    OpenOptions::new()
+        .write(true)
+        .open(&log.path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    log.append(b"2024-01-02 new one\r\n2024-01-02 new two\r\n");
+    assert!(fs::metadata(&log.path).unwrap().len() > old_offset);
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "2024-01-02 new one\r\n2024-01-02 new two\r\n");
+    assert_eq!(p.truncations, 1);
+}
+
+#[test]
+fn ten_megabyte_line_is_skipped_with_bounded_memory() {
+    let log = Log::new();
+    let max_line = 64 * 1024;
+    let opts = FollowOptions {
+        max_line_bytes: max_line,
+        read_chunk: 16 * 1024,
+    };
+    let mut f = Follower::new(log.path.clone(), None, opts);
+    log.append(b"before\r\n");
+    let chunk = vec![b'z'; 1024 * 1024];
+    let mut out = Vec::new();
+    let mut too_long = 0;
+    for _ in 0..10 {
+        log.append(&chunk);
+        // Small batches: the line is crossed in many polls without ever being held whole.
+        loop {
+            let p = f.poll(&mut out, 100 * 1024).unwrap();
+            too_long += p.lines_too_long;
+            assert!(
+                f.buffered_capacity() < 3 * max_line,
+                "{}",
+                f.buffered_capacity()
+            );
+            if !p.more {
+                break;
+            }
+        }
+    }
+    assert_eq!(out, b"before\r\n");
+    assert_eq!(too_long, 1);
+    log.append(b"\r\nafter\r\n");
+    let (rest, p) = poll_all(&mut f);
+    assert_eq!(rest, "after\r\n");
+    assert_eq!(
+        p.lines_too_long, 0,
+        "counted once, when it crossed the limit"
+    );
+    assert!(f.buffered_capacity() < 3 * max_line);
+}
+
+#[test]
+fn backlog_comes_in_bounded_batches() {
+    let log = Log::new();
+    let line = "x".repeat(98) + "\r\n";
+    log.append(line.repeat(1000).as_bytes());
+    let mut f = log.follower(None);
+    let (mut out, mut calls) = (Vec::new(), 0);
+    loop {
+        let before = out.len();
+        let p = f.poll(&mut out, 10_000).unwrap();
+        calls += 1;
+        assert!(out.len() - before <= 10_000 + line.len());
+        if !p.more {
+            break;
+        }
+    }
+    assert_eq!(out, line.repeat(1000).as_bytes());
+    assert!(calls >= 10);
+}
+
+#[test]
+fn stale_archive_is_never_read_even_if_the_file_is_replaced() {
+    let log = Log::new();
+    fs::write(&log.archive, b"old archive\r\n").unwrap();
+    log.append(b"current\r\n");
+    let mut f = log.follower(None);
+    assert_eq!(poll_all(&mut f).0, "current\r\n");
+    // Replaced by other means than a rotation: the archive is still the old one.
+    fs::remove_file(&log.path).unwrap();
+    fs::write(&log.path, b"replacement\r\n").unwrap();
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "replacement\r\n");
+    assert_eq!(p.rotations, 1);
+}
+
+fn save_and_reload(store: &CheckpointStore, f: &Follower) -> Cursor {
+    store.save(&f.cursor().unwrap()).unwrap();
+    let c: Cursor = store.load().unwrap().unwrap();
+    assert_eq!(Some(&c), f.cursor().as_ref());
+    c
+}
+
+fn store_in(dir: &Path) -> CheckpointStore {
+    CheckpointStore::new(dir.join("checkpoint.json"))
+}
+
+#[test]
+fn restart_without_rotation_resumes_exactly() {
+    let log = Log::new();
+    let state = tempfile::tempdir().unwrap();
+    let store = store_in(state.path());
+    log.append(b"a\r\nb\r\npar");
+    let mut f = log.follower(None);
+    assert_eq!(poll_all(&mut f).0, "a\r\nb\r\n");
+    let c = save_and_reload(&store, &f);
+    drop(f);
+    log.append(b"tial\r\nc\r\n");
+    let mut f = log.follower(Some(c.clone()));
+    // Before its first poll, a resumed follower reports the saved position, so a
+    // checkpoint written then keeps it.
+    assert_eq!(f.cursor(), Some(c));
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "partial\r\nc\r\n");
+    assert_eq!(p.resumed, Some(Resume::Exact));
+    // Reported once only.
+    assert_eq!(poll_all(&mut f).1.resumed, None);
+}
+
+#[test]
+fn restart_after_a_rotation_reads_the_archive_rest_then_the_new_file() {
+    let log = Log::new();
+    let state = tempfile::tempdir().unwrap();
+    let store = store_in(state.path());
+    log.append(b"a\r\n");
+    let mut f = log.follower(None);
+    poll_all(&mut f);
+    let c = save_and_reload(&store, &f);
+    drop(f);
+    log.append(b"b\r\n");
+    log.rotate();
+    log.append(b"c\r\n");
+    let mut f = log.follower(Some(c));
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "b\r\nc\r\n");
+    assert_eq!(p.resumed, Some(Resume::FromArchive));
+    assert_eq!(p.rotations, 1);
+}
+
+#[test]
+fn restart_with_another_file_of_the_same_size_starts_over() {
+    let log = Log::new();
+    let state = tempfile::tempdir().unwrap();
+    let store = store_in(state.path());
+    log.append(b"2024-01-01 a\r\n2024-01-01 b\r\n");
+    let mut f = log.follower(None);
+    poll_all(&mut f);
+    let c = save_and_reload(&store, &f);
+    drop(f);
+    // Same size, other first bytes, written in place (same inode).
+    fs::write(&log.path, b"2024-01-02 c\r\n2024-01-02 d\r\n").unwrap();
+    let mut f = log.follower(Some(c.clone()));
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "2024-01-02 c\r\n2024-01-02 d\r\n");
+    assert_eq!(p.resumed, Some(Resume::NotFound));
+    // And as a new file (another inode) with the same content length.
+    drop(f);
+    fs::remove_file(&log.path).unwrap();
+    fs::write(&log.path, b"2024-01-03 e\r\n2024-01-03 f\r\n").unwrap();
+    let mut f = log.follower(Some(c));
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "2024-01-03 e\r\n2024-01-03 f\r\n");
+    assert_eq!(p.resumed, Some(Resume::NotFound));
+}
+
+#[test]
+fn restart_when_the_saved_file_is_gone_reads_the_current_file_only() {
+    let log = Log::new();
+    log.append(b"a\r\n");
+    let mut f = log.follower(None);
+    poll_all(&mut f);
+    let c = f.cursor().unwrap();
+    drop(f);
+    // Two rotations: the saved file is overwritten; the archive holds b, never to be read.
+    log.append(b"lost\r\n");
+    log.rotate();
+    log.append(b"b\r\n");
+    log.rotate();
+    log.append(b"c\r\n");
+    let mut f = log.follower(Some(c));
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "c\r\n");
+    assert_eq!(p.resumed, Some(Resume::NotFound));
+}
