@@ -23,7 +23,7 @@ use crate::metrics::LogCollector;
 use crate::pipeline::Pipeline;
 use crate::probe::{Round, RoundSource};
 use crate::sessions::Outcome;
-use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Tailer};
+use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
 
 /// How often the checkpoint is saved while lines arrive.
@@ -36,9 +36,11 @@ const BATCH_BYTES: usize = 1 << 20;
 struct Checkpoint<P> {
     version: u32,
     log_path: PathBuf,
-    cursor: Option<Cursor>,
+    cursors: Cursors,
     pipeline: P,
 }
+
+const CHECKPOINT_VERSION: u32 = 1;
 
 /// What the agent probes and watches with; the real ones by default, stand-ins for the demo.
 pub struct Sources {
@@ -118,7 +120,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let store = CheckpointStore::new(config.log.checkpoint.clone());
-    let (cursor, mut pipeline) = restore(&store, &config);
+    let (cursors, mut pipeline) = restore(&store, &config);
     pipeline.sessions.record_closed(true);
     let pipeline = Arc::new(Mutex::new(pipeline));
 
@@ -159,27 +161,18 @@ pub async fn run(
     );
     let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
-    let follower = Follower::new(
-        config.log.path.clone(),
-        cursor,
-        FollowOptions {
-            max_line_bytes: config.log.max_line_bytes,
-            ..FollowOptions::default()
-        },
-    );
     let log_side = LogSide {
         pipeline: pipeline.clone(),
         window: window.clone(),
         health: health.clone(),
     };
-    let tail = tokio::spawn(tail_loop(
-        follower,
-        log_side,
-        store,
-        config.log.path.clone(),
-        stop_rx.clone(),
-    ));
-    let probe = sources.rounds.map(|rounds| {
+    let tail = tokio::spawn({
+        let (config, stop) = (config.clone(), stop_rx.clone());
+        async move { tail_loop(&config, cursors, log_side, store, stop).await }
+    });
+    // Every interval: who is running, then (when probing) one round for health and the fallback.
+    let rounds = sources.rounds;
+    let periodic = tokio::spawn({
         let (controller, window, health, mut stop) = (
             controller.clone(),
             window.clone(),
@@ -187,7 +180,7 @@ pub async fn run(
             stop_rx.clone(),
         );
         let interval = sources.interval;
-        tokio::spawn(async move {
+        async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -195,10 +188,11 @@ pub async fn run(
                     _ = tick.tick() => {}
                     _ = stop.changed() => break,
                 }
+                let presence = tokio::task::block_in_place(|| processes.refresh());
+                health.update_processes(presence);
+                let Some(rounds) = &rounds else { continue };
                 let round = rounds.round().await;
                 crate::probe::record_round(&round);
-                let presence = tokio::task::block_in_place(|| processes.refresh());
-                tracing::debug!(?presence, "process table");
                 let ratio = window
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -210,7 +204,7 @@ pub async fn run(
                     .await;
                 health.update_round(round);
             }
-        })
+        }
     });
 
     let mut app = crate::http::router(registry.clone(), LINKS)
@@ -226,9 +220,7 @@ pub async fn run(
     });
     server.await.context("HTTP server")?;
     tail.await.context("tail task")?;
-    if let Some(p) = probe {
-        p.await.context("probe task")?;
-    }
+    periodic.await.context("probe task")?;
     if let Err(e) = controller.lock().await.shutdown() {
         tracing::warn!(error = %e, "fallback: cannot leave the system as configured (fallback.on_shutdown)");
     }
@@ -253,118 +245,187 @@ struct LogSide {
     health: Arc<Health>,
 }
 
-/// The saved cursor and pipeline, if the checkpoint belongs to this log; else a fresh start.
-fn restore(store: &CheckpointStore, config: &Config) -> (Option<Cursor>, Pipeline) {
+/// Where reading stopped in each log file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Cursors {
+    /// The debug-level log (`log.path`).
+    debug: Option<Cursor>,
+    /// The error-level log (`log.error_path`).
+    error: Option<Cursor>,
+}
+
+/// The saved cursors and pipeline, if the checkpoint belongs to this log; else a fresh start.
+fn restore(store: &CheckpointStore, config: &Config) -> (Cursors, Pipeline) {
     match store.load::<Checkpoint<Pipeline>>() {
-        Ok(Some(c)) if c.version == 1 && c.log_path == config.log.path => {
+        Ok(Some(c)) if c.version == CHECKPOINT_VERSION && c.log_path == config.log.path => {
             tracing::info!(checkpoint = %store.path().display(), "resuming from checkpoint");
             let mut pipeline = c.pipeline;
             // Caps may have changed in the config; the saved tables keep their content.
             pipeline.sessions.set_limits(config.log.max_open_sessions);
-            (c.cursor, pipeline)
+            (c.cursors, pipeline)
         }
         Ok(Some(_)) => {
             tracing::warn!(checkpoint = %store.path().display(), "checkpoint is for another log file or version; starting fresh");
-            (None, Pipeline::new(&config.log))
+            (Cursors::default(), Pipeline::new(&config.log))
         }
-        Ok(None) => (None, Pipeline::new(&config.log)),
+        Ok(None) => (Cursors::default(), Pipeline::new(&config.log)),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the checkpoint; reading the log from its start");
-            (None, Pipeline::new(&config.log))
+            (Cursors::default(), Pipeline::new(&config.log))
         }
     }
 }
 
+/// One followed file and what the loop remembers of it.
+struct Followed {
+    tailer: Tailer,
+    buf: Vec<u8>,
+    last_line: Option<Instant>,
+}
+
+impl Followed {
+    fn new(path: PathBuf, cursor: Option<Cursor>, max_line_bytes: usize) -> Followed {
+        let opts = FollowOptions {
+            max_line_bytes,
+            ..FollowOptions::default()
+        };
+        Followed {
+            tailer: Tailer::new(Follower::new(path, cursor, opts)),
+            buf: Vec::with_capacity(BATCH_BYTES),
+            last_line: None,
+        }
+    }
+}
+
+/// Which of the two logs a batch came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Debug,
+    Error,
+}
+
+/// Follows the debug log and, when configured, the error-level log that PIA writes instead
+/// while debug logging is off; both feed one pipeline, saved with both cursors at once.
 async fn tail_loop(
-    follower: Follower,
+    config: &Config,
+    cursors: Cursors,
     side: LogSide,
     store: CheckpointStore,
-    log_path: PathBuf,
     mut stop: watch::Receiver<bool>,
 ) {
-    let pipeline = &side.pipeline;
-    let mut last_line: Option<Instant> = None;
-    let mut tailer = Tailer::new(follower);
-    let mut buf = Vec::with_capacity(BATCH_BYTES);
+    let log = &config.log;
+    let mut debug = Followed::new(log.path.clone(), cursors.debug, log.max_line_bytes);
+    let mut error = (!log.error_path.as_os_str().is_empty())
+        .then(|| Followed::new(log.error_path.clone(), cursors.error, log.max_line_bytes));
     let mut last_save = Instant::now();
     let mut dirty = false;
     // Saves what was read even when no more lines come.
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cursors = |debug: &Followed, error: &Option<Followed>| Cursors {
+        debug: debug.tailer.cursor(),
+        error: error.as_ref().and_then(|e| e.tailer.cursor()),
+    };
     loop {
-        tokio::select! {
+        let (role, polled) = tokio::select! {
             _ = tick.tick() => {
                 if dirty {
-                    save(&store, &log_path, tailer.cursor(), pipeline);
+                    save(&store, &log.path, cursors(&debug, &error), &side.pipeline);
                     last_save = Instant::now();
                     dirty = false;
                 }
+                continue;
             }
-            polled = tailer.next(&mut buf) => {
-                match polled {
-                    Ok(poll) => {
-                        let now = Instant::now();
-                        if !buf.is_empty() {
-                            last_line = Some(now);
-                        }
-                        let health_input = {
-                            let mut p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
-                            let used = p.feed(&buf);
-                            debug_assert_eq!(used, buf.len(), "the tailer hands on complete lines only");
-                            p.read.rotations += u64::from(poll.rotations);
-                            p.read.truncations += u64::from(poll.truncations);
-                            p.read.lines_too_long += poll.lines_too_long;
-                            p.read.file_present = matches!(poll.file, FileState::Present);
-                            let closed = p.sessions.drain_closed();
-                            if !closed.is_empty() {
-                                let mut w = side.window.lock().unwrap_or_else(|e| e.into_inner());
-                                for c in closed {
-                                    w.record_close(p.sessions.apps().name(c.app), now, c.outcome == Outcome::ZeroBytes);
-                                }
-                            }
-                            LogHealthInput {
-                                file_present: p.read.file_present,
-                                last_line_age: last_line.map(|t| now - t),
-                                level: p.proxy.level(),
-                                lines_read: p.read.lines,
-                                unrecognized: p.read.unrecognized,
-                            }
-                        };
-                        side.health.update_log(health_input);
-                        dirty |= !buf.is_empty() || poll.rotations > 0 || poll.truncations > 0;
-                        buf.clear();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, log = %log_path.display(), "reading the log failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-                if dirty && last_save.elapsed() >= CHECKPOINT_EVERY {
-                    save(&store, &log_path, tailer.cursor(), pipeline);
-                    last_save = Instant::now();
-                    dirty = false;
-                }
-            }
+            polled = debug.tailer.next(&mut debug.buf) => (Role::Debug, polled),
+            polled = async {
+                let f = error.as_mut().expect("guarded by is_some");
+                f.tailer.next(&mut f.buf).await
+            }, if error.is_some() => (Role::Error, polled),
             _ = stop.changed() => break,
+        };
+        let file = match role {
+            Role::Debug => &mut debug,
+            Role::Error => error.as_mut().expect("polled"),
+        };
+        // After a resume, a rotation or a truncation the saved cursor names a file that the
+        // next rotation destroys: save at once rather than on the timer.
+        let mut urgent = false;
+        match polled {
+            Ok(poll) => {
+                urgent = poll.rotations > 0 || poll.truncations > 0 || poll.resumed.is_some();
+                dirty |= urgent || !file.buf.is_empty();
+                feed(&side, file, role, &poll);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, log = %file.tailer.follower().path().display(), "reading the log failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if dirty && (urgent || last_save.elapsed() >= CHECKPOINT_EVERY) {
+            save(&store, &log.path, cursors(&debug, &error), &side.pipeline);
+            last_save = Instant::now();
+            dirty = false;
         }
     }
-    save(&store, &log_path, tailer.cursor(), pipeline);
+    save(&store, &log.path, cursors(&debug, &error), &side.pipeline);
 }
 
-fn save(
-    store: &CheckpointStore,
-    log_path: &Path,
-    cursor: Option<Cursor>,
-    pipeline: &Mutex<Pipeline>,
-) {
+/// Feeds one batch to the pipeline and passes what it changed to the window and health.
+fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll) {
+    let now = Instant::now();
+    if !file.buf.is_empty() {
+        file.last_line = Some(now);
+    }
+    let health_input = {
+        let mut p = side.pipeline.lock().unwrap_or_else(|e| e.into_inner());
+        let used = p.feed(&file.buf);
+        debug_assert_eq!(
+            used,
+            file.buf.len(),
+            "the tailer hands on complete lines only"
+        );
+        p.read.rotations += u64::from(poll.rotations);
+        p.read.truncations += u64::from(poll.truncations);
+        p.read.lines_too_long += poll.lines_too_long;
+        let present = matches!(poll.file, FileState::Present);
+        match role {
+            Role::Debug => p.read.file_present = present,
+            Role::Error => p.read.error_file_present = present,
+        }
+        let closed = p.sessions.drain_closed();
+        if !closed.is_empty() {
+            let mut w = side.window.lock().unwrap_or_else(|e| e.into_inner());
+            for c in closed {
+                w.record_close(
+                    p.sessions.apps().name(c.app),
+                    now,
+                    c.outcome == Outcome::ZeroBytes,
+                );
+            }
+        }
+        LogHealthInput {
+            file_present: p.read.file_present,
+            last_line_age: file.last_line.map(|t| now - t),
+            level: p.proxy.level(),
+            lines_read: p.read.lines,
+            unrecognized: p.read.unrecognized,
+            proxy_connected: p.proxy.connected,
+            error_log_present: p.read.error_file_present,
+        }
+    };
+    file.buf.clear();
+    side.health.update_log(health_input);
+}
+
+fn save(store: &CheckpointStore, log_path: &Path, cursors: Cursors, pipeline: &Mutex<Pipeline>) {
     let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
     let checkpoint = Checkpoint {
-        version: 1,
+        version: CHECKPOINT_VERSION,
         log_path: log_path.to_path_buf(),
-        cursor,
+        cursors,
         pipeline: &*p,
     };
-    // fsync can take a while; the pipeline stays locked so the state matches the cursor.
+    // fsync can take a while; the pipeline stays locked so the state matches the cursors.
     let result = tokio::task::block_in_place(|| store.save(&checkpoint));
     if let Err(e) = result {
         tracing::warn!(error = %format!("{e:#}"), "cannot save the checkpoint; will retry");

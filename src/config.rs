@@ -21,6 +21,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub path: PathBuf,
+    /// Where the proxy logs (errors only) while PIA's debug logging is off; empty: not watched.
+    pub error_path: PathBuf,
     pub checkpoint: PathBuf,
     pub max_open_sessions: usize,
     pub max_apps: usize,
@@ -33,6 +35,7 @@ impl Default for LogConfig {
             path: PathBuf::from(
                 "/Library/Application Support/com.privateinternetaccess.vpn/transparent_proxy.log",
             ),
+            error_path: PathBuf::from("/tmp/STProxy.log"),
             checkpoint: PathBuf::from("/var/db/pia-split-tunnel-exporter/checkpoint.json"),
             max_open_sessions: 65_536,
             max_apps: 64,

@@ -49,6 +49,9 @@ pub struct ReadStats {
     /// The log file exists and is readable (as of the last read).
     #[serde(default)]
     pub file_present: bool,
+    /// The error-level log (`log.error_path`) exists: PIA's debug logging is off.
+    #[serde(default)]
+    pub error_file_present: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -239,6 +239,6 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         body["components"]["log"]["reason"],
-        "the proxy log file is missing"
+        "the proxy log file is missing (is PIA's debug logging on?)"
     );
 }

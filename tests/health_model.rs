@@ -9,6 +9,7 @@ use pia_split_tunnel_exporter::fallback::window::{AppRatio, Ratio};
 use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
 use pia_split_tunnel_exporter::health::{LogHealthInput, Status};
 use pia_split_tunnel_exporter::proxy_log::Level;
+use pia_split_tunnel_exporter::watch::Presence;
 
 fn t() -> Thresholds {
     Thresholds {
@@ -27,6 +28,7 @@ fn log(present: bool, age: u64, level: Option<Level>) -> LogHealthInput {
         level,
         lines_read: 100,
         unrecognized: 2,
+        ..LogHealthInput::default()
     }
 }
 
@@ -40,6 +42,7 @@ fn log_component() {
                 sessions: None,
                 round: None,
                 fallback: None,
+                processes: None,
             },
         )
         .components["log"]
@@ -74,6 +77,7 @@ fn sessions_component_names_the_app() {
             sessions: Some(&apps),
             round: None,
             fallback: None,
+            processes: None,
         },
     )
     .components["sessions"]
@@ -97,6 +101,7 @@ fn probe_components_per_path() {
             sessions: None,
             round: Some(&broken),
             fallback: None,
+            processes: None,
         },
     );
     let bypass = &rep.components["probe_bypass"];
@@ -117,6 +122,7 @@ fn probe_components_per_path() {
             sessions: None,
             round: Some(&vpn_off),
             fallback: None,
+            processes: None,
         },
     );
     assert_eq!(rep.components["probe_tunnel"].status, Status::Ok);
@@ -135,6 +141,7 @@ fn probe_components_per_path() {
             sessions: None,
             round: Some(&phys_down),
             fallback: None,
+            processes: None,
         },
     );
     assert_eq!(rep.components["probe_physical"].status, Status::Failing);
@@ -151,6 +158,7 @@ fn probe_components_per_path() {
             sessions: None,
             round: None,
             fallback: None,
+            processes: None,
         },
     );
     assert_eq!(none.components["probe_bypass"].status, Status::Degraded);
@@ -159,4 +167,105 @@ fn probe_components_per_path() {
         Status::Degraded,
         "not failing before the first round"
     );
+}
+
+fn presence(extension: u32, daemon: u32, vpn: u32) -> Presence {
+    Presence {
+        extension,
+        daemon,
+        vpn,
+        checked: true,
+    }
+}
+
+#[test]
+fn processes_component() {
+    let r = |p: Option<&Presence>,
+             round: Option<&pia_split_tunnel_exporter::probe::Round>,
+             l: Option<&LogHealthInput>| {
+        assess(
+            &t(),
+            &Inputs {
+                log: l,
+                sessions: None,
+                round,
+                fallback: None,
+                processes: p,
+            },
+        )
+        .components["processes"]
+            .clone()
+    };
+    // Extension gone while a VPN process runs: the silent failure, with cause and fix.
+    let gone = r(Some(&presence(0, 1, 1)), None, None);
+    assert_eq!(gone.status, Status::Failing);
+    assert!(
+        gone.reason.contains("System Settings") && gone.reason.contains("splittunnel"),
+        "{}",
+        gone.reason
+    );
+    // The tunnel seen by the probes, or the proxy's own isConnected, also say the VPN is up.
+    let round = round_with(true, true, Bypass::Physical, PHYS_IP);
+    assert_eq!(
+        r(Some(&presence(0, 1, 0)), Some(&round), None).status,
+        Status::Failing
+    );
+    let connected = LogHealthInput {
+        proxy_connected: Some(true),
+        ..log(true, 1, Some(Level::Debug))
+    };
+    assert_eq!(
+        r(Some(&presence(0, 1, 0)), None, Some(&connected)).status,
+        Status::Failing
+    );
+    // VPN down: no extension is expected.
+    assert_eq!(r(Some(&presence(0, 1, 0)), None, None).status, Status::Ok);
+    assert_eq!(
+        r(Some(&presence(1, 0, 1)), None, None).status,
+        Status::Degraded
+    );
+    assert_eq!(r(Some(&presence(1, 1, 1)), None, None).status, Status::Ok);
+    assert_eq!(r(None, None, None).status, Status::Ok);
+}
+
+#[test]
+fn debug_logging_off_is_degraded_not_silent() {
+    let only_errors = LogHealthInput {
+        file_present: false,
+        error_log_present: true,
+        ..LogHealthInput::default()
+    };
+    let c = assess(
+        &t(),
+        &Inputs {
+            log: Some(&only_errors),
+            sessions: None,
+            round: None,
+            fallback: None,
+            processes: None,
+        },
+    )
+    .components["log"]
+        .clone();
+    assert_eq!(c.status, Status::Degraded);
+    assert!(
+        c.reason
+            .contains("debug logging off: only errors are visible"),
+        "{}",
+        c.reason
+    );
+    let nothing = LogHealthInput::default();
+    let c = assess(
+        &t(),
+        &Inputs {
+            log: Some(&nothing),
+            sessions: None,
+            round: None,
+            fallback: None,
+            processes: None,
+        },
+    )
+    .components["log"]
+        .clone();
+    assert_eq!(c.status, Status::Failing);
 }

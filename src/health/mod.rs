@@ -15,6 +15,7 @@ use crate::fallback::controller::StatusHandle;
 use crate::fallback::window::SharedWindow;
 use crate::probe::Round;
 use crate::proxy_log::Level;
+use crate::watch::Presence;
 pub use model::{HealthReport, LogHealthInput, Status};
 
 /// `[health]` section of the config.
@@ -58,6 +59,7 @@ pub struct Readiness {
 struct Inputs {
     log: Option<LogHealthInput>,
     round: Option<Round>,
+    processes: Option<Presence>,
 }
 
 /// The agent's health, fed by the agent loop, read by `/health`, `/-/ready` and `/metrics`.
@@ -124,6 +126,12 @@ impl Health {
         self.report(Instant::now());
     }
 
+    /// After each look at the process table.
+    pub fn update_processes(&self, presence: Presence) {
+        self.inputs.write().expect("health lock").processes = Some(presence);
+        self.report(Instant::now());
+    }
+
     /// After each probe round (and after the fallback controller saw it).
     pub fn update_round(&self, round: Round) {
         self.inputs.write().expect("health lock").round = Some(round);
@@ -160,6 +168,7 @@ impl Health {
                     sessions: apps.as_deref(),
                     round: i.round.as_ref(),
                     fallback: fallback.as_ref(),
+                    processes: i.processes.as_ref(),
                 },
             )
         };

@@ -12,6 +12,7 @@ use crate::fallback::policy::{Action, Outcome, bypass_broken};
 use crate::fallback::window::AppRatio;
 use crate::probe::{PathKind, ProbeError, Round};
 use crate::proxy_log::Level;
+use crate::watch::Presence;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,8 +47,9 @@ fn c(status: Status, reason: impl Into<String>) -> Component {
 }
 
 /// Component names, fixed: they are metric labels.
-pub const COMPONENTS: [&str; 7] = [
+pub const COMPONENTS: [&str; 8] = [
     "log",
+    "processes",
     "sessions",
     "probe_physical",
     "probe_tunnel",
@@ -71,6 +73,10 @@ pub struct LogHealthInput {
     pub level: Option<Level>,
     pub lines_read: u64,
     pub unrecognized: u64,
+    /// The proxy's own `isConnected`, last seen.
+    pub proxy_connected: Option<bool>,
+    /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
+    pub error_log_present: bool,
 }
 
 /// Thresholds the model uses.
@@ -90,12 +96,14 @@ pub struct Inputs<'a> {
     pub sessions: Option<&'a [AppRatio]>,
     pub round: Option<&'a Round>,
     pub fallback: Option<&'a FallbackStatus>,
+    pub processes: Option<&'a Presence>,
 }
 
 pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
     let mut components = BTreeMap::new();
     components.insert("log", log(t, i.log));
     components.insert("sessions", sessions(t, i.sessions));
+    components.insert("processes", processes(i.processes, i.round, i.log));
     let active = i.fallback.is_some_and(|f| f.active);
     for (name, path) in [
         ("probe_physical", PathKind::Physical),
@@ -118,8 +126,14 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
     let Some(l) = l else {
         return c(Status::Degraded, "the log has not been read yet");
     };
+    if !l.file_present && l.error_log_present {
+        return c(Status::Degraded, DEBUG_LOGGING_OFF);
+    }
     if !l.file_present {
-        return c(Status::Failing, "the proxy log file is missing");
+        return c(
+            Status::Failing,
+            "the proxy log file is missing (is PIA's debug logging on?)",
+        );
     }
     if let Some(level) = l.level
         && level > t.log_max_level
@@ -127,7 +141,7 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
         return c(
             Status::Degraded,
             format!(
-                "the proxy logs at {}: session lines need {} or more verbose",
+                "the proxy logs at {}: session lines need {} or more verbose. {DEBUG_LOGGING_OFF}",
                 level.as_str(),
                 t.log_max_level.as_str()
             ),
@@ -151,6 +165,52 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
             ),
         ),
     }
+}
+
+const DEBUG_LOGGING_OFF: &str = "debug logging off: only errors are visible (the proxy writes \
+/tmp/STProxy.log at error level, without session lines). Turn on Debug Logging in PIA's settings \
+(Help) to see sessions";
+
+/// Is anyone there to write the log? The extension absent while the VPN is up is the silent
+/// failure: the log stays quiet and nothing else says so.
+fn processes(
+    p: Option<&Presence>,
+    round: Option<&Round>,
+    log: Option<&LogHealthInput>,
+) -> Component {
+    let Some(p) = p.filter(|p| p.checked) else {
+        return c(Status::Ok, "the process table has not been read yet");
+    };
+    let vpn_up = p.vpn > 0
+        || round.is_some_and(|r| r.interfaces.tunnel.is_some())
+        || log.is_some_and(|l| l.proxy_connected == Some(true));
+    if p.extension == 0 && vpn_up {
+        return c(
+            Status::Failing,
+            "the split-tunnel extension (com.privateinternetaccess.vpn.splittunnel) is not running while \
+the VPN is up: bypass apps are not split. Likely cause: macOS dropped the extension's approval (after a \
+reboot or an update). Fix: approve it in System Settings → Privacy & Security, or reinstall PIA",
+        );
+    }
+    if p.daemon == 0 {
+        return c(
+            Status::Degraded,
+            "pia-daemon is not running: PIA's service is down; start the PIA app",
+        );
+    }
+    if p.extension == 0 {
+        return c(
+            Status::Ok,
+            "VPN down; the split-tunnel extension is not running (expected while disconnected)",
+        );
+    }
+    c(
+        Status::Ok,
+        format!(
+            "split-tunnel extension, pia-daemon and {} VPN process(es) running",
+            p.vpn
+        ),
+    )
 }
 
 fn sessions(t: &Thresholds, apps: Option<&[AppRatio]>) -> Component {

@@ -224,7 +224,13 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "log_file_present",
-        "1 when the log file exists and is readable, else 0.",
+        "1 when the log file (log.path) exists and is readable, else 0.",
+        GAUGE,
+        &[],
+    ),
+    (
+        "error_log_file_present",
+        "1 when the error-level log (log.error_path) exists: PIA's debug logging is off.",
         GAUGE,
         &[],
     ),
@@ -346,6 +352,11 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         "log_file_present",
         &[],
         f64::from(u8::from(r.file_present)),
+    ));
+    out.push(single(
+        "error_log_file_present",
+        &[],
+        f64::from(u8::from(r.error_file_present)),
     ));
     if let Some(c) = proxy.connected {
         out.push(single("proxy_connected", &[], f64::from(u8::from(c))));
