@@ -55,9 +55,9 @@ impl Sources {
     /// The machine's own network and process table.
     pub fn real(config: &Config) -> anyhow::Result<Sources> {
         Ok(Sources {
-            rounds: crate::probe::real_source(&config.probe),
+            rounds: config.probe.source(),
             processes: Box::new(crate::watch::SysinfoSource::new()?),
-            interval: crate::probe::interval(&config.probe),
+            interval: config.probe.interval(),
         })
     }
 }
@@ -130,7 +130,7 @@ pub async fn run(
     registry.register(Box::new(SelfCollector::new()?))?;
     let mut processes = ProcessWatch::new(sources.processes, config.processes.clone());
     registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
-    crate::probe::register_metrics(&registry)?;
+    let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
 
     let window: SharedWindow = Arc::new(Mutex::new(SessionWindow::new(Duration::from_secs(
         config.fallback.window_secs,
@@ -192,7 +192,7 @@ pub async fn run(
                 health.update_processes(presence);
                 let Some(rounds) = &rounds else { continue };
                 let round = rounds.round().await;
-                crate::probe::record_round(&round);
+                probe_metrics.observe(&round);
                 let ratio = window
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -72,7 +72,14 @@ pub enum Command {
     /// Validate the config and print the effective values.
     CheckConfig,
     /// Probe every egress path once and print a table; exit 1 when the bypass is broken.
-    Probe,
+    Probe {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Log statistics, one probe round and what the system says, in plain English: the cause
+    /// and the repair. Exit 1 when the bypass is broken.
+    Diagnose,
     /// Print the rules the fallback would load.
     Rules(crate::fallback::cli::TargetArgs),
     /// Install, remove or show the fallback by hand.
@@ -129,7 +136,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Probe => crate::probe::cli::probe_command(&config),
+        Command::Probe { json } => crate::probe::cli::probe_command(&config, json),
+        Command::Diagnose => crate::probe::cli::diagnose_command(&config),
         Command::Rules(target) => crate::fallback::cli::rules_command(&config, &target),
         Command::Fallback { op } => crate::fallback::cli::fallback_command(&config, &op),
     }

@@ -126,6 +126,7 @@ impl Config {
             return Err("log.path must name the proxy's log file".into());
         }
         self.processes.validate()?;
+        self.probe.validate()?;
         self.fallback.validate()?;
         self.health.validate()
     }

@@ -1,11 +1,27 @@
 //! Egress probes through each path and the verdicts derived from them.
+//!
+//! Each round re-discovers the interfaces, resolves the what-is-my-IP endpoints once (pinned
+//! for every path of the round), and asks them through four paths at once: bound to the
+//! physical interface, bound to the tunnel, bound only to the physical *address* (what PIA's
+//! proxy does, the path that breaks), and unbound. A round is bounded by `probe.timeout_secs`
+//! whatever the endpoints do.
+
+pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod prober;
+pub mod verdict;
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::os::Interfaces;
+pub use metrics::ProbeMetrics;
+pub use prober::Prober;
+pub use verdict::{Verdicts, verdicts};
 
 /// A way out of the machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -52,6 +68,29 @@ pub enum ProbeError {
     Other,
 }
 
+impl ProbeError {
+    pub const ALL: [ProbeError; 7] = [
+        ProbeError::NoInterface,
+        ProbeError::Timeout,
+        ProbeError::Refused,
+        ProbeError::Unreachable,
+        ProbeError::BadBody,
+        ProbeError::Http,
+        ProbeError::Other,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeError::NoInterface => "no_interface",
+            ProbeError::Timeout => "timeout",
+            ProbeError::Refused => "refused",
+            ProbeError::Unreachable => "unreachable",
+            ProbeError::BadBody => "bad_body",
+            ProbeError::Http => "http",
+            ProbeError::Other => "other",
+        }
+    }
+}
+
 /// Result of one path in one round.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PathResult {
@@ -69,23 +108,11 @@ pub struct Round {
 
 impl Round {
     pub fn egress(&self, path: PathKind) -> Option<Ipv4Addr> {
-        self.results
-            .iter()
-            .find(|r| r.path == path)
-            .and_then(|r| r.outcome.ok())
+        self.result(path).and_then(|r| r.outcome.ok())
     }
-}
 
-/// `[probe]` section of the config.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProbeConfig {}
-
-pub mod cli {
-    //! `probe` and `diagnose` subcommands.
-    use std::process::ExitCode;
-    pub fn probe_command(_config: &crate::config::Config) -> anyhow::Result<ExitCode> {
-        anyhow::bail!("not built yet")
+    pub fn result(&self, path: PathKind) -> Option<&PathResult> {
+        self.results.iter().find(|r| r.path == path)
     }
 }
 
@@ -93,5 +120,74 @@ pub mod cli {
 pub trait RoundSource: Send + Sync + 'static {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>>;
 }
-mod glue;
-pub use glue::{interval, real_source, record_round, register_metrics};
+
+/// `[probe]`: how and where egress is measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Off: the agent watches the log only.
+    pub enabled: bool,
+    pub interval_secs: u64,
+    /// Bound of one path (all its endpoint attempts), and so of a round.
+    pub timeout_secs: f64,
+    /// What-is-my-IP services (`http://` only); the body is an IPv4 address.
+    pub endpoints: Vec<String>,
+    /// The physical interface; unset: the interface of the default route that is not a tunnel.
+    pub physical_interface: Option<String>,
+    /// The VPN's tunnel; unset: an up tunnel-like interface with an IPv4 address.
+    pub tunnel_interface: Option<String>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            enabled: true,
+            interval_secs: 30,
+            timeout_secs: 5.0,
+            endpoints: vec![
+                "http://api.ipify.org/".into(),
+                "http://icanhazip.com/".into(),
+                "http://ifconfig.me/ip".into(),
+            ],
+            physical_interface: None,
+            tunnel_interface: None,
+        }
+    }
+}
+
+impl ProbeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval_secs == 0 {
+            return Err("probe.interval_secs must be at least 1 (default 30)".into());
+        }
+        if !(self.timeout_secs > 0.0 && self.timeout_secs.is_finite()) {
+            return Err(
+                "probe.timeout_secs must be a positive number of seconds (default 5)".into(),
+            );
+        }
+        if self.timeout_secs >= self.interval_secs as f64 {
+            return Err("probe.timeout_secs must be shorter than probe.interval_secs".into());
+        }
+        if self.enabled && self.endpoints.is_empty() {
+            return Err("probe.endpoints is empty: name at least one what-is-my-IP URL, or set probe.enabled = false".into());
+        }
+        for e in &self.endpoints {
+            http::Endpoint::parse(e).map_err(|why| format!("probe.endpoints: {e:?}: {why}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_secs)
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+
+    /// The real prober, unless probing is off.
+    pub fn source(&self) -> Option<Arc<dyn RoundSource>> {
+        self.enabled
+            .then(|| Arc::new(Prober::new(self.clone())) as Arc<dyn RoundSource>)
+    }
+}

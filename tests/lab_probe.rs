@@ -1,0 +1,345 @@
+//! The split-tunnel failure reproduced in network namespaces (`lab/lab.sh`): `probe`,
+//! `diagnose` and the agent itself, before and after the repair. Needs root (CI runs as root);
+//! without it, or without iproute2/nftables/python3, these tests fail and say why.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, fixture};
+use serde_json::Value;
+
+const HOME_IP: &str = "198.51.100.47";
+const VPN_EXIT_IP: &str = "192.0.2.18";
+
+fn lab_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/lab.sh")
+}
+
+fn require_prerequisites() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the lab needs root to create network namespaces: run the tests as root (CI does)"
+    );
+    for tool in ["ip", "nft", "python3"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "the lab needs `{tool}`: sudo bash .ci/setup (installs iproute2, nftables, python3)"
+        );
+    }
+}
+
+/// The lab's namespaces, removed on drop even when the test fails.
+struct Lab {
+    prefix: String,
+}
+
+impl Lab {
+    fn up(tag: &str) -> Lab {
+        require_prerequisites();
+        let prefix = format!("{tag}{}", std::process::id() % 100_000);
+        let lab = Lab { prefix };
+        lab.script(&["up"]);
+        lab
+    }
+
+    fn script(&self, args: &[&str]) {
+        let out = Command::new("bash")
+            .arg(lab_script())
+            .arg(args[0])
+            .arg(&self.prefix)
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lab.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn mac(&self) -> String {
+        format!("{}mac", self.prefix)
+    }
+
+    /// The agent binary inside the `mac` namespace.
+    fn agent(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.mac(), BIN])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.mac()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// GET inside the `mac` namespace, where the agent listens.
+    fn get(&self, url: &str) -> (u16, String) {
+        let script = "import sys, urllib.request, urllib.error\n\
+try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n\
+except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n\
+except Exception as e:\n    print(0); print(e)\n";
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.mac(), "python3", "-c", script, url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, body) = text.split_once('\n').unwrap_or(("0", ""));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(lab_script())
+            .arg("down")
+            .arg(&self.prefix)
+            .output();
+    }
+}
+
+const PROBE_SETTINGS: [&str; 6] = [
+    "--set",
+    "probe.endpoints=[\"http://203.0.113.10/\"]",
+    "--set",
+    "probe.timeout_secs=2",
+    "--set",
+    "log.error_path=\"\"",
+];
+
+fn egress(round: &Value, path: &str) -> Value {
+    round["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == path)
+        .unwrap()["outcome"]
+        .clone()
+}
+
+#[test]
+fn probe_tells_the_truth_before_and_after_the_repair() {
+    let lab = Lab::up("p");
+    let mut args = vec!["probe", "--json"];
+    args.extend(PROBE_SETTINGS);
+    let before = lab.agent(&args);
+    assert_eq!(
+        before.status.code(),
+        Some(1),
+        "a broken bypass exits 1: {}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    let v: Value = serde_json::from_slice(&before.stdout).unwrap();
+    let round = &v["round"];
+    assert_eq!(round["interfaces"]["physical"]["name"], "en0");
+    assert_eq!(round["interfaces"]["physical"]["gateway"], "10.0.15.1");
+    assert_eq!(round["interfaces"]["tunnel"]["name"], "utun4");
+    assert_eq!(egress(round, "physical")["Ok"], HOME_IP);
+    assert_eq!(egress(round, "tunnel")["Ok"], VPN_EXIT_IP);
+    assert_eq!(egress(round, "default")["Ok"], VPN_EXIT_IP);
+    assert_eq!(
+        egress(round, "bypass")["Err"],
+        "timeout",
+        "the field failure: {round}"
+    );
+    assert_eq!(
+        (
+            v["verdicts"]["bypass_working"].as_bool(),
+            v["verdicts"]["vpn_leak"].as_bool()
+        ),
+        (Some(false), Some(false))
+    );
+
+    lab.script(&["repair"]);
+    let after = lab.agent(&args);
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&after.stdout)
+    );
+    let v: Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(egress(&v["round"], "bypass")["Ok"], HOME_IP);
+    assert_eq!(v["verdicts"]["bypass_working"], true);
+
+    let mut table_args = vec!["probe"];
+    table_args.extend(PROBE_SETTINGS);
+    let table = String::from_utf8(lab.agent(&table_args).stdout).unwrap();
+    assert!(
+        table.contains("bypass    10.0.15.15         198.51.100.47"),
+        "{table}"
+    );
+    assert!(table.contains("bypass working"), "{table}");
+}
+
+#[test]
+fn diagnose_names_the_cause_and_the_repair() {
+    let lab = Lab::up("d");
+    let log = fixture("broken.log").display().to_string();
+    let mut args = vec!["diagnose", "--log-path", &log];
+    args.extend(PROBE_SETTINGS);
+    let before = lab.agent(&args);
+    let text = String::from_utf8_lossy(&before.stdout);
+    assert_eq!(
+        before.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    assert!(
+        text.contains("Bypass apps' traffic is bound to 10.0.15.15 but does not get out (timeout): it follows the VPN's routes into utun4; 100% of 80 sessions closed with zero bytes."),
+        "{text}"
+    );
+    assert!(text.contains("Fix: route-to fallback"), "{text}");
+    assert!(text.contains("Measured: the kernel routes traffic from 10.0.15.15 as: 203.0.113.10 from 10.0.15.15 via 10.16.0.1 dev utun4"), "{text}");
+    // No PIA here: the extension is absent while a tunnel is up, and diagnose says so first.
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .starts_with("The split-tunnel extension"),
+        "{text}"
+    );
+
+    lab.script(&["repair"]);
+    let after = lab.agent(&args);
+    let text = String::from_utf8_lossy(&after.stdout);
+    assert_eq!(after.status.code(), Some(0), "{text}");
+    assert!(text.contains("Bypass works: traffic bound to 10.0.15.15 egresses as 198.51.100.47 (the physical path)"), "{text}");
+}
+
+/// The agent in `auto` mode with the policy-routing backend heals the lab by itself, says so
+/// on /health, /metrics and in its log; when the tunnel goes, it reverts and leaves no rule.
+#[test]
+fn agent_heals_the_lab_and_reverts_when_the_tunnel_goes() {
+    let lab = Lab::up("e");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("transparent_proxy.log");
+    std::fs::write(&log, b"").unwrap();
+    let agent_log = dir.path().join("agent.log");
+    let rules_before = lab.ip(&["rule"]);
+    // No PIA in the lab: the agent stands in for its processes so the processes check is quiet.
+    let config = format!(
+        "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
+[http]\nlisten = \"10.0.15.15:9847\"\n\
+[probe]\nendpoints = [\"http://203.0.113.10/\"]\ninterval_secs = 2\ntimeout_secs = 1.5\n\
+[processes]\nextension = [\"pia-split-tunnel\"]\ndaemon = [\"pia-split-tunnel\"]\nvpn = [\"pia-split-tunnel\"]\n\
+[fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n",
+        cp = dir.path().join("cp.json"),
+    );
+    let config_path = dir.path().join("agent.toml");
+    std::fs::File::create(&config_path)
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let mut child: Child = Command::new("ip")
+        .args(["netns", "exec", &lab.mac(), BIN, "--config"])
+        .arg(&config_path)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&agent_log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut child);
+    let wait_for = |what: &str, check: &dyn Fn(&str) -> bool, url: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let (_, body) = lab.get(url);
+            if check(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen; last {url}: {body}\nagent log:\n{}",
+                std::fs::read_to_string(&agent_log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let metrics = "http://10.0.15.15:9847/metrics";
+    // Whole lines: a HELP text may contain the same words.
+    let has = |body: &str, line: &str| body.lines().any(|l| l == line);
+    let m = wait_for(
+        "the repair",
+        &|b| has(b, "pia_split_tunnel_fallback_active 1"),
+        metrics,
+    );
+    assert!(
+        has(
+            &m,
+            "pia_split_tunnel_fallback_actions_total{action=\"apply\",result=\"ok\"} 1"
+        ),
+        "{m}"
+    );
+    // Verified: the next rounds see the bypass egress as the home IP.
+    let m = wait_for(
+        "a repaired bypass",
+        &|b| has(b, "pia_split_tunnel_bypass_working 1"),
+        metrics,
+    );
+    assert!(
+        has(
+            &m,
+            &format!("pia_split_tunnel_probe_egress_info{{path=\"bypass\",ip=\"{HOME_IP}\"}} 1")
+        ),
+        "{m}"
+    );
+    assert!(
+        lab.ip(&["rule"]).contains("from 10.0.15.15 lookup 100"),
+        "{}",
+        lab.ip(&["rule"])
+    );
+    let (code, health) = lab.get("http://10.0.15.15:9847/health");
+    let h: Value = serde_json::from_str(&health).unwrap_or(Value::Null);
+    assert_eq!(h["components"]["probe_bypass"]["status"], "ok", "{health}");
+    assert_eq!(h["components"]["fallback"]["status"], "ok", "{health}");
+    assert_eq!(code, 200, "{health}");
+    assert!(
+        std::fs::read_to_string(&agent_log)
+            .unwrap()
+            .contains("applied"),
+        "the agent's log says what it did"
+    );
+
+    // The VPN goes away: the fallback is reverted and nothing of it is left.
+    lab.ip(&["link", "del", "utun4"]);
+    wait_for(
+        "the revert",
+        &|b| {
+            has(b, "pia_split_tunnel_fallback_active 0") && has(b, "pia_split_tunnel_tunnel_down 1")
+        },
+        metrics,
+    );
+    assert_eq!(lab.ip(&["rule"]), rules_before, "no stray rule");
+    assert_eq!(
+        lab.ip(&["route", "show", "table", "100"]),
+        "",
+        "table 100 is empty"
+    );
+}
