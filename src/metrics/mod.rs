@@ -97,6 +97,20 @@ impl FamilyBuilder {
         self.mf
     }
 
+    /// A family from a collector's declared list.
+    pub fn declared(specs: &[FamilySpec], name: &str) -> FamilyBuilder {
+        let (n, h, t, _) = specs.iter().find(|f| f.0 == name).expect("declared family");
+        FamilyBuilder::new(n, h, *t)
+    }
+
+    /// The descriptors a collector declares for its families.
+    pub fn descs(specs: &[FamilySpec]) -> Vec<Desc> {
+        specs
+            .iter()
+            .map(|(n, h, _, l)| FamilyBuilder::desc(n, h, l))
+            .collect()
+    }
+
     /// The descriptor a collector must declare for this family.
     pub fn desc(name: &str, help: &str, labels: &[&str]) -> Desc {
         Desc::new(
@@ -111,8 +125,16 @@ impl FamilyBuilder {
 
 use MetricType::{COUNTER, GAUGE, HISTOGRAM};
 
-/// (name, help, type, labels) of every family the log collector renders.
-const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
+/// (name without prefix, help, type, label names) of a family a collector renders.
+pub type FamilySpec = (
+    &'static str,
+    &'static str,
+    MetricType,
+    &'static [&'static str],
+);
+
+/// Every family the log collector renders.
+const FAMILIES: &[FamilySpec] = &[
     (
         "sessions_opened_total",
         "Proxied sessions opened (creation lines).",
@@ -256,10 +278,7 @@ pub struct LogCollector {
 
 impl LogCollector {
     pub fn new(pipeline: Arc<Mutex<Pipeline>>) -> LogCollector {
-        let descs = FAMILIES
-            .iter()
-            .map(|(n, h, _, l)| FamilyBuilder::desc(n, h, l))
-            .collect();
+        let descs = FamilyBuilder::descs(FAMILIES);
         LogCollector { pipeline, descs }
     }
 }
@@ -276,11 +295,7 @@ impl Collector for LogCollector {
 }
 
 fn family(name: &str) -> FamilyBuilder {
-    let (n, h, t, _) = FAMILIES
-        .iter()
-        .find(|f| f.0 == name)
-        .expect("declared family");
-    FamilyBuilder::new(n, h, *t)
+    FamilyBuilder::declared(FAMILIES, name)
 }
 
 /// A declared family with one sample, counter or gauge as declared.

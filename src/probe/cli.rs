@@ -241,39 +241,13 @@ the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`,
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
-    use std::time::Duration;
 
     use super::*;
-    use crate::os::{Interfaces, PhysicalIf, TunnelIf};
-    use crate::probe::{PathResult, ProbeError};
+    use crate::probe::ProbeError;
+    use crate::probe::testing::{HOME_IP, VPN_EXIT_IP};
 
     fn lab_round(bypass: Result<Ipv4Addr, ProbeError>) -> Round {
-        let r = |path, outcome| PathResult {
-            path,
-            outcome,
-            duration: Duration::from_millis(40),
-        };
-        Round {
-            interfaces: Interfaces {
-                physical: Some(PhysicalIf {
-                    name: "en0".into(),
-                    index: 2,
-                    ipv4: Ipv4Addr::new(10, 0, 15, 15),
-                    gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
-                }),
-                tunnel: Some(TunnelIf {
-                    name: "utun4".into(),
-                    index: 3,
-                    ipv4: Ipv4Addr::new(10, 16, 11, 143),
-                }),
-            },
-            results: vec![
-                r(PathKind::Physical, Ok(Ipv4Addr::new(198, 51, 100, 47))),
-                r(PathKind::Tunnel, Ok(Ipv4Addr::new(192, 0, 2, 18))),
-                r(PathKind::Bypass, bypass),
-                r(PathKind::Default, Ok(Ipv4Addr::new(192, 0, 2, 18))),
-            ],
-        }
+        crate::probe::testing::lab_round(true, bypass, VPN_EXIT_IP)
     }
 
     fn running() -> Presence {
@@ -303,12 +277,7 @@ mod tests {
 Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"auto\")."
         );
         assert_eq!(lines[1], "Error kinds in the log: connect_timeout 12.");
-        let through = explain(
-            &lab_round(Ok(Ipv4Addr::new(192, 0, 2, 18))),
-            &log,
-            &running(),
-            &[],
-        );
+        let through = explain(&lab_round(Ok(VPN_EXIT_IP)), &log, &running(), &[]);
         assert!(
             through[0].contains("leaves through utun4 (egresses as 192.0.2.18, the VPN's exit)"),
             "{}",
@@ -329,7 +298,7 @@ Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"
             checked: true,
         };
         let lines = explain(
-            &lab_round(Ok(Ipv4Addr::new(198, 51, 100, 47))),
+            &lab_round(Ok(HOME_IP)),
             &log,
             &gone,
             &["IP forwarding is off".into()],

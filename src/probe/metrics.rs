@@ -6,7 +6,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{PathKind, ProbeError, Round, verdicts};
-use crate::metrics::FamilyBuilder;
+use crate::metrics::{FamilyBuilder, FamilySpec};
 
 #[derive(Default)]
 struct State {
@@ -23,7 +23,7 @@ pub struct ProbeMetrics {
     state: Arc<Mutex<State>>,
 }
 
-const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
+const FAMILIES: &[FamilySpec] = &[
     (
         "probe_success",
         "1 when the path's last probe got an egress address, else 0.",
@@ -91,10 +91,7 @@ impl ProbeMetrics {
         let m = ProbeMetrics::default();
         registry.register(Box::new(ProbeCollector {
             metrics: m.clone(),
-            descs: FAMILIES
-                .iter()
-                .map(|(n, h, _, l)| FamilyBuilder::desc(n, h, l))
-                .collect(),
+            descs: FamilyBuilder::descs(FAMILIES),
         }))?;
         Ok(m)
     }
@@ -123,11 +120,7 @@ struct ProbeCollector {
 }
 
 fn family(name: &str) -> FamilyBuilder {
-    let (n, h, t, _) = FAMILIES
-        .iter()
-        .find(|f| f.0 == name)
-        .expect("declared family");
-    FamilyBuilder::new(n, h, *t)
+    FamilyBuilder::declared(FAMILIES, name)
 }
 
 impl Collector for ProbeCollector {

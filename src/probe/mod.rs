@@ -191,3 +191,57 @@ impl ProbeConfig {
             .then(|| Arc::new(Prober::new(self.clone())) as Arc<dyn RoundSource>)
     }
 }
+
+/// Rounds of the lab's topology, for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use super::{PathKind, PathResult, ProbeError, Round};
+    use crate::os::{Interfaces, PhysicalIf, TunnelIf};
+
+    pub const HOME_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
+    pub const VPN_EXIT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
+
+    /// en0 10.0.15.15 (egress: the home IP) and, with `tunnel`, utun4 (egress: the VPN's exit).
+    pub fn lab_round(
+        tunnel: bool,
+        bypass: Result<Ipv4Addr, ProbeError>,
+        default: Ipv4Addr,
+    ) -> Round {
+        let r = |path, outcome| PathResult {
+            path,
+            outcome,
+            duration: Duration::from_millis(40),
+        };
+        Round {
+            interfaces: Interfaces {
+                physical: Some(PhysicalIf {
+                    name: "en0".into(),
+                    index: 2,
+                    ipv4: Ipv4Addr::new(10, 0, 15, 15),
+                    gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
+                }),
+                tunnel: tunnel.then(|| TunnelIf {
+                    name: "utun4".into(),
+                    index: 3,
+                    ipv4: Ipv4Addr::new(10, 16, 11, 143),
+                }),
+            },
+            results: vec![
+                r(PathKind::Physical, Ok(HOME_IP)),
+                r(
+                    PathKind::Tunnel,
+                    if tunnel {
+                        Ok(VPN_EXIT_IP)
+                    } else {
+                        Err(ProbeError::NoInterface)
+                    },
+                ),
+                r(PathKind::Bypass, bypass),
+                r(PathKind::Default, Ok(default)),
+            ],
+        }
+    }
+}

@@ -53,57 +53,13 @@ pub fn verdicts(round: &Round) -> Verdicts {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-    use std::time::Duration;
-
     use super::*;
-    use crate::os::{Interfaces, PhysicalIf, TunnelIf};
-    use crate::probe::{PathResult, ProbeError};
-
-    fn round(tunnel: bool, bypass: Result<Ipv4Addr, ProbeError>, default: Ipv4Addr) -> Round {
-        let home = Ipv4Addr::new(198, 51, 100, 47);
-        let exit = Ipv4Addr::new(192, 0, 2, 18);
-        let r = |path, outcome| PathResult {
-            path,
-            outcome,
-            duration: Duration::from_millis(10),
-        };
-        Round {
-            interfaces: Interfaces {
-                physical: Some(PhysicalIf {
-                    name: "en0".into(),
-                    index: 2,
-                    ipv4: Ipv4Addr::new(10, 0, 15, 15),
-                    gateway: None,
-                }),
-                tunnel: tunnel.then(|| TunnelIf {
-                    name: "utun4".into(),
-                    index: 3,
-                    ipv4: Ipv4Addr::new(10, 16, 11, 143),
-                }),
-            },
-            results: vec![
-                r(PathKind::Physical, Ok(home)),
-                r(
-                    PathKind::Tunnel,
-                    if tunnel {
-                        Ok(exit)
-                    } else {
-                        Err(ProbeError::NoInterface)
-                    },
-                ),
-                r(PathKind::Bypass, bypass),
-                r(PathKind::Default, Ok(default)),
-            ],
-        }
-    }
+    use crate::probe::ProbeError;
+    use crate::probe::testing::{HOME_IP, VPN_EXIT_IP, lab_round as round};
 
     #[test]
     fn field_failure_repair_and_leak() {
-        let (home, exit) = (
-            Ipv4Addr::new(198, 51, 100, 47),
-            Ipv4Addr::new(192, 0, 2, 18),
-        );
+        let (home, exit) = (HOME_IP, VPN_EXIT_IP);
         let broken = verdicts(&round(true, Err(ProbeError::Timeout), exit));
         assert_eq!(
             (broken.bypass_working, broken.vpn_leak, broken.tunnel_down),
