@@ -9,18 +9,18 @@ use clap::{Args, Subcommand};
 
 use super::{Plan, build_backend};
 use crate::config::Config;
-use crate::os::{Interfaces, PhysicalIf};
+use crate::os::PhysicalIf;
 
 /// The physical side the rules are rendered for.
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
-    /// Physical interface (e.g. en0).
+    /// Physical interface (e.g. en0); default: discovered.
     #[arg(long)]
     pub interface: Option<String>,
-    /// Its IPv4 address, the source the bypass binds to (e.g. 10.0.15.15).
+    /// Its IPv4 address, the source the bypass binds to (e.g. 10.0.15.15); default: discovered.
     #[arg(long)]
     pub address: Option<Ipv4Addr>,
-    /// Its default gateway (e.g. 10.0.15.1).
+    /// Its default gateway (e.g. 10.0.15.1); default: discovered.
     #[arg(long)]
     pub gateway: Option<Ipv4Addr>,
 }
@@ -35,20 +35,35 @@ pub enum FallbackOp {
     Status,
 }
 
+/// The physical interface as discovered (or configured), with flags overriding each fact.
 fn plan(config: &Config, t: &TargetArgs) -> anyhow::Result<Plan> {
-    // Discovery belongs to `os`; until it is wired here, the three facts come from flags.
-    let (Some(name), Some(ipv4), Some(gateway)) = (&t.interface, t.address, t.gateway) else {
-        anyhow::bail!("pass --interface, --address and --gateway of the physical interface");
+    let mut ifs = crate::os::discover(
+        config.probe.physical_interface.as_deref(),
+        config.probe.tunnel_interface.as_deref(),
+    );
+    let found = ifs.physical.take();
+    let name = t
+        .interface
+        .clone()
+        .or_else(|| found.as_ref().map(|p| p.name.clone()));
+    let ipv4 = t.address.or_else(|| found.as_ref().map(|p| p.ipv4));
+    let gateway = t.gateway.or_else(|| found.as_ref().and_then(|p| p.gateway));
+    let (Some(name), Some(ipv4), Some(gateway)) = (name, ipv4, gateway) else {
+        anyhow::bail!(
+            "no physical interface with an address and a default gateway was found; \
+             pass --interface, --address and --gateway (or set probe.physical_interface)"
+        );
     };
-    let ifs = Interfaces {
-        physical: Some(PhysicalIf {
-            name: name.clone(),
-            index: 0,
-            ipv4,
-            gateway: Some(gateway),
-        }),
-        tunnel: None,
-    };
+    let index = found
+        .as_ref()
+        .filter(|p| p.name == name)
+        .map_or(0, |p| p.index);
+    ifs.physical = Some(PhysicalIf {
+        name,
+        index,
+        ipv4,
+        gateway: Some(gateway),
+    });
     Plan::from_interfaces(&ifs, &config.fallback).context("cannot build the rules")
 }
 
