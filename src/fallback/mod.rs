@@ -30,6 +30,15 @@ use serde::{Deserialize, Serialize};
 use crate::os::Interfaces;
 pub use net::{IfName, Ipv4Net};
 
+/// Destinations that never take the repair's route: private ranges and loopback (plus the
+/// configured `bypass_subnets`). Both backends render from this one list.
+const LOCAL_NETS: [&str; 4] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+];
+
 /// What the agent does when the bypass breaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

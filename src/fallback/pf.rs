@@ -13,15 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use super::exec::run;
-use super::{Backend, BackendError, BackendKind, FallbackConfig, Loaded, Plan};
-
-/// Destinations that never take the `route-to`: private ranges and loopback.
-const LOCAL_NETS: [&str; 4] = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "127.0.0.0/8",
-];
+use super::{Backend, BackendError, BackendKind, FallbackConfig, LOCAL_NETS, Loaded, Plan};
 
 #[derive(Clone, Debug)]
 pub struct PfOptions {

@@ -8,14 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::exec::{Ran, run};
-use super::{Backend, BackendError, BackendKind, FallbackConfig, Loaded, Plan};
-
-const LOCAL_NETS: [&str; 4] = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "127.0.0.0/8",
-];
+use super::{Backend, BackendError, BackendKind, FallbackConfig, LOCAL_NETS, Loaded, Plan};
 
 #[derive(Clone, Debug)]
 pub struct PolicyRoutingOptions {
