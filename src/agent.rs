@@ -1,8 +1,10 @@
 //! The agent: tail → pipeline → metrics, with a checkpoint; HTTP; graceful shutdown.
 //!
-//! One task owns the log: it reads batches of complete lines from the tailer, feeds them to
-//! the pipeline under its lock, and saves `{cursor, pipeline}` as one atomic checkpoint, so the
-//! offset and the state it produced can never disagree, even after `kill -9`.
+//! One task owns the logs (the debug log and the error-level one): it reads batches of complete
+//! lines from the tailers, feeds them to the pipeline under its lock, and saves the cursors and
+//! the pipeline as one atomic checkpoint, so the offsets and the state they produced can never
+//! disagree, even after `kill -9`. A second task probes and watches processes on an interval
+//! and feeds health and the fallback controller.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -119,6 +121,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The checkpoint's folder (by default also the pf token's) may not exist on a new machine.
+    if let Some(dir) = config
+        .log
+        .checkpoint
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        tracing::warn!(error = %e, folder = %dir.display(), "cannot create the checkpoint's folder (log.checkpoint)");
+    }
     let store = CheckpointStore::new(config.log.checkpoint.clone());
     let (cursors, mut pipeline) = restore(&store, &config);
     pipeline.sessions.record_closed(true);

@@ -334,7 +334,8 @@ fn restarts_resume_from_the_checkpoint_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (source, expected) = generate(dir.path(), "mixed", 6_000, 8);
     let log = dir.path().join("transparent_proxy.log");
-    let checkpoint = dir.path().join("cp.json");
+    // In a folder that does not exist yet: the agent makes it.
+    let checkpoint = dir.path().join("state/cp.json");
     let lines = lines_of(&source);
     let upto = |bytes: usize| {
         let (mut n, mut size) = (0, 0);
@@ -363,6 +364,10 @@ fn restarts_resume_from_the_checkpoint_exactly() {
     let agent = Agent::start(&log, &checkpoint);
     agent.wait_lines(a as u64);
     agent.stop();
+    assert!(
+        checkpoint.is_file(),
+        "a stopped agent leaves its checkpoint"
+    );
     write(&mut w, a..b);
     assert_eq!(w.rotations, 1, "one rotation while the agent is stopped");
     let agent = Agent::start(&log, &checkpoint);
