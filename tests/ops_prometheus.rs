@@ -1,0 +1,304 @@
+//! A real Prometheus server on loopback scrapes the agent (running the demo) with the alert
+//! rules loaded; every expression of the dashboard and the rules must parse, every dashboard
+//! panel must return data, every metric name they use must be one the agent exports, and
+//! `promtool check metrics` finds no problem in the agent's output. Needs the `prometheus`
+//! package (sudo bash .ci/setup).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query(prom: SocketAddr, expr: &str) -> Value {
+    let body = get(prom, &format!("/api/v1/query?query={}", encode(expr))).unwrap_or_default();
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+/// Dashboard variables as a Prometheus query needs them.
+fn concrete(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__interval", "1m")
+        .replace("$instance", ".*")
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// (title, expression) of every dashboard target and annotation.
+fn dashboard_exprs(d: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                p["title"].as_str().unwrap().to_owned(),
+                t["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        if let Some(e) = a["expr"].as_str() {
+            out.push((a["name"].as_str().unwrap().to_owned(), e.to_owned()));
+        }
+    }
+    out
+}
+
+fn rule_exprs(rules: &str) -> Vec<String> {
+    // `expr: |` blocks and one-line `expr: ...`.
+    let mut out = Vec::new();
+    let mut lines = rules.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.trim_start().strip_prefix("expr: ") else {
+            continue;
+        };
+        if rest == "|" {
+            let mut block = Vec::new();
+            while let Some(next) = lines.peek() {
+                if next.starts_with("          ") {
+                    block.push(next.trim().to_owned());
+                    lines.next();
+                } else {
+                    break;
+                }
+            }
+            out.push(block.join(" "));
+        } else {
+            out.push(rest.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboard_schema_basics() {
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dashboards/pia-split-tunnel.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 39);
+    assert!(!d["uid"].as_str().unwrap().is_empty());
+    let vars = d["templating"]["list"].as_array().unwrap();
+    assert!(vars.iter().any(|v| v["name"] == "datasource"
+        && v["type"] == "datasource"
+        && v["query"] == "prometheus"));
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "instance" && v["multi"] == true)
+    );
+    let mut ids = BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap();
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        assert!(
+            p["fieldConfig"]["defaults"]["unit"].is_string(),
+            "{title}: unit"
+        );
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert!(
+                t["expr"].as_str().unwrap().contains("$instance"),
+                "{title}: not filtered by $instance"
+            );
+        }
+    }
+}
+
+#[test]
+fn real_prometheus_scrapes_the_agent_and_every_query_works() {
+    let prom_bin = Command::new("sh")
+        .args(["-c", "command -v prometheus"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        prom_bin,
+        "the prometheus server is needed: sudo bash .ci/setup (Debian's prometheus package)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let agent_addr = free_addr();
+    let _agent = Kill(
+        Command::new(env!("CARGO_BIN_EXE_pia-split-tunnel-exporter"))
+            .args(["demo", "--speed", "8", "--listen", &agent_addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prom_addr = free_addr();
+    let rules = root().join("alerts/pia-split-tunnel.rules.yml");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules:?}\n\
+scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - targets: [\"{agent_addr}\"]\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let _prom = Kill(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The agent's own output passes promtool's lint.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Some(m) =
+            get(agent_addr, "/metrics").filter(|m| m.contains("pia_split_tunnel_bypass_working"))
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo agent did not serve probe metrics"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    // Every metric name the dashboard and the rules use is one the agent exports.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dashboards/pia-split-tunnel.json")).unwrap(),
+    )
+    .unwrap();
+    let rules_text = std::fs::read_to_string(&rules).unwrap();
+    let exported: BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let everything = format!(
+        "{}\n{rules_text}",
+        serde_json::to_string(&dashboard).unwrap()
+    );
+    let mut used = BTreeSet::new();
+    for (i, _) in everything.match_indices("pia_split_tunnel_") {
+        let before = everything[..i].chars().last();
+        if before.is_some_and(|c| c == ':' || c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let name: String = everything[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        used.insert(name);
+    }
+    assert!(used.len() > 20, "{used:?}");
+    for name in &used {
+        assert!(
+            exported.contains(name.as_str()),
+            "{name} is used but the agent does not export it"
+        );
+    }
+
+    // Wait for the recording rules, then run every query.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = query(prom_addr, "pia_split_tunnel:zero_byte_ratio:ratio5m");
+        if v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recording rules never produced data: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for expr in rule_exprs(&rules_text) {
+        let v = query(prom_addr, &expr);
+        assert_eq!(
+            v["status"], "success",
+            "rule expression does not evaluate: {expr}: {v}"
+        );
+    }
+    for (title, expr) in dashboard_exprs(&dashboard) {
+        let expr = concrete(&expr);
+        let v = query(prom_addr, &expr);
+        assert_eq!(v["status"], "success", "{title}: {expr}: {v}");
+        let is_annotation = title.starts_with("Fallback applied");
+        if !is_annotation {
+            assert!(
+                !v["data"]["result"].as_array().unwrap().is_empty(),
+                "panel {title:?} has no data: {expr}"
+            );
+        }
+    }
+    // The first row says the bypass is broken once the demo reaches the failure.
+    let bypass = query(prom_addr, "pia_split_tunnel_bypass_working");
+    assert!(
+        bypass["data"]["result"][0]["value"][1].is_string(),
+        "{bypass}"
+    );
+}
