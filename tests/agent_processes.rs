@@ -26,9 +26,10 @@ fn value(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn a_daemon_process_comes_and_goes_on_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    // A copy of `sleep` under the name the config looks for.
+    // `sleep` under the name the config looks for: a link, since running a file just written
+    // can fail with "text file busy" while a parallel fork still holds it open.
     let fake = dir.path().join("fakepiadaemon");
-    std::fs::copy("/bin/sleep", &fake).unwrap();
+    std::os::unix::fs::symlink("/bin/sleep", &fake).unwrap();
     let log = dir.path().join("transparent_proxy.log");
     std::fs::write(&log, b"").unwrap();
     let addr = TcpListener::bind("127.0.0.1:0")

@@ -192,20 +192,51 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
             .spawn()
             .unwrap(),
     );
-    // The agent's own output passes promtool's lint.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Every metric name the dashboard and the rules use is one the agent exports (families
+    // appear as the demo's first lines and probe round arrive: wait for all of them).
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dashboards/pia-split-tunnel.json")).unwrap(),
+    )
+    .unwrap();
+    let rules_text = std::fs::read_to_string(&rules).unwrap();
+    let everything = format!(
+        "{}\n{rules_text}",
+        serde_json::to_string(&dashboard).unwrap()
+    );
+    let mut used = BTreeSet::new();
+    for (i, _) in everything.match_indices("pia_split_tunnel_") {
+        let before = everything[..i].chars().last();
+        if before.is_some_and(|c| c == ':' || c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let name: String = everything[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        used.insert(name);
+    }
+    assert!(used.len() > 20, "{used:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
-        if let Some(m) =
-            get(agent_addr, "/metrics").filter(|m| m.contains("pia_split_tunnel_bypass_working"))
-        {
+        let m = get(agent_addr, "/metrics").unwrap_or_default();
+        let exported: BTreeSet<&str> = m
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let missing: Vec<&String> = used
+            .iter()
+            .filter(|n| !exported.contains(n.as_str()))
+            .collect();
+        if missing.is_empty() {
             break m;
         }
         assert!(
             Instant::now() < deadline,
-            "the demo agent did not serve probe metrics"
+            "used but not exported by the agent: {missing:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // The agent's own output passes promtool's lint.
     let mut lint = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -225,40 +256,6 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
-
-    // Every metric name the dashboard and the rules use is one the agent exports.
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("dashboards/pia-split-tunnel.json")).unwrap(),
-    )
-    .unwrap();
-    let rules_text = std::fs::read_to_string(&rules).unwrap();
-    let exported: BTreeSet<&str> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
-        .collect();
-    let everything = format!(
-        "{}\n{rules_text}",
-        serde_json::to_string(&dashboard).unwrap()
-    );
-    let mut used = BTreeSet::new();
-    for (i, _) in everything.match_indices("pia_split_tunnel_") {
-        let before = everything[..i].chars().last();
-        if before.is_some_and(|c| c == ':' || c.is_ascii_alphanumeric()) {
-            continue;
-        }
-        let name: String = everything[i..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        used.insert(name);
-    }
-    assert!(used.len() > 20, "{used:?}");
-    for name in &used {
-        assert!(
-            exported.contains(name.as_str()),
-            "{name} is used but the agent does not export it"
-        );
-    }
 
     // Wait for the recording rules, then run every query.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -93,18 +93,9 @@ impl StandIn {
     pub fn new() -> StandIn {
         let dir = tempfile::tempdir().expect("tempdir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pfctl");
-        let wrapper = dir.path().join("pfctl");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nPFCTL_STANDIN_STATE='{}' exec python3 '{}' \"$@\"\n",
-                dir.path().display(),
-                script.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A link, not a written script: exec of a file just written can fail with "text file
+        // busy" when a parallel test forks while the file is still open for writing.
+        std::os::unix::fs::symlink(&script, dir.path().join("pfctl")).unwrap();
         StandIn { dir }
     }
 
