@@ -55,9 +55,28 @@ fn header(input: &[u8]) -> IResult<&[u8], Header<'_>> {
             (input, timestamp(stamp))
         }
     };
+    if let Some(fast) = source_and_level_fast(input) {
+        return Ok((fast.0, (time, fast.1, fast.2)));
+    }
     let (input, source) = preceded(tag("] ["), short_until(b']')).parse(input)?;
     let (input, level) = preceded(tag("] "), terminated(level, tag(": "))).parse(input)?;
     Ok((input, (time, source, level)))
+}
+
+/// `] [File.swift:NN] level: ` in plain code: the usual layout, on every line. Anything else
+/// (or nothing) falls back to the rules above, which accept the same language.
+fn source_and_level_fast(input: &[u8]) -> Option<(&[u8], &[u8], Level)> {
+    let rest = input.strip_prefix(b"] [")?;
+    let end = rest.iter().position(|&b| b == b']')?;
+    let (source, rest) = (&rest[..end], rest[end..].strip_prefix(b"] ")?);
+    let (level, len) = match rest.first()? {
+        b'd' if rest.starts_with(b"debug: ") => (Level::Debug, 7),
+        b'i' if rest.starts_with(b"info: ") => (Level::Info, 6),
+        b'w' if rest.starts_with(b"warning: ") => (Level::Warning, 9),
+        b'e' if rest.starts_with(b"error: ") => (Level::Error, 7),
+        _ => return None,
+    };
+    Some((&rest[len..], source, level))
 }
 
 fn level(input: &[u8]) -> IResult<&[u8], Level> {
@@ -185,6 +204,16 @@ fn message_event<'a>(message: &'a [u8], source: &'a [u8]) -> Event<'a> {
 }
 
 fn session_id(input: &[u8]) -> IResult<&[u8], u64> {
+    // Plain digits and a space, the usual case, without the combinators' overhead.
+    if let Some(rest) = input.strip_prefix(b"id: ") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if (1..=19).contains(&digits) && rest.get(digits) == Some(&b' ') {
+            let id = rest[..digits]
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            return Ok((&rest[digits + 1..], id));
+        }
+    }
     terminated(preceded(tag("id: "), dec_u64), tag(" ")).parse(input)
 }
 
@@ -264,11 +293,23 @@ fn short_until<'a>(
     }
 }
 
-/// Everything up to `sep`, consuming `sep`.
+/// Everything up to `sep`, consuming `sep`. A plain scan: these fields are a few dozen bytes,
+/// where setting up a SIMD search costs more than it saves.
 fn upto<'a>(
     sep: &'static str,
 ) -> impl Parser<&'a [u8], Output = &'a [u8], Error = nom::error::Error<&'a [u8]>> {
-    terminated(take_until(sep), tag(sep))
+    let sep = sep.as_bytes();
+    move |input: &'a [u8]| {
+        let at = (0..input.len().saturating_sub(sep.len() - 1))
+            .find(|&i| input[i] == sep[0] && input[i..].starts_with(sep))
+            .ok_or_else(|| {
+                nom::Err::Error(nom::error::Error::new(
+                    input,
+                    nom::error::ErrorKind::TakeUntil,
+                ))
+            })?;
+        Ok((&input[at + sep.len()..], &input[..at]))
+    }
 }
 
 /// A code-signing identifier: one word, no spaces.
@@ -530,6 +571,34 @@ fn bare_event(msg: &[u8]) -> Event<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plain-code fast paths agree with the nom rules wherever they answer.
+    fn general_header(input: &[u8]) -> Option<(&[u8], &[u8], Level)> {
+        let (input, source) = preceded(
+            tag::<_, _, nom::error::Error<&[u8]>>("] ["),
+            short_until(b']'),
+        )
+        .parse(input)
+        .ok()?;
+        let (input, level) = preceded(tag("] "), terminated(level, tag(": ")))
+            .parse(input)
+            .ok()?;
+        Some((input, source, level))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_paths_agree_with_the_rules(
+            head in "(\\] \\[)?[A-Za-z.:0-9\\]]{0,30}(\\] )?(debug|info|warning|error|verbose)?(: )?(id: )?[0-9 ]{0,22}[a-z ]{0,8}",
+        ) {
+            let b = head.as_bytes();
+            if let Some(fast) = source_and_level_fast(b) {
+                proptest::prop_assert_eq!(Some(fast), general_header(b));
+            }
+            let general = terminated(preceded(tag::<_, _, nom::error::Error<&[u8]>>("id: "), dec_u64), tag(" ")).parse(b).ok();
+            proptest::prop_assert_eq!(session_id(b).ok(), general);
+        }
+    }
 
     fn ev(line: &str) -> Event<'_> {
         parse_line(line.as_bytes()).event
