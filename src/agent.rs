@@ -173,10 +173,16 @@ pub async fn run(
     );
     let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
+    let save_errors = prometheus::IntCounter::new(
+        "pia_split_tunnel_checkpoint_save_errors_total",
+        "Failed saves of the checkpoint (log.checkpoint); retried every second.",
+    )?;
+    registry.register(Box::new(save_errors.clone()))?;
     let log_side = LogSide {
         pipeline: pipeline.clone(),
         window: window.clone(),
         health: health.clone(),
+        save_errors,
     };
     let tail = tokio::spawn({
         let (config, stop) = (config.clone(), stop_rx.clone());
@@ -226,7 +232,7 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
     }
     tracing::info!(listen = %listener.local_addr()?, log = %config.log.path.display(), "agent started");
-    let server = crate::http::serve(listener, app, async move {
+    let server = crate::http::serve(listener, app, &config.http, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
@@ -255,6 +261,7 @@ struct LogSide {
     pipeline: Arc<Mutex<Pipeline>>,
     window: SharedWindow,
     health: Arc<Health>,
+    save_errors: prometheus::IntCounter,
 }
 
 /// Where reading stopped in each log file.
@@ -293,6 +300,8 @@ struct Followed {
     tailer: Tailer,
     buf: Vec<u8>,
     last_line: Option<Instant>,
+    /// Why the file cannot be opened or read now, if it cannot.
+    error: Option<String>,
 }
 
 impl Followed {
@@ -305,6 +314,7 @@ impl Followed {
             tailer: Tailer::new(Follower::new(path, cursor, opts)),
             buf: Vec::with_capacity(BATCH_BYTES),
             last_line: None,
+            error: None,
         }
     }
 }
@@ -329,8 +339,13 @@ async fn tail_loop(
     let mut debug = Followed::new(log.path.clone(), cursors.debug, log.max_line_bytes);
     let mut error = (!log.error_path.as_os_str().is_empty())
         .then(|| Followed::new(log.error_path.clone(), cursors.error, log.max_line_bytes));
-    let mut last_save = Instant::now();
-    let mut dirty = false;
+    let mut saver = Saver {
+        store,
+        log_path: log.path.clone(),
+        dirty: false,
+        failing: false,
+        last_attempt: Instant::now(),
+    };
     // Saves what was read even when no more lines come.
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -341,10 +356,8 @@ async fn tail_loop(
     loop {
         let (role, polled) = tokio::select! {
             _ = tick.tick() => {
-                if dirty {
-                    save(&store, &log.path, cursors(&debug, &error), &side.pipeline);
-                    last_save = Instant::now();
-                    dirty = false;
+                if saver.dirty {
+                    saver.save(cursors(&debug, &error), &side);
                 }
                 continue;
             }
@@ -355,6 +368,7 @@ async fn tail_loop(
             }, if error.is_some() => (Role::Error, polled),
             _ = stop.changed() => break,
         };
+        let debug_error = debug.error.clone();
         let file = match role {
             Role::Debug => &mut debug,
             Role::Error => error.as_mut().expect("polled"),
@@ -365,25 +379,98 @@ async fn tail_loop(
         match polled {
             Ok(poll) => {
                 urgent = poll.rotations > 0 || poll.truncations > 0 || poll.resumed.is_some();
-                dirty |= urgent || !file.buf.is_empty();
-                feed(&side, file, role, &poll);
+                saver.dirty |= urgent || !file.buf.is_empty();
+                let now_error = match poll.file {
+                    FileState::Unreadable(kind) => Some(format!(
+                        "{}: {kind}",
+                        file.tailer.follower().path().display()
+                    )),
+                    FileState::Present | FileState::Missing => None,
+                };
+                note_error(file, now_error);
+                let debug_error = if role == Role::Debug {
+                    file.error.clone()
+                } else {
+                    debug_error
+                };
+                feed(&side, file, role, &poll, debug_error);
             }
             Err(e) => {
-                tracing::warn!(error = %e, log = %file.tailer.follower().path().display(), "reading the log failed; retrying");
+                // Nothing was consumed: the next poll retries from the same position.
+                note_error(file, Some(e.to_string()));
+                let debug_error = if role == Role::Debug {
+                    file.error.clone()
+                } else {
+                    debug_error
+                };
+                let poll = Poll {
+                    bytes: 0,
+                    lines_too_long: 0,
+                    rotations: 0,
+                    truncations: 0,
+                    more: false,
+                    file: FileState::Unreadable(e.kind()),
+                    resumed: None,
+                };
+                feed(&side, file, role, &poll, debug_error);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        if dirty && (urgent || last_save.elapsed() >= CHECKPOINT_EVERY) {
-            save(&store, &log.path, cursors(&debug, &error), &side.pipeline);
-            last_save = Instant::now();
-            dirty = false;
+        if saver.dirty && (urgent || saver.last_attempt.elapsed() >= CHECKPOINT_EVERY) {
+            saver.save(cursors(&debug, &error), &side);
         }
     }
-    save(&store, &log.path, cursors(&debug, &error), &side.pipeline);
+    saver.save(cursors(&debug, &error), &side);
+}
+
+/// Logs a file's error when it starts and when it clears, not at every retry.
+fn note_error(file: &mut Followed, now: Option<String>) {
+    if now != file.error {
+        let path = file.tailer.follower().path().display().to_string();
+        match &now {
+            Some(e) => tracing::warn!(error = %e, log = %path, "cannot read the log; retrying"),
+            None => tracing::info!(log = %path, "the log is readable again"),
+        }
+        file.error = now;
+    }
+}
+
+/// Saves the checkpoint when asked, and keeps it due after a failure so the next tick retries.
+struct Saver {
+    store: CheckpointStore,
+    log_path: PathBuf,
+    /// Lines were read (or files switched) since the last successful save.
+    dirty: bool,
+    /// The last save failed: logged once, then again when it recovers.
+    failing: bool,
+    last_attempt: Instant,
+}
+
+impl Saver {
+    fn save(&mut self, cursors: Cursors, side: &LogSide) {
+        self.last_attempt = Instant::now();
+        let result = save(&self.store, &self.log_path, cursors, &side.pipeline);
+        match &result {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!(checkpoint = %self.store.path().display(), "checkpoint saved again");
+                }
+                self.dirty = false;
+            }
+            Err(e) => {
+                side.save_errors.inc();
+                if !self.failing {
+                    tracing::warn!(error = %e, "cannot save the checkpoint; counting goes on, retrying every second");
+                }
+            }
+        }
+        self.failing = result.is_err();
+        side.health.update_checkpoint(self.store.path(), result);
+    }
 }
 
 /// Feeds one batch to the pipeline and passes what it changed to the window and health.
-fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll) {
+fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll, debug_error: Option<String>) {
     let now = Instant::now();
     if !file.buf.is_empty() {
         file.last_line = Some(now);
@@ -399,7 +486,8 @@ fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll) {
         p.read.rotations += u64::from(poll.rotations);
         p.read.truncations += u64::from(poll.truncations);
         p.read.lines_too_long += poll.lines_too_long;
-        let present = matches!(poll.file, FileState::Present);
+        // An unreadable file is still there: health says why it cannot be read.
+        let present = !matches!(poll.file, FileState::Missing);
         match role {
             Role::Debug => p.read.file_present = present,
             Role::Error => p.read.error_file_present = present,
@@ -423,13 +511,19 @@ fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll) {
             unrecognized: p.read.unrecognized,
             proxy_connected: p.proxy.connected,
             error_log_present: p.read.error_file_present,
+            file_error: debug_error,
         }
     };
     file.buf.clear();
     side.health.update_log(health_input);
 }
 
-fn save(store: &CheckpointStore, log_path: &Path, cursors: Cursors, pipeline: &Mutex<Pipeline>) {
+fn save(
+    store: &CheckpointStore,
+    log_path: &Path,
+    cursors: Cursors,
+    pipeline: &Mutex<Pipeline>,
+) -> Result<(), String> {
     let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
     let checkpoint = Checkpoint {
         version: CHECKPOINT_VERSION,
@@ -438,8 +532,5 @@ fn save(store: &CheckpointStore, log_path: &Path, cursors: Cursors, pipeline: &M
         pipeline: &*p,
     };
     // fsync can take a while; the pipeline stays locked so the state matches the cursors.
-    let result = tokio::task::block_in_place(|| store.save(&checkpoint));
-    if let Err(e) = result {
-        tracing::warn!(error = %format!("{e:#}"), "cannot save the checkpoint; will retry");
-    }
+    tokio::task::block_in_place(|| store.save(&checkpoint)).map_err(|e| format!("{e:#}"))
 }

@@ -49,13 +49,35 @@ impl Default for LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: std::net::SocketAddr,
+    /// A client that has not sent a whole request head within this time is disconnected (a
+    /// slow client must not hold a connection forever).
+    pub header_timeout_secs: u64,
+    /// Connections served at once; more are closed at once, so descriptors cannot run out.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: ([127, 0, 0, 1], 9847).into(),
+            header_timeout_secs: 10,
+            max_connections: 256,
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.header_timeout_secs == 0 {
+            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
+        }
+        if self.max_connections < 4 {
+            return Err(format!(
+                "http.max_connections = {}: use at least 4 (default 256)",
+                self.max_connections
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -125,6 +147,7 @@ impl Config {
         if log.path.as_os_str().is_empty() {
             return Err("log.path must name the proxy's log file".into());
         }
+        self.http.validate()?;
         self.processes.validate()?;
         self.probe.validate()?;
         self.fallback.validate()?;

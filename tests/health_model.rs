@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use pia_split_tunnel_exporter::fallback::window::{AppRatio, Ratio};
 use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
-use pia_split_tunnel_exporter::health::{LogHealthInput, Status};
+use pia_split_tunnel_exporter::health::{CheckpointInput, LogHealthInput, Status};
 use pia_split_tunnel_exporter::proxy_log::Level;
 use pia_split_tunnel_exporter::watch::Presence;
 
@@ -43,6 +43,7 @@ fn log_component() {
                 round: None,
                 fallback: None,
                 processes: None,
+                checkpoint: None,
             },
         )
         .components["log"]
@@ -78,6 +79,7 @@ fn sessions_component_names_the_app() {
             round: None,
             fallback: None,
             processes: None,
+            checkpoint: None,
         },
     )
     .components["sessions"]
@@ -102,6 +104,7 @@ fn probe_components_per_path() {
             round: Some(&broken),
             fallback: None,
             processes: None,
+            checkpoint: None,
         },
     );
     let bypass = &rep.components["probe_bypass"];
@@ -123,6 +126,7 @@ fn probe_components_per_path() {
             round: Some(&vpn_off),
             fallback: None,
             processes: None,
+            checkpoint: None,
         },
     );
     assert_eq!(rep.components["probe_tunnel"].status, Status::Ok);
@@ -142,6 +146,7 @@ fn probe_components_per_path() {
             round: Some(&phys_down),
             fallback: None,
             processes: None,
+            checkpoint: None,
         },
     );
     assert_eq!(rep.components["probe_physical"].status, Status::Failing);
@@ -159,6 +164,7 @@ fn probe_components_per_path() {
             round: None,
             fallback: None,
             processes: None,
+            checkpoint: None,
         },
     );
     assert_eq!(none.components["probe_bypass"].status, Status::Degraded);
@@ -191,6 +197,7 @@ fn processes_component() {
                 round,
                 fallback: None,
                 processes: p,
+                checkpoint: None,
             },
         )
         .components["processes"]
@@ -243,6 +250,7 @@ fn debug_logging_off_is_degraded_not_silent() {
             round: None,
             fallback: None,
             processes: None,
+            checkpoint: None,
         },
     )
     .components["log"]
@@ -263,9 +271,73 @@ fn debug_logging_off_is_degraded_not_silent() {
             round: None,
             fallback: None,
             processes: None,
+            checkpoint: None,
         },
     )
     .components["log"]
         .clone();
     assert_eq!(c.status, Status::Failing);
+}
+
+fn only(log: Option<&LogHealthInput>, cp: Option<&CheckpointInput>) -> Inputs<'static> {
+    // Leaked: a test-only shortcut so the snapshot can outlive this helper.
+    Inputs {
+        log: log.map(|l| &*Box::leak(Box::new(l.clone()))),
+        sessions: None,
+        round: None,
+        fallback: None,
+        processes: None,
+        checkpoint: cp.map(|c| &*Box::leak(Box::new(c.clone()))),
+    }
+}
+
+#[test]
+fn unreadable_log_is_failing_and_says_why() {
+    let l = LogHealthInput {
+        file_present: true,
+        file_error: Some("/var/log/x.log: permission denied".into()),
+        ..log(true, 5, Some(Level::Debug))
+    };
+    let c = assess(&t(), &only(Some(&l), None)).components["log"].clone();
+    assert_eq!(c.status, Status::Failing);
+    assert!(c.reason.contains("permission denied"), "{}", c.reason);
+    assert!(
+        c.reason.contains("resumes where it stopped"),
+        "{}",
+        c.reason
+    );
+}
+
+#[test]
+fn checkpoint_component() {
+    let r = |cp: Option<&CheckpointInput>| {
+        assess(&t(), &only(None, cp)).components["checkpoint"].clone()
+    };
+    assert_eq!(r(None).status, Status::Ok);
+    let ok = CheckpointInput {
+        path: "/state/cp.json".into(),
+        error: None,
+        last_saved_age: Some(Duration::from_secs(1)),
+    };
+    assert_eq!(r(Some(&ok)).status, Status::Ok);
+    let full = CheckpointInput {
+        error: Some("checkpoint /state/cp.json: No space left on device (os error 28)".into()),
+        last_saved_age: Some(Duration::from_secs(42)),
+        ..ok.clone()
+    };
+    let c = r(Some(&full));
+    assert_eq!(c.status, Status::Degraded, "counting goes on: not failing");
+    for want in ["No space left", "42 s ago", "log.checkpoint"] {
+        assert!(c.reason.contains(want), "{want}: {}", c.reason);
+    }
+    let never = CheckpointInput {
+        last_saved_age: None,
+        ..full
+    };
+    assert!(r(Some(&never)).reason.contains("no save succeeded yet"));
+    // The worst component decides the overall status.
+    assert_eq!(
+        assess(&t(), &only(None, Some(&never))).status,
+        Status::Degraded
+    );
 }

@@ -16,7 +16,7 @@ use crate::fallback::window::SharedWindow;
 use crate::probe::Round;
 use crate::proxy_log::Level;
 use crate::watch::Presence;
-pub use model::{HealthReport, LogHealthInput, Status};
+pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 
 /// `[health]` section of the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -60,6 +60,14 @@ struct Inputs {
     log: Option<LogHealthInput>,
     round: Option<Round>,
     processes: Option<Presence>,
+    checkpoint: Option<CheckpointState>,
+}
+
+/// The checkpoint's last save attempt.
+struct CheckpointState {
+    path: String,
+    error: Option<String>,
+    last_saved: Option<Instant>,
 }
 
 /// The agent's health, fed by the agent loop, read by `/health`, `/-/ready` and `/metrics`.
@@ -138,6 +146,25 @@ impl Health {
         self.report(Instant::now());
     }
 
+    /// After each checkpoint save attempt: `Err` carries why it failed.
+    pub fn update_checkpoint(&self, path: &std::path::Path, result: Result<(), String>) {
+        let now = Instant::now();
+        {
+            let mut i = self.inputs.write().expect("health lock");
+            let last_saved = i.checkpoint.as_ref().and_then(|c| c.last_saved);
+            i.checkpoint = Some(CheckpointState {
+                path: path.display().to_string(),
+                last_saved: if result.is_ok() {
+                    Some(now)
+                } else {
+                    last_saved
+                },
+                error: result.err(),
+            });
+        }
+        self.report(now);
+    }
+
     pub fn readiness(&self) -> Readiness {
         let i = self.inputs.read().expect("health lock");
         let r = Readiness {
@@ -161,6 +188,11 @@ impl Health {
             .map(|f| f.read().expect("status lock").clone());
         let report = {
             let i = self.inputs.read().expect("health lock");
+            let checkpoint = i.checkpoint.as_ref().map(|c| CheckpointInput {
+                path: c.path.clone(),
+                error: c.error.clone(),
+                last_saved_age: c.last_saved.map(|t| now.saturating_duration_since(t)),
+            });
             model::assess(
                 &self.thresholds,
                 &model::Inputs {
@@ -169,6 +201,7 @@ impl Health {
                     round: i.round.as_ref(),
                     fallback: fallback.as_ref(),
                     processes: i.processes.as_ref(),
+                    checkpoint: checkpoint.as_ref(),
                 },
             )
         };

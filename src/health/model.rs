@@ -47,8 +47,9 @@ fn c(status: Status, reason: impl Into<String>) -> Component {
 }
 
 /// Component names, fixed: they are metric labels.
-pub const COMPONENTS: [&str; 8] = [
+pub const COMPONENTS: [&str; 9] = [
     "log",
+    "checkpoint",
     "processes",
     "sessions",
     "probe_physical",
@@ -77,6 +78,18 @@ pub struct LogHealthInput {
     pub proxy_connected: Option<bool>,
     /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
     pub error_log_present: bool,
+    /// The log file is there but cannot be opened or read (e.g. permission denied).
+    pub file_error: Option<String>,
+}
+
+/// The checkpoint's last save, as the model sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointInput {
+    pub path: String,
+    /// Why the last save failed; `None` when it succeeded.
+    pub error: Option<String>,
+    /// Time since the last successful save, if any.
+    pub last_saved_age: Option<Duration>,
 }
 
 /// Thresholds the model uses.
@@ -97,11 +110,13 @@ pub struct Inputs<'a> {
     pub round: Option<&'a Round>,
     pub fallback: Option<&'a FallbackStatus>,
     pub processes: Option<&'a Presence>,
+    pub checkpoint: Option<&'a CheckpointInput>,
 }
 
 pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
     let mut components = BTreeMap::new();
     components.insert("log", log(t, i.log));
+    components.insert("checkpoint", checkpoint(i.checkpoint));
     components.insert("sessions", sessions(t, i.sessions));
     components.insert("processes", processes(i.processes, i.round, i.log));
     let active = i.fallback.is_some_and(|f| f.active);
@@ -126,6 +141,15 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
     let Some(l) = l else {
         return c(Status::Degraded, "the log has not been read yet");
     };
+    if let Some(e) = &l.file_error {
+        return c(
+            Status::Failing,
+            format!(
+                "cannot read the proxy log: {e}. Reading resumes where it stopped once the file \
+                 is readable again (check its owner and permissions, log.path)"
+            ),
+        );
+    }
     if !l.file_present && l.error_log_present {
         return c(Status::Degraded, DEBUG_LOGGING_OFF);
     }
@@ -162,6 +186,30 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
                 l.level
                     .map(|v| format!(", level {}", v.as_str()))
                     .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// A failed save loses nothing while the agent runs (the counts live in memory); it only
+/// widens what a restart would read again, so it degrades rather than fails.
+fn checkpoint(cp: Option<&CheckpointInput>) -> Component {
+    let Some(cp) = cp else {
+        return c(Status::Ok, "not saved yet");
+    };
+    let since = |age: Option<Duration>| match age {
+        Some(a) => format!("the last save, {} s ago", a.as_secs()),
+        None => "the start of the log (no save succeeded yet)".to_owned(),
+    };
+    match &cp.error {
+        None => c(Status::Ok, format!("saved to {}", cp.path)),
+        Some(e) => c(
+            Status::Degraded,
+            format!(
+                "cannot save {e}. Counting goes on in memory and saving is retried every \
+                 second; a restart now would resume from {}. Fix: free space on its disk or \
+                 make its folder writable (log.checkpoint)",
+                since(cp.last_saved_age)
             ),
         ),
     }

@@ -1,12 +1,22 @@
 //! HTTP surface (axum): `/metrics`, `/` (landing page), `/-/healthy`. Other stages add their
 //! routes (`/health`, `/fallback/*`) by merging their own routers into [`router`]'s.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
+use tokio::sync::Semaphore;
+
+use crate::config::HttpConfig;
 
 /// Routes of the core surface.
 pub fn router(registry: Registry, links: &'static [(&'static str, &'static str)]) -> Router {
@@ -37,13 +47,61 @@ fn landing(links: &[(&str, &str)]) -> Html<String> {
     ))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish (for
+/// at most [`DRAIN`]).
+///
+/// Not `axum::serve`: it sets no timer, so a client that sends its request head a byte at a
+/// time holds its connection forever. Here hyper closes a connection whose head is not complete
+/// within `header_timeout_secs`, and at most `max_connections` are served at once; more are
+/// closed on accept, so slow or idle clients cannot use up the descriptors `/metrics` needs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    cfg: &HttpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let header_timeout = Duration::from_secs(cfg.header_timeout_secs);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, or the peer left before accept: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("too many connections (http.max_connections): closing a new one");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timeout, bad request): nothing to report.
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::debug!("connections still open after the drain time: leaving them");
+    }
+    Ok(())
 }
+
+/// How long open requests may take to finish after shutdown was asked.
+const DRAIN: Duration = Duration::from_secs(5);

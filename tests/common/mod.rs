@@ -2,6 +2,7 @@
 //! probe rounds and the stand-in pfctl for the fallback.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod netns;
 
 use std::net::Ipv4Addr;

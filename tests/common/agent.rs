@@ -1,0 +1,306 @@
+//! The agent binary as a child process on a free loopback port, its metrics, and a writer
+//! that appends and rotates like the proxy.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::BIN;
+
+/// A running agent on a free loopback port, killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Agent {
+    pub fn start(log: &Path, checkpoint: &Path) -> Agent {
+        Agent::start_with(log, checkpoint, &[], &[])
+    }
+
+    /// With more arguments for the agent, run through `wrap` (a program and its arguments,
+    /// e.g. `setpriv ...`) when it is not empty.
+    pub fn start_with(log: &Path, checkpoint: &Path, args: &[&str], wrap: &[&str]) -> Agent {
+        let addr = free_port();
+        let mut cmd = match wrap.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
+            .args(["run", "--listen", &addr.to_string(), "--log-path"])
+            .arg(log)
+            .arg("--checkpoint")
+            .arg(checkpoint)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("agent starts");
+        let agent = Agent { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "agent did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        http_get(self.addr, path)
+    }
+
+    /// `/health` as JSON (its body is JSON whatever the status code).
+    pub fn health(&self) -> Value {
+        let body = self.get("/health");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/health is not JSON ({e}): {body}"))
+    }
+
+    /// Waits until `/health` shows `component` with `status`; returns its reason.
+    pub fn wait_health(&self, component: &str, status: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let h = self.health();
+            let c = &h["components"][component];
+            if c["status"] == status {
+                return c["reason"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{component} is not {status} after 30 s: {h:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.get("/metrics"))
+    }
+
+    /// Waits until `log_lines_total` reaches `lines`; returns the metrics then.
+    pub fn wait_lines(&self, lines: u64) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.metrics();
+            let seen = m.value("pia_split_tunnel_log_lines_total", &[]) as u64;
+            if seen >= lines {
+                assert_eq!(seen, lines, "more lines than written: duplicates");
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent read {seen} of {lines} lines"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(mut self) {
+        // SIGTERM: graceful shutdown saves the checkpoint.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop on SIGTERM within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// Samples of a metrics text, keyed by name and sorted labels.
+pub struct Metrics(pub BTreeMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut map = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            map.insert(series.to_owned(), value.parse().unwrap());
+        }
+        Metrics(map)
+    }
+
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let key = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        *self.0.get(&key).unwrap_or(&0.0)
+    }
+
+    /// The expected.json counts as the agent exports them.
+    pub fn assert_matches(&self, expected: &Value) {
+        for (app, protos) in expected.as_object().unwrap() {
+            for (proto, c) in protos.as_object().unwrap() {
+                let l = [("app", app.as_str()), ("proto", proto.as_str())];
+                let n = |k: &str| c[k].as_u64().unwrap() as f64;
+                let m = |name: &str| self.value(&format!("pia_split_tunnel_{name}"), &l);
+                assert_eq!(
+                    m("sessions_opened_total"),
+                    n("sessions_opened"),
+                    "{app}/{proto} opened"
+                );
+                assert_eq!(
+                    m("zero_byte_closures_total"),
+                    n("zero_byte_closures"),
+                    "{app}/{proto} zero"
+                );
+                assert_eq!(m("rx_bytes_total"), n("rx_bytes"), "{app}/{proto} rx");
+                assert_eq!(m("tx_bytes_total"), n("tx_bytes"), "{app}/{proto} tx");
+                let closed: f64 = ["transferred", "zero_bytes", "unknown"]
+                    .iter()
+                    .map(|o| {
+                        self.value(
+                            "pia_split_tunnel_sessions_closed_total",
+                            &[l[0], l[1], ("outcome", o)],
+                        )
+                    })
+                    .sum();
+                assert_eq!(closed, n("sessions_closed"), "{app}/{proto} closed");
+                for (kind, count) in c["errors"].as_object().unwrap() {
+                    let got = self.value(
+                        "pia_split_tunnel_flow_errors_total",
+                        &[l[0], l[1], ("kind", kind)],
+                    );
+                    assert_eq!(got, count.as_u64().unwrap() as f64, "{app}/{proto} {kind}");
+                }
+            }
+        }
+    }
+}
+
+pub fn lines_of(path: &Path) -> Vec<Vec<u8>> {
+    std::fs::read(path)
+        .unwrap()
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Appends lines like the proxy: rename to `.1` and start a new file at 512,000 bytes.
+/// Remembers where every line ended in which file, to check a saved cursor against.
+pub struct ProxyWriter {
+    pub path: PathBuf,
+    file: std::fs::File,
+    size: usize,
+    pub rotations: u32,
+    /// Lines written so far.
+    pub lines: u64,
+    pub files: Vec<Written>,
+}
+
+/// One file the writer wrote to.
+pub struct Written {
+    pub ino: u64,
+    /// Lines written before this file.
+    pub first_line: u64,
+    /// Offset after each of its lines.
+    pub ends: Vec<u64>,
+}
+
+impl ProxyWriter {
+    pub fn new(path: &Path) -> ProxyWriter {
+        let mut w = ProxyWriter {
+            path: path.to_owned(),
+            file: tempfile::tempfile().unwrap(),
+            size: 0,
+            rotations: 0,
+            lines: 0,
+            files: vec![],
+        };
+        w.open();
+        w
+    }
+
+    fn open(&mut self) {
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .unwrap();
+        let meta = self.file.metadata().unwrap();
+        self.size = meta.len() as usize;
+        self.files.push(Written {
+            ino: std::os::unix::fs::MetadataExt::ino(&meta),
+            first_line: self.lines,
+            ends: vec![],
+        });
+    }
+
+    pub fn write(&mut self, line: &[u8]) {
+        if self.size + line.len() > 512_000 {
+            std::fs::rename(&self.path, format!("{}.1", self.path.display())).unwrap();
+            self.open();
+            self.rotations += 1;
+        }
+        self.file.write_all(line).unwrap();
+        self.size += line.len();
+        self.lines += 1;
+        let size = self.size as u64;
+        self.files.last_mut().unwrap().ends.push(size);
+    }
+
+    /// Lines before `offset` in the newest file with inode `ino`; panics when the offset is
+    /// not at a line's end (a cursor must never point into a line).
+    pub fn lines_before(&self, ino: u64, offset: u64) -> u64 {
+        let f = self
+            .files
+            .iter()
+            .rev()
+            .find(|f| f.ino == ino)
+            .unwrap_or_else(|| panic!("no written file has inode {ino}"));
+        if offset == 0 {
+            return f.first_line;
+        }
+        let n = f
+            .ends
+            .binary_search(&offset)
+            .unwrap_or_else(|_| panic!("offset {offset} of inode {ino} is not at a line's end"));
+        f.first_line + n as u64 + 1
+    }
+}
