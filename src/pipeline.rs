@@ -46,7 +46,7 @@ pub struct ReadStats {
     pub rotations: u64,
     pub truncations: u64,
     pub lines_too_long: u64,
-    /// The log file exists and is readable (as of the last read).
+    /// The log file exists (as of the last read; whether it can be read, health says).
     #[serde(default)]
     pub file_present: bool,
     /// The error-level log (`log.error_path`) exists: PIA's debug logging is off.
