@@ -107,5 +107,8 @@ fn soak_with_random_kills_counts_every_line_once() {
         w.rotations
     );
     assert!(w.rotations >= 10, "the soak must rotate: {}", w.rotations);
-    assert!(kills >= 5 && checked >= 5, "{kills} kills, {checked} checked");
+    assert!(
+        kills >= 5 && checked >= 5,
+        "{kills} kills, {checked} checked"
+    );
 }

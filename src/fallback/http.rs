@@ -93,13 +93,14 @@ pub fn router_with_token(
         alert_names: cfg.alert_names.clone().into(),
     };
     let token = Arc::new(token);
+    let max_body = cfg.max_body_bytes;
     Router::new()
         .route("/fallback/apply", post(apply))
         .route("/fallback/revert", post(revert))
         .route("/alertmanager", post(alertmanager))
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
+        .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
-            async move { authorize(&token, req, next).await }
+            async move { authorize(&token, max_body, req, next).await }
         }))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state)
@@ -113,9 +114,23 @@ async fn disabled() -> Response {
         .into_response()
 }
 
-async fn authorize(token: &Token, req: Request, next: Next) -> Response {
+/// Only `route_layer`ed, so an unknown path stays a 404 rather than a 401.
+async fn authorize(token: &Token, max_body: usize, req: Request, next: Next) -> Response {
     let presented = bearer(req.headers());
     if presented.is_some_and(|p| token.matches(p)) {
+        // The body limit alone would wait for a declared 10 GB to arrive: refuse it from
+        // the head.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body as u64) {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is limited to {max_body} bytes (fallback.max_body_bytes)\n"),
+            )
+                .into_response();
+        }
         next.run(req).await
     } else {
         (

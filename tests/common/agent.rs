@@ -23,7 +23,7 @@ impl Agent {
         Agent::start_with(log, checkpoint, &[], &[])
     }
 
-    /// With more arguments for the agent, run through `wrap` (a program and its arguments,
+    /// Probes off; with more arguments for the agent, run through `wrap` (a program and its arguments,
     /// e.g. `setpriv ...`) when it is not empty.
     pub fn start_with(log: &Path, checkpoint: &Path, args: &[&str], wrap: &[&str]) -> Agent {
         let addr = free_port();
@@ -40,6 +40,8 @@ impl Agent {
             .arg(log)
             .arg("--checkpoint")
             .arg(checkpoint)
+            // Tests talk to loopback only: no probes of the public egress endpoints.
+            .args(["--set", "probe.enabled=false"])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -1,0 +1,284 @@
+//! Hostile HTTP clients against the running agent: malformed requests, oversized heads and
+//! bodies, slow clients, a connection flood, wrong tokens. `/metrics` must keep answering.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use common::agent::Agent;
+
+const TOKEN: &str = "hostile-test-token-0123456789abcdef";
+const HEADER_TIMEOUT_SECS: u64 = 2;
+const MAX_CONNECTIONS: usize = 48;
+
+fn start(dir: &std::path::Path) -> Agent {
+    let log = dir.join("transparent_proxy.log");
+    std::fs::copy(common::fixture("mixed.log"), &log).unwrap();
+    let token = dir.join("token");
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&token)
+        .unwrap()
+        .write_all(TOKEN.as_bytes())
+        .unwrap();
+    let sets = [
+        format!("http.header_timeout_secs={HEADER_TIMEOUT_SECS}"),
+        format!("http.max_connections={MAX_CONNECTIONS}"),
+        format!("fallback.token_file={:?}", token),
+        "fallback.backend=\"none\"".to_owned(),
+        format!("log.error_path={:?}", dir.join("STProxy.log")),
+    ];
+    let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+    let agent = Agent::start_with(&log, &dir.join("cp.json"), &args, &[]);
+    agent.wait_lines(common::agent::lines_of(&log).len() as u64);
+    agent
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it (at most 10 s).
+fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before it has read everything: a reset is fine.
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+/// A full `/metrics` over a new connection, within 2 s.
+fn try_metrics(addr: SocketAddr) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("/metrics did not answer within 2 s: {e}"))?;
+    if !out.starts_with("HTTP/1.1 200") || !out.contains("\npia_split_tunnel_log_lines_total ") {
+        return Err(format!("/metrics: {:?}", status_line(&out)));
+    }
+    Ok(t.elapsed())
+}
+
+fn metrics_answer(addr: SocketAddr) -> Duration {
+    try_metrics(addr).unwrap()
+}
+
+fn post(path: &str, auth: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    [req.as_bytes(), body].concat()
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_errors_and_metrics_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(dir.path());
+    let huge_header = format!(
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2 << 20)
+    );
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("binary garbage", b"\x00\x01\x02\xff\xfe GARBAGE\r\n\r\n".to_vec(), &["400"]),
+        ("no version", b"GET /metrics\r\n\r\n".to_vec(), &["400"]),
+        ("unknown version", b"GET /metrics HTTP/7.0\r\nHost: t\r\n\r\n".to_vec(), &["400", "505"]),
+        ("header without colon", b"GET /metrics HTTP/1.1\r\nHost t\r\n\r\n".to_vec(), &["400"]),
+        ("method with spaces", b"G E T /metrics HTTP/1.1\r\n\r\n".to_vec(), &["400"]),
+        ("2 MiB header", huge_header.into_bytes(), &["431", ""]),
+        (
+            "two content lengths",
+            b"POST /alertmanager HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+            &["400"],
+        ),
+        ("unknown path", b"GET /../../etc/passwd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), &["404"]),
+    ];
+    for (what, bytes, want) in cases {
+        let response = raw(agent.addr, &bytes);
+        let status = status_line(&response);
+        assert!(
+            want.iter().any(|w| if w.is_empty() {
+                status.is_empty()
+            } else {
+                status.starts_with(&format!("HTTP/1.1 {w}"))
+            }),
+            "{what}: got {status:?}, want one of {want:?}"
+        );
+        metrics_answer(agent.addr);
+    }
+    assert!(agent.health().is_object());
+}
+
+#[test]
+fn wrong_tokens_are_refused_and_bodies_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(dir.path());
+    let long = format!("Bearer {}", "x".repeat(10_000));
+    let prefix = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+    let longer = format!("Bearer {TOKEN}x");
+    let basic = format!("Basic {TOKEN}");
+    for auth in [
+        None,
+        Some("Bearer"),
+        Some("Bearer "),
+        Some("Bearer wrong"),
+        Some(basic.as_str()),
+        Some(prefix.as_str()),
+        Some(longer.as_str()),
+        Some(long.as_str()),
+    ] {
+        for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
+            let r = raw(agent.addr, &post(path, auth, b"{}"));
+            assert!(
+                status_line(&r).starts_with("HTTP/1.1 401"),
+                "{path} with {:?}: {}",
+                auth.map(|a| &a[..a.len().min(20)]),
+                status_line(&r)
+            );
+        }
+    }
+    let good = format!("Bearer {TOKEN}");
+    // The right token gets through (observe mode: applying is refused as a conflict).
+    let r = raw(agent.addr, &post("/fallback/apply", Some(&good), b""));
+    assert!(status_line(&r).starts_with("HTTP/1.1 409"), "{r}");
+    // A body over fallback.max_body_bytes (64 KiB), with and without the token.
+    let big = vec![b'{'; 1 << 20];
+    let r = raw(agent.addr, &post("/alertmanager", Some(&good), &big));
+    assert!(
+        status_line(&r).starts_with("HTTP/1.1 413"),
+        "{}",
+        status_line(&r)
+    );
+    let r = raw(agent.addr, &post("/alertmanager", None, &big));
+    assert!(
+        status_line(&r).starts_with("HTTP/1.1 401"),
+        "{}",
+        status_line(&r)
+    );
+    // A declared length of 10 GB is refused from the head, without waiting for the body.
+    let t = Instant::now();
+    let r = raw(
+        agent.addr,
+        format!(
+            "POST /alertmanager HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: {good}\r\nContent-Length: 10000000000\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(
+        status_line(&r).starts_with("HTTP/1.1 413"),
+        "{}",
+        status_line(&r)
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let m = agent.metrics();
+    assert_eq!(
+        m.value(
+            "pia_split_tunnel_fallback_actions_total",
+            &[("action", "apply"), ("result", "ok")]
+        ),
+        0.0,
+        "nothing was applied"
+    );
+    metrics_answer(agent.addr);
+}
+
+/// Opens a connection that sends a request head a byte at a time, a byte every 300 ms.
+fn slow_client(addr: SocketAddr) -> std::thread::JoinHandle<Option<Duration>> {
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let t = Instant::now();
+        let head = b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for b in head {
+            if s.write_all(&[*b]).is_err() {
+                return Some(t.elapsed());
+            }
+            let mut buf = [0u8; 256];
+            match s.read(&mut buf) {
+                Ok(0) => return Some(t.elapsed()),
+                Ok(_) => panic!("a slow head got an answer"),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return Some(t.elapsed()),
+            }
+        }
+        None
+    })
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_metrics_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(dir.path());
+    let slow: Vec<_> = (0..MAX_CONNECTIONS / 2)
+        .map(|_| slow_client(agent.addr))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = Duration::ZERO;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(HEADER_TIMEOUT_SECS + 1) {
+        worst = worst.max(metrics_answer(agent.addr));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for h in slow {
+        let cut = h
+            .join()
+            .unwrap()
+            .expect("the server must close a connection whose head never completes");
+        assert!(
+            cut < Duration::from_secs(HEADER_TIMEOUT_SECS + 3),
+            "cut off after {cut:?}"
+        );
+    }
+    eprintln!("slowloris: worst /metrics time while slow clients held connections: {worst:?}");
+}
+
+#[test]
+fn a_connection_flood_is_capped_and_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(dir.path());
+    // Idle connections, twice the cap: the ones over it are closed at once.
+    let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS * 2)
+        .map(|_| TcpStream::connect(agent.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed_at_once = idle.iter().filter(|s| closed(s)).count();
+    assert!(
+        closed_at_once >= MAX_CONNECTIONS - 2,
+        "{closed_at_once} of {} closed at once",
+        MAX_CONNECTIONS * 2
+    );
+    // The held ones are cut at the header timeout; then /metrics answers again.
+    let deadline = Instant::now() + Duration::from_secs(HEADER_TIMEOUT_SECS + 5);
+    while let Err(e) = try_metrics(agent.addr) {
+        assert!(Instant::now() < deadline, "/metrics never came back: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(idle.iter().all(closed), "every idle connection was cut");
+    drop(idle);
+    metrics_answer(agent.addr);
+    assert!(agent.health().is_object());
+}
+
+/// The server closed `s` (end of stream or reset); false while it is open and idle.
+fn closed(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let r = (&*s).read(&mut [0u8; 16]);
+    s.set_nonblocking(false).unwrap();
+    !matches!(r, Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
