@@ -267,6 +267,18 @@ pub fn read_into(
 
 /// Peak resident set size of this process, in bytes.
 pub fn peak_rss_bytes() -> u64 {
+    // On Linux, getrusage's maxrss survives execve: a process started by a big parent reports
+    // the parent's peak. VmHWM belongs to this process's own memory map.
+    if let Some(kib) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+    {
+        return kib * 1024;
+    }
     // SAFETY: getrusage only writes into the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };

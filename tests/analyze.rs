@@ -176,3 +176,48 @@ fn metrics_text_matches_golden() {
     );
     let _ = BIN;
 }
+
+/// A 10 MB line (NULs and invalid UTF-8 in it) in the middle and another without a newline at
+/// the end: both are skipped and counted, every other line is read, memory stays small.
+#[test]
+fn ten_megabyte_lines_are_skipped_and_the_stream_resynchronizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = std::fs::read(fixture("healthy.log")).unwrap();
+    let mid = sample.len() / 2
+        + sample[sample.len() / 2..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap()
+        + 1;
+    let junk: Vec<u8> = (0..10_000_000u32)
+        .map(|i| [b'x', 0, 0xff, b'\r'][(i % 4) as usize])
+        .collect();
+    let log = dir.path().join("long.log");
+    std::fs::write(
+        &log,
+        [&sample[..mid], &junk, b"\n", &sample[mid..], &junk].concat(),
+    )
+    .unwrap();
+    let out = run_bin(
+        &["analyze", "--json", "--stats", &log.display().to_string()],
+        &[],
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("healthy.expected.json")).unwrap())
+            .unwrap();
+    assert_subset(&expected, &got, "healthy with long lines");
+    assert_eq!(got["_summary"]["lines_too_long"], 2);
+    assert_eq!(got["_summary"]["unrecognized_lines"], 0);
+    let stats = String::from_utf8(out.stderr).unwrap();
+    let rss: f64 = stats
+        .split("peak RSS ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {stats}"));
+    assert!(
+        rss < 20.0,
+        "peak RSS {rss} MB for a 20 MB file of long lines"
+    );
+}
