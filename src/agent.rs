@@ -376,7 +376,8 @@ async fn tail_loop(
         // After a resume, a rotation or a truncation the saved cursor names a file that the
         // next rotation destroys: save at once rather than on the timer.
         let mut urgent = false;
-        match polled {
+        let mut failed = false;
+        let poll = match polled {
             Ok(poll) => {
                 urgent = poll.rotations > 0 || poll.truncations > 0 || poll.resumed.is_some();
                 saver.dirty |= urgent || !file.buf.is_empty();
@@ -388,22 +389,13 @@ async fn tail_loop(
                     FileState::Present | FileState::Missing => None,
                 };
                 note_error(file, now_error);
-                let debug_error = if role == Role::Debug {
-                    file.error.clone()
-                } else {
-                    debug_error
-                };
-                feed(&side, file, role, &poll, debug_error);
+                poll
             }
             Err(e) => {
                 // Nothing was consumed: the next poll retries from the same position.
                 note_error(file, Some(e.to_string()));
-                let debug_error = if role == Role::Debug {
-                    file.error.clone()
-                } else {
-                    debug_error
-                };
-                let poll = Poll {
+                failed = true;
+                Poll {
                     bytes: 0,
                     lines_too_long: 0,
                     rotations: 0,
@@ -411,10 +403,16 @@ async fn tail_loop(
                     more: false,
                     file: FileState::Unreadable(e.kind()),
                     resumed: None,
-                };
-                feed(&side, file, role, &poll, debug_error);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
+        };
+        let debug_error = match role {
+            Role::Debug => file.error.clone(),
+            Role::Error => debug_error,
+        };
+        feed(&side, file, role, &poll, debug_error);
+        if failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         if saver.dirty && (urgent || saver.last_attempt.elapsed() >= CHECKPOINT_EVERY) {
             saver.save(cursors(&debug, &error), &side);
