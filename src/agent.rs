@@ -346,19 +346,16 @@ async fn tail_loop(
         failing: false,
         last_attempt: Instant::now(),
     };
-    // Saves what was read even when no more lines come.
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let cursors = |debug: &Followed, error: &Option<Followed>| Cursors {
         debug: debug.tailer.cursor(),
         error: error.as_ref().and_then(|e| e.tailer.cursor()),
     };
     loop {
         let (role, polled) = tokio::select! {
-            _ = tick.tick() => {
-                if saver.dirty {
-                    saver.save(cursors(&debug, &error), &side);
-                }
+            // Saves what was read even when no more lines come; armed only while something
+            // is unsaved, so an idle agent does not wake for it.
+            _ = tokio::time::sleep_until(saver.due().into()), if saver.dirty => {
+                saver.save(cursors(&debug, &error), &side);
                 continue;
             }
             polled = debug.tailer.next(&mut debug.buf) => (Role::Debug, polled),
@@ -414,7 +411,7 @@ async fn tail_loop(
         if failed {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if saver.dirty && (urgent || saver.last_attempt.elapsed() >= CHECKPOINT_EVERY) {
+        if saver.dirty && (urgent || Instant::now() >= saver.due()) {
             saver.save(cursors(&debug, &error), &side);
         }
     }
@@ -433,7 +430,8 @@ fn note_error(file: &mut Followed, now: Option<String>) {
     }
 }
 
-/// Saves the checkpoint when asked, and keeps it due after a failure so the next tick retries.
+/// Saves the checkpoint when asked, and keeps it due after a failure so it is retried a
+/// second later.
 struct Saver {
     store: CheckpointStore,
     log_path: PathBuf,
@@ -445,6 +443,11 @@ struct Saver {
 }
 
 impl Saver {
+    /// When the next save is due, if something is unsaved.
+    fn due(&self) -> Instant {
+        self.last_attempt + CHECKPOINT_EVERY
+    }
+
     fn save(&mut self, cursors: Cursors, side: &LogSide) {
         self.last_attempt = Instant::now();
         let result = save(&self.store, &self.log_path, cursors, &side.pipeline);
