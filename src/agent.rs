@@ -302,10 +302,13 @@ struct Followed {
     last_line: Option<Instant>,
     /// Why the file cannot be opened or read now, if it cannot.
     error: Option<String>,
+    /// A file was opened (or a saved cursor given): the checkpoint can name a position.
+    opened: bool,
 }
 
 impl Followed {
     fn new(path: PathBuf, cursor: Option<Cursor>, max_line_bytes: usize) -> Followed {
+        let opened = cursor.is_some();
         let opts = FollowOptions {
             max_line_bytes,
             ..FollowOptions::default()
@@ -315,6 +318,7 @@ impl Followed {
             buf: Vec::with_capacity(BATCH_BYTES),
             last_line: None,
             error: None,
+            opened,
         }
     }
 }
@@ -371,12 +375,16 @@ async fn tail_loop(
             Role::Error => error.as_mut().expect("polled"),
         };
         // After a resume, a rotation or a truncation the saved cursor names a file that the
-        // next rotation destroys: save at once rather than on the timer.
-        let mut urgent = false;
+        // next rotation destroys: save at once rather than on the timer. So too when the
+        // first file is opened: without a checkpoint, a restart would start over at the
+        // live file and miss what a rotation meanwhile moved to the archive.
+        let first_open = !file.opened && file.tailer.cursor().is_some();
+        file.opened |= first_open;
+        let mut urgent = first_open;
         let mut failed = false;
         let poll = match polled {
             Ok(poll) => {
-                urgent = poll.rotations > 0 || poll.truncations > 0 || poll.resumed.is_some();
+                urgent |= poll.rotations > 0 || poll.truncations > 0 || poll.resumed.is_some();
                 saver.dirty |= urgent || !file.buf.is_empty();
                 let now_error = match poll.file {
                     FileState::Unreadable(kind) => Some(format!(

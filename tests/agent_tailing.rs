@@ -171,3 +171,42 @@ fn restarts_resume_from_the_checkpoint_exactly() {
     let m = agent.wait_lines(lines.len() as u64);
     m.assert_matches(&expected);
 }
+
+/// Killed before its first timed save (saves come once a second), then the file rotates
+/// while it is down: the checkpoint written when it first opened the file still finds the
+/// rest in the archive, and nothing is lost or counted twice.
+#[test]
+fn killed_before_its_first_timed_save_then_rotated_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, expected) = generate(dir.path(), "mixed", 3_000, 9);
+    let log = dir.path().join("transparent_proxy.log");
+    let checkpoint = dir.path().join("cp.json");
+    let lines = lines_of(&source);
+    let upto = |bytes: usize| {
+        let (mut n, mut size) = (0, 0);
+        while n < lines.len() && size + lines[n].len() < bytes {
+            size += lines[n].len();
+            n += 1;
+        }
+        n
+    };
+    let (a, b) = (upto(300_000), upto(900_000));
+    let mut w = ProxyWriter::new(&log);
+    for line in &lines[..a] {
+        w.write(line);
+    }
+    let agent = Agent::start(&log, &checkpoint);
+    agent.wait_lines(a as u64);
+    agent.kill9();
+    for line in &lines[a..b] {
+        w.write(line);
+    }
+    assert_eq!(w.rotations, 1, "one rotation while the agent is dead");
+    let agent = Agent::start(&log, &checkpoint);
+    agent.wait_lines(b as u64);
+    for line in &lines[b..] {
+        w.write(line);
+    }
+    let m = agent.wait_lines(lines.len() as u64);
+    m.assert_matches(&expected);
+}
