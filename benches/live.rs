@@ -10,9 +10,9 @@
 //! shorten or lengthen the parts; `LIVE_PARTS=lag,idle,load` picks them.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -21,54 +21,25 @@ use pia_split_tunnel_exporter::config::Config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
 
+/// The tests' agent harness: the binary on a free loopback port (probes off) and a writer
+/// that rotates like the proxy.
+#[path = "../tests/common/agent.rs"]
+#[allow(dead_code)]
+mod agent;
+
+use agent::{Agent, ProxyWriter};
+
+/// The agent with its own error-level log path, so no file elsewhere plays a part.
+fn start_agent(dir: &Path, log: &Path) -> Agent {
+    let error_path = format!("log.error_path={:?}", dir.join("STProxy.log"));
+    Agent::start_with(log, &dir.join("cp.json"), &["--set", &error_path], &[])
+}
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a loopback port")
-        .local_addr()
-        .expect("its address")
-}
-
-/// The agent binary on a free loopback port, probes off (nothing leaves this machine).
-struct Agent {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Agent {
-    fn start(dir: &Path, log: &Path) -> Agent {
-        let addr = free_port();
-        let error_path = format!("log.error_path={:?}", dir.join("STProxy.log"));
-        let child = Command::new(BIN)
-            .args(["run", "--listen", &addr.to_string(), "--log-path"])
-            .arg(log)
-            .arg("--checkpoint")
-            .arg(dir.join("cp.json"))
-            .args(["--set", "probe.enabled=false", "--set", &error_path])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the agent starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "the agent did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent { child, addr }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// GETs over one keep-alive connection.
@@ -140,64 +111,6 @@ fn sample_lines(sessions: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Appends like the proxy: rename to `.1` and a new file when the next line would pass
-/// 512,000 bytes.
-struct ProxyWriter {
-    path: PathBuf,
-    file: std::fs::File,
-    size: usize,
-    rotations: u32,
-}
-
-impl ProxyWriter {
-    fn new(path: &Path) -> ProxyWriter {
-        ProxyWriter {
-            path: path.to_owned(),
-            file: Self::open(path),
-            size: 0,
-            rotations: 0,
-        }
-    }
-
-    fn open(path: &Path) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("log file")
-    }
-
-    /// One write per burst, rotating first where a line would cross the threshold.
-    fn write_burst(&mut self, lines: &[Vec<u8>]) {
-        let mut pending = Vec::new();
-        for line in lines {
-            if self.size + line.len() > 512_000 {
-                self.file.write_all(&pending).expect("append");
-                pending.clear();
-                std::fs::rename(&self.path, format!("{}.1", self.path.display())).expect("rotate");
-                self.file = Self::open(&self.path);
-                self.size = 0;
-                self.rotations += 1;
-            }
-            pending.extend_from_slice(line);
-            self.size += line.len();
-        }
-        self.file.write_all(&pending).expect("append");
-    }
-}
-
-/// xorshift64*: repeatable bursts.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -209,7 +122,7 @@ fn lag() -> Vec<String> {
     let dir = tempfile::tempdir().expect("temp folder");
     let log = dir.path().join("transparent_proxy.log");
     std::fs::write(&log, b"").expect("empty log");
-    let agent = Agent::start(dir.path(), &log);
+    let agent = start_agent(dir.path(), &log);
     let addr = agent.addr;
     let done = Arc::new(AtomicBool::new(false));
     // Scrapes: (time the response arrived, lines counted).
@@ -228,16 +141,18 @@ fn lag() -> Vec<String> {
     });
     std::thread::sleep(Duration::from_millis(300));
     let mut w = ProxyWriter::new(&log);
-    let mut rng = Rng(0x1a9_5eed);
+    let mut rng = fastrand::Rng::with_seed(0x1a9_5eed);
     let mut appended = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
-        let burst = (1 + rng.below(500) as usize).min(n - i);
-        w.write_burst(&lines[i..i + burst]);
+        let burst = rng.usize(1..=500).min(n - i);
+        for line in &lines[i..i + burst] {
+            w.write(line);
+        }
         let t = Instant::now();
         appended.extend(std::iter::repeat_n(t, burst));
         i += burst;
-        std::thread::sleep(Duration::from_millis(rng.below(50)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..50)));
     }
     // Wait for the last line, then stop scraping.
     let mut c = Client::new(addr);
@@ -312,7 +227,7 @@ fn idle() -> Vec<String> {
     let log = dir.path().join("transparent_proxy.log");
     let lines = sample_lines(10_000);
     std::fs::write(&log, lines.concat()).expect("log");
-    let agent = Agent::start(dir.path(), &log);
+    let agent = start_agent(dir.path(), &log);
     let mut c = Client::new(agent.addr);
     while metric(&c.get("/metrics"), "pia_split_tunnel_log_lines_total").unwrap_or(0.0)
         < lines.len() as f64

@@ -14,18 +14,6 @@ use common::agent::{Agent, ProxyWriter, lines_of};
 use common::generate;
 use serde_json::Value;
 
-/// xorshift64*: enough randomness for kill moments, and repeatable from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -63,11 +51,11 @@ fn soak_with_random_kills_counts_every_line_once() {
         }
     });
 
-    let mut rng = Rng(seed | 1);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let (mut kills, mut checked) = (0, 0);
     let mut agent = start();
     while !writing.is_finished() {
-        std::thread::sleep(Duration::from_millis(300 + rng.below(1_200)));
+        std::thread::sleep(Duration::from_millis(300 + rng.u64(0..1_200)));
         agent.kill9();
         kills += 1;
         if let Ok(bytes) = std::fs::read(&checkpoint) {
@@ -89,7 +77,7 @@ fn soak_with_random_kills_counts_every_line_once() {
             }
         }
         // Down for a moment; the writer goes on (at most one rotation passes meanwhile).
-        std::thread::sleep(Duration::from_millis(rng.below(200)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..200)));
         agent = start();
     }
     writing.join().unwrap();
