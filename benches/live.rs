@@ -29,12 +29,6 @@ mod agent;
 
 use agent::{Agent, ProxyWriter};
 
-/// The agent with its own error-level log path, so no file elsewhere plays a part.
-fn start_agent(dir: &Path, log: &Path) -> Agent {
-    let error_path = format!("log.error_path={:?}", dir.join("STProxy.log"));
-    Agent::start_with(log, &dir.join("cp.json"), &["--set", &error_path], &[])
-}
-
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -122,7 +116,7 @@ fn lag() -> Vec<String> {
     let dir = tempfile::tempdir().expect("temp folder");
     let log = dir.path().join("transparent_proxy.log");
     std::fs::write(&log, b"").expect("empty log");
-    let agent = start_agent(dir.path(), &log);
+    let agent = Agent::start(&log, &dir.path().join("cp.json"));
     let addr = agent.addr;
     let done = Arc::new(AtomicBool::new(false));
     // Scrapes: (time the response arrived, lines counted).
@@ -227,7 +221,7 @@ fn idle() -> Vec<String> {
     let log = dir.path().join("transparent_proxy.log");
     let lines = sample_lines(10_000);
     std::fs::write(&log, lines.concat()).expect("log");
-    let agent = start_agent(dir.path(), &log);
+    let agent = Agent::start(&log, &dir.path().join("cp.json"));
     let mut c = Client::new(agent.addr);
     while metric(&c.get("/metrics"), "pia_split_tunnel_log_lines_total").unwrap_or(0.0)
         < lines.len() as f64

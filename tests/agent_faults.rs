@@ -49,9 +49,7 @@ impl Case {
     }
 
     fn start(&self, checkpoint: &Path, wrap: &[&str]) -> Agent {
-        // The error-level log of its own, so a file elsewhere on the machine plays no part.
-        let error_path = format!("log.error_path={:?}", self.dir.path().join("STProxy.log"));
-        Agent::start_with(&self.log, checkpoint, &["--set", &error_path], wrap)
+        Agent::start_with(&self.log, checkpoint, &[], wrap)
     }
 
     fn append(&self, bytes: &[u8]) {

@@ -31,8 +31,7 @@ fn soak_with_random_kills_counts_every_line_once() {
     let total = lines.len() as u64;
     let log = dir.path().join("transparent_proxy.log");
     let checkpoint = dir.path().join("state/cp.json");
-    let error_path = format!("log.error_path={:?}", dir.path().join("STProxy.log"));
-    let start = || Agent::start_with(&log, &checkpoint, &["--set", &error_path], &[]);
+    let start = || Agent::start(&log, &checkpoint);
 
     let writer = Arc::new(Mutex::new(ProxyWriter::new(&log)));
     let writing = std::thread::spawn({

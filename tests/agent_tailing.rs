@@ -172,11 +172,12 @@ fn restarts_resume_from_the_checkpoint_exactly() {
     m.assert_matches(&expected);
 }
 
-/// Killed before its first timed save (saves come once a second), then the file rotates
-/// while it is down: the checkpoint written when it first opened the file still finds the
-/// rest in the archive, and nothing is lost or counted twice.
+/// Killed right after its first read, then the file rotates while it is down: the checkpoint
+/// written when it first opened the file (at once, not on the one-second timer) finds the rest
+/// in the archive, and nothing is lost or counted twice. Without that save a kill in the
+/// first second left no checkpoint, and the restart began at the live file.
 #[test]
-fn killed_before_its_first_timed_save_then_rotated_loses_nothing() {
+fn killed_right_after_its_first_read_then_rotated_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (source, expected) = generate(dir.path(), "mixed", 3_000, 9);
     let log = dir.path().join("transparent_proxy.log");
@@ -197,6 +198,12 @@ fn killed_before_its_first_timed_save_then_rotated_loses_nothing() {
     }
     let agent = Agent::start(&log, &checkpoint);
     agent.wait_lines(a as u64);
+    // The save follows the read in the same step: wait for it rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !checkpoint.is_file() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     agent.kill9();
     for line in &lines[a..b] {
         w.write(line);

@@ -31,7 +31,6 @@ fn start(dir: &std::path::Path) -> Agent {
         format!("http.max_connections={MAX_CONNECTIONS}"),
         format!("fallback.token_file={:?}", token),
         "fallback.backend=\"none\"".to_owned(),
-        format!("log.error_path={:?}", dir.join("STProxy.log")),
     ];
     let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", s.as_str()]).collect();
     let agent = Agent::start_with(&log, &dir.join("cp.json"), &args, &[]);

@@ -23,10 +23,12 @@ impl Agent {
         Agent::start_with(log, checkpoint, &[], &[])
     }
 
-    /// Probes off; with more arguments for the agent, run through `wrap` (a program and its arguments,
+    /// Probes off, and the error-level log beside the log (so a file elsewhere on the machine
+    /// plays no part); with more arguments for the agent, run through `wrap` (a program and its arguments,
     /// e.g. `setpriv ...`) when it is not empty.
     pub fn start_with(log: &Path, checkpoint: &Path, args: &[&str], wrap: &[&str]) -> Agent {
         let addr = free_port();
+        let error_path = log.with_file_name("STProxy.log");
         let mut cmd = match wrap.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -41,7 +43,8 @@ impl Agent {
             .arg("--checkpoint")
             .arg(checkpoint)
             // Tests talk to loopback only: no probes of the public egress endpoints.
-            .args(["--set", "probe.enabled=false"])
+            .args(["--set", "probe.enabled=false", "--set"])
+            .arg(format!("log.error_path={error_path:?}"))
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
