@@ -111,6 +111,18 @@ fn a_log_created_late_is_read_from_its_start() {
     assert_eq!(m.value("pia_split_tunnel_log_file_present", &[]), 1.0);
 }
 
+/// How many of the first `lines` fit in fewer than `bytes` bytes.
+fn lines_within(lines: &[Vec<u8>], bytes: usize) -> usize {
+    let mut size = 0;
+    lines
+        .iter()
+        .take_while(|l| {
+            size += l.len();
+            size < bytes
+        })
+        .count()
+}
+
 /// Stopped (SIGTERM) and killed (SIGKILL) agents resume from their checkpoint, across a
 /// rotation that happened while they were down; the final counts are exact. While an agent is
 /// down at most one rotation happens: the proxy keeps one archive, so a file rotated twice
@@ -123,14 +135,7 @@ fn restarts_resume_from_the_checkpoint_exactly() {
     // In a folder that does not exist yet: the agent makes it.
     let checkpoint = dir.path().join("state/cp.json");
     let lines = lines_of(&source);
-    let upto = |bytes: usize| {
-        let (mut n, mut size) = (0, 0);
-        while n < lines.len() && size + lines[n].len() < bytes {
-            size += lines[n].len();
-            n += 1;
-        }
-        n
-    };
+    let upto = |bytes| lines_within(&lines, bytes);
     let (a, b, c, d) = (
         upto(400_000),
         upto(900_000),
@@ -183,14 +188,7 @@ fn killed_right_after_its_first_read_then_rotated_loses_nothing() {
     let log = dir.path().join("transparent_proxy.log");
     let checkpoint = dir.path().join("cp.json");
     let lines = lines_of(&source);
-    let upto = |bytes: usize| {
-        let (mut n, mut size) = (0, 0);
-        while n < lines.len() && size + lines[n].len() < bytes {
-            size += lines[n].len();
-            n += 1;
-        }
-        n
-    };
+    let upto = |bytes| lines_within(&lines, bytes);
     let (a, b) = (upto(300_000), upto(900_000));
     let mut w = ProxyWriter::new(&log);
     for line in &lines[..a] {
