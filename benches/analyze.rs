@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use pia_split_tunnel_exporter::analyze::{Report, peak_rss_bytes};
-use pia_split_tunnel_exporter::config::LogConfig;
+use pia_split_tunnel_exporter::ingest::LogConfig;
 
 fn log_for(sessions: u64) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::config::LogConfig;
+use crate::ingest::LogConfig;
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::{AppCounts, Outcome, proto_label};
@@ -26,7 +26,7 @@ pub struct Report {
 impl Report {
     /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older).
     pub fn from_files(paths: &[PathBuf], cfg: &LogConfig) -> anyhow::Result<Report> {
-        let mut pipeline = Pipeline::new(cfg);
+        let mut pipeline = Pipeline::new(cfg.limits());
         for path in chronological(paths) {
             let file =
                 File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn long_lines_are_skipped_and_the_stream_resyncs() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(crate::pipeline::Limits::default());
         let mut data = vec![b'x'; 3 * CHUNK];
         data.extend_from_slice(b"\n[t] [x.swift:1] info: Proxy started!\ntail-without-newline");
         read_into(&mut p, &data[..], 1000).unwrap();

@@ -7,8 +7,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use pia_split_tunnel_exporter::config::LogConfig;
-use pia_split_tunnel_exporter::pipeline::Pipeline;
+use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
 use pia_split_tunnel_exporter::sessions::{AppCounts, Outcome, SessionTracker};
 
 /// Live heap bytes of the whole test process.
@@ -104,8 +103,8 @@ fn total(s: &SessionTracker, f: impl Fn(&AppCounts) -> u64) -> u64 {
 #[test]
 fn hundred_thousand_app_ids_fold_into_other() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = LogConfig::default();
-    let mut p = Pipeline::new(&cfg);
+    let cfg = Limits::default();
+    let mut p = Pipeline::new(cfg);
     let mut buf = Vec::new();
     let start = live();
     let mut at_half = 0;
@@ -148,8 +147,8 @@ fn hundred_thousand_app_ids_fold_into_other() {
 #[test]
 fn a_million_sessions_never_closed_keep_the_table_bounded() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = LogConfig::default();
-    let mut p = Pipeline::new(&cfg);
+    let cfg = Limits::default();
+    let mut p = Pipeline::new(cfg);
     let mut buf = Vec::new();
     let start = live();
     let mut at_fifth = 0;
@@ -191,7 +190,7 @@ fn a_million_sessions_never_closed_keep_the_table_bounded() {
 #[test]
 fn ids_reused_after_a_restart_belong_to_the_new_sessions() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut p = Pipeline::new(&LogConfig::default());
+    let mut p = Pipeline::new(Limits::default());
     let mut buf = Vec::new();
     for id in 1..=1_000 {
         open(&mut p, &mut buf, id, "com.apple.Safari");

@@ -432,11 +432,11 @@ pub fn encode(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LogConfig;
+    use crate::pipeline::Limits;
 
     #[test]
     fn colliding_app_ids_stay_apart_and_render_whole() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         for (id, app) in [(1, "ab.c"), (2, "a.bc")] {
             let line = format!(
                 "[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: {id} {app} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15\r\n"
