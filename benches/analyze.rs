@@ -62,8 +62,8 @@ fn main() {
             let report = Report::from_files(std::slice::from_ref(&path), &LogConfig::default())
                 .expect("analyze");
             best = best.min(started.elapsed().as_secs_f64());
-            lines = report.pipeline.read.lines;
-            bytes = report.pipeline.read.bytes;
+            lines = report.pipeline.read().lines;
+            bytes = report.pipeline.read().bytes;
         }
         println!(
             "{sessions:>10} {lines:>10} {:>9.1} {best:>9.3} {:>11.2} {:>8.0} {:>12.1}",

@@ -80,9 +80,9 @@ pub enum LogFile {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pipeline {
-    pub sessions: SessionTracker,
-    pub proxy: ProxyState,
-    pub read: ReadStats,
+    sessions: SessionTracker,
+    proxy: ProxyState,
+    read: ReadStats,
 }
 
 impl Pipeline {
@@ -146,6 +146,12 @@ impl Pipeline {
         }
         self.read.bytes += start as u64;
         start
+    }
+
+    /// The last line of a finished file, which has no `\n`.
+    pub fn feed_last(&mut self, line: &[u8]) {
+        self.read.bytes += line.len() as u64;
+        self.feed_line(line);
     }
 
     /// One line, without its `\n`.

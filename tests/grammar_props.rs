@@ -92,7 +92,7 @@ proptest! {
         let used = p.feed(first);
         let rest = [&first[used..], &bytes[first.len()..]].concat();
         let used_rest = p.feed(&rest);
-        prop_assert_eq!(p.read.lines, newlines);
+        prop_assert_eq!(p.read().lines, newlines);
         let tail = bytes.len() - bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         prop_assert_eq!(rest.len() - used_rest, tail);
     }
@@ -121,7 +121,7 @@ proptest! {
         let mut p = Pipeline::new(Limits::default());
         line.push(b'\n');
         prop_assert_eq!(p.feed(&line), line.len());
-        prop_assert_eq!(p.read.lines, 1);
+        prop_assert_eq!(p.read().lines, 1);
     }
 
     /// Headers with any timestamp text keep the event.

@@ -16,11 +16,11 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::http::SharedController;
-use crate::fallback::window::{SessionWindow, SharedWindow};
 use crate::health::{Health, LogHealthInput};
 use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::LogCollector;
 use crate::probe::{Round, RoundSource};
+use crate::sessions::window::{SessionWindow, SharedWindow};
 use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
 
 mod rounds;

@@ -295,7 +295,7 @@ mod tests {
         for sample in [HEALTHY, BROKEN] {
             let mut p = crate::pipeline::Pipeline::new(Default::default());
             p.feed(sample.as_bytes());
-            assert_eq!((p.read.unrecognized, p.read.lines > 300), (0, true));
+            assert_eq!((p.read().unrecognized, p.read().lines > 300), (0, true));
         }
     }
 

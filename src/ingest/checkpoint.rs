@@ -202,12 +202,12 @@ mod tests {
         assert_eq!((debug.offset, c.cursors.error), (2980, None));
         let p = &c.pipeline;
         assert_eq!(
-            (p.read.lines, p.read.bytes, p.proxy.restarts),
+            (p.read().lines, p.read().bytes, p.proxy().restarts),
             (19, 2980, 1)
         );
-        assert_eq!(p.sessions.open_len(), 1);
+        assert_eq!(p.sessions().open_len(), 1);
         assert_eq!(
-            p.sessions.apps().name(crate::sessions::AppId(2)),
+            p.sessions().apps().name(crate::sessions::AppId(2)),
             "com.apple.Safari"
         );
     }
@@ -227,8 +227,8 @@ mod tests {
         );
         let Checkpoint::V1(back) = decode::<Pipeline>(written.as_bytes()).unwrap();
         assert_eq!(back.cursors, old.cursors);
-        assert_eq!(back.pipeline.read, old.pipeline.read);
-        assert_eq!(back.pipeline.proxy, old.pipeline.proxy);
+        assert_eq!(back.pipeline.read(), old.pipeline.read());
+        assert_eq!(back.pipeline.proxy(), old.pipeline.proxy());
     }
 
     #[test]
@@ -263,14 +263,14 @@ mod tests {
         };
         let (cursors, p) = restore(&store, &config);
         assert_eq!(
-            (cursors.debug.map(|c| c.offset), p.read.lines),
+            (cursors.debug.map(|c| c.offset), p.read().lines),
             (Some(2980), 19)
         );
         config.path = dir.path().join("other.log");
         let (cursors, p) = restore(&store, &config);
-        assert_eq!((cursors, p.read.lines), (Cursors::default(), 0));
+        assert_eq!((cursors, p.read().lines), (Cursors::default(), 0));
         std::fs::write(store.path(), "{not json").unwrap();
         let (cursors, p) = restore(&store, &config);
-        assert_eq!((cursors, p.read.lines), (Cursors::default(), 0));
+        assert_eq!((cursors, p.read().lines), (Cursors::default(), 0));
     }
 }

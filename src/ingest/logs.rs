@@ -10,10 +10,10 @@ use tokio::sync::watch;
 
 use super::checkpoint::{Cursors, Saver, restore};
 use super::{IngestEvents, LogConfig};
-use crate::fallback::window::SharedWindow;
 use crate::health::LogHealthInput;
 use crate::pipeline::{LogFile, Pipeline};
 use crate::sessions::Outcome;
+use crate::sessions::window::SharedWindow;
 use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 
 /// Largest batch handed from the tailer to the pipeline in one lock.
