@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::ingest::LogConfig;
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level};
-use crate::sessions::{AppCounts, Outcome, proto_label};
+use crate::sessions::{AppCounts, CloseOutcome, proto_label};
 use crate::tail::lines::LineSplitter;
 
 const CHUNK: usize = 1 << 20;
@@ -52,7 +52,7 @@ impl Report {
 
     pub fn zero_byte_closures(&self) -> u64 {
         self.rows()
-            .map(|(_, _, c)| c.closed(Outcome::ZeroBytes))
+            .map(|(_, _, c)| c.closed(CloseOutcome::ZeroBytes))
             .sum()
     }
 
@@ -106,7 +106,7 @@ impl Report {
                 .filter(|k| c.errors(**k) > 0)
                 .map(|k| (k.as_str().to_owned(), json!(c.errors(*k))))
                 .collect();
-            let outcomes: serde_json::Map<String, Value> = Outcome::ALL
+            let outcomes: serde_json::Map<String, Value> = CloseOutcome::ALL
                 .iter()
                 .map(|o| (o.as_str().to_owned(), json!(c.closed(*o))))
                 .collect();
@@ -114,7 +114,7 @@ impl Report {
             entry[proto] = json!({
                 "sessions_opened": c.opened,
                 "sessions_closed": c.sessions_closed(),
-                "zero_byte_closures": c.closed(Outcome::ZeroBytes),
+                "zero_byte_closures": c.closed(CloseOutcome::ZeroBytes),
                 "rx_bytes": c.rx_bytes,
                 "tx_bytes": c.tx_bytes,
                 "errors": errors,
@@ -168,7 +168,7 @@ impl Report {
             let ratio = if closed == 0 {
                 "-".to_owned()
             } else {
-                format!("{}%", percent(c.closed(Outcome::ZeroBytes), closed))
+                format!("{}%", percent(c.closed(CloseOutcome::ZeroBytes), closed))
             };
             let errors: Vec<String> = ErrorKind::ALL
                 .iter()
@@ -181,7 +181,7 @@ impl Report {
                 app,
                 proto,
                 closed,
-                c.closed(Outcome::ZeroBytes),
+                c.closed(CloseOutcome::ZeroBytes),
                 ratio,
                 c.rx_bytes,
                 c.tx_bytes,

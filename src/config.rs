@@ -12,7 +12,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
-    pub processes: crate::watch::ProcessConfig,
+    pub processes: crate::presence::ProcessConfig,
     pub health: crate::health::HealthConfig,
 }
 

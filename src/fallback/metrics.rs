@@ -2,7 +2,7 @@
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::policy::{Action, Decision, Outcome};
+use super::policy::{Action, ApplyOutcome, Decision};
 use super::{BackendKind, Mode};
 
 #[derive(Clone)]
@@ -71,7 +71,7 @@ impl FallbackMetrics {
         registry.register(Box::new(m.last_action.clone()))?;
         // Every action/result pair exists from the start, so rate() sees the first one.
         for a in Action::ALL {
-            for o in Outcome::ALL {
+            for o in ApplyOutcome::ALL {
                 m.actions.with_label_values(&[a.as_str(), o.as_str()]);
             }
         }
@@ -104,7 +104,7 @@ impl FallbackMetrics {
             .inc();
     }
 
-    pub fn action(&self, action: Action, outcome: Outcome) {
+    pub fn action(&self, action: Action, outcome: ApplyOutcome) {
         self.actions
             .with_label_values(&[action.as_str(), outcome.as_str()])
             .inc();
@@ -113,7 +113,7 @@ impl FallbackMetrics {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.last_action.set(now);
-        if outcome == Outcome::RolledBack {
+        if outcome == ApplyOutcome::RolledBack {
             self.verify_failures.inc();
         }
     }

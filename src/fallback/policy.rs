@@ -124,7 +124,7 @@ impl Action {
 /// How an action ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum ApplyOutcome {
     Ok,
     /// The backend failed (its error is logged); it left nothing of its own installed.
     Failed,
@@ -132,13 +132,17 @@ pub enum Outcome {
     RolledBack,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Failed, Outcome::RolledBack];
+impl ApplyOutcome {
+    pub const ALL: [ApplyOutcome; 3] = [
+        ApplyOutcome::Ok,
+        ApplyOutcome::Failed,
+        ApplyOutcome::RolledBack,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::RolledBack => "rolled_back",
+            ApplyOutcome::Ok => "ok",
+            ApplyOutcome::Failed => "failed",
+            ApplyOutcome::RolledBack => "rolled_back",
         }
     }
 }
@@ -347,17 +351,23 @@ impl Policy {
     }
 
     /// How an action ended. `plan` is what was applied (apply, reload).
-    pub fn record(&mut self, now: Instant, action: Action, outcome: Outcome, plan: Option<&Plan>) {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        action: Action,
+        outcome: ApplyOutcome,
+        plan: Option<&Plan>,
+    ) {
         self.last_action = Some(now);
         self.actions.push_back(now);
         self.broken_streak = 0;
         match (action, outcome) {
-            (Action::Apply | Action::Reload, Outcome::Ok) => {
+            (Action::Apply | Action::Reload, ApplyOutcome::Ok) => {
                 self.installed = plan.cloned().map_or(Installed::Unknown, Installed::Plan);
                 self.failures = 0;
                 self.not_before = None;
             }
-            (Action::Revert, Outcome::Ok) => {
+            (Action::Revert, ApplyOutcome::Ok) => {
                 self.installed = Installed::Nothing;
                 self.failures = 0;
                 self.not_before = None;

@@ -8,7 +8,7 @@ use crate::proxy_log::{ErrorKind, Proto};
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum CloseOutcome {
     /// Some bytes moved (`0 MB` counts: it is under 0.05 MB, not zero).
     Transferred,
     /// Both sizes `Zero KB`: the failure signature.
@@ -17,13 +17,17 @@ pub enum Outcome {
     Unknown,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Transferred, Outcome::ZeroBytes, Outcome::Unknown];
+impl CloseOutcome {
+    pub const ALL: [CloseOutcome; 3] = [
+        CloseOutcome::Transferred,
+        CloseOutcome::ZeroBytes,
+        CloseOutcome::Unknown,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Transferred => "transferred",
-            Outcome::ZeroBytes => "zero_bytes",
-            Outcome::Unknown => "unknown",
+            CloseOutcome::Transferred => "transferred",
+            CloseOutcome::ZeroBytes => "zero_bytes",
+            CloseOutcome::Unknown => "unknown",
         }
     }
 }
@@ -50,7 +54,7 @@ pub struct AppCounts {
 }
 
 impl AppCounts {
-    pub fn closed(&self, outcome: Outcome) -> u64 {
+    pub fn closed(&self, outcome: CloseOutcome) -> u64 {
         self.closed[outcome as usize]
     }
     pub fn sessions_closed(&self) -> u64 {
