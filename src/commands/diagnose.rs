@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
+use crate::presence::{Presence, PresenceTracker, SysinfoSource};
 use crate::probe::{PathKind, Round, verdicts};
 use crate::proxy_log::{ErrorKind, Level};
-use crate::watch::{Presence, ProcessWatch, SysinfoSource};
 
 /// The log files that exist: the archive first, then the live file, then the error log.
 fn log_files(config: &Config) -> Vec<PathBuf> {
@@ -50,7 +50,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         error_log_present: !config.log.error_path.as_os_str().is_empty()
             && config.log.error_path.is_file(),
     };
-    let mut watch = ProcessWatch::new(SysinfoSource::new()?, config.processes.clone());
+    let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
     let round = one_round(&config.probe)?;
     let platform = crate::os::routing_facts(&round.interfaces);
