@@ -139,10 +139,9 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
                 format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")
             }
             Some(Ok(ip)) => format!("egresses as {ip}, not as the physical path"),
-            Some(Err(e)) => format!(
-                "does not get out ({}): it follows the VPN's routes into {tunnel}",
-                e.as_str()
-            ),
+            Some(Err(e)) => {
+                format!("does not get out ({e}): it follows the VPN's routes into {tunnel}")
+            }
             None => "was not probed".into(),
         };
         out.push(format!(
@@ -151,11 +150,7 @@ the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`,
         ));
     }
     if !log.errors.is_empty() {
-        let kinds: Vec<String> = log
-            .errors
-            .iter()
-            .map(|(k, n)| format!("{} {n}", k.as_str()))
-            .collect();
+        let kinds: Vec<String> = log.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let mut line = format!("Error kinds in the log: {}.", kinds.join(", "));
         if log
             .errors

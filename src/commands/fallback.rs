@@ -72,7 +72,7 @@ pub fn plan(cfg: &FallbackConfig, probe: &ProbeConfig, t: &TargetArgs) -> anyhow
 pub fn run(cfg: &FallbackConfig, probe: &ProbeConfig, op: &FallbackOp) -> anyhow::Result<ExitCode> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let mut backend = build_backend(cfg);
-    let kind = backend.kind().as_str();
+    let kind = backend.kind();
     match op {
         FallbackOp::Apply(t) => {
             let plan = plan(cfg, probe, t)?;
@@ -91,7 +91,7 @@ pub fn run(cfg: &FallbackConfig, probe: &ProbeConfig, op: &FallbackOp) -> anyhow
             let loaded = backend
                 .status()
                 .with_context(|| format!("{kind}: status"))?;
-            println!("mode: {}\nbackend: {kind}", cfg.mode.as_str());
+            println!("mode: {}\nbackend: {kind}", cfg.mode);
             if loaded.is_empty() {
                 println!("installed: nothing");
             } else {
