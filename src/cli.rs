@@ -26,6 +26,8 @@ pub struct Cli {
     pub set: Vec<String>,
     #[command(flatten)]
     pub common: CommonFlags,
+    #[command(flatten)]
+    pub log: crate::logging::LogFlags,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -121,10 +123,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::logging::init(&cli.log);
     let config = cli.config()?;
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => crate::agent::run_blocking(config),
+    match cli.command.take().unwrap_or(Command::Run) {
+        // SIGHUP reads the same file with the same flags again.
+        Command::Run => crate::daemon::run_blocking(config, move || cli.config()),
         Command::Analyze {
             files,
             json,
