@@ -13,6 +13,9 @@
 //!   agent stops, so an address in use leaves the old one serving. The same config again is a
 //!   no-op.
 //!
+//! Stderr written to a file (launchd's `StandardErrorPath`) is opened again at its path when
+//! newsyslog has rotated it: checked every [`REOPEN_EVERY`] and at each SIGHUP.
+//!
 //! The handlers are installed before the port is bound, so a signal can never meet the
 //! default action (which for SIGHUP is to die without cleaning up).
 
@@ -25,6 +28,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::agent::{Sources, Stop};
 use crate::config::Config;
 use crate::fallback::OnStart;
+
+/// How often a rotated stderr file is looked for.
+pub const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The signals the daemon listens to, registered at once.
 struct Signals {
@@ -85,6 +91,20 @@ pub fn run_blocking(
 
 async fn run(mut config: Config, load: impl Fn() -> anyhow::Result<Config>) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
+    let reopen = crate::logging::Reopen::detect().map(std::sync::Arc::new);
+    if let Some(r) = &reopen {
+        tokio::spawn({
+            let r = r.clone();
+            async move {
+                let mut tick = tokio::time::interval(REOPEN_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    reopen_log(&r);
+                }
+            }
+        });
+    }
     let mut listener = bind(&config).await?;
     let mut sources = Sources::real(&config)?;
     let mut reloaded = false;
@@ -109,14 +129,19 @@ async fn run(mut config: Config, load: impl Fn() -> anyhow::Result<Config>) -> a
             };
             match received {
                 Received::Stop => break None,
-                Received::Reload => match prepare(&load, &config).await {
-                    Ok(Some(next)) => break Some(next),
-                    Ok(None) => tracing::info!("SIGHUP: the config is unchanged"),
-                    Err(e) => tracing::error!(
-                        error = %format!("{e:#}"),
-                        "SIGHUP: the new config is not valid; the running config stays"
-                    ),
-                },
+                Received::Reload => {
+                    if let Some(r) = &reopen {
+                        reopen_log(r);
+                    }
+                    match prepare(&load, &config).await {
+                        Ok(Some(next)) => break Some(next),
+                        Ok(None) => tracing::info!("SIGHUP: the config is unchanged"),
+                        Err(e) => tracing::error!(
+                            error = %format!("{e:#}"),
+                            "SIGHUP: the new config is not valid; the running config stays"
+                        ),
+                    }
+                }
             }
         };
         let _ = stop_tx.send(if next.is_some() {
@@ -134,6 +159,19 @@ async fn run(mut config: Config, load: impl Fn() -> anyhow::Result<Config>) -> a
         sources = next.sources;
         reloaded = true;
         tracing::info!("SIGHUP: the new config is applied");
+    }
+}
+
+/// Opens the log again if it was rotated; says so in the new file.
+fn reopen_log(r: &crate::logging::Reopen) {
+    match r.check() {
+        Ok(true) => {
+            tracing::info!(log = %r.path().display(), "the log was rotated: writing to the new file")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, log = %r.path().display(), "cannot open the log again after a rotation")
+        }
     }
 }
 

@@ -108,6 +108,90 @@ pub fn init(flags: &LogFlags) {
     };
 }
 
+/// Stderr as a file that newsyslog rotates (launchd's `StandardErrorPath`): newsyslog renames
+/// the file and creates a new one, but launchd opened stderr once, so without this the agent
+/// would write on into the archive. [`Reopen::check`] notices that the path names another file
+/// (or none) and opens the path again onto stderr (and stdout, when it was the same file).
+/// Hand-written because the log crates reopen files they opened themselves, not a descriptor
+/// given by the parent.
+pub struct Reopen {
+    path: std::path::PathBuf,
+}
+
+/// (device, inode) of what a descriptor is open on.
+fn fd_identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: 1 and 2 stay open for the process's life; the borrow is only duplicated.
+    let owned = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .ok()?;
+    let meta = std::fs::File::from(owned).metadata().ok()?;
+    meta.is_file().then(|| (meta.dev(), meta.ino()))
+}
+
+/// The path stderr was opened at.
+#[cfg(target_os = "linux")]
+fn stderr_path() -> Option<std::path::PathBuf> {
+    std::fs::read_link("/proc/self/fd/2").ok()
+}
+
+/// The path stderr was opened at.
+#[cfg(target_os = "macos")]
+fn stderr_path() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: F_GETPATH writes at most MAXPATHLEN (== PATH_MAX) bytes, NUL-terminated.
+    let r = unsafe { libc::fcntl(2, libc::F_GETPATH, buf.as_mut_ptr()) };
+    if r == -1 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    Some(std::ffi::OsStr::from_bytes(&buf[..len]).into())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn stderr_path() -> Option<std::path::PathBuf> {
+    None
+}
+
+impl Reopen {
+    /// `Some` when stderr is a regular file whose path can be known.
+    pub fn detect() -> Option<Reopen> {
+        fd_identity(2)?;
+        stderr_path().map(|path| Reopen { path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Opens the path again onto stderr when it no longer names the file stderr is on;
+    /// `Ok(true)` when it did.
+    pub fn check(&self) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let current = fd_identity(2);
+        let at_path = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if current.is_some() && at_path == current {
+            return Ok(false);
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let same_stdout = current.is_some() && fd_identity(1) == current;
+        for fd in [Some(2), same_stdout.then_some(1)].into_iter().flatten() {
+            // SAFETY: dup2 onto a standard descriptor; `file` stays open until after the call.
+            if unsafe { libc::dup2(file.as_raw_fd(), fd) } == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

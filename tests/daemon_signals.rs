@@ -174,3 +174,49 @@ fn sighup_right_after_start_never_kills_the_agent() {
     signal(&agent, libc::SIGTERM);
     assert!(agent.wait().unwrap().success());
 }
+
+#[test]
+fn a_log_rotated_by_newsyslog_is_reopened() {
+    // launchd opens stderr once; newsyslog renames the file and creates a new one. The agent
+    // notices (at SIGHUP, and on its own within seconds) and writes to the new file.
+    let dir = tempfile::tempdir().unwrap();
+    let pf = StandIn::new();
+    std::fs::write(dir.path().join("transparent_proxy.log"), b"").unwrap();
+    let config = dir.path().join("config.toml");
+    let addr = free_port();
+    std::fs::write(&config, config_text(dir.path(), &pf, addr, "")).unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait_until("the start line", || read(&log).contains("agent started"));
+    let rotate = |n: u32| {
+        std::fs::rename(&log, log.with_extension(format!("log.{n}"))).unwrap();
+        std::fs::write(&log, b"").unwrap();
+    };
+
+    rotate(0);
+    signal(&agent, libc::SIGHUP);
+    wait_until("the reopen at SIGHUP", || {
+        read(&log).contains("the log was rotated")
+    });
+    assert!(read(&log.with_extension("log.0")).contains("agent started"));
+
+    // No signal: the periodic check finds it.
+    rotate(1);
+    wait_until("the periodic reopen", || {
+        read(&log).contains("the log was rotated")
+    });
+    assert!(alive(&mut agent));
+    signal(&agent, libc::SIGTERM);
+    assert!(agent.wait().unwrap().success());
+    assert!(read(&log).contains("agent stopped"), "{}", read(&log));
+    assert!(!read(&log.with_extension("log.1")).contains("agent stopped"));
+}
