@@ -14,7 +14,7 @@ use crate::config::Config;
 #[derive(Parser, Debug)]
 #[command(
     name = "pia-split-tunnel-exporter",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Watches PIA's split tunnel, exports Prometheus metrics, repairs the bypass."
 )]
 pub struct Cli {

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod analyze;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod daemon;
