@@ -97,3 +97,120 @@ fn version_names_the_revision_and_the_compiler() {
         )
     );
 }
+
+/// Splits a table cell's list at the commas outside backticks and brackets.
+fn items(cell: &str) -> Vec<String> {
+    let (mut out, mut cur, mut tick, mut depth) = (Vec::new(), String::new(), false, 0i32);
+    for c in cell.chars() {
+        match c {
+            '`' => tick = !tick,
+            '[' if !tick => depth += 1,
+            ']' if !tick => depth -= 1,
+            ',' if !tick && depth == 0 => {
+                out.push(cur.trim().to_owned());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    out.push(cur.trim().to_owned());
+    out
+}
+
+/// The README's configuration table as (`section.key`, default as written).
+fn readme_defaults() -> Vec<(String, String)> {
+    let readme = read("README.md");
+    let table = &readme[readme
+        .find("## Configuration")
+        .expect("a Configuration section")..];
+    let mut rows = Vec::new();
+    for line in table.lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let key_cell = cells[0].trim_start_matches('|').trim();
+        if !key_cell.starts_with('`') {
+            continue; // the header and its rule
+        }
+        let keys = items(key_cell);
+        let defaults = items(cells[1]);
+        let section = keys[0]
+            .trim_matches('`')
+            .split_once('.')
+            .unwrap()
+            .0
+            .to_owned();
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.trim_matches('`');
+            let full = if key.contains('.') {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            };
+            // One word for several keys ("discovered") applies to each.
+            let default = defaults.get(i).or(defaults.first()).unwrap().clone();
+            assert!(
+                defaults.len() == keys.len() || defaults.len() == 1,
+                "{line}: {} keys, {} defaults",
+                keys.len(),
+                defaults.len()
+            );
+            rows.push((full, default));
+        }
+    }
+    rows
+}
+
+#[test]
+fn readme_config_table_matches_check_config() {
+    let out = common::run_bin(&["check-config"], &[]);
+    let effective: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    let rows = readme_defaults();
+    assert!(rows.len() > 30, "the table was found: {rows:?}");
+    for (key, written) in &rows {
+        let (section, name) = key.split_once('.').unwrap();
+        let actual = effective.get(section).and_then(|s| s.get(name));
+        match written.strip_prefix('`').and_then(|w| w.strip_suffix('`')) {
+            // A literal: TOML syntax, or a bare string (paths, addresses).
+            Some(literal) => {
+                let actual = actual.unwrap_or_else(|| panic!("{key} = {written} is not set"));
+                let value = format!("v = {literal}")
+                    .parse::<toml::Table>()
+                    .map(|mut t| t.remove("v").unwrap())
+                    .unwrap_or_else(|_| toml::Value::String(literal.to_owned()));
+                let same = match (&value, actual) {
+                    (toml::Value::Integer(_) | toml::Value::Float(_), _) => {
+                        let f = |v: &toml::Value| {
+                            v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+                        };
+                        f(&value) == f(actual)
+                    }
+                    _ => value == *actual,
+                };
+                assert!(
+                    same,
+                    "README says {key} = {literal}, check-config says {actual}"
+                );
+            }
+            // A word ("none", "discovered"): the key has no value of its own.
+            None => assert!(
+                actual.is_none(),
+                "README says {key} is {written}, check-config says {}",
+                actual.unwrap()
+            ),
+        }
+    }
+    // And every key check-config prints is in the table.
+    for (section, keys) in &effective {
+        for name in keys.as_table().unwrap().keys() {
+            let key = format!("{section}.{name}");
+            assert!(
+                rows.iter().any(|(k, _)| *k == key),
+                "{key} is missing from the README's table"
+            );
+        }
+    }
+}
