@@ -18,6 +18,7 @@ pub mod demo;
 pub mod fallback;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod os;
