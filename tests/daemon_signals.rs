@@ -28,6 +28,28 @@ fn config_text(dir: &Path, pf: &StandIn, listen: SocketAddr, extra: &str) -> Str
     )
 }
 
+/// The agent on `config`, its stderr in `stderr`.
+fn start(config: &Path, stderr: &Path) -> Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// An agent on an empty log, its config and stderr in `dir`.
+fn start_idle(dir: &Path, pf: &StandIn, addr: SocketAddr) -> (Child, std::path::PathBuf) {
+    std::fs::write(dir.join("transparent_proxy.log"), b"").unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, config_text(dir, pf, addr, "")).unwrap();
+    let stderr = dir.join("agent.log");
+    (start(&config, &stderr), stderr)
+}
+
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ok() {
@@ -66,15 +88,7 @@ fn sighup_reloads_a_valid_config_keeps_on_a_broken_one_and_sigterm_still_cleans_
     let (first, second) = (free_port(), free_port());
     std::fs::write(&config, config_text(dir.path(), &pf, first, "")).unwrap();
     let stderr = dir.path().join("agent.log");
-    let mut agent = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+    let mut agent = start(&config, &stderr);
     let log = || std::fs::read_to_string(&stderr).unwrap();
     wait_until("the first port", || TcpStream::connect(first).is_ok());
     wait_until("the log read", || lines_read(first) == lines);
@@ -148,20 +162,8 @@ fn sighup_right_after_start_never_kills_the_agent() {
     // a reload of an unchanged config, not the default action (death).
     let dir = tempfile::tempdir().unwrap();
     let pf = StandIn::new();
-    std::fs::write(dir.path().join("transparent_proxy.log"), b"").unwrap();
-    let config = dir.path().join("config.toml");
     let addr = free_port();
-    std::fs::write(&config, config_text(dir.path(), &pf, addr, "")).unwrap();
-    let stderr = dir.path().join("agent.log");
-    let mut agent = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut agent, stderr) = start_idle(dir.path(), &pf, addr);
     wait_until("the port", || TcpStream::connect(addr).is_ok());
     signal(&agent, libc::SIGHUP);
     wait_until("the reload's answer", || {
@@ -181,20 +183,7 @@ fn a_log_rotated_by_newsyslog_is_reopened() {
     // notices (at SIGHUP, and on its own within seconds) and writes to the new file.
     let dir = tempfile::tempdir().unwrap();
     let pf = StandIn::new();
-    std::fs::write(dir.path().join("transparent_proxy.log"), b"").unwrap();
-    let config = dir.path().join("config.toml");
-    let addr = free_port();
-    std::fs::write(&config, config_text(dir.path(), &pf, addr, "")).unwrap();
-    let log = dir.path().join("agent.log");
-    let mut agent = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut agent, log) = start_idle(dir.path(), &pf, free_port());
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     wait_until("the start line", || read(&log).contains("agent started"));
     let rotate = |n: u32| {

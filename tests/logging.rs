@@ -115,24 +115,19 @@ import os, pty, signal, sys
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], sys.argv[1:])
-out = b""
-while b"agent started" not in out:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    out += chunk
+def read_until(out, marker):
+    while marker is None or marker not in out:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO once the child has closed the terminal
+            return out
+        if not chunk:
+            return out
+        out += chunk
+    return out
+out = read_until(b"", b"agent started")
 os.kill(pid, signal.SIGTERM)
-while True:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    out += chunk
+out = read_until(out, None)
 os.waitpid(pid, 0)
 sys.stdout.write(out.decode("utf-8", "replace"))
 "#;
