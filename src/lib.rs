@@ -12,6 +12,7 @@ pub mod agent;
 pub mod analyze;
 pub mod build_info;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod demo;
