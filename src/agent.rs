@@ -19,11 +19,11 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::http::SharedController;
-use crate::fallback::window::{SessionWindow, SharedWindow};
+use crate::fallback::window::{SessionWindow, SessionsCollector, SharedWindow};
 use crate::health::{Health, LogHealthInput};
 use crate::metrics::LogCollector;
 use crate::pipeline::Pipeline;
-use crate::probe::{Round, RoundSource};
+use crate::probe::{Round, RoundSource, Verdict};
 use crate::sessions::Outcome;
 use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
@@ -144,33 +144,29 @@ pub async fn run(
     registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
     let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
 
-    let window: SharedWindow = Arc::new(Mutex::new(SessionWindow::new(Duration::from_secs(
-        config.fallback.window_secs,
-    ))));
+    let window: SharedWindow = Arc::new(Mutex::new(SessionWindow::from_config(&config.fallback)));
+    registry.register(Box::new(SessionsCollector::new(window.clone())))?;
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
-    let verifier: Box<dyn Verifier> = match &sources.rounds {
-        Some(r) => Box::new(Rounds(r.clone())),
-        None => Box::new(|| async {
-            Round {
-                interfaces: Default::default(),
-                results: vec![],
-            }
-        }),
+    let backend = crate::fallback::build_backend(&config.fallback);
+    let mut controller = match &sources.rounds {
+        Some(r) => Controller::new(
+            &config.fallback,
+            backend,
+            Box::new(Rounds(r.clone())),
+            fallback_metrics,
+        ),
+        None => Controller::without_probes(&config.fallback, backend, fallback_metrics),
     };
-    let mut controller = Controller::new(
-        &config.fallback,
-        crate::fallback::build_backend(&config.fallback),
-        verifier,
-        fallback_metrics,
-    );
     if let Err(e) = controller.reconcile() {
         tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
     }
-    let health = Arc::new(
-        Health::new(&config.health, &config.fallback, &registry)?
-            .with_sessions(window.clone())
-            .with_fallback(controller.status_handle()),
-    );
+    let mut health = Health::new(&config.health, &registry)?
+        .with_sessions(window.clone())
+        .with_fallback(controller.status_handle());
+    if sources.rounds.is_none() {
+        health = health.without_probes();
+    }
+    let health = Arc::new(health);
     let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
     let save_errors = prometheus::IntCounter::new(
@@ -210,17 +206,19 @@ pub async fn run(
                 health.update_processes(presence);
                 let Some(rounds) = &rounds else { continue };
                 let round = rounds.round().await;
-                probe_metrics.observe(&round);
-                let ratio = window
+                // The round's one verdict, read by the metrics, the controller and health.
+                let verdict = Verdict::of(&round);
+                probe_metrics.observe(&round, &verdict);
+                let sessions = window
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .ratio(Instant::now());
+                    .verdict(Instant::now());
                 controller
                     .lock()
                     .await
-                    .on_round(Instant::now(), &round, ratio)
+                    .on_round(Instant::now(), &round, &verdict, sessions)
                     .await;
-                health.update_round(round);
+                health.update_round(round, verdict);
             }
         }
     });
@@ -252,7 +250,10 @@ const LINKS: &[(&str, &str)] = &[
         "/health",
         "health of each component, as JSON (503 when one is failing)",
     ),
-    ("/-/ready", "readiness: first log read and probe round done"),
+    (
+        "/-/ready",
+        "readiness: first log read and (when probing) probe round done",
+    ),
     ("/-/healthy", "liveness"),
 ];
 

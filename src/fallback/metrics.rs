@@ -14,6 +14,7 @@ pub struct FallbackMetrics {
     decisions: IntCounterVec,
     verify_failures: IntCounter,
     last_action: Gauge,
+    alerts: IntCounterVec,
 }
 
 const P: &str = "pia_split_tunnel_";
@@ -61,7 +62,16 @@ impl FallbackMetrics {
                 format!("{P}fallback_last_action_timestamp_seconds"),
                 "Unix time of the last action on the backend.",
             )?,
+            alerts: IntCounterVec::new(
+                Opts::new(
+                    format!("{P}fallback_alert_requests_total"),
+                    "Alertmanager webhook requests by answer (applied, already_active, not_acted, \
+                     not_for_this_instance, ignored, malformed).",
+                ),
+                &["result"],
+            )?,
         };
+        registry.register(Box::new(m.alerts.clone()))?;
         registry.register(Box::new(m.active.clone()))?;
         registry.register(Box::new(m.mode.clone()))?;
         registry.register(Box::new(m.backend.clone()))?;
@@ -92,6 +102,10 @@ impl FallbackMetrics {
                 .with_label_values(&[b.as_str()])
                 .set(i64::from(b == backend));
         }
+    }
+
+    pub fn alert(&self, result: &str) {
+        self.alerts.with_label_values(&[result]).inc();
     }
 
     pub fn set_active(&self, active: bool) {

@@ -179,8 +179,11 @@ pub struct FallbackConfig {
     pub ip_path: PathBuf,
     /// Bearer token for the mutating HTTP endpoints (file mode 0600); none disables them.
     pub token_file: Option<PathBuf>,
-    /// Alertmanager alerts (by `alertname`) whose firing triggers the repair.
+    /// Alertmanager alerts (by `alertname`) whose firing asks for the repair.
     pub alert_names: Vec<String>,
+    /// The `instance` label Prometheus gives this machine: alerts for others are answered
+    /// `not_for_this_instance`. Unset: only payloads naming a single instance are acted on.
+    pub instance: Option<String>,
     pub max_body_bytes: usize,
 }
 
@@ -210,6 +213,7 @@ impl Default for FallbackConfig {
             ip_path: "ip".into(),
             token_file: None,
             alert_names: vec!["PiaSplitTunnelBypassBroken".into()],
+            instance: None,
             max_body_bytes: 64 * 1024,
         }
     }
@@ -265,6 +269,17 @@ impl FallbackConfig {
             return Err(
                 "fallback.mode = \"auto\" with no backend on this platform: set fallback.backend \
                  to \"pf\" or \"policy-routing\", or mode to \"observe\""
+                    .into(),
+            );
+        }
+        if self
+            .instance
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return Err(
+                "fallback.instance is empty: give this machine's `instance` label (e.g. \
+                 \"mac1.example:9847\") or remove the key"
                     .into(),
             );
         }

@@ -1,10 +1,17 @@
-//! Session closes over a sliding window: the zero-byte share the policy and health read.
+//! Session closes over a sliding window, and the one sessions verdict drawn from it with the
+//! config's thresholds (`fallback.zero_byte_ratio`, `min_sessions`, `window_secs`): the policy,
+//! `/health` and `/metrics` (`sessions_verdict`, which the alert rules read) all take it from
+//! [`SessionWindow::verdict`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
 use serde::Serialize;
+
+use crate::metrics::{FamilyBuilder, FamilySpec};
 
 /// Zero-byte closes out of all closes, over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -16,6 +23,49 @@ pub struct Ratio {
 impl Ratio {
     pub fn share(self) -> Option<f64> {
         (self.total > 0).then(|| self.zero as f64 / self.total as f64)
+    }
+}
+
+/// What the sessions in the window say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionsState {
+    /// At least `min_sessions` closed and at least `zero_byte_ratio` of them with zero bytes.
+    ZeroBytes,
+    /// Enough sessions, and fewer of them with zero bytes.
+    Healthy,
+    /// Fewer than `min_sessions` closed: no judgement.
+    TooFew,
+}
+
+impl SessionsState {
+    pub const ALL: [SessionsState; 3] = [
+        SessionsState::ZeroBytes,
+        SessionsState::Healthy,
+        SessionsState::TooFew,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionsState::ZeroBytes => "zero_bytes",
+            SessionsState::Healthy => "healthy",
+            SessionsState::TooFew => "too_few",
+        }
+    }
+}
+
+/// The sessions verdict at one moment: its state and what it was drawn from.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SessionsVerdict {
+    pub state: SessionsState,
+    #[serde(flatten)]
+    pub ratio: Ratio,
+    pub window_seconds: u64,
+}
+
+impl SessionsVerdict {
+    /// Most bypass sessions close with zero bytes: a reason to ask for a probe, never to act.
+    pub fn zero_bytes(&self) -> bool {
+        self.state == SessionsState::ZeroBytes
     }
 }
 
@@ -32,6 +82,8 @@ pub struct AppRatio {
 #[derive(Debug)]
 pub struct SessionWindow {
     window: Duration,
+    zero_byte_ratio: f64,
+    min_sessions: u32,
     max_events: usize,
     events: VecDeque<(Instant, Arc<str>, bool)>,
 }
@@ -42,10 +94,40 @@ impl SessionWindow {
     }
 
     pub fn with_capacity(window: Duration, max_events: usize) -> Self {
+        let d = super::FallbackConfig::default();
         SessionWindow {
             window,
+            zero_byte_ratio: d.zero_byte_ratio,
+            min_sessions: d.min_sessions,
             max_events: max_events.max(1),
             events: VecDeque::new(),
+        }
+    }
+
+    /// The window and thresholds of `[fallback]`.
+    pub fn from_config(cfg: &super::FallbackConfig) -> Self {
+        SessionWindow {
+            zero_byte_ratio: cfg.zero_byte_ratio,
+            min_sessions: cfg.min_sessions,
+            ..Self::new(Duration::from_secs(cfg.window_secs))
+        }
+    }
+
+    /// The sessions verdict over the window ending at `now`: the one place the thresholds
+    /// are applied.
+    pub fn verdict(&self, now: Instant) -> SessionsVerdict {
+        let ratio = self.ratio(now);
+        let state = if ratio.total < u64::from(self.min_sessions) {
+            SessionsState::TooFew
+        } else if ratio.share().is_some_and(|r| r >= self.zero_byte_ratio) {
+            SessionsState::ZeroBytes
+        } else {
+            SessionsState::Healthy
+        };
+        SessionsVerdict {
+            state,
+            ratio,
+            window_seconds: self.window.as_secs(),
         }
     }
 
@@ -115,6 +197,52 @@ impl SessionWindow {
 /// The window as shared between the log pipeline (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
+const FAMILIES: &[FamilySpec] = &[(
+    "sessions_verdict",
+    "The agent's judgement of the bypass sessions closed in the last fallback.window_secs \
+     (thresholds fallback.min_sessions and fallback.zero_byte_ratio): 1 for its state, 0 for \
+     the others.",
+    MetricType::GAUGE,
+    &["state"],
+)];
+
+/// Renders the sessions verdict at scrape time.
+pub struct SessionsCollector {
+    window: SharedWindow,
+    descs: Vec<Desc>,
+}
+
+impl SessionsCollector {
+    pub fn new(window: SharedWindow) -> Self {
+        SessionsCollector {
+            window,
+            descs: FamilyBuilder::descs(FAMILIES),
+        }
+    }
+}
+
+impl Collector for SessionsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let v = self
+            .window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verdict(Instant::now());
+        let mut f = FamilyBuilder::declared(FAMILIES, "sessions_verdict");
+        for state in SessionsState::ALL {
+            f.gauge(
+                &[("state", state.as_str())],
+                f64::from(u8::from(v.state == state)),
+            );
+        }
+        vec![f.build()]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +267,31 @@ mod tests {
         assert_eq!(apps[0].app, "Plex");
         assert_eq!(apps[0].ratio, Ratio { zero: 1, total: 2 });
         assert_eq!(w.ratio(t0 + Duration::from_secs(1000)).total, 0);
+    }
+
+    #[test]
+    fn verdict_applies_the_thresholds() {
+        let t0 = Instant::now();
+        let cfg = crate::fallback::FallbackConfig {
+            min_sessions: 4,
+            zero_byte_ratio: 0.75,
+            window_secs: 60,
+            ..Default::default()
+        };
+        let mut w = SessionWindow::from_config(&cfg);
+        for zero in [true, true, true] {
+            w.record_close("a", t0, zero);
+        }
+        assert_eq!(w.verdict(t0).state, SessionsState::TooFew);
+        w.record_close("b", t0, false);
+        // 3 of 4 = 0.75: at the threshold counts.
+        assert_eq!(w.verdict(t0).state, SessionsState::ZeroBytes);
+        w.record_close("b", t0, false);
+        assert_eq!(w.verdict(t0).state, SessionsState::Healthy);
+        assert_eq!(
+            w.verdict(t0 + Duration::from_secs(61)).state,
+            SessionsState::TooFew
+        );
     }
 
     #[test]

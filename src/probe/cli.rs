@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{PathKind, Prober, Round, verdicts};
+use super::{PathKind, Prober, Round, State, Verdict};
 use crate::analyze::Report;
 use crate::config::Config;
 use crate::proxy_log::{ErrorKind, Level};
@@ -21,23 +21,17 @@ fn one_round(config: &Config) -> anyhow::Result<Round> {
 /// One round as a table; exit 1 when the bypass is broken.
 pub fn probe_command(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let round = one_round(config)?;
-    let v = verdicts(&round);
+    let v = Verdict::of(&round);
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "round": round, "verdicts": v }))?
+            serde_json::to_string_pretty(&serde_json::json!({ "round": round, "verdict": v }))?
         );
     } else {
         print!("{}", table(&round));
-        for line in &v.text {
-            println!("{line}");
-        }
+        println!("{}", v.text);
     }
-    Ok(if v.bypass_working {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(v.state.exit_code()))
 }
 
 pub fn table(round: &Round) -> String {
@@ -117,11 +111,7 @@ pub fn diagnose_command(config: &Config) -> anyhow::Result<ExitCode> {
     for line in explain(&round, &facts, &presence, &platform) {
         println!("{line}");
     }
-    Ok(if verdicts(&round).bypass_working {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(Verdict::of(&round).state.exit_code()))
 }
 
 fn percent(part: u64, whole: u64) -> u64 {
@@ -137,7 +127,7 @@ pub fn explain(
     platform: &[String],
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let v = verdicts(round);
+    let v = Verdict::of(round);
     let vpn_up = round.interfaces.tunnel.is_some() || presence.vpn > 0;
     if presence.checked && presence.extension == 0 && vpn_up {
         out.push(
@@ -182,33 +172,38 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
         .as_ref()
         .map_or("the tunnel".to_owned(), |t| t.name.clone());
     let bypass = round.result(PathKind::Bypass).map(|r| r.outcome);
-    if v.bypass_working {
-        out.push(format!(
-            "Bypass works: traffic bound to {bind} egresses as {} (the physical path); {sessions}.",
-            round
-                .egress(PathKind::Bypass)
-                .map(|i| i.to_string())
-                .unwrap_or_default()
-        ));
-        if log.sessions_closed > 0 && log.zero_byte * 10 >= log.sessions_closed * 9 {
-            out.push("Yet the log shows the failure: the repair may already be in place since, or the remotes do not answer.".into());
-        }
-    } else {
-        let how = match bypass {
-            Some(Ok(ip)) if Some(ip) == round.egress(PathKind::Tunnel) => {
-                format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")
+    match v.state {
+        State::BypassWorking => {
+            out.push(format!(
+                "Bypass works: traffic bound to {bind} egresses as {} (the physical path); {sessions}.",
+                round
+                    .egress(PathKind::Bypass)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default()
+            ));
+            if log.sessions_closed > 0 && log.zero_byte * 10 >= log.sessions_closed * 9 {
+                out.push("Yet the log shows the failure: the repair may already be in place since, or the remotes do not answer.".into());
             }
-            Some(Ok(ip)) => format!("egresses as {ip}, not as the physical path"),
-            Some(Err(e)) => format!(
-                "does not get out ({}): it follows the VPN's routes into {tunnel}",
-                e.as_str()
-            ),
-            None => "was not probed".into(),
-        };
-        out.push(format!(
-            "Bypass apps' traffic is bound to {bind} but {how}; {sessions}. Likely cause: the VPN's 0/1 and 128/1 routes win over \
+        }
+        // Only this state blames the VPN's routes: the physical path works, a tunnel is up.
+        State::BypassBroken => {
+            let how = match bypass {
+                Some(Ok(ip)) if Some(ip) == round.egress(PathKind::Tunnel) => {
+                    format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")
+                }
+                Some(Ok(ip)) => format!("egresses as {ip}, not as the physical path"),
+                Some(Err(e)) => format!(
+                    "does not get out ({}): it follows the VPN's routes into {tunnel}",
+                    e.as_str()
+                ),
+                None => "was not probed".into(),
+            };
+            out.push(format!(
+                "Bypass apps' traffic is bound to {bind} but {how}; {sessions}. Likely cause: the VPN's 0/1 and 128/1 routes win over \
 the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"auto\")."
-        ));
+            ));
+        }
+        _ => out.push(format!("Verdict: {}; {sessions}.", v.text)),
     }
     if !log.errors.is_empty() {
         let kinds: Vec<String> = log
@@ -228,12 +223,6 @@ the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`,
         }
         out.push(line);
     }
-    out.extend(
-        v.text
-            .iter()
-            .filter(|t| t.starts_with("VPN leak") || t.starts_with("tunnel down"))
-            .cloned(),
-    );
     out.extend(platform.iter().map(|f| format!("Measured: {f}.")));
     out
 }
