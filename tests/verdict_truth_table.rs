@@ -22,6 +22,7 @@ use pia_split_tunnel_exporter::probe::{
     PathKind, PathResult, ProbeError, ProbeMetrics, Round, State, Verdict,
 };
 use pia_split_tunnel_exporter::proxy_log::Level;
+use strum::EnumCount;
 
 const A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
 const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
@@ -318,8 +319,8 @@ fn policy_health_and_metrics_all_read_the_verdict() {
             .filter(|m| m.get_gauge().get_value() == 1.0)
             .map(|m| m.get_label()[0].value().to_owned())
             .collect();
-        assert_eq!(on, [state.as_str()], "{what}");
-        assert_eq!(fam.get_metric().len(), State::ALL.len());
+        assert_eq!(on, [state.to_string()], "{what}");
+        assert_eq!(fam.get_metric().len(), State::COUNT);
     }
 }
 

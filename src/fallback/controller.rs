@@ -70,7 +70,7 @@ pub type StatusHandle = Arc<RwLock<FallbackStatus>>;
 pub enum ControlError {
     #[error("fallback.mode is {0:?}: alerts are acted on only in auto mode")]
     NotAuto(Mode),
-    #[error("not now: {}", .0.as_str())]
+    #[error("not now: {0}")]
     Gated(Reason),
     #[error("cannot build rules: {0}")]
     NoPlan(String),
@@ -278,7 +278,7 @@ impl Controller {
             return Err(ControlError::NoProbe);
         };
         if let Some(quiet) = Reason::not_broken(verdict.state) {
-            tracing::info!(asked_by = reason.as_str(), verdict = verdict.state.as_str(), detail = %verdict.text,
+            tracing::info!(asked_by = %reason, verdict = %verdict.state, detail = %verdict.text,
                 "fallback: asked to apply, but this agent's own probe round does not show the bypass broken");
             self.note_decision(&Decision::None(quiet), Ratio::default());
             return Err(ControlError::NotBroken(verdict.text));
@@ -297,8 +297,8 @@ impl Controller {
 
     fn note_decision(&self, d: &Decision, sessions: Ratio) {
         self.metrics.decision(d);
-        let reason = d.reason().as_str();
-        let mode = self.cfg.mode.as_str();
+        let reason: &'static str = d.reason().into();
+        let mode: &'static str = self.cfg.mode.into();
         match d {
             Decision::None(_) => {
                 tracing::debug!(decision = d.label(), reason, mode, "fallback decision")
@@ -336,7 +336,7 @@ impl Controller {
         plan: &Plan,
     ) -> Result<(), ControlError> {
         if let Err(e) = self.backend.apply(plan) {
-            tracing::error!(action = action.as_str(), error = %e, "fallback: backend failed");
+            tracing::error!(action = %action, error = %e, "fallback: backend failed");
             self.finish(now, action, Outcome::Failed, Some(e.to_string()), None);
             return Err(e.into());
         }
@@ -350,14 +350,14 @@ impl Controller {
             },
         };
         if verdict.is(State::BypassWorking) {
-            tracing::info!(action = action.as_str(), egress = ?verdict.physical_egress, interface = %plan.interface,
+            tracing::info!(action = %action, egress = ?verdict.physical_egress, interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
             self.finish(now, action, Outcome::Ok, None, Some(plan));
             return Ok(());
         }
         let err = ControlError::RolledBack(verdict.text);
-        tracing::warn!(action = action.as_str(), error = %err, "fallback: verification failed");
+        tracing::warn!(action = %action, error = %err, "fallback: verification failed");
         if let Err(e) = self.backend.revert() {
             tracing::error!(error = %e, "fallback: rollback failed");
         }

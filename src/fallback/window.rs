@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 use serde::Serialize;
+use strum::IntoEnumIterator;
 
 use crate::metrics::{FamilyBuilder, FamilySpec};
 
@@ -26,9 +27,23 @@ impl Ratio {
     }
 }
 
-/// What the sessions in the window say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// What the sessions in the window say; its snake_case name is the `state` label of
+/// `sessions_verdict`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum SessionsState {
     /// At least `min_sessions` closed and at least `zero_byte_ratio` of them with zero bytes.
     ZeroBytes,
@@ -36,21 +51,6 @@ pub enum SessionsState {
     Healthy,
     /// Fewer than `min_sessions` closed: no judgement.
     TooFew,
-}
-
-impl SessionsState {
-    pub const ALL: [SessionsState; 3] = [
-        SessionsState::ZeroBytes,
-        SessionsState::Healthy,
-        SessionsState::TooFew,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionsState::ZeroBytes => "zero_bytes",
-            SessionsState::Healthy => "healthy",
-            SessionsState::TooFew => "too_few",
-        }
-    }
 }
 
 /// The sessions verdict at one moment: its state and what it was drawn from.
@@ -233,9 +233,9 @@ impl Collector for SessionsCollector {
             .unwrap_or_else(|e| e.into_inner())
             .verdict(Instant::now());
         let mut f = FamilyBuilder::declared(FAMILIES, "sessions_verdict");
-        for state in SessionsState::ALL {
+        for state in SessionsState::iter() {
             f.gauge(
-                &[("state", state.as_str())],
+                &[("state", state.into())],
                 f64::from(u8::from(v.state == state)),
             );
         }

@@ -34,9 +34,22 @@ use serde::Serialize;
 
 use super::{PathKind, ProbeError, Round};
 
-/// The state a probe round shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// The state a probe round shows; its snake_case name is the `state` label of `verdict`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum State {
     /// Traffic bound to the physical address egresses as the physical path does.
     BypassWorking,
@@ -54,26 +67,6 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 6] = [
-        State::BypassWorking,
-        State::BypassBroken,
-        State::VpnLeak,
-        State::TunnelDown,
-        State::NoNetwork,
-        State::Undetermined,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::BypassWorking => "bypass_working",
-            State::BypassBroken => "bypass_broken",
-            State::VpnLeak => "vpn_leak",
-            State::TunnelDown => "tunnel_down",
-            State::NoNetwork => "no_network",
-            State::Undetermined => "undetermined",
-        }
-    }
-
     /// In words, as the truth table names it.
     pub fn words(self) -> &'static str {
         match self {
