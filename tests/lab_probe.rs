@@ -5,116 +5,15 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::{BIN, fixture};
 use serde_json::Value;
 
 const HOME_IP: &str = "198.51.100.47";
 const VPN_EXIT_IP: &str = "192.0.2.18";
-
-fn lab_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/lab.sh")
-}
-
-fn require_prerequisites() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the lab needs root to create network namespaces: run the tests as root (CI does)"
-    );
-    for tool in ["ip", "nft", "python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "the lab needs `{tool}`: sudo bash .ci/setup (installs iproute2, nftables, python3)"
-        );
-    }
-}
-
-/// The lab's namespaces, removed on drop even when the test fails.
-struct Lab {
-    prefix: String,
-}
-
-impl Lab {
-    fn up(tag: &str) -> Lab {
-        require_prerequisites();
-        let prefix = format!("{tag}{}", std::process::id() % 100_000);
-        let lab = Lab { prefix };
-        lab.script(&["up"]);
-        lab
-    }
-
-    fn script(&self, args: &[&str]) {
-        let out = Command::new("bash")
-            .arg(lab_script())
-            .arg(args[0])
-            .arg(&self.prefix)
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lab.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn mac(&self) -> String {
-        format!("{}mac", self.prefix)
-    }
-
-    /// The agent binary inside the `mac` namespace.
-    fn agent(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.mac(), BIN])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.mac()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// GET inside the `mac` namespace, where the agent listens.
-    fn get(&self, url: &str) -> (u16, String) {
-        let script = "import sys, urllib.request, urllib.error\n\
-try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n\
-except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n\
-except Exception as e:\n    print(0); print(e)\n";
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.mac(), "python3", "-c", script, url])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (code, body) = text.split_once('\n').unwrap_or(("0", ""));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(lab_script())
-            .arg("down")
-            .arg(&self.prefix)
-            .output();
-    }
-}
 
 const PROBE_SETTINGS: [&str; 6] = [
     "--set",

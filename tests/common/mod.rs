@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod lab;
 pub mod netns;
 
 use std::net::Ipv4Addr;
