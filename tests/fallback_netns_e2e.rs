@@ -14,7 +14,6 @@ use common::*;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
-use pia_split_tunnel_exporter::fallback::window::SessionWindow;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
@@ -101,7 +100,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     c.reconcile().unwrap();
 
     let t0 = Instant::now();
-    let no_sessions = SessionWindow::from_config(&cfg).verdict(t0);
+    let no_sessions = cfg.session_window().verdict(t0);
     let mut decisions = Vec::new();
     for i in 0..3 {
         let round = observe(&ns);

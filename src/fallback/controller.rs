@@ -16,9 +16,9 @@ use serde::Serialize;
 
 use super::metrics::FallbackMetrics;
 use super::policy::{Action, Decision, Outcome, Policy, Reason};
-use super::window::{Ratio, SessionsVerdict};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{Round, State, Verdict};
+use crate::sessions::window::{Ratio, SessionsVerdict};
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
 pub trait Verifier: Send + Sync {

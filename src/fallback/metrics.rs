@@ -1,7 +1,15 @@
-//! The fallback's metrics, prefix `pia_split_tunnel_`.
+//! The fallback's metrics, prefix `pia_split_tunnel_`, and the sessions verdict it weighs
+//! (rendered at scrape time: the window slides).
 
+use std::time::Instant;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use strum::IntoEnumIterator;
+
+use crate::metrics::{FamilyBuilder, FamilySpec};
+use crate::sessions::window::{SessionsState, SharedWindow};
 
 use super::policy::{Action, Decision, Outcome};
 use super::{BackendKind, Mode};
@@ -131,5 +139,51 @@ impl FallbackMetrics {
         if outcome == Outcome::RolledBack {
             self.verify_failures.inc();
         }
+    }
+}
+
+const FAMILIES: &[FamilySpec] = &[(
+    "sessions_verdict",
+    "The agent's judgement of the bypass sessions closed in the last fallback.window_secs \
+     (thresholds fallback.min_sessions and fallback.zero_byte_ratio): 1 for its state, 0 for \
+     the others.",
+    MetricType::GAUGE,
+    &["state"],
+)];
+
+/// Renders the sessions verdict at scrape time.
+pub struct SessionsCollector {
+    window: SharedWindow,
+    descs: Vec<Desc>,
+}
+
+impl SessionsCollector {
+    pub fn new(window: SharedWindow) -> Self {
+        SessionsCollector {
+            window,
+            descs: FamilyBuilder::descs(FAMILIES),
+        }
+    }
+}
+
+impl Collector for SessionsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let v = self
+            .window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verdict(Instant::now());
+        let mut f = FamilyBuilder::declared(FAMILIES, "sessions_verdict");
+        for state in SessionsState::iter() {
+            f.gauge(
+                &[("state", state.into())],
+                f64::from(u8::from(v.state == state)),
+            );
+        }
+        vec![f.build()]
     }
 }

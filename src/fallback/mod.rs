@@ -3,7 +3,7 @@
 //! - [`policy`]: the pure decision state machine (time injected);
 //! - [`controller`]: drives a [`Backend`], verifies with a fresh probe, rolls back, backs off;
 //! - [`pf`] and [`policy_routing`]: the backends, chosen in one place, [`build_backend`];
-//! - [`window`]: the sliding window of session closes the policy and health read;
+//! - the window of session closes it weighs lives in [`crate::sessions::window`];
 //! - [`http`], [`cli`], [`metrics`]: the surfaces.
 //!
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
@@ -20,7 +20,6 @@ pub mod net;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
-pub mod window;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -28,6 +27,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::os::Interfaces;
+use crate::sessions::window::{SessionWindow, Thresholds};
 pub use net::{IfName, Ipv4Net};
 
 /// Destinations that never take the repair's route: private ranges and loopback (plus the
@@ -220,6 +220,17 @@ impl Default for FallbackConfig {
 }
 
 impl FallbackConfig {
+    /// The session window and the thresholds of its verdict, as configured.
+    pub fn session_window(&self) -> SessionWindow {
+        SessionWindow::new(
+            std::time::Duration::from_secs(self.window_secs),
+            Thresholds {
+                zero_byte_ratio: self.zero_byte_ratio,
+                min_sessions: self.min_sessions,
+            },
+        )
+    }
+
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
         let r = self.zero_byte_ratio;

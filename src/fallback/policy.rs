@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::window::SessionsVerdict;
 use super::{FallbackConfig, OnTunnelDown, Plan};
 use crate::probe::{Round, State, Verdict};
+use crate::sessions::window::SessionsVerdict;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
 #[derive(

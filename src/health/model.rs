@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, Outcome};
-use crate::fallback::window::{AppRatio, SessionsVerdict};
 use crate::probe::{PathKind, ProbeError, Round, State, Verdict};
 use crate::proxy_log::Level;
+use crate::sessions::window::{AppRatio, SessionsVerdict};
 use crate::watch::Presence;
 
 #[derive(

@@ -13,11 +13,9 @@ use std::time::Duration;
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
-use pia_split_tunnel_exporter::fallback::window::{
-    Ratio, SessionWindow, SessionsState, SessionsVerdict,
-};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
+use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 
 pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 1);
@@ -101,7 +99,7 @@ pub const NO_SESSIONS: SessionsVerdict = SessionsVerdict {
 /// The sessions verdict of the default thresholds over `total` closes, `zero` of them empty.
 pub fn sessions(zero: u64, total: u64) -> SessionsVerdict {
     let now = std::time::Instant::now();
-    let mut w = SessionWindow::from_config(&FallbackConfig::default());
+    let mut w = FallbackConfig::default().session_window();
     for i in 0..total {
         w.record_close("app", now, i < zero);
     }

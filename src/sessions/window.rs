@@ -1,18 +1,13 @@
-//! Session closes over a sliding window, and the one sessions verdict drawn from it with the
-//! config's thresholds (`fallback.zero_byte_ratio`, `min_sessions`, `window_secs`): the policy,
-//! `/health` and `/metrics` (`sessions_verdict`, which the alert rules read) all take it from
-//! [`SessionWindow::verdict`].
+//! Session closes over a sliding window, fed by the log stage, and the one sessions verdict
+//! drawn from it with the config's thresholds (`fallback.zero_byte_ratio`, `min_sessions`,
+//! `window_secs`): the fallback policy, `/health` and `/metrics` (`sessions_verdict`, which the
+//! alert rules read) all take it from [`SessionWindow::verdict`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
 use serde::Serialize;
-use strum::IntoEnumIterator;
-
-use crate::metrics::{FamilyBuilder, FamilySpec};
 
 /// Zero-byte closes out of all closes, over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -69,6 +64,13 @@ impl SessionsVerdict {
     }
 }
 
+/// When the sessions say "zero bytes" (`fallback.zero_byte_ratio`, `fallback.min_sessions`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    pub zero_byte_ratio: f64,
+    pub min_sessions: u32,
+}
+
 /// One app's closes over the window.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AppRatio {
@@ -82,34 +84,22 @@ pub struct AppRatio {
 #[derive(Debug)]
 pub struct SessionWindow {
     window: Duration,
-    zero_byte_ratio: f64,
-    min_sessions: u32,
+    thresholds: Thresholds,
     max_events: usize,
     events: VecDeque<(Instant, Arc<str>, bool)>,
 }
 
 impl SessionWindow {
-    pub fn new(window: Duration) -> Self {
-        Self::with_capacity(window, 65_536)
+    pub fn new(window: Duration, thresholds: Thresholds) -> Self {
+        Self::with_capacity(window, thresholds, 65_536)
     }
 
-    pub fn with_capacity(window: Duration, max_events: usize) -> Self {
-        let d = super::FallbackConfig::default();
+    pub fn with_capacity(window: Duration, thresholds: Thresholds, max_events: usize) -> Self {
         SessionWindow {
             window,
-            zero_byte_ratio: d.zero_byte_ratio,
-            min_sessions: d.min_sessions,
+            thresholds,
             max_events: max_events.max(1),
             events: VecDeque::new(),
-        }
-    }
-
-    /// The window and thresholds of `[fallback]`.
-    pub fn from_config(cfg: &super::FallbackConfig) -> Self {
-        SessionWindow {
-            zero_byte_ratio: cfg.zero_byte_ratio,
-            min_sessions: cfg.min_sessions,
-            ..Self::new(Duration::from_secs(cfg.window_secs))
         }
     }
 
@@ -117,9 +107,10 @@ impl SessionWindow {
     /// are applied.
     pub fn verdict(&self, now: Instant) -> SessionsVerdict {
         let ratio = self.ratio(now);
-        let state = if ratio.total < u64::from(self.min_sessions) {
+        let t = self.thresholds;
+        let state = if ratio.total < u64::from(t.min_sessions) {
             SessionsState::TooFew
-        } else if ratio.share().is_some_and(|r| r >= self.zero_byte_ratio) {
+        } else if ratio.share().is_some_and(|r| r >= t.zero_byte_ratio) {
             SessionsState::ZeroBytes
         } else {
             SessionsState::Healthy
@@ -197,60 +188,19 @@ impl SessionWindow {
 /// The window as shared between the log pipeline (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
-const FAMILIES: &[FamilySpec] = &[(
-    "sessions_verdict",
-    "The agent's judgement of the bypass sessions closed in the last fallback.window_secs \
-     (thresholds fallback.min_sessions and fallback.zero_byte_ratio): 1 for its state, 0 for \
-     the others.",
-    MetricType::GAUGE,
-    &["state"],
-)];
-
-/// Renders the sessions verdict at scrape time.
-pub struct SessionsCollector {
-    window: SharedWindow,
-    descs: Vec<Desc>,
-}
-
-impl SessionsCollector {
-    pub fn new(window: SharedWindow) -> Self {
-        SessionsCollector {
-            window,
-            descs: FamilyBuilder::descs(FAMILIES),
-        }
-    }
-}
-
-impl Collector for SessionsCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let v = self
-            .window
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .verdict(Instant::now());
-        let mut f = FamilyBuilder::declared(FAMILIES, "sessions_verdict");
-        for state in SessionsState::iter() {
-            f.gauge(
-                &[("state", state.into())],
-                f64::from(u8::from(v.state == state)),
-            );
-        }
-        vec![f.build()]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const T: Thresholds = Thresholds {
+        zero_byte_ratio: 0.75,
+        min_sessions: 4,
+    };
+
     #[test]
     fn slides_and_counts_per_app() {
         let t0 = Instant::now();
-        let mut w = SessionWindow::new(Duration::from_secs(300));
+        let mut w = SessionWindow::new(Duration::from_secs(300), T);
         w.record_close("Plex", t0, true);
         w.record_close("Plex", t0 + Duration::from_secs(10), false);
         w.record_close("curl", t0 + Duration::from_secs(20), true);
@@ -272,13 +222,7 @@ mod tests {
     #[test]
     fn verdict_applies_the_thresholds() {
         let t0 = Instant::now();
-        let cfg = crate::fallback::FallbackConfig {
-            min_sessions: 4,
-            zero_byte_ratio: 0.75,
-            window_secs: 60,
-            ..Default::default()
-        };
-        let mut w = SessionWindow::from_config(&cfg);
+        let mut w = SessionWindow::new(Duration::from_secs(60), T);
         for zero in [true, true, true] {
             w.record_close("a", t0, zero);
         }
@@ -297,7 +241,7 @@ mod tests {
     #[test]
     fn bounded() {
         let t0 = Instant::now();
-        let mut w = SessionWindow::with_capacity(Duration::from_secs(300), 3);
+        let mut w = SessionWindow::with_capacity(Duration::from_secs(300), T, 3);
         for i in 0..10 {
             w.record_close("a", t0 + Duration::from_millis(i), true);
         }
