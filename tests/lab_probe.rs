@@ -24,14 +24,14 @@ const PROBE_SETTINGS: [&str; 6] = [
     "log.error_path=\"\"",
 ];
 
-fn egress(round: &Value, path: &str) -> Value {
-    round["results"]
+/// One path of `probe --json`: plain fields (`egress_ip`, `error`, `duration_seconds`).
+fn path<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["paths"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["path"] == path)
-        .unwrap()["outcome"]
-        .clone()
+        .find(|r| r["path"] == name)
+        .unwrap()
 }
 
 #[test]
@@ -47,18 +47,21 @@ fn probe_tells_the_truth_before_and_after_the_repair() {
         String::from_utf8_lossy(&before.stderr)
     );
     let v: Value = serde_json::from_slice(&before.stdout).unwrap();
-    let round = &v["round"];
-    assert_eq!(round["interfaces"]["physical"]["name"], "en0");
-    assert_eq!(round["interfaces"]["physical"]["gateway"], "10.0.15.1");
-    assert_eq!(round["interfaces"]["tunnel"]["name"], "utun4");
-    assert_eq!(egress(round, "physical")["Ok"], HOME_IP);
-    assert_eq!(egress(round, "tunnel")["Ok"], VPN_EXIT_IP);
-    assert_eq!(egress(round, "default")["Ok"], VPN_EXIT_IP);
+    assert_eq!(v["interfaces"]["physical"]["name"], "en0");
+    assert_eq!(v["interfaces"]["physical"]["gateway"], "10.0.15.1");
+    assert_eq!(v["interfaces"]["tunnel"]["name"], "utun4");
+    assert_eq!(path(&v, "physical")["egress_ip"], HOME_IP);
+    assert_eq!(path(&v, "physical")["error"], Value::Null);
+    assert_eq!(path(&v, "physical")["bound_to"], "en0");
+    assert!(path(&v, "physical")["duration_seconds"].as_f64().unwrap() < 5.0);
+    assert_eq!(path(&v, "tunnel")["egress_ip"], VPN_EXIT_IP);
+    assert_eq!(path(&v, "default")["egress_ip"], VPN_EXIT_IP);
     assert_eq!(
-        egress(round, "bypass")["Err"],
+        path(&v, "bypass")["error"],
         "timeout",
-        "the field failure: {round}"
+        "the field failure: {v}"
     );
+    assert_eq!(path(&v, "bypass")["egress_ip"], Value::Null);
     assert_eq!(v["verdict"]["state"], "bypass_broken", "{v}");
 
     lab.script(&["repair"]);
@@ -70,7 +73,7 @@ fn probe_tells_the_truth_before_and_after_the_repair() {
         String::from_utf8_lossy(&after.stdout)
     );
     let v: Value = serde_json::from_slice(&after.stdout).unwrap();
-    assert_eq!(egress(&v["round"], "bypass")["Ok"], HOME_IP);
+    assert_eq!(path(&v, "bypass")["egress_ip"], HOME_IP);
     assert_eq!(v["verdict"]["state"], "bypass_working", "{v}");
 
     let mut table_args = vec!["probe"];
@@ -117,6 +120,31 @@ fn diagnose_names_the_cause_and_the_repair() {
     let text = String::from_utf8_lossy(&after.stdout);
     assert_eq!(after.status.code(), Some(0), "{text}");
     assert!(text.contains("Bypass works: traffic bound to 10.0.15.15 egresses as 198.51.100.47 (the physical path)"), "{text}");
+
+    // The VPN goes away: "tunnel down", and the VPN's routes are not blamed.
+    lab.script(&["unrepair"]);
+    lab.ip(&["link", "del", "utun4"]);
+    let down = lab.agent(&args);
+    let text = String::from_utf8_lossy(&down.stdout);
+    assert_eq!(down.status.code(), Some(0), "{text}");
+    assert!(text.contains("Verdict: tunnel down"), "{text}");
+    assert!(
+        !text.contains("0/1 and 128/1") && !text.contains("route-to"),
+        "{text}"
+    );
+
+    // Probes off: diagnose does not probe, says so, and still reports the log and the system.
+    let mut off = args.clone();
+    off.extend(["--set", "probe.enabled=false"]);
+    let quiet = lab.agent(&off);
+    let text = String::from_utf8_lossy(&quiet.stdout);
+    assert_eq!(quiet.status.code(), Some(3), "no verdict: {text}");
+    assert!(
+        text.contains("Did not probe (probe.enabled = false)")
+            && text.contains("100% of 80 sessions closed with zero bytes; that looks broken"),
+        "{text}"
+    );
+    assert!(text.contains("Measured: "), "{text}");
 }
 
 /// The agent in `auto` mode with the policy-routing backend heals the lab by itself, says so

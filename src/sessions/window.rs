@@ -71,6 +71,20 @@ pub struct Thresholds {
     pub min_sessions: u32,
 }
 
+impl Thresholds {
+    /// The sessions verdict's rule, for closes over any span (the window, or a whole log for
+    /// `analyze`).
+    pub fn judge(self, ratio: Ratio) -> SessionsState {
+        if ratio.total < u64::from(self.min_sessions) {
+            SessionsState::TooFew
+        } else if ratio.share().is_some_and(|r| r >= self.zero_byte_ratio) {
+            SessionsState::ZeroBytes
+        } else {
+            SessionsState::Healthy
+        }
+    }
+}
+
 /// One app's closes over the window.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AppRatio {
@@ -107,16 +121,8 @@ impl SessionWindow {
     /// are applied.
     pub fn verdict(&self, now: Instant) -> SessionsVerdict {
         let ratio = self.ratio(now);
-        let t = self.thresholds;
-        let state = if ratio.total < u64::from(t.min_sessions) {
-            SessionsState::TooFew
-        } else if ratio.share().is_some_and(|r| r >= t.zero_byte_ratio) {
-            SessionsState::ZeroBytes
-        } else {
-            SessionsState::Healthy
-        };
         SessionsVerdict {
-            state,
+            state: self.thresholds.judge(ratio),
             ratio,
             window_seconds: self.window.as_secs(),
         }
