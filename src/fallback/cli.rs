@@ -38,6 +38,7 @@ pub enum FallbackOp {
 /// The physical interface as discovered (or configured), with flags overriding each fact.
 fn plan(config: &Config, t: &TargetArgs) -> anyhow::Result<Plan> {
     let mut ifs = crate::os::discover(
+        &crate::os::System::new(config.fallback.tools()),
         config.probe.physical_interface.as_deref(),
         config.probe.tunnel_interface.as_deref(),
     );

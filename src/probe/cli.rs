@@ -113,7 +113,11 @@ pub fn diagnose_command(config: &Config) -> anyhow::Result<ExitCode> {
     let mut watch = ProcessWatch::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
     let round = one_round(config)?;
-    let platform = crate::os::routing_facts(&round.interfaces);
+    let platform = crate::os::Os::routing_facts(
+        &crate::os::System::new(config.fallback.tools()),
+        &round.interfaces,
+    )
+    .describe(&round.interfaces);
     for line in explain(&round, &facts, &presence, &platform) {
         println!("{line}");
     }
