@@ -10,10 +10,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::metrics::FallbackMetrics;
-use super::policy::{Action, Decision, Outcome, Policy, Reason, bypass_broken};
-use super::window::Ratio;
+use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason, bypass_broken};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{PathKind, Round};
+use crate::sessions::window::Ratio;
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
 pub trait Verifier: Send + Sync {
@@ -40,7 +40,7 @@ pub struct DecisionRecord {
 #[derive(Clone, Debug, Serialize)]
 pub struct ActionRecord {
     pub action: Action,
-    pub outcome: Outcome,
+    pub outcome: ApplyOutcome,
     /// The backend's error or why verification failed.
     pub error: Option<String>,
     pub at_unix: f64,
@@ -65,7 +65,7 @@ pub type StatusHandle = Arc<RwLock<FallbackStatus>>;
 pub enum ControlError {
     #[error("fallback.mode is {0:?}: alerts are acted on only in auto mode")]
     NotAuto(Mode),
-    #[error("not now: {}", .0.as_str())]
+    #[error("not now: {0}")]
     Gated(Reason),
     #[error("cannot build rules: {0}")]
     NoPlan(String),
@@ -163,7 +163,7 @@ impl Controller {
             tracing::info!("fallback: removing at shutdown (on_shutdown = \"remove\")");
             self.backend.revert()?;
             self.policy
-                .record(Instant::now(), Action::Revert, Outcome::Ok, None);
+                .record(Instant::now(), Action::Revert, ApplyOutcome::Ok, None);
             self.publish();
         }
         Ok(())
@@ -242,8 +242,8 @@ impl Controller {
 
     fn note_decision(&self, d: &Decision, sessions: Ratio) {
         self.metrics.decision(d);
-        let reason = d.reason().as_str();
-        let mode = self.cfg.mode.as_str();
+        let reason: &'static str = d.reason().into();
+        let mode: &'static str = self.cfg.mode.into();
         match d {
             Decision::None(_) => {
                 tracing::debug!(decision = d.label(), reason, mode, "fallback decision")
@@ -287,8 +287,8 @@ impl Controller {
         physical_before: Option<Ipv4Addr>,
     ) -> Result<(), ControlError> {
         if let Err(e) = self.backend.apply(plan) {
-            tracing::error!(action = action.as_str(), error = %e, "fallback: backend failed");
-            self.finish(now, action, Outcome::Failed, Some(e.to_string()), None);
+            tracing::error!(action = %action, error = %e, "fallback: backend failed");
+            self.finish(now, action, ApplyOutcome::Failed, Some(e.to_string()), None);
             return Err(e.into());
         }
         // The bypass must now leave as the physical path does.
@@ -296,21 +296,21 @@ impl Controller {
         let physical = round.egress(PathKind::Physical).or(physical_before);
         let bypass = round.egress(PathKind::Bypass);
         if physical.is_some() && bypass == physical && bypass_broken(&round).is_none() {
-            tracing::info!(action = action.as_str(), egress = ?bypass, interface = %plan.interface,
+            tracing::info!(action = %action, egress = ?bypass, interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
-            self.finish(now, action, Outcome::Ok, None, Some(plan));
+            self.finish(now, action, ApplyOutcome::Ok, None, Some(plan));
             return Ok(());
         }
         let err = ControlError::RolledBack { bypass, physical };
-        tracing::warn!(action = action.as_str(), error = %err, "fallback: verification failed");
+        tracing::warn!(action = %action, error = %err, "fallback: verification failed");
         if let Err(e) = self.backend.revert() {
             tracing::error!(error = %e, "fallback: rollback failed");
         }
         self.finish(
             now,
             action,
-            Outcome::RolledBack,
+            ApplyOutcome::RolledBack,
             Some(err.to_string()),
             None,
         );
@@ -321,7 +321,7 @@ impl Controller {
         match self.backend.revert() {
             Ok(()) => {
                 tracing::info!("fallback: reverted");
-                self.finish(now, Action::Revert, Outcome::Ok, None, None);
+                self.finish(now, Action::Revert, ApplyOutcome::Ok, None, None);
                 Ok(())
             }
             Err(e) => {
@@ -329,7 +329,7 @@ impl Controller {
                 self.finish(
                     now,
                     Action::Revert,
-                    Outcome::Failed,
+                    ApplyOutcome::Failed,
                     Some(e.to_string()),
                     None,
                 );
@@ -342,7 +342,7 @@ impl Controller {
         &mut self,
         now: Instant,
         action: Action,
-        outcome: Outcome,
+        outcome: ApplyOutcome,
         error: Option<String>,
         plan: Option<&Plan>,
     ) {
