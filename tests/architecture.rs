@@ -5,10 +5,12 @@
 //! health → fallback → probe → presence → metrics → pipeline → sessions → proxy_log / tail /
 //! os. The modules that are not stages sit where their imports put them:
 //! - `cli` on top: it parses and dispatches to `commands`;
-//! - `demo` between `commands` and `agent`: it runs the real agent on replayed logs;
+//! - `daemon` and `demo` between `commands` and `agent`: each runs the real agent (under the
+//!   admin's signals, or on replayed logs);
 //! - `config` below `agent`: the file holds every stage's section, so it sits above them all;
 //! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
-//! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`).
+//! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`);
+//! - `logging` (the agent's own stderr) and `build_info` at the bottom: they import nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["commands"],
-    &["demo"],
+    &["daemon", "demo"],
     &["agent"],
     &["config"],
     &["http"],
@@ -30,7 +32,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["pipeline"],
     &["sessions"],
-    &["proxy_log", "tail", "os"],
+    &["proxy_log", "tail", "os", "logging", "build_info"],
 ];
 
 /// Modules referenced as `crate::X` or `crate::{X, ...}` outside comments.
