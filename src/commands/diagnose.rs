@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
+use crate::presence::{Presence, PresenceTracker, SysinfoSource};
 use crate::probe::{PathKind, Round, State, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::window::SessionsState;
-use crate::watch::{Presence, ProcessWatch, SysinfoSource};
 
 /// The log files that exist: the archive first, then the live file, then the error log.
 fn log_files(config: &Config) -> Vec<PathBuf> {
@@ -62,7 +62,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         debug_log_path: config.log.path.display().to_string(),
         error_log_path: config.log.error_path.display().to_string(),
     };
-    let mut watch = ProcessWatch::new(SysinfoSource::new()?, config.processes.clone());
+    let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
     let round = if config.probe.enabled {
         Some(one_round(&config.probe)?)

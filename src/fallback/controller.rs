@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::metrics::FallbackMetrics;
-use super::policy::{Action, Decision, Outcome, Policy, Reason};
+use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{Round, State, Verdict};
 use crate::sessions::window::{Ratio, SessionsVerdict};
@@ -45,7 +45,7 @@ pub struct DecisionRecord {
 #[derive(Clone, Debug, Serialize)]
 pub struct ActionRecord {
     pub action: Action,
-    pub outcome: Outcome,
+    pub outcome: ApplyOutcome,
     /// The backend's error or why verification failed.
     pub error: Option<String>,
     pub at_unix: f64,
@@ -196,7 +196,7 @@ impl Controller {
             tracing::info!("fallback: removing at shutdown (on_shutdown = \"remove\")");
             self.backend.revert()?;
             self.policy
-                .record(Instant::now(), Action::Revert, Outcome::Ok, None);
+                .record(Instant::now(), Action::Revert, ApplyOutcome::Ok, None);
             self.publish();
         }
         Ok(())
@@ -337,7 +337,7 @@ impl Controller {
     ) -> Result<(), ControlError> {
         if let Err(e) = self.backend.apply(plan) {
             tracing::error!(action = %action, error = %e, "fallback: backend failed");
-            self.finish(now, action, Outcome::Failed, Some(e.to_string()), None);
+            self.finish(now, action, ApplyOutcome::Failed, Some(e.to_string()), None);
             return Err(e.into());
         }
         // The bypass must now leave as the physical path does: the verdict of a fresh round.
@@ -353,7 +353,7 @@ impl Controller {
             tracing::info!(action = %action, egress = ?verdict.physical_egress, interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
-            self.finish(now, action, Outcome::Ok, None, Some(plan));
+            self.finish(now, action, ApplyOutcome::Ok, None, Some(plan));
             return Ok(());
         }
         let err = ControlError::RolledBack(verdict.text);
@@ -364,7 +364,7 @@ impl Controller {
         self.finish(
             now,
             action,
-            Outcome::RolledBack,
+            ApplyOutcome::RolledBack,
             Some(err.to_string()),
             None,
         );
@@ -375,7 +375,7 @@ impl Controller {
         match self.backend.revert() {
             Ok(()) => {
                 tracing::info!("fallback: reverted");
-                self.finish(now, Action::Revert, Outcome::Ok, None, None);
+                self.finish(now, Action::Revert, ApplyOutcome::Ok, None, None);
                 Ok(())
             }
             Err(e) => {
@@ -383,7 +383,7 @@ impl Controller {
                 self.finish(
                     now,
                     Action::Revert,
-                    Outcome::Failed,
+                    ApplyOutcome::Failed,
                     Some(e.to_string()),
                     None,
                 );
@@ -396,7 +396,7 @@ impl Controller {
         &mut self,
         now: Instant,
         action: Action,
-        outcome: Outcome,
+        outcome: ApplyOutcome,
         error: Option<String>,
         plan: Option<&Plan>,
     ) {

@@ -11,7 +11,7 @@ use strum::IntoEnumIterator;
 use crate::metrics::{FamilyBuilder, FamilySpec};
 use crate::sessions::window::{SessionsState, SharedWindow};
 
-use super::policy::{Action, Decision, Outcome};
+use super::policy::{Action, ApplyOutcome, Decision};
 use super::{BackendKind, Mode};
 
 #[derive(Clone)]
@@ -90,7 +90,7 @@ impl FallbackMetrics {
         registry.register(Box::new(m.last_action.clone()))?;
         // Every action/result pair exists from the start, so rate() sees the first one.
         for a in Action::iter() {
-            for o in Outcome::iter() {
+            for o in ApplyOutcome::iter() {
                 m.actions.with_label_values(&[<&str>::from(a), o.into()]);
             }
         }
@@ -127,7 +127,7 @@ impl FallbackMetrics {
             .inc();
     }
 
-    pub fn action(&self, action: Action, outcome: Outcome) {
+    pub fn action(&self, action: Action, outcome: ApplyOutcome) {
         self.actions
             .with_label_values(&[<&str>::from(action), outcome.into()])
             .inc();
@@ -136,7 +136,7 @@ impl FallbackMetrics {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.last_action.set(now);
-        if outcome == Outcome::RolledBack {
+        if outcome == ApplyOutcome::RolledBack {
             self.verify_failures.inc();
         }
     }

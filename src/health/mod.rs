@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use strum::IntoEnumIterator;
 
 use crate::fallback::controller::StatusHandle;
+use crate::presence::Presence;
 use crate::probe::{Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::SharedWindow;
-use crate::watch::Presence;
 pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 
 /// `[health]` section of the config.

@@ -17,7 +17,7 @@ use strum::IntoEnumIterator;
 
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level, LocalMillis};
-use crate::sessions::{DURATION_BUCKETS_SECS, Outcome, proto_label};
+use crate::sessions::{CloseOutcome, DURATION_BUCKETS_SECS, proto_label};
 
 /// Metric name prefix.
 pub const PREFIX: &str = "pia_split_tunnel_";
@@ -323,10 +323,10 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     for (app, proto, c) in p.sessions().counts().iter() {
         let l = [("app", apps.name(app)), ("proto", proto_label(proto))];
         opened.counter(&l, c.opened as f64);
-        for o in Outcome::iter() {
+        for o in CloseOutcome::iter() {
             closed.counter(&[l[0], l[1], ("outcome", o.into())], c.closed(o) as f64);
         }
-        zero.counter(&l, c.closed(Outcome::ZeroBytes) as f64);
+        zero.counter(&l, c.closed(CloseOutcome::ZeroBytes) as f64);
         for k in ErrorKind::iter() {
             errors.counter(&[l[0], l[1], ("kind", k.into())], c.errors(k) as f64);
         }
