@@ -14,14 +14,17 @@
 
 pub mod agent;
 pub mod analyze;
+pub mod build_info;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod fallback;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod os;
 pub mod pipeline;

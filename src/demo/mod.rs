@@ -36,7 +36,6 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
         speed > 0.0 && speed.is_finite(),
         "--speed must be a positive number"
     );
-    crate::agent::init_tracing();
     let dir = std::env::temp_dir().join(format!("pia-split-tunnel-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     config.log.path = dir.join("transparent_proxy.log");

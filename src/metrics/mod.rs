@@ -408,16 +408,18 @@ fn local_to_unix(t: LocalMillis) -> Option<f64> {
     Some(local.timestamp_millis() as f64 / 1000.0)
 }
 
-/// `build_info{version} 1`.
+/// `build_info{version,revision,rustc_version} 1`.
 pub fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
     let g = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
             format!("{PREFIX}build_info"),
             "Version of the agent (value is always 1).",
         ),
-        &["version"],
+        &["version", "revision", "rustc_version"],
     )?;
-    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    use crate::build_info as b;
+    g.with_label_values(&[b::VERSION, b::REVISION, b::RUSTC_VERSION])
+        .set(1);
     registry.register(Box::new(g))
 }
 
