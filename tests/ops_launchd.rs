@@ -118,7 +118,7 @@ fn plist_installer_and_config_agree() {
     }
     assert!(install.contains("launchctl bootout \"system/$LABEL\""));
     // Descriptors: well above the connection cap (launchd's default soft limit is 256).
-    let max_connections = pia_split_tunnel_exporter::config::HttpConfig::default().max_connections;
+    let max_connections = pia_split_tunnel_exporter::http::HttpConfig::default().max_connections;
     for key in ["SoftResourceLimits", "HardResourceLimits"] {
         let files = d
             .get(key)
