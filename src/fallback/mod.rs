@@ -219,6 +219,15 @@ impl Default for FallbackConfig {
 }
 
 impl FallbackConfig {
+    /// The system tools at their configured paths.
+    pub fn tools(&self) -> Tools {
+        Tools {
+            pfctl: self.pfctl_path.clone(),
+            ip: self.ip_path.clone(),
+            ..Tools::default()
+        }
+    }
+
     /// The session window and the thresholds of its verdict, as configured.
     pub fn session_window(&self) -> SessionWindow {
         SessionWindow::new(
@@ -232,15 +241,6 @@ impl FallbackConfig {
         Thresholds {
             zero_byte_ratio: self.zero_byte_ratio,
             min_sessions: self.min_sessions,
-        }
-    }
-
-    /// The system tools at their configured paths.
-    pub fn tools(&self) -> Tools {
-        Tools {
-            pfctl: self.pfctl_path.clone(),
-            ip: self.ip_path.clone(),
-            ..Tools::default()
         }
     }
 
