@@ -78,7 +78,7 @@ pub fn run_blocking(config: Config) -> anyhow::Result<ExitCode> {
     init_tracing();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
+        let listener = crate::http::bind(&config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
         let sources = Sources::real(&config)?;
@@ -121,6 +121,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let web = crate::http::WebConfig::load(Some(&config.http.web_config_file))
+        .map_err(anyhow::Error::msg)?;
     // The checkpoint's folder (by default also the pf token's) may not exist on a new machine.
     if let Some(dir) = config
         .log
@@ -227,12 +229,16 @@ pub async fn run(
 
     let mut app = crate::http::router(registry.clone(), LINKS)
         .merge(crate::health::http::router(health.clone()));
+    app = web.protect(app, &registry);
     match crate::fallback::http::router(controller.clone(), &config.fallback) {
-        Ok(routes) => app = app.merge(routes),
+        Ok(routes) => {
+            let local = listener.local_addr()?;
+            app = app.merge(web.control(routes, local, config.fallback.allow_plain_http));
+        }
         Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
     }
-    tracing::info!(listen = %listener.local_addr()?, log = %config.log.path.display(), "agent started");
-    let server = crate::http::serve(listener, app, &config.http, async move {
+    tracing::info!(listen = %listener.local_addr()?, tls = web.tls.is_some(), basic_auth = web.auth.is_some(), log = %config.log.path.display(), "agent started");
+    let server = crate::http::serve(listener, app, &config.http, &web, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });

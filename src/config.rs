@@ -48,7 +48,10 @@ impl Default for LogConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    pub listen: std::net::SocketAddr,
+    /// `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every address (`--web.listen-address`).
+    pub listen: crate::http::ListenAddr,
+    /// The exporter toolkit's web configuration (TLS, basic auth); empty: plain HTTP.
+    pub web_config_file: PathBuf,
     /// A client that has not sent a whole request head within this time is disconnected (a
     /// slow client must not hold a connection forever).
     pub header_timeout_secs: u64,
@@ -59,7 +62,8 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: ([127, 0, 0, 1], 9847).into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9847)).into(),
+            web_config_file: PathBuf::new(),
             header_timeout_secs: 10,
             max_connections: 256,
         }
@@ -77,7 +81,10 @@ impl HttpConfig {
                 self.max_connections
             ));
         }
-        Ok(())
+        // Loaded here too so check-config reports its errors.
+        crate::http::WebConfig::load(Some(&self.web_config_file))
+            .map(|_| ())
+            .map_err(|e| format!("http.web_config_file: {e}"))
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod netns;
+pub mod prom_server;
+pub mod tls;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
