@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,6 +13,8 @@ use serde_json::Value;
 pub struct Prometheus {
     child: Child,
     pub addr: SocketAddr,
+    /// Set when the server itself runs with a web config: the client and `Authorization`.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
 }
 
 impl Drop for Prometheus {
@@ -24,6 +27,18 @@ impl Drop for Prometheus {
 impl Prometheus {
     /// Starts `prometheus` with `config` (YAML) under `dir/name`, plus `args`; waits until ready.
     pub fn start(dir: &Path, name: &str, config: &str, args: &[&str]) -> Prometheus {
+        Self::start_with(dir, name, config, args, None)
+    }
+
+    /// As [`Prometheus::start`], for a server that serves HTTPS with basic auth (`tls`: the
+    /// client trusting its CA and the `Authorization` value).
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        args: &[&str],
+        tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    ) -> Prometheus {
         let found = Command::new("sh")
             .args(["-c", "command -v prometheus"])
             .output()
@@ -54,7 +69,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut p = Prometheus { child, addr };
+        let mut p = Prometheus { child, addr, tls };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !p.get("/-/ready").is_some_and(|b| b.contains("Ready")) {
             assert!(
@@ -68,6 +83,17 @@ impl Prometheus {
     }
 
     pub fn get(&self, path: &str) -> Option<String> {
+        if let Some((client, auth)) = &self.tls {
+            let (_, text) = super::tls::request(
+                self.addr,
+                client.clone(),
+                "GET",
+                path,
+                &[("Authorization", auth)],
+            )
+            .ok()?;
+            return Some(text.split_once("\r\n\r\n")?.1.to_owned());
+        }
         let mut s = TcpStream::connect(self.addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
