@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use strum::IntoEnumIterator;
 
 use crate::config::LogConfig;
 use crate::pipeline::Pipeline;
@@ -58,7 +59,7 @@ impl Report {
     pub fn errors_by_kind(&self) -> BTreeMap<ErrorKind, u64> {
         let mut out = BTreeMap::new();
         for (_, _, c) in self.rows() {
-            for kind in ErrorKind::ALL {
+            for kind in ErrorKind::iter() {
                 if c.errors(kind) > 0 {
                     *out.entry(kind).or_default() += c.errors(kind);
                 }
@@ -100,14 +101,12 @@ impl Report {
     pub fn to_json(&self) -> Value {
         let mut apps = serde_json::Map::new();
         for (app, proto, c) in self.rows() {
-            let errors: serde_json::Map<String, Value> = ErrorKind::ALL
-                .iter()
-                .filter(|k| c.errors(**k) > 0)
-                .map(|k| (k.as_str().to_owned(), json!(c.errors(*k))))
+            let errors: serde_json::Map<String, Value> = ErrorKind::iter()
+                .filter(|k| c.errors(*k) > 0)
+                .map(|k| (k.to_string(), json!(c.errors(k))))
                 .collect();
-            let outcomes: serde_json::Map<String, Value> = Outcome::ALL
-                .iter()
-                .map(|o| (o.as_str().to_owned(), json!(c.closed(*o))))
+            let outcomes: serde_json::Map<String, Value> = Outcome::iter()
+                .map(|o| (o.to_string(), json!(c.closed(o))))
                 .collect();
             let entry = apps.entry(app.to_owned()).or_insert_with(|| json!({}));
             entry[proto] = json!({
@@ -133,7 +132,7 @@ impl Report {
                 "lines_too_long": p.read.lines_too_long,
                 "bytes": p.read.bytes,
                 "proxy_restarts": p.proxy.restarts,
-                "log_level": p.proxy.level().map(Level::as_str),
+                "log_level": p.proxy.level().map(<&str>::from),
                 "bind_interface": p.proxy.bind_interface,
                 "bind_ip": p.proxy.bind_ip,
                 "is_connected": p.proxy.connected,
@@ -169,10 +168,9 @@ impl Report {
             } else {
                 format!("{}%", percent(c.closed(Outcome::ZeroBytes), closed))
             };
-            let errors: Vec<String> = ErrorKind::ALL
-                .iter()
-                .filter(|k| c.errors(**k) > 0)
-                .map(|k| format!("{}={}", k.as_str(), c.errors(*k)))
+            let errors: Vec<String> = ErrorKind::iter()
+                .filter(|k| c.errors(*k) > 0)
+                .map(|k| format!("{k}={}", c.errors(k)))
                 .collect();
             let _ = writeln!(
                 out,

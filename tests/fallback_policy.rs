@@ -37,7 +37,7 @@ fn run(
 }
 
 fn reasons(ds: &[Decision]) -> Vec<&'static str> {
-    ds.iter().map(|d| d.reason().as_str()).collect()
+    ds.iter().map(|d| d.reason().into()).collect()
 }
 
 #[test]

@@ -88,7 +88,7 @@ fn app_total(s: &SessionTracker, app: &str) -> AppCounts {
     for (id, _, c) in s.counts().iter() {
         if s.apps().name(id) == app {
             sum.opened += c.opened;
-            for o in Outcome::ALL {
+            for o in <Outcome as strum::IntoEnumIterator>::iter() {
                 sum.closed[o as usize] += c.closed(o);
             }
             sum.open += c.open;

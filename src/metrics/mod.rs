@@ -13,6 +13,7 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 use prometheus::{Encoder, Registry, TextEncoder};
+use strum::IntoEnumIterator;
 
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level, LocalMillis};
@@ -322,12 +323,12 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     for (app, proto, c) in p.sessions.counts().iter() {
         let l = [("app", apps.name(app)), ("proto", proto_label(proto))];
         opened.counter(&l, c.opened as f64);
-        for o in Outcome::ALL {
-            closed.counter(&[l[0], l[1], ("outcome", o.as_str())], c.closed(o) as f64);
+        for o in Outcome::iter() {
+            closed.counter(&[l[0], l[1], ("outcome", o.into())], c.closed(o) as f64);
         }
         zero.counter(&l, c.closed(Outcome::ZeroBytes) as f64);
-        for k in ErrorKind::ALL {
-            errors.counter(&[l[0], l[1], ("kind", k.as_str())], c.errors(k) as f64);
+        for k in ErrorKind::iter() {
+            errors.counter(&[l[0], l[1], ("kind", k.into())], c.errors(k) as f64);
         }
         rx.counter(&l, c.rx_bytes as f64);
         tx.counter(&l, c.tx_bytes as f64);
@@ -385,8 +386,8 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     }
     if let Some(level) = proxy.level() {
         let mut f = family("log_level_info");
-        for l in Level::ALL {
-            f.gauge(&[("level", l.as_str())], f64::from(u8::from(l == level)));
+        for l in Level::iter() {
+            f.gauge(&[("level", l.into())], f64::from(u8::from(l == level)));
         }
         out.push(f.build());
     }
