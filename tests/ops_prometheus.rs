@@ -58,6 +58,7 @@ fn concrete(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
         .replace("$__interval", "1m")
         .replace("$instance", ".*")
+        .replace("$job", ".*")
 }
 
 fn root() -> &'static Path {
@@ -125,6 +126,60 @@ fn dashboard_schema_basics() {
         vars.iter()
             .any(|v| v["name"] == "instance" && v["multi"] == true)
     );
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "job" && v["multi"] == true)
+    );
+    // Runbook links (dashboard and panels) point at sections of the README.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let anchors: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("#")
+                .map(|h| h.trim_start_matches('#').trim())
+        })
+        .map(|h| {
+            h.to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    let text = serde_json::to_string(&d).unwrap();
+    let mut links = 0;
+    for (i, _) in text.match_indices("/pia-split-tunnel-exporter#") {
+        let anchor: String = text[i + "/pia-split-tunnel-exporter#".len()..]
+            .chars()
+            .take_while(|c| *c != '"')
+            .collect();
+        assert!(anchors.contains(&anchor), "no README section for #{anchor}");
+        links += 1;
+    }
+    assert!(links >= 6, "{links} runbook links");
+    // The fleet row: broken, fallback active, down, and an up panel.
+    let titles: Vec<&str> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for t in [
+        "Fleet",
+        "Macs with the bypass broken",
+        "Macs with the fallback active",
+        "Macs down",
+        "Agents up",
+    ] {
+        assert!(titles.contains(&t), "no panel {t:?}: {titles:?}");
+    }
+    // No panel needs the recording rules (they may not be loaded where the dashboard is).
+    for (title, expr) in dashboard_exprs(&d) {
+        assert!(
+            !expr.contains("pia_split_tunnel:"),
+            "{title} needs a recording rule: {expr}"
+        );
+    }
     let mut ids = BTreeSet::new();
     for p in d["panels"].as_array().unwrap() {
         assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
@@ -140,9 +195,10 @@ fn dashboard_schema_basics() {
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{title}: no query");
         for t in targets {
+            let expr = t["expr"].as_str().unwrap();
             assert!(
-                t["expr"].as_str().unwrap().contains("$instance"),
-                "{title}: not filtered by $instance"
+                expr.contains("$instance") && expr.contains("$job"),
+                "{title}: not filtered by $job and $instance"
             );
         }
     }
