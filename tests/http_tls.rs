@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -275,14 +274,7 @@ fn start_wide(dir: &Path, name: &str, extra: &[&str]) -> Wide {
     let port = free_port().port();
     let token = dir.join("token");
     if !token.exists() {
-        std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&token)
-            .unwrap()
-            .write_all(TOKEN.as_bytes())
-            .unwrap();
+        common::write_secret(&token, TOKEN);
     }
     let stderr = dir.join(format!("{name}.stderr"));
     let child = Command::new(common::BIN)
@@ -312,11 +304,7 @@ fn start_wide(dir: &Path, name: &str, extra: &[&str]) -> Wide {
         .spawn()
         .unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "agent did not listen on :{port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::agent::wait_listening(addr, "agent on :PORT");
     Wide {
         child,
         addr,

@@ -6,22 +6,12 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::agent::free_port;
+use common::agent::Demo;
 use common::prom_server::{Prometheus, value};
 use common::tls::{Pki, basic};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const MAC: &str = "mac-mini-test";
 const PASSWORD: &str = "remote write secret";
@@ -30,20 +20,8 @@ const PASSWORD: &str = "remote write secret";
 fn agent_mode_prometheus_remote_writes_the_agent_to_a_central_store() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let agent_addr = free_port();
-    let _agent = Kill(
-        Command::new(common::BIN)
-            .args(["demo", "--speed", "8", "--listen", &agent_addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(agent_addr).is_err() {
-        assert!(Instant::now() < deadline, "demo did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let demo = Demo::start();
+    let agent_addr = demo.addr;
 
     // The central store: HTTPS with basic auth, one user per Mac.
     let pki = Pki::new(d, "central");

@@ -142,7 +142,10 @@ impl WebConfig {
             }
             let value = HeaderValue::from_str(value)
                 .map_err(|_| format!("http_server_config.headers.{name}: not a header value"))?;
-            headers.push((HeaderName::from_static_ish(name), value));
+            // Listed names are valid header names: from_bytes cannot fail on them.
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("http_server_config.headers: {name:?}"))?;
+            headers.push((name, value));
         }
         let auth = match file.basic_auth_users {
             Some(users) if !users.is_empty() => Some(Arc::new(BasicAuth::new(users)?)),
@@ -184,16 +187,6 @@ impl WebConfig {
         }
         tracing::warn!(listen = %local, "control endpoints (/fallback/apply, /fallback/revert, /alertmanager) refused: plain HTTP on a non-loopback address would send their token in clear text; set tls_server_config in --web.config.file, listen on 127.0.0.1, or set fallback.allow_plain_http = true");
         routes.layer(middleware::from_fn(refuse_plain))
-    }
-}
-
-/// `HeaderName::from_static` wants lowercase; the toolkit's names are mixed case.
-trait FromStaticIsh {
-    fn from_static_ish(name: &str) -> HeaderName;
-}
-impl FromStaticIsh for HeaderName {
-    fn from_static_ish(name: &str) -> HeaderName {
-        HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).expect("a listed header")
     }
 }
 
@@ -702,6 +695,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
         assert!(!auth.check(&h).await);
+        // Over MAX_AUTHORIZATION: not even decoded.
+        assert!(credentials(&basic("prom", &"a".repeat(MAX_AUTHORIZATION))).is_none());
+        assert_eq!(
+            credentials(&basic("prom", "p:w")),
+            Some(("prom".to_owned(), b"p:w".to_vec()))
+        );
         assert_eq!(auth.verified.lock().unwrap().len(), 1);
     }
 }

@@ -174,6 +174,20 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Writes `secret` to a new file of mode 0600 (as token files must be).
+pub fn write_secret(path: &Path, secret: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+}
+
 /// Runs the agent binary; panics with its stderr when it fails.
 pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(BIN)

@@ -102,13 +102,20 @@ impl Prometheus {
         Some(out.split_once("\r\n\r\n")?.1.to_owned())
     }
 
-    /// The result vector of an instant query (empty when it fails).
-    pub fn query(&self, expr: &str) -> Vec<Value> {
+    /// The whole answer of an instant query (`Null` when there is none).
+    pub fn query_json(&self, expr: &str) -> Value {
         let body = self
             .get(&format!("/api/v1/query?query={}", encode(expr)))
             .unwrap_or_default();
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
+    /// The result vector of an instant query (empty when it fails).
+    pub fn query(&self, expr: &str) -> Vec<Value> {
+        self.query_json(expr)["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Polls `expr` until `done` holds for its result; panics after `within`.
