@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::fallback::http::SharedController;
-use crate::fallback::window::SharedWindow;
 use crate::health::Health;
 use crate::probe::{ProbeMetrics, RoundSource};
+use crate::sessions::window::SharedWindow;
 use crate::watch::{ProcessSource, ProcessWatch};
 
 /// What one round reads and updates.

@@ -3,7 +3,7 @@
 //! - [`policy`]: the pure decision state machine (time injected);
 //! - [`controller`]: drives a [`Backend`], verifies with a fresh probe, rolls back, backs off;
 //! - [`pf`] and [`policy_routing`]: the backends, chosen in one place, [`build_backend`];
-//! - [`window`]: the sliding window of session closes the policy and health read;
+//! - the window of session closes it weighs lives in [`crate::sessions::window`];
 //! - [`http`], [`cli`], [`metrics`]: the surfaces.
 //!
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
@@ -20,7 +20,6 @@ pub mod net;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
-pub mod window;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

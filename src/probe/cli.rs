@@ -105,7 +105,7 @@ pub fn diagnose_command(config: &Config) -> anyhow::Result<ExitCode> {
         zero_byte: report.zero_byte_closures(),
         errors: report.errors_by_kind().into_iter().collect(),
         bind_ip: report.bind_ips().into_iter().next(),
-        level: report.pipeline.proxy.level(),
+        level: report.pipeline.proxy().level(),
         debug_log_present: config.log.path.is_file(),
         error_log_present: !config.log.error_path.as_os_str().is_empty()
             && config.log.error_path.is_file(),
