@@ -5,7 +5,6 @@
 //! and probes on an interval, and feeds health and the fallback controller.
 
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,9 +18,9 @@ use crate::fallback::http::SharedController;
 use crate::health::{Health, LogHealthInput};
 use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::LogCollector;
+use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
 use crate::sessions::window::{SessionWindow, SharedWindow};
-use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
 
 mod rounds;
 pub use rounds::RoundLoop;
@@ -40,7 +39,7 @@ impl Sources {
     pub fn real(config: &Config) -> anyhow::Result<Sources> {
         Ok(Sources {
             rounds: config.probe.source(),
-            processes: Box::new(crate::watch::SysinfoSource::new()?),
+            processes: Box::new(crate::presence::SysinfoSource::new()?),
             interval: config.probe.interval(),
         })
     }
@@ -53,29 +52,6 @@ impl Verifier for RoundVerifier {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
         self.0.round()
     }
-}
-
-/// Runs the agent until SIGINT or SIGTERM.
-pub fn run_blocking(config: Config) -> anyhow::Result<ExitCode> {
-    init_tracing();
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async {
-        let listener = crate::http::bind(&config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-        let sources = Sources::real(&config)?;
-        run(config, sources, listener, shutdown_signal()).await
-    })?;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Resolves on SIGINT or SIGTERM (launchd sends SIGTERM and waits 20 s).
@@ -94,6 +70,14 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Why the agent stops: for good (the fallback is then left or removed as `on_shutdown` says),
+/// or to start again with a new config (the fallback stays as it is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Exit,
+    Reload,
+}
+
 /// Runs the agent on `listener` until `shutdown` resolves, then saves the checkpoint and
 /// leaves or removes the fallback as configured.
 pub async fn run(
@@ -101,6 +85,20 @@ pub async fn run(
     sources: Sources,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_until(config, sources, listener, async move {
+        shutdown.await;
+        Stop::Exit
+    })
+    .await
+}
+
+/// [`run`], stopping when `stop` resolves; `on_shutdown` runs only for [`Stop::Exit`].
+pub async fn run_until(
+    config: Config,
+    sources: Sources,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let web = crate::http::WebConfig::load(Some(&config.http.web_config_file))
@@ -113,7 +111,7 @@ pub async fn run(
     crate::metrics::register_build_info(&registry)?;
     registry.register(Box::new(LogCollector::new(pipeline.clone())))?;
     registry.register(Box::new(SelfCollector::new()?))?;
-    let processes = ProcessWatch::new(sources.processes, config.processes.clone());
+    let processes = PresenceTracker::new(sources.processes, config.processes.clone());
     registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
     let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
 
@@ -181,14 +179,17 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
     }
     tracing::info!(listen = %listener.local_addr()?, tls = web.tls.is_some(), basic_auth = web.auth.is_some(), log = %config.log.path.display(), "agent started");
+    let (why_tx, why_rx) = tokio::sync::oneshot::channel();
     let server = crate::http::serve(listener, app, &config.http, &web, async move {
-        shutdown.await;
+        let _ = why_tx.send(stop.await);
         let _ = stop_tx.send(true);
     });
     server.await.context("HTTP server")?;
     tail.await.context("tail task")?;
     periodic.await.context("probe task")?;
-    if let Err(e) = controller.lock().await.shutdown() {
+    if why_rx.await.unwrap_or(Stop::Exit) == Stop::Exit
+        && let Err(e) = controller.lock().await.shutdown()
+    {
         tracing::warn!(error = %e, "fallback: cannot leave the system as configured (fallback.on_shutdown)");
     }
     tracing::info!("agent stopped");

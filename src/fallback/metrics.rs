@@ -3,7 +3,7 @@
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use strum::IntoEnumIterator;
 
-use super::policy::{Action, Decision, Outcome};
+use super::policy::{Action, ApplyOutcome, Decision};
 use super::{BackendKind, Mode};
 
 #[derive(Clone)]
@@ -72,7 +72,7 @@ impl FallbackMetrics {
         registry.register(Box::new(m.last_action.clone()))?;
         // Every action/result pair exists from the start, so rate() sees the first one.
         for a in Action::iter() {
-            for o in Outcome::iter() {
+            for o in ApplyOutcome::iter() {
                 m.actions.with_label_values(&[<&str>::from(a), o.into()]);
             }
         }
@@ -105,7 +105,7 @@ impl FallbackMetrics {
             .inc();
     }
 
-    pub fn action(&self, action: Action, outcome: Outcome) {
+    pub fn action(&self, action: Action, outcome: ApplyOutcome) {
         self.actions
             .with_label_values(&[<&str>::from(action), outcome.into()])
             .inc();
@@ -114,7 +114,7 @@ impl FallbackMetrics {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.last_action.set(now);
-        if outcome == Outcome::RolledBack {
+        if outcome == ApplyOutcome::RolledBack {
             self.verify_failures.inc();
         }
     }

@@ -22,9 +22,52 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::config::HttpConfig;
+/// `[http]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every address (`--web.listen-address`).
+    pub listen: ListenAddr,
+    /// The exporter toolkit's web configuration (TLS, basic auth); empty: plain HTTP.
+    pub web_config_file: std::path::PathBuf,
+    /// A client that has not sent a whole request head within this time is disconnected (a
+    /// slow client must not hold a connection forever).
+    pub header_timeout_secs: u64,
+    /// Connections served at once; more are closed at once, so descriptors cannot run out.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9847)).into(),
+            web_config_file: std::path::PathBuf::new(),
+            header_timeout_secs: 10,
+            max_connections: 256,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.header_timeout_secs == 0 {
+            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
+        }
+        if self.max_connections < 4 {
+            return Err(format!(
+                "http.max_connections = {}: use at least 4 (default 256)",
+                self.max_connections
+            ));
+        }
+        // Loaded here too so check-config reports its errors.
+        WebConfig::load(Some(&self.web_config_file))
+            .map(|_| ())
+            .map_err(|e| format!("http.web_config_file: {e}"))
+    }
+}
 
 /// Routes of the core surface.
 pub fn router(registry: Registry, links: &'static [(&'static str, &'static str)]) -> Router {
