@@ -7,9 +7,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use pia_split_tunnel_exporter::fallback::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, OnTunnelDown};
-use pia_split_tunnel_exporter::sessions::window::Ratio;
-
-const NO_SESSIONS: Ratio = Ratio { zero: 0, total: 0 };
 
 /// Feeds rounds 30 s apart; each decision that acts is recorded as `outcome`.
 fn run(
@@ -23,7 +20,7 @@ fn run(
         .enumerate()
         .map(|(i, (tunnel, bypass))| {
             let now = t0 + Duration::from_secs(30 * i as u64);
-            let d = policy.evaluate(now, &round(*tunnel, *bypass), NO_SESSIONS);
+            let d = policy.judge(now, &round(*tunnel, *bypass), NO_SESSIONS);
             if let Some(a) = d.action() {
                 let plan = match &d {
                     Decision::Apply(p, _) | Decision::Reload(p, _) => Some(p.clone()),
@@ -92,15 +89,16 @@ fn flapping_bypass_never_applies() {
 
 #[test]
 fn physical_down_or_no_tunnel_is_not_a_reason_to_act() {
+    // The physical path fails while the tunnel gets out: the verdict is undetermined.
     let mut p = Policy::new(&FallbackConfig::default());
     let t0 = Instant::now();
     for i in 0..5 {
-        let d = p.evaluate(
+        let d = p.judge(
             t0 + Duration::from_secs(i),
             &round_with(true, false, Bypass::Timeout, PHYS_IP),
             NO_SESSIONS,
         );
-        assert_eq!(d, Decision::None(Reason::PhysicalDown));
+        assert_eq!(d, Decision::None(Reason::Undetermined));
     }
     let ds = run(
         &mut p,
@@ -121,41 +119,22 @@ fn zero_byte_sessions_with_one_confirming_round_apply() {
     let t0 = Instant::now();
     // Under the minimum count: not enough evidence.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Timeout),
-        Ratio { zero: 4, total: 4 },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(4, 4));
     assert_eq!(d.reason(), Reason::AwaitingConfirmation);
     // Under the ratio.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Timeout),
-        Ratio { zero: 8, total: 10 },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(8, 10));
     assert_eq!(d.reason(), Reason::AwaitingConfirmation);
     // Enough, and the round confirms.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Timeout),
-        Ratio { zero: 9, total: 10 },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(9, 10));
     assert!(
         matches!(d, Decision::Apply(_, Reason::SessionsZeroBytes)),
         "{d:?}"
     );
     // Enough, but the probes say the bypass works: no action.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Physical),
-        Ratio {
-            zero: 10,
-            total: 10,
-        },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Physical), sessions(10, 10));
     assert_eq!(d, Decision::None(Reason::BypassHealthy));
 }
 
@@ -225,9 +204,9 @@ fn address_change_reloads_and_cooldown_delays_it() {
     );
     // Applied at t0+30 s. The address changes at t0+60 s: inside the cooldown.
     let moved = round_with(true, true, Bypass::Physical, "10.0.15.16".parse().unwrap());
-    let d = p.evaluate(t0 + Duration::from_secs(60), &moved, NO_SESSIONS);
+    let d = p.judge(t0 + Duration::from_secs(60), &moved, NO_SESSIONS);
     assert_eq!(d, Decision::None(Reason::Cooldown));
-    let d = p.evaluate(t0 + Duration::from_secs(91), &moved, NO_SESSIONS);
+    let d = p.judge(t0 + Duration::from_secs(91), &moved, NO_SESSIONS);
     let Decision::Reload(plan, Reason::AddressChanged) = d else {
         panic!("{d:?}")
     };
@@ -248,7 +227,7 @@ fn failed_verification_backs_off_exponentially() {
     let mut applied_at = Vec::new();
     for s in (0..1200).step_by(10) {
         let now = t0 + Duration::from_secs(s);
-        if let d @ Decision::Apply(..) = p.evaluate(now, &broken, NO_SESSIONS) {
+        if let d @ Decision::Apply(..) = p.judge(now, &broken, NO_SESSIONS) {
             applied_at.push(s);
             p.record(now, d.action().unwrap(), ApplyOutcome::RolledBack, None);
         }
@@ -289,7 +268,7 @@ fn flapping_tunnel_is_capped_per_hour() {
 fn adopted_leftover_takes_the_current_plan_without_reloading() {
     let mut p = Policy::new(&FallbackConfig::default());
     p.adopt();
-    let d = p.evaluate(Instant::now(), &round(true, Bypass::Physical), NO_SESSIONS);
+    let d = p.judge(Instant::now(), &round(true, Bypass::Physical), NO_SESSIONS);
     assert_eq!(d, Decision::None(Reason::Active));
     assert_eq!(p.installed_plan().unwrap().source, PHYS_IP);
 }

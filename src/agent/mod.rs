@@ -15,12 +15,13 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::http::SharedController;
+use crate::fallback::metrics::SessionsCollector;
 use crate::health::{Health, LogHealthInput};
 use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::LogCollector;
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
-use crate::sessions::window::{SessionWindow, SharedWindow};
+use crate::sessions::window::SharedWindow;
 
 mod rounds;
 pub use rounds::RoundLoop;
@@ -115,33 +116,29 @@ pub async fn run_until(
     registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
     let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
 
-    let window: SharedWindow = Arc::new(Mutex::new(SessionWindow::new(Duration::from_secs(
-        config.fallback.window_secs,
-    ))));
+    let window: SharedWindow = Arc::new(Mutex::new(config.fallback.session_window()));
+    registry.register(Box::new(SessionsCollector::new(window.clone())))?;
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
-    let verifier: Box<dyn Verifier> = match &sources.rounds {
-        Some(r) => Box::new(RoundVerifier(r.clone())),
-        None => Box::new(|| async {
-            Round {
-                interfaces: Default::default(),
-                results: vec![],
-            }
-        }),
+    let backend = crate::fallback::build_backend(&config.fallback);
+    let mut controller = match &sources.rounds {
+        Some(r) => Controller::new(
+            &config.fallback,
+            backend,
+            Box::new(RoundVerifier(r.clone())),
+            fallback_metrics,
+        ),
+        None => Controller::without_probes(&config.fallback, backend, fallback_metrics),
     };
-    let mut controller = Controller::new(
-        &config.fallback,
-        crate::fallback::build_backend(&config.fallback),
-        verifier,
-        fallback_metrics,
-    );
     if let Err(e) = controller.reconcile() {
         tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
     }
-    let health = Arc::new(
-        Health::new(&config.health, &config.fallback, &registry)?
-            .with_sessions(window.clone())
-            .with_fallback(controller.status_handle()),
-    );
+    let mut health = Health::new(&config.health, &registry)?
+        .with_sessions(window.clone())
+        .with_fallback(controller.status_handle());
+    if sources.rounds.is_none() {
+        health = health.without_probes();
+    }
+    let health = Arc::new(health);
     let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
     let save_errors = prometheus::IntCounter::new(
@@ -202,7 +199,10 @@ const LINKS: &[(&str, &str)] = &[
         "/health",
         "health of each component, as JSON (503 when one is failing)",
     ),
-    ("/-/ready", "readiness: first log read and probe round done"),
+    (
+        "/-/ready",
+        "readiness: first log read and (when probing) probe round done",
+    ),
     ("/-/healthy", "liveness"),
 ];
 
