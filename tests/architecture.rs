@@ -5,7 +5,9 @@
 //! health → fallback → probe → presence → metrics → pipeline → sessions → proxy_log / tail /
 //! os. The modules that are not stages sit where their imports put them:
 //! - `cli` on top: it parses and dispatches to `commands`;
-//! - `demo` between `commands` and `agent`: it runs the real agent on replayed logs;
+//! - `demo` and `daemon` between `commands` and `agent`: the one runs the real agent on replayed
+//!   logs, the other runs it under a service manager (signals, reload, its own log file);
+//! - `logging` and `build_info` at the bottom: leaves that every layer may use;
 //! - `config` below `agent`: the file holds every stage's section, so it sits above them all;
 //! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
 //! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`).
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["commands"],
-    &["demo"],
+    &["demo", "daemon"],
     &["agent"],
     &["config"],
     &["http"],
@@ -30,7 +32,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["pipeline"],
     &["sessions"],
-    &["proxy_log", "tail", "os"],
+    &["proxy_log", "tail", "os", "logging", "build_info"],
 ];
 
 /// Modules referenced as `crate::X` or `crate::{X, ...}` outside comments.
