@@ -69,15 +69,17 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let os = crate::os::System::new(config.fallback.tools());
     // Without probes the interfaces are still discovered (no packet leaves) for the facts.
     let interfaces = match &round {
         Some(r) => r.interfaces.clone(),
         None => crate::os::discover(
+            &os,
             config.probe.physical_interface.as_deref(),
             config.probe.tunnel_interface.as_deref(),
         ),
     };
-    let platform = crate::os::routing_facts(&interfaces);
+    let platform = crate::os::Os::routing_facts(&os, &interfaces).describe(&interfaces);
     for line in explain(round.as_ref(), &facts, &presence, &platform) {
         println!("{line}");
     }

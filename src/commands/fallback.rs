@@ -39,6 +39,7 @@ pub enum FallbackOp {
 /// overriding each fact.
 pub fn plan(cfg: &FallbackConfig, probe: &ProbeConfig, t: &TargetArgs) -> anyhow::Result<Plan> {
     let mut ifs = crate::os::discover(
+        &crate::os::System::new(cfg.tools()),
         probe.physical_interface.as_deref(),
         probe.tunnel_interface.as_deref(),
     );

@@ -12,7 +12,6 @@
 //! `ip route flush table T`.
 
 pub mod controller;
-mod exec;
 pub mod http;
 pub mod metrics;
 pub mod net;
@@ -26,6 +25,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::os::Interfaces;
+use crate::os::command::{CommandError, Tools};
 use crate::sessions::window::{SessionWindow, Thresholds};
 pub use net::{IfName, Ipv4Net};
 
@@ -239,6 +239,15 @@ impl FallbackConfig {
         }
     }
 
+    /// The system tools at their configured paths.
+    pub fn tools(&self) -> Tools {
+        Tools {
+            pfctl: self.pfctl_path.clone(),
+            ip: self.ip_path.clone(),
+            ..Tools::default()
+        }
+    }
+
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
         let r = self.zero_byte_ratio;
@@ -402,6 +411,11 @@ pub enum BackendError {
         status: String,
         stderr: String,
     },
+    #[error("{command}: no answer within {} s; killed", timeout.as_secs_f64())]
+    Timeout {
+        command: String,
+        timeout: std::time::Duration,
+    },
     #[error("read-back after {action}: {detail}")]
     ReadBack {
         action: &'static str,
@@ -411,6 +425,30 @@ pub enum BackendError {
     NoBackend,
     #[error("{0}")]
     Other(String),
+}
+
+impl From<CommandError> for BackendError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Spawn { command, source } => BackendError::Spawn { command, source },
+            CommandError::Failed {
+                command,
+                status,
+                stderr,
+                ..
+            } => BackendError::Failed {
+                command,
+                status,
+                stderr: match stderr.trim() {
+                    "" => "(no stderr)".into(),
+                    s => s.to_owned(),
+                },
+            },
+            CommandError::Timeout { command, timeout } => {
+                BackendError::Timeout { command, timeout }
+            }
+        }
+    }
 }
 
 /// A way to install the repair. Calls are blocking and short (one or a few commands).

@@ -12,8 +12,9 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::exec::run;
 use super::{Backend, BackendError, BackendKind, FallbackConfig, LOCAL_NETS, Loaded, Plan};
+use crate::os::command::{DEFAULT_TIMEOUT, Output, run};
+use crate::os::macos_output::{parse_enable_token, parse_rules};
 
 #[derive(Clone, Debug)]
 pub struct PfOptions {
@@ -58,8 +59,8 @@ impl Pf {
         self.token
     }
 
-    fn pfctl(&self, args: &[&str], stdin: Option<&str>) -> Result<super::exec::Ran, BackendError> {
-        run(&self.opts.pfctl, args, stdin)
+    fn pfctl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, BackendError> {
+        Ok(run(&self.opts.pfctl, args, stdin, DEFAULT_TIMEOUT)?)
     }
 
     fn enable(&mut self) -> Result<(), BackendError> {
@@ -67,8 +68,8 @@ impl Pf {
             return Ok(());
         }
         let out = self.pfctl(&["-E"], None)?;
-        let token = parse_token(&out.stderr)
-            .or_else(|| parse_token(&out.stdout))
+        let token = parse_enable_token(&out.stderr)
+            .or_else(|| parse_enable_token(&out.stdout))
             .ok_or_else(|| {
                 BackendError::Other(format!(
                     "pfctl -E printed no token (stderr: {:?})",
@@ -103,20 +104,23 @@ impl Pf {
 
     fn confirm(&self, plan: &Plan) -> Result<(), BackendError> {
         let loaded = self.status()?;
-        let route = format!("route-to ({} {})", plan.interface, plan.gateway);
-        let from = format!("from {} ", plan.source);
-        if loaded
-            .rules
-            .iter()
-            .any(|l| l.contains(&route) && l.contains(&from) && l.contains("quick"))
-        {
+        let text = loaded.rules.join("\n");
+        let ours = parse_rules(&text).into_iter().any(|r| {
+            r.quick
+                && r.source_v4() == Some(plan.source)
+                && r.route_to.as_ref().is_some_and(|t| {
+                    t.interface == plan.interface.as_str() && t.gateway == Some(plan.gateway)
+                })
+        });
+        if ours {
             Ok(())
         } else {
             Err(BackendError::ReadBack {
                 action: "apply",
                 detail: format!(
-                    "pfctl -a {} -s rules shows no `{route} ... {from}` rule; it shows {:?}",
-                    self.opts.anchor, loaded.rules
+                    "pfctl -a {} -s rules shows no quick `route-to ({} {}) ... from {}` rule; it \
+                     shows {:?}",
+                    self.opts.anchor, plan.interface, plan.gateway, plan.source, loaded.rules
                 ),
             })
         }
@@ -198,13 +202,11 @@ impl Backend for Pf {
         let mut sources: Vec<Ipv4Addr> = self.applied.iter().map(|p| p.source).collect();
         let status = self.status();
         if let Ok(loaded) = &status {
-            for line in &loaded.rules {
-                if let Some(ip) = line
-                    .split_once(" from ")
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .and_then(|w| w.parse().ok())
-                    && !sources.contains(&ip)
-                {
+            for ip in parse_rules(&loaded.rules.join("\n"))
+                .iter()
+                .filter_map(|r| r.source_v4())
+            {
+                if !sources.contains(&ip) {
                     sources.push(ip);
                 }
             }
@@ -230,23 +232,12 @@ impl Backend for Pf {
     fn status(&self) -> Result<Loaded, BackendError> {
         let out = self.pfctl(&["-a", &self.opts.anchor, "-s", "rules"], None)?;
         Ok(Loaded {
-            rules: out
-                .stdout
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
+            rules: parse_rules(&out.stdout)
+                .into_iter()
+                .map(|r| r.text)
                 .collect(),
         })
     }
-}
-
-/// `Token : 12345` as printed by `pfctl -E`.
-fn parse_token(text: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == "Token").then(|| v.trim().parse().ok())?
-    })
 }
 
 fn write_token(path: &std::path::Path, token: u64) -> std::io::Result<()> {
@@ -261,19 +252,4 @@ fn write_token(path: &std::path::Path, token: u64) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_parsing() {
-        assert_eq!(
-            parse_token("pf enabled\nToken : 8437512\n"),
-            Some(8_437_512)
-        );
-        assert_eq!(parse_token("No ALTQ support in kernel\n"), None);
-        assert_eq!(parse_token("Token : x"), None);
-    }
 }

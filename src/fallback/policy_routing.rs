@@ -7,8 +7,8 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::exec::{Ran, run};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, LOCAL_NETS, Loaded, Plan};
+use crate::os::command::{DEFAULT_TIMEOUT, Output, run};
 
 #[derive(Clone, Debug)]
 pub struct PolicyRoutingOptions {
@@ -39,7 +39,7 @@ impl PolicyRouting {
         PolicyRouting { opts }
     }
 
-    fn ip(&self, args: &[&str]) -> Result<Ran, BackendError> {
+    fn ip(&self, args: &[&str]) -> Result<Output, BackendError> {
         let mut full: Vec<OsString> = Vec::with_capacity(args.len() + 3);
         if let Some(ns) = &self.opts.netns {
             full.push("-n".into());
@@ -47,7 +47,7 @@ impl PolicyRouting {
         }
         full.push("-4".into());
         full.extend(args.iter().map(OsString::from));
-        run(&self.opts.ip, &full, None)
+        Ok(run(&self.opts.ip, &full, None, DEFAULT_TIMEOUT)?)
     }
 
     /// Each command of the plan, as arguments after `ip -4`.

@@ -1,10 +1,12 @@
-//! Linux: default routes from `/proc/net/route` (of the current network namespace).
+//! Linux: default routes from `/proc/net/route` (of the current network namespace); the
+//! routing fact is the kernel's own answer for traffic from the physical address.
 
 use std::net::Ipv4Addr;
 
-use super::{DefaultRoute, Interfaces};
+use super::command::{Tools, run};
+use super::{DefaultRoute, Interfaces, RoutingFacts};
 
-pub fn default_routes() -> Vec<DefaultRoute> {
+pub fn default_routes(_tools: &Tools) -> Vec<DefaultRoute> {
     std::fs::read_to_string("/proc/net/route")
         .map(|t| parse_proc_net_route(&t))
         .unwrap_or_default()
@@ -33,29 +35,31 @@ pub fn parse_proc_net_route(text: &str) -> Vec<DefaultRoute> {
 }
 
 /// Which route a packet from the physical address takes, as the kernel says.
-pub fn routing_facts(ifs: &Interfaces) -> Vec<String> {
+pub fn routing_facts(tools: &Tools, ifs: &Interfaces) -> RoutingFacts {
+    let mut facts = RoutingFacts::default();
     let Some(p) = &ifs.physical else {
-        return vec![];
+        return facts;
     };
-    let out = std::process::Command::new("ip")
-        .args(["-4", "route", "get", "203.0.113.10", "from"])
-        .arg(p.ipv4.to_string())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let route = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            vec![format!(
-                "the kernel routes traffic from {} as: {route}",
-                p.ipv4
-            )]
-        }
-        _ => vec![],
+    // A documentation address: the kernel answers without sending anything.
+    let source = p.ipv4.to_string();
+    let args = [
+        "-4",
+        "route",
+        "get",
+        "203.0.113.10",
+        "from",
+        source.as_str(),
+    ];
+    match run(&tools.ip, &args, None, tools.timeout) {
+        Ok(out) => facts.kernel_route = parse_ip_route_get(&out.stdout),
+        Err(e) => facts.unavailable.push(e.to_string()),
     }
+    facts
+}
+
+/// `ip -4 route get DST from SRC`: the first line is the route; `cache` lines follow.
+pub fn parse_ip_route_get(text: &str) -> Option<String> {
+    Some(text.lines().next()?.trim().to_owned()).filter(|l| !l.is_empty())
 }
 
 #[cfg(test)]
@@ -87,5 +91,17 @@ wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n";
             ]
         );
         assert!(parse_proc_net_route("garbage\nx y\n").is_empty());
+    }
+
+    #[test]
+    fn kernel_route_is_the_first_line() {
+        assert_eq!(
+            parse_ip_route_get(
+                "203.0.113.10 from 10.0.15.15 via 10.16.0.1 dev wg0 uid 0 \n    cache \n"
+            )
+            .as_deref(),
+            Some("203.0.113.10 from 10.0.15.15 via 10.16.0.1 dev wg0 uid 0")
+        );
+        assert_eq!(parse_ip_route_get(""), None);
     }
 }

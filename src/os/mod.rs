@@ -1,13 +1,33 @@
-//! Platform facts: which interface is physical, which is the tunnel, the gateway.
+//! Platform facts, behind one seam.
 //!
-//! Gathering is per OS (`linux.rs`, `macos.rs`); choosing is one pure function, [`choose`],
-//! tested with made-up tables. Discovery runs every probe round: DHCP changes the address,
-//! the tunnel comes and goes.
+//! Contract: each platform module provides, as plain data and nothing else,
+//! - `default_routes(&Tools) -> Vec<DefaultRoute>`: the routing table's default routes, one
+//!   per interface that has one (the VPN's `0/1` and `128/1` are not default routes);
+//! - `routing_facts(&Tools, &Interfaces) -> RoutingFacts`: what decides where a socket bound
+//!   to the physical address leaves (the VPN's halves and their interface, the scoped default
+//!   route, IP forwarding, pf anchors on macOS; the kernel's own answer on Linux), each read
+//!   from a tool's output by a pure parser, each missing fact with the command's error.
+//!
+//! Interfaces are listed by pnet_datalink on every platform. The module is chosen once, here:
+//! `linux.rs`, `macos.rs`, or `other.rs` (no facts) elsewhere. Tools run through
+//! [`command`] with the configured paths; macOS output parsers live in [`macos_output`],
+//! built everywhere so they are tested on any host against real macOS output.
+//!
+//! The rest of the crate sees the OS only through [`Os`]: [`System`] is the real one, tests
+//! and the demo pass their own. Choosing the interfaces is one pure function, [`choose`].
+//! Discovery runs every probe round: DHCP changes the address, the tunnel comes and goes.
 
-#[cfg(target_os = "linux")]
-mod linux;
-#[cfg(target_os = "macos")]
-mod macos;
+pub mod command;
+mod facts;
+pub mod macos_output;
+
+#[cfg_attr(target_os = "linux", path = "linux.rs")]
+#[cfg_attr(target_os = "macos", path = "macos.rs")]
+#[cfg_attr(not(any(target_os = "linux", target_os = "macos")), path = "other.rs")]
+mod platform;
+
+pub use command::Tools;
+pub use facts::RoutingFacts;
 
 use std::net::Ipv4Addr;
 
@@ -115,8 +135,42 @@ pub fn choose(
     Interfaces { physical, tunnel }
 }
 
+/// Everything the agent learns from the OS, in one place: [`System`] in production, fakes in
+/// tests and the demo.
+pub trait Os: Send + Sync {
+    fn interfaces(&self) -> Vec<IfaceInfo>;
+    fn default_routes(&self) -> Vec<DefaultRoute>;
+    fn routing_facts(&self, ifs: &Interfaces) -> RoutingFacts;
+}
+
+/// The machine the agent runs on, asked through its tools.
+#[derive(Clone, Debug, Default)]
+pub struct System {
+    pub tools: Tools,
+}
+
+impl System {
+    pub fn new(tools: Tools) -> Self {
+        System { tools }
+    }
+}
+
+impl Os for System {
+    fn interfaces(&self) -> Vec<IfaceInfo> {
+        list_interfaces()
+    }
+
+    fn default_routes(&self) -> Vec<DefaultRoute> {
+        platform::default_routes(&self.tools)
+    }
+
+    fn routing_facts(&self, ifs: &Interfaces) -> RoutingFacts {
+        platform::routing_facts(&self.tools, ifs)
+    }
+}
+
 /// Interfaces as pnet_datalink lists them.
-pub fn list_interfaces() -> Vec<IfaceInfo> {
+fn list_interfaces() -> Vec<IfaceInfo> {
     pnet_datalink::interfaces()
         .into_iter()
         .map(|i| IfaceInfo {
@@ -137,37 +191,14 @@ pub fn list_interfaces() -> Vec<IfaceInfo> {
         .collect()
 }
 
-/// Default routes from the OS routing table.
-pub fn default_routes() -> Vec<DefaultRoute> {
-    #[cfg(target_os = "linux")]
-    return linux::default_routes();
-    #[cfg(target_os = "macos")]
-    return macos::default_routes();
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    Vec::new()
-}
-
 /// Discovers the interfaces now.
-pub fn discover(physical_name: Option<&str>, tunnel_name: Option<&str>) -> Interfaces {
+pub fn discover(os: &dyn Os, physical_name: Option<&str>, tunnel_name: Option<&str>) -> Interfaces {
     choose(
-        &list_interfaces(),
-        &default_routes(),
+        &os.interfaces(),
+        &os.default_routes(),
         physical_name,
         tunnel_name,
     )
-}
-
-/// Facts about the routing that explain a broken bypass, in words (for `diagnose`).
-pub fn routing_facts(ifs: &Interfaces) -> Vec<String> {
-    #[cfg(target_os = "linux")]
-    return linux::routing_facts(ifs);
-    #[cfg(target_os = "macos")]
-    return macos::routing_facts(ifs);
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    {
-        let _ = ifs;
-        Vec::new()
-    }
 }
 
 #[cfg(test)]
@@ -225,6 +256,46 @@ mod tests {
                 index: 20,
                 ipv4: Ipv4Addr::new(10, 16, 11, 143)
             })
+        );
+    }
+
+    /// A machine made of fixed answers: what tests and the demo pass instead of [`System`].
+    struct FakeOs(Vec<IfaceInfo>, Vec<DefaultRoute>);
+
+    impl Os for FakeOs {
+        fn interfaces(&self) -> Vec<IfaceInfo> {
+            self.0.clone()
+        }
+        fn default_routes(&self) -> Vec<DefaultRoute> {
+            self.1.clone()
+        }
+        fn routing_facts(&self, _ifs: &Interfaces) -> RoutingFacts {
+            RoutingFacts::default()
+        }
+    }
+
+    #[test]
+    fn discovery_asks_only_the_seam() {
+        let os = FakeOs(
+            vec![
+                iface("en0", 4, Some([10, 0, 15, 15]), false),
+                iface("utun4", 20, Some([10, 16, 11, 143]), true),
+            ],
+            vec![DefaultRoute {
+                interface: "en0".into(),
+                gateway: Ipv4Addr::new(10, 0, 15, 1),
+                metric: 0,
+            }],
+        );
+        let got = discover(&os, None, None);
+        assert_eq!(
+            got.physical.map(|p| (p.name, p.gateway)),
+            Some(("en0".into(), Some(Ipv4Addr::new(10, 0, 15, 1))))
+        );
+        assert_eq!(got.tunnel.map(|t| t.name), Some("utun4".into()));
+        assert_eq!(
+            discover(&FakeOs(vec![], vec![]), None, None),
+            Interfaces::default()
         );
     }
 

@@ -1,15 +1,17 @@
 //! A probe round: discovery, one pinned resolution, four paths at once, one deadline.
 
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::http::{Bind, Endpoint, fetch};
 use super::{PathKind, PathResult, ProbeConfig, ProbeError, Round, RoundSource};
-use crate::os::Interfaces;
+use crate::os::{Interfaces, Os, System};
 
 pub struct Prober {
     config: ProbeConfig,
     endpoints: Vec<Endpoint>,
+    os: Arc<dyn Os>,
 }
 
 impl Prober {
@@ -20,7 +22,17 @@ impl Prober {
             .iter()
             .filter_map(|e| Endpoint::parse(e).ok())
             .collect();
-        Prober { config, endpoints }
+        Prober {
+            config,
+            endpoints,
+            os: Arc::new(System::default()),
+        }
+    }
+
+    /// Discovery through another view of the OS (a fake in tests).
+    pub fn with_os(mut self, os: Arc<dyn Os>) -> Prober {
+        self.os = os;
+        self
     }
 
     /// One round with the interfaces discovered now.
@@ -28,6 +40,7 @@ impl Prober {
         let cfg = &self.config;
         let interfaces = tokio::task::block_in_place(|| {
             crate::os::discover(
+                self.os.as_ref(),
                 cfg.physical_interface.as_deref(),
                 cfg.tunnel_interface.as_deref(),
             )

@@ -1,0 +1,275 @@
+//! What decides where a socket bound to the physical address leaves, as read from the OS, and
+//! the sentences `diagnose` prints from it. Measured facts only: the likely cause is named by
+//! the caller from these and the probes, never assumed here.
+
+use serde::Serialize;
+
+use super::Interfaces;
+use super::macos_output::{RouteGet, TableRoute, is_pia_anchor};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RoutingFacts {
+    /// The IPv4 routing table (`netstat -rn -f inet`), when it could be read.
+    pub route_table: Option<Vec<TableRoute>>,
+    /// What an unscoped lookup of `default` answers (`route -n get default`).
+    pub default_lookup: Option<RouteGet>,
+    /// What a lookup scoped to the physical interface answers (`route -n get -ifscope IF
+    /// default`); `Some(None)` when the kernel has no such route.
+    pub scoped_lookup: Option<Option<RouteGet>>,
+    /// `net.inet.ip.forwarding` (macOS).
+    pub ip_forwarding: Option<bool>,
+    /// Every pf anchor loaded (`pfctl -v -s Anchors`).
+    pub pf_anchors: Option<Vec<String>>,
+    /// Linux: the kernel's route for traffic from the physical address (`ip route get`).
+    pub kernel_route: Option<String>,
+    /// Facts that could not be read, each with its command's error.
+    pub unavailable: Vec<String>,
+}
+
+impl RoutingFacts {
+    /// The VPN's halves of the default route (`0/1`, `128.0/1`), each with its interface.
+    pub fn vpn_halves(&self) -> Vec<&TableRoute> {
+        self.route_table
+            .iter()
+            .flatten()
+            .filter(|r| r.is_vpn_half())
+            .collect()
+    }
+
+    /// Interface-scoped default routes (flag `I`): what lets a socket bound to an interface
+    /// leave through it while the VPN's routes win for everything else.
+    pub fn scoped_defaults(&self) -> Vec<&TableRoute> {
+        self.route_table
+            .iter()
+            .flatten()
+            .filter(|r| r.destination == "default" && r.is_scoped())
+            .collect()
+    }
+
+    /// Whether the physical interface has a scoped default route, from the scoped lookup when
+    /// it was made, else from the table.
+    pub fn scoped_default_on(&self, interface: &str) -> Option<bool> {
+        match &self.scoped_lookup {
+            Some(answer) => Some(answer.as_ref().is_some_and(|r| {
+                r.is_scoped() && r.is_whole_default() && r.interface.as_deref() == Some(interface)
+            })),
+            None => self
+                .route_table
+                .as_ref()
+                .map(|_| self.scoped_defaults().iter().any(|r| r.netif == interface)),
+        }
+    }
+
+    pub fn pia_anchors(&self) -> Vec<&str> {
+        self.pf_anchors
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|a| is_pia_anchor(a))
+            .collect()
+    }
+
+    /// One sentence per fact, for `diagnose`.
+    pub fn describe(&self, ifs: &Interfaces) -> Vec<String> {
+        let mut out = Vec::new();
+        let halves = self.vpn_halves();
+        let half = |low: bool| {
+            halves.iter().find(|r| {
+                r.network()
+                    .is_some_and(|(a, _)| (a.octets()[0] == 0) == low)
+            })
+        };
+        match (half(true), half(false)) {
+            (Some(l), Some(h)) if l.netif == h.netif => out.push(format!(
+                "the VPN's 0/1 and 128/1 routes are present, through {}",
+                l.netif
+            )),
+            (Some(l), Some(h)) => out.push(format!(
+                "the VPN's 0/1 route goes through {} and its 128/1 route through {}",
+                l.netif, h.netif
+            )),
+            (Some(r), None) | (None, Some(r)) => out.push(format!(
+                "only one of the VPN's halves is present: {} through {}",
+                r.destination, r.netif
+            )),
+            (None, None) if self.route_table.is_some() => {
+                out.push("no 0/1 and 128/1 routes: the VPN is not routing everything".into())
+            }
+            (None, None) => {}
+        }
+        if let Some(r) = &self.default_lookup
+            && let Some(interface) = &r.interface
+        {
+            let half = if r.is_whole_default() {
+                ""
+            } else {
+                " (answered by the VPN's half of the default route)"
+            };
+            out.push(format!(
+                "an unscoped lookup of the default route leaves through {interface}{half}"
+            ));
+        }
+        if let Some(p) = &ifs.physical {
+            match self.scoped_default_on(&p.name) {
+                Some(true) => {
+                    let gateway = self
+                        .scoped_lookup
+                        .iter()
+                        .flatten()
+                        .find_map(|r| r.gateway.clone())
+                        .or_else(|| {
+                            self.scoped_defaults()
+                                .into_iter()
+                                .find(|r| r.netif == p.name)
+                                .map(|r| r.gateway.clone())
+                        })
+                        .unwrap_or_default();
+                    out.push(format!(
+                        "a scoped default route on {} via {gateway} is present",
+                        p.name
+                    ))
+                }
+                Some(false) => out.push(format!(
+                    "no scoped default route on {} (PIA adds one for split tunnel)",
+                    p.name
+                )),
+                None => {}
+            }
+        }
+        if let Some(on) = self.ip_forwarding {
+            out.push(format!(
+                "IP forwarding is {}",
+                if on { "on" } else { "off" }
+            ));
+        }
+        if self.pf_anchors.is_some() {
+            let pia = self.pia_anchors();
+            out.push(if pia.is_empty() {
+                "no pf anchor of PIA is loaded".into()
+            } else {
+                format!("PIA's pf anchors are loaded: {}", pia.join(", "))
+            });
+        }
+        if let (Some(route), Some(p)) = (&self.kernel_route, &ifs.physical) {
+            out.push(format!(
+                "the kernel routes traffic from {} as: {route}",
+                p.ipv4
+            ));
+        }
+        out.extend(self.unavailable.iter().map(|e| format!("not read: {e}")));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::os::PhysicalIf;
+    use crate::os::macos_output::tests::fixture;
+    use crate::os::macos_output::{parse_anchors, parse_netstat_inet, parse_route_get};
+
+    fn en0() -> Interfaces {
+        Interfaces {
+            physical: Some(PhysicalIf {
+                name: "en0".into(),
+                index: 4,
+                ipv4: Ipv4Addr::new(10, 0, 15, 15),
+                gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
+            }),
+            tunnel: None,
+        }
+    }
+
+    /// What a Mac with the VPN up and split tunnel on shows, from real outputs.
+    fn vpn_up() -> RoutingFacts {
+        RoutingFacts {
+            route_table: Some(parse_netstat_inet(&fixture("netstat-rn-inet-halves.txt")).unwrap()),
+            default_lookup: Some(parse_route_get(&fixture("route-get-vpn-half.txt")).unwrap()),
+            scoped_lookup: Some(Some(
+                parse_route_get(&fixture("route-get-ifscope-en0-default.txt")).unwrap(),
+            )),
+            ip_forwarding: Some(false),
+            pf_anchors: Some(
+                parse_anchors(&fixture("pfctl-v-s-anchors.txt"))
+                    .into_iter()
+                    .chain(["com.privateinternetaccess.vpn/100.blockAll".to_owned()])
+                    .collect(),
+            ),
+            kernel_route: None,
+            unavailable: vec![],
+        }
+    }
+
+    #[test]
+    fn sentences_from_parsed_macos_output() {
+        assert_eq!(
+            vpn_up().describe(&en0()),
+            [
+                "the VPN's 0/1 and 128/1 routes are present, through utun6",
+                "an unscoped lookup of the default route leaves through utun3 (answered by the VPN's half of the default route)",
+                "a scoped default route on en0 via 192.168.1.1 is present",
+                "IP forwarding is off",
+                "PIA's pf anchors are loaded: com.privateinternetaccess.vpn/100.blockAll",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_scoped_default_and_unreadable_facts_are_said() {
+        let facts = RoutingFacts {
+            scoped_lookup: Some(None),
+            pf_anchors: Some(vec!["com.apple".into()]),
+            unavailable: vec!["/sbin/sysctl -n net.inet.ip.forwarding: exit status: 1: x".into()],
+            ..vpn_up()
+        };
+        let lines = facts.describe(&en0());
+        assert!(
+            lines
+                .contains(&"no scoped default route on en0 (PIA adds one for split tunnel)".into())
+        );
+        assert!(lines.contains(&"no pf anchor of PIA is loaded".into()));
+        assert_eq!(
+            lines.last().unwrap(),
+            "not read: /sbin/sysctl -n net.inet.ip.forwarding: exit status: 1: x"
+        );
+        // A scoped answer on another interface, or an unscoped one, is not en0's scoped route.
+        let unscoped = parse_route_get(&fixture("route-get-default.txt")).unwrap();
+        let facts = RoutingFacts {
+            scoped_lookup: Some(Some(unscoped)),
+            ..vpn_up()
+        };
+        assert_eq!(facts.scoped_default_on("en0"), Some(false));
+        // Without the scoped lookup, the table decides.
+        let facts = RoutingFacts {
+            scoped_lookup: None,
+            ..vpn_up()
+        };
+        assert_eq!(facts.scoped_default_on("en0"), Some(true));
+        assert_eq!(facts.scoped_default_on("en7"), Some(false));
+        let unread = RoutingFacts {
+            scoped_lookup: None,
+            route_table: None,
+            ..vpn_up()
+        };
+        assert_eq!(unread.scoped_default_on("en0"), None);
+    }
+
+    #[test]
+    fn full_tunnel_has_no_halves() {
+        let facts = RoutingFacts {
+            route_table: Some(
+                parse_netstat_inet(&fixture("netstat-rn-inet-full-tunnel.txt")).unwrap(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(
+            facts.describe(&en0()),
+            [
+                "no 0/1 and 128/1 routes: the VPN is not routing everything",
+                "a scoped default route on en0 via 172.20.10.1 is present",
+            ]
+        );
+    }
+}
