@@ -102,6 +102,8 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let web = crate::http::WebConfig::load(Some(&config.http.web_config_file))
+        .map_err(anyhow::Error::msg)?;
     // First: creates the checkpoint's folder, by default also the pf token's.
     let ingest = Ingest::restore(&config.log);
     let pipeline = ingest.pipeline();
@@ -165,13 +167,17 @@ pub async fn run_until(
 
     let mut app = crate::http::router(registry.clone(), LINKS)
         .merge(crate::health::http::router(health.clone()));
+    app = web.protect(app, &registry);
     match crate::fallback::http::router(controller.clone(), &config.fallback) {
-        Ok(routes) => app = app.merge(routes),
+        Ok(routes) => {
+            let local = listener.local_addr()?;
+            app = app.merge(web.control(routes, local, config.fallback.allow_plain_http));
+        }
         Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
     }
-    tracing::info!(listen = %listener.local_addr()?, log = %config.log.path.display(), "agent started");
+    tracing::info!(listen = %listener.local_addr()?, tls = web.tls.is_some(), basic_auth = web.auth.is_some(), log = %config.log.path.display(), "agent started");
     let (why_tx, why_rx) = tokio::sync::oneshot::channel();
-    let server = crate::http::serve(listener, app, &config.http, async move {
+    let server = crate::http::serve(listener, app, &config.http, &web, async move {
         let _ = why_tx.send(stop.await);
         let _ = stop_tx.send(true);
     });

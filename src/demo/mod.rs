@@ -44,7 +44,7 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
     config.fallback.backend = crate::fallback::BackendChoice::None;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
+        let listener = crate::http::bind(&config.http.listen)
             .await
             .with_context(|| {
                 format!(

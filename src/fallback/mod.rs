@@ -178,6 +178,9 @@ pub struct FallbackConfig {
     pub ip_path: PathBuf,
     /// Bearer token for the mutating HTTP endpoints (file mode 0600); none disables them.
     pub token_file: Option<PathBuf>,
+    /// Serve those endpoints over plain HTTP on a non-loopback address (the token then
+    /// crosses the network in clear text); without TLS they answer 403 there.
+    pub allow_plain_http: bool,
     /// Alertmanager alerts (by `alertname`) whose firing asks for the repair.
     pub alert_names: Vec<String>,
     /// The `instance` label Prometheus gives this machine: alerts for others are answered
@@ -211,6 +214,7 @@ impl Default for FallbackConfig {
             rule_priority: 100,
             ip_path: "ip".into(),
             token_file: None,
+            allow_plain_http: false,
             alert_names: vec!["PiaSplitTunnelBypassBroken".into()],
             instance: None,
             max_body_bytes: 64 * 1024,
