@@ -307,10 +307,16 @@ struct Followed {
 }
 
 impl Followed {
-    fn new(path: PathBuf, cursor: Option<Cursor>, max_line_bytes: usize) -> Followed {
+    fn new(
+        path: PathBuf,
+        cursor: Option<Cursor>,
+        max_line_bytes: usize,
+        avoid: Option<PathBuf>,
+    ) -> Followed {
         let opened = cursor.is_some();
         let opts = FollowOptions {
             max_line_bytes,
+            avoid,
             ..FollowOptions::default()
         };
         Followed {
@@ -340,9 +346,16 @@ async fn tail_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let log = &config.log;
-    let mut debug = Followed::new(log.path.clone(), cursors.debug, log.max_line_bytes);
-    let mut error = (!log.error_path.as_os_str().is_empty())
-        .then(|| Followed::new(log.error_path.clone(), cursors.error, log.max_line_bytes));
+    let mut debug = Followed::new(log.path.clone(), cursors.debug, log.max_line_bytes, None);
+    // The error log may sit in a folder anyone writes: it must never be the debug log again.
+    let mut error = (!log.error_path.as_os_str().is_empty()).then(|| {
+        Followed::new(
+            log.error_path.clone(),
+            cursors.error,
+            log.max_line_bytes,
+            Some(log.path.clone()),
+        )
+    });
     let mut saver = Saver {
         store,
         log_path: log.path.clone(),
@@ -369,7 +382,11 @@ async fn tail_loop(
             }, if error.is_some() => (Role::Error, polled),
             _ = stop.changed() => break,
         };
-        let debug_error = debug.error.clone();
+        let other_error = |role| match role {
+            Role::Debug => error.as_ref().and_then(|e| e.error.clone()),
+            Role::Error => debug.error.clone(),
+        };
+        let other_error = other_error(role);
         let file = match role {
             Role::Debug => &mut debug,
             Role::Error => error.as_mut().expect("polled"),
@@ -391,6 +408,10 @@ async fn tail_loop(
                         "{}: {kind}",
                         file.tailer.follower().path().display()
                     )),
+                    FileState::Refused(r) => Some(format!(
+                        "{} refused: {r}",
+                        file.tailer.follower().path().display()
+                    )),
                     FileState::Present | FileState::Missing => None,
                 };
                 note_error(file, now_error);
@@ -408,14 +429,15 @@ async fn tail_loop(
                     more: false,
                     file: FileState::Unreadable(e.kind()),
                     resumed: None,
+                    refused: 0,
                 }
             }
         };
-        let debug_error = match role {
-            Role::Debug => file.error.clone(),
-            Role::Error => debug_error,
+        let errors = match role {
+            Role::Debug => (file.error.clone(), other_error),
+            Role::Error => (other_error, file.error.clone()),
         };
-        feed(&side, file, role, &poll, debug_error);
+        feed(&side, file, role, &poll, errors);
         if failed {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -479,7 +501,14 @@ impl Saver {
 }
 
 /// Feeds one batch to the pipeline and passes what it changed to the window and health.
-fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll, debug_error: Option<String>) {
+/// `errors`: why the debug log and the error log cannot be read (or were refused), if so.
+fn feed(
+    side: &LogSide,
+    file: &mut Followed,
+    role: Role,
+    poll: &Poll,
+    errors: (Option<String>, Option<String>),
+) {
     let now = Instant::now();
     if !file.buf.is_empty() {
         file.last_line = Some(now);
@@ -495,8 +524,10 @@ fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll, debug_erro
         p.read.rotations += u64::from(poll.rotations);
         p.read.truncations += u64::from(poll.truncations);
         p.read.lines_too_long += poll.lines_too_long;
-        // An unreadable file is still there: health says why it cannot be read.
-        let present = !matches!(poll.file, FileState::Missing);
+        p.read.files_refused += u64::from(poll.refused);
+        // An unreadable file is still there: health says why it cannot be read. A refused one
+        // is not the proxy's log.
+        let present = !matches!(poll.file, FileState::Missing | FileState::Refused(_));
         match role {
             Role::Debug => p.read.file_present = present,
             Role::Error => p.read.error_file_present = present,
@@ -520,7 +551,8 @@ fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll, debug_erro
             unrecognized: p.read.unrecognized,
             proxy_connected: p.proxy.connected,
             error_log_present: p.read.error_file_present,
-            file_error: debug_error,
+            file_error: errors.0,
+            error_file_error: errors.1,
         }
     };
     file.buf.clear();

@@ -52,6 +52,9 @@ pub struct ReadStats {
     /// The error-level log (`log.error_path`) exists: PIA's debug logging is off.
     #[serde(default)]
     pub error_file_present: bool,
+    /// Files refused at a log's name (a FIFO, a link, a foreign owner: see `tail::open`).
+    #[serde(default)]
+    pub files_refused: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -101,6 +101,7 @@ impl Model {
             opts: FollowOptions {
                 max_line_bytes: max_line,
                 read_chunk: 1,
+                ..FollowOptions::default()
             },
             out: Vec::new(),
         }

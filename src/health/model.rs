@@ -78,8 +78,11 @@ pub struct LogHealthInput {
     pub proxy_connected: Option<bool>,
     /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
     pub error_log_present: bool,
-    /// The log file is there but cannot be opened or read (e.g. permission denied).
+    /// The log file is there but cannot be opened or read (e.g. permission denied), or was
+    /// refused (a FIFO, a link in a shared folder...).
     pub file_error: Option<String>,
+    /// The same for the error-level log: the debug log is still read, so it only degrades.
+    pub error_file_error: Option<String>,
 }
 
 /// The checkpoint's last save, as the model sees it.
@@ -169,6 +172,12 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
                 level.as_str(),
                 t.log_max_level.as_str()
             ),
+        );
+    }
+    if let Some(e) = &l.error_file_error {
+        return c(
+            Status::Degraded,
+            format!("tailing; the error-level log (log.error_path) is not read: {e}"),
         );
     }
     match l.last_line_age {

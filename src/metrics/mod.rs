@@ -245,6 +245,12 @@ const FAMILIES: &[FamilySpec] = &[
         &[],
     ),
     (
+        "log_files_refused_total",
+        "Files refused at a log's name: not a regular file, a link or a foreign owner in a folder others can write, the other log again.",
+        COUNTER,
+        &[],
+    ),
+    (
         "log_file_present",
         "1 when the log file (log.path) exists and is readable, else 0.",
         GAUGE,
@@ -362,6 +368,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     simple("log_rotations_total", r.rotations as f64);
     simple("log_truncations_total", r.truncations as f64);
     simple("log_lines_too_long_total", r.lines_too_long as f64);
+    simple("log_files_refused_total", r.files_refused as f64);
     simple("apps_folded_total", apps.folded() as f64);
     out.push(single(
         "log_file_present",
