@@ -280,7 +280,9 @@ fn restore(store: &CheckpointStore, config: &Config) -> (Cursors, Pipeline) {
             tracing::info!(checkpoint = %store.path().display(), "resuming from checkpoint");
             let mut pipeline = c.pipeline;
             // Caps may have changed in the config; the saved tables keep their content.
-            pipeline.sessions.set_limits(config.log.max_open_sessions);
+            pipeline
+                .sessions
+                .set_limits(config.log.max_open_sessions, config.log.max_apps);
             (c.cursors, pipeline)
         }
         Ok(Some(_)) => {

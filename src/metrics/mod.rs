@@ -251,6 +251,12 @@ const FAMILIES: &[FamilySpec] = &[
         &[],
     ),
     (
+        "log_values_refused_total",
+        "Values from the log kept out of labels and gauges, by field: app ids that are not a code-signing id (too long, other characters, `other`/`unknown`; counted as app=\"other\"), interface names, times in the future.",
+        COUNTER,
+        &["field"],
+    ),
+    (
         "log_file_present",
         "1 when the log file (log.path) exists and is readable, else 0.",
         GAUGE,
@@ -397,6 +403,12 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         }
         out.push(f.build());
     }
+    let mut refused = family("log_values_refused_total");
+    refused
+        .counter(&[("field", "app")], apps.invalid() as f64)
+        .counter(&[("field", "interface")], r.invalid_interfaces as f64)
+        .counter(&[("field", "timestamp")], r.future_timestamps as f64);
+    out.push(refused.build());
     let e = p.sessions.evictions();
     let mut ev = family("session_evictions_total");
     ev.counter(&[("reason", "table_full")], e.table_full as f64)

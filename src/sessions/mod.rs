@@ -149,8 +149,9 @@ impl SessionTracker {
         let outcome = outcome(rx, tx);
         let row = self.counts.row(app, proto);
         row.closed[outcome as usize] += 1;
-        row.rx_bytes += rx.counted_bytes();
-        row.tx_bytes += tx.counted_bytes();
+        // Sizes come from the log: a few forged `999 TB` lines must not wrap a counter.
+        row.rx_bytes = row.rx_bytes.saturating_add(rx.counted_bytes());
+        row.tx_bytes = row.tx_bytes.saturating_add(tx.counted_bytes());
         if let Some(s) = session {
             row.open -= 1;
             if let (Some(from), Some(to)) = (s.opened, time) {
@@ -174,8 +175,10 @@ impl SessionTracker {
         }
     }
 
-    /// Applies a new bound on the open table (a restored checkpoint may come from another config).
-    pub fn set_limits(&mut self, max_open: usize) {
+    /// Applies the config's bounds (a restored checkpoint may come from another config): the
+    /// open table and the number of app labels.
+    pub fn set_limits(&mut self, max_open: usize, max_apps: usize) {
+        self.apps.set_cap(max_apps);
         self.max_open = max_open.max(1);
         while self.open.len() > self.max_open {
             if let Some((_, old)) = self.open.pop_first() {
