@@ -39,8 +39,13 @@ impl Role {
     }
 }
 
-/// `[processes]`: how to recognize PIA's processes. A pattern matches a process whose name
-/// equals it or whose executable path contains it.
+/// `[processes]`: how to recognize PIA's processes.
+///
+/// A process name is whatever its starter chose (a `sleep` renamed `pia-daemon` and run by
+/// `nobody` would do), so it is never matched. A process plays a role when it runs as root
+/// and its executable path matches a pattern: a pattern without `/` is the executable's file
+/// name (`pia-daemon`), one with `/` the whole path (`/Applications/Private Internet
+/// Access.app/Contents/MacOS/pia-daemon`) or, ending in `/`, the folder it is in.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessConfig {
@@ -87,14 +92,24 @@ impl ProcessConfig {
         }
     }
 
-    /// Roles `p` plays.
+    /// Roles `p` plays: none unless it runs as root with a known executable path.
     pub fn roles_of(&self, p: &ProcInfo) -> impl Iterator<Item = Role> + '_ {
-        let p = p.clone();
+        let exe = p.exe.clone().filter(|_| p.uid == Some(0));
         Role::ALL.into_iter().filter(move |r| {
-            self.patterns(*r).iter().any(|pat| {
-                p.name == *pat || p.exe.as_deref().is_some_and(|e| e.contains(pat.as_str()))
-            })
+            exe.as_deref()
+                .is_some_and(|e| self.patterns(*r).iter().any(|pat| exe_matches(e, pat)))
         })
+    }
+}
+
+/// `pattern` names the executable `exe` (see [`ProcessConfig`]).
+fn exe_matches(exe: &str, pattern: &str) -> bool {
+    if pattern.ends_with('/') {
+        exe.starts_with(pattern) && !exe[pattern.len()..].contains('/')
+    } else if pattern.contains('/') {
+        exe == pattern
+    } else {
+        exe.rsplit('/').next() == Some(pattern)
     }
 }
 
@@ -207,24 +222,41 @@ mod tests {
     use super::*;
     use process::FakeSource;
 
-    fn proc(name: &str, exe: Option<&str>) -> ProcInfo {
+    const APP: &str = "/Applications/Private Internet Access.app/Contents/MacOS/";
+
+    /// A process of root's with this executable path (its name is the file name).
+    fn proc(exe: &str) -> ProcInfo {
         ProcInfo {
-            name: name.into(),
-            exe: exe.map(Into::into),
+            name: exe.rsplit('/').next().unwrap().into(),
+            exe: Some(exe.into()),
+            uid: Some(0),
         }
     }
 
     #[test]
-    fn roles_by_name_or_executable_path() {
+    fn roles_by_executable_path_of_roots_processes() {
         let table = vec![
             proc(
-                "com.privateinternetaccess.vpn.splittunnel",
-                Some(
-                    "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
-                ),
+                "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
             ),
-            proc("pia-daemon", None),
-            proc("launchd", Some("/sbin/launchd")),
+            proc(&format!("{APP}pia-daemon")),
+            proc("/sbin/launchd"),
+            // Named like PIA's, but by anyone: a name, a user's process, an unknown path.
+            ProcInfo {
+                name: "pia-daemon".into(),
+                exe: Some("/bin/sleep".into()),
+                uid: Some(0),
+            },
+            ProcInfo {
+                uid: Some(65534),
+                ..proc(&format!("{APP}pia-wireguard-go"))
+            },
+            ProcInfo {
+                exe: None,
+                ..proc("pia-openvpn")
+            },
+            // A file name that only contains the pattern.
+            proc("/tmp/not-pia-daemon"),
         ];
         let source = FakeSource::new(table);
         let mut watch = ProcessWatch::new(source.clone(), ProcessConfig::default());
@@ -237,7 +269,7 @@ mod tests {
                 checked: true
             }
         );
-        source.set(vec![proc("pia-wireguard-go", None)]);
+        source.set(vec![proc(&format!("{APP}pia-wireguard-go"))]);
         assert_eq!(
             watch.refresh(),
             Presence {
@@ -260,7 +292,7 @@ mod tests {
 
     #[test]
     fn presence_metric_appears_after_the_first_look() {
-        let source = FakeSource::new(vec![proc("pia-daemon", None)]);
+        let source = FakeSource::new(vec![proc(&format!("{APP}pia-daemon"))]);
         let mut watch = ProcessWatch::new(source, ProcessConfig::default());
         let registry = prometheus::Registry::new();
         registry
@@ -277,6 +309,20 @@ mod tests {
             text.contains("pia_split_tunnel_process_running{process=\"extension\"} 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn patterns_name_a_file_a_path_or_a_folder() {
+        let exe = format!("{APP}pia-daemon");
+        assert!(exe_matches(&exe, "pia-daemon"));
+        assert!(exe_matches(&exe, &exe));
+        assert!(exe_matches(&exe, APP));
+        assert!(!exe_matches(&exe, "daemon"));
+        assert!(!exe_matches(&exe, "/Applications/"));
+        assert!(!exe_matches(
+            &exe,
+            "/Applications/Private Internet Access.app"
+        ));
     }
 
     #[test]
