@@ -68,16 +68,51 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.header_timeout_secs == 0 {
-            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
-        }
-        if self.max_connections < 4 {
-            return Err(format!(
-                "http.max_connections = {}: use at least 4 (default 256)",
-                self.max_connections
-            ));
-        }
+        // Timers add these to now: a huge value would overflow at every request.
+        in_range(
+            "http.header_timeout_secs",
+            self.header_timeout_secs,
+            1..=3600,
+            "10",
+        )?;
+        in_range(
+            "http.max_connections",
+            self.max_connections,
+            4..=65_536,
+            "256",
+        )
+    }
+}
+
+/// Every numeric key has a range: a value past it is an error naming the key, the range and
+/// the default, never a panic later (a duration that overflows a clock, a table that cannot
+/// fit in memory).
+pub fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    default: &str,
+) -> Result<(), String> {
+    if range.contains(&value) {
         Ok(())
+    } else {
+        Err(format!(
+            "{key} = {value}: use {}..={} (default {default})",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// Same file (by name, or by identity when both exist).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
     }
 }
 
@@ -135,17 +170,37 @@ impl Config {
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
         let log = &self.log;
-        if log.max_open_sessions == 0 {
-            return Err("log.max_open_sessions must be at least 1 (default 65536)".into());
-        }
-        if log.max_apps == 0 {
-            return Err("log.max_apps must be at least 1 (default 64)".into());
-        }
-        if log.max_line_bytes < 1024 {
-            return Err("log.max_line_bytes must be at least 1024 (default 1048576)".into());
-        }
+        // Bounds of memory: an open session, an app's series and a line buffer each cost RAM.
+        in_range(
+            "log.max_open_sessions",
+            log.max_open_sessions,
+            1..=1 << 20,
+            "65536",
+        )?;
+        in_range("log.max_apps", log.max_apps, 1..=1024, "64")?;
+        in_range(
+            "log.max_line_bytes",
+            log.max_line_bytes,
+            1024..=16 << 20,
+            "1048576",
+        )?;
         if log.path.as_os_str().is_empty() {
             return Err("log.path must name the proxy's log file".into());
+        }
+        if !log.error_path.as_os_str().is_empty() && same_file(&log.error_path, &log.path) {
+            return Err(format!(
+                "log.error_path = {:?} is log.path: every line would count twice; use the \
+                 proxy's error-level log (/tmp/STProxy.log) or \"\" to ignore it",
+                log.error_path
+            ));
+        }
+        for (key, p) in [("log.path", &log.path), ("log.error_path", &log.error_path)] {
+            if same_file(p, &log.checkpoint) {
+                return Err(format!(
+                    "log.checkpoint = {:?} is {key}: the agent would read its own state",
+                    log.checkpoint
+                ));
+            }
         }
         self.http.validate()?;
         self.processes.validate()?;
@@ -224,6 +279,92 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("section.key=value"), "{e}");
+    }
+
+    /// Each value here passed `check-config` once and then hurt the agent (a panic at every
+    /// request, a table too big for memory) or contradicted another key.
+    #[test]
+    fn out_of_range_and_contradictory_keys_name_the_key() {
+        for (set, key) in [
+            (
+                "http.header_timeout_secs=18446744073709551615",
+                "http.header_timeout_secs",
+            ),
+            ("http.max_connections=10000000", "http.max_connections"),
+            ("log.max_open_sessions=100000000", "log.max_open_sessions"),
+            ("log.max_apps=100000", "log.max_apps"),
+            ("log.max_line_bytes=4294967296", "log.max_line_bytes"),
+            (
+                "probe.interval_secs=18446744073709551615",
+                "probe.interval_secs",
+            ),
+            ("probe.timeout_secs=1e300", "probe.timeout_secs"),
+            (
+                "fallback.window_secs=18446744073709551615",
+                "fallback.window_secs",
+            ),
+            (
+                "fallback.cooldown_secs=18446744073709551615",
+                "fallback.cooldown_secs",
+            ),
+            (
+                "fallback.backoff_max_secs=18446744073709551615",
+                "fallback.backoff_max_secs",
+            ),
+            (
+                "fallback.consecutive_rounds=4294967295",
+                "fallback.consecutive_rounds",
+            ),
+            (
+                "fallback.max_body_bytes=18446744073709551615",
+                "fallback.max_body_bytes",
+            ),
+            (
+                "health.log_stale_secs=18446744073709551615",
+                "health.log_stale_secs",
+            ),
+            ("log.error_path=/var/log/x.log", "log.error_path"),
+            ("log.checkpoint=/var/log/x.log", "log.checkpoint"),
+            (
+                "fallback.bypass_subnets=[\"0.0.0.0/0\"]",
+                "fallback.bypass_subnets",
+            ),
+        ] {
+            let e = Config::load(None, &["log.path=/var/log/x.log".into(), set.into()])
+                .expect_err(set)
+                .to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        // A hard link is the same file under another name.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        std::fs::write(&a, "").unwrap();
+        std::fs::hard_link(&a, &b).unwrap();
+        let e = Config::load(
+            None,
+            &[
+                format!("log.path={}", a.display()),
+                format!("log.error_path={}", b.display()),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("log.error_path"), "{e}");
+        // A token file others can read.
+        use std::os::unix::fs::PermissionsExt;
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let set = format!("fallback.token_file={}", token.display());
+        let e = Config::load(None, std::slice::from_ref(&set))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fallback.token_file") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Config::load(None, &[set]).unwrap();
     }
 
     #[test]
