@@ -8,40 +8,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    pub log: LogConfig,
+    pub log: crate::ingest::LogConfig,
     pub http: HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
     pub processes: crate::watch::ProcessConfig,
     pub health: crate::health::HealthConfig,
-}
-
-/// `[log]`: where the proxy writes and how much state the agent keeps.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    pub path: PathBuf,
-    /// Where the proxy logs (errors only) while PIA's debug logging is off; empty: not watched.
-    pub error_path: PathBuf,
-    pub checkpoint: PathBuf,
-    pub max_open_sessions: usize,
-    pub max_apps: usize,
-    pub max_line_bytes: usize,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            path: PathBuf::from(
-                "/Library/Application Support/com.privateinternetaccess.vpn/transparent_proxy.log",
-            ),
-            error_path: PathBuf::from("/tmp/STProxy.log"),
-            checkpoint: PathBuf::from("/var/db/pia-split-tunnel-exporter/checkpoint.json"),
-            max_open_sessions: 65_536,
-            max_apps: 64,
-            max_line_bytes: 1 << 20,
-        }
-    }
 }
 
 /// `[http]`.
@@ -105,7 +77,7 @@ pub fn in_range<T: PartialOrd + std::fmt::Display>(
 }
 
 /// Same file (by name, or by identity when both exist).
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     if a == b {
         return true;
@@ -169,39 +141,7 @@ impl Config {
 
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
-        let log = &self.log;
-        // Bounds of memory: an open session, an app's series and a line buffer each cost RAM.
-        in_range(
-            "log.max_open_sessions",
-            log.max_open_sessions,
-            1..=1 << 20,
-            "65536",
-        )?;
-        in_range("log.max_apps", log.max_apps, 1..=1024, "64")?;
-        in_range(
-            "log.max_line_bytes",
-            log.max_line_bytes,
-            1024..=16 << 20,
-            "1048576",
-        )?;
-        if log.path.as_os_str().is_empty() {
-            return Err("log.path must name the proxy's log file".into());
-        }
-        if !log.error_path.as_os_str().is_empty() && same_file(&log.error_path, &log.path) {
-            return Err(format!(
-                "log.error_path = {:?} is log.path: every line would count twice; use the \
-                 proxy's error-level log (/tmp/STProxy.log) or \"\" to ignore it",
-                log.error_path
-            ));
-        }
-        for (key, p) in [("log.path", &log.path), ("log.error_path", &log.error_path)] {
-            if same_file(p, &log.checkpoint) {
-                return Err(format!(
-                    "log.checkpoint = {:?} is {key}: the agent would read its own state",
-                    log.checkpoint
-                ));
-            }
-        }
+        self.log.validate()?;
         self.http.validate()?;
         self.processes.validate()?;
         self.probe.validate()?;
