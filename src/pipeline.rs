@@ -105,9 +105,10 @@ impl Default for Limits {
 }
 
 /// Which of the proxy's two logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFile {
     /// The debug-level log (`log.path`).
+    #[default]
     Debug,
     /// The error-level log (`log.error_path`), written while debug logging is off.
     Error,
@@ -121,6 +122,9 @@ pub struct Pipeline {
     /// [`latest_believable`], refreshed once per [`Pipeline::feed`] batch (not per line).
     #[serde(skip)]
     time_limit: Option<LocalMillis>,
+    /// The file of the lines being fed ([`Pipeline::feed_file`]).
+    #[serde(skip)]
+    stream: LogFile,
 }
 
 impl Pipeline {
@@ -130,6 +134,7 @@ impl Pipeline {
             proxy: ProxyState::default(),
             read: ReadStats::default(),
             time_limit: None,
+            stream: LogFile::Debug,
         }
     }
 
@@ -242,7 +247,21 @@ impl Pipeline {
             Event::LoggerLevel(level) => self.proxy.logger_level = Some(*level),
             _ => {}
         }
-        self.sessions.apply(&parsed.event, parsed.time);
+        match (self.stream, &parsed.event) {
+            // PIA's own list, from the root-owned debug log only: never from /tmp.
+            (LogFile::Debug, Event::BypassApps(list)) => self.sessions.reserve_apps(*list),
+            (LogFile::Debug, e) => self.sessions.apply(e, parsed.time),
+            (LogFile::Error, e) => self.sessions.apply_error(e, parsed.time),
+        }
+    }
+
+    /// Feeds `buf` as [`feed`](Self::feed) does, as lines of `file`: the error log's sessions
+    /// are kept apart from the debug log's (see [`crate::sessions`]).
+    pub fn feed_file(&mut self, file: LogFile, buf: &[u8]) -> usize {
+        self.stream = file;
+        let used = self.feed(buf);
+        self.stream = LogFile::Debug;
+        used
     }
 }
 

@@ -245,7 +245,7 @@ fn feed(
     }
     let status = {
         let mut p = side.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-        let used = p.feed(&file.buf);
+        let used = p.feed_file(which, &file.buf);
         debug_assert_eq!(
             used,
             file.buf.len(),

@@ -25,6 +25,9 @@ impl AppId {
 /// Longest app id kept as a label. Real ids are short (`com.plexapp.plexmediaserver`: 27).
 pub const MAX_APP_BYTES: usize = 128;
 
+/// Labels PIA's own bypass list may take beyond the cap.
+pub const MAX_RESERVED: usize = 64;
+
 /// The id could be a code-signing identifier, and is not a value the agent itself uses.
 pub fn valid_app_id(b: &[u8]) -> bool {
     !b.is_empty()
@@ -114,6 +117,24 @@ impl Apps {
         self.index.insert(name.bytes().into(), id);
         self.names.push(name.lossy().into_owned());
         id
+    }
+
+    /// Interns `name` past the cap, for apps PIA itself lists as bypass apps; at most
+    /// [`MAX_RESERVED`] of them beyond the cap, and only valid ids.
+    pub fn reserve(&mut self, name: Text<'_>) {
+        if self.index.contains_key(name.bytes()) {
+            return;
+        }
+        if !valid_app_id(name.bytes()) {
+            self.invalid += 1;
+            return;
+        }
+        if self.names.len() - 2 >= self.cap + MAX_RESERVED {
+            return;
+        }
+        self.index
+            .insert(name.bytes().into(), AppId(self.names.len() as u32));
+        self.names.push(name.lossy().into_owned());
     }
 
     /// The config's cap, on every start: apps already known keep their label, new ones fold
