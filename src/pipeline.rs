@@ -150,6 +150,12 @@ impl Pipeline {
         &self.read
     }
 
+    /// Whether restored state holds together (a checkpoint is a file: it may have been
+    /// edited, or written by another version); `Err` says what does not fit.
+    pub fn check(&self) -> Result<(), String> {
+        self.sessions.check()
+    }
+
     /// The config's caps, on every start (a restored checkpoint may come from another
     /// config, or have been filled by junk while a smaller cap was set).
     pub fn set_limits(&mut self, limits: Limits) {

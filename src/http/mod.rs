@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use hyper::server::conn::http1;
@@ -32,7 +32,19 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
     let body = tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
         .await
         .unwrap_or_default();
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
+    // Never 200 with nothing: Prometheus would keep `up` at 1 over no data.
+    if body.is_empty() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics could not be encoded; see the agent's log\n".to_string(),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        body,
+    )
 }
 
 fn landing(links: &[(&str, &str)]) -> Html<String> {

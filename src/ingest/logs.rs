@@ -25,12 +25,16 @@ pub struct Ingest {
     store: CheckpointStore,
     cursors: Cursors,
     pipeline: Arc<Mutex<Pipeline>>,
+    /// The checkpoint is this process's while the stage lives.
+    _lock: Option<crate::tail::StoreLock>,
 }
 
 impl Ingest {
     /// Resumes from the checkpoint at `config.checkpoint` when it belongs to `config.path`,
     /// else starts fresh. Creates the checkpoint's folder, which may not exist on a new machine.
-    pub fn restore(config: &LogConfig) -> Ingest {
+    ///
+    /// Fails when another agent holds the checkpoint (see [`CheckpointStore::lock`]).
+    pub fn restore(config: &LogConfig) -> Result<Ingest, crate::tail::CheckpointError> {
         if let Some(dir) = config
             .checkpoint
             .parent()
@@ -40,15 +44,25 @@ impl Ingest {
             tracing::warn!(error = %e, folder = %dir.display(), "cannot create the checkpoint's folder (log.checkpoint)");
         }
         let store = CheckpointStore::new(config.checkpoint.clone());
+        let lock = match store.lock() {
+            Ok(lock) => Some(lock),
+            Err(e @ crate::tail::CheckpointError::Locked { .. }) => return Err(e),
+            // Counting goes on without a checkpoint; health shows the failing saves.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lock the checkpoint");
+                None
+            }
+        };
         let (cursors, mut pipeline) = restore(&store, config);
         // The loop hands each closed session to the session window.
         pipeline.record_closed(true);
-        Ingest {
+        Ok(Ingest {
             config: config.clone(),
             store,
             cursors,
             pipeline: Arc::new(Mutex::new(pipeline)),
-        }
+            _lock: lock,
+        })
     }
 
     /// The pipeline the loop feeds, for collectors to read.
@@ -69,6 +83,7 @@ impl Ingest {
             store,
             cursors,
             pipeline,
+            _lock,
         } = self;
         let side = LogSide {
             pipeline,
@@ -170,7 +185,7 @@ impl Ingest {
             if failed {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            saver.save_if_due(urgent, cursors(&debug, &error), &side.pipeline, side.events);
+            saver.save_if_due(cursors(&debug, &error), &side.pipeline, side.events);
         }
         saver.save(cursors(&debug, &error), &side.pipeline, side.events);
     }

@@ -143,6 +143,17 @@ impl Apps {
         self.cap = cap;
     }
 
+    /// The two labels of the agent's own come first, and names are distinct.
+    pub fn check(&self) -> Result<(), String> {
+        if self.names.get(..2) != Some(&["unknown".to_string(), "other".to_string()][..]) {
+            return Err("app table does not start with unknown, other".into());
+        }
+        if self.index.len() != self.names.len() - 2 {
+            return Err("app table has duplicate names".into());
+        }
+        Ok(())
+    }
+
     /// Names that were not valid app ids (too long, other characters, `other`/`unknown`).
     pub fn invalid(&self) -> u64 {
         self.invalid

@@ -239,6 +239,33 @@ impl SessionTracker {
     pub fn evictions(&self) -> &Evictions {
         &self.evictions
     }
+    /// Every open session names a known app, and each row's `open` is the number of its
+    /// sessions in the tables: what the counting relies on (a bad app id would index far
+    /// past the rows, a wrong `open` would underflow).
+    pub fn check(&self) -> Result<(), String> {
+        self.apps.check()?;
+        let mut want: std::collections::HashMap<(AppId, ProtoKey), u64> = Default::default();
+        for s in self.open.values().chain(self.error_open.values()) {
+            if s.app.0 as usize >= self.apps.len() {
+                return Err(format!("an open session names app #{}, unknown", s.app.0));
+            }
+            *want.entry((s.app, Some(s.proto))).or_default() += 1;
+        }
+        for (app, proto, c) in self.counts.iter() {
+            if app.0 as usize >= self.apps.len() {
+                return Err(format!("counts for app #{}, unknown", app.0));
+            }
+            if c.open != want.get(&(app, proto)).copied().unwrap_or(0) {
+                return Err(format!(
+                    "app {} has {} open sessions counted but not as many in the table",
+                    self.apps.name(app),
+                    c.open
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn open_len(&self) -> usize {
         self.open.len() + self.error_open.len()
     }
