@@ -61,6 +61,10 @@ pub struct ReadStats {
     /// `bindInterface:` values that are not an interface name (kept out of the label).
     #[serde(default)]
     pub invalid_interfaces: u64,
+    /// Stretches of a log the agent could not read: the file being read was rotated away
+    /// twice while the agent was stopped.
+    #[serde(default)]
+    pub gaps: u64,
     /// Lines dated after now (beyond [`FUTURE_SKEW_MS`]): not taken as the newest line's time.
     #[serde(default)]
     pub future_timestamps: u64,
@@ -178,6 +182,11 @@ impl Pipeline {
         self.read.rotations += rotations;
         self.read.truncations += truncations;
         self.read.lines_too_long += lines_too_long;
+    }
+
+    /// A stretch of a log that could not be read (see [`ReadStats::gaps`]).
+    pub fn count_gap(&mut self) {
+        self.read.gaps += 1;
     }
 
     /// Files refused at a log's name (see `tail::open`).

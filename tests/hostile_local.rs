@@ -494,3 +494,30 @@ fn settings_that_would_panic_or_contradict_fail_check_config() {
         assert!(err.contains(key), "{set}: {err}");
     }
 }
+
+/// Two rotations while the agent is down: the unread rest of its file is gone. The agent
+/// says so (`log_gaps_total`, `/health`) and reads the archive in between, then the new file.
+#[test]
+fn a_file_rotated_away_twice_while_stopped_is_a_reported_gap() {
+    let mut lab = Lab::new();
+    lab.proxy_writes(3);
+    let agent = lab.start();
+    agent.wait_lines(lab.lines);
+    agent.stop();
+    let archive = lab.log.with_extension("log.1");
+    // Held open so the next file cannot take the saved file's inode.
+    lab.proxy_writes(2);
+    let lost_lines = 4;
+    std::fs::rename(&lab.log, &archive).unwrap();
+    let _held = std::fs::File::open(&archive).unwrap();
+    lab.proxy_writes(2);
+    std::fs::rename(&lab.log, &archive).unwrap();
+    lab.proxy_writes(1);
+    lab.lines -= lost_lines;
+    let agent = lab.start();
+    agent.wait_lines(lab.lines);
+    let reason = wait_reason(&agent, "rotated away twice");
+    assert!(reason.contains("1 gap"), "{reason}");
+    let m = assert_unharmed("gap", &mut lab, agent, 0.0);
+    assert_eq!(m.value("pia_split_tunnel_log_gaps_total", &[]), 1.0);
+}

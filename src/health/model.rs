@@ -87,6 +87,8 @@ pub struct LogHealthInput {
     pub file_error: Option<String>,
     /// The same for the error-level log: the debug log is still read, so it only degrades.
     pub error_file_error: Option<String>,
+    /// Stretches lost unread (rotated away twice while the agent was stopped).
+    pub gaps: u64,
 }
 
 /// The checkpoint's last save, as the model sees it.
@@ -192,10 +194,19 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
         _ => c(
             Status::Ok,
             format!(
-                "tailing: {} lines read, {} unrecognized{}",
+                "tailing: {} lines read, {} unrecognized{}{}",
                 l.lines_read,
                 l.unrecognized,
-                l.level.map(|v| format!(", level {v}")).unwrap_or_default()
+                l.level.map(|v| format!(", level {v}")).unwrap_or_default(),
+                if l.gaps > 0 {
+                    format!(
+                        "; {} gap(s): the file being read was rotated away twice while the \
+                         agent was stopped, its unread rest is lost (log_gaps_total)",
+                        l.gaps
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ),
     }

@@ -272,6 +272,9 @@ fn feed(
             poll.lines_too_long,
         );
         p.count_refused(u64::from(poll.refused));
+        if poll.resumed == Some(crate::tail::Resume::Gap) {
+            p.count_gap();
+        }
         // An unreadable file is still there: health says why it cannot be read. A refused one
         // is not the proxy's log.
         p.set_file_present(
@@ -300,6 +303,7 @@ fn feed(
             error_log_present: read.error_file_present,
             file_error: errors.0,
             error_file_error: errors.1,
+            gaps: read.gaps,
         }
     };
     file.buf.clear();

@@ -252,6 +252,12 @@ const FAMILIES: &[FamilySpec] = &[
         &[],
     ),
     (
+        "log_gaps_total",
+        "Stretches of a log lost unread: the file being read was rotated away twice while the agent was stopped.",
+        COUNTER,
+        &[],
+    ),
+    (
         "log_values_refused_total",
         "Values from the log kept out of labels and gauges, by field: app ids that are not a code-signing id (too long, other characters, `other`/`unknown`; counted as app=\"other\"), interface names, times in the future.",
         COUNTER,
@@ -376,6 +382,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     simple("log_truncations_total", r.truncations as f64);
     simple("log_lines_too_long_total", r.lines_too_long as f64);
     simple("log_files_refused_total", r.files_refused as f64);
+    simple("log_gaps_total", r.gaps as f64);
     simple("apps_folded_total", apps.folded() as f64);
     out.push(single(
         "log_file_present",

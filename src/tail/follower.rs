@@ -68,6 +68,10 @@ pub enum Resume {
     FromArchive,
     /// Neither the path nor the archive holds the saved file: the current file is read from 0.
     NotFound,
+    /// The saved file was rotated away twice while stopped (the path and the archive both
+    /// hold other files): the rest of it is lost, a gap to report. The archive, newer than
+    /// the saved file, is read in full, then the current file.
+    Gap,
 }
 
 /// Outcome of one [`Follower::poll`].
@@ -572,6 +576,23 @@ impl Follower {
         if let Some(src) = found(Name::Archive) {
             self.src = Some(src);
             return Resume::FromArchive;
+        }
+        // Two rotations: the current file is another inode than the saved one (not rewritten
+        // in place), the archive is neither, so it came between them. (Were the saved file
+        // deleted rather than rotated, the archive would be read again: rotation is what the
+        // proxy does. A current file reusing the saved inode reads as a rewrite: no gap.)
+        let path_id = stat_at(&self.path, self.shared())
+            .ok()
+            .map(|m| FileId::of(&m));
+        if path_id.is_some_and(|id| id != want)
+            && let Some((file, meta)) = self.open_existing(Name::Archive, p)
+            && FileId::of(&meta) != want
+            && Some(FileId::of(&meta)) != path_id
+            && let Ok(src) = Source::open_at(file, &meta, 0)
+        {
+            tracing::warn!(path = %self.path.display(), "the file being read was rotated away twice while stopped: its unread rest is lost; reading the archive, then the current file");
+            self.src = Some(src);
+            return Resume::Gap;
         }
         tracing::info!(path = %self.path.display(), "saved log position not found; reading from the start");
         Resume::NotFound
