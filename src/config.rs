@@ -9,83 +9,11 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub log: crate::ingest::LogConfig,
-    pub http: HttpConfig,
+    pub http: crate::http::HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
-    pub processes: crate::watch::ProcessConfig,
+    pub processes: crate::presence::ProcessConfig,
     pub health: crate::health::HealthConfig,
-}
-
-/// `[http]`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    pub listen: std::net::SocketAddr,
-    /// A client that has not sent a whole request head within this time is disconnected (a
-    /// slow client must not hold a connection forever).
-    pub header_timeout_secs: u64,
-    /// Connections served at once; more are closed at once, so descriptors cannot run out.
-    pub max_connections: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: ([127, 0, 0, 1], 9847).into(),
-            header_timeout_secs: 10,
-            max_connections: 256,
-        }
-    }
-}
-
-impl HttpConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        // Timers add these to now: a huge value would overflow at every request.
-        in_range(
-            "http.header_timeout_secs",
-            self.header_timeout_secs,
-            1..=3600,
-            "10",
-        )?;
-        in_range(
-            "http.max_connections",
-            self.max_connections,
-            4..=65_536,
-            "256",
-        )
-    }
-}
-
-/// Every numeric key has a range: a value past it is an error naming the key, the range and
-/// the default, never a panic later (a duration that overflows a clock, a table that cannot
-/// fit in memory).
-pub fn in_range<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    value: T,
-    range: std::ops::RangeInclusive<T>,
-    default: &str,
-) -> Result<(), String> {
-    if range.contains(&value) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{key} = {value}: use {}..={} (default {default})",
-            range.start(),
-            range.end()
-        ))
-    }
-}
-
-/// Same file (by name, or by identity when both exist).
-pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if a == b {
-        return true;
-    }
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
-    }
 }
 
 /// A config that could not be loaded: the message names the key and the fix.

@@ -12,20 +12,20 @@ use tokio::sync::watch;
 
 use crate::fallback::http::SharedController;
 use crate::health::Health;
-use crate::probe::{ProbeMetrics, RoundSource};
+use crate::presence::{PresenceTracker, ProcessSource};
+use crate::probe::{ProbeMetrics, RoundSource, Verdict};
 use crate::sessions::window::SharedWindow;
-use crate::watch::{ProcessSource, ProcessWatch};
 
 /// What one round reads and updates.
 pub struct RoundLoop {
     /// Looked at every round, probing or not.
-    pub processes: ProcessWatch<Box<dyn ProcessSource + Send>>,
+    pub processes: PresenceTracker<Box<dyn ProcessSource + Send>>,
     /// Probe rounds; `None` runs the loop on the process table alone.
     pub rounds: Option<Arc<dyn RoundSource>>,
     /// Time between rounds.
     pub interval: Duration,
     pub probe_metrics: ProbeMetrics,
-    /// The zero-byte share the controller weighs with each round.
+    /// The sessions verdict the controller weighs with each round.
     pub window: SharedWindow,
     pub controller: SharedController,
     pub health: Arc<Health>,
@@ -51,17 +51,19 @@ impl RoundLoop {
         self.health.update_processes(presence);
         let Some(rounds) = &self.rounds else { return };
         let round = rounds.round().await;
-        self.probe_metrics.observe(&round);
-        let ratio = self
+        // The round's one verdict, read by the metrics, the controller and health.
+        let verdict = Verdict::of(&round);
+        self.probe_metrics.observe(&round, &verdict);
+        let sessions = self
             .window
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .ratio(Instant::now());
+            .verdict(Instant::now());
         self.controller
             .lock()
             .await
-            .on_round(Instant::now(), &round, ratio)
+            .on_round(Instant::now(), &round, &verdict, sessions)
             .await;
-        self.health.update_round(round);
+        self.health.update_round(round, verdict);
     }
 }

@@ -20,8 +20,11 @@ use std::os::unix::fs::DirBuilderExt;
 
 use crate::config::Config;
 use crate::os::{Interfaces, PhysicalIf, TunnelIf};
+use crate::presence::ProcInfo;
 use crate::probe::{PathKind, PathResult, ProbeError, Round, RoundSource};
-use crate::watch::{FakeSource, ProcInfo};
+
+mod processes;
+pub use processes::ProcessTable;
 
 const HEALTHY: &str = include_str!("healthy.log");
 const BROKEN: &str = include_str!("broken.log");
@@ -35,7 +38,6 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
         speed > 0.0 && speed.is_finite(),
         "--speed must be a positive number"
     );
-    crate::agent::init_tracing();
     let dir = std::env::temp_dir().join(format!("pia-split-tunnel-demo-{}", std::process::id()));
     // A new private folder: one someone else made in advance (the temp folder is shared)
     // is an error, not a place to write.
@@ -89,7 +91,7 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
         exe: Some(exe.into()),
         uid: Some(0),
     };
-    let processes = FakeSource::new(vec![
+    let processes = ProcessTable::new(vec![
         pia(
             "com.privateinternetaccess.vpn.splittunnel",
             "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",

@@ -70,7 +70,7 @@ impl LogConfig {
 
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
-        use crate::config::{in_range, same_file};
+        use crate::tail::open::{in_range, same_file};
         // Bounds of memory: an open session, an app's series and a line buffer each cost RAM.
         in_range(
             "log.max_open_sessions",

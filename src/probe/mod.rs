@@ -1,4 +1,4 @@
-//! Egress probes through each path and the verdicts derived from them.
+//! Egress probes through each path and the one verdict derived from them ([`verdict`]).
 //!
 //! Each round re-discovers the interfaces, resolves the what-is-my-IP endpoints once (pinned
 //! for every path of the round), and asks them through four paths at once: bound to the
@@ -6,7 +6,6 @@
 //! proxy does, the path that breaks), and unbound. A round is bounded by `probe.timeout_secs`
 //! whatever the endpoints do.
 
-pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod prober;
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::os::Interfaces;
 pub use metrics::ProbeMetrics;
 pub use prober::Prober;
-pub use verdict::{Verdicts, verdicts};
+pub use verdict::{State, Verdict};
 
 /// A way out of the machine.
 #[derive(
@@ -145,7 +144,7 @@ impl Default for ProbeConfig {
 
 impl ProbeConfig {
     pub fn validate(&self) -> Result<(), String> {
-        crate::config::in_range("probe.interval_secs", self.interval_secs, 1..=86_400, "30")?;
+        crate::tail::open::in_range("probe.interval_secs", self.interval_secs, 1..=86_400, "30")?;
         if !(self.timeout_secs > 0.0 && self.timeout_secs <= 300.0) {
             return Err(
                 "probe.timeout_secs must be a number of seconds in (0, 300] (default 5)".into(),
