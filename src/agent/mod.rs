@@ -105,7 +105,7 @@ pub async fn run_until(
     let web = crate::http::WebConfig::load(Some(&config.http.web_config_file))
         .map_err(anyhow::Error::msg)?;
     // First: creates the checkpoint's folder, by default also the pf token's.
-    let ingest = Ingest::restore(&config.log);
+    let ingest = Ingest::restore(&config.log)?;
     let pipeline = ingest.pipeline();
 
     let registry = Registry::new();
@@ -181,9 +181,51 @@ pub async fn run_until(
         let _ = why_tx.send(stop.await);
         let _ = stop_tx.send(true);
     });
-    server.await.context("HTTP server")?;
-    tail.await.context("tail task")?;
-    periodic.await.context("probe task")?;
+    // A task that ends before the stop was asked died: the process ends non-zero, so launchd
+    // restarts it, rather than serving metrics and health that no longer move.
+    let (mut tail, mut periodic) = (tail, periodic);
+    let died = |what: &str, r: Result<(), tokio::task::JoinError>| {
+        anyhow::anyhow!(
+            "the {what} task ended unexpectedly ({}); exiting so the service manager restarts the agent",
+            match r {
+                Ok(()) => "returned".to_string(),
+                Err(e) => e.to_string(),
+            }
+        )
+    };
+    let stopping = stop_rx.clone();
+    let mut server = std::pin::pin!(server);
+    let (mut tail_done, mut periodic_done) = (None, None);
+    loop {
+        tokio::select! {
+            r = &mut server => {
+                r.context("HTTP server")?;
+                break;
+            }
+            r = &mut tail, if tail_done.is_none() => {
+                if !*stopping.borrow() {
+                    return Err(died("log", r));
+                }
+                tail_done = Some(r);
+            }
+            r = &mut periodic, if periodic_done.is_none() => {
+                if !*stopping.borrow() {
+                    return Err(died("probe", r));
+                }
+                periodic_done = Some(r);
+            }
+        }
+    }
+    match tail_done {
+        Some(r) => r,
+        None => tail.await,
+    }
+    .context("tail task")?;
+    match periodic_done {
+        Some(r) => r,
+        None => periodic.await,
+    }
+    .context("probe task")?;
     if why_rx.await.unwrap_or(Stop::Exit) == Stop::Exit
         && let Err(e) = controller.lock().await.shutdown()
     {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use hyper::server::conn::http1;
@@ -53,15 +53,20 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.header_timeout_secs == 0 {
-            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
-        }
-        if self.max_connections < 4 {
-            return Err(format!(
-                "http.max_connections = {}: use at least 4 (default 256)",
-                self.max_connections
-            ));
-        }
+        use crate::tail::open::in_range;
+        // Timers add these to now: a huge value would overflow at every request.
+        in_range(
+            "http.header_timeout_secs",
+            self.header_timeout_secs,
+            1..=3600,
+            "10",
+        )?;
+        in_range(
+            "http.max_connections",
+            self.max_connections,
+            4..=65_536,
+            "256",
+        )?;
         // Loaded here too so check-config reports its errors.
         WebConfig::load(Some(&self.web_config_file))
             .map(|_| ())
@@ -83,7 +88,19 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
     let body = tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
         .await
         .unwrap_or_default();
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
+    // Never 200 with nothing: Prometheus would keep `up` at 1 over no data.
+    if body.is_empty() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics could not be encoded; see the agent's log\n".to_string(),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        body,
+    )
 }
 
 fn landing(links: &[(&str, &str)]) -> Html<String> {

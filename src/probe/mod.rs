@@ -144,12 +144,10 @@ impl Default for ProbeConfig {
 
 impl ProbeConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.interval_secs == 0 {
-            return Err("probe.interval_secs must be at least 1 (default 30)".into());
-        }
-        if !(self.timeout_secs > 0.0 && self.timeout_secs.is_finite()) {
+        crate::tail::open::in_range("probe.interval_secs", self.interval_secs, 1..=86_400, "30")?;
+        if !(self.timeout_secs > 0.0 && self.timeout_secs <= 300.0) {
             return Err(
-                "probe.timeout_secs must be a positive number of seconds (default 5)".into(),
+                "probe.timeout_secs must be a number of seconds in (0, 300] (default 5)".into(),
             );
         }
         if self.timeout_secs >= self.interval_secs as f64 {

@@ -113,6 +113,7 @@ impl Tailer {
                 || p.truncations > 0
                 || p.lines_too_long > 0
                 || p.resumed.is_some()
+                || p.refused > 0
                 || file_changed
             {
                 return Ok(p);
