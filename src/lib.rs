@@ -17,6 +17,7 @@ pub mod fallback;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod netwatch;
 pub mod os;
 pub mod pipeline;
 pub mod probe;
