@@ -10,6 +10,7 @@ pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod prober;
+pub mod schedule;
 pub mod verdict;
 
 use std::net::Ipv4Addr;
