@@ -28,6 +28,9 @@ use crate::sessions::Outcome;
 use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
 
+mod rounds;
+pub use rounds::RoundLoop;
+
 /// How often the checkpoint is saved while lines arrive.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Largest batch handed from the tailer to the pipeline in one lock.
@@ -65,9 +68,9 @@ impl Sources {
 }
 
 /// A round source as the fallback's verifier: a fresh round after an apply.
-struct Rounds(Arc<dyn RoundSource>);
+struct RoundVerifier(Arc<dyn RoundSource>);
 
-impl Verifier for Rounds {
+impl Verifier for RoundVerifier {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
         self.0.round()
     }
@@ -140,7 +143,7 @@ pub async fn run(
     crate::metrics::register_build_info(&registry)?;
     registry.register(Box::new(LogCollector::new(pipeline.clone())))?;
     registry.register(Box::new(SelfCollector::new()?))?;
-    let mut processes = ProcessWatch::new(sources.processes, config.processes.clone());
+    let processes = ProcessWatch::new(sources.processes, config.processes.clone());
     registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
     let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
 
@@ -149,7 +152,7 @@ pub async fn run(
     ))));
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
     let verifier: Box<dyn Verifier> = match &sources.rounds {
-        Some(r) => Box::new(Rounds(r.clone())),
+        Some(r) => Box::new(RoundVerifier(r.clone())),
         None => Box::new(|| async {
             Round {
                 interfaces: Default::default(),
@@ -189,41 +192,18 @@ pub async fn run(
         async move { tail_loop(&config, cursors, log_side, store, stop).await }
     });
     // Every interval: who is running, then (when probing) one round for health and the fallback.
-    let rounds = sources.rounds;
-    let periodic = tokio::spawn({
-        let (controller, window, health, mut stop) = (
-            controller.clone(),
-            window.clone(),
-            health.clone(),
-            stop_rx.clone(),
-        );
-        let interval = sources.interval;
-        async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => break,
-                }
-                let presence = tokio::task::block_in_place(|| processes.refresh());
-                health.update_processes(presence);
-                let Some(rounds) = &rounds else { continue };
-                let round = rounds.round().await;
-                probe_metrics.observe(&round);
-                let ratio = window
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .ratio(Instant::now());
-                controller
-                    .lock()
-                    .await
-                    .on_round(Instant::now(), &round, ratio)
-                    .await;
-                health.update_round(round);
-            }
+    let periodic = tokio::spawn(
+        RoundLoop {
+            processes,
+            rounds: sources.rounds,
+            interval: sources.interval,
+            probe_metrics,
+            window: window.clone(),
+            controller: controller.clone(),
+            health: health.clone(),
         }
-    });
+        .run(stop_rx.clone()),
+    );
 
     let mut app = crate::http::router(registry.clone(), LINKS)
         .merge(crate::health::http::router(health.clone()));
