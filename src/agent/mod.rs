@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::http::SharedController;
-use crate::fallback::window::{SessionWindow, SharedWindow};
+use crate::fallback::window::{EvidenceEdge, SessionWindow, SharedWindow};
 use crate::health::{Health, LogHealthInput};
 use crate::metrics::LogCollector;
 use crate::pipeline::Pipeline;
@@ -52,8 +52,10 @@ pub struct Sources {
     /// Probe rounds; `None` runs the agent on the log alone.
     pub rounds: Option<Arc<dyn RoundSource>>,
     pub processes: Box<dyn ProcessSource + Send>,
-    /// Time between probe rounds (and process-table looks).
+    /// Time between probe rounds when nothing changes (the heartbeat).
     pub interval: Duration,
+    /// Start a round when routes, links or addresses change.
+    pub watch_routes: bool,
 }
 
 impl Sources {
@@ -63,6 +65,7 @@ impl Sources {
             rounds: config.probe.source(),
             processes: Box::new(crate::watch::SysinfoSource::new()?),
             interval: config.probe.interval(),
+            watch_routes: config.probe.watch_routes,
         })
     }
 }
@@ -96,6 +99,8 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: launchd and tests write the log to a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -181,11 +186,18 @@ pub async fn run(
         "Failed saves of the checkpoint (log.checkpoint); retried every second.",
     )?;
     registry.register(Box::new(save_errors.clone()))?;
+    // The tail side tells the rounds when the sessions become evidence.
+    let evidence = Arc::new(tokio::sync::Notify::new());
     let log_side = LogSide {
         pipeline: pipeline.clone(),
         window: window.clone(),
         health: health.clone(),
         save_errors,
+        evidence: evidence.clone(),
+        edge: Mutex::new(EvidenceEdge::new(
+            config.fallback.min_sessions,
+            config.fallback.zero_byte_ratio,
+        )),
     };
     let tail = tokio::spawn({
         let (config, stop) = (config.clone(), stop_rx.clone());
@@ -197,6 +209,8 @@ pub async fn run(
             processes,
             rounds: sources.rounds,
             interval: sources.interval,
+            watch_routes: sources.watch_routes,
+            evidence: evidence.clone(),
             probe_metrics,
             window: window.clone(),
             controller: controller.clone(),
@@ -242,6 +256,8 @@ struct LogSide {
     window: SharedWindow,
     health: Arc<Health>,
     save_errors: prometheus::IntCounter,
+    evidence: Arc<tokio::sync::Notify>,
+    edge: Mutex<EvidenceEdge>,
 }
 
 /// Where reading stopped in each log file.
@@ -490,6 +506,14 @@ fn feed(side: &LogSide, file: &mut Followed, role: Role, poll: &Poll, debug_erro
                     now,
                     c.outcome == Outcome::ZeroBytes,
                 );
+            }
+            let crossed = side
+                .edge
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .crossed(w.ratio(now));
+            if crossed {
+                side.evidence.notify_one();
             }
         }
         LogHealthInput {

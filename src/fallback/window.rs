@@ -115,6 +115,36 @@ impl SessionWindow {
 /// The window as shared between the log pipeline (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
+/// When the sessions become evidence of a broken bypass (`fallback.min_sessions` closes, a
+/// `fallback.zero_byte_ratio` share of them with zero bytes): edge-triggered, so a window that
+/// stays above asks for one confirming round, not one per close. It only asks for a probe
+/// round; acting still needs the probes to agree.
+#[derive(Debug)]
+pub struct EvidenceEdge {
+    min_sessions: u64,
+    zero_byte_ratio: f64,
+    above: bool,
+}
+
+impl EvidenceEdge {
+    pub fn new(min_sessions: u32, zero_byte_ratio: f64) -> Self {
+        EvidenceEdge {
+            min_sessions: u64::from(min_sessions),
+            zero_byte_ratio,
+            above: false,
+        }
+    }
+
+    /// The window's ratio now; true when it has just crossed the threshold.
+    pub fn crossed(&mut self, r: Ratio) -> bool {
+        let above =
+            r.total >= self.min_sessions && r.share().is_some_and(|s| s >= self.zero_byte_ratio);
+        let crossed = above && !self.above;
+        self.above = above;
+        crossed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +169,26 @@ mod tests {
         assert_eq!(apps[0].app, "Plex");
         assert_eq!(apps[0].ratio, Ratio { zero: 1, total: 2 });
         assert_eq!(w.ratio(t0 + Duration::from_secs(1000)).total, 0);
+    }
+
+    #[test]
+    fn evidence_is_an_edge() {
+        let mut e = EvidenceEdge::new(5, 0.9);
+        let r = |zero, total| Ratio { zero, total };
+        let seen: Vec<bool> = [
+            r(4, 4),
+            r(5, 5),
+            r(6, 6),
+            r(6, 7),
+            r(6, 8),
+            r(9, 10),
+            r(0, 0),
+        ]
+        .into_iter()
+        .map(|x| e.crossed(x))
+        .collect();
+        // Too few; crosses; stays above; 6/7 = 0.86 below; still below; above again; empty.
+        assert_eq!(seen, [false, true, false, false, false, true, false]);
     }
 
     #[test]

@@ -128,7 +128,11 @@ pub trait RoundSource: Send + Sync + 'static {
 pub struct ProbeConfig {
     /// Off: the agent watches the log only.
     pub enabled: bool,
+    /// Heartbeat: a round at least this often; route changes and log evidence start rounds
+    /// sooner.
     pub interval_secs: u64,
+    /// Start a round when the routing table, a link or an address changes.
+    pub watch_routes: bool,
     /// Bound of one path (all its endpoint attempts), and so of a round.
     pub timeout_secs: f64,
     /// What-is-my-IP services (`http://` only); the body is an IPv4 address.
@@ -143,7 +147,8 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             enabled: true,
-            interval_secs: 30,
+            interval_secs: 300,
+            watch_routes: true,
             timeout_secs: 5.0,
             endpoints: vec![
                 "http://api.ipify.org/".into(),
@@ -159,7 +164,7 @@ impl Default for ProbeConfig {
 impl ProbeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.interval_secs == 0 {
-            return Err("probe.interval_secs must be at least 1 (default 30)".into());
+            return Err("probe.interval_secs must be at least 1 (default 300)".into());
         }
         if !(self.timeout_secs > 0.0 && self.timeout_secs.is_finite()) {
             return Err(

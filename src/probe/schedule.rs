@@ -6,8 +6,9 @@
 //!   `debounce` (more changes in between join it).
 //! - **Log evidence**: the zero-byte share of bypass sessions crossed the policy's threshold;
 //!   a confirming round starts now.
-//! - **Confirm**: the last round left the policy awaiting confirmation; the next one follows
-//!   `spacing` later instead of a heartbeat later.
+//! - **Confirm**: the last round left the policy awaiting confirmation (or led to an action,
+//!   whose effect the next round shows); the next one follows `spacing` later instead of a
+//!   heartbeat later.
 //!
 //! Rounds never overlap and start at least `spacing` apart. Rounds other than the heartbeat
 //! are capped at `max_triggered` per `cap_window`, so a flapping interface cannot turn into a
@@ -36,7 +37,8 @@ pub enum Trigger {
 pub enum Followup {
     /// Nothing: the next round is the heartbeat (or a trigger).
     None,
-    /// The policy needs another round to confirm what this one saw.
+    /// Another round soon: the policy needs it to confirm what this one saw, or an action
+    /// was just taken and its effect is to be seen.
     Confirm,
 }
 
