@@ -196,7 +196,9 @@ async fn run(mut socket: sys::EventSocket, tx: watch::Sender<RouteState>, opts: 
             _ = tokio::time::sleep_until(due) => {
                 pending = None;
                 last_read = Instant::now();
-                let now = tokio::task::block_in_place(read_state);
+                // A /proc or sysctl read and getifaddrs: well under a millisecond, run inline
+                // (block_in_place would hand the worker's core to a new thread each time).
+                let now = read_state();
                 tx.send_if_modified(|old| {
                     let changed = *old != now;
                     if changed {
