@@ -164,7 +164,7 @@ fn analyze(
         print!("{}", report.to_table());
     }
     if stats {
-        let r = &report.pipeline.read;
+        let r = &report.pipeline.read();
         eprintln!(
             "analyze: {} lines, {:.1} MB in {:.3} s: {:.2} M lines/s, {:.0} MB/s, peak RSS {:.1} MB",
             r.lines,

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod fallback;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod netwatch;
 pub mod os;

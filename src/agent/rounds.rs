@@ -14,11 +14,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::fallback::http::SharedController;
 use crate::fallback::policy::Reason;
-use crate::fallback::window::SharedWindow;
 use crate::health::Health;
 use crate::netwatch::RouteState;
 use crate::probe::schedule::{Followup, Schedule, ScheduleConfig, Trigger};
 use crate::probe::{ProbeMetrics, RoundSource};
+use crate::sessions::window::SharedWindow;
 use crate::watch::{ProcessSource, ProcessWatch};
 
 /// What one round reads and updates.

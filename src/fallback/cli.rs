@@ -80,7 +80,7 @@ pub fn fallback_command(config: &Config, op: &FallbackOp) -> anyhow::Result<Exit
     let cfg = &config.fallback;
     cfg.validate().map_err(anyhow::Error::msg)?;
     let mut backend = build_backend(cfg);
-    let kind = backend.kind().as_str();
+    let kind = backend.kind();
     match op {
         FallbackOp::Apply(t) => {
             let plan = plan(config, t)?;
@@ -99,7 +99,7 @@ pub fn fallback_command(config: &Config, op: &FallbackOp) -> anyhow::Result<Exit
             let loaded = backend
                 .status()
                 .with_context(|| format!("{kind}: status"))?;
-            println!("mode: {}\nbackend: {kind}", cfg.mode.as_str());
+            println!("mode: {}\nbackend: {kind}", cfg.mode);
             if loaded.is_empty() {
                 println!("installed: nothing");
             } else {

@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use super::metrics::FallbackMetrics;
 use super::policy::{Action, Decision, Outcome, Policy, Reason, bypass_broken};
-use super::window::Ratio;
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{PathKind, Round};
+use crate::sessions::window::Ratio;
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
 pub trait Verifier: Send + Sync {
@@ -65,7 +65,7 @@ pub type StatusHandle = Arc<RwLock<FallbackStatus>>;
 pub enum ControlError {
     #[error("fallback.mode is {0:?}: alerts are acted on only in auto mode")]
     NotAuto(Mode),
-    #[error("not now: {}", .0.as_str())]
+    #[error("not now: {0}")]
     Gated(Reason),
     #[error("cannot build rules: {0}")]
     NoPlan(String),
@@ -242,8 +242,8 @@ impl Controller {
 
     fn note_decision(&self, d: &Decision, sessions: Ratio) {
         self.metrics.decision(d);
-        let reason = d.reason().as_str();
-        let mode = self.cfg.mode.as_str();
+        let reason: &'static str = d.reason().into();
+        let mode: &'static str = self.cfg.mode.into();
         match d {
             Decision::None(_) => {
                 tracing::debug!(decision = d.label(), reason, mode, "fallback decision")
@@ -287,7 +287,7 @@ impl Controller {
         physical_before: Option<Ipv4Addr>,
     ) -> Result<(), ControlError> {
         if let Err(e) = self.backend.apply(plan) {
-            tracing::error!(action = action.as_str(), error = %e, "fallback: backend failed");
+            tracing::error!(action = %action, error = %e, "fallback: backend failed");
             self.finish(now, action, Outcome::Failed, Some(e.to_string()), None);
             return Err(e.into());
         }
@@ -296,14 +296,14 @@ impl Controller {
         let physical = round.egress(PathKind::Physical).or(physical_before);
         let bypass = round.egress(PathKind::Bypass);
         if physical.is_some() && bypass == physical && bypass_broken(&round).is_none() {
-            tracing::info!(action = action.as_str(), egress = ?bypass, interface = %plan.interface,
+            tracing::info!(action = %action, egress = ?bypass, interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
             self.finish(now, action, Outcome::Ok, None, Some(plan));
             return Ok(());
         }
         let err = ControlError::RolledBack { bypass, physical };
-        tracing::warn!(action = action.as_str(), error = %err, "fallback: verification failed");
+        tracing::warn!(action = %action, error = %err, "fallback: verification failed");
         if let Err(e) = self.backend.revert() {
             tracing::error!(error = %e, "fallback: rollback failed");
         }

@@ -1,6 +1,7 @@
 //! The fallback's metrics, prefix `pia_split_tunnel_`.
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use strum::IntoEnumIterator;
 
 use super::policy::{Action, Decision, Outcome};
 use super::{BackendKind, Mode};
@@ -70,26 +71,26 @@ impl FallbackMetrics {
         registry.register(Box::new(m.verify_failures.clone()))?;
         registry.register(Box::new(m.last_action.clone()))?;
         // Every action/result pair exists from the start, so rate() sees the first one.
-        for a in Action::ALL {
-            for o in Outcome::ALL {
-                m.actions.with_label_values(&[a.as_str(), o.as_str()]);
+        for a in Action::iter() {
+            for o in Outcome::iter() {
+                m.actions.with_label_values(&[<&str>::from(a), o.into()]);
             }
         }
         Ok(m)
     }
 
     pub fn set_mode(&self, mode: Mode) {
-        for m in Mode::ALL {
+        for m in Mode::iter() {
             self.mode
-                .with_label_values(&[m.as_str()])
+                .with_label_values(&[<&str>::from(m)])
                 .set(i64::from(m == mode));
         }
     }
 
     pub fn set_backend(&self, backend: BackendKind) {
-        for b in BackendKind::ALL {
+        for b in BackendKind::iter() {
             self.backend
-                .with_label_values(&[b.as_str()])
+                .with_label_values(&[<&str>::from(b)])
                 .set(i64::from(b == backend));
         }
     }
@@ -100,13 +101,13 @@ impl FallbackMetrics {
 
     pub fn decision(&self, d: &Decision) {
         self.decisions
-            .with_label_values(&[d.label(), d.reason().as_str()])
+            .with_label_values(&[d.label(), <&str>::from(d.reason())])
             .inc();
     }
 
     pub fn action(&self, action: Action, outcome: Outcome) {
         self.actions
-            .with_label_values(&[action.as_str(), outcome.as_str()])
+            .with_label_values(&[<&str>::from(action), outcome.into()])
             .inc();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -3,7 +3,7 @@
 //! - [`policy`]: the pure decision state machine (time injected);
 //! - [`controller`]: drives a [`Backend`], verifies with a fresh probe, rolls back, backs off;
 //! - [`pf`] and [`policy_routing`]: the backends, chosen in one place, [`build_backend`];
-//! - [`window`]: the sliding window of session closes the policy and health read;
+//! - the window of session closes it weighs lives in [`crate::sessions::window`];
 //! - [`http`], [`cli`], [`metrics`]: the surfaces.
 //!
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
@@ -20,7 +20,6 @@ pub mod net;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
-pub mod window;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -40,8 +39,22 @@ const LOCAL_NETS: [&str; 4] = [
 ];
 
 /// What the agent does when the bypass breaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "snake_case")]
 pub enum Mode {
     /// No decisions at all.
     Off,
@@ -50,17 +63,6 @@ pub enum Mode {
     Observe,
     /// Decide and act.
     Auto,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Off, Mode::Observe, Mode::Auto];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Observe => "observe",
-            Mode::Auto => "auto",
-        }
-    }
 }
 
 /// `fallback.backend` as configured.
@@ -76,27 +78,24 @@ pub enum BackendChoice {
 }
 
 /// The backend actually in use, after `auto` is resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum BackendKind {
     Pf,
     PolicyRouting,
     None,
-}
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [
-        BackendKind::Pf,
-        BackendKind::PolicyRouting,
-        BackendKind::None,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Pf => "pf",
-            BackendKind::PolicyRouting => "policy-routing",
-            BackendKind::None => "none",
-        }
-    }
 }
 
 impl BackendChoice {

@@ -8,13 +8,26 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::window::Ratio;
 use super::{FallbackConfig, OnTunnelDown, Plan};
 use crate::probe::{PathKind, Round};
+use crate::sessions::window::Ratio;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Reason {
     /// Fallback off and the bypass egresses as the physical path does.
     BypassHealthy,
@@ -47,51 +60,6 @@ pub enum Reason {
     ModeOff,
 }
 
-impl Reason {
-    pub const ALL: [Reason; 18] = [
-        Reason::BypassHealthy,
-        Reason::NoTunnel,
-        Reason::PhysicalDown,
-        Reason::NoPlan,
-        Reason::AwaitingConfirmation,
-        Reason::ProbeBroken,
-        Reason::SessionsZeroBytes,
-        Reason::StillBroken,
-        Reason::Cooldown,
-        Reason::RateLimited,
-        Reason::Backoff,
-        Reason::TunnelDown,
-        Reason::KeepOnTunnelDown,
-        Reason::AddressChanged,
-        Reason::Active,
-        Reason::Manual,
-        Reason::Alert,
-        Reason::ModeOff,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::BypassHealthy => "bypass_healthy",
-            Reason::NoTunnel => "no_tunnel",
-            Reason::PhysicalDown => "physical_down",
-            Reason::NoPlan => "no_plan",
-            Reason::AwaitingConfirmation => "awaiting_confirmation",
-            Reason::ProbeBroken => "probe_broken",
-            Reason::SessionsZeroBytes => "sessions_zero_bytes",
-            Reason::StillBroken => "still_broken",
-            Reason::Cooldown => "cooldown",
-            Reason::RateLimited => "rate_limited",
-            Reason::Backoff => "backoff",
-            Reason::TunnelDown => "tunnel_down",
-            Reason::KeepOnTunnelDown => "keep_on_tunnel_down",
-            Reason::AddressChanged => "address_changed",
-            Reason::Active => "active",
-            Reason::Manual => "manual",
-            Reason::Alert => "alert",
-            Reason::ModeOff => "mode_off",
-        }
-    }
-}
-
 /// What to do after a round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -102,45 +70,49 @@ pub enum Decision {
 }
 
 /// An action on the backend, as a metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "snake_case")]
 pub enum Action {
     Apply,
     Revert,
     Reload,
 }
 
-impl Action {
-    pub const ALL: [Action; 3] = [Action::Apply, Action::Revert, Action::Reload];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Apply => "apply",
-            Action::Revert => "revert",
-            Action::Reload => "reload",
-        }
-    }
-}
-
 /// How an action ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Ok,
     /// The backend failed (its error is logged); it left nothing of its own installed.
     Failed,
     /// Installed, but the bypass did not egress as the physical path: removed again.
     RolledBack,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Failed, Outcome::RolledBack];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::RolledBack => "rolled_back",
-        }
-    }
 }
 
 impl Decision {

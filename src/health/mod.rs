@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
+use strum::IntoEnumIterator;
 
 use crate::fallback::FallbackConfig;
 use crate::fallback::controller::StatusHandle;
-use crate::fallback::window::SharedWindow;
 use crate::probe::Round;
 use crate::proxy_log::Level;
+use crate::sessions::window::SharedWindow;
 use crate::watch::Presence;
 pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 
@@ -206,9 +207,9 @@ impl Health {
             )
         };
         for (name, comp) in &report.components {
-            for s in Status::ALL {
+            for s in Status::iter() {
                 self.status_gauge
-                    .with_label_values(&[name, s.as_str()])
+                    .with_label_values(&[name, <&str>::from(s)])
                     .set(i64::from(comp.status == s));
             }
         }

@@ -9,28 +9,32 @@ use serde::Serialize;
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, Outcome, bypass_broken};
-use crate::fallback::window::AppRatio;
 use crate::probe::{PathKind, ProbeError, Round};
 use crate::proxy_log::Level;
+use crate::sessions::window::AppRatio;
 use crate::watch::Presence;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     Ok,
     Degraded,
     Failing,
-}
-
-impl Status {
-    pub const ALL: [Status; 3] = [Status::Ok, Status::Degraded, Status::Failing];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Degraded => "degraded",
-            Status::Failing => "failing",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -166,8 +170,7 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
             Status::Degraded,
             format!(
                 "the proxy logs at {}: session lines need {} or more verbose. {DEBUG_LOGGING_OFF}",
-                level.as_str(),
-                t.log_max_level.as_str()
+                level, t.log_max_level
             ),
         );
     }
@@ -183,9 +186,7 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
                 "tailing: {} lines read, {} unrecognized{}",
                 l.lines_read,
                 l.unrecognized,
-                l.level
-                    .map(|v| format!(", level {}", v.as_str()))
-                    .unwrap_or_default()
+                l.level.map(|v| format!(", level {v}")).unwrap_or_default()
             ),
         ),
     }
@@ -352,8 +353,8 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
     {
         let what = format!(
             "last {} {}: {}",
-            a.action.as_str(),
-            a.outcome.as_str(),
+            a.action,
+            a.outcome,
             a.error.as_deref().unwrap_or("no detail")
         );
         // A failing backend (pfctl, ip) needs a human; a rolled-back apply backs off and retries.
@@ -371,12 +372,9 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
             match &f.plan {
                 Some(p) => format!(
                     "active ({}): {} leaves via {} gateway {}",
-                    f.backend.as_str(),
-                    p.source,
-                    p.interface,
-                    p.gateway
+                    f.backend, p.source, p.interface, p.gateway
                 ),
-                None => format!("active ({})", f.backend.as_str()),
+                None => format!("active ({})", f.backend),
             },
         ),
         (Mode::Observe, false) if broken => c(
@@ -385,11 +383,7 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
         ),
         (mode, false) => c(
             Status::Ok,
-            format!(
-                "inactive (mode {}, backend {})",
-                mode.as_str(),
-                f.backend.as_str()
-            ),
+            format!("inactive (mode {}, backend {})", mode, f.backend),
         ),
     }
 }

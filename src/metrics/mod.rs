@@ -13,6 +13,7 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 use prometheus::{Encoder, Registry, TextEncoder};
+use strum::IntoEnumIterator;
 
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level, LocalMillis};
@@ -318,16 +319,16 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     let mut tx = family("tx_bytes_total");
     let mut open = family("open_sessions");
     let mut duration = family("session_duration_seconds");
-    let apps = p.sessions.apps();
-    for (app, proto, c) in p.sessions.counts().iter() {
+    let apps = p.sessions().apps();
+    for (app, proto, c) in p.sessions().counts().iter() {
         let l = [("app", apps.name(app)), ("proto", proto_label(proto))];
         opened.counter(&l, c.opened as f64);
-        for o in Outcome::ALL {
-            closed.counter(&[l[0], l[1], ("outcome", o.as_str())], c.closed(o) as f64);
+        for o in Outcome::iter() {
+            closed.counter(&[l[0], l[1], ("outcome", o.into())], c.closed(o) as f64);
         }
         zero.counter(&l, c.closed(Outcome::ZeroBytes) as f64);
-        for k in ErrorKind::ALL {
-            errors.counter(&[l[0], l[1], ("kind", k.as_str())], c.errors(k) as f64);
+        for k in ErrorKind::iter() {
+            errors.counter(&[l[0], l[1], ("kind", k.into())], c.errors(k) as f64);
         }
         rx.counter(&l, c.rx_bytes as f64);
         tx.counter(&l, c.tx_bytes as f64);
@@ -349,13 +350,13 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         .map(FamilyBuilder::build)
         .collect();
 
-    let proxy = &p.proxy;
+    let proxy = &p.proxy();
     if let Some(t) = proxy.last_event.and_then(local_to_unix) {
         out.push(single("last_event_timestamp_seconds", &[], t));
     }
     let mut simple = |name: &str, v: f64| out.push(single(name, &[], v));
     simple("proxy_restarts_total", proxy.restarts as f64);
-    let r = &p.read;
+    let r = &p.read();
     simple("log_lines_total", r.lines as f64);
     simple("log_unrecognized_lines_total", r.unrecognized as f64);
     simple("log_read_bytes_total", r.bytes as f64);
@@ -385,12 +386,12 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     }
     if let Some(level) = proxy.level() {
         let mut f = family("log_level_info");
-        for l in Level::ALL {
-            f.gauge(&[("level", l.as_str())], f64::from(u8::from(l == level)));
+        for l in Level::iter() {
+            f.gauge(&[("level", l.into())], f64::from(u8::from(l == level)));
         }
         out.push(f.build());
     }
-    let e = p.sessions.evictions();
+    let e = p.sessions().evictions();
     let mut ev = family("session_evictions_total");
     ev.counter(&[("reason", "table_full")], e.table_full as f64)
         .counter(&[("reason", "proxy_restart")], e.proxy_restart as f64)
@@ -432,11 +433,11 @@ pub fn encode(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LogConfig;
+    use crate::pipeline::Limits;
 
     #[test]
     fn colliding_app_ids_stay_apart_and_render_whole() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         for (id, app) in [(1, "ab.c"), (2, "a.bc")] {
             let line = format!(
                 "[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: {id} {app} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15\r\n"

@@ -58,12 +58,12 @@ pub fn table(round: &Round) -> String {
         };
         let (egress, error) = match r.outcome {
             Ok(ip) => (ip.to_string(), String::new()),
-            Err(e) => ("-".into(), e.as_str().into()),
+            Err(e) => ("-".into(), e.to_string()),
         };
         let _ = writeln!(
             out,
             "{:<9} {:<18} {:<16} {:>5} ms  {error}",
-            r.path.as_str(),
+            <&str>::from(r.path),
             bound.unwrap_or_else(|| "(none)".into()),
             egress,
             r.duration.as_millis()
@@ -105,7 +105,7 @@ pub fn diagnose_command(config: &Config) -> anyhow::Result<ExitCode> {
         zero_byte: report.zero_byte_closures(),
         errors: report.errors_by_kind().into_iter().collect(),
         bind_ip: report.bind_ips().into_iter().next(),
-        level: report.pipeline.proxy.level(),
+        level: report.pipeline.proxy().level(),
         debug_log_present: config.log.path.is_file(),
         error_log_present: !config.log.error_path.as_os_str().is_empty()
             && config.log.error_path.is_file(),
@@ -199,10 +199,9 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
                 format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")
             }
             Some(Ok(ip)) => format!("egresses as {ip}, not as the physical path"),
-            Some(Err(e)) => format!(
-                "does not get out ({}): it follows the VPN's routes into {tunnel}",
-                e.as_str()
-            ),
+            Some(Err(e)) => {
+                format!("does not get out ({e}): it follows the VPN's routes into {tunnel}")
+            }
             None => "was not probed".into(),
         };
         out.push(format!(
@@ -211,11 +210,7 @@ the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`,
         ));
     }
     if !log.errors.is_empty() {
-        let kinds: Vec<String> = log
-            .errors
-            .iter()
-            .map(|(k, n)| format!("{} {n}", k.as_str()))
-            .collect();
+        let kinds: Vec<String> = log.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let mut line = format!("Error kinds in the log: {}.", kinds.join(", "));
         if log
             .errors

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
+use strum::{EnumCount, IntoEnumIterator};
 
 use super::{PathKind, ProbeError, Round, verdicts};
 use crate::metrics::{FamilyBuilder, FamilySpec};
@@ -14,7 +15,7 @@ struct State {
     rounds: u64,
     last_round_unix: f64,
     /// Failures by path and kind, since start.
-    errors: [[u64; ProbeError::ALL.len()]; 4],
+    errors: [[u64; ProbeError::COUNT]; PathKind::COUNT],
 }
 
 /// Keeps the last round and the counters; renders them at scrape time.
@@ -104,10 +105,7 @@ impl ProbeMetrics {
             .map_or(0.0, |d| d.as_secs_f64());
         for r in &round.results {
             if let Err(e) = r.outcome {
-                s.errors[r.path as usize][ProbeError::ALL
-                    .iter()
-                    .position(|k| *k == e)
-                    .expect("listed")] += 1;
+                s.errors[r.path as usize][e as usize] += 1;
             }
         }
         s.last = Some(round.clone());
@@ -137,18 +135,21 @@ impl Collector for ProbeCollector {
             family("probe_errors_total"),
             family("probe_egress_info"),
         );
-        for path in PathKind::ALL {
-            let p = [("path", path.as_str())];
+        for path in PathKind::iter() {
+            let p = [("path", <&str>::from(path))];
             if let Some(r) = round.result(path) {
                 success.gauge(&p, f64::from(u8::from(r.outcome.is_ok())));
                 duration.gauge(&p, r.duration.as_secs_f64());
                 if let Ok(ip) = r.outcome {
-                    egress.gauge(&[("path", path.as_str()), ("ip", &ip.to_string())], 1.0);
+                    egress.gauge(
+                        &[("path", <&str>::from(path)), ("ip", &ip.to_string())],
+                        1.0,
+                    );
                 }
             }
-            for (i, kind) in ProbeError::ALL.iter().enumerate() {
+            for (i, kind) in ProbeError::iter().enumerate() {
                 errors.counter(
-                    &[("path", path.as_str()), ("kind", kind.as_str())],
+                    &[("path", <&str>::from(path)), ("kind", kind.into())],
                     s.errors[path as usize][i] as f64,
                 );
             }

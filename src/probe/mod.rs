@@ -25,8 +25,23 @@ pub use prober::Prober;
 pub use verdict::{Verdicts, verdicts};
 
 /// A way out of the machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "snake_case")]
 pub enum PathKind {
     /// Socket bound to the physical interface (IP_BOUND_IF / SO_BINDTODEVICE).
     Physical,
@@ -38,26 +53,22 @@ pub enum PathKind {
     Default,
 }
 
-impl PathKind {
-    pub const ALL: [PathKind; 4] = [
-        PathKind::Physical,
-        PathKind::Tunnel,
-        PathKind::Bypass,
-        PathKind::Default,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PathKind::Physical => "physical",
-            PathKind::Tunnel => "tunnel",
-            PathKind::Bypass => "bypass",
-            PathKind::Default => "default",
-        }
-    }
-}
-
 /// Why a probe failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ProbeError {
     /// The path cannot be tried (its interface is missing).
     NoInterface,
@@ -67,29 +78,6 @@ pub enum ProbeError {
     BadBody,
     Http,
     Other,
-}
-
-impl ProbeError {
-    pub const ALL: [ProbeError; 7] = [
-        ProbeError::NoInterface,
-        ProbeError::Timeout,
-        ProbeError::Refused,
-        ProbeError::Unreachable,
-        ProbeError::BadBody,
-        ProbeError::Http,
-        ProbeError::Other,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeError::NoInterface => "no_interface",
-            ProbeError::Timeout => "timeout",
-            ProbeError::Refused => "refused",
-            ProbeError::Unreachable => "unreachable",
-            ProbeError::BadBody => "bad_body",
-            ProbeError::Http => "http",
-            ProbeError::Other => "other",
-        }
-    }
 }
 
 /// Result of one path in one round.

@@ -31,7 +31,7 @@ pub fn verdicts(round: &Round) -> Verdicts {
         (true, Some(ip), _) => format!("bypass working: traffic bound to the physical address egresses as {ip}"),
         (false, Some(ip), _) if Some(ip) == tunnel => format!("bypass broken: traffic bound to the physical address egresses through the tunnel as {ip}"),
         (false, Some(ip), _) => format!("bypass unclear: it egresses as {ip}, the physical path as {}", physical.map_or("nothing".into(), |p| p.to_string())),
-        (_, None, Some(Err(e))) => format!("bypass broken: traffic bound to the physical address fails ({})", e.as_str()),
+        (_, None, Some(Err(e))) => format!("bypass broken: traffic bound to the physical address fails ({e})"),
         _ => "bypass not probed".into(),
     });
     if vpn_leak {

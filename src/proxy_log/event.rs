@@ -3,26 +3,48 @@
 use serde::{Deserialize, Serialize};
 
 /// Transport of a proxied flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "snake_case")]
 pub enum Proto {
     Tcp,
     Udp,
 }
 
-impl Proto {
-    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
 /// Log level printed by the proxy's logger, from most to least verbose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "snake_case")]
 pub enum Level {
     Debug,
     Info,
@@ -30,21 +52,25 @@ pub enum Level {
     Error,
 }
 
-impl Level {
-    pub const ALL: [Level; 4] = [Level::Debug, Level::Info, Level::Warning, Level::Error];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warning => "warning",
-            Level::Error => "error",
-        }
-    }
-}
-
 /// Classified error of a flow or its outbound channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorKind {
     /// `Empty buffer occurred during ...`: the app side returned no data (normal end if bytes moved).
     EmptyBuffer,
@@ -64,28 +90,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
-        ErrorKind::EmptyBuffer,
-        ErrorKind::IoOnClosedChannel,
-        ErrorKind::ConnectTimeout,
-        ErrorKind::ConnectionRefused,
-        ErrorKind::ConnectionReset,
-        ErrorKind::Unreachable,
-        ErrorKind::ReadPending,
-        ErrorKind::Other,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::EmptyBuffer => "empty_buffer",
-            ErrorKind::IoOnClosedChannel => "io_on_closed_channel",
-            ErrorKind::ConnectTimeout => "connect_timeout",
-            ErrorKind::ConnectionRefused => "connection_refused",
-            ErrorKind::ConnectionReset => "connection_reset",
-            ErrorKind::Unreachable => "unreachable",
-            ErrorKind::ReadPending => "read_pending",
-            ErrorKind::Other => "other",
-        }
-    }
     pub fn index(self) -> usize {
         self as usize
     }

@@ -1,13 +1,28 @@
 //! Per-(app, proto) counters that the metrics and `analyze` render.
 
 use serde::{Deserialize, Serialize};
+use strum::EnumCount;
 
 use super::apps::AppId;
 use crate::proxy_log::{ErrorKind, Proto};
 
 /// How a session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     /// Some bytes moved (`0 MB` counts: it is under 0.05 MB, not zero).
     Transferred,
@@ -15,17 +30,6 @@ pub enum Outcome {
     ZeroBytes,
     /// Sizes in a shape we could not read, none of them non-zero.
     Unknown,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Transferred, Outcome::ZeroBytes, Outcome::Unknown];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Transferred => "transferred",
-            Outcome::ZeroBytes => "zero_bytes",
-            Outcome::Unknown => "unknown",
-        }
-    }
 }
 
 /// Upper bounds (seconds) of the session duration histogram. Connect timeouts end at 10 s.
@@ -37,8 +41,8 @@ pub const DURATION_BUCKETS_SECS: [f64; 13] = [
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppCounts {
     pub opened: u64,
-    pub closed: [u64; 3],
-    pub errors: [u64; ErrorKind::ALL.len()],
+    pub closed: [u64; Outcome::COUNT],
+    pub errors: [u64; ErrorKind::COUNT],
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     /// Sessions of this app now in the open table.
@@ -75,7 +79,7 @@ impl AppCounts {
 pub type ProtoKey = Option<Proto>;
 
 pub fn proto_label(p: ProtoKey) -> &'static str {
-    p.map_or("unknown", Proto::as_str)
+    p.map_or("unknown", <&str>::from)
 }
 
 /// All rows, dense by app id (app ids are small: the app cap bounds them).

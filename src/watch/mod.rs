@@ -12,13 +12,29 @@ use std::sync::{Arc, Mutex};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
+use strum::IntoEnumIterator;
 
 use crate::metrics::FamilyBuilder;
 pub use process::{FakeSource, ProcInfo, ProcessSource, SelfCollector, SysinfoSource};
 
 /// What each PIA process is, for the `process` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Role {
     /// The split-tunnel network extension (the transparent proxy).
     Extension,
@@ -26,17 +42,6 @@ pub enum Role {
     Daemon,
     /// The VPN's own process (OpenVPN or WireGuard).
     Vpn,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Extension, Role::Daemon, Role::Vpn];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Extension => "extension",
-            Role::Daemon => "daemon",
-            Role::Vpn => "vpn",
-        }
-    }
 }
 
 /// `[processes]`: how to recognize PIA's processes. A pattern matches a process whose name
@@ -90,7 +95,7 @@ impl ProcessConfig {
     /// Roles `p` plays.
     pub fn roles_of(&self, p: &ProcInfo) -> impl Iterator<Item = Role> + '_ {
         let p = p.clone();
-        Role::ALL.into_iter().filter(move |r| {
+        Role::iter().filter(move |r| {
             self.patterns(*r).iter().any(|pat| {
                 p.name == *pat || p.exe.as_deref().is_some_and(|e| e.contains(pat.as_str()))
             })
@@ -192,9 +197,9 @@ impl Collector for PresenceCollector {
             return vec![];
         }
         let mut f = FamilyBuilder::new("process_running", PRESENCE_HELP, MetricType::GAUGE);
-        for role in Role::ALL {
+        for role in Role::iter() {
             f.gauge(
-                &[("process", role.as_str())],
+                &[("process", role.into())],
                 f64::from(u8::from(p.count(role) > 0)),
             );
         }
