@@ -232,6 +232,8 @@ struct LabAgent<'a> {
     lab: &'a Lab,
     child: Child,
     log: PathBuf,
+    /// The proxy log the agent follows.
+    proxy_log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -269,6 +271,7 @@ impl<'a> LabAgent<'a> {
             lab,
             child,
             log: agent_log,
+            proxy_log: log,
             _dir: dir,
         }
     }
@@ -426,4 +429,46 @@ fn a_route_change_starts_a_round_without_waiting_for_the_heartbeat() {
         "{}",
         lab.ip(&["rule"])
     );
+}
+
+/// Without route events, the log alone asks for a round: once the zero-byte sessions cross
+/// the threshold, a confirming round starts at once (heartbeat of five minutes) and the
+/// probes, not the log, decide the repair.
+#[test]
+fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
+    let lab = Lab::up("l");
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        lab.ip(&["route", "del", half]);
+    }
+    let agent = LabAgent::start(&lab, "interval_secs = 300\nwatch_routes = false");
+    agent.wait_for(
+        "the first round",
+        &|b| has(b, "pia_split_tunnel_bypass_working 1"),
+        METRICS,
+        Duration::from_secs(20),
+    );
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        lab.ip(&["route", "add", half, "via", "10.16.0.1", "dev", "utun4"]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let rounds = agent.log().matches("trigger=").count();
+    assert_eq!(rounds, 1, "only the start round so far: {}", agent.log());
+    // The field failure in the log: 80 sessions, all closed with zero bytes.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&agent.proxy_log)
+        .unwrap()
+        .write_all(&std::fs::read(fixture("broken.log")).unwrap())
+        .unwrap();
+    agent.wait_for(
+        "the repair after the log showed the failure",
+        &|b| {
+            has(b, "pia_split_tunnel_fallback_active 1")
+                && has(b, "pia_split_tunnel_bypass_working 1")
+        },
+        METRICS,
+        Duration::from_secs(30),
+    );
+    let log = agent.log();
+    assert!(log.contains("trigger=LogEvidence"), "{log}");
 }

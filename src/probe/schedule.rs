@@ -341,9 +341,12 @@ mod tests {
     }
 
     #[test]
-    fn flapping_routes_are_capped_and_the_heartbeat_still_runs() {
-        // A change every second for an hour.
-        let events: Vec<(u64, Ev)> = (1..3600).map(|s| (s * 1_000, Ev::Route)).collect();
+    fn flapping_routes_and_log_evidence_are_capped_and_the_heartbeat_still_runs() {
+        // A change or a hostile log crossing the threshold every second for an hour: the log
+        // can ask for rounds, never for more than the cap.
+        let events: Vec<(u64, Ev)> = (1..3600)
+            .map(|s| (s * 1_000, if s % 2 == 0 { Ev::Route } else { Ev::Log }))
+            .collect();
         let got = simulate(cfg(), &events, 40, &|_| false, 3_600_000);
         let triggered: Vec<u64> = got
             .iter()
