@@ -4,7 +4,8 @@
 //! for every path of the round), and asks them through four paths at once: bound to the
 //! physical interface, bound to the tunnel, bound only to the physical *address* (what PIA's
 //! proxy does, the path that breaks), and unbound. A round is bounded by `probe.timeout_secs`
-//! whatever the endpoints do.
+//! whatever the endpoints do; the bypass path by less once the physical path has answered
+//! (see [`prober`]). When rounds run is [`schedule`]'s decision.
 
 pub mod cli;
 pub mod http;
