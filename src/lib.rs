@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod analyze;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod fallback;

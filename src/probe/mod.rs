@@ -7,7 +7,6 @@
 //! whatever the endpoints do; the bypass path by less once the physical path has answered
 //! (see [`prober`]). When rounds run is [`schedule`]'s decision.
 
-pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod prober;
