@@ -1,20 +1,19 @@
 #!/bin/sh
-# Removes the LaunchDaemon and the binary: sudo launchd/uninstall.sh [--purge]
-# The fallback is reverted first; --purge also removes the config and the checkpoint.
+# Removes the LaunchDaemon, its log rotation entry and the binary:
+#   sudo launchd/uninstall.sh [--purge]
+# The fallback is reverted first; --purge also removes the config, the checkpoint and the log
+# (with its rotated archives).
 set -eu
-LABEL=io.github.pia-split-tunnel-exporter
-BIN=/usr/local/bin/pia-split-tunnel-exporter
-CONF_DIR=/usr/local/etc/pia-split-tunnel-exporter
-STATE_DIR=/var/db/pia-split-tunnel-exporter
-PLIST=/Library/LaunchDaemons/$LABEL.plist
-
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/common.sh"
 [ "$(id -u)" -eq 0 ] || { echo "uninstall.sh: run with sudo" >&2; exit 1; }
-launchctl bootout "system/$LABEL" 2>/dev/null || true
+unload
 if [ -x "$BIN" ]; then
   "$BIN" --config "$CONF_DIR/config.toml" fallback revert || true
 fi
-rm -f "$PLIST" "$BIN"
+rm -f "$PLIST" "$BIN" "$NEWSYSLOG"
 if [ "${1:-}" = "--purge" ]; then
   rm -rf "$CONF_DIR" "$STATE_DIR"
+  rm -f "$LOG" "$LOG".[0-9]*
 fi
 echo "uninstalled"

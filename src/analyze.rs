@@ -12,10 +12,12 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use strum::IntoEnumIterator;
 
+use crate::fallback::FallbackConfig;
 use crate::ingest::LogConfig;
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level};
-use crate::sessions::{AppCounts, Outcome, proto_label};
+use crate::sessions::window::{Ratio, SessionsState, Thresholds};
+use crate::sessions::{AppCounts, CloseOutcome, proto_label};
 use crate::tail::lines::LineSplitter;
 
 const CHUNK: usize = 1 << 20;
@@ -23,6 +25,8 @@ const CHUNK: usize = 1 << 20;
 /// The log's story: counts per app and transport, and what they mean.
 pub struct Report {
     pub pipeline: Pipeline,
+    /// The sessions verdict's thresholds (`fallback.zero_byte_ratio`, `min_sessions`).
+    pub thresholds: Thresholds,
 }
 
 impl Report {
@@ -35,7 +39,10 @@ impl Report {
             read_into(&mut pipeline, file, cfg.max_line_bytes)
                 .with_context(|| format!("cannot read {}", path.display()))?;
         }
-        Ok(Report { pipeline })
+        Ok(Report {
+            pipeline,
+            thresholds: FallbackConfig::default().session_thresholds(),
+        })
     }
 
     fn rows(&self) -> impl Iterator<Item = (&str, &'static str, &AppCounts)> {
@@ -53,7 +60,7 @@ impl Report {
 
     pub fn zero_byte_closures(&self) -> u64 {
         self.rows()
-            .map(|(_, _, c)| c.closed(Outcome::ZeroBytes))
+            .map(|(_, _, c)| c.closed(CloseOutcome::ZeroBytes))
             .sum()
     }
 
@@ -74,6 +81,14 @@ impl Report {
         self.pipeline.proxy().bind_ip.iter().cloned().collect()
     }
 
+    /// The sessions verdict over the whole log, with the agent's thresholds.
+    pub fn sessions(&self) -> SessionsState {
+        self.thresholds.judge(Ratio {
+            zero: self.zero_byte_closures(),
+            total: self.total_sessions_closed(),
+        })
+    }
+
     /// One line: is the bypass working, as far as the log shows?
     pub fn verdict(&self) -> String {
         let closed = self.total_sessions_closed();
@@ -87,12 +102,10 @@ impl Report {
             };
         }
         let pct = percent(zero, closed);
-        let state = if zero * 10 >= closed * 9 {
-            "bypass broken"
-        } else if zero * 10 >= closed * 3 {
-            "bypass degraded"
-        } else {
-            "bypass working"
+        let state = match self.sessions() {
+            SessionsState::ZeroBytes => "bypass broken",
+            SessionsState::Healthy => "bypass working",
+            SessionsState::TooFew => "no verdict: too few sessions",
         };
         format!("{state}: {pct}% of {closed} sessions closed with zero bytes")
     }
@@ -106,14 +119,14 @@ impl Report {
                 .filter(|k| c.errors(*k) > 0)
                 .map(|k| (k.to_string(), json!(c.errors(k))))
                 .collect();
-            let outcomes: serde_json::Map<String, Value> = Outcome::iter()
+            let outcomes: serde_json::Map<String, Value> = CloseOutcome::iter()
                 .map(|o| (o.to_string(), json!(c.closed(o))))
                 .collect();
             let entry = apps.entry(app.to_owned()).or_insert_with(|| json!({}));
             entry[proto] = json!({
                 "sessions_opened": c.opened,
                 "sessions_closed": c.sessions_closed(),
-                "zero_byte_closures": c.closed(Outcome::ZeroBytes),
+                "zero_byte_closures": c.closed(CloseOutcome::ZeroBytes),
                 "rx_bytes": c.rx_bytes,
                 "tx_bytes": c.tx_bytes,
                 "errors": errors,
@@ -167,7 +180,7 @@ impl Report {
             let ratio = if closed == 0 {
                 "-".to_owned()
             } else {
-                format!("{}%", percent(c.closed(Outcome::ZeroBytes), closed))
+                format!("{}%", percent(c.closed(CloseOutcome::ZeroBytes), closed))
             };
             let errors: Vec<String> = ErrorKind::iter()
                 .filter(|k| c.errors(*k) > 0)
@@ -179,7 +192,7 @@ impl Report {
                 app,
                 proto,
                 closed,
-                c.closed(Outcome::ZeroBytes),
+                c.closed(CloseOutcome::ZeroBytes),
                 ratio,
                 c.rx_bytes,
                 c.tx_bytes,

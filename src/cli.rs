@@ -13,7 +13,7 @@ use crate::config::Config;
 #[derive(Parser, Debug)]
 #[command(
     name = "pia-split-tunnel-exporter",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Watches PIA's split tunnel, exports Prometheus metrics, repairs the bypass."
 )]
 pub struct Cli {
@@ -25,6 +25,8 @@ pub struct Cli {
     pub set: Vec<String>,
     #[command(flatten)]
     pub common: CommonFlags,
+    #[command(flatten)]
+    pub log: crate::logging::LogFlags,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -120,16 +122,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::logging::init(&cli.log);
     let config = cli.config()?;
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => commands::run(config),
+    match cli.command.take().unwrap_or(Command::Run) {
+        // SIGHUP reads the same file with the same flags again.
+        Command::Run => commands::run(config, move || cli.config()),
         Command::Analyze {
             files,
             json,
             prom,
             stats,
-        } => commands::analyze::run(&config.log, &files, json, prom, stats),
+        } => commands::analyze::run(
+            &config.log,
+            config.fallback.session_thresholds(),
+            &files,
+            json,
+            prom,
+            stats,
+        ),
         Command::Demo { speed } => commands::demo(config, speed),
         Command::CheckConfig => commands::check_config(&config),
         Command::Probe { json } => commands::probe::run(&config.probe, json),

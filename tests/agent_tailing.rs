@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::agent::{Agent, ProxyWriter, lines_of};
 use common::{fixture, generate};
+use pia_split_tunnel_exporter::build_info;
 use serde_json::Value;
 
 #[test]
@@ -26,7 +27,11 @@ fn metrics_after_tailing_equal_the_expected_counts() {
     assert_eq!(
         m.value(
             "pia_split_tunnel_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
+            &[
+                ("revision", build_info::REVISION),
+                ("rustc_version", build_info::RUSTC_VERSION),
+                ("version", env!("CARGO_PKG_VERSION"))
+            ]
         ),
         1.0
     );

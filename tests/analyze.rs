@@ -2,8 +2,25 @@
 
 mod common;
 
-use common::{BIN, assert_subset, fixture, generate, run_bin};
+use std::process::{Command, Output};
+
+use common::{BIN, assert_subset, fixture, generate};
 use serde_json::Value;
+
+/// Runs `analyze`; it exits 0, or 1 when the sessions verdict says the bypass is broken.
+fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("agent binary runs");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 fn analyze_json(files: &[&std::path::Path], extra: &[&str]) -> Value {
     let mut args: Vec<&str> = vec!["analyze", "--json"];
@@ -53,14 +70,17 @@ fn verdict_names_the_failure() {
             .starts_with("bypass working"),
         "{healthy}"
     );
-    let table = String::from_utf8(
-        run_bin(
-            &["analyze", &fixture("broken.log").display().to_string()],
-            &[],
-        )
-        .stdout,
-    )
-    .unwrap();
+    let out = run_bin(
+        &["analyze", &fixture("broken.log").display().to_string()],
+        &[],
+    );
+    // Like `probe`: exit 1 on "bypass broken", 0 otherwise.
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8(out.stdout).unwrap();
+    for healthy in ["healthy.log", "mixed.log"] {
+        let out = run_bin(&["analyze", &fixture(healthy).display().to_string()], &[]);
+        assert_eq!(out.status.code(), Some(0), "{healthy}");
+    }
     assert!(
         table.contains("verdict: bypass broken: 100% of 80 sessions"),
         "{table}"

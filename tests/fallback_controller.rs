@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
-use pia_split_tunnel_exporter::fallback::policy::{Decision, Outcome, Reason};
+use pia_split_tunnel_exporter::fallback::policy::{ApplyOutcome, Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
-use pia_split_tunnel_exporter::probe::Round;
-use pia_split_tunnel_exporter::sessions::window::Ratio;
+use pia_split_tunnel_exporter::probe::{Round, Verdict};
+use pia_split_tunnel_exporter::sessions::window::SessionsVerdict;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// A verifier whose next round the test sets.
@@ -42,7 +42,7 @@ fn controller(cfg: &FallbackConfig, verify: Round) -> (Controller, Registry, Arc
     (Controller::new(cfg, build_backend(cfg), v, m), reg, cell)
 }
 
-const NONE: Ratio = Ratio { zero: 0, total: 0 };
+const NONE: SessionsVerdict = NO_SESSIONS;
 
 #[tokio::test]
 async fn auto_applies_verifies_and_health_reports_it() {
@@ -52,33 +52,35 @@ async fn auto_applies_verifies_and_health_reports_it() {
         ..s.config()
     };
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
+    let health = Health::new(&HealthConfig::default(), &reg)
         .unwrap()
         .with_fallback(c.status_handle());
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
     assert_eq!(
-        c.on_round(t0, &broken, NONE).await.reason(),
+        on_round(&mut c, t0, &broken, NONE).await.reason(),
         Reason::AwaitingConfirmation
     );
-    health.update_round(broken.clone());
+    let r = broken.clone();
+    let v = Verdict::of(&r);
+    health.update_round(r, v);
     assert_eq!(
         health.report(t0).components["probe_bypass"].status,
         Status::Failing
     );
-    let d = c
-        .on_round(t0 + Duration::from_secs(30), &broken, NONE)
-        .await;
+    let d = on_round(&mut c, t0 + Duration::from_secs(30), &broken, NONE).await;
     assert!(
         matches!(d, Decision::Apply(_, Reason::ProbeBroken)),
         "{d:?}"
     );
     let st = c.status();
     assert!(st.active);
-    assert_eq!(st.last_action.as_ref().unwrap().outcome, Outcome::Ok);
+    assert_eq!(st.last_action.as_ref().unwrap().outcome, ApplyOutcome::Ok);
     assert_eq!(s.held_tokens().len(), 1);
     // The next round sees the repaired bypass.
-    health.update_round(round(true, Bypass::Physical));
+    let r = round(true, Bypass::Physical);
+    let v = Verdict::of(&r);
+    health.update_round(r, v);
     health.update_log(LogHealthInput {
         file_present: true,
         lines_read: 3,
@@ -104,8 +106,8 @@ async fn auto_applies_verifies_and_health_reports_it() {
     }
     // The VPN goes away: revert after two rounds, token released.
     let gone = round(false, Bypass::Physical);
-    c.on_round(t0 + Duration::from_secs(60), &gone, NONE).await;
-    let d = c.on_round(t0 + Duration::from_secs(90), &gone, NONE).await;
+    on_round(&mut c, t0 + Duration::from_secs(60), &gone, NONE).await;
+    let d = on_round(&mut c, t0 + Duration::from_secs(90), &gone, NONE).await;
     assert_eq!(d, Decision::Revert(Reason::TunnelDown));
     assert!(!c.status().active);
     assert!(s.held_tokens().is_empty());
@@ -121,19 +123,18 @@ async fn failed_verification_rolls_back_and_counts() {
     };
     // Even with the rules loaded the bypass still goes through the tunnel.
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Tunnel));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
+    let health = Health::new(&HealthConfig::default(), &reg)
         .unwrap()
         .with_fallback(c.status_handle());
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
-    c.on_round(t0, &broken, NONE).await;
-    c.on_round(t0 + Duration::from_secs(30), &broken, NONE)
-        .await;
+    on_round(&mut c, t0, &broken, NONE).await;
+    on_round(&mut c, t0 + Duration::from_secs(30), &broken, NONE).await;
     let st = c.status();
     assert!(!st.active);
     assert_eq!(
         st.last_action.as_ref().unwrap().outcome,
-        Outcome::RolledBack
+        ApplyOutcome::RolledBack
     );
     assert_eq!(st.consecutive_failures, 1);
     assert!(s.held_tokens().is_empty(), "token released on rollback");
@@ -151,11 +152,8 @@ async fn failed_verification_rolls_back_and_counts() {
         Status::Degraded
     );
     // Backing off: the next broken rounds do not act.
-    c.on_round(t0 + Duration::from_secs(60), &broken, NONE)
-        .await;
-    let d = c
-        .on_round(t0 + Duration::from_secs(90), &broken, NONE)
-        .await;
+    on_round(&mut c, t0 + Duration::from_secs(60), &broken, NONE).await;
+    let d = on_round(&mut c, t0 + Duration::from_secs(90), &broken, NONE).await;
     assert_eq!(d, Decision::None(Reason::Backoff));
 }
 
@@ -169,13 +167,15 @@ async fn backend_failure_is_failing_health() {
         ..s.config()
     };
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
+    let health = Health::new(&HealthConfig::default(), &reg)
         .unwrap()
         .with_fallback(c.status_handle());
-    c.on_round(Instant::now(), &round(true, Bypass::Timeout), NONE)
-        .await;
+    on_round(&mut c, Instant::now(), &round(true, Bypass::Timeout), NONE).await;
     let st = c.status();
-    assert_eq!(st.last_action.as_ref().unwrap().outcome, Outcome::Failed);
+    assert_eq!(
+        st.last_action.as_ref().unwrap().outcome,
+        ApplyOutcome::Failed
+    );
     assert!(
         st.last_action
             .as_ref()
@@ -194,15 +194,13 @@ async fn observe_decides_but_never_touches_pf() {
     let s = StandIn::new();
     let cfg = s.config(); // mode observe by default
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
+    let health = Health::new(&HealthConfig::default(), &reg)
         .unwrap()
         .with_fallback(c.status_handle());
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
-    c.on_round(t0, &broken, NONE).await;
-    let d = c
-        .on_round(t0 + Duration::from_secs(30), &broken, NONE)
-        .await;
+    on_round(&mut c, t0, &broken, NONE).await;
+    let d = on_round(&mut c, t0 + Duration::from_secs(30), &broken, NONE).await;
     assert!(matches!(d, Decision::Apply(..)));
     assert!(
         s.calls().is_empty(),
@@ -210,7 +208,9 @@ async fn observe_decides_but_never_touches_pf() {
         s.call_lines()
     );
     assert!(!c.status().active);
-    health.update_round(broken);
+    let r = broken;
+    let v = Verdict::of(&r);
+    health.update_round(r, v);
     let comp = &health.report(t0).components["fallback"];
     assert_eq!(comp.status, Status::Degraded);
     assert!(comp.reason.contains("observe"), "{comp:?}");
@@ -236,9 +236,7 @@ async fn reconcile_adopts_or_removes_a_leftover_and_shutdown_removes() {
     let (mut c, _, _) = controller(&cfg, round(true, Bypass::Physical));
     c.reconcile().unwrap();
     assert!(c.status().active, "adopted");
-    let d = c
-        .on_round(Instant::now(), &round(true, Bypass::Physical), NONE)
-        .await;
+    let d = on_round(&mut c, Instant::now(), &round(true, Bypass::Physical), NONE).await;
     assert_eq!(
         d,
         Decision::None(Reason::Active),

@@ -15,22 +15,19 @@ use pia_split_tunnel_exporter::fallback::http::{SharedController, router};
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, build_backend};
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput};
+use pia_split_tunnel_exporter::probe::Verdict;
 use prometheus::Registry;
 use tower::ServiceExt;
 
 const TOKEN: &str = "s3cret-token-0123456789";
 
-fn shared(cfg: &FallbackConfig) -> SharedController {
+/// The controller on the stand-in, its probes seeing the bypass broken until it is repaired.
+fn shared(s: &StandIn, cfg: &FallbackConfig) -> SharedController {
     let m = FallbackMetrics::register(&Registry::new()).unwrap();
-    let verify = round(true, Bypass::Physical);
-    let v = move || {
-        let r = verify.clone();
-        async move { r }
-    };
     Arc::new(tokio::sync::Mutex::new(Controller::new(
         cfg,
         build_backend(cfg),
-        Box::new(v),
+        s.verifier(),
         m,
     )))
 }
@@ -67,7 +64,7 @@ async fn call(
 async fn disabled_without_a_token_file() {
     let s = StandIn::new();
     let cfg = s.config();
-    let app = router(shared(&cfg), &cfg).unwrap();
+    let app = router(shared(&s, &cfg), &cfg).unwrap();
     for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
         let (code, body) = call(&app, path, Some(&format!("Bearer {TOKEN}")), "{}").await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
@@ -83,7 +80,7 @@ async fn token_required_and_wrong_token_refused() {
         token_file: Some(token_file(s.dir.path(), 0o600)),
         ..s.config()
     };
-    let app = router(shared(&cfg), &cfg).unwrap();
+    let app = router(shared(&s, &cfg), &cfg).unwrap();
     for auth in [
         None,
         Some("Bearer wrong-token-0123456789"),
@@ -125,7 +122,7 @@ async fn token_file_readable_by_others_is_refused() {
         token_file: Some(token_file(s.dir.path(), 0o644)),
         ..s.config()
     };
-    let err = router(shared(&cfg), &cfg).expect_err("refused");
+    let err = router(shared(&s, &cfg), &cfg).expect_err("refused");
     assert!(err.contains("chmod 600"), "{err}");
 }
 
@@ -138,11 +135,11 @@ async fn alertmanager_webhook_applies_in_auto_and_limits_bodies() {
         max_body_bytes: 4096,
         ..s.config()
     };
-    let app = router(shared(&cfg), &cfg).unwrap();
+    let app = router(shared(&s, &cfg), &cfg).unwrap();
     let auth = format!("Bearer {TOKEN}");
     let hook = |name: &str, status: &str| {
         format!(
-            r#"{{"version":"4","groupKey":"{{}}:{{}}","status":"{status}","receiver":"agent","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://localhost:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"{name}"}},"annotations":{{}},"startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"x"}}]}}"#
+            r#"{{"version":"4","groupKey":"{{}}:{{}}","status":"{status}","receiver":"agent","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://localhost:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"{name}","instance":"mac1:9847"}},"annotations":{{}},"startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"x"}}]}}"#
         )
     };
     let (code, body) = call(&app, "/alertmanager", Some(&auth), hook("Other", "firing")).await;
@@ -189,8 +186,7 @@ async fn alertmanager_webhook_applies_in_auto_and_limits_bodies() {
 
 #[tokio::test]
 async fn health_is_503_when_failing_and_ready_after_round_and_log() {
-    let cfg = FallbackConfig::default();
-    let health = Arc::new(Health::new(&HealthConfig::default(), &cfg, &Registry::new()).unwrap());
+    let health = Arc::new(Health::new(&HealthConfig::default(), &Registry::new()).unwrap());
     let app = pia_split_tunnel_exporter::health::http::router(health.clone());
     let get = |path: &'static str| {
         let app = app.clone();
@@ -210,7 +206,9 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let (code, body) = get("/-/ready").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["probe_round"], false);
-    health.update_round(round(true, Bypass::Timeout));
+    let r = round(true, Bypass::Timeout);
+    let v = Verdict::of(&r);
+    health.update_round(r, v);
     health.update_log(LogHealthInput {
         file_present: true,
         lines_read: 10,
@@ -227,7 +225,9 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
             .unwrap()
             .contains("timed out")
     );
-    health.update_round(round(true, Bypass::Physical));
+    let r = round(true, Bypass::Physical);
+    let v = Verdict::of(&r);
+    health.update_round(r, v);
     let (code, body) = get("/health").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");

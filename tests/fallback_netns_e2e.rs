@@ -17,8 +17,7 @@ use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
-use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round};
-use pia_split_tunnel_exporter::sessions::window::Ratio;
+use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
 use prometheus::Registry;
 
 /// One round, read from the namespace.
@@ -90,7 +89,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
         Box::new(v),
         FallbackMetrics::register(&reg).unwrap(),
     );
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
+    let health = Health::new(&HealthConfig::default(), &reg)
         .unwrap()
         .with_fallback(c.status_handle());
     health.update_log(LogHealthInput {
@@ -101,14 +100,22 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     c.reconcile().unwrap();
 
     let t0 = Instant::now();
+    let no_sessions = cfg.session_window().verdict(t0);
     let mut decisions = Vec::new();
     for i in 0..3 {
         let round = observe(&ns);
         decisions.push(
-            c.on_round(t0 + Duration::from_secs(30 * i), &round, Ratio::default())
-                .await,
+            c.on_round(
+                t0 + Duration::from_secs(30 * i),
+                &round,
+                &Verdict::of(&round),
+                no_sessions,
+            )
+            .await,
         );
-        health.update_round(observe(&ns));
+        let after = observe(&ns);
+        let v = Verdict::of(&after);
+        health.update_round(after, v);
     }
     assert!(
         matches!(decisions[1], Decision::Apply(_, Reason::ProbeBroken)),
@@ -129,8 +136,13 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     for i in 3..6 {
         let round = observe(&ns);
         last = Some(
-            c.on_round(t0 + Duration::from_secs(30 * i), &round, Ratio::default())
-                .await,
+            c.on_round(
+                t0 + Duration::from_secs(30 * i),
+                &round,
+                &Verdict::of(&round),
+                no_sessions,
+            )
+            .await,
         );
         if matches!(last, Some(Decision::Revert(_))) {
             break;

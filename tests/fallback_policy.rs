@@ -5,25 +5,22 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pia_split_tunnel_exporter::fallback::policy::{Action, Decision, Outcome, Policy, Reason};
+use pia_split_tunnel_exporter::fallback::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, OnTunnelDown};
-use pia_split_tunnel_exporter::sessions::window::Ratio;
-
-const NO_SESSIONS: Ratio = Ratio { zero: 0, total: 0 };
 
 /// Feeds rounds 30 s apart; each decision that acts is recorded as `outcome`.
 fn run(
     policy: &mut Policy,
     t0: Instant,
     script: &[(bool, Bypass)],
-    outcome: Outcome,
+    outcome: ApplyOutcome,
 ) -> Vec<Decision> {
     script
         .iter()
         .enumerate()
         .map(|(i, (tunnel, bypass))| {
             let now = t0 + Duration::from_secs(30 * i as u64);
-            let d = policy.evaluate(now, &round(*tunnel, *bypass), NO_SESSIONS);
+            let d = policy.judge(now, &round(*tunnel, *bypass), NO_SESSIONS);
             if let Some(a) = d.action() {
                 let plan = match &d {
                     Decision::Apply(p, _) | Decision::Reload(p, _) => Some(p.clone()),
@@ -52,7 +49,7 @@ fn applies_after_n_consecutive_broken_rounds() {
             (true, Bypass::Tunnel),
             (true, Bypass::Physical),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(
         reasons(&ds),
@@ -86,21 +83,22 @@ fn flapping_bypass_never_applies() {
             )
         })
         .collect();
-    let ds = run(&mut p, Instant::now(), &script, Outcome::Ok);
+    let ds = run(&mut p, Instant::now(), &script, ApplyOutcome::Ok);
     assert!(ds.iter().all(|d| d.action().is_none()), "{ds:?}");
 }
 
 #[test]
 fn physical_down_or_no_tunnel_is_not_a_reason_to_act() {
+    // The physical path fails while the tunnel gets out: the verdict is undetermined.
     let mut p = Policy::new(&FallbackConfig::default());
     let t0 = Instant::now();
     for i in 0..5 {
-        let d = p.evaluate(
+        let d = p.judge(
             t0 + Duration::from_secs(i),
             &round_with(true, false, Bypass::Timeout, PHYS_IP),
             NO_SESSIONS,
         );
-        assert_eq!(d, Decision::None(Reason::PhysicalDown));
+        assert_eq!(d, Decision::None(Reason::Undetermined));
     }
     let ds = run(
         &mut p,
@@ -110,7 +108,7 @@ fn physical_down_or_no_tunnel_is_not_a_reason_to_act() {
             (false, Bypass::Timeout),
             (false, Bypass::Timeout),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(reasons(&ds), ["no_tunnel"; 3]);
 }
@@ -121,41 +119,22 @@ fn zero_byte_sessions_with_one_confirming_round_apply() {
     let t0 = Instant::now();
     // Under the minimum count: not enough evidence.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Timeout),
-        Ratio { zero: 4, total: 4 },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(4, 4));
     assert_eq!(d.reason(), Reason::AwaitingConfirmation);
     // Under the ratio.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Timeout),
-        Ratio { zero: 8, total: 10 },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(8, 10));
     assert_eq!(d.reason(), Reason::AwaitingConfirmation);
     // Enough, and the round confirms.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Timeout),
-        Ratio { zero: 9, total: 10 },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(9, 10));
     assert!(
         matches!(d, Decision::Apply(_, Reason::SessionsZeroBytes)),
         "{d:?}"
     );
     // Enough, but the probes say the bypass works: no action.
     let mut p = Policy::new(&cfg);
-    let d = p.evaluate(
-        t0,
-        &round(true, Bypass::Physical),
-        Ratio {
-            zero: 10,
-            total: 10,
-        },
-    );
+    let d = p.judge(t0, &round(true, Bypass::Physical), sessions(10, 10));
     assert_eq!(d, Decision::None(Reason::BypassHealthy));
 }
 
@@ -173,7 +152,7 @@ fn tunnel_down_reverts_after_hysteresis_and_keep_is_honoured() {
             (false, Bypass::Physical),
             (false, Bypass::Physical),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(
         reasons(&ds),
@@ -203,7 +182,7 @@ fn tunnel_down_reverts_after_hysteresis_and_keep_is_honoured() {
             (false, Bypass::Physical),
             (false, Bypass::Physical),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(ds[3], Decision::None(Reason::KeepOnTunnelDown));
     assert!(p.active());
@@ -221,13 +200,13 @@ fn address_change_reloads_and_cooldown_delays_it() {
         &mut p,
         t0,
         &[(true, Bypass::Timeout), (true, Bypass::Timeout)],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     // Applied at t0+30 s. The address changes at t0+60 s: inside the cooldown.
     let moved = round_with(true, true, Bypass::Physical, "10.0.15.16".parse().unwrap());
-    let d = p.evaluate(t0 + Duration::from_secs(60), &moved, NO_SESSIONS);
+    let d = p.judge(t0 + Duration::from_secs(60), &moved, NO_SESSIONS);
     assert_eq!(d, Decision::None(Reason::Cooldown));
-    let d = p.evaluate(t0 + Duration::from_secs(91), &moved, NO_SESSIONS);
+    let d = p.judge(t0 + Duration::from_secs(91), &moved, NO_SESSIONS);
     let Decision::Reload(plan, Reason::AddressChanged) = d else {
         panic!("{d:?}")
     };
@@ -248,9 +227,9 @@ fn failed_verification_backs_off_exponentially() {
     let mut applied_at = Vec::new();
     for s in (0..1200).step_by(10) {
         let now = t0 + Duration::from_secs(s);
-        if let d @ Decision::Apply(..) = p.evaluate(now, &broken, NO_SESSIONS) {
+        if let d @ Decision::Apply(..) = p.judge(now, &broken, NO_SESSIONS) {
             applied_at.push(s);
-            p.record(now, d.action().unwrap(), Outcome::RolledBack, None);
+            p.record(now, d.action().unwrap(), ApplyOutcome::RolledBack, None);
         }
     }
     // First apply after a streak of 2 rounds; then the back-off doubles 60, 120, 240 and stops
@@ -278,7 +257,7 @@ fn flapping_tunnel_is_capped_per_hour() {
     let mut p = Policy::new(&cfg);
     // The tunnel comes and goes every round for an hour, the bypass broken whenever it is up.
     let script: Vec<_> = (0..120).map(|i| (i % 2 == 0, Bypass::Timeout)).collect();
-    let ds = run(&mut p, Instant::now(), &script, Outcome::Ok);
+    let ds = run(&mut p, Instant::now(), &script, ApplyOutcome::Ok);
     let acts = ds.iter().filter(|d| d.action().is_some()).count();
     // Reverts are never refused, but they count: applies stop once the cap is reached.
     assert!(acts <= 5, "{acts} actions in an hour: {:?}", reasons(&ds));
@@ -289,7 +268,7 @@ fn flapping_tunnel_is_capped_per_hour() {
 fn adopted_leftover_takes_the_current_plan_without_reloading() {
     let mut p = Policy::new(&FallbackConfig::default());
     p.adopt();
-    let d = p.evaluate(Instant::now(), &round(true, Bypass::Physical), NO_SESSIONS);
+    let d = p.judge(Instant::now(), &round(true, Bypass::Physical), NO_SESSIONS);
     assert_eq!(d, Decision::None(Reason::Active));
     assert_eq!(p.installed_plan().unwrap().source, PHYS_IP);
 }
@@ -305,7 +284,7 @@ fn still_broken_while_active_reloads() {
         &mut p,
         Instant::now(),
         &[(true, Bypass::Timeout); 5],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(
         reasons(&ds),

@@ -7,17 +7,17 @@ use std::time::Duration;
 use common::*;
 use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
 use pia_split_tunnel_exporter::health::{CheckpointInput, LogHealthInput, Status};
+use pia_split_tunnel_exporter::presence::Presence;
+use pia_split_tunnel_exporter::probe::{Round, Verdict};
 use pia_split_tunnel_exporter::proxy_log::Level;
-use pia_split_tunnel_exporter::sessions::window::{AppRatio, Ratio};
-use pia_split_tunnel_exporter::watch::Presence;
+use pia_split_tunnel_exporter::sessions::window::{
+    AppRatio, Ratio, SessionsState, SessionsVerdict,
+};
 
 fn t() -> Thresholds {
     Thresholds {
         log_stale: Duration::from_secs(900),
         log_max_level: Level::Info,
-        zero_byte_ratio: 0.9,
-        min_sessions: 5,
-        window: Duration::from_secs(300),
     }
 }
 
@@ -40,6 +40,7 @@ fn log_component() {
             &Inputs {
                 log: Some(l),
                 sessions: None,
+                probing: true,
                 round: None,
                 fallback: None,
                 processes: None,
@@ -71,11 +72,20 @@ fn sessions_component_names_the_app() {
             ratio: Ratio { zero: 3, total: 3 },
         },
     ];
+    let zero_bytes = SessionsVerdict {
+        state: SessionsState::ZeroBytes,
+        ratio: Ratio {
+            zero: 12,
+            total: 13,
+        },
+        window_seconds: 300,
+    };
     let c = assess(
         &t(),
         &Inputs {
             log: None,
-            sessions: Some(&apps),
+            sessions: Some((&apps, zero_bytes)),
+            probing: true,
             round: None,
             fallback: None,
             processes: None,
@@ -85,23 +95,51 @@ fn sessions_component_names_the_app() {
     .components["sessions"]
         .clone();
     assert_eq!(c.status, Status::Degraded);
-    assert!(c.reason.contains("Plex: 9 of 10"), "{}", c.reason);
     assert!(
-        !c.reason.contains("curl"),
-        "under min_sessions: {}",
+        c.reason
+            .starts_with("12 of 13 sessions closed with zero bytes in the last 300 s")
+            && c.reason.contains("Plex: 9 of 10; curl: 3 of 3")
+            && c.reason.contains("the probes decide"),
+        "{}",
         c.reason
     );
+    // The model reads the verdict; it does not apply thresholds of its own.
+    let healthy = SessionsVerdict {
+        state: SessionsState::Healthy,
+        ..zero_bytes
+    };
+    let c = assess(
+        &t(),
+        &Inputs {
+            log: None,
+            sessions: Some((&apps, healthy)),
+            probing: true,
+            round: None,
+            fallback: None,
+            processes: None,
+            checkpoint: None,
+        },
+    )
+    .components["sessions"]
+        .clone();
+    assert_eq!(c.status, Status::Ok, "{}", c.reason);
+}
+
+fn judged(r: Round) -> (Round, Verdict) {
+    let v = Verdict::of(&r);
+    (r, v)
 }
 
 #[test]
 fn probe_components_per_path() {
-    let broken = round(true, Bypass::Tunnel);
+    let (broken, bv) = judged(round(true, Bypass::Tunnel));
     let rep = assess(
         &t(),
         &Inputs {
             log: None,
             sessions: None,
-            round: Some(&broken),
+            probing: true,
+            round: Some((&broken, &bv)),
             fallback: None,
             processes: None,
             checkpoint: None,
@@ -117,13 +155,14 @@ fn probe_components_per_path() {
     assert_eq!(rep.components["probe_physical"].status, Status::Ok);
     assert_eq!(rep.status, Status::Failing);
 
-    let vpn_off = round(false, Bypass::Physical);
+    let (vpn_off, ov) = judged(round(false, Bypass::Physical));
     let rep = assess(
         &t(),
         &Inputs {
             log: None,
             sessions: None,
-            round: Some(&vpn_off),
+            probing: true,
+            round: Some((&vpn_off, &ov)),
             fallback: None,
             processes: None,
             checkpoint: None,
@@ -137,13 +176,14 @@ fn probe_components_per_path() {
     );
     assert_eq!(rep.components["probe_bypass"].status, Status::Ok);
 
-    let phys_down = round_with(true, false, Bypass::Timeout, PHYS_IP);
+    let (phys_down, pv) = judged(round_with(true, false, Bypass::Timeout, PHYS_IP));
     let rep = assess(
         &t(),
         &Inputs {
             log: None,
             sessions: None,
-            round: Some(&phys_down),
+            probing: true,
+            round: Some((&phys_down, &pv)),
             fallback: None,
             processes: None,
             checkpoint: None,
@@ -161,6 +201,7 @@ fn probe_components_per_path() {
         &Inputs {
             log: None,
             sessions: None,
+            probing: true,
             round: None,
             fallback: None,
             processes: None,
@@ -186,23 +227,23 @@ fn presence(extension: u32, daemon: u32, vpn: u32) -> Presence {
 
 #[test]
 fn processes_component() {
-    let r = |p: Option<&Presence>,
-             round: Option<&pia_split_tunnel_exporter::probe::Round>,
-             l: Option<&LogHealthInput>| {
-        assess(
-            &t(),
-            &Inputs {
-                log: l,
-                sessions: None,
-                round,
-                fallback: None,
-                processes: p,
-                checkpoint: None,
-            },
-        )
-        .components["processes"]
-            .clone()
-    };
+    let r =
+        |p: Option<&Presence>, round: Option<(&Round, &Verdict)>, l: Option<&LogHealthInput>| {
+            assess(
+                &t(),
+                &Inputs {
+                    log: l,
+                    sessions: None,
+                    probing: true,
+                    round,
+                    fallback: None,
+                    processes: p,
+                    checkpoint: None,
+                },
+            )
+            .components["processes"]
+                .clone()
+        };
     // Extension gone while a VPN process runs: the silent failure, with cause and fix.
     let gone = r(Some(&presence(0, 1, 1)), None, None);
     assert_eq!(gone.status, Status::Failing);
@@ -212,9 +253,9 @@ fn processes_component() {
         gone.reason
     );
     // The tunnel seen by the probes, or the proxy's own isConnected, also say the VPN is up.
-    let round = round_with(true, true, Bypass::Physical, PHYS_IP);
+    let (round, v) = judged(round_with(true, true, Bypass::Physical, PHYS_IP));
     assert_eq!(
-        r(Some(&presence(0, 1, 0)), Some(&round), None).status,
+        r(Some(&presence(0, 1, 0)), Some((&round, &v)), None).status,
         Status::Failing
     );
     let connected = LogHealthInput {
@@ -247,6 +288,7 @@ fn debug_logging_off_is_degraded_not_silent() {
         &Inputs {
             log: Some(&only_errors),
             sessions: None,
+            probing: true,
             round: None,
             fallback: None,
             processes: None,
@@ -268,6 +310,7 @@ fn debug_logging_off_is_degraded_not_silent() {
         &Inputs {
             log: Some(&nothing),
             sessions: None,
+            probing: true,
             round: None,
             fallback: None,
             processes: None,
@@ -279,11 +322,35 @@ fn debug_logging_off_is_degraded_not_silent() {
     assert_eq!(c.status, Status::Failing);
 }
 
+#[test]
+fn log_only_mode_has_no_probe_components() {
+    let l = log(true, 5, Some(Level::Debug));
+    let rep = assess(
+        &t(),
+        &Inputs {
+            log: Some(&l),
+            sessions: None,
+            probing: false,
+            round: None,
+            fallback: None,
+            processes: None,
+            checkpoint: None,
+        },
+    );
+    assert!(
+        rep.components.keys().all(|k| !k.starts_with("probe_")),
+        "{:?}",
+        rep.components.keys()
+    );
+    assert_eq!(rep.status, Status::Ok, "{rep:#?}");
+}
+
 fn only(log: Option<&LogHealthInput>, cp: Option<&CheckpointInput>) -> Inputs<'static> {
     // Leaked: a test-only shortcut so the snapshot can outlive this helper.
     Inputs {
         log: log.map(|l| &*Box::leak(Box::new(l.clone()))),
         sessions: None,
+        probing: true,
         round: None,
         fallback: None,
         processes: None,

@@ -5,116 +5,16 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::{BIN, fixture};
 use serde_json::Value;
 
 const HOME_IP: &str = "198.51.100.47";
 const VPN_EXIT_IP: &str = "192.0.2.18";
-
-fn lab_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/lab.sh")
-}
-
-fn require_prerequisites() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the lab needs root to create network namespaces: run the tests as root (CI does)"
-    );
-    for tool in ["ip", "nft", "python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "the lab needs `{tool}`: sudo bash .ci/setup (installs iproute2, nftables, python3)"
-        );
-    }
-}
-
-/// The lab's namespaces, removed on drop even when the test fails.
-struct Lab {
-    prefix: String,
-}
-
-impl Lab {
-    fn up(tag: &str) -> Lab {
-        require_prerequisites();
-        let prefix = format!("{tag}{}", std::process::id() % 100_000);
-        let lab = Lab { prefix };
-        lab.script(&["up"]);
-        lab
-    }
-
-    fn script(&self, args: &[&str]) {
-        let out = Command::new("bash")
-            .arg(lab_script())
-            .arg(args[0])
-            .arg(&self.prefix)
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lab.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn mac(&self) -> String {
-        format!("{}mac", self.prefix)
-    }
-
-    /// The agent binary inside the `mac` namespace.
-    fn agent(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.mac(), BIN])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.mac()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// GET inside the `mac` namespace, where the agent listens.
-    fn get(&self, url: &str) -> (u16, String) {
-        let script = "import sys, urllib.request, urllib.error\n\
-try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n\
-except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n\
-except Exception as e:\n    print(0); print(e)\n";
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.mac(), "python3", "-c", script, url])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (code, body) = text.split_once('\n').unwrap_or(("0", ""));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(lab_script())
-            .arg("down")
-            .arg(&self.prefix)
-            .output();
-    }
-}
 
 const PROBE_SETTINGS: [&str; 6] = [
     "--set",
@@ -125,14 +25,14 @@ const PROBE_SETTINGS: [&str; 6] = [
     "log.error_path=\"\"",
 ];
 
-fn egress(round: &Value, path: &str) -> Value {
-    round["results"]
+/// One path of `probe --json`: plain fields (`egress_ip`, `error`, `duration_seconds`).
+fn path<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["paths"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["path"] == path)
-        .unwrap()["outcome"]
-        .clone()
+        .find(|r| r["path"] == name)
+        .unwrap()
 }
 
 #[test]
@@ -148,25 +48,22 @@ fn probe_tells_the_truth_before_and_after_the_repair() {
         String::from_utf8_lossy(&before.stderr)
     );
     let v: Value = serde_json::from_slice(&before.stdout).unwrap();
-    let round = &v["round"];
-    assert_eq!(round["interfaces"]["physical"]["name"], "en0");
-    assert_eq!(round["interfaces"]["physical"]["gateway"], "10.0.15.1");
-    assert_eq!(round["interfaces"]["tunnel"]["name"], "utun4");
-    assert_eq!(egress(round, "physical")["Ok"], HOME_IP);
-    assert_eq!(egress(round, "tunnel")["Ok"], VPN_EXIT_IP);
-    assert_eq!(egress(round, "default")["Ok"], VPN_EXIT_IP);
+    assert_eq!(v["interfaces"]["physical"]["name"], "en0");
+    assert_eq!(v["interfaces"]["physical"]["gateway"], "10.0.15.1");
+    assert_eq!(v["interfaces"]["tunnel"]["name"], "utun4");
+    assert_eq!(path(&v, "physical")["egress_ip"], HOME_IP);
+    assert_eq!(path(&v, "physical")["error"], Value::Null);
+    assert_eq!(path(&v, "physical")["bound_to"], "en0");
+    assert!(path(&v, "physical")["duration_seconds"].as_f64().unwrap() < 5.0);
+    assert_eq!(path(&v, "tunnel")["egress_ip"], VPN_EXIT_IP);
+    assert_eq!(path(&v, "default")["egress_ip"], VPN_EXIT_IP);
     assert_eq!(
-        egress(round, "bypass")["Err"],
+        path(&v, "bypass")["error"],
         "timeout",
-        "the field failure: {round}"
+        "the field failure: {v}"
     );
-    assert_eq!(
-        (
-            v["verdicts"]["bypass_working"].as_bool(),
-            v["verdicts"]["vpn_leak"].as_bool()
-        ),
-        (Some(false), Some(false))
-    );
+    assert_eq!(path(&v, "bypass")["egress_ip"], Value::Null);
+    assert_eq!(v["verdict"]["state"], "bypass_broken", "{v}");
 
     lab.script(&["repair"]);
     let after = lab.agent(&args);
@@ -177,8 +74,8 @@ fn probe_tells_the_truth_before_and_after_the_repair() {
         String::from_utf8_lossy(&after.stdout)
     );
     let v: Value = serde_json::from_slice(&after.stdout).unwrap();
-    assert_eq!(egress(&v["round"], "bypass")["Ok"], HOME_IP);
-    assert_eq!(v["verdicts"]["bypass_working"], true);
+    assert_eq!(path(&v, "bypass")["egress_ip"], HOME_IP);
+    assert_eq!(v["verdict"]["state"], "bypass_working", "{v}");
 
     let mut table_args = vec!["probe"];
     table_args.extend(PROBE_SETTINGS);
@@ -224,6 +121,31 @@ fn diagnose_names_the_cause_and_the_repair() {
     let text = String::from_utf8_lossy(&after.stdout);
     assert_eq!(after.status.code(), Some(0), "{text}");
     assert!(text.contains("Bypass works: traffic bound to 10.0.15.15 egresses as 198.51.100.47 (the physical path)"), "{text}");
+
+    // The VPN goes away: "tunnel down", and the VPN's routes are not blamed.
+    lab.script(&["unrepair"]);
+    lab.ip(&["link", "del", "utun4"]);
+    let down = lab.agent(&args);
+    let text = String::from_utf8_lossy(&down.stdout);
+    assert_eq!(down.status.code(), Some(0), "{text}");
+    assert!(text.contains("Verdict: tunnel down"), "{text}");
+    assert!(
+        !text.contains("0/1 and 128/1") && !text.contains("route-to"),
+        "{text}"
+    );
+
+    // Probes off: diagnose does not probe, says so, and still reports the log and the system.
+    let mut off = args.clone();
+    off.extend(["--set", "probe.enabled=false"]);
+    let quiet = lab.agent(&off);
+    let text = String::from_utf8_lossy(&quiet.stdout);
+    assert_eq!(quiet.status.code(), Some(3), "no verdict: {text}");
+    assert!(
+        text.contains("Did not probe (probe.enabled = false)")
+            && text.contains("100% of 80 sessions closed with zero bytes; that looks broken"),
+        "{text}"
+    );
+    assert!(text.contains("Measured: "), "{text}");
 }
 
 /// The agent binary running inside the lab's `mac` namespace, in `auto` with the

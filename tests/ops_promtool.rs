@@ -26,7 +26,7 @@ pub fn promtool(args: &[&str]) -> String {
 #[test]
 fn rules_are_valid() {
     let out = promtool(&["check", "rules", "alerts/pia-split-tunnel.rules.yml"]);
-    assert!(out.contains("SUCCESS: 14 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
 }
 
 #[test]
@@ -66,4 +66,23 @@ fn every_alert_is_unit_tested_firing_and_quiet() {
             "README has no runbook section for {alert}"
         );
     }
+}
+
+/// The bypass alert reads the agent's verdicts: no threshold of the agent's restated in PromQL,
+/// and no aggregation that drops job, instance or target labels.
+#[test]
+fn bypass_alert_reads_the_agents_judgement() {
+    let rules = std::fs::read_to_string(root().join("alerts/pia-split-tunnel.rules.yml")).unwrap();
+    let start = rules.find("- alert: PiaSplitTunnelBypassBroken").unwrap();
+    let end = rules[start..].find("for:").unwrap() + start;
+    let expr = &rules[start..end];
+    for literal in ["0.9", ">= 5", "zero_byte_closures", "sessions_closed"] {
+        assert!(!expr.contains(literal), "{literal} in {expr}");
+    }
+    assert!(expr.contains("pia_split_tunnel_verdict{state=\"bypass_broken\"}"));
+    assert!(expr.contains("pia_split_tunnel_sessions_verdict{state=\"zero_bytes\"}"));
+    assert!(
+        !rules.contains("by (instance"),
+        "an aggregation drops job and target labels"
+    );
 }

@@ -6,7 +6,6 @@
 //! controller.
 
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +16,13 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::http::SharedController;
+use crate::fallback::metrics::SessionsCollector;
 use crate::health::{Health, LogHealthInput};
 use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::LogCollector;
+use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
-use crate::sessions::window::{EvidenceEdge, Ratio, SessionWindow, SharedWindow};
-use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
+use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
 
 mod rounds;
 pub use rounds::RoundLoop;
@@ -43,7 +43,7 @@ impl Sources {
     pub fn real(config: &Config) -> anyhow::Result<Sources> {
         Ok(Sources {
             rounds: config.probe.source(),
-            processes: Box::new(crate::watch::SysinfoSource::new()?),
+            processes: Box::new(crate::presence::SysinfoSource::new()?),
             interval: config.probe.interval(),
             watch_routes: config.probe.watch_routes,
         })
@@ -57,31 +57,6 @@ impl Verifier for RoundVerifier {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
         self.0.round()
     }
-}
-
-/// Runs the agent until SIGINT or SIGTERM.
-pub fn run_blocking(config: Config) -> anyhow::Result<ExitCode> {
-    init_tracing();
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-        let sources = Sources::real(&config)?;
-        run(config, sources, listener, shutdown_signal()).await
-    })?;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: launchd and tests write the log to a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// Resolves on SIGINT or SIGTERM (launchd sends SIGTERM and waits 20 s).
@@ -100,6 +75,14 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Why the agent stops: for good (the fallback is then left or removed as `on_shutdown` says),
+/// or to start again with a new config (the fallback stays as it is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Exit,
+    Reload,
+}
+
 /// Runs the agent on `listener` until `shutdown` resolves, then saves the checkpoint and
 /// leaves or removes the fallback as configured.
 pub async fn run(
@@ -107,6 +90,20 @@ pub async fn run(
     sources: Sources,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_until(config, sources, listener, async move {
+        shutdown.await;
+        Stop::Exit
+    })
+    .await
+}
+
+/// [`run`], stopping when `stop` resolves; `on_shutdown` runs only for [`Stop::Exit`].
+pub async fn run_until(
+    config: Config,
+    sources: Sources,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // First: creates the checkpoint's folder, by default also the pf token's.
@@ -117,37 +114,33 @@ pub async fn run(
     crate::metrics::register_build_info(&registry)?;
     registry.register(Box::new(LogCollector::new(pipeline.clone())))?;
     registry.register(Box::new(SelfCollector::new()?))?;
-    let processes = ProcessWatch::new(sources.processes, config.processes.clone());
+    let processes = PresenceTracker::new(sources.processes, config.processes.clone());
     registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
     let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
 
-    let window: SharedWindow = Arc::new(Mutex::new(SessionWindow::new(Duration::from_secs(
-        config.fallback.window_secs,
-    ))));
+    let window: SharedWindow = Arc::new(Mutex::new(config.fallback.session_window()));
+    registry.register(Box::new(SessionsCollector::new(window.clone())))?;
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
-    let verifier: Box<dyn Verifier> = match &sources.rounds {
-        Some(r) => Box::new(RoundVerifier(r.clone())),
-        None => Box::new(|| async {
-            Round {
-                interfaces: Default::default(),
-                results: vec![],
-            }
-        }),
+    let backend = crate::fallback::build_backend(&config.fallback);
+    let mut controller = match &sources.rounds {
+        Some(r) => Controller::new(
+            &config.fallback,
+            backend,
+            Box::new(RoundVerifier(r.clone())),
+            fallback_metrics,
+        ),
+        None => Controller::without_probes(&config.fallback, backend, fallback_metrics),
     };
-    let mut controller = Controller::new(
-        &config.fallback,
-        crate::fallback::build_backend(&config.fallback),
-        verifier,
-        fallback_metrics,
-    );
     if let Err(e) = controller.reconcile() {
         tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
     }
-    let health = Arc::new(
-        Health::new(&config.health, &config.fallback, &registry)?
-            .with_sessions(window.clone())
-            .with_fallback(controller.status_handle()),
-    );
+    let mut health = Health::new(&config.health, &registry)?
+        .with_sessions(window.clone())
+        .with_fallback(controller.status_handle());
+    if sources.rounds.is_none() {
+        health = health.without_probes();
+    }
+    let health = Arc::new(health);
     let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
     let save_errors = prometheus::IntCounter::new(
@@ -159,10 +152,7 @@ pub async fn run(
     let evidence = Arc::new(tokio::sync::Notify::new());
     let events = AgentEvents {
         evidence: evidence.clone(),
-        edge: Mutex::new(EvidenceEdge::new(
-            config.fallback.min_sessions,
-            config.fallback.zero_byte_ratio,
-        )),
+        edge: Mutex::new(EvidenceEdge::default()),
         health: health.clone(),
         save_errors,
     };
@@ -190,14 +180,17 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
     }
     tracing::info!(listen = %listener.local_addr()?, log = %config.log.path.display(), "agent started");
+    let (why_tx, why_rx) = tokio::sync::oneshot::channel();
     let server = crate::http::serve(listener, app, &config.http, async move {
-        shutdown.await;
+        let _ = why_tx.send(stop.await);
         let _ = stop_tx.send(true);
     });
     server.await.context("HTTP server")?;
     tail.await.context("tail task")?;
     periodic.await.context("probe task")?;
-    if let Err(e) = controller.lock().await.shutdown() {
+    if why_rx.await.unwrap_or(Stop::Exit) == Stop::Exit
+        && let Err(e) = controller.lock().await.shutdown()
+    {
         tracing::warn!(error = %e, "fallback: cannot leave the system as configured (fallback.on_shutdown)");
     }
     tracing::info!("agent stopped");
@@ -210,7 +203,10 @@ const LINKS: &[(&str, &str)] = &[
         "/health",
         "health of each component, as JSON (503 when one is failing)",
     ),
-    ("/-/ready", "readiness: first log read and probe round done"),
+    (
+        "/-/ready",
+        "readiness: first log read and (when probing) probe round done",
+    ),
     ("/-/healthy", "liveness"),
 ];
 
@@ -223,7 +219,7 @@ struct AgentEvents {
 }
 
 impl IngestEvents for AgentEvents {
-    fn emit_sessions_closed(&self, window: Ratio) {
+    fn emit_sessions_closed(&self, window: &SessionsVerdict) {
         let crossed = self
             .edge
             .lock()

@@ -16,15 +16,15 @@ use crate::fallback::http::SharedController;
 use crate::fallback::policy::Reason;
 use crate::health::Health;
 use crate::netwatch::RouteState;
+use crate::presence::{PresenceTracker, ProcessSource};
 use crate::probe::schedule::{Followup, Schedule, ScheduleConfig, Trigger};
-use crate::probe::{ProbeMetrics, RoundSource};
+use crate::probe::{ProbeMetrics, RoundSource, Verdict};
 use crate::sessions::window::SharedWindow;
-use crate::watch::{ProcessSource, ProcessWatch};
 
 /// What one round reads and updates.
 pub struct RoundLoop {
     /// Looked at every round, probing or not.
-    pub processes: ProcessWatch<Box<dyn ProcessSource + Send>>,
+    pub processes: PresenceTracker<Box<dyn ProcessSource + Send>>,
     /// Probe rounds; `None` runs the loop on the process table alone.
     pub rounds: Option<Arc<dyn RoundSource>>,
     /// Time between rounds when nothing happens (the heartbeat).
@@ -34,7 +34,7 @@ pub struct RoundLoop {
     /// Notified by the tail side when the zero-byte share crosses the policy's threshold.
     pub evidence: Arc<Notify>,
     pub probe_metrics: ProbeMetrics,
-    /// The zero-byte share the controller weighs with each round.
+    /// The sessions verdict the controller weighs with each round.
     pub window: SharedWindow,
     pub controller: SharedController,
     pub health: Arc<Health>,
@@ -102,19 +102,21 @@ impl RoundLoop {
             tracing::info!(trigger = ?why, "probe round");
         }
         let round = rounds.round().await;
-        self.probe_metrics.observe(&round);
-        let ratio = self
+        // The round's one verdict, read by the metrics, the controller and health.
+        let verdict = Verdict::of(&round);
+        self.probe_metrics.observe(&round, &verdict);
+        let sessions = self
             .window
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .ratio(Instant::now());
+            .verdict(Instant::now());
         let decision = self
             .controller
             .lock()
             .await
-            .on_round(Instant::now(), &round, ratio)
+            .on_round(Instant::now(), &round, &verdict, sessions)
             .await;
-        self.health.update_round(round);
+        self.health.update_round(round, verdict);
         // After an action, one more round shows its effect on health and the metrics (the
         // controller's own verification round is not reported there).
         if decision.reason() == Reason::AwaitingConfirmation || decision.action().is_some() {

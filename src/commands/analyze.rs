@@ -8,17 +8,21 @@ use anyhow::Context;
 
 use crate::analyze::{Report, peak_rss_bytes};
 use crate::ingest::LogConfig;
+use crate::sessions::window::{SessionsState, Thresholds};
 
-/// `analyze FILE...`: the report as a table, JSON or Prometheus text.
+/// `analyze FILE...`: the report as a table, JSON or Prometheus text; exit 1 when the sessions
+/// verdict over the files is "zero bytes" (bypass broken).
 pub fn run(
     config: &LogConfig,
+    thresholds: Thresholds,
     files: &[PathBuf],
     json: bool,
     prom: bool,
     stats: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let report = Report::from_files(files, config)?;
+    let mut report = Report::from_files(files, config)?;
+    report.thresholds = thresholds;
     let elapsed = started.elapsed().as_secs_f64();
     if json {
         println!(
@@ -42,5 +46,10 @@ pub fn run(
             peak_rss_bytes() as f64 / 1e6
         );
     }
-    Ok(ExitCode::SUCCESS)
+    // Like `probe`: 1 when the bypass is broken (here: by the sessions verdict).
+    Ok(if report.sessions() == SessionsState::ZeroBytes {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -1,5 +1,7 @@
 //! `diagnose`: log statistics, the process table, one probe round and what the system says,
-//! in plain English: the cause and the repair.
+//! in plain English: the cause and the repair. It blames the VPN's routes only when the
+//! round's verdict is "bypass broken"; with `probe.enabled = false` it does not probe and says
+//! so, reporting the log and the system alone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,9 +9,10 @@ use std::process::ExitCode;
 use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
-use crate::probe::{PathKind, Round, verdicts};
+use crate::presence::{Presence, PresenceTracker, SysinfoSource};
+use crate::probe::{PathKind, Round, State, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
-use crate::watch::{Presence, ProcessWatch, SysinfoSource};
+use crate::sessions::window::SessionsState;
 
 /// The log files that exist: the archive first, then the live file, then the error log.
 fn log_files(config: &Config) -> Vec<PathBuf> {
@@ -34,12 +37,18 @@ pub struct LogFacts {
     pub level: Option<Level>,
     pub debug_log_present: bool,
     pub error_log_present: bool,
+    /// The sessions verdict over the files, with the agent's thresholds.
+    pub sessions: Option<SessionsState>,
+    /// `log.path` and `log.error_path`, to name them when they are missing.
+    pub debug_log_path: String,
+    pub error_log_path: String,
 }
 
-/// `diagnose`; exit 1 when the bypass is broken.
+/// `diagnose`; the exit status is the verdict's (3, undetermined, when not probing).
 pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let files = log_files(config);
-    let report = Report::from_files(&files, &config.log)?;
+    let mut report = Report::from_files(&files, &config.log)?;
+    report.thresholds = config.fallback.session_thresholds();
     let facts = LogFacts {
         sessions_closed: report.total_sessions_closed(),
         zero_byte: report.zero_byte_closures(),
@@ -49,19 +58,31 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         debug_log_present: config.log.path.is_file(),
         error_log_present: !config.log.error_path.as_os_str().is_empty()
             && config.log.error_path.is_file(),
+        sessions: (report.total_sessions_closed() > 0).then(|| report.sessions()),
+        debug_log_path: config.log.path.display().to_string(),
+        error_log_path: config.log.error_path.display().to_string(),
     };
-    let mut watch = ProcessWatch::new(SysinfoSource::new()?, config.processes.clone());
+    let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
-    let round = one_round(&config.probe)?;
-    let platform = crate::os::routing_facts(&round.interfaces);
-    for line in explain(&round, &facts, &presence, &platform) {
+    let round = if config.probe.enabled {
+        Some(one_round(&config.probe)?)
+    } else {
+        None
+    };
+    // Without probes the interfaces are still discovered (no packet leaves) for the facts.
+    let interfaces = match &round {
+        Some(r) => r.interfaces.clone(),
+        None => crate::os::discover(
+            config.probe.physical_interface.as_deref(),
+            config.probe.tunnel_interface.as_deref(),
+        ),
+    };
+    let platform = crate::os::routing_facts(&interfaces);
+    for line in explain(round.as_ref(), &facts, &presence, &platform) {
         println!("{line}");
     }
-    Ok(if verdicts(&round).bypass_working {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let state = round.map_or(State::Undetermined, |r| Verdict::of(&r).state);
+    Ok(ExitCode::from(state.exit_code()))
 }
 
 fn percent(part: u64, whole: u64) -> u64 {
@@ -71,14 +92,13 @@ fn percent(part: u64, whole: u64) -> u64 {
 /// A few lines of plain English: what was measured, the likely cause, the repair. Findings
 /// that explain a silent log come first.
 pub fn explain(
-    round: &Round,
+    round: Option<&Round>,
     log: &LogFacts,
     presence: &Presence,
     platform: &[String],
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let v = verdicts(round);
-    let vpn_up = round.interfaces.tunnel.is_some() || presence.vpn > 0;
+    let vpn_up = round.is_some_and(|r| r.interfaces.tunnel.is_some()) || presence.vpn > 0;
     if presence.checked && presence.extension == 0 && vpn_up {
         out.push(
             "The split-tunnel extension (com.privateinternetaccess.vpn.splittunnel) is not running while the VPN is up, \
@@ -86,6 +106,18 @@ so nothing is split and its log stays quiet. Likely cause: macOS dropped the ext
 or an update). Fix: approve it in System Settings → Privacy & Security, or reinstall PIA."
                 .into(),
         );
+    }
+    if !log.debug_log_present && !log.error_log_present {
+        let error_log = if log.error_log_path.is_empty() {
+            String::new()
+        } else {
+            format!(" nor {}", log.error_log_path)
+        };
+        out.push(format!(
+            "No proxy log: neither {}{error_log} exists, so no session can be counted. Is PIA \
+running with Debug Logging on (Settings → Help)? Otherwise set log.path to where the proxy writes.",
+            log.debug_log_path
+        ));
     }
     if !log.debug_log_present && log.error_log_present
         || log.level.is_some_and(|l| l > Level::Debug)
@@ -96,6 +128,30 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
                 .into(),
         );
     }
+    let sessions = if log.sessions_closed > 0 {
+        format!(
+            "{}% of {} sessions closed with zero bytes",
+            percent(log.zero_byte, log.sessions_closed),
+            log.sessions_closed
+        )
+    } else {
+        "no session closed in the log".into()
+    };
+    let Some(round) = round else {
+        out.push(format!(
+            "Did not probe (probe.enabled = false): no verdict on the bypass, only what the log \
+and the system say. The log: {sessions}{}.",
+            match log.sessions {
+                Some(SessionsState::ZeroBytes) => {
+                    "; that looks broken, and a probe round (`probe`) would confirm it"
+                }
+                _ => "",
+            }
+        ));
+        errors_and_facts(&mut out, log, platform);
+        return out;
+    };
+    let v = Verdict::of(round);
     let bind = log
         .bind_ip
         .clone()
@@ -107,48 +163,51 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
                 .map(|p| p.ipv4.to_string())
         })
         .unwrap_or_else(|| "the physical address".into());
-    let sessions = if log.sessions_closed > 0 {
-        format!(
-            "{}% of {} sessions closed with zero bytes",
-            percent(log.zero_byte, log.sessions_closed),
-            log.sessions_closed
-        )
-    } else {
-        "no session closed in the log".into()
-    };
     let tunnel = round
         .interfaces
         .tunnel
         .as_ref()
         .map_or("the tunnel".to_owned(), |t| t.name.clone());
     let bypass = round.result(PathKind::Bypass).map(|r| r.outcome);
-    if v.bypass_working {
-        out.push(format!(
-            "Bypass works: traffic bound to {bind} egresses as {} (the physical path); {sessions}.",
-            round
-                .egress(PathKind::Bypass)
-                .map(|i| i.to_string())
-                .unwrap_or_default()
-        ));
-        if log.sessions_closed > 0 && log.zero_byte * 10 >= log.sessions_closed * 9 {
-            out.push("Yet the log shows the failure: the repair may already be in place since, or the remotes do not answer.".into());
+    match v.state {
+        State::BypassWorking => {
+            out.push(format!(
+                "Bypass works: traffic bound to {bind} egresses as {} (the physical path); {sessions}.",
+                round
+                    .egress(PathKind::Bypass)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default()
+            ));
+            if log.sessions == Some(SessionsState::ZeroBytes) {
+                out.push("Yet the log shows the failure: the repair may already be in place since, or the remotes do not answer.".into());
+            }
         }
-    } else {
-        let how = match bypass {
-            Some(Ok(ip)) if Some(ip) == round.egress(PathKind::Tunnel) => {
-                format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")
-            }
-            Some(Ok(ip)) => format!("egresses as {ip}, not as the physical path"),
-            Some(Err(e)) => {
-                format!("does not get out ({e}): it follows the VPN's routes into {tunnel}")
-            }
-            None => "was not probed".into(),
-        };
-        out.push(format!(
-            "Bypass apps' traffic is bound to {bind} but {how}; {sessions}. Likely cause: the VPN's 0/1 and 128/1 routes win over \
+        // Only this state blames the VPN's routes: the physical path works, a tunnel is up.
+        State::BypassBroken => {
+            let how = match bypass {
+                Some(Ok(ip)) if Some(ip) == round.egress(PathKind::Tunnel) => {
+                    format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")
+                }
+                Some(Ok(ip)) => format!("egresses as {ip}, not as the physical path"),
+                Some(Err(e)) => {
+                    format!("does not get out ({e}): it follows the VPN's routes into {tunnel}")
+                }
+                None => "was not probed".into(),
+            };
+            out.push(format!(
+                "Bypass apps' traffic is bound to {bind} but {how}; {sessions}. Likely cause: the VPN's 0/1 and 128/1 routes win over \
 the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"auto\")."
-        ));
+            ));
+        }
+        // Tunnel down, no network, VPN leak, undetermined: the verdict's words, no blame.
+        _ => out.push(format!("Verdict: {}; {sessions}.", v.text)),
     }
+    errors_and_facts(&mut out, log, platform);
+    out
+}
+
+/// The log's error kinds and the platform's routing facts, the last lines of any diagnosis.
+fn errors_and_facts(out: &mut Vec<String>, log: &LogFacts, platform: &[String]) {
     if !log.errors.is_empty() {
         let kinds: Vec<String> = log.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let mut line = format!("Error kinds in the log: {}.", kinds.join(", "));
@@ -163,14 +222,7 @@ the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`,
         }
         out.push(line);
     }
-    out.extend(
-        v.text
-            .iter()
-            .filter(|t| t.starts_with("VPN leak") || t.starts_with("tunnel down"))
-            .cloned(),
-    );
     out.extend(platform.iter().map(|f| format!("Measured: {f}.")));
-    out
 }
 
 #[cfg(test)]
@@ -204,7 +256,12 @@ mod tests {
             errors: vec![(ErrorKind::ConnectTimeout, 12)],
             ..LogFacts::default()
         };
-        let lines = explain(&lab_round(Err(ProbeError::Timeout)), &log, &running(), &[]);
+        let lines = explain(
+            Some(&lab_round(Err(ProbeError::Timeout))),
+            &log,
+            &running(),
+            &[],
+        );
         assert_eq!(
             lines[0],
             "Bypass apps' traffic is bound to 10.0.15.15 but does not get out (timeout): it follows the VPN's routes into utun4; \
@@ -212,7 +269,7 @@ mod tests {
 Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"auto\")."
         );
         assert_eq!(lines[1], "Error kinds in the log: connect_timeout 12.");
-        let through = explain(&lab_round(Ok(VPN_EXIT_IP)), &log, &running(), &[]);
+        let through = explain(Some(&lab_round(Ok(VPN_EXIT_IP))), &log, &running(), &[]);
         assert!(
             through[0].contains("leaves through utun4 (egresses as 192.0.2.18, the VPN's exit)"),
             "{}",
@@ -233,7 +290,7 @@ Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"
             checked: true,
         };
         let lines = explain(
-            &lab_round(Ok(HOME_IP)),
+            Some(&lab_round(Ok(HOME_IP))),
             &log,
             &gone,
             &["IP forwarding is off".into()],
@@ -253,5 +310,51 @@ Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"
             "{lines:?}"
         );
         assert_eq!(lines.last().unwrap(), "Measured: IP forwarding is off.");
+    }
+
+    #[test]
+    fn only_a_broken_verdict_blames_the_routes() {
+        let log = LogFacts {
+            sessions_closed: 20,
+            zero_byte: 20,
+            sessions: Some(SessionsState::ZeroBytes),
+            debug_log_present: true,
+            ..LogFacts::default()
+        };
+        // Tunnel down (VPN disconnected) and no network at all (every path times out).
+        let down = crate::probe::testing::lab_round(false, Err(ProbeError::Timeout), HOME_IP);
+        let mut dead = lab_round(Err(ProbeError::Timeout));
+        for r in &mut dead.results {
+            r.outcome = Err(ProbeError::Timeout);
+        }
+        for round in [down, dead] {
+            let lines = explain(Some(&round), &log, &running(), &[]);
+            let text = lines.join("\n");
+            assert!(!text.contains("0/1 and 128/1"), "{text}");
+            assert!(!text.contains("route-to"), "{text}");
+            assert!(text.starts_with("Verdict: "), "{text}");
+        }
+    }
+
+    #[test]
+    fn names_the_missing_log_and_says_when_it_did_not_probe() {
+        let log = LogFacts {
+            debug_log_path: "/var/log/transparent_proxy.log".into(),
+            error_log_path: "/tmp/STProxy.log".into(),
+            ..LogFacts::default()
+        };
+        let lines = explain(None, &log, &running(), &["IP forwarding is off".into()]);
+        assert_eq!(
+            lines[0],
+            "No proxy log: neither /var/log/transparent_proxy.log nor /tmp/STProxy.log exists, \
+so no session can be counted. Is PIA running with Debug Logging on (Settings → Help)? Otherwise \
+set log.path to where the proxy writes."
+        );
+        assert_eq!(
+            lines[1],
+            "Did not probe (probe.enabled = false): no verdict on the bypass, only what the log \
+and the system say. The log: no session closed in the log."
+        );
+        assert_eq!(lines[2], "Measured: IP forwarding is off.");
     }
 }

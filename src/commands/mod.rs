@@ -11,9 +11,9 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 
-/// `run` (the default): the agent, until SIGINT or SIGTERM.
-pub fn run(config: Config) -> anyhow::Result<ExitCode> {
-    crate::agent::run_blocking(config)
+/// `run` (the default): the agent, until SIGINT or SIGTERM; SIGHUP reloads with `load`.
+pub fn run(config: Config, load: impl Fn() -> anyhow::Result<Config>) -> anyhow::Result<ExitCode> {
+    crate::daemon::run_blocking(config, load)
 }
 
 /// `demo`: the real agent on replayed sample logs.

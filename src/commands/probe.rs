@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::probe::{PathKind, ProbeConfig, Prober, Round, verdicts};
+use serde::Serialize;
+
+use crate::os::Interfaces;
+use crate::probe::{PathKind, ProbeConfig, ProbeError, Prober, Round, Verdict};
 
 /// One probe round, on a runtime of its own.
 pub fn one_round(config: &ProbeConfig) -> anyhow::Result<Round> {
@@ -14,26 +17,63 @@ pub fn one_round(config: &ProbeConfig) -> anyhow::Result<Round> {
     Ok(rt.block_on(Prober::new(config.clone()).round_now()))
 }
 
-/// `probe`: one round as a table (or JSON); exit 1 when the bypass is broken.
+/// `probe --json`: plain fields, documented in the README.
+#[derive(Serialize)]
+struct RoundJson<'a> {
+    verdict: &'a Verdict,
+    interfaces: &'a Interfaces,
+    paths: Vec<PathJson>,
+}
+
+#[derive(Serialize)]
+struct PathJson {
+    path: PathKind,
+    bound_to: Option<String>,
+    egress_ip: Option<std::net::Ipv4Addr>,
+    error: Option<ProbeError>,
+    duration_seconds: f64,
+}
+
+/// `probe`: one round as a table (or JSON); the exit status is the verdict's.
 pub fn run(config: &ProbeConfig, json: bool) -> anyhow::Result<ExitCode> {
     let round = one_round(config)?;
-    let v = verdicts(&round);
+    let v = Verdict::of(&round);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "round": round, "verdicts": v }))?
-        );
+        let doc = RoundJson {
+            verdict: &v,
+            interfaces: &round.interfaces,
+            paths: round
+                .results
+                .iter()
+                .map(|r| PathJson {
+                    path: r.path,
+                    bound_to: bound_to(&round, r.path),
+                    egress_ip: r.outcome.ok(),
+                    error: r.outcome.err(),
+                    duration_seconds: r.duration.as_secs_f64(),
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", table(&round));
-        for line in &v.text {
-            println!("{line}");
-        }
+        println!("{}", v.text);
     }
-    Ok(if v.bypass_working {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(v.state.exit_code()))
+}
+
+/// What a path's socket is bound to.
+fn bound_to(round: &Round, path: PathKind) -> Option<String> {
+    match path {
+        PathKind::Physical => round.interfaces.physical.as_ref().map(|p| p.name.clone()),
+        PathKind::Tunnel => round.interfaces.tunnel.as_ref().map(|t| t.name.clone()),
+        PathKind::Bypass => round
+            .interfaces
+            .physical
+            .as_ref()
+            .map(|p| p.ipv4.to_string()),
+        PathKind::Default => Some("(routing table)".into()),
+    }
 }
 
 /// The round's results, one path a line.
@@ -43,16 +83,7 @@ pub fn table(round: &Round) -> String {
         "path", "bound to", "egress", "time", "error"
     );
     for r in &round.results {
-        let bound = match r.path {
-            PathKind::Physical => round.interfaces.physical.as_ref().map(|p| p.name.clone()),
-            PathKind::Tunnel => round.interfaces.tunnel.as_ref().map(|t| t.name.clone()),
-            PathKind::Bypass => round
-                .interfaces
-                .physical
-                .as_ref()
-                .map(|p| p.ipv4.to_string()),
-            PathKind::Default => Some("(routing table)".into()),
-        };
+        let bound = bound_to(round, r.path);
         let (egress, error) = match r.outcome {
             Ok(ip) => (ip.to_string(), String::new()),
             Err(e) => ("-".into(), e.to_string()),

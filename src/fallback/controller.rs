@@ -1,8 +1,13 @@
 //! Carries out the policy's decisions on a backend: apply, verify with a fresh probe, roll back
 //! and back off on failure; reconciles at start and cleans up at shutdown.
+//!
+//! Evidence before action: whatever asks for the repair (the periodic policy, a manual call,
+//! an Alertmanager alert), it is applied only when a probe round of this agent, run for the
+//! purpose (or the round the policy just judged), has the verdict "bypass broken", which
+//! implies the physical path works. Without probes (`probe.enabled = false`) nothing is ever
+//! applied; a revert is always allowed.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -10,10 +15,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::metrics::FallbackMetrics;
-use super::policy::{Action, Decision, Outcome, Policy, Reason, bypass_broken};
+use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
-use crate::probe::{PathKind, Round};
-use crate::sessions::window::Ratio;
+use crate::probe::{Round, State, Verdict};
+use crate::sessions::window::{Ratio, SessionsVerdict};
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
 pub trait Verifier: Send + Sync {
@@ -40,7 +45,7 @@ pub struct DecisionRecord {
 #[derive(Clone, Debug, Serialize)]
 pub struct ActionRecord {
     pub action: Action,
-    pub outcome: Outcome,
+    pub outcome: ApplyOutcome,
     /// The backend's error or why verification failed.
     pub error: Option<String>,
     pub at_unix: f64,
@@ -71,20 +76,22 @@ pub enum ControlError {
     NoPlan(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error("applied, but the probe round after it says {0}: rolled back")]
+    RolledBack(String),
+    #[error("this agent's own probe round does not show the bypass broken ({0}): nothing applied")]
+    NotBroken(String),
     #[error(
-        "applied, but the bypass egresses as {bypass:?}, not as the physical path {physical:?}: rolled back"
+        "probe.enabled = false: the agent cannot check the bypass itself, so it applies nothing"
     )]
-    RolledBack {
-        bypass: Option<Ipv4Addr>,
-        physical: Option<Ipv4Addr>,
-    },
+    NoProbe,
 }
 
 pub struct Controller {
     cfg: FallbackConfig,
     policy: Policy,
     backend: Box<dyn Backend>,
-    verifier: Box<dyn Verifier>,
+    /// Fresh probe rounds; none when probing is off.
+    verifier: Option<Box<dyn Verifier>>,
     metrics: FallbackMetrics,
     status: StatusHandle,
 }
@@ -96,11 +103,37 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A fresh round of this agent's own probes and its verdict; `None` without probes. (A free
+/// function: it borrows only the verifier, which is `Sync`, across the await.)
+async fn fresh_round(verifier: &Option<Box<dyn Verifier>>) -> Option<(Round, Verdict)> {
+    let round = verifier.as_ref()?.round().await;
+    let verdict = Verdict::of(&round);
+    Some((round, verdict))
+}
+
 impl Controller {
     pub fn new(
         cfg: &FallbackConfig,
         backend: Box<dyn Backend>,
         verifier: Box<dyn Verifier>,
+        metrics: FallbackMetrics,
+    ) -> Self {
+        Self::build(cfg, backend, Some(verifier), metrics)
+    }
+
+    /// Without probes: reverts and reports, never applies.
+    pub fn without_probes(
+        cfg: &FallbackConfig,
+        backend: Box<dyn Backend>,
+        metrics: FallbackMetrics,
+    ) -> Self {
+        Self::build(cfg, backend, None, metrics)
+    }
+
+    fn build(
+        cfg: &FallbackConfig,
+        backend: Box<dyn Backend>,
+        verifier: Option<Box<dyn Verifier>>,
         metrics: FallbackMetrics,
     ) -> Self {
         metrics.set_mode(cfg.mode);
@@ -163,29 +196,35 @@ impl Controller {
             tracing::info!("fallback: removing at shutdown (on_shutdown = \"remove\")");
             self.backend.revert()?;
             self.policy
-                .record(Instant::now(), Action::Revert, Outcome::Ok, None);
+                .record(Instant::now(), Action::Revert, ApplyOutcome::Ok, None);
             self.publish();
         }
         Ok(())
     }
 
-    /// One probe round: decide, and in `auto` act. Returns the decision taken.
-    pub async fn on_round(&mut self, now: Instant, round: &Round, sessions: Ratio) -> Decision {
+    /// One probe round and its verdict: decide, and in `auto` act. Returns the decision.
+    pub async fn on_round(
+        &mut self,
+        now: Instant,
+        round: &Round,
+        verdict: &Verdict,
+        sessions: SessionsVerdict,
+    ) -> Decision {
         let decision = if self.cfg.mode == Mode::Off {
             Decision::None(Reason::ModeOff)
         } else {
-            self.policy.evaluate(now, round, sessions)
+            self.policy.evaluate(now, round, verdict, sessions)
         };
-        self.note_decision(&decision, sessions);
+        self.note_decision(&decision, sessions.ratio);
         if self.cfg.mode == Mode::Auto {
-            let physical = round.egress(PathKind::Physical);
-            let _ = self.execute(now, &decision, physical).await;
+            let _ = self.execute(now, &decision).await;
         }
         self.publish();
         decision
     }
 
-    /// `POST /fallback/apply`, `fallback apply`: in any mode, outside cooldown and cap.
+    /// `POST /fallback/apply`, `fallback apply`: in any mode, outside cooldown and cap, and
+    /// only when a fresh probe round shows the bypass broken.
     pub async fn manual_apply(&mut self, now: Instant) -> Result<Plan, ControlError> {
         self.apply_now(now, Reason::Manual).await
     }
@@ -199,7 +238,8 @@ impl Controller {
         r.map_err(ControlError::from)
     }
 
-    /// A firing Alertmanager alert: acts only in `auto`, under cooldown, cap and back-off.
+    /// A firing Alertmanager alert: acts only in `auto`, under cooldown, cap and back-off, and
+    /// only when a fresh probe round shows the bypass broken.
     pub async fn alert_apply(&mut self, now: Instant) -> Result<Option<Plan>, ControlError> {
         if self.cfg.mode != Mode::Auto {
             let d = if self.cfg.mode == Mode::Off {
@@ -221,23 +261,38 @@ impl Controller {
         self.apply_now(now, Reason::Alert).await.map(Some)
     }
 
+    /// The alert webhook's answer, counted.
+    pub fn count_alert(&self, result: &'static str) {
+        self.metrics.alert(result);
+    }
+
     async fn apply_now(&mut self, now: Instant, reason: Reason) -> Result<Plan, ControlError> {
-        let round = self.verifier.round().await;
+        let result = self.try_apply_now(now, reason).await;
+        self.publish();
+        result
+    }
+
+    async fn try_apply_now(&mut self, now: Instant, reason: Reason) -> Result<Plan, ControlError> {
+        let Some((round, verdict)) = fresh_round(&self.verifier).await else {
+            self.note_decision(&Decision::None(reason), Ratio::default());
+            return Err(ControlError::NoProbe);
+        };
+        if let Some(quiet) = Reason::not_broken(verdict.state) {
+            tracing::info!(asked_by = %reason, verdict = %verdict.state, detail = %verdict.text,
+                "fallback: asked to apply, but this agent's own probe round does not show the bypass broken");
+            self.note_decision(&Decision::None(quiet), Ratio::default());
+            return Err(ControlError::NotBroken(verdict.text));
+        }
         let plan = match Plan::from_interfaces(&round.interfaces, &self.cfg) {
             Ok(p) => p,
             Err(e) => {
                 self.note_decision(&Decision::None(Reason::NoPlan), Ratio::default());
-                self.publish();
                 return Err(ControlError::NoPlan(e.to_string()));
             }
         };
         let d = Decision::Apply(plan.clone(), reason);
         self.note_decision(&d, Ratio::default());
-        let r = self
-            .execute(now, &d, round.egress(PathKind::Physical))
-            .await;
-        self.publish();
-        r.map(|()| plan)
+        self.execute(now, &d).await.map(|()| plan)
     }
 
     fn note_decision(&self, d: &Decision, sessions: Ratio) {
@@ -265,17 +320,12 @@ impl Controller {
         });
     }
 
-    async fn execute(
-        &mut self,
-        now: Instant,
-        d: &Decision,
-        physical: Option<Ipv4Addr>,
-    ) -> Result<(), ControlError> {
+    async fn execute(&mut self, now: Instant, d: &Decision) -> Result<(), ControlError> {
         match d {
             Decision::None(_) => Ok(()),
             Decision::Revert(_) => self.revert(now).map_err(Into::into),
-            Decision::Apply(plan, _) => self.apply(now, Action::Apply, plan, physical).await,
-            Decision::Reload(plan, _) => self.apply(now, Action::Reload, plan, physical).await,
+            Decision::Apply(plan, _) => self.apply(now, Action::Apply, plan).await,
+            Decision::Reload(plan, _) => self.apply(now, Action::Reload, plan).await,
         }
     }
 
@@ -284,25 +334,29 @@ impl Controller {
         now: Instant,
         action: Action,
         plan: &Plan,
-        physical_before: Option<Ipv4Addr>,
     ) -> Result<(), ControlError> {
         if let Err(e) = self.backend.apply(plan) {
             tracing::error!(action = %action, error = %e, "fallback: backend failed");
-            self.finish(now, action, Outcome::Failed, Some(e.to_string()), None);
+            self.finish(now, action, ApplyOutcome::Failed, Some(e.to_string()), None);
             return Err(e.into());
         }
-        // The bypass must now leave as the physical path does.
-        let round = self.verifier.round().await;
-        let physical = round.egress(PathKind::Physical).or(physical_before);
-        let bypass = round.egress(PathKind::Bypass);
-        if physical.is_some() && bypass == physical && bypass_broken(&round).is_none() {
-            tracing::info!(action = %action, egress = ?bypass, interface = %plan.interface,
+        // The bypass must now leave as the physical path does: the verdict of a fresh round.
+        let verdict = match fresh_round(&self.verifier).await {
+            Some((_, v)) => v,
+            None => Verdict {
+                state: State::Undetermined,
+                physical_egress: None,
+                text: "no probe round (probing is off)".into(),
+            },
+        };
+        if verdict.is(State::BypassWorking) {
+            tracing::info!(action = %action, egress = ?verdict.physical_egress, interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
-            self.finish(now, action, Outcome::Ok, None, Some(plan));
+            self.finish(now, action, ApplyOutcome::Ok, None, Some(plan));
             return Ok(());
         }
-        let err = ControlError::RolledBack { bypass, physical };
+        let err = ControlError::RolledBack(verdict.text);
         tracing::warn!(action = %action, error = %err, "fallback: verification failed");
         if let Err(e) = self.backend.revert() {
             tracing::error!(error = %e, "fallback: rollback failed");
@@ -310,7 +364,7 @@ impl Controller {
         self.finish(
             now,
             action,
-            Outcome::RolledBack,
+            ApplyOutcome::RolledBack,
             Some(err.to_string()),
             None,
         );
@@ -321,7 +375,7 @@ impl Controller {
         match self.backend.revert() {
             Ok(()) => {
                 tracing::info!("fallback: reverted");
-                self.finish(now, Action::Revert, Outcome::Ok, None, None);
+                self.finish(now, Action::Revert, ApplyOutcome::Ok, None, None);
                 Ok(())
             }
             Err(e) => {
@@ -329,7 +383,7 @@ impl Controller {
                 self.finish(
                     now,
                     Action::Revert,
-                    Outcome::Failed,
+                    ApplyOutcome::Failed,
                     Some(e.to_string()),
                     None,
                 );
@@ -342,7 +396,7 @@ impl Controller {
         &mut self,
         now: Instant,
         action: Action,
-        outcome: Outcome,
+        outcome: ApplyOutcome,
         error: Option<String>,
         plan: Option<&Plan>,
     ) {

@@ -1,8 +1,13 @@
 //! `POST /fallback/apply`, `POST /fallback/revert` and `POST /alertmanager` (Alertmanager's
 //! webhook JSON). All require `Authorization: Bearer TOKEN`, the token read from
 //! `fallback.token_file` (mode 0600); without a token file they answer 404 and do nothing.
+//!
+//! An alert only asks. The webhook is fleet-safe: with `fallback.instance` set, alerts for any
+//! other `instance` are answered `not_for_this_instance`; without it, only a payload whose
+//! firing alerts name one single instance is considered (and that is logged). Even then the
+//! controller applies only if a fresh probe round of this agent shows the bypass broken.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,6 +68,7 @@ impl Token {
 struct ControlState {
     controller: SharedController,
     alert_names: Arc<[String]>,
+    instance: Option<Arc<str>>,
 }
 
 /// The mutating endpoints. Reads `cfg.token_file` now; an unreadable or too open file is an
@@ -91,6 +97,7 @@ pub fn router_with_token(
     let state = ControlState {
         controller,
         alert_names: cfg.alert_names.clone().into(),
+        instance: cfg.instance.as_deref().map(Arc::from),
     };
     let token = Arc::new(token);
     let max_body = cfg.max_body_bytes;
@@ -153,10 +160,11 @@ fn bearer(h: &HeaderMap) -> Option<&[u8]> {
 fn error_response(e: ControlError) -> Response {
     let code = match &e {
         ControlError::Gated(_) => StatusCode::TOO_MANY_REQUESTS,
-        ControlError::NotAuto(_) | ControlError::NoPlan(_) => StatusCode::CONFLICT,
-        ControlError::Backend(_) | ControlError::RolledBack { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        ControlError::NotAuto(_)
+        | ControlError::NoPlan(_)
+        | ControlError::NotBroken(_)
+        | ControlError::NoProbe => StatusCode::CONFLICT,
+        ControlError::Backend(_) | ControlError::RolledBack(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (
         code,
@@ -194,10 +202,59 @@ struct Alert {
     labels: BTreeMap<String, String>,
 }
 
+/// Whom a webhook's firing alerts are for, as this agent sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Addressed {
+    /// No firing alert with a listed name.
+    Nothing,
+    /// For this agent: the instance named.
+    Me(String),
+    /// Only for other instances (with `fallback.instance` set).
+    Others(Vec<String>),
+    /// Without `fallback.instance`: not exactly one instance named (or an alert without one).
+    Ambiguous(Vec<String>),
+}
+
+fn addressed(hook: &Webhook, names: &[String], me: Option<&str>) -> Addressed {
+    let instances: BTreeSet<&str> = hook
+        .alerts
+        .iter()
+        .filter(|a| a.status == "firing")
+        .filter(|a| {
+            a.labels
+                .get("alertname")
+                .is_some_and(|n| names.iter().any(|w| w == n))
+        })
+        .map(|a| a.labels.get("instance").map_or("", String::as_str))
+        .collect();
+    let list = || instances.iter().map(|i| (*i).to_owned()).collect();
+    match me {
+        _ if instances.is_empty() => Addressed::Nothing,
+        Some(me) if instances.contains(me) => Addressed::Me(me.to_owned()),
+        Some(_) => Addressed::Others(list()),
+        None => match instances.iter().next() {
+            Some(only) if instances.len() == 1 && !only.is_empty() => {
+                Addressed::Me((*only).to_owned())
+            }
+            _ => Addressed::Ambiguous(list()),
+        },
+    }
+}
+
+fn answer(c: &Controller, result: &'static str, extra: serde_json::Value) -> Response {
+    c.count_alert(result);
+    let mut body = json!({ "result": result });
+    if let (Some(b), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
+        b.extend(more);
+    }
+    Json(body).into_response()
+}
+
 async fn alertmanager(State(s): State<ControlState>, body: axum::body::Bytes) -> Response {
     let hook: Webhook = match serde_json::from_slice(&body) {
         Ok(h) => h,
         Err(e) => {
+            s.controller.lock().await.count_alert("malformed");
             return (
                 StatusCode::BAD_REQUEST,
                 format!("not an Alertmanager webhook payload: {e}\n"),
@@ -205,26 +262,108 @@ async fn alertmanager(State(s): State<ControlState>, body: axum::body::Bytes) ->
                 .into_response();
         }
     };
-    let firing: Vec<&str> = hook
-        .alerts
-        .iter()
-        .filter(|a| a.status == "firing")
-        .filter_map(|a| a.labels.get("alertname").map(String::as_str))
-        .filter(|n| s.alert_names.iter().any(|w| w == n))
-        .collect();
-    if firing.is_empty() {
-        // Resolved alerts are not a reason to revert: the repair is what resolved them.
-        return Json(json!({"result": "ignored"})).into_response();
-    }
-    tracing::info!(alerts = ?firing, "fallback: Alertmanager asks for the repair");
+    let to = addressed(&hook, &s.alert_names, s.instance.as_deref());
     let mut c = s.controller.lock().await;
-    match c.alert_apply(Instant::now()).await {
-        Ok(Some(plan)) => Json(json!({"result": "applied", "plan": plan})).into_response(),
-        Ok(None) => Json(json!({"result": "already_active"})).into_response(),
-        // Answer 200 to a decision not to act, so Alertmanager does not retry it.
-        Err(e @ (ControlError::Gated(_) | ControlError::NotAuto(_))) => {
-            Json(json!({"result": "not_acted", "reason": e.to_string()})).into_response()
+    let instance = match to {
+        // Resolved alerts are not a reason to revert: the repair is what resolved them.
+        Addressed::Nothing => return answer(&c, "ignored", json!({})),
+        Addressed::Others(others) => {
+            tracing::info!(alerts_for = ?others, this_instance = s.instance.as_deref().unwrap_or(""),
+                "fallback: Alertmanager alert for another instance; nothing done");
+            return answer(&c, "not_for_this_instance", json!({}));
         }
-        Err(e) => error_response(e),
+        Addressed::Ambiguous(named) => {
+            tracing::warn!(instances = ?named,
+                "fallback: Alertmanager payload does not name one single instance and \
+                 fallback.instance is unset; nothing done (set fallback.instance to this \
+                 machine's instance label)");
+            return answer(
+                &c,
+                "not_acted",
+                json!({"reason": format!(
+                    "the payload names {} instances and fallback.instance is unset",
+                    named.len()
+                )}),
+            );
+        }
+        Addressed::Me(i) => i,
+    };
+    if s.instance.is_none() {
+        tracing::info!(instance = %instance,
+            "fallback: acting on an alert for the only instance the payload names \
+             (fallback.instance is unset)");
+    }
+    tracing::info!(instance = %instance, "fallback: Alertmanager asks for the repair; probing first");
+    match c.alert_apply(Instant::now()).await {
+        Ok(Some(plan)) => answer(&c, "applied", json!({"plan": plan})),
+        Ok(None) => answer(&c, "already_active", json!({})),
+        // Answer 200 to a decision not to act, so Alertmanager does not retry it.
+        Err(
+            e @ (ControlError::Gated(_)
+            | ControlError::NotAuto(_)
+            | ControlError::NotBroken(_)
+            | ControlError::NoProbe),
+        ) => answer(&c, "not_acted", json!({"reason": e.to_string()})),
+        Err(e) => {
+            c.count_alert("failed");
+            error_response(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(alerts: &[(&str, &str, Option<&str>)]) -> Webhook {
+        Webhook {
+            alerts: alerts
+                .iter()
+                .map(|(status, name, instance)| Alert {
+                    status: (*status).into(),
+                    labels: [("alertname", *name)]
+                        .into_iter()
+                        .chain(instance.map(|i| ("instance", i)))
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn whom_alerts_are_for() {
+        let names = ["PiaSplitTunnelBypassBroken".to_owned()];
+        let broken = |i| ("firing", "PiaSplitTunnelBypassBroken", i);
+        let a = |h: &Webhook, me| addressed(h, &names, me);
+        let one = hook(&[broken(Some("mac2:9847"))]);
+        assert_eq!(
+            a(&one, Some("mac1:9847")),
+            Addressed::Others(vec!["mac2:9847".into()])
+        );
+        assert_eq!(
+            a(&one, Some("mac2:9847")),
+            Addressed::Me("mac2:9847".into())
+        );
+        assert_eq!(a(&one, None), Addressed::Me("mac2:9847".into()));
+        let two = hook(&[broken(Some("mac1:9847")), broken(Some("mac2:9847"))]);
+        assert_eq!(
+            a(&two, Some("mac1:9847")),
+            Addressed::Me("mac1:9847".into())
+        );
+        assert!(matches!(a(&two, None), Addressed::Ambiguous(v) if v.len() == 2));
+        assert!(matches!(
+            a(&hook(&[broken(None)]), None),
+            Addressed::Ambiguous(_)
+        ));
+        assert_eq!(
+            a(&hook(&[broken(None)]), Some("mac1:9847")),
+            Addressed::Others(vec![String::new()])
+        );
+        let quiet = hook(&[
+            ("resolved", "PiaSplitTunnelBypassBroken", Some("mac1:9847")),
+            ("firing", "SomethingElse", Some("mac1:9847")),
+        ]);
+        assert_eq!(a(&quiet, Some("mac1:9847")), Addressed::Nothing);
     }
 }

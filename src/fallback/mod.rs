@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::os::Interfaces;
+use crate::sessions::window::{SessionWindow, Thresholds};
 pub use net::{IfName, Ipv4Net};
 
 /// Destinations that never take the repair's route: private ranges and loopback (plus the
@@ -177,8 +178,11 @@ pub struct FallbackConfig {
     pub ip_path: PathBuf,
     /// Bearer token for the mutating HTTP endpoints (file mode 0600); none disables them.
     pub token_file: Option<PathBuf>,
-    /// Alertmanager alerts (by `alertname`) whose firing triggers the repair.
+    /// Alertmanager alerts (by `alertname`) whose firing asks for the repair.
     pub alert_names: Vec<String>,
+    /// The `instance` label Prometheus gives this machine: alerts for others are answered
+    /// `not_for_this_instance`. Unset: only payloads naming a single instance are acted on.
+    pub instance: Option<String>,
     pub max_body_bytes: usize,
 }
 
@@ -208,12 +212,29 @@ impl Default for FallbackConfig {
             ip_path: "ip".into(),
             token_file: None,
             alert_names: vec!["PiaSplitTunnelBypassBroken".into()],
+            instance: None,
             max_body_bytes: 64 * 1024,
         }
     }
 }
 
 impl FallbackConfig {
+    /// The session window and the thresholds of its verdict, as configured.
+    pub fn session_window(&self) -> SessionWindow {
+        SessionWindow::new(
+            std::time::Duration::from_secs(self.window_secs),
+            self.session_thresholds(),
+        )
+    }
+
+    /// `zero_byte_ratio` and `min_sessions`: when the sessions say "zero bytes".
+    pub fn session_thresholds(&self) -> Thresholds {
+        Thresholds {
+            zero_byte_ratio: self.zero_byte_ratio,
+            min_sessions: self.min_sessions,
+        }
+    }
+
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
         let r = self.zero_byte_ratio;
@@ -263,6 +284,17 @@ impl FallbackConfig {
             return Err(
                 "fallback.mode = \"auto\" with no backend on this platform: set fallback.backend \
                  to \"pf\" or \"policy-routing\", or mode to \"observe\""
+                    .into(),
+            );
+        }
+        if self
+            .instance
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return Err(
+                "fallback.instance is empty: give this machine's `instance` label (e.g. \
+                 \"mac1.example:9847\") or remove the key"
                     .into(),
             );
         }

@@ -1,16 +1,17 @@
 //! When to act: a pure state machine. Inputs carry their own `now`; outputs are decisions the
 //! controller carries out (in `auto`) or only reports (in `observe`), then feeds back with
-//! [`Policy::record`].
+//! [`Policy::record`]. It does not judge the bypass itself: it reads the round's
+//! [`Verdict`], and only "bypass broken" in this round's verdict can lead to an apply (the
+//! sessions verdict shortens the wait, never replaces the probe).
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::{FallbackConfig, OnTunnelDown, Plan};
-use crate::probe::{PathKind, Round};
-use crate::sessions::window::Ratio;
+use crate::probe::{Round, State, Verdict};
+use crate::sessions::window::SessionsVerdict;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
 #[derive(
@@ -33,8 +34,12 @@ pub enum Reason {
     BypassHealthy,
     /// Fallback off and no tunnel: nothing to repair.
     NoTunnel,
-    /// The physical path itself fails: the repair could not help.
-    PhysicalDown,
+    /// No path gets out: the repair could not help.
+    NoNetwork,
+    /// The round cannot tell whether the bypass is broken.
+    Undetermined,
+    /// Unbound traffic leaks past the tunnel: not something the repair fixes.
+    VpnLeak,
     /// Discovery found no physical interface, gateway or valid name to build rules from.
     NoPlan,
     /// A condition holds but not for enough rounds yet (hysteresis).
@@ -58,6 +63,20 @@ pub enum Reason {
     Manual,
     Alert,
     ModeOff,
+}
+
+impl Reason {
+    /// Why nothing is applied in a state other than "bypass broken"; `None` for that one.
+    pub fn not_broken(state: State) -> Option<Reason> {
+        match state {
+            State::BypassBroken => None,
+            State::BypassWorking => Some(Reason::BypassHealthy),
+            State::TunnelDown => Some(Reason::NoTunnel),
+            State::NoNetwork => Some(Reason::NoNetwork),
+            State::Undetermined => Some(Reason::Undetermined),
+            State::VpnLeak => Some(Reason::VpnLeak),
+        }
+    }
 }
 
 /// What to do after a round.
@@ -107,7 +126,7 @@ pub enum Action {
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
-pub enum Outcome {
+pub enum ApplyOutcome {
     Ok,
     /// The backend failed (its error is logged); it left nothing of its own installed.
     Failed,
@@ -139,12 +158,6 @@ impl Decision {
             Decision::Revert(_) => Some(Action::Revert),
         }
     }
-}
-
-/// Is the bypass broken while the physical path works? `Some(physical egress)` when so.
-pub fn bypass_broken(round: &Round) -> Option<Ipv4Addr> {
-    let physical = round.egress(PathKind::Physical)?;
-    (round.egress(PathKind::Bypass) != Some(physical)).then_some(physical)
 }
 
 /// What the backend holds, as far as the policy knows.
@@ -210,14 +223,21 @@ impl Policy {
         self.failures
     }
 
-    /// Decides after one probe round; `sessions` is the session window at `now`.
-    pub fn evaluate(&mut self, now: Instant, round: &Round, sessions: Ratio) -> Decision {
-        let tunnel = round.interfaces.tunnel.is_some();
-        let broken = tunnel && bypass_broken(round).is_some();
-        self.tunnel_down_streak = if tunnel {
-            0
-        } else {
+    /// Decides after one probe round, from its verdict; `sessions` is the sessions verdict
+    /// at `now`.
+    pub fn evaluate(
+        &mut self,
+        now: Instant,
+        round: &Round,
+        verdict: &Verdict,
+        sessions: SessionsVerdict,
+    ) -> Decision {
+        let tunnel_down = verdict.is(State::TunnelDown);
+        let broken = verdict.is(State::BypassBroken);
+        self.tunnel_down_streak = if tunnel_down {
             self.tunnel_down_streak.saturating_add(1)
+        } else {
+            0
         };
         self.broken_streak = if broken {
             self.broken_streak.saturating_add(1)
@@ -227,7 +247,7 @@ impl Policy {
         let plan = Plan::from_interfaces(&round.interfaces, &self.cfg);
 
         if self.active() {
-            if !tunnel {
+            if tunnel_down {
                 if self.tunnel_down_streak < self.cfg.tunnel_down_rounds {
                     return Decision::None(Reason::AwaitingConfirmation);
                 }
@@ -260,32 +280,21 @@ impl Policy {
             return Decision::None(Reason::Active);
         }
 
-        if !tunnel {
-            return Decision::None(Reason::NoTunnel);
-        }
-        if round.egress(PathKind::Physical).is_none() {
-            return Decision::None(Reason::PhysicalDown);
-        }
-        if !broken {
-            return Decision::None(Reason::BypassHealthy);
+        if let Some(quiet) = Reason::not_broken(verdict.state) {
+            return Decision::None(quiet);
         }
         let Ok(plan) = plan else {
             return Decision::None(Reason::NoPlan);
         };
         let reason = if self.broken_streak >= self.cfg.consecutive_rounds {
             Reason::ProbeBroken
-        } else if self.sessions_broken(sessions) {
+        } else if sessions.zero_bytes() {
             // The sessions are the evidence; this round's probes are the confirmation.
             Reason::SessionsZeroBytes
         } else {
             return Decision::None(Reason::AwaitingConfirmation);
         };
         self.gate(now, Decision::Apply(plan, reason))
-    }
-
-    fn sessions_broken(&self, s: Ratio) -> bool {
-        s.total >= u64::from(self.cfg.min_sessions)
-            && s.share().is_some_and(|r| r >= self.cfg.zero_byte_ratio)
     }
 
     /// Back-off, cooldown and the hourly cap, in that order, for apply and reload.
@@ -319,17 +328,23 @@ impl Policy {
     }
 
     /// How an action ended. `plan` is what was applied (apply, reload).
-    pub fn record(&mut self, now: Instant, action: Action, outcome: Outcome, plan: Option<&Plan>) {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        action: Action,
+        outcome: ApplyOutcome,
+        plan: Option<&Plan>,
+    ) {
         self.last_action = Some(now);
         self.actions.push_back(now);
         self.broken_streak = 0;
         match (action, outcome) {
-            (Action::Apply | Action::Reload, Outcome::Ok) => {
+            (Action::Apply | Action::Reload, ApplyOutcome::Ok) => {
                 self.installed = plan.cloned().map_or(Installed::Unknown, Installed::Plan);
                 self.failures = 0;
                 self.not_before = None;
             }
-            (Action::Revert, Outcome::Ok) => {
+            (Action::Revert, ApplyOutcome::Ok) => {
                 self.installed = Installed::Nothing;
                 self.failures = 0;
                 self.not_before = None;

@@ -11,12 +11,11 @@ use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use strum::IntoEnumIterator;
 
-use crate::fallback::FallbackConfig;
 use crate::fallback::controller::StatusHandle;
-use crate::probe::Round;
+use crate::presence::Presence;
+use crate::probe::{Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::SharedWindow;
-use crate::watch::Presence;
 pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 
 /// `[health]` section of the config.
@@ -48,18 +47,19 @@ impl HealthConfig {
     }
 }
 
-/// Whether the agent has done its first probe round and log read.
+/// Whether the agent has read the log and, when probing, done its first probe round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Readiness {
     pub ready: bool,
-    pub probe_round: bool,
+    /// `None` when probing is off: readiness then needs the log only.
+    pub probe_round: Option<bool>,
     pub log_read: bool,
 }
 
 #[derive(Default)]
 struct Inputs {
     log: Option<LogHealthInput>,
-    round: Option<Round>,
+    round: Option<(Round, Verdict)>,
     processes: Option<Presence>,
     checkpoint: Option<CheckpointState>,
 }
@@ -74,6 +74,8 @@ struct CheckpointState {
 /// The agent's health, fed by the agent loop, read by `/health`, `/-/ready` and `/metrics`.
 pub struct Health {
     thresholds: model::Thresholds,
+    /// `probe.enabled`.
+    probing: bool,
     inputs: RwLock<Inputs>,
     sessions: Option<SharedWindow>,
     fallback: Option<StatusHandle>,
@@ -83,11 +85,7 @@ pub struct Health {
 
 impl Health {
     /// Registers `health_status{component,status}` and `ready` on `registry`.
-    pub fn new(
-        cfg: &HealthConfig,
-        fallback: &FallbackConfig,
-        registry: &Registry,
-    ) -> prometheus::Result<Self> {
+    pub fn new(cfg: &HealthConfig, registry: &Registry) -> prometheus::Result<Self> {
         let status_gauge = IntGaugeVec::new(
             Opts::new(
                 "pia_split_tunnel_health_status",
@@ -97,7 +95,7 @@ impl Health {
         )?;
         let ready_gauge = IntGauge::new(
             "pia_split_tunnel_ready",
-            "1 once the first probe round and log read have happened.",
+            "1 once the log was read and, when probing, the first probe round done.",
         )?;
         registry.register(Box::new(status_gauge.clone()))?;
         registry.register(Box::new(ready_gauge.clone()))?;
@@ -105,10 +103,8 @@ impl Health {
             thresholds: model::Thresholds {
                 log_stale: Duration::from_secs(cfg.log_stale_secs),
                 log_max_level: cfg.log_max_level,
-                zero_byte_ratio: fallback.zero_byte_ratio,
-                min_sessions: fallback.min_sessions,
-                window: Duration::from_secs(fallback.window_secs),
             },
+            probing: true,
             inputs: RwLock::default(),
             sessions: None,
             fallback: None,
@@ -117,6 +113,15 @@ impl Health {
         };
         h.report(Instant::now());
         Ok(h)
+    }
+
+    /// Log-only mode (`probe.enabled = false`): no probe components, readiness without a round.
+    pub fn without_probes(mut self) -> Self {
+        self.probing = false;
+        // The probe components are absent, so are their series.
+        self.status_gauge.reset();
+        self.report(Instant::now());
+        self
     }
 
     pub fn with_sessions(mut self, window: SharedWindow) -> Self {
@@ -141,9 +146,9 @@ impl Health {
         self.report(Instant::now());
     }
 
-    /// After each probe round (and after the fallback controller saw it).
-    pub fn update_round(&self, round: Round) {
-        self.inputs.write().expect("health lock").round = Some(round);
+    /// After each probe round (and after the fallback controller saw it), with its verdict.
+    pub fn update_round(&self, round: Round, verdict: Verdict) {
+        self.inputs.write().expect("health lock").round = Some((round, verdict));
         self.report(Instant::now());
     }
 
@@ -168,9 +173,10 @@ impl Health {
 
     pub fn readiness(&self) -> Readiness {
         let i = self.inputs.read().expect("health lock");
+        let probe_round = self.probing.then_some(i.round.is_some());
         let r = Readiness {
-            ready: i.round.is_some() && i.log.is_some(),
-            probe_round: i.round.is_some(),
+            ready: i.log.is_some() && probe_round != Some(false),
+            probe_round,
             log_read: i.log.is_some(),
         };
         self.ready_gauge.set(i64::from(r.ready));
@@ -179,10 +185,10 @@ impl Health {
 
     /// The report at `now`; also refreshes the health metrics.
     pub fn report(&self, now: Instant) -> HealthReport {
-        let apps = self
-            .sessions
-            .as_ref()
-            .map(|w| w.lock().expect("session window lock").per_app(now));
+        let sessions = self.sessions.as_ref().map(|w| {
+            let w = w.lock().unwrap_or_else(|e| e.into_inner());
+            (w.per_app(now), w.verdict(now))
+        });
         let fallback = self
             .fallback
             .as_ref()
@@ -198,8 +204,9 @@ impl Health {
                 &self.thresholds,
                 &model::Inputs {
                     log: i.log.as_ref(),
-                    sessions: apps.as_deref(),
-                    round: i.round.as_ref(),
+                    sessions: sessions.as_ref().map(|(a, v)| (a.as_slice(), *v)),
+                    probing: self.probing,
+                    round: i.round.as_ref().map(|(r, v)| (r, v)),
                     fallback: fallback.as_ref(),
                     processes: i.processes.as_ref(),
                     checkpoint: checkpoint.as_ref(),

@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
-use crate::fallback::policy::{Action, Outcome, bypass_broken};
-use crate::probe::{PathKind, ProbeError, Round};
+use crate::fallback::policy::{Action, ApplyOutcome};
+use crate::presence::Presence;
+use crate::probe::{PathKind, ProbeError, Round, State, Verdict};
 use crate::proxy_log::Level;
-use crate::sessions::window::AppRatio;
-use crate::watch::Presence;
+use crate::sessions::window::{AppRatio, SessionsVerdict};
 
 #[derive(
     Clone,
@@ -96,22 +96,23 @@ pub struct CheckpointInput {
     pub last_saved_age: Option<Duration>,
 }
 
-/// Thresholds the model uses.
+/// Thresholds the model uses (the sessions' are the sessions verdict's own).
 #[derive(Clone, Debug)]
 pub struct Thresholds {
     pub log_stale: Duration,
     /// A proxy logging at a level above this does not write the session lines.
     pub log_max_level: Level,
-    pub zero_byte_ratio: f64,
-    pub min_sessions: u32,
-    pub window: Duration,
 }
 
 /// Snapshot of every input at one moment.
 pub struct Inputs<'a> {
     pub log: Option<&'a LogHealthInput>,
-    pub sessions: Option<&'a [AppRatio]>,
-    pub round: Option<&'a Round>,
+    /// Per-app figures and the sessions verdict, over the same window.
+    pub sessions: Option<(&'a [AppRatio], SessionsVerdict)>,
+    /// `probe.enabled`: without probes the probe components are absent, not degraded.
+    pub probing: bool,
+    /// The last probe round and its verdict.
+    pub round: Option<(&'a Round, &'a Verdict)>,
     pub fallback: Option<&'a FallbackStatus>,
     pub processes: Option<&'a Presence>,
     pub checkpoint: Option<&'a CheckpointInput>,
@@ -121,18 +122,22 @@ pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
     let mut components = BTreeMap::new();
     components.insert("log", log(t, i.log));
     components.insert("checkpoint", checkpoint(i.checkpoint));
-    components.insert("sessions", sessions(t, i.sessions));
-    components.insert("processes", processes(i.processes, i.round, i.log));
+    components.insert("sessions", sessions(i.sessions));
+    let round = i.round.map(|(r, _)| r);
+    components.insert("processes", processes(i.processes, round, i.log));
     let active = i.fallback.is_some_and(|f| f.active);
-    for (name, path) in [
-        ("probe_physical", PathKind::Physical),
-        ("probe_tunnel", PathKind::Tunnel),
-        ("probe_bypass", PathKind::Bypass),
-        ("probe_default", PathKind::Default),
-    ] {
-        components.insert(name, probe(i.round, path, active));
+    if i.probing {
+        for (name, path) in [
+            ("probe_physical", PathKind::Physical),
+            ("probe_tunnel", PathKind::Tunnel),
+            ("probe_bypass", PathKind::Bypass),
+            ("probe_default", PathKind::Default),
+        ] {
+            components.insert(name, probe(i.round, path, active));
+        }
     }
-    components.insert("fallback", fallback(i.fallback, i.round));
+    let verdict = i.round.map(|(_, v)| v);
+    components.insert("fallback", fallback(i.fallback, verdict, i.probing));
     let status = components
         .values()
         .map(|c| c.status)
@@ -262,37 +267,30 @@ reboot or an update). Fix: approve it in System Settings → Privacy & Security,
     )
 }
 
-fn sessions(t: &Thresholds, apps: Option<&[AppRatio]>) -> Component {
-    let Some(apps) = apps else {
+fn sessions(s: Option<(&[AppRatio], SessionsVerdict)>) -> Component {
+    let Some((apps, v)) = s else {
         return c(Status::Ok, "no session window");
     };
-    let w = t.window.as_secs();
-    let bad: Vec<String> = apps
-        .iter()
-        .filter(|a| {
-            a.ratio.total >= u64::from(t.min_sessions)
-                && a.ratio.share().is_some_and(|s| s >= t.zero_byte_ratio)
-        })
-        .map(|a| {
-            format!(
-                "{}: {} of {} sessions closed with zero bytes",
-                a.app, a.ratio.zero, a.ratio.total
-            )
-        })
-        .collect();
-    if bad.is_empty() {
-        let total: u64 = apps.iter().map(|a| a.ratio.total).sum();
-        let zero: u64 = apps.iter().map(|a| a.ratio.zero).sum();
-        c(
-            Status::Ok,
-            format!("{zero} of {total} sessions zero-byte in the last {w} s"),
-        )
-    } else {
-        c(
-            Status::Degraded,
-            format!("in the last {w} s: {}", bad.join("; ")),
-        )
+    let w = v.window_seconds;
+    let summary = format!(
+        "{} of {} sessions closed with zero bytes in the last {w} s",
+        v.ratio.zero, v.ratio.total
+    );
+    if !v.zero_bytes() {
+        return c(Status::Ok, summary);
     }
+    let worst: Vec<String> = apps
+        .iter()
+        .filter(|a| a.ratio.zero > 0)
+        .map(|a| format!("{}: {} of {}", a.app, a.ratio.zero, a.ratio.total))
+        .collect();
+    c(
+        Status::Degraded,
+        format!(
+            "{summary} ({}): the bypass looks broken; the probes decide",
+            worst.join("; ")
+        ),
+    )
 }
 
 fn err_words(e: ProbeError) -> &'static str {
@@ -307,49 +305,48 @@ fn err_words(e: ProbeError) -> &'static str {
     }
 }
 
-fn probe(round: Option<&Round>, path: PathKind, fallback_active: bool) -> Component {
-    let Some(round) = round else {
+fn probe(round: Option<(&Round, &Verdict)>, path: PathKind, fallback_active: bool) -> Component {
+    let Some((round, verdict)) = round else {
         return c(Status::Degraded, "no probe round yet");
     };
     let Some(r) = round.results.iter().find(|r| r.path == path) else {
         return c(Status::Degraded, "not probed in the last round");
     };
     let ms = r.duration.as_millis();
+    let measured = match r.outcome {
+        Ok(ip) => format!("egresses as {ip} in {ms} ms"),
+        Err(e) => format!("{} after {ms} ms", err_words(e)),
+    };
     match (path, r.outcome) {
-        (PathKind::Bypass, Ok(ip)) => match round.egress(PathKind::Physical) {
-            Some(p) if p != ip => c(
-                Status::Failing,
-                format!("egresses as {ip}, not as the physical path ({p}): the bypass is broken"),
-            ),
-            _ => c(
-                Status::Ok,
-                format!(
-                    "egresses as {ip} in {ms} ms{}",
-                    if fallback_active {
-                        " (through the fallback)"
-                    } else {
-                        ""
-                    }
-                ),
-            ),
-        },
-        (_, Ok(ip)) => c(Status::Ok, format!("egresses as {ip} in {ms} ms")),
+        // The bypass component carries the round's verdict: it says what the round means.
+        (PathKind::Bypass, _) => {
+            let status = match verdict.state {
+                State::BypassWorking | State::TunnelDown => Status::Ok,
+                State::BypassBroken | State::VpnLeak | State::NoNetwork => Status::Failing,
+                State::Undetermined => Status::Degraded,
+            };
+            let through = if fallback_active && verdict.is(State::BypassWorking) {
+                " (through the fallback)"
+            } else {
+                ""
+            };
+            c(status, format!("{measured}{through}; {}", verdict.text))
+        }
+        (_, Ok(_)) => c(Status::Ok, measured),
         (PathKind::Tunnel, Err(ProbeError::NoInterface)) => {
             c(Status::Ok, "no tunnel interface: the VPN is disconnected")
         }
-        (PathKind::Physical | PathKind::Bypass, Err(e)) => {
-            c(Status::Failing, format!("{} after {ms} ms", err_words(e)))
-        }
-        (_, Err(e)) => c(Status::Degraded, format!("{} after {ms} ms", err_words(e))),
+        (PathKind::Physical, Err(_)) => c(Status::Failing, measured),
+        (_, Err(_)) => c(Status::Degraded, measured),
     }
 }
 
-fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
+fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool) -> Component {
     let Some(f) = f else {
         return c(Status::Ok, "no fallback controller");
     };
     if let Some(a) = &f.last_action
-        && a.outcome != Outcome::Ok
+        && a.outcome != ApplyOutcome::Ok
     {
         let what = format!(
             "last {} {}: {}",
@@ -358,14 +355,14 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
             a.error.as_deref().unwrap_or("no detail")
         );
         // A failing backend (pfctl, ip) needs a human; a rolled-back apply backs off and retries.
-        let status = if a.outcome == Outcome::Failed || a.action == Action::Revert {
+        let status = if a.outcome == ApplyOutcome::Failed || a.action == Action::Revert {
             Status::Failing
         } else {
             Status::Degraded
         };
         return c(status, what);
     }
-    let broken = round.is_some_and(|r| r.interfaces.tunnel.is_some() && bypass_broken(r).is_some());
+    let broken = verdict.is_some_and(|v| v.is(State::BypassBroken));
     match (f.mode, f.active) {
         (_, true) => c(
             Status::Ok,
@@ -383,7 +380,15 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
         ),
         (mode, false) => c(
             Status::Ok,
-            format!("inactive (mode {}, backend {})", mode, f.backend),
+            format!(
+                "inactive (mode {mode}, backend {}){}",
+                f.backend,
+                if probing {
+                    ""
+                } else {
+                    "; probes are off (probe.enabled = false), so it is never applied"
+                }
+            ),
         ),
     }
 }

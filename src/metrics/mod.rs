@@ -17,7 +17,7 @@ use strum::IntoEnumIterator;
 
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level, LocalMillis};
-use crate::sessions::{DURATION_BUCKETS_SECS, Outcome, proto_label};
+use crate::sessions::{CloseOutcome, DURATION_BUCKETS_SECS, proto_label};
 
 /// Metric name prefix.
 pub const PREFIX: &str = "pia_split_tunnel_";
@@ -323,10 +323,10 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     for (app, proto, c) in p.sessions().counts().iter() {
         let l = [("app", apps.name(app)), ("proto", proto_label(proto))];
         opened.counter(&l, c.opened as f64);
-        for o in Outcome::iter() {
+        for o in CloseOutcome::iter() {
             closed.counter(&[l[0], l[1], ("outcome", o.into())], c.closed(o) as f64);
         }
-        zero.counter(&l, c.closed(Outcome::ZeroBytes) as f64);
+        zero.counter(&l, c.closed(CloseOutcome::ZeroBytes) as f64);
         for k in ErrorKind::iter() {
             errors.counter(&[l[0], l[1], ("kind", k.into())], c.errors(k) as f64);
         }
@@ -408,16 +408,18 @@ fn local_to_unix(t: LocalMillis) -> Option<f64> {
     Some(local.timestamp_millis() as f64 / 1000.0)
 }
 
-/// `build_info{version} 1`.
+/// `build_info{version,revision,rustc_version} 1`.
 pub fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
     let g = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
             format!("{PREFIX}build_info"),
             "Version of the agent (value is always 1).",
         ),
-        &["version"],
+        &["version", "revision", "rustc_version"],
     )?;
-    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    use crate::build_info as b;
+    g.with_label_values(&[b::VERSION, b::REVISION, b::RUSTC_VERSION])
+        .set(1);
     registry.register(Box::new(g))
 }
 

@@ -6,12 +6,13 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 use strum::{EnumCount, IntoEnumIterator};
 
-use super::{PathKind, ProbeError, Round, verdicts};
+use super::State as VerdictState;
+use super::{PathKind, ProbeError, Round, Verdict};
 use crate::metrics::{FamilyBuilder, FamilySpec};
 
 #[derive(Default)]
 struct State {
-    last: Option<Round>,
+    last: Option<(Round, Verdict)>,
     rounds: u64,
     last_round_unix: f64,
     /// Failures by path and kind, since start.
@@ -62,20 +63,26 @@ const FAMILIES: &[FamilySpec] = &[
         &[],
     ),
     (
+        "verdict",
+        "The last probe round's verdict: 1 for its state, 0 for the others.",
+        MetricType::GAUGE,
+        &["state"],
+    ),
+    (
         "bypass_working",
-        "1 when the bypass egresses as the physical path and not as the tunnel.",
+        "1 when the verdict is bypass_working (the verdict family, for dashboards).",
         MetricType::GAUGE,
         &[],
     ),
     (
         "vpn_leak",
-        "1 when unbound traffic egresses as the physical address while a tunnel is up.",
+        "1 when the verdict is vpn_leak.",
         MetricType::GAUGE,
         &[],
     ),
     (
         "tunnel_down",
-        "1 when no tunnel interface answers.",
+        "1 when the verdict is tunnel_down.",
         MetricType::GAUGE,
         &[],
     ),
@@ -97,7 +104,7 @@ impl ProbeMetrics {
         Ok(m)
     }
 
-    pub fn observe(&self, round: &Round) {
+    pub fn observe(&self, round: &Round, verdict: &Verdict) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.rounds += 1;
         s.last_round_unix = std::time::SystemTime::now()
@@ -108,7 +115,7 @@ impl ProbeMetrics {
                 s.errors[r.path as usize][e as usize] += 1;
             }
         }
-        s.last = Some(round.clone());
+        s.last = Some((round.clone(), verdict.clone()));
     }
 }
 
@@ -128,7 +135,9 @@ impl Collector for ProbeCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let s = self.metrics.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(round) = &s.last else { return vec![] };
+        let Some((round, v)) = &s.last else {
+            return vec![];
+        };
         let (mut success, mut duration, mut errors, mut egress) = (
             family("probe_success"),
             family("probe_duration_seconds"),
@@ -154,7 +163,6 @@ impl Collector for ProbeCollector {
                 );
             }
         }
-        let v = verdicts(round);
         let gauge = |name: &str, value: bool| {
             let mut f = family(name);
             f.gauge(&[], f64::from(u8::from(value)));
@@ -164,6 +172,10 @@ impl Collector for ProbeCollector {
         rounds.counter(&[], s.rounds as f64);
         let mut last = family("probe_last_round_timestamp_seconds");
         last.gauge(&[], s.last_round_unix);
+        let mut verdict = family("verdict");
+        for state in VerdictState::iter() {
+            verdict.gauge(&[("state", state.into())], f64::from(u8::from(v.is(state))));
+        }
         let mut ifaces = family("interface_info");
         if let Some(p) = &round.interfaces.physical {
             let gw = p.gateway.map(|g| g.to_string()).unwrap_or_default();
@@ -195,9 +207,10 @@ impl Collector for ProbeCollector {
             egress.build(),
             rounds.build(),
             last.build(),
-            gauge("bypass_working", v.bypass_working),
-            gauge("vpn_leak", v.vpn_leak),
-            gauge("tunnel_down", v.tunnel_down),
+            verdict.build(),
+            gauge("bypass_working", v.is(VerdictState::BypassWorking)),
+            gauge("vpn_leak", v.is(VerdictState::VpnLeak)),
+            gauge("tunnel_down", v.is(VerdictState::TunnelDown)),
             ifaces.build(),
         ]
     }

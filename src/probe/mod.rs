@@ -1,4 +1,4 @@
-//! Egress probes through each path and the verdicts derived from them.
+//! Egress probes through each path and the one verdict derived from them ([`verdict`]).
 //!
 //! Each round re-discovers the interfaces, resolves the what-is-my-IP endpoints once (pinned
 //! for every path of the round), and asks them through four paths at once: bound to the
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::os::Interfaces;
 pub use metrics::ProbeMetrics;
 pub use prober::Prober;
-pub use verdict::{Verdicts, verdicts};
+pub use verdict::{State, Verdict};
 
 /// A way out of the machine.
 #[derive(

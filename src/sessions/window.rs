@@ -1,5 +1,7 @@
-//! Session closes over a sliding window, fed by the log stage: the zero-byte share the
-//! fallback policy and health read.
+//! Session closes over a sliding window, fed by the log stage, and the one sessions verdict
+//! drawn from it with the config's thresholds (`fallback.zero_byte_ratio`, `min_sessions`,
+//! `window_secs`): the fallback policy, `/health` and `/metrics` (`sessions_verdict`, which the
+//! alert rules read) all take it from [`SessionWindow::verdict`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,6 +22,69 @@ impl Ratio {
     }
 }
 
+/// What the sessions in the window say; its snake_case name is the `state` label of
+/// `sessions_verdict`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum SessionsState {
+    /// At least `min_sessions` closed and at least `zero_byte_ratio` of them with zero bytes.
+    ZeroBytes,
+    /// Enough sessions, and fewer of them with zero bytes.
+    Healthy,
+    /// Fewer than `min_sessions` closed: no judgement.
+    TooFew,
+}
+
+/// The sessions verdict at one moment: its state and what it was drawn from.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SessionsVerdict {
+    pub state: SessionsState,
+    #[serde(flatten)]
+    pub ratio: Ratio,
+    pub window_seconds: u64,
+}
+
+impl SessionsVerdict {
+    /// Most bypass sessions close with zero bytes: a reason to ask for a probe, never to act.
+    pub fn zero_bytes(&self) -> bool {
+        self.state == SessionsState::ZeroBytes
+    }
+}
+
+/// When the sessions say "zero bytes" (`fallback.zero_byte_ratio`, `fallback.min_sessions`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    pub zero_byte_ratio: f64,
+    pub min_sessions: u32,
+}
+
+impl Thresholds {
+    /// The sessions verdict's rule, for closes over any span (the window, or a whole log for
+    /// `analyze`).
+    pub fn judge(self, ratio: Ratio) -> SessionsState {
+        if ratio.total < u64::from(self.min_sessions) {
+            SessionsState::TooFew
+        } else if ratio.share().is_some_and(|r| r >= self.zero_byte_ratio) {
+            SessionsState::ZeroBytes
+        } else {
+            SessionsState::Healthy
+        }
+    }
+}
+
 /// One app's closes over the window.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AppRatio {
@@ -33,20 +98,33 @@ pub struct AppRatio {
 #[derive(Debug)]
 pub struct SessionWindow {
     window: Duration,
+    thresholds: Thresholds,
     max_events: usize,
     events: VecDeque<(Instant, Arc<str>, bool)>,
 }
 
 impl SessionWindow {
-    pub fn new(window: Duration) -> Self {
-        Self::with_capacity(window, 65_536)
+    pub fn new(window: Duration, thresholds: Thresholds) -> Self {
+        Self::with_capacity(window, thresholds, 65_536)
     }
 
-    pub fn with_capacity(window: Duration, max_events: usize) -> Self {
+    pub fn with_capacity(window: Duration, thresholds: Thresholds, max_events: usize) -> Self {
         SessionWindow {
             window,
+            thresholds,
             max_events: max_events.max(1),
             events: VecDeque::new(),
+        }
+    }
+
+    /// The sessions verdict over the window ending at `now`: the one place the thresholds
+    /// are applied.
+    pub fn verdict(&self, now: Instant) -> SessionsVerdict {
+        let ratio = self.ratio(now);
+        SessionsVerdict {
+            state: self.thresholds.judge(ratio),
+            ratio,
+            window_seconds: self.window.as_secs(),
         }
     }
 
@@ -116,30 +194,19 @@ impl SessionWindow {
 /// The window as shared between the log pipeline (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
-/// When the sessions become evidence of a broken bypass (`fallback.min_sessions` closes, a
-/// `fallback.zero_byte_ratio` share of them with zero bytes): edge-triggered, so a window that
-/// stays above asks for one confirming round, not one per close. It only asks for a probe
-/// round; acting still needs the probes to agree.
-#[derive(Debug)]
+/// When the sessions become evidence of a broken bypass (the window's verdict turns
+/// [`SessionsState::ZeroBytes`]): edge-triggered, so a window that stays there asks for one
+/// confirming round, not one per close. It only asks for a probe round; acting still needs
+/// the probes to agree.
+#[derive(Debug, Default)]
 pub struct EvidenceEdge {
-    min_sessions: u64,
-    zero_byte_ratio: f64,
     above: bool,
 }
 
 impl EvidenceEdge {
-    pub fn new(min_sessions: u32, zero_byte_ratio: f64) -> Self {
-        EvidenceEdge {
-            min_sessions: u64::from(min_sessions),
-            zero_byte_ratio,
-            above: false,
-        }
-    }
-
-    /// The window's ratio now; true when it has just crossed the threshold.
-    pub fn crossed(&mut self, r: Ratio) -> bool {
-        let above =
-            r.total >= self.min_sessions && r.share().is_some_and(|s| s >= self.zero_byte_ratio);
+    /// The window's verdict now; true when it has just turned to zero bytes.
+    pub fn crossed(&mut self, v: &SessionsVerdict) -> bool {
+        let above = v.zero_bytes();
         let crossed = above && !self.above;
         self.above = above;
         crossed
@@ -150,10 +217,15 @@ impl EvidenceEdge {
 mod tests {
     use super::*;
 
+    const T: Thresholds = Thresholds {
+        zero_byte_ratio: 0.75,
+        min_sessions: 4,
+    };
+
     #[test]
     fn slides_and_counts_per_app() {
         let t0 = Instant::now();
-        let mut w = SessionWindow::new(Duration::from_secs(300));
+        let mut w = SessionWindow::new(Duration::from_secs(300), T);
         w.record_close("Plex", t0, true);
         w.record_close("Plex", t0 + Duration::from_secs(10), false);
         w.record_close("curl", t0 + Duration::from_secs(20), true);
@@ -174,28 +246,53 @@ mod tests {
 
     #[test]
     fn evidence_is_an_edge() {
-        let mut e = EvidenceEdge::new(5, 0.9);
-        let r = |zero, total| Ratio { zero, total };
-        let seen: Vec<bool> = [
-            r(4, 4),
-            r(5, 5),
-            r(6, 6),
-            r(6, 7),
-            r(6, 8),
-            r(9, 10),
-            r(0, 0),
-        ]
-        .into_iter()
-        .map(|x| e.crossed(x))
-        .collect();
-        // Too few; crosses; stays above; 6/7 = 0.86 below; still below; above again; empty.
-        assert_eq!(seen, [false, true, false, false, false, true, false]);
+        let t0 = Instant::now();
+        let mut w = SessionWindow::new(Duration::from_secs(60), T);
+        let mut e = EvidenceEdge::default();
+        let mut seen = Vec::new();
+        // Too few; turns zero bytes; stays; healthy; zero bytes again; the window empties.
+        for (zero, at) in [
+            (true, 0),
+            (true, 0),
+            (true, 0),
+            (true, 0),
+            (false, 0),
+            (false, 0),
+        ] {
+            w.record_close("a", t0 + Duration::from_secs(at), zero);
+            seen.push(e.crossed(&w.verdict(t0)));
+        }
+        for _ in 0..6 {
+            w.record_close("a", t0, true);
+        }
+        seen.push(e.crossed(&w.verdict(t0)));
+        seen.push(e.crossed(&w.verdict(t0 + Duration::from_secs(61))));
+        assert_eq!(seen, [false, false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn verdict_applies_the_thresholds() {
+        let t0 = Instant::now();
+        let mut w = SessionWindow::new(Duration::from_secs(60), T);
+        for zero in [true, true, true] {
+            w.record_close("a", t0, zero);
+        }
+        assert_eq!(w.verdict(t0).state, SessionsState::TooFew);
+        w.record_close("b", t0, false);
+        // 3 of 4 = 0.75: at the threshold counts.
+        assert_eq!(w.verdict(t0).state, SessionsState::ZeroBytes);
+        w.record_close("b", t0, false);
+        assert_eq!(w.verdict(t0).state, SessionsState::Healthy);
+        assert_eq!(
+            w.verdict(t0 + Duration::from_secs(61)).state,
+            SessionsState::TooFew
+        );
     }
 
     #[test]
     fn bounded() {
         let t0 = Instant::now();
-        let mut w = SessionWindow::with_capacity(Duration::from_secs(300), 3);
+        let mut w = SessionWindow::with_capacity(Duration::from_secs(300), T, 3);
         for i in 0..10 {
             w.record_close("a", t0 + Duration::from_millis(i), true);
         }

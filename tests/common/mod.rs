@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod lab;
 pub mod netns;
 
 use std::net::Ipv4Addr;
@@ -10,8 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
+use pia_split_tunnel_exporter::fallback::controller::Controller;
+use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
-use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round};
+use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
+use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 
 pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 1);
@@ -85,6 +89,54 @@ pub fn round(tunnel: bool, bypass: Bypass) -> Round {
     round_with(tunnel, true, bypass, PHYS_IP)
 }
 
+/// No session closed: the sessions verdict "too few".
+pub const NO_SESSIONS: SessionsVerdict = SessionsVerdict {
+    state: SessionsState::TooFew,
+    ratio: Ratio { zero: 0, total: 0 },
+    window_seconds: 300,
+};
+
+/// The sessions verdict of the default thresholds over `total` closes, `zero` of them empty.
+pub fn sessions(zero: u64, total: u64) -> SessionsVerdict {
+    let now = std::time::Instant::now();
+    let mut w = FallbackConfig::default().session_window();
+    for i in 0..total {
+        w.record_close("app", now, i < zero);
+    }
+    w.verdict(now)
+}
+
+/// Feeds a round with its verdict, as the agent does.
+pub trait Judge {
+    fn judge(
+        &mut self,
+        now: std::time::Instant,
+        round: &Round,
+        sessions: SessionsVerdict,
+    ) -> Decision;
+}
+
+impl Judge for Policy {
+    fn judge(
+        &mut self,
+        now: std::time::Instant,
+        round: &Round,
+        sessions: SessionsVerdict,
+    ) -> Decision {
+        self.evaluate(now, round, &Verdict::of(round), sessions)
+    }
+}
+
+/// The controller's round, with the round's verdict, as the agent feeds it.
+pub async fn on_round(
+    c: &mut Controller,
+    now: std::time::Instant,
+    round: &Round,
+    sessions: SessionsVerdict,
+) -> Decision {
+    c.on_round(now, round, &Verdict::of(round), sessions).await
+}
+
 /// A directory with a `pfctl` that runs the stand-in with its state kept there.
 pub struct StandIn {
     pub dir: tempfile::TempDir,
@@ -146,6 +198,25 @@ impl StandIn {
     /// Calls as single strings, e.g. `-a com.apple/x -f -`.
     pub fn call_lines(&self) -> Vec<String> {
         self.calls().into_iter().map(|(a, _)| a.join(" ")).collect()
+    }
+
+    /// A verifier that sees what the stand-in holds, as real probes would: the bypass times
+    /// out until the fallback is enabled (a pf reference held), then egresses as the physical
+    /// path.
+    pub fn verifier(&self) -> Box<dyn pia_split_tunnel_exporter::fallback::controller::Verifier> {
+        let tokens = self.dir.path().join("tokens");
+        Box::new(move || {
+            let held = std::fs::read_to_string(&tokens).is_ok_and(|t| !t.trim().is_empty());
+            let r = round(
+                true,
+                if held {
+                    Bypass::Physical
+                } else {
+                    Bypass::Timeout
+                },
+            );
+            async move { r }
+        })
     }
 
     /// Enable references handed out and not released.

@@ -1,0 +1,215 @@
+//! The agent's own log (stderr): `--log.level` and `--log.format`, spelled as Prometheus
+//! exporters spell them, so a fleet's log shipper parses this agent like the others.
+//!
+//! - level: `--log.level` if given, else `RUST_LOG` (full `tracing` directives, e.g.
+//!   `pia_split_tunnel_exporter::fallback=debug`) if set, else `info`;
+//! - format: `logfmt` (tracing-logfmt) or `json` (one object a line, tracing-subscriber);
+//! - colours only in logfmt, only when stderr is a terminal, and never with `NO_COLOR` set
+//!   (<https://no-color.org>): under launchd stderr is a file, which must hold plain text.
+
+use std::io::IsTerminal;
+
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Least severe level written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    fn directive(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Logfmt,
+    Json,
+}
+
+/// The log flags, global: they go before or after the subcommand (`run` is the default one).
+#[derive(Args, Debug, Default, Clone)]
+pub struct LogFlags {
+    /// Least severe level logged [default: info; RUST_LOG when set and this flag is not].
+    #[arg(long = "log.level", global = true, value_enum, value_name = "LEVEL")]
+    pub level: Option<Level>,
+    /// Format of the log lines on stderr.
+    #[arg(
+        long = "log.format",
+        global = true,
+        value_enum,
+        default_value_t = Format::Logfmt,
+        value_name = "FORMAT"
+    )]
+    pub format: Format,
+}
+
+/// The filter: the flag, else `RUST_LOG`, else `info`. A `RUST_LOG` that does not parse is
+/// reported once on stderr and replaced by `info`, never a silent default.
+fn filter(level: Option<Level>) -> EnvFilter {
+    if let Some(l) = level {
+        return EnvFilter::new(l.directive());
+    }
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={v:?} is not a log filter ({e}); logging at info");
+            EnvFilter::new("info")
+        }),
+        _ => EnvFilter::new("info"),
+    }
+}
+
+/// Colours: only for a person at a terminal who did not opt out.
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Installs the process's log subscriber; a second call does nothing.
+pub fn init(flags: &LogFlags) {
+    let filter = filter(flags.level);
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match flags.format {
+        Format::Logfmt => registry
+            .with(
+                tracing_logfmt::builder()
+                    .with_ansi_color(colour)
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        Format::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+}
+
+/// Stderr as a file that newsyslog rotates (launchd's `StandardErrorPath`): newsyslog renames
+/// the file and creates a new one, but launchd opened stderr once, so without this the agent
+/// would write on into the archive. [`Reopen::check`] notices that the path names another file
+/// (or none) and opens the path again onto stderr (and stdout, when it was the same file).
+/// Hand-written because the log crates reopen files they opened themselves, not a descriptor
+/// given by the parent.
+pub struct Reopen {
+    path: std::path::PathBuf,
+}
+
+/// (device, inode) of what a descriptor is open on.
+fn fd_identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: 1 and 2 stay open for the process's life; the borrow is only duplicated.
+    let owned = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .ok()?;
+    let meta = std::fs::File::from(owned).metadata().ok()?;
+    meta.is_file().then(|| (meta.dev(), meta.ino()))
+}
+
+/// The path stderr was opened at.
+#[cfg(target_os = "linux")]
+fn stderr_path() -> Option<std::path::PathBuf> {
+    std::fs::read_link("/proc/self/fd/2").ok()
+}
+
+/// The path stderr was opened at.
+#[cfg(target_os = "macos")]
+fn stderr_path() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: F_GETPATH writes at most MAXPATHLEN (== PATH_MAX) bytes, NUL-terminated.
+    let r = unsafe { libc::fcntl(2, libc::F_GETPATH, buf.as_mut_ptr()) };
+    if r == -1 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    Some(std::ffi::OsStr::from_bytes(&buf[..len]).into())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn stderr_path() -> Option<std::path::PathBuf> {
+    None
+}
+
+impl Reopen {
+    /// `Some` when stderr is a regular file whose path can be known.
+    pub fn detect() -> Option<Reopen> {
+        fd_identity(2)?;
+        stderr_path().map(|path| Reopen { path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Opens the path again onto stderr when it no longer names the file stderr is on;
+    /// `Ok(true)` when it did.
+    pub fn check(&self) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let current = fd_identity(2);
+        let at_path = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if current.is_some() && at_path == current {
+            return Ok(false);
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let same_stdout = current.is_some() && fd_identity(1) == current;
+        for fd in [Some(2), same_stdout.then_some(1)].into_iter().flatten() {
+            // SAFETY: dup2 onto a standard descriptor; `file` stays open until after the call.
+            if unsafe { libc::dup2(file.as_raw_fd(), fd) } == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+        // The convention: an empty NO_COLOR is as if unset.
+        assert!(use_colour(true, Some(OsStr::new(""))));
+    }
+
+    #[test]
+    fn the_flag_wins_over_rust_log() {
+        assert_eq!(filter(Some(Level::Warn)).to_string(), "warn");
+        assert_eq!(filter(Some(Level::Debug)).to_string(), "debug");
+    }
+}
