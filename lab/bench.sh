@@ -72,14 +72,15 @@ start_agent() {
   rm -f "$work/cp.json"
   ip netns exec "$mac" "$BIN" --config "$work/agent.toml" run 2>>"$work/agent.log" &
   agent_pid=$!
-  # Until the first round has found the bypass working.
+  # Until the first round is done.
   in_mac python3 - <<'EOF'
 import time, urllib.request
 deadline = time.time() + 60
 while time.time() < deadline:
     try:
         body = urllib.request.urlopen("http://10.0.15.15:9847/metrics", timeout=1).read().decode()
-        if "\npia_split_tunnel_bypass_working 1\n" in body:
+        # Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
+        if '\npia_split_tunnel_verdict{state="vpn_leak"} 1\n' in body:
             raise SystemExit(0)
     except OSError:
         pass

@@ -321,7 +321,8 @@ fn a_route_change_starts_a_round_without_waiting_for_the_heartbeat() {
     let agent = LabAgent::start(&lab, "interval_secs = 300");
     agent.wait_for(
         "the first round",
-        &|b| has(b, "pia_split_tunnel_bypass_working 1"),
+        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
         METRICS,
         Duration::from_secs(20),
     );
@@ -365,7 +366,8 @@ fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
     let agent = LabAgent::start(&lab, "interval_secs = 300\nwatch_routes = false");
     agent.wait_for(
         "the first round",
-        &|b| has(b, "pia_split_tunnel_bypass_working 1"),
+        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
         METRICS,
         Duration::from_secs(20),
     );
