@@ -28,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
     &["health"],
     &["fallback"],
     &["probe"],
-    &["presence"],
+    &["presence", "netwatch"],
     &["metrics"],
     &["pipeline"],
     &["sessions"],

@@ -2,7 +2,8 @@
 //!
 //! One task runs the log stage ([`Ingest`]: tail → pipeline → session window, with its
 //! checkpoint), whose events feed health. A second ([`RoundLoop`]) looks at the process table
-//! and probes on an interval, and feeds health and the fallback controller.
+//! and probes when the schedule says (agent/rounds.rs), and feeds health and the fallback
+//! controller.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::LogCollector;
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
-use crate::sessions::window::SharedWindow;
+use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
 
 mod rounds;
 pub use rounds::RoundLoop;
@@ -31,8 +32,10 @@ pub struct Sources {
     /// Probe rounds; `None` runs the agent on the log alone.
     pub rounds: Option<Arc<dyn RoundSource>>,
     pub processes: Box<dyn ProcessSource + Send>,
-    /// Time between probe rounds (and process-table looks).
+    /// Time between probe rounds when nothing changes (the heartbeat).
     pub interval: Duration,
+    /// Start a round when routes, links or addresses change.
+    pub watch_routes: bool,
 }
 
 impl Sources {
@@ -42,6 +45,7 @@ impl Sources {
             rounds: config.probe.source(),
             processes: Box::new(crate::presence::SysinfoSource::new()?),
             interval: config.probe.interval(),
+            watch_routes: config.probe.watch_routes,
         })
     }
 }
@@ -146,7 +150,11 @@ pub async fn run_until(
         "Failed saves of the checkpoint (log.checkpoint); retried every second.",
     )?;
     registry.register(Box::new(save_errors.clone()))?;
+    // The log side tells the rounds when the sessions become evidence.
+    let evidence = Arc::new(tokio::sync::Notify::new());
     let events = AgentEvents {
+        evidence: evidence.clone(),
+        edge: Mutex::new(EvidenceEdge::default()),
         health: health.clone(),
         save_errors,
     };
@@ -157,6 +165,8 @@ pub async fn run_until(
             processes,
             rounds: sources.rounds,
             interval: sources.interval,
+            watch_routes: sources.watch_routes,
+            evidence: evidence.clone(),
             probe_metrics,
             window: window.clone(),
             controller: controller.clone(),
@@ -252,9 +262,22 @@ const LINKS: &[(&str, &str)] = &[
 struct AgentEvents {
     health: Arc<Health>,
     save_errors: prometheus::IntCounter,
+    evidence: Arc<tokio::sync::Notify>,
+    edge: Mutex<EvidenceEdge>,
 }
 
 impl IngestEvents for AgentEvents {
+    fn emit_sessions_closed(&self, window: &SessionsVerdict) {
+        let crossed = self
+            .edge
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .crossed(window);
+        if crossed {
+            self.evidence.notify_one();
+        }
+    }
+
     fn emit_log_polled(&self, status: LogHealthInput) {
         self.health.update_log(status);
     }

@@ -109,6 +109,8 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
         rounds: Some(Arc::new(ReplayRounds { broken })),
         processes: Box::new(processes),
         interval: Duration::from_secs(5),
+        // Replayed rounds: the demo machine's own routes play no part.
+        watch_routes: false,
     }
 }
 

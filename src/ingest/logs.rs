@@ -291,6 +291,7 @@ fn feed(
                     c.outcome == CloseOutcome::ZeroBytes,
                 );
             }
+            side.events.emit_sessions_closed(&w.verdict(now));
         }
         let read = p.read();
         LogHealthInput {

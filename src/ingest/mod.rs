@@ -28,6 +28,10 @@ pub trait IngestEvents: Send + Sync {
     fn emit_checkpoint_saved(&self, path: &Path);
     /// Writing the checkpoint at `path` failed; it is retried a second later.
     fn emit_checkpoint_save_failed(&self, path: &Path, error: String);
+    /// Sessions closed; `window` is the session window's verdict now.
+    fn emit_sessions_closed(&self, window: &crate::sessions::window::SessionsVerdict) {
+        let _ = window;
+    }
 }
 
 /// `[log]`: where the proxy writes and how much state the agent keeps.
