@@ -20,8 +20,9 @@ use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::http::SharedController;
 use crate::fallback::window::{SessionWindow, SharedWindow};
+use crate::health::metrics::HealthCollector;
 use crate::health::{Health, LogHealthInput};
-use crate::metrics::LogCollector;
+use crate::metrics::{Counter, CounterCell, Family, LogCollector};
 use crate::pipeline::Pipeline;
 use crate::probe::{Round, RoundSource};
 use crate::sessions::Outcome;
@@ -137,12 +138,13 @@ pub async fn run(
     let pipeline = Arc::new(Mutex::new(pipeline));
 
     let registry = Registry::new();
-    crate::metrics::register_build_info(&registry)?;
-    registry.register(Box::new(LogCollector::new(pipeline.clone())))?;
-    registry.register(Box::new(SelfCollector::new()?))?;
+    crate::metrics::register(&registry, crate::metrics::BuildInfo)?;
+    crate::metrics::register(&registry, LogCollector::new(pipeline.clone()))?;
+    crate::metrics::register(&registry, SelfCollector::new()?)?;
     let mut processes = ProcessWatch::new(sources.processes, config.processes.clone());
-    registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
-    let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
+    crate::metrics::register(&registry, PresenceCollector::new(processes.shared()))?;
+    let probe_metrics =
+        crate::probe::ProbeMetrics::register(&registry, config.probe.export_addresses)?;
 
     let window: SharedWindow = Arc::new(Mutex::new(SessionWindow::new(Duration::from_secs(
         config.fallback.window_secs,
@@ -167,17 +169,14 @@ pub async fn run(
         tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
     }
     let health = Arc::new(
-        Health::new(&config.health, &config.fallback, &registry)?
+        Health::new(&config.health, &config.fallback)
             .with_sessions(window.clone())
             .with_fallback(controller.status_handle()),
     );
+    crate::metrics::register(&registry, HealthCollector(health.clone()))?;
     let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
-    let save_errors = prometheus::IntCounter::new(
-        "pia_split_tunnel_checkpoint_save_errors_total",
-        "Failed saves of the checkpoint (log.checkpoint); retried every second.",
-    )?;
-    registry.register(Box::new(save_errors.clone()))?;
+    let save_errors = CounterCell::register(&registry, &CHECKPOINT_SAVE_ERRORS)?;
     let log_side = LogSide {
         pipeline: pipeline.clone(),
         window: window.clone(),
@@ -256,12 +255,18 @@ const LINKS: &[(&str, &str)] = &[
     ("/-/healthy", "liveness"),
 ];
 
+const CHECKPOINT_SAVE_ERRORS: Family<Counter, 0> = Family::new(
+    "checkpoint_save_errors_total",
+    "Failed saves of the checkpoint (log.checkpoint); retried every second.",
+    [],
+);
+
 /// What the tail loop updates after each batch.
 struct LogSide {
     pipeline: Arc<Mutex<Pipeline>>,
     window: SharedWindow,
     health: Arc<Health>,
-    save_errors: prometheus::IntCounter,
+    save_errors: CounterCell,
 }
 
 /// Where reading stopped in each log file.

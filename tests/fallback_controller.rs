@@ -12,6 +12,7 @@ use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Outcome, Reason};
 use pia_split_tunnel_exporter::fallback::window::Ratio;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
+use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::probe::Round;
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -44,6 +45,13 @@ fn controller(cfg: &FallbackConfig, verify: Round) -> (Controller, Registry, Arc
 
 const NONE: Ratio = Ratio { zero: 0, total: 0 };
 
+/// Health over the controller's status, its metrics on `reg`.
+fn registered_health(cfg: &FallbackConfig, c: &Controller, reg: &Registry) -> Arc<Health> {
+    let h = Arc::new(Health::new(&HealthConfig::default(), cfg).with_fallback(c.status_handle()));
+    pia_split_tunnel_exporter::metrics::register(reg, HealthCollector(h.clone())).unwrap();
+    h
+}
+
 #[tokio::test]
 async fn auto_applies_verifies_and_health_reports_it() {
     let s = StandIn::new();
@@ -52,9 +60,7 @@ async fn auto_applies_verifies_and_health_reports_it() {
         ..s.config()
     };
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&cfg, &c, &reg);
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
     assert_eq!(
@@ -93,9 +99,9 @@ async fn auto_applies_verifies_and_health_reports_it() {
         "pia_split_tunnel_fallback_active 1",
         "pia_split_tunnel_fallback_actions_total{action=\"apply\",result=\"ok\"} 1",
         "pia_split_tunnel_fallback_decisions_total{decision=\"apply\",reason=\"probe_broken\"} 1",
-        "pia_split_tunnel_fallback_mode_info{mode=\"auto\"} 1",
-        "pia_split_tunnel_fallback_mode_info{mode=\"observe\"} 0",
-        "pia_split_tunnel_fallback_backend_info{backend=\"pf\"} 1",
+        "pia_split_tunnel_fallback_mode{fallback_mode=\"auto\"} 1",
+        "pia_split_tunnel_fallback_mode{fallback_mode=\"observe\"} 0",
+        "pia_split_tunnel_fallback_backend{fallback_backend=\"pf\"} 1",
         "pia_split_tunnel_health_status{component=\"probe_bypass\",status=\"ok\"} 1",
         "pia_split_tunnel_health_status{component=\"probe_bypass\",status=\"failing\"} 0",
         "pia_split_tunnel_ready 1",
@@ -121,9 +127,7 @@ async fn failed_verification_rolls_back_and_counts() {
     };
     // Even with the rules loaded the bypass still goes through the tunnel.
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Tunnel));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&cfg, &c, &reg);
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
     c.on_round(t0, &broken, NONE).await;
@@ -169,9 +173,7 @@ async fn backend_failure_is_failing_health() {
         ..s.config()
     };
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&cfg, &c, &reg);
     c.on_round(Instant::now(), &round(true, Bypass::Timeout), NONE)
         .await;
     let st = c.status();
@@ -194,9 +196,7 @@ async fn observe_decides_but_never_touches_pf() {
     let s = StandIn::new();
     let cfg = s.config(); // mode observe by default
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &cfg, &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&cfg, &c, &reg);
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
     c.on_round(t0, &broken, NONE).await;

@@ -40,6 +40,8 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
     config.log.checkpoint = dir.join("checkpoint.json");
     // The demo decides and reports, and never touches this machine's network.
     config.fallback.backend = crate::fallback::BackendChoice::None;
+    // Its addresses are documentation ranges: show them, as the dashboard's egress panel does.
+    config.probe.export_addresses = true;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.http.listen)

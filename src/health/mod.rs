@@ -1,15 +1,15 @@
 //! Health: a model of the agent's components ([`model`]), the state the agent loop feeds
-//! ([`Health`]), its metrics, and `GET /health`, `GET /-/ready` ([`http`]).
+//! ([`Health`]), its metrics ([`metrics`], rendered from the same report at scrape time), and
+//! `GET /health`, `GET /-/ready` ([`http`]). Reading health changes nothing.
 
 pub mod http;
+pub mod metrics;
 pub mod model;
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
-use strum::IntoEnumIterator;
 
 use crate::fallback::FallbackConfig;
 use crate::fallback::controller::StatusHandle;
@@ -77,31 +77,12 @@ pub struct Health {
     inputs: RwLock<Inputs>,
     sessions: Option<SharedWindow>,
     fallback: Option<StatusHandle>,
-    status_gauge: IntGaugeVec,
-    ready_gauge: IntGauge,
 }
 
 impl Health {
-    /// Registers `health_status{component,status}` and `ready` on `registry`.
-    pub fn new(
-        cfg: &HealthConfig,
-        fallback: &FallbackConfig,
-        registry: &Registry,
-    ) -> prometheus::Result<Self> {
-        let status_gauge = IntGaugeVec::new(
-            Opts::new(
-                "pia_split_tunnel_health_status",
-                "1 for each component's current status (ok, degraded, failing), 0 for the others.",
-            ),
-            &["component", "status"],
-        )?;
-        let ready_gauge = IntGauge::new(
-            "pia_split_tunnel_ready",
-            "1 once the first probe round and log read have happened.",
-        )?;
-        registry.register(Box::new(status_gauge.clone()))?;
-        registry.register(Box::new(ready_gauge.clone()))?;
-        let h = Health {
+    /// Its metrics: [`metrics::HealthCollector`].
+    pub fn new(cfg: &HealthConfig, fallback: &FallbackConfig) -> Self {
+        Health {
             thresholds: model::Thresholds {
                 log_stale: Duration::from_secs(cfg.log_stale_secs),
                 log_max_level: cfg.log_max_level,
@@ -112,11 +93,7 @@ impl Health {
             inputs: RwLock::default(),
             sessions: None,
             fallback: None,
-            status_gauge,
-            ready_gauge,
-        };
-        h.report(Instant::now());
-        Ok(h)
+        }
     }
 
     pub fn with_sessions(mut self, window: SharedWindow) -> Self {
@@ -132,19 +109,16 @@ impl Health {
     /// After each log read.
     pub fn update_log(&self, input: LogHealthInput) {
         self.inputs.write().expect("health lock").log = Some(input);
-        self.report(Instant::now());
     }
 
     /// After each look at the process table.
     pub fn update_processes(&self, presence: Presence) {
         self.inputs.write().expect("health lock").processes = Some(presence);
-        self.report(Instant::now());
     }
 
     /// After each probe round (and after the fallback controller saw it).
     pub fn update_round(&self, round: Round) {
         self.inputs.write().expect("health lock").round = Some(round);
-        self.report(Instant::now());
     }
 
     /// After each checkpoint save attempt: `Err` carries why it failed.
@@ -163,21 +137,18 @@ impl Health {
                 error: result.err(),
             });
         }
-        self.report(now);
     }
 
     pub fn readiness(&self) -> Readiness {
         let i = self.inputs.read().expect("health lock");
-        let r = Readiness {
+        Readiness {
             ready: i.round.is_some() && i.log.is_some(),
             probe_round: i.round.is_some(),
             log_read: i.log.is_some(),
-        };
-        self.ready_gauge.set(i64::from(r.ready));
-        r
+        }
     }
 
-    /// The report at `now`; also refreshes the health metrics.
+    /// The report at `now`.
     pub fn report(&self, now: Instant) -> HealthReport {
         let apps = self
             .sessions
@@ -187,33 +158,22 @@ impl Health {
             .fallback
             .as_ref()
             .map(|f| f.read().expect("status lock").clone());
-        let report = {
-            let i = self.inputs.read().expect("health lock");
-            let checkpoint = i.checkpoint.as_ref().map(|c| CheckpointInput {
-                path: c.path.clone(),
-                error: c.error.clone(),
-                last_saved_age: c.last_saved.map(|t| now.saturating_duration_since(t)),
-            });
-            model::assess(
-                &self.thresholds,
-                &model::Inputs {
-                    log: i.log.as_ref(),
-                    sessions: apps.as_deref(),
-                    round: i.round.as_ref(),
-                    fallback: fallback.as_ref(),
-                    processes: i.processes.as_ref(),
-                    checkpoint: checkpoint.as_ref(),
-                },
-            )
-        };
-        for (name, comp) in &report.components {
-            for s in Status::iter() {
-                self.status_gauge
-                    .with_label_values(&[name, <&str>::from(s)])
-                    .set(i64::from(comp.status == s));
-            }
-        }
-        self.readiness();
-        report
+        let i = self.inputs.read().expect("health lock");
+        let checkpoint = i.checkpoint.as_ref().map(|c| CheckpointInput {
+            path: c.path.clone(),
+            error: c.error.clone(),
+            last_saved_age: c.last_saved.map(|t| now.saturating_duration_since(t)),
+        });
+        model::assess(
+            &self.thresholds,
+            &model::Inputs {
+                log: i.log.as_ref(),
+                sessions: apps.as_deref(),
+                round: i.round.as_ref(),
+                fallback: fallback.as_ref(),
+                processes: i.processes.as_ref(),
+                checkpoint: checkpoint.as_ref(),
+            },
+        )
     }
 }

@@ -1,0 +1,73 @@
+//! `process_running{process}`: 1 when at least one PIA process of the role runs.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
+use strum::IntoEnumIterator;
+
+use super::{Presence, Role};
+use crate::metrics::{Family, Gauge, Scrape};
+
+const RUNNING: Family<Gauge, 1> = Family::new(
+    "process_running",
+    "1 when a PIA process of this role runs (extension: the split-tunnel proxy), else 0.",
+    ["process"],
+);
+
+/// Renders the watch's last look at the process table.
+pub struct PresenceCollector {
+    last: Arc<Mutex<Presence>>,
+}
+
+impl PresenceCollector {
+    pub fn new(last: Arc<Mutex<Presence>>) -> Self {
+        PresenceCollector { last }
+    }
+}
+
+impl Scrape for PresenceCollector {
+    fn descs(&self) -> Vec<Desc> {
+        vec![RUNNING.desc()]
+    }
+
+    fn scrape(&self) -> Vec<MetricFamily> {
+        let p = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !p.checked {
+            return vec![];
+        }
+        let mut f = RUNNING.samples();
+        for role in Role::iter() {
+            f.set([role.into()], f64::from(u8::from(p.count(role) > 0)));
+        }
+        vec![f.done()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::{FakeSource, ProcInfo, ProcessConfig, ProcessWatch};
+
+    #[test]
+    fn presence_metric_appears_after_the_first_look() {
+        let source = FakeSource::new(vec![ProcInfo {
+            name: "pia-daemon".into(),
+            exe: None,
+        }]);
+        let mut watch = ProcessWatch::new(source, ProcessConfig::default());
+        let registry = prometheus::Registry::new();
+        crate::metrics::register(&registry, PresenceCollector::new(watch.shared())).unwrap();
+        assert!(!crate::metrics::encode(&registry).contains("process_running"));
+        watch.refresh();
+        let text = crate::metrics::encode(&registry);
+        assert!(
+            text.contains("pia_split_tunnel_process_running{process=\"daemon\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pia_split_tunnel_process_running{process=\"extension\"} 0\n"),
+            "{text}"
+        );
+    }
+}
