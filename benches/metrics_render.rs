@@ -7,100 +7,36 @@
 //! the OS) and of gzipping it at level 1, as the agent does. `RENDER_ITERS` (500) sets how many renders are averaged.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use pia_split_tunnel_exporter::config::LogConfig;
+use pia_split_tunnel_exporter::demo::ReplayRounds;
 use pia_split_tunnel_exporter::metrics;
-use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::pipeline::Pipeline;
-use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round};
 use prometheus::Registry;
 
-/// A log with `apps` apps: per app two TCP and two UDP sessions, half of them zero-byte, each
-/// with an error line.
-fn log(apps: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut id = 0;
-    for round in 0..4 {
-        for app in 0..apps {
-            id += 1;
-            let app = format!("com.bench.app{app:02}");
-            let (proto, file, open) = if round % 2 == 0 {
-                (
-                    "TCP",
-                    "ChannelCreatorTCP.swift:50",
-                    format!(
-                        "{app} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15"
-                    ),
-                )
-            } else {
-                (
-                    "UDP",
-                    "ChannelCreatorUDP.swift:53",
-                    format!(
-                        "{app} Creating and binding a new UDP socket with bindIp: 10.0.15.15 and localEndpoint: N/A"
-                    ),
-                )
-            };
-            let size = if round < 2 { "1.5 MB" } else { "Zero KB" };
-            write!(
-                out,
-                "[2026-02-16 11:49:31:4330] [{file}] debug: id: {id} {open}\r\n"
-            )
-            .unwrap();
-            write!(out, "[2026-02-16 11:49:31:5330] [FlowForwarder{proto}.swift:32] error: id: {id} Empty buffer occurred during {proto} flow.readData() {app}\r\n").unwrap();
-            write!(out, "[2026-02-16 11:49:32:5330] [ProxySession{proto}.swift:31] debug: id: {id} Destructor: ProxySession closed. rxBytes={size} txBytes={size} {app}\r\n").unwrap();
-        }
-    }
-    out
-}
+const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
 
-fn round() -> Round {
-    let physical = Ipv4Addr::new(198, 51, 100, 7);
-    let tunnel = Ipv4Addr::new(203, 0, 113, 9);
-    let result = |path, outcome| PathResult {
-        path,
-        outcome,
-        duration: Duration::from_millis(120),
-    };
-    Round {
-        interfaces: Interfaces {
-            physical: Some(PhysicalIf {
-                name: "en0".into(),
-                index: 4,
-                ipv4: Ipv4Addr::new(10, 0, 15, 15),
-                gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
-            }),
-            tunnel: Some(TunnelIf {
-                name: "utun4".into(),
-                index: 12,
-                ipv4: Ipv4Addr::new(10, 16, 0, 2),
-            }),
-        },
-        results: vec![
-            result(PathKind::Physical, Ok(physical)),
-            result(PathKind::Tunnel, Ok(tunnel)),
-            result(PathKind::Bypass, Err(ProbeError::Timeout)),
-            result(PathKind::Default, Ok(tunnel)),
-        ],
-    }
-}
+/// The tests' agent harness, for its log generator.
+#[path = "../tests/common/agent.rs"]
+#[allow(dead_code)]
+mod agent;
 
 /// The agent's registry, less the process collectors, for `apps` apps.
 fn registry(apps: usize) -> Registry {
     use pia_split_tunnel_exporter::{fallback, health, probe};
     let mut p = Pipeline::new(&LogConfig::default());
-    p.feed(&log(apps));
+    p.feed(&agent::apps_log(apps));
     let registry = Registry::new();
     metrics::register(&registry, metrics::BuildInfo).unwrap();
     let log = metrics::LogCollector::new(Arc::new(Mutex::new(p)));
     metrics::register(&registry, log).unwrap();
     let probe = probe::ProbeMetrics::register(&registry, false).unwrap();
-    probe.observe(&round());
+    // The demo's round with the bypass broken: every path has a sample.
+    probe.observe(&ReplayRounds::new(true).round_now());
     fallback::metrics::FallbackMetrics::register(&registry).unwrap();
     let cfg = pia_split_tunnel_exporter::config::Config::default();
     let h = Arc::new(health::Health::new(&cfg.health, &cfg.fallback));

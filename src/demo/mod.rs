@@ -111,6 +111,13 @@ pub const HOME_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
 pub const VPN_EXIT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
 
 impl ReplayRounds {
+    /// Rounds as the demo replays them, the bypass broken or not.
+    pub fn new(broken: bool) -> Self {
+        ReplayRounds {
+            broken: Arc::new(AtomicBool::new(broken)),
+        }
+    }
+
     pub fn round_now(&self) -> Round {
         let broken = self.broken.load(Ordering::Relaxed);
         let ok = |path, ip, ms| PathResult {

@@ -229,6 +229,45 @@ impl Metrics {
     }
 }
 
+/// A log with `apps` apps, TCP and UDP, transferred and zero-byte sessions and errors (the
+/// benches' load).
+pub fn apps_log(apps: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut id = 0;
+    for round in 0..4 {
+        for app in 0..apps {
+            id += 1;
+            let app = format!("com.bench.app{app:02}");
+            let (proto, file, open) = if round % 2 == 0 {
+                (
+                    "TCP",
+                    "ChannelCreatorTCP.swift:50",
+                    format!(
+                        "{app} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15"
+                    ),
+                )
+            } else {
+                (
+                    "UDP",
+                    "ChannelCreatorUDP.swift:53",
+                    format!(
+                        "{app} Creating and binding a new UDP socket with bindIp: 10.0.15.15 and localEndpoint: N/A"
+                    ),
+                )
+            };
+            let size = if round < 2 { "1.5 MB" } else { "Zero KB" };
+            writeln!(
+                out,
+                "[2026-02-16 11:49:31:4330] [{file}] debug: id: {id} {open}\r"
+            )
+            .unwrap();
+            writeln!(out, "[2026-02-16 11:49:31:5330] [FlowForwarder{proto}.swift:32] error: id: {id} Empty buffer occurred during {proto} flow.readData() {app}\r").unwrap();
+            writeln!(out, "[2026-02-16 11:49:32:5330] [ProxySession{proto}.swift:31] debug: id: {id} Destructor: ProxySession closed. rxBytes={size} txBytes={size} {app}\r").unwrap();
+        }
+    }
+    out
+}
+
 pub fn lines_of(path: &Path) -> Vec<Vec<u8>> {
     std::fs::read(path)
         .unwrap()
