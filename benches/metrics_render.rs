@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use pia_split_tunnel_exporter::config::LogConfig;
 use pia_split_tunnel_exporter::metrics;
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
-use pia_split_tunnel_exporter::pipeline::Pipeline;
+use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round};
 use prometheus::Registry;
 
@@ -93,7 +92,7 @@ fn round() -> Round {
 /// The agent's registry, less the process collectors, for `apps` apps.
 fn registry(apps: usize) -> Registry {
     use pia_split_tunnel_exporter::{fallback, health, probe};
-    let mut p = Pipeline::new(&LogConfig::default());
+    let mut p = Pipeline::new(Limits::default());
     p.feed(&log(apps));
     let registry = Registry::new();
     metrics::register(&registry, metrics::BuildInfo).unwrap();

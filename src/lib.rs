@@ -11,11 +11,13 @@
 pub mod agent;
 pub mod analyze;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod fallback;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod os;
 pub mod pipeline;

@@ -10,11 +10,11 @@ use common::*;
 use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Outcome, Reason};
-use pia_split_tunnel_exporter::fallback::window::Ratio;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::probe::Round;
+use pia_split_tunnel_exporter::sessions::window::Ratio;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// A verifier whose next round the test sets.

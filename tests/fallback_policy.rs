@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pia_split_tunnel_exporter::fallback::policy::{Action, Decision, Outcome, Policy, Reason};
-use pia_split_tunnel_exporter::fallback::window::Ratio;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, OnTunnelDown};
+use pia_split_tunnel_exporter::sessions::window::Ratio;
 
 const NO_SESSIONS: Ratio = Ratio { zero: 0, total: 0 };
 

@@ -295,9 +295,9 @@ mod tests {
     #[test]
     fn samples_parse_without_unrecognized_lines() {
         for sample in [HEALTHY, BROKEN] {
-            let mut p = crate::pipeline::Pipeline::new(&crate::config::LogConfig::default());
+            let mut p = crate::pipeline::Pipeline::new(Default::default());
             p.feed(sample.as_bytes());
-            assert_eq!((p.read.unrecognized, p.read.lines > 300), (0, true));
+            assert_eq!((p.read().unrecognized, p.read().lines > 300), (0, true));
         }
     }
 

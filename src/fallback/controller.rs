@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use super::metrics::FallbackMetrics;
 use super::policy::{Action, Decision, Outcome, Policy, Reason, bypass_broken};
-use super::window::Ratio;
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{PathKind, Round};
+use crate::sessions::window::Ratio;
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
 pub trait Verifier: Send + Sync {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::window::Ratio;
 use super::{FallbackConfig, OnTunnelDown, Plan};
 use crate::probe::{PathKind, Round};
+use crate::sessions::window::Ratio;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
 #[derive(

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::fallback::FallbackConfig;
 use crate::fallback::controller::StatusHandle;
-use crate::fallback::window::SharedWindow;
 use crate::probe::Round;
 use crate::proxy_log::Level;
+use crate::sessions::window::SharedWindow;
 use crate::watch::Presence;
 pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 

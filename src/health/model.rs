@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, Outcome, bypass_broken};
-use crate::fallback::window::AppRatio;
 use crate::probe::{PathKind, ProbeError, Round};
 use crate::proxy_log::Level;
+use crate::sessions::window::AppRatio;
 use crate::watch::Presence;
 
 #[derive(

@@ -8,6 +8,7 @@
 
 pub mod apps;
 pub mod counts;
+pub mod window;
 
 use std::collections::BTreeMap;
 
