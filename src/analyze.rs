@@ -15,7 +15,7 @@ use strum::IntoEnumIterator;
 use crate::ingest::LogConfig;
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level};
-use crate::sessions::{AppCounts, Outcome, proto_label};
+use crate::sessions::{AppCounts, CloseOutcome, proto_label};
 use crate::tail::lines::LineSplitter;
 
 const CHUNK: usize = 1 << 20;
@@ -53,7 +53,7 @@ impl Report {
 
     pub fn zero_byte_closures(&self) -> u64 {
         self.rows()
-            .map(|(_, _, c)| c.closed(Outcome::ZeroBytes))
+            .map(|(_, _, c)| c.closed(CloseOutcome::ZeroBytes))
             .sum()
     }
 
@@ -106,14 +106,14 @@ impl Report {
                 .filter(|k| c.errors(*k) > 0)
                 .map(|k| (k.to_string(), json!(c.errors(k))))
                 .collect();
-            let outcomes: serde_json::Map<String, Value> = Outcome::iter()
+            let outcomes: serde_json::Map<String, Value> = CloseOutcome::iter()
                 .map(|o| (o.to_string(), json!(c.closed(o))))
                 .collect();
             let entry = apps.entry(app.to_owned()).or_insert_with(|| json!({}));
             entry[proto] = json!({
                 "sessions_opened": c.opened,
                 "sessions_closed": c.sessions_closed(),
-                "zero_byte_closures": c.closed(Outcome::ZeroBytes),
+                "zero_byte_closures": c.closed(CloseOutcome::ZeroBytes),
                 "rx_bytes": c.rx_bytes,
                 "tx_bytes": c.tx_bytes,
                 "errors": errors,
@@ -167,7 +167,7 @@ impl Report {
             let ratio = if closed == 0 {
                 "-".to_owned()
             } else {
-                format!("{}%", percent(c.closed(Outcome::ZeroBytes), closed))
+                format!("{}%", percent(c.closed(CloseOutcome::ZeroBytes), closed))
             };
             let errors: Vec<String> = ErrorKind::iter()
                 .filter(|k| c.errors(*k) > 0)
@@ -179,7 +179,7 @@ impl Report {
                 app,
                 proto,
                 closed,
-                c.closed(Outcome::ZeroBytes),
+                c.closed(CloseOutcome::ZeroBytes),
                 ratio,
                 c.rx_bytes,
                 c.tx_bytes,

@@ -9,48 +9,11 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub log: crate::ingest::LogConfig,
-    pub http: HttpConfig,
+    pub http: crate::http::HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
-    pub processes: crate::watch::ProcessConfig,
+    pub processes: crate::presence::ProcessConfig,
     pub health: crate::health::HealthConfig,
-}
-
-/// `[http]`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    pub listen: std::net::SocketAddr,
-    /// A client that has not sent a whole request head within this time is disconnected (a
-    /// slow client must not hold a connection forever).
-    pub header_timeout_secs: u64,
-    /// Connections served at once; more are closed at once, so descriptors cannot run out.
-    pub max_connections: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: ([127, 0, 0, 1], 9847).into(),
-            header_timeout_secs: 10,
-            max_connections: 256,
-        }
-    }
-}
-
-impl HttpConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.header_timeout_secs == 0 {
-            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
-        }
-        if self.max_connections < 4 {
-            return Err(format!(
-                "http.max_connections = {}: use at least 4 (default 256)",
-                self.max_connections
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// A config that could not be loaded: the message names the key and the fix.

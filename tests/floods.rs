@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
-use pia_split_tunnel_exporter::sessions::{AppCounts, Outcome, SessionTracker};
+use pia_split_tunnel_exporter::sessions::{AppCounts, CloseOutcome, SessionTracker};
 
 /// Live heap bytes of the whole test process.
 struct Counting;
@@ -87,7 +87,7 @@ fn app_total(s: &SessionTracker, app: &str) -> AppCounts {
     for (id, _, c) in s.counts().iter() {
         if s.apps().name(id) == app {
             sum.opened += c.opened;
-            for o in <Outcome as strum::IntoEnumIterator>::iter() {
+            for o in <CloseOutcome as strum::IntoEnumIterator>::iter() {
                 sum.closed[o as usize] += c.closed(o);
             }
             sum.open += c.open;
@@ -127,7 +127,7 @@ fn hundred_thousand_app_ids_fold_into_other() {
     let other = app_total(s, "other");
     assert_eq!(other.opened, 100_000 - cfg.max_apps as u64);
     assert_eq!(
-        other.closed[Outcome::ZeroBytes as usize],
+        other.closed[CloseOutcome::ZeroBytes as usize],
         100_000 - cfg.max_apps as u64
     );
     assert_eq!(total(s, |c| c.opened), 100_000);
@@ -179,7 +179,7 @@ fn a_million_sessions_never_closed_keep_the_table_bounded() {
     let s = &p.sessions();
     assert_eq!(s.open_len(), 0);
     let plex = app_total(s, "tv.plex.PlexMediaServer");
-    assert_eq!(plex.closed[Outcome::Transferred as usize], kept);
+    assert_eq!(plex.closed[CloseOutcome::Transferred as usize], kept);
     assert_eq!(plex.open, 0);
     eprintln!(
         "1M never-closed sessions: {} KiB of heap for the {kept} kept",
@@ -205,7 +205,7 @@ fn ids_reused_after_a_restart_belong_to_the_new_sessions() {
     }
     let s = &p.sessions();
     let plex = app_total(s, "tv.plex.PlexMediaServer");
-    assert_eq!(plex.closed[Outcome::Transferred as usize], 1_000);
+    assert_eq!(plex.closed[CloseOutcome::Transferred as usize], 1_000);
     let safari = app_total(s, "com.apple.Safari");
     assert_eq!((safari.opened, safari.open), (1_000, 0));
     assert_eq!(safari.closed, [0; 3], "no Safari session was closed");

@@ -20,9 +20,9 @@ use crate::health::metrics::HealthCollector;
 use crate::health::{Health, LogHealthInput};
 use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::{Counter, CounterCell, Family, LogCollector};
+use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
 use crate::sessions::window::{SessionWindow, SharedWindow};
-use crate::watch::{PresenceCollector, ProcessSource, ProcessWatch, SelfCollector};
 
 mod rounds;
 pub use rounds::RoundLoop;
@@ -41,7 +41,7 @@ impl Sources {
     pub fn real(config: &Config) -> anyhow::Result<Sources> {
         Ok(Sources {
             rounds: config.probe.source(),
-            processes: Box::new(crate::watch::SysinfoSource::new()?),
+            processes: Box::new(crate::presence::SysinfoSource::new()?),
             interval: config.probe.interval(),
         })
     }
@@ -112,7 +112,7 @@ pub async fn run(
     crate::metrics::register(&registry, crate::metrics::BuildInfo)?;
     crate::metrics::register(&registry, LogCollector::new(pipeline.clone()))?;
     crate::metrics::register(&registry, SelfCollector::new()?)?;
-    let processes = ProcessWatch::new(sources.processes, config.processes.clone());
+    let processes = PresenceTracker::new(sources.processes, config.processes.clone());
     crate::metrics::register(&registry, PresenceCollector::new(processes.shared()))?;
     let probe_metrics =
         crate::probe::ProbeMetrics::register(&registry, config.probe.export_addresses)?;

@@ -12,14 +12,14 @@ use tokio::sync::watch;
 
 use crate::fallback::http::SharedController;
 use crate::health::Health;
+use crate::presence::{PresenceTracker, ProcessSource};
 use crate::probe::{ProbeMetrics, RoundSource};
 use crate::sessions::window::SharedWindow;
-use crate::watch::{ProcessSource, ProcessWatch};
 
 /// What one round reads and updates.
 pub struct RoundLoop {
     /// Looked at every round, probing or not.
-    pub processes: ProcessWatch<Box<dyn ProcessSource + Send>>,
+    pub processes: PresenceTracker<Box<dyn ProcessSource + Send>>,
     /// Probe rounds; `None` runs the loop on the process table alone.
     pub rounds: Option<Arc<dyn RoundSource>>,
     /// Time between rounds.

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
+use crate::presence::{Presence, PresenceTracker, SysinfoSource};
 use crate::probe::{PathKind, Round, verdicts};
 use crate::proxy_log::{ErrorKind, Level};
-use crate::watch::{Presence, ProcessWatch, SysinfoSource};
 
 /// The log files that exist: the archive first, then the live file, then the error log.
 fn log_files(config: &Config) -> Vec<PathBuf> {
@@ -50,7 +50,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         error_log_present: !config.log.error_path.as_os_str().is_empty()
             && config.log.error_path.is_file(),
     };
-    let mut watch = ProcessWatch::new(SysinfoSource::new()?, config.processes.clone());
+    let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
     let round = one_round(&config.probe)?;
     let platform = crate::os::routing_facts(&round.interfaces);
@@ -139,10 +139,9 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
                 format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")
             }
             Some(Ok(ip)) => format!("egresses as {ip}, not as the physical path"),
-            Some(Err(e)) => format!(
-                "does not get out ({}): it follows the VPN's routes into {tunnel}",
-                e.as_str()
-            ),
+            Some(Err(e)) => {
+                format!("does not get out ({e}): it follows the VPN's routes into {tunnel}")
+            }
             None => "was not probed".into(),
         };
         out.push(format!(
@@ -151,11 +150,7 @@ the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`,
         ));
     }
     if !log.errors.is_empty() {
-        let kinds: Vec<String> = log
-            .errors
-            .iter()
-            .map(|(k, n)| format!("{} {n}", k.as_str()))
-            .collect();
+        let kinds: Vec<String> = log.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let mut line = format!("Error kinds in the log: {}.", kinds.join(", "));
         if log
             .errors

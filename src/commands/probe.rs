@@ -55,12 +55,12 @@ pub fn table(round: &Round) -> String {
         };
         let (egress, error) = match r.outcome {
             Ok(ip) => (ip.to_string(), String::new()),
-            Err(e) => ("-".into(), e.as_str().into()),
+            Err(e) => ("-".into(), e.to_string()),
         };
         let _ = writeln!(
             out,
             "{:<9} {:<18} {:<16} {:>5} ms  {error}",
-            r.path.as_str(),
+            <&str>::from(r.path),
             bound.unwrap_or_else(|| "(none)".into()),
             egress,
             r.duration.as_millis()

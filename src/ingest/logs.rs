@@ -12,7 +12,7 @@ use super::checkpoint::{Cursors, Saver, restore};
 use super::{IngestEvents, LogConfig};
 use crate::health::LogHealthInput;
 use crate::pipeline::{LogFile, Pipeline};
-use crate::sessions::Outcome;
+use crate::sessions::CloseOutcome;
 use crate::sessions::window::SharedWindow;
 use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 
@@ -242,7 +242,7 @@ fn feed(
                 w.record_close(
                     p.sessions().apps().name(c.app),
                     now,
-                    c.outcome == Outcome::ZeroBytes,
+                    c.outcome == CloseOutcome::ZeroBytes,
                 );
             }
         }

@@ -14,7 +14,7 @@ use strum::{EnumCount, IntoEnumIterator};
 use super::{Counter, Family, Gauge, Histogram, Scrape};
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto};
-use crate::sessions::{AppCounts, DURATION_BUCKETS_SECS, Outcome, proto_label};
+use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, proto_label};
 
 const SESSIONS_OPENED: Family<Counter, 2> = Family::new(
     "sessions_opened_total",
@@ -226,7 +226,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         current = Some(id);
         let l = [app, proto_label(proto)];
         opened.add(l, c.opened as f64);
-        for o in Outcome::iter() {
+        for o in CloseOutcome::iter() {
             closed.add([l[0], l[1], o.into()], c.closed(o) as f64);
         }
         open.set(l, c.open as f64);
@@ -310,8 +310,8 @@ mod tests {
     use prometheus::Registry;
 
     use super::*;
-    use crate::pipeline::Limits;
     use crate::metrics::{encode, register};
+    use crate::pipeline::Limits;
 
     fn feed(p: &mut Pipeline, id: u32, app: &str) {
         let line = format!(
