@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use pia_split_tunnel_exporter::analyze::{Report, peak_rss_bytes};
-use pia_split_tunnel_exporter::config::LogConfig;
+use pia_split_tunnel_exporter::ingest::LogConfig;
 
 fn log_for(sessions: u64) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -62,8 +62,8 @@ fn main() {
             let report = Report::from_files(std::slice::from_ref(&path), &LogConfig::default())
                 .expect("analyze");
             best = best.min(started.elapsed().as_secs_f64());
-            lines = report.pipeline.read.lines;
-            bytes = report.pipeline.read.bytes;
+            lines = report.pipeline.read().lines;
+            bytes = report.pipeline.read().bytes;
         }
         println!(
             "{sessions:>10} {lines:>10} {:>9.1} {best:>9.3} {:>11.2} {:>8.0} {:>12.1}",

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use pia_split_tunnel_exporter::config::LogConfig;
 use pia_split_tunnel_exporter::demo::ReplayRounds;
 use pia_split_tunnel_exporter::metrics;
-use pia_split_tunnel_exporter::pipeline::Pipeline;
+use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
 use prometheus::Registry;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
@@ -28,7 +27,7 @@ mod agent;
 /// The agent's registry, less the process collectors, for `apps` apps.
 fn registry(apps: usize) -> Registry {
     use pia_split_tunnel_exporter::{fallback, health, probe};
-    let mut p = Pipeline::new(&LogConfig::default());
+    let mut p = Pipeline::new(Limits::default());
     p.feed(&agent::apps_log(apps));
     let registry = Registry::new();
     metrics::register(&registry, metrics::BuildInfo).unwrap();

@@ -12,10 +12,11 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use strum::IntoEnumIterator;
 
-use crate::config::LogConfig;
+use crate::ingest::LogConfig;
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level};
-use crate::sessions::{AppCounts, Outcome, proto_label};
+use crate::sessions::{AppCounts, CloseOutcome, proto_label};
+use crate::tail::lines::LineSplitter;
 
 const CHUNK: usize = 1 << 20;
 
@@ -27,7 +28,7 @@ pub struct Report {
 impl Report {
     /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older).
     pub fn from_files(paths: &[PathBuf], cfg: &LogConfig) -> anyhow::Result<Report> {
-        let mut pipeline = Pipeline::new(cfg);
+        let mut pipeline = Pipeline::new(cfg.limits());
         for path in chronological(paths) {
             let file =
                 File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -38,9 +39,9 @@ impl Report {
     }
 
     fn rows(&self) -> impl Iterator<Item = (&str, &'static str, &AppCounts)> {
-        let apps = self.pipeline.sessions.apps();
+        let apps = self.pipeline.sessions().apps();
         self.pipeline
-            .sessions
+            .sessions()
             .counts()
             .iter()
             .map(move |(a, p, c)| (apps.name(a), proto_label(p), c))
@@ -52,7 +53,7 @@ impl Report {
 
     pub fn zero_byte_closures(&self) -> u64 {
         self.rows()
-            .map(|(_, _, c)| c.closed(Outcome::ZeroBytes))
+            .map(|(_, _, c)| c.closed(CloseOutcome::ZeroBytes))
             .sum()
     }
 
@@ -70,7 +71,7 @@ impl Report {
 
     /// Source IPs the proxy bound its sockets to (the last one seen).
     pub fn bind_ips(&self) -> Vec<String> {
-        self.pipeline.proxy.bind_ip.iter().cloned().collect()
+        self.pipeline.proxy().bind_ip.iter().cloned().collect()
     }
 
     /// One line: is the bypass working, as far as the log shows?
@@ -78,7 +79,7 @@ impl Report {
         let closed = self.total_sessions_closed();
         let zero = self.zero_byte_closures();
         if closed == 0 {
-            return match self.pipeline.proxy.level() {
+            return match self.pipeline.proxy().level() {
                 Some(Level::Error | Level::Warning) => {
                     "no verdict: the log is at error level (debug logging off), so sessions are not visible".into()
                 }
@@ -105,14 +106,14 @@ impl Report {
                 .filter(|k| c.errors(*k) > 0)
                 .map(|k| (k.to_string(), json!(c.errors(k))))
                 .collect();
-            let outcomes: serde_json::Map<String, Value> = Outcome::iter()
+            let outcomes: serde_json::Map<String, Value> = CloseOutcome::iter()
                 .map(|o| (o.to_string(), json!(c.closed(o))))
                 .collect();
             let entry = apps.entry(app.to_owned()).or_insert_with(|| json!({}));
             entry[proto] = json!({
                 "sessions_opened": c.opened,
                 "sessions_closed": c.sessions_closed(),
-                "zero_byte_closures": c.closed(Outcome::ZeroBytes),
+                "zero_byte_closures": c.closed(CloseOutcome::ZeroBytes),
                 "rx_bytes": c.rx_bytes,
                 "tx_bytes": c.tx_bytes,
                 "errors": errors,
@@ -127,16 +128,16 @@ impl Report {
                 "verdict": self.verdict(),
                 "sessions_closed": self.total_sessions_closed(),
                 "zero_byte_closures": self.zero_byte_closures(),
-                "lines": p.read.lines,
-                "unrecognized_lines": p.read.unrecognized,
-                "lines_too_long": p.read.lines_too_long,
-                "bytes": p.read.bytes,
-                "proxy_restarts": p.proxy.restarts,
-                "log_level": p.proxy.level().map(<&str>::from),
-                "bind_interface": p.proxy.bind_interface,
-                "bind_ip": p.proxy.bind_ip,
-                "is_connected": p.proxy.connected,
-                "evictions": p.sessions.evictions(),
+                "lines": p.read().lines,
+                "unrecognized_lines": p.read().unrecognized,
+                "lines_too_long": p.read().lines_too_long,
+                "bytes": p.read().bytes,
+                "proxy_restarts": p.proxy().restarts,
+                "log_level": p.proxy().level().map(<&str>::from),
+                "bind_interface": p.proxy().bind_interface,
+                "bind_ip": p.proxy().bind_ip,
+                "is_connected": p.proxy().connected,
+                "evictions": p.sessions().evictions(),
             }),
         );
         Value::Object(apps)
@@ -166,7 +167,7 @@ impl Report {
             let ratio = if closed == 0 {
                 "-".to_owned()
             } else {
-                format!("{}%", percent(c.closed(Outcome::ZeroBytes), closed))
+                format!("{}%", percent(c.closed(CloseOutcome::ZeroBytes), closed))
             };
             let errors: Vec<String> = ErrorKind::iter()
                 .filter(|k| c.errors(*k) > 0)
@@ -178,14 +179,14 @@ impl Report {
                 app,
                 proto,
                 closed,
-                c.closed(Outcome::ZeroBytes),
+                c.closed(CloseOutcome::ZeroBytes),
                 ratio,
                 c.rx_bytes,
                 c.tx_bytes,
                 errors.join(" ")
             );
         }
-        let r = &self.pipeline.read;
+        let r = &self.pipeline.read();
         let _ = writeln!(
             out,
             "\n{} lines read, {} unrecognized",
@@ -216,50 +217,31 @@ fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Streams `reader` into the pipeline in bounded chunks. A line longer than `max_line` is
-/// skipped up to its newline and counted; a last line without a newline is fed as it is
-/// (the file is finished).
+/// Streams `reader` into the pipeline in bounded chunks, split into lines as the agent's
+/// tailer splits them: a line longer than `max_line` is skipped up to its newline and counted;
+/// a last line without a newline is fed as it is (the file is finished).
 pub fn read_into(
     pipeline: &mut Pipeline,
     mut reader: impl Read,
     max_line: usize,
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; CHUNK.max(max_line + 1)];
-    let mut filled = 0;
-    let mut skipping = false;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut lines = Vec::with_capacity(CHUNK);
+    let mut splitter = LineSplitter::new(max_line);
     loop {
-        let n = reader.read(&mut buf[filled..])?;
+        let n = reader.read(&mut chunk)?;
         if n == 0 {
-            if filled > 0 && !skipping {
-                pipeline.read.bytes += filled as u64;
-                pipeline.feed_line(&buf[..filled]);
+            if splitter.finish(&mut lines) > 0 {
+                // `finish` ends the line with a `\n` the file does not have.
+                lines.pop();
+                pipeline.feed_last(&lines);
             }
             return Ok(());
         }
-        let mut start = 0;
-        let end = filled + n;
-        if skipping {
-            match memchr::memchr(b'\n', &buf[..end]) {
-                Some(nl) => {
-                    skipping = false;
-                    start = nl + 1;
-                }
-                None => {
-                    filled = 0;
-                    continue;
-                }
-            }
-        }
-        start += pipeline.feed(&buf[start..end]);
-        let rest = end - start;
-        if rest > max_line {
-            pipeline.read.lines_too_long += 1;
-            skipping = true;
-            filled = 0;
-        } else {
-            buf.copy_within(start..end, 0);
-            filled = rest;
-        }
+        let fed = splitter.feed(&chunk[..n], &mut lines);
+        pipeline.feed(&lines);
+        pipeline.count_file_events(0, 0, fed.too_long);
+        lines.clear();
     }
 }
 
@@ -304,16 +286,16 @@ mod tests {
 
     #[test]
     fn long_lines_are_skipped_and_the_stream_resyncs() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(crate::pipeline::Limits::default());
         let mut data = vec![b'x'; 3 * CHUNK];
         data.extend_from_slice(b"\n[t] [x.swift:1] info: Proxy started!\ntail-without-newline");
         read_into(&mut p, &data[..], 1000).unwrap();
         assert_eq!(
             (
-                p.read.lines_too_long,
-                p.read.lines,
-                p.proxy.restarts,
-                p.read.unrecognized
+                p.read().lines_too_long,
+                p.read().lines,
+                p.proxy().restarts,
+                p.read().unrecognized
             ),
             (1, 2, 1, 1)
         );

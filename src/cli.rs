@@ -1,14 +1,13 @@
-//! Command line: one subcommand per job; each dispatches to the module that owns it.
+//! Command line: parses the flags and the config, and dispatches each subcommand to its module
+//! in [`crate::commands`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::analyze::Report;
+use crate::commands;
 use crate::config::Config;
 
 #[derive(Parser, Debug)]
@@ -81,11 +80,11 @@ pub enum Command {
     /// and the repair. Exit 1 when the bypass is broken.
     Diagnose,
     /// Print the rules the fallback would load.
-    Rules(crate::fallback::cli::TargetArgs),
+    Rules(commands::fallback::TargetArgs),
     /// Install, remove or show the fallback by hand.
     Fallback {
         #[command(subcommand)]
-        op: crate::fallback::cli::FallbackOp,
+        op: commands::fallback::FallbackOp,
     },
 }
 
@@ -124,56 +123,18 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config()?;
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => crate::agent::run_blocking(config),
+        Command::Run => commands::run(config),
         Command::Analyze {
             files,
             json,
             prom,
             stats,
-        } => analyze(&config, &files, json, prom, stats),
-        Command::Demo { speed } => crate::demo::run_blocking(config, speed),
-        Command::CheckConfig => {
-            print!("{}", config.to_toml());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Probe { json } => crate::probe::cli::probe_command(&config, json),
-        Command::Diagnose => crate::probe::cli::diagnose_command(&config),
-        Command::Rules(target) => crate::fallback::cli::rules_command(&config, &target),
-        Command::Fallback { op } => crate::fallback::cli::fallback_command(&config, &op),
+        } => commands::analyze::run(&config.log, &files, json, prom, stats),
+        Command::Demo { speed } => commands::demo(config, speed),
+        Command::CheckConfig => commands::check_config(&config),
+        Command::Probe { json } => commands::probe::run(&config.probe, json),
+        Command::Diagnose => commands::diagnose::run(&config),
+        Command::Rules(target) => commands::rules::run(&config.fallback, &config.probe, &target),
+        Command::Fallback { op } => commands::fallback::run(&config.fallback, &config.probe, &op),
     }
-}
-
-fn analyze(
-    config: &Config,
-    files: &[PathBuf],
-    json: bool,
-    prom: bool,
-    stats: bool,
-) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let report = Report::from_files(files, &config.log)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report.to_json()).context("rendering JSON")?
-        );
-    } else if prom {
-        print!("{}", report.to_prometheus());
-    } else {
-        print!("{}", report.to_table());
-    }
-    if stats {
-        let r = &report.pipeline.read;
-        eprintln!(
-            "analyze: {} lines, {:.1} MB in {:.3} s: {:.2} M lines/s, {:.0} MB/s, peak RSS {:.1} MB",
-            r.lines,
-            r.bytes as f64 / 1e6,
-            elapsed,
-            r.lines as f64 / elapsed / 1e6,
-            r.bytes as f64 / elapsed / 1e6,
-            crate::analyze::peak_rss_bytes() as f64 / 1e6
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }

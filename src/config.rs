@@ -8,77 +8,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    pub log: LogConfig,
-    pub http: HttpConfig,
+    pub log: crate::ingest::LogConfig,
+    pub http: crate::http::HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
-    pub processes: crate::watch::ProcessConfig,
+    pub processes: crate::presence::ProcessConfig,
     pub health: crate::health::HealthConfig,
-}
-
-/// `[log]`: where the proxy writes and how much state the agent keeps.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    pub path: PathBuf,
-    /// Where the proxy logs (errors only) while PIA's debug logging is off; empty: not watched.
-    pub error_path: PathBuf,
-    pub checkpoint: PathBuf,
-    pub max_open_sessions: usize,
-    pub max_apps: usize,
-    pub max_line_bytes: usize,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            path: PathBuf::from(
-                "/Library/Application Support/com.privateinternetaccess.vpn/transparent_proxy.log",
-            ),
-            error_path: PathBuf::from("/tmp/STProxy.log"),
-            checkpoint: PathBuf::from("/var/db/pia-split-tunnel-exporter/checkpoint.json"),
-            max_open_sessions: 65_536,
-            max_apps: 64,
-            max_line_bytes: 1 << 20,
-        }
-    }
-}
-
-/// `[http]`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    pub listen: std::net::SocketAddr,
-    /// A client that has not sent a whole request head within this time is disconnected (a
-    /// slow client must not hold a connection forever).
-    pub header_timeout_secs: u64,
-    /// Connections served at once; more are closed at once, so descriptors cannot run out.
-    pub max_connections: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: ([127, 0, 0, 1], 9847).into(),
-            header_timeout_secs: 10,
-            max_connections: 256,
-        }
-    }
-}
-
-impl HttpConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.header_timeout_secs == 0 {
-            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
-        }
-        if self.max_connections < 4 {
-            return Err(format!(
-                "http.max_connections = {}: use at least 4 (default 256)",
-                self.max_connections
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// A config that could not be loaded: the message names the key and the fix.
@@ -134,19 +69,7 @@ impl Config {
 
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
-        let log = &self.log;
-        if log.max_open_sessions == 0 {
-            return Err("log.max_open_sessions must be at least 1 (default 65536)".into());
-        }
-        if log.max_apps == 0 {
-            return Err("log.max_apps must be at least 1 (default 64)".into());
-        }
-        if log.max_line_bytes < 1024 {
-            return Err("log.max_line_bytes must be at least 1024 (default 1048576)".into());
-        }
-        if log.path.as_os_str().is_empty() {
-            return Err("log.path must name the proxy's log file".into());
-        }
+        self.log.validate()?;
         self.http.validate()?;
         self.processes.validate()?;
         self.probe.validate()?;

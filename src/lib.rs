@@ -3,24 +3,30 @@
 //!
 //! Data flow, one module per stage:
 //! - log: [`tail`] (lossless follower) → [`proxy_log`] (nom grammar) → [`sessions`]
-//!   (correlation by id) → [`metrics`] (per-app counters, custom collector);
+//!   (correlation by id, the window of closes) → [`pipeline`] → [`metrics`] (custom
+//!   collector); [`ingest`] runs that side live, with its checkpoint;
 //! - network: [`os`] (interface discovery) → [`probe`] (egress per path, verdicts) →
-//!   [`health`] → [`fallback`] (policy, PF / policy-routing backends);
-//! - surfaces: [`http`] (axum), [`cli`], [`analyze`] (offline), [`demo`].
+//!   [`fallback`] (policy, PF / policy-routing backends); [`presence`] (PIA's processes);
+//! - [`health`] reads every stage, the fallback included; [`agent`] wires the stages;
+//! - surfaces: [`http`] (axum), [`cli`] → [`commands`], [`analyze`] (offline), [`demo`].
+//!
+//! Imports go one way only; `tests/architecture.rs` states the layers and checks them.
 
 pub mod agent;
 pub mod analyze;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod fallback;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod os;
 pub mod pipeline;
+pub mod presence;
 pub mod probe;
 pub mod proxy_log;
 pub mod sessions;
 pub mod tail;
-pub mod watch;

@@ -7,9 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LogConfig;
 use crate::proxy_log::{Event, Level, LocalMillis, parse_line};
-use crate::sessions::SessionTracker;
+use crate::sessions::{Closed, SessionTracker};
 
 /// What the proxy said about itself.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -54,19 +53,86 @@ pub struct ReadStats {
     pub error_file_present: bool,
 }
 
+/// How much state the pipeline keeps (`log.max_open_sessions`, `log.max_apps`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_open_sessions: usize,
+    pub max_apps: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_open_sessions: 65_536,
+            max_apps: 64,
+        }
+    }
+}
+
+/// Which of the proxy's two logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFile {
+    /// The debug-level log (`log.path`).
+    Debug,
+    /// The error-level log (`log.error_path`), written while debug logging is off.
+    Error,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pipeline {
-    pub sessions: SessionTracker,
-    pub proxy: ProxyState,
-    pub read: ReadStats,
+    sessions: SessionTracker,
+    proxy: ProxyState,
+    read: ReadStats,
 }
 
 impl Pipeline {
-    pub fn new(cfg: &LogConfig) -> Pipeline {
+    pub fn new(limits: Limits) -> Pipeline {
         Pipeline {
-            sessions: SessionTracker::new(cfg.max_open_sessions, cfg.max_apps),
+            sessions: SessionTracker::new(limits.max_open_sessions, limits.max_apps),
             proxy: ProxyState::default(),
             read: ReadStats::default(),
+        }
+    }
+
+    pub fn sessions(&self) -> &SessionTracker {
+        &self.sessions
+    }
+
+    pub fn proxy(&self) -> &ProxyState {
+        &self.proxy
+    }
+
+    pub fn read(&self) -> &ReadStats {
+        &self.read
+    }
+
+    /// A new cap on open sessions (after a restore: the config may have changed).
+    pub fn set_limits(&mut self, max_open_sessions: usize) {
+        self.sessions.set_limits(max_open_sessions);
+    }
+
+    /// Keeps closed sessions for [`Pipeline::drain_closed`] (off by default).
+    pub fn record_closed(&mut self, on: bool) {
+        self.sessions.record_closed(on);
+    }
+
+    /// Sessions closed since the last call, when recording.
+    pub fn drain_closed(&mut self) -> Vec<Closed> {
+        self.sessions.drain_closed()
+    }
+
+    /// What the reader met besides lines: rotations, truncations, lines skipped as too long.
+    pub fn count_file_events(&mut self, rotations: u64, truncations: u64, lines_too_long: u64) {
+        self.read.rotations += rotations;
+        self.read.truncations += truncations;
+        self.read.lines_too_long += lines_too_long;
+    }
+
+    /// Whether `file` exists, as of the last read.
+    pub fn set_file_present(&mut self, file: LogFile, present: bool) {
+        match file {
+            LogFile::Debug => self.read.file_present = present,
+            LogFile::Error => self.read.error_file_present = present,
         }
     }
 
@@ -80,6 +146,12 @@ impl Pipeline {
         }
         self.read.bytes += start as u64;
         start
+    }
+
+    /// The last line of a finished file, which has no `\n`.
+    pub fn feed_last(&mut self, line: &[u8]) {
+        self.read.bytes += line.len() as u64;
+        self.feed_line(line);
     }
 
     /// One line, without its `\n`.
@@ -124,7 +196,7 @@ mod tests {
 
     #[test]
     fn feed_keeps_partial_line_and_tracks_proxy_state() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         let text = b"[2026-02-16 11:49:31:2040] [VpnState.swift:37] info: bindInterface: en0\r\n\
 [2026-02-16 11:49:31:2040] [VpnState.swift:58] info: isConnected: true\r\n\
 [2026-02-16 11:49:31:2040] [SplitTunnelProxyProvider.swift:60] info: Proxy started!\r\n\

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
-use pia_split_tunnel_exporter::fallback::policy::{Decision, Outcome, Reason};
-use pia_split_tunnel_exporter::fallback::window::Ratio;
+use pia_split_tunnel_exporter::fallback::policy::{ApplyOutcome, Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::probe::Round;
+use pia_split_tunnel_exporter::sessions::window::Ratio;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// A verifier whose next round the test sets.
@@ -81,7 +81,7 @@ async fn auto_applies_verifies_and_health_reports_it() {
     );
     let st = c.status();
     assert!(st.active);
-    assert_eq!(st.last_action.as_ref().unwrap().outcome, Outcome::Ok);
+    assert_eq!(st.last_action.as_ref().unwrap().outcome, ApplyOutcome::Ok);
     assert_eq!(s.held_tokens().len(), 1);
     // The next round sees the repaired bypass.
     health.update_round(round(true, Bypass::Physical));
@@ -137,7 +137,7 @@ async fn failed_verification_rolls_back_and_counts() {
     assert!(!st.active);
     assert_eq!(
         st.last_action.as_ref().unwrap().outcome,
-        Outcome::RolledBack
+        ApplyOutcome::RolledBack
     );
     assert_eq!(st.consecutive_failures, 1);
     assert!(s.held_tokens().is_empty(), "token released on rollback");
@@ -177,7 +177,10 @@ async fn backend_failure_is_failing_health() {
     c.on_round(Instant::now(), &round(true, Bypass::Timeout), NONE)
         .await;
     let st = c.status();
-    assert_eq!(st.last_action.as_ref().unwrap().outcome, Outcome::Failed);
+    assert_eq!(
+        st.last_action.as_ref().unwrap().outcome,
+        ApplyOutcome::Failed
+    );
     assert!(
         st.last_action
             .as_ref()

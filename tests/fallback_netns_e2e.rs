@@ -14,12 +14,12 @@ use common::*;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
-use pia_split_tunnel_exporter::fallback::window::Ratio;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round};
+use pia_split_tunnel_exporter::sessions::window::Ratio;
 use prometheus::Registry;
 
 /// One round, read from the namespace.

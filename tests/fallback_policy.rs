@@ -5,9 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pia_split_tunnel_exporter::fallback::policy::{Action, Decision, Outcome, Policy, Reason};
-use pia_split_tunnel_exporter::fallback::window::Ratio;
+use pia_split_tunnel_exporter::fallback::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, OnTunnelDown};
+use pia_split_tunnel_exporter::sessions::window::Ratio;
 
 const NO_SESSIONS: Ratio = Ratio { zero: 0, total: 0 };
 
@@ -16,7 +16,7 @@ fn run(
     policy: &mut Policy,
     t0: Instant,
     script: &[(bool, Bypass)],
-    outcome: Outcome,
+    outcome: ApplyOutcome,
 ) -> Vec<Decision> {
     script
         .iter()
@@ -52,7 +52,7 @@ fn applies_after_n_consecutive_broken_rounds() {
             (true, Bypass::Tunnel),
             (true, Bypass::Physical),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(
         reasons(&ds),
@@ -86,7 +86,7 @@ fn flapping_bypass_never_applies() {
             )
         })
         .collect();
-    let ds = run(&mut p, Instant::now(), &script, Outcome::Ok);
+    let ds = run(&mut p, Instant::now(), &script, ApplyOutcome::Ok);
     assert!(ds.iter().all(|d| d.action().is_none()), "{ds:?}");
 }
 
@@ -110,7 +110,7 @@ fn physical_down_or_no_tunnel_is_not_a_reason_to_act() {
             (false, Bypass::Timeout),
             (false, Bypass::Timeout),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(reasons(&ds), ["no_tunnel"; 3]);
 }
@@ -173,7 +173,7 @@ fn tunnel_down_reverts_after_hysteresis_and_keep_is_honoured() {
             (false, Bypass::Physical),
             (false, Bypass::Physical),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(
         reasons(&ds),
@@ -203,7 +203,7 @@ fn tunnel_down_reverts_after_hysteresis_and_keep_is_honoured() {
             (false, Bypass::Physical),
             (false, Bypass::Physical),
         ],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(ds[3], Decision::None(Reason::KeepOnTunnelDown));
     assert!(p.active());
@@ -221,7 +221,7 @@ fn address_change_reloads_and_cooldown_delays_it() {
         &mut p,
         t0,
         &[(true, Bypass::Timeout), (true, Bypass::Timeout)],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     // Applied at t0+30 s. The address changes at t0+60 s: inside the cooldown.
     let moved = round_with(true, true, Bypass::Physical, "10.0.15.16".parse().unwrap());
@@ -250,7 +250,7 @@ fn failed_verification_backs_off_exponentially() {
         let now = t0 + Duration::from_secs(s);
         if let d @ Decision::Apply(..) = p.evaluate(now, &broken, NO_SESSIONS) {
             applied_at.push(s);
-            p.record(now, d.action().unwrap(), Outcome::RolledBack, None);
+            p.record(now, d.action().unwrap(), ApplyOutcome::RolledBack, None);
         }
     }
     // First apply after a streak of 2 rounds; then the back-off doubles 60, 120, 240 and stops
@@ -278,7 +278,7 @@ fn flapping_tunnel_is_capped_per_hour() {
     let mut p = Policy::new(&cfg);
     // The tunnel comes and goes every round for an hour, the bypass broken whenever it is up.
     let script: Vec<_> = (0..120).map(|i| (i % 2 == 0, Bypass::Timeout)).collect();
-    let ds = run(&mut p, Instant::now(), &script, Outcome::Ok);
+    let ds = run(&mut p, Instant::now(), &script, ApplyOutcome::Ok);
     let acts = ds.iter().filter(|d| d.action().is_some()).count();
     // Reverts are never refused, but they count: applies stop once the cap is reached.
     assert!(acts <= 5, "{acts} actions in an hour: {:?}", reasons(&ds));
@@ -305,7 +305,7 @@ fn still_broken_while_active_reloads() {
         &mut p,
         Instant::now(),
         &[(true, Bypass::Timeout); 5],
-        Outcome::Ok,
+        ApplyOutcome::Ok,
     );
     assert_eq!(
         reasons(&ds),

@@ -7,9 +7,8 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use pia_split_tunnel_exporter::config::LogConfig;
-use pia_split_tunnel_exporter::pipeline::Pipeline;
-use pia_split_tunnel_exporter::sessions::{AppCounts, Outcome, SessionTracker};
+use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::sessions::{AppCounts, CloseOutcome, SessionTracker};
 
 /// Live heap bytes of the whole test process.
 struct Counting;
@@ -88,7 +87,7 @@ fn app_total(s: &SessionTracker, app: &str) -> AppCounts {
     for (id, _, c) in s.counts().iter() {
         if s.apps().name(id) == app {
             sum.opened += c.opened;
-            for o in <Outcome as strum::IntoEnumIterator>::iter() {
+            for o in <CloseOutcome as strum::IntoEnumIterator>::iter() {
                 sum.closed[o as usize] += c.closed(o);
             }
             sum.open += c.open;
@@ -104,8 +103,8 @@ fn total(s: &SessionTracker, f: impl Fn(&AppCounts) -> u64) -> u64 {
 #[test]
 fn hundred_thousand_app_ids_fold_into_other() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = LogConfig::default();
-    let mut p = Pipeline::new(&cfg);
+    let cfg = Limits::default();
+    let mut p = Pipeline::new(cfg);
     let mut buf = Vec::new();
     let start = live();
     let mut at_half = 0;
@@ -118,7 +117,7 @@ fn hundred_thousand_app_ids_fold_into_other() {
         }
     }
     let grown = live() - start;
-    let s = &p.sessions;
+    let s = &p.sessions();
     assert_eq!(
         s.apps().len(),
         cfg.max_apps + 2,
@@ -128,13 +127,13 @@ fn hundred_thousand_app_ids_fold_into_other() {
     let other = app_total(s, "other");
     assert_eq!(other.opened, 100_000 - cfg.max_apps as u64);
     assert_eq!(
-        other.closed[Outcome::ZeroBytes as usize],
+        other.closed[CloseOutcome::ZeroBytes as usize],
         100_000 - cfg.max_apps as u64
     );
     assert_eq!(total(s, |c| c.opened), 100_000);
     assert_eq!(total(s, AppCounts::sessions_closed), 100_000);
     assert_eq!(s.open_len(), 0);
-    assert_eq!(p.read.unrecognized, 0);
+    assert_eq!(p.read().unrecognized, 0);
     // The second 50,000 apps cost nothing more.
     assert!(
         (live() - at_half).abs() < 16 * 1024,
@@ -148,8 +147,8 @@ fn hundred_thousand_app_ids_fold_into_other() {
 #[test]
 fn a_million_sessions_never_closed_keep_the_table_bounded() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = LogConfig::default();
-    let mut p = Pipeline::new(&cfg);
+    let cfg = Limits::default();
+    let mut p = Pipeline::new(cfg);
     let mut buf = Vec::new();
     let start = live();
     let mut at_fifth = 0;
@@ -161,7 +160,7 @@ fn a_million_sessions_never_closed_keep_the_table_bounded() {
     }
     let grown = live() - start;
     let kept = cfg.max_open_sessions as u64;
-    let s = &p.sessions;
+    let s = &p.sessions();
     assert_eq!(s.open_len() as u64, kept);
     assert_eq!(s.evictions().table_full, 1_000_000 - kept);
     let plex = app_total(s, "tv.plex.PlexMediaServer");
@@ -177,10 +176,10 @@ fn a_million_sessions_never_closed_keep_the_table_bounded() {
     for id in 1_000_000 - kept..1_000_000 {
         close(&mut p, &mut buf, id, "tv.plex.PlexMediaServer", "1.5 KB");
     }
-    let s = &p.sessions;
+    let s = &p.sessions();
     assert_eq!(s.open_len(), 0);
     let plex = app_total(s, "tv.plex.PlexMediaServer");
-    assert_eq!(plex.closed[Outcome::Transferred as usize], kept);
+    assert_eq!(plex.closed[CloseOutcome::Transferred as usize], kept);
     assert_eq!(plex.open, 0);
     eprintln!(
         "1M never-closed sessions: {} KiB of heap for the {kept} kept",
@@ -191,28 +190,28 @@ fn a_million_sessions_never_closed_keep_the_table_bounded() {
 #[test]
 fn ids_reused_after_a_restart_belong_to_the_new_sessions() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut p = Pipeline::new(&LogConfig::default());
+    let mut p = Pipeline::new(Limits::default());
     let mut buf = Vec::new();
     for id in 1..=1_000 {
         open(&mut p, &mut buf, id, "com.apple.Safari");
     }
     restart(&mut p, &mut buf);
-    assert_eq!(p.sessions.evictions().proxy_restart, 1_000);
-    assert_eq!(p.sessions.open_len(), 0);
+    assert_eq!(p.sessions().evictions().proxy_restart, 1_000);
+    assert_eq!(p.sessions().open_len(), 0);
     // The same ids, now Plex's.
     for id in 1..=1_000 {
         open(&mut p, &mut buf, id, "tv.plex.PlexMediaServer");
         close(&mut p, &mut buf, id, "tv.plex.PlexMediaServer", "2.0 KB");
     }
-    let s = &p.sessions;
+    let s = &p.sessions();
     let plex = app_total(s, "tv.plex.PlexMediaServer");
-    assert_eq!(plex.closed[Outcome::Transferred as usize], 1_000);
+    assert_eq!(plex.closed[CloseOutcome::Transferred as usize], 1_000);
     let safari = app_total(s, "com.apple.Safari");
     assert_eq!((safari.opened, safari.open), (1_000, 0));
     assert_eq!(safari.closed, [0; 3], "no Safari session was closed");
     // A creation line for an id still open, without a restart line: the old one is evicted.
     open(&mut p, &mut buf, 7, "com.apple.Safari");
     open(&mut p, &mut buf, 7, "com.backblaze.bzbmenu");
-    assert_eq!(p.sessions.evictions().id_reused, 1);
-    assert_eq!(p.sessions.open_len(), 1);
+    assert_eq!(p.sessions().evictions().id_reused, 1);
+    assert_eq!(p.sessions().open_len(), 1);
 }

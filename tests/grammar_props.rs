@@ -7,8 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use pia_split_tunnel_exporter::config::LogConfig;
-use pia_split_tunnel_exporter::pipeline::Pipeline;
+use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
 use pia_split_tunnel_exporter::proxy_log::{Event, grammar, parse_line};
 use proptest::prelude::*;
 
@@ -87,13 +86,13 @@ proptest! {
         }),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
         let first = &bytes[..cut.index(bytes.len() + 1)];
         let used = p.feed(first);
         let rest = [&first[used..], &bytes[first.len()..]].concat();
         let used_rest = p.feed(&rest);
-        prop_assert_eq!(p.read.lines, newlines);
+        prop_assert_eq!(p.read().lines, newlines);
         let tail = bytes.len() - bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         prop_assert_eq!(rest.len() - used_rest, tail);
     }
@@ -119,10 +118,10 @@ proptest! {
         let before = allocations();
         let _ = parse_line(&line);
         prop_assert_eq!(allocations(), before, "parsing allocated");
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         line.push(b'\n');
         prop_assert_eq!(p.feed(&line), line.len());
-        prop_assert_eq!(p.read.lines, 1);
+        prop_assert_eq!(p.read().lines, 1);
     }
 
     /// Headers with any timestamp text keep the event.

@@ -5,11 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pia_split_tunnel_exporter::fallback::window::{AppRatio, Ratio};
 use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
 use pia_split_tunnel_exporter::health::{CheckpointInput, LogHealthInput, Status};
+use pia_split_tunnel_exporter::presence::Presence;
 use pia_split_tunnel_exporter::proxy_log::Level;
-use pia_split_tunnel_exporter::watch::Presence;
+use pia_split_tunnel_exporter::sessions::window::{AppRatio, Ratio};
 
 fn t() -> Thresholds {
     Thresholds {

@@ -18,8 +18,11 @@ use anyhow::Context;
 use crate::agent::Sources;
 use crate::config::Config;
 use crate::os::{Interfaces, PhysicalIf, TunnelIf};
+use crate::presence::ProcInfo;
 use crate::probe::{PathKind, PathResult, ProbeError, Round, RoundSource};
-use crate::watch::{FakeSource, ProcInfo};
+
+mod processes;
+pub use processes::ProcessTable;
 
 const HEALTHY: &str = include_str!("healthy.log");
 const BROKEN: &str = include_str!("broken.log");
@@ -81,7 +84,7 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
         name: name.into(),
         exe: Some(exe.into()),
     };
-    let processes = FakeSource::new(vec![
+    let processes = ProcessTable::new(vec![
         pia(
             "com.privateinternetaccess.vpn.splittunnel",
             "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
@@ -302,9 +305,9 @@ mod tests {
     #[test]
     fn samples_parse_without_unrecognized_lines() {
         for sample in [HEALTHY, BROKEN] {
-            let mut p = crate::pipeline::Pipeline::new(&crate::config::LogConfig::default());
+            let mut p = crate::pipeline::Pipeline::new(Default::default());
             p.feed(sample.as_bytes());
-            assert_eq!((p.read.unrecognized, p.read.lines > 300), (0, true));
+            assert_eq!((p.read().unrecognized, p.read().lines > 300), (0, true));
         }
     }
 

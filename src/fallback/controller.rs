@@ -10,10 +10,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::metrics::FallbackMetrics;
-use super::policy::{Action, Decision, Outcome, Policy, Reason, bypass_broken};
-use super::window::Ratio;
+use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason, bypass_broken};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{PathKind, Round};
+use crate::sessions::window::Ratio;
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
 pub trait Verifier: Send + Sync {
@@ -40,7 +40,7 @@ pub struct DecisionRecord {
 #[derive(Clone, Debug, Serialize)]
 pub struct ActionRecord {
     pub action: Action,
-    pub outcome: Outcome,
+    pub outcome: ApplyOutcome,
     /// The backend's error or why verification failed.
     pub error: Option<String>,
     pub at_unix: f64,
@@ -163,7 +163,7 @@ impl Controller {
             tracing::info!("fallback: removing at shutdown (on_shutdown = \"remove\")");
             self.backend.revert()?;
             self.policy
-                .record(Instant::now(), Action::Revert, Outcome::Ok, None);
+                .record(Instant::now(), Action::Revert, ApplyOutcome::Ok, None);
             self.publish();
         }
         Ok(())
@@ -288,7 +288,7 @@ impl Controller {
     ) -> Result<(), ControlError> {
         if let Err(e) = self.backend.apply(plan) {
             tracing::error!(action = %action, error = %e, "fallback: backend failed");
-            self.finish(now, action, Outcome::Failed, Some(e.to_string()), None);
+            self.finish(now, action, ApplyOutcome::Failed, Some(e.to_string()), None);
             return Err(e.into());
         }
         // The bypass must now leave as the physical path does.
@@ -299,7 +299,7 @@ impl Controller {
             tracing::info!(action = %action, egress = ?bypass, interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
-            self.finish(now, action, Outcome::Ok, None, Some(plan));
+            self.finish(now, action, ApplyOutcome::Ok, None, Some(plan));
             return Ok(());
         }
         let err = ControlError::RolledBack { bypass, physical };
@@ -310,7 +310,7 @@ impl Controller {
         self.finish(
             now,
             action,
-            Outcome::RolledBack,
+            ApplyOutcome::RolledBack,
             Some(err.to_string()),
             None,
         );
@@ -321,7 +321,7 @@ impl Controller {
         match self.backend.revert() {
             Ok(()) => {
                 tracing::info!("fallback: reverted");
-                self.finish(now, Action::Revert, Outcome::Ok, None, None);
+                self.finish(now, Action::Revert, ApplyOutcome::Ok, None, None);
                 Ok(())
             }
             Err(e) => {
@@ -329,7 +329,7 @@ impl Controller {
                 self.finish(
                     now,
                     Action::Revert,
-                    Outcome::Failed,
+                    ApplyOutcome::Failed,
                     Some(e.to_string()),
                     None,
                 );
@@ -342,7 +342,7 @@ impl Controller {
         &mut self,
         now: Instant,
         action: Action,
-        outcome: Outcome,
+        outcome: ApplyOutcome,
         error: Option<String>,
         plan: Option<&Plan>,
     ) {

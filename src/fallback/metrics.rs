@@ -8,7 +8,7 @@ use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
-use super::policy::{Action, Decision, Outcome};
+use super::policy::{Action, ApplyOutcome, Decision};
 use super::{BackendKind, Mode};
 use crate::metrics::{Counter, Family, Gauge, Scrape};
 
@@ -49,7 +49,7 @@ struct State {
     active: bool,
     mode: Mode,
     backend: BackendKind,
-    actions: [[u64; Outcome::COUNT]; Action::COUNT],
+    actions: [[u64; ApplyOutcome::COUNT]; Action::COUNT],
     /// By (decision, reason): only pairs that happened are rendered (4 × 18 would be noise).
     decisions: BTreeMap<(&'static str, &'static str), u64>,
     verify_failures: u64,
@@ -102,7 +102,7 @@ impl FallbackMetrics {
             .or_default() += 1;
     }
 
-    pub fn action(&self, action: Action, outcome: Outcome) {
+    pub fn action(&self, action: Action, outcome: ApplyOutcome) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -110,7 +110,7 @@ impl FallbackMetrics {
         let mut s = self.state();
         s.actions[action as usize][outcome as usize] += 1;
         s.last_action = Some(now);
-        if outcome == Outcome::RolledBack {
+        if outcome == ApplyOutcome::RolledBack {
             s.verify_failures += 1;
         }
     }
@@ -134,7 +134,7 @@ impl Scrape for FallbackMetrics {
         // Every action/result pair exists from the start, so rate() sees the first one.
         let mut actions = ACTIONS.samples();
         for a in Action::iter() {
-            for o in Outcome::iter() {
+            for o in ApplyOutcome::iter() {
                 let n = s.actions[a as usize][o as usize];
                 actions.add([a.into(), o.into()], n as f64);
             }

@@ -3,15 +3,14 @@
 //! - [`policy`]: the pure decision state machine (time injected);
 //! - [`controller`]: drives a [`Backend`], verifies with a fresh probe, rolls back, backs off;
 //! - [`pf`] and [`policy_routing`]: the backends, chosen in one place, [`build_backend`];
-//! - [`window`]: the sliding window of session closes the policy and health read;
-//! - [`http`], [`cli`], [`metrics`]: the surfaces.
+//! - the window of session closes it weighs lives in [`crate::sessions::window`];
+//! - [`http`], [`metrics`]: the surfaces (the commands live in `crate::commands`).
 //!
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
 //! macOS `sudo pfctl -a com.apple/250.PiaSplitTunnelFallback -F all` (then `sudo pfctl -X TOKEN`
 //! with the token in `pf_token_file`); Linux `ip rule del priority P` and
 //! `ip route flush table T`.
 
-pub mod cli;
 pub mod controller;
 mod exec;
 pub mod http;
@@ -20,7 +19,6 @@ pub mod net;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
-pub mod window;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

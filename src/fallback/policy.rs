@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::window::Ratio;
 use super::{FallbackConfig, OnTunnelDown, Plan};
 use crate::probe::{PathKind, Round};
+use crate::sessions::window::Ratio;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
 #[derive(
@@ -107,7 +107,7 @@ pub enum Action {
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
-pub enum Outcome {
+pub enum ApplyOutcome {
     Ok,
     /// The backend failed (its error is logged); it left nothing of its own installed.
     Failed,
@@ -319,17 +319,23 @@ impl Policy {
     }
 
     /// How an action ended. `plan` is what was applied (apply, reload).
-    pub fn record(&mut self, now: Instant, action: Action, outcome: Outcome, plan: Option<&Plan>) {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        action: Action,
+        outcome: ApplyOutcome,
+        plan: Option<&Plan>,
+    ) {
         self.last_action = Some(now);
         self.actions.push_back(now);
         self.broken_streak = 0;
         match (action, outcome) {
-            (Action::Apply | Action::Reload, Outcome::Ok) => {
+            (Action::Apply | Action::Reload, ApplyOutcome::Ok) => {
                 self.installed = plan.cloned().map_or(Installed::Unknown, Installed::Plan);
                 self.failures = 0;
                 self.not_before = None;
             }
-            (Action::Revert, Outcome::Ok) => {
+            (Action::Revert, ApplyOutcome::Ok) => {
                 self.installed = Installed::Nothing;
                 self.failures = 0;
                 self.not_before = None;

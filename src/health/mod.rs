@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::fallback::FallbackConfig;
 use crate::fallback::controller::StatusHandle;
-use crate::fallback::window::SharedWindow;
+use crate::presence::Presence;
 use crate::probe::Round;
 use crate::proxy_log::Level;
-use crate::watch::Presence;
+use crate::sessions::window::SharedWindow;
 pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 
 /// `[health]` section of the config.

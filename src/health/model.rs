@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
-use crate::fallback::policy::{Action, Outcome, bypass_broken};
-use crate::fallback::window::AppRatio;
+use crate::fallback::policy::{Action, ApplyOutcome, bypass_broken};
+use crate::presence::Presence;
 use crate::probe::{PathKind, ProbeError, Round};
 use crate::proxy_log::Level;
-use crate::watch::Presence;
+use crate::sessions::window::AppRatio;
 
 #[derive(
     Clone,
@@ -349,7 +349,7 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
         return c(Status::Ok, "no fallback controller");
     };
     if let Some(a) = &f.last_action
-        && a.outcome != Outcome::Ok
+        && a.outcome != ApplyOutcome::Ok
     {
         let what = format!(
             "last {} {}: {}",
@@ -358,7 +358,7 @@ fn fallback(f: Option<&FallbackStatus>, round: Option<&Round>) -> Component {
             a.error.as_deref().unwrap_or("no detail")
         );
         // A failing backend (pfctl, ip) needs a human; a rolled-back apply backs off and retries.
-        let status = if a.outcome == Outcome::Failed || a.action == Action::Revert {
+        let status = if a.outcome == ApplyOutcome::Failed || a.action == Action::Revert {
             Status::Failing
         } else {
             Status::Degraded

@@ -14,11 +14,47 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 
-use crate::config::HttpConfig;
+/// `[http]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: std::net::SocketAddr,
+    /// A client that has not sent a whole request head within this time is disconnected (a
+    /// slow client must not hold a connection forever).
+    pub header_timeout_secs: u64,
+    /// Connections served at once; more are closed at once, so descriptors cannot run out.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: ([127, 0, 0, 1], 9847).into(),
+            header_timeout_secs: 10,
+            max_connections: 256,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.header_timeout_secs == 0 {
+            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
+        }
+        if self.max_connections < 4 {
+            return Err(format!(
+                "http.max_connections = {}: use at least 4 (default 256)",
+                self.max_connections
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Routes of the core surface.
 pub fn router(registry: Registry, links: &'static [(&'static str, &'static str)]) -> Router {

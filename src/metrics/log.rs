@@ -14,7 +14,7 @@ use strum::{EnumCount, IntoEnumIterator};
 use super::{Counter, Family, Gauge, Histogram, Scrape};
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto};
-use crate::sessions::{AppCounts, DURATION_BUCKETS_SECS, Outcome, proto_label};
+use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, proto_label};
 
 const SESSIONS_OPENED: Family<Counter, 2> = Family::new(
     "sessions_opened_total",
@@ -203,7 +203,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     let mut tx = TX_BYTES.samples();
     // Tcp, Udp, then rows whose protocol no line said.
     let mut durations = [DurationSum::default(); Proto::COUNT + 1];
-    let apps = p.sessions.apps();
+    let apps = p.sessions().apps();
     let mut flush = |app: &str, sum: &AppSum| {
         rx.add([app], sum.rx as f64);
         tx.add([app], sum.tx as f64);
@@ -217,7 +217,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     // Rows come in app order: sum an app's protocols, write it when the next app starts.
     let mut current = None;
     let mut sum = AppSum::default();
-    for (id, proto, c) in p.sessions.counts().iter() {
+    for (id, proto, c) in p.sessions().counts().iter() {
         let app = apps.name(id);
         if current.is_some_and(|cur| cur != id) {
             flush(apps.name(current.expect("checked")), &sum);
@@ -226,7 +226,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         current = Some(id);
         let l = [app, proto_label(proto)];
         opened.add(l, c.opened as f64);
-        for o in Outcome::iter() {
+        for o in CloseOutcome::iter() {
             closed.add([l[0], l[1], o.into()], c.closed(o) as f64);
         }
         open.set(l, c.open as f64);
@@ -258,11 +258,11 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         duration.done(),
     ];
 
-    let proxy = &p.proxy;
+    let proxy = p.proxy();
     if let Some(t) = proxy.last_event.and_then(local_to_unix) {
         out.push(LAST_EVENT.single(t));
     }
-    let r = &p.read;
+    let r = p.read();
     out.extend([
         PROXY_RESTARTS.single(proxy.restarts as f64),
         LOG_LINES.single(r.lines as f64),
@@ -286,7 +286,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     if let Some(level) = proxy.level() {
         out.push(LOG_LEVEL.stateset(Level::iter(), &level));
     }
-    let e = p.sessions.evictions();
+    let e = p.sessions().evictions();
     let mut ev = SESSION_EVICTIONS.samples();
     ev.add(["table_full"], e.table_full as f64)
         .add(["proxy_restart"], e.proxy_restart as f64)
@@ -310,8 +310,8 @@ mod tests {
     use prometheus::Registry;
 
     use super::*;
-    use crate::config::LogConfig;
     use crate::metrics::{encode, register};
+    use crate::pipeline::Limits;
 
     fn feed(p: &mut Pipeline, id: u32, app: &str) {
         let line = format!(
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn colliding_app_ids_stay_apart_and_render_whole() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         feed(&mut p, 1, "ab.c");
         feed(&mut p, 2, "a.bc");
         let text = text(p);
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn error_kinds_appear_with_their_first_error_summed_over_protocols() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         feed(&mut p, 1, "com.example.a");
         assert!(!text(p.clone()).contains("flow_errors_total{"));
         for (id, proto) in [(1, "TCP"), (1, "TCP")] {
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn log_level_is_a_state_set_named_after_itself() {
-        let mut p = Pipeline::new(&LogConfig::default());
+        let mut p = Pipeline::new(Limits::default());
         feed(&mut p, 1, "com.example.a");
         let text = text(p);
         assert!(

@@ -2,7 +2,7 @@
 //! collector ([`Scrape`]: every family is rendered at scrape time from its stage's state), and
 //! the text encoding. Families are declared beside their collector, one file per collector:
 //! [`log`] (the log side), `probe/metrics.rs`, `fallback/metrics.rs`, `health/metrics.rs`,
-//! `watch/metrics.rs` (PIA's processes) and `watch/process.rs` (the agent's own `process_*`).
+//! `presence/metrics.rs` (PIA's processes) and `presence/process.rs` (the agent's own `process_*`).
 //!
 //! No collector uses the crate's `*Vec` metrics: their label values are joined without a
 //! separator before hashing (prometheus 0.14), so `["ab","c"]` and `["a","bc"]` would share a

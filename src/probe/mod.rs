@@ -6,7 +6,6 @@
 //! proxy does, the path that breaks), and unbound. A round is bounded by `probe.timeout_secs`
 //! whatever the endpoints do.
 
-pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod prober;

@@ -205,8 +205,8 @@ pub enum Event<'a> {
     IsConnected(bool),
     /// `Logger initialized ... with log level: X`.
     LoggerLevel(Level),
-    /// A line we know and that carries nothing to count (start-up block, `Successfully shutdown channel`, ...).
-    Known,
+    /// A line we know and ignore: it carries nothing to count (start-up block, `Successfully shutdown channel`, ...).
+    Ignored,
     /// A line in no shape we know: counted, never an error.
     Unrecognized,
 }

@@ -265,8 +265,8 @@ fn session_event<'a>(id: u64, msg: &'a [u8], source: &'a [u8]) -> Option<Event<'
         return Some(ev);
     }
     match msg {
-        b"Successfully shutdown channel" => Some(Event::Known),
-        _ if msg.starts_with(b"Could not convert flow.localEndpoint") => Some(Event::Known),
+        b"Successfully shutdown channel" => Some(Event::Ignored),
+        _ if msg.starts_with(b"Could not convert flow.localEndpoint") => Some(Event::Ignored),
         _ => None,
     }
 }
@@ -523,7 +523,7 @@ fn bare_event(msg: &[u8]) -> Event<'_> {
         b"isConnected: true" => return Event::IsConnected(true),
         b"isConnected: false" => return Event::IsConnected(false),
         // The logger's re-initialisation message begins with an empty line.
-        b"" => return Event::Known,
+        b"" => return Event::Ignored,
         _ => {}
     }
     if let Some(name) = msg.strip_prefix(b"bindInterface: ") {
@@ -539,7 +539,7 @@ fn bare_event(msg: &[u8]) -> Event<'_> {
         {
             return Event::LoggerLevel(level);
         }
-        return Event::Known;
+        return Event::Ignored;
     }
     const KNOWN: [&[u8]; 15] = [
         b"Managing bypass apps: ",
@@ -559,11 +559,11 @@ fn bare_event(msg: &[u8]) -> Event<'_> {
         b"Stopping proxy",
     ];
     if KNOWN.iter().any(|p| msg.starts_with(p)) {
-        return Event::Known;
+        return Event::Ignored;
     }
     // FlowHandler.swift:68: `APP "TEXT" in ... open()`
     if msg.ends_with(b"open()") && FIND.quote_in.find(msg).is_some() {
-        return Event::Known;
+        return Event::Ignored;
     }
     Event::Unrecognized
 }
@@ -839,14 +839,14 @@ mod tests {
             ),
             Event::LoggerLevel(Level::Debug)
         );
-        assert_eq!(ev(""), Event::Known);
+        assert_eq!(ev(""), Event::Ignored);
         assert_eq!(
             ev("[t] [VpnState.swift:22] info: Managing bypass apps: [\"a\", \"b]\"]"),
-            Event::Known
+            Event::Ignored
         );
         assert_eq!(
             ev("[t] [InboundHandler.swift:21] info: id: 3 Successfully shutdown channel"),
-            Event::Known
+            Event::Ignored
         );
         assert_eq!(
             ev(

@@ -23,7 +23,7 @@ use crate::proxy_log::{ErrorKind, Proto};
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
-pub enum Outcome {
+pub enum CloseOutcome {
     /// Some bytes moved (`0 MB` counts: it is under 0.05 MB, not zero).
     Transferred,
     /// Both sizes `Zero KB`: the failure signature.
@@ -41,7 +41,7 @@ pub const DURATION_BUCKETS_SECS: [f64; 13] = [
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppCounts {
     pub opened: u64,
-    pub closed: [u64; Outcome::COUNT],
+    pub closed: [u64; CloseOutcome::COUNT],
     pub errors: [u64; ErrorKind::COUNT],
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -54,7 +54,7 @@ pub struct AppCounts {
 }
 
 impl AppCounts {
-    pub fn closed(&self, outcome: Outcome) -> u64 {
+    pub fn closed(&self, outcome: CloseOutcome) -> u64 {
         self.closed[outcome as usize]
     }
     pub fn sessions_closed(&self) -> u64 {

@@ -8,13 +8,14 @@
 
 pub mod apps;
 pub mod counts;
+pub mod window;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use apps::{AppId, Apps};
-pub use counts::{AppCounts, Counts, DURATION_BUCKETS_SECS, Outcome, ProtoKey, proto_label};
+pub use counts::{AppCounts, CloseOutcome, Counts, DURATION_BUCKETS_SECS, ProtoKey, proto_label};
 
 use crate::proxy_log::{Event, LocalMillis, Proto, Size, Text};
 
@@ -42,7 +43,7 @@ pub struct Evictions {
 pub struct Closed {
     pub app: AppId,
     pub proto: ProtoKey,
-    pub outcome: Outcome,
+    pub outcome: CloseOutcome,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -213,13 +214,13 @@ impl SessionTracker {
 }
 
 /// `zero_bytes` only when both sizes are exactly `Zero KB`.
-pub fn outcome(rx: Size, tx: Size) -> Outcome {
+pub fn outcome(rx: Size, tx: Size) -> CloseOutcome {
     match (rx, tx) {
-        (Size::Zero, Size::Zero) => Outcome::ZeroBytes,
+        (Size::Zero, Size::Zero) => CloseOutcome::ZeroBytes,
         (Size::Bytes(_) | Size::UnderTenth, _) | (_, Size::Bytes(_) | Size::UnderTenth) => {
-            Outcome::Transferred
+            CloseOutcome::Transferred
         }
-        _ => Outcome::Unknown,
+        _ => CloseOutcome::Unknown,
     }
 }
 
@@ -288,7 +289,7 @@ mod tests {
         assert_eq!(
             (
                 a.opened,
-                a.closed(Outcome::ZeroBytes),
+                a.closed(CloseOutcome::ZeroBytes),
                 a.errors(ErrorKind::ConnectTimeout),
                 a.open
             ),
@@ -309,7 +310,7 @@ mod tests {
         let b = row(&t, "com.b", Some(Proto::Tcp));
         assert_eq!(
             (
-                b.closed(Outcome::Transferred),
+                b.closed(CloseOutcome::Transferred),
                 b.rx_bytes,
                 b.open,
                 b.duration_count
@@ -317,7 +318,7 @@ mod tests {
             (1, 5_000_000, 0, 0)
         );
         assert_eq!(
-            row(&t, "unknown", Some(Proto::Tcp)).closed(Outcome::Transferred),
+            row(&t, "unknown", Some(Proto::Tcp)).closed(CloseOutcome::Transferred),
             1
         );
     }
@@ -334,7 +335,7 @@ mod tests {
         open(&mut t, 1, "com.b");
         close(&mut t, 1, Size::Zero, Some("com.a"));
         assert_eq!(
-            row(&t, "com.b", Some(Proto::Tcp)).closed(Outcome::ZeroBytes),
+            row(&t, "com.b", Some(Proto::Tcp)).closed(CloseOutcome::ZeroBytes),
             1
         );
         assert_eq!(row(&t, "com.a", Some(Proto::Tcp)).open, 0);
@@ -342,12 +343,15 @@ mod tests {
 
     #[test]
     fn outcomes() {
-        assert_eq!(outcome(Size::Zero, Size::Zero), Outcome::ZeroBytes);
-        assert_eq!(outcome(Size::UnderTenth, Size::Zero), Outcome::Transferred);
-        assert_eq!(outcome(Size::Zero, Size::Unparsed), Outcome::Unknown);
+        assert_eq!(outcome(Size::Zero, Size::Zero), CloseOutcome::ZeroBytes);
+        assert_eq!(
+            outcome(Size::UnderTenth, Size::Zero),
+            CloseOutcome::Transferred
+        );
+        assert_eq!(outcome(Size::Zero, Size::Unparsed), CloseOutcome::Unknown);
         assert_eq!(
             outcome(Size::Unparsed, Size::Bytes(1)),
-            Outcome::Transferred
+            CloseOutcome::Transferred
         );
     }
 

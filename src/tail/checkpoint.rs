@@ -52,12 +52,21 @@ impl CheckpointStore {
 
     /// The saved value; `None` if nothing was saved yet.
     pub fn load<T: DeserializeOwned>(&self) -> Result<Option<T>, CheckpointError> {
+        self.load_with(|bytes| serde_json::from_slice(bytes))
+    }
+
+    /// The saved value as `decode` reads the file's bytes (for formats that look before they
+    /// parse, e.g. at a version field); `None` if nothing was saved yet.
+    pub fn load_with<T>(
+        &self,
+        decode: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+    ) -> Result<Option<T>, CheckpointError> {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
         };
-        serde_json::from_slice(&bytes)
+        decode(&bytes)
             .map(Some)
             .map_err(|source| CheckpointError::Corrupt {
                 path: self.path.clone(),

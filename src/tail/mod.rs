@@ -28,7 +28,7 @@
 mod checkpoint;
 mod fingerprint;
 mod follower;
-mod lines;
+pub(crate) mod lines;
 mod tailer;
 
 pub use checkpoint::{CheckpointError, CheckpointStore};

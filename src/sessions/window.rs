@@ -1,4 +1,5 @@
-//! Session closes over a sliding window: the zero-byte share the policy and health read.
+//! Session closes over a sliding window, fed by the log stage: the zero-byte share the
+//! fallback policy and health read.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Who is there to write the log: PIA's processes, and the agent itself.
 //!
 //! A quiet log means nothing if the split-tunnel extension is not running (macOS can drop its
-//! approval after a reboot) or the daemon is down. The watch reports their presence, by role,
+//! approval after a reboot) or the daemon is down. This module reports their presence, by role,
 //! and the agent's own resource use as the standard `process_*` metrics on macOS and Linux
 //! alike (the prometheus crate's process collector covers Linux only).
 
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use strum::IntoEnumIterator;
 
 pub use metrics::PresenceCollector;
-pub use process::{FakeSource, ProcInfo, ProcessSource, SelfCollector, SysinfoSource};
+pub use process::{ProcInfo, ProcessSource, SelfCollector, SysinfoSource};
 
 /// What each PIA process is, for the `process` label.
 #[derive(
@@ -34,7 +34,7 @@ pub use process::{FakeSource, ProcInfo, ProcessSource, SelfCollector, SysinfoSou
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
-pub enum Role {
+pub enum ProcessRole {
     /// The split-tunnel network extension (the transparent proxy).
     Extension,
     /// `pia-daemon`.
@@ -83,18 +83,18 @@ impl ProcessConfig {
         Ok(())
     }
 
-    fn patterns(&self, role: Role) -> &[String] {
+    fn patterns(&self, role: ProcessRole) -> &[String] {
         match role {
-            Role::Extension => &self.extension,
-            Role::Daemon => &self.daemon,
-            Role::Vpn => &self.vpn,
+            ProcessRole::Extension => &self.extension,
+            ProcessRole::Daemon => &self.daemon,
+            ProcessRole::Vpn => &self.vpn,
         }
     }
 
     /// Roles `p` plays.
-    pub fn roles_of(&self, p: &ProcInfo) -> impl Iterator<Item = Role> + '_ {
+    pub fn roles_of(&self, p: &ProcInfo) -> impl Iterator<Item = ProcessRole> + '_ {
         let p = p.clone();
-        Role::iter().filter(move |r| {
+        ProcessRole::iter().filter(move |r| {
             self.patterns(*r).iter().any(|pat| {
                 p.name == *pat || p.exe.as_deref().is_some_and(|e| e.contains(pat.as_str()))
             })
@@ -113,25 +113,25 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn count(&self, role: Role) -> u32 {
+    pub fn count(&self, role: ProcessRole) -> u32 {
         match role {
-            Role::Extension => self.extension,
-            Role::Daemon => self.daemon,
-            Role::Vpn => self.vpn,
+            ProcessRole::Extension => self.extension,
+            ProcessRole::Daemon => self.daemon,
+            ProcessRole::Vpn => self.vpn,
         }
     }
 }
 
 /// Looks at the process table on demand and keeps the last answer for `/metrics` and health.
-pub struct ProcessWatch<S: ProcessSource> {
+pub struct PresenceTracker<S: ProcessSource> {
     source: S,
     config: ProcessConfig,
     last: Arc<Mutex<Presence>>,
 }
 
-impl<S: ProcessSource> ProcessWatch<S> {
+impl<S: ProcessSource> PresenceTracker<S> {
     pub fn new(source: S, config: ProcessConfig) -> Self {
-        ProcessWatch {
+        PresenceTracker {
             source,
             config,
             last: Arc::default(),
@@ -147,9 +147,9 @@ impl<S: ProcessSource> ProcessWatch<S> {
         for p in self.source.processes() {
             for role in self.config.roles_of(&p) {
                 match role {
-                    Role::Extension => presence.extension += 1,
-                    Role::Daemon => presence.daemon += 1,
-                    Role::Vpn => presence.vpn += 1,
+                    ProcessRole::Extension => presence.extension += 1,
+                    ProcessRole::Daemon => presence.daemon += 1,
+                    ProcessRole::Vpn => presence.vpn += 1,
                 }
             }
         }
@@ -166,58 +166,6 @@ impl<S: ProcessSource> ProcessWatch<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use process::FakeSource;
-
-    fn proc(name: &str, exe: Option<&str>) -> ProcInfo {
-        ProcInfo {
-            name: name.into(),
-            exe: exe.map(Into::into),
-        }
-    }
-
-    #[test]
-    fn roles_by_name_or_executable_path() {
-        let table = vec![
-            proc(
-                "com.privateinternetaccess.vpn.splittunnel",
-                Some(
-                    "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
-                ),
-            ),
-            proc("pia-daemon", None),
-            proc("launchd", Some("/sbin/launchd")),
-        ];
-        let source = FakeSource::new(table);
-        let mut watch = ProcessWatch::new(source.clone(), ProcessConfig::default());
-        assert_eq!(
-            watch.refresh(),
-            Presence {
-                extension: 1,
-                daemon: 1,
-                vpn: 0,
-                checked: true
-            }
-        );
-        source.set(vec![proc("pia-wireguard-go", None)]);
-        assert_eq!(
-            watch.refresh(),
-            Presence {
-                extension: 0,
-                daemon: 0,
-                vpn: 1,
-                checked: true
-            }
-        );
-        assert_eq!(
-            *watch.shared().lock().unwrap(),
-            Presence {
-                extension: 0,
-                daemon: 0,
-                vpn: 1,
-                checked: true
-            }
-        );
-    }
 
     #[test]
     fn empty_pattern_is_a_config_error() {

@@ -1,5 +1,5 @@
-//! `rules` and `fallback apply|revert|status`. These act on the backend directly; with an agent
-//! running in `auto`, prefer the HTTP endpoints so its controller sees the change.
+//! `fallback apply|revert|status`. These act on the backend directly; with an agent running in
+//! `auto`, prefer the HTTP endpoints so its controller sees the change.
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use super::{Plan, build_backend};
-use crate::config::Config;
+use crate::fallback::{FallbackConfig, Plan, build_backend};
 use crate::os::PhysicalIf;
+use crate::probe::ProbeConfig;
 
 /// The physical side the rules are rendered for.
 #[derive(Args, Debug, Clone)]
@@ -35,11 +35,12 @@ pub enum FallbackOp {
     Status,
 }
 
-/// The physical interface as discovered (or configured), with flags overriding each fact.
-fn plan(config: &Config, t: &TargetArgs) -> anyhow::Result<Plan> {
+/// The physical interface as discovered (or named in `probe.physical_interface`), with flags
+/// overriding each fact.
+pub fn plan(cfg: &FallbackConfig, probe: &ProbeConfig, t: &TargetArgs) -> anyhow::Result<Plan> {
     let mut ifs = crate::os::discover(
-        config.probe.physical_interface.as_deref(),
-        config.probe.tunnel_interface.as_deref(),
+        probe.physical_interface.as_deref(),
+        probe.tunnel_interface.as_deref(),
     );
     let found = ifs.physical.take();
     let name = t
@@ -64,26 +65,17 @@ fn plan(config: &Config, t: &TargetArgs) -> anyhow::Result<Plan> {
         ipv4,
         gateway: Some(gateway),
     });
-    Plan::from_interfaces(&ifs, &config.fallback).context("cannot build the rules")
-}
-
-/// `rules`: print what `fallback apply` would load.
-pub fn rules_command(config: &Config, target: &TargetArgs) -> anyhow::Result<ExitCode> {
-    config.fallback.validate().map_err(anyhow::Error::msg)?;
-    let plan = plan(config, target)?;
-    print!("{}", build_backend(&config.fallback).render(&plan));
-    Ok(ExitCode::SUCCESS)
+    Plan::from_interfaces(&ifs, cfg).context("cannot build the rules")
 }
 
 /// `fallback apply|revert|status`.
-pub fn fallback_command(config: &Config, op: &FallbackOp) -> anyhow::Result<ExitCode> {
-    let cfg = &config.fallback;
+pub fn run(cfg: &FallbackConfig, probe: &ProbeConfig, op: &FallbackOp) -> anyhow::Result<ExitCode> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let mut backend = build_backend(cfg);
     let kind = backend.kind();
     match op {
         FallbackOp::Apply(t) => {
-            let plan = plan(config, t)?;
+            let plan = plan(cfg, probe, t)?;
             backend
                 .apply(&plan)
                 .with_context(|| format!("{kind}: apply"))?;

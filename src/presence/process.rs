@@ -1,7 +1,8 @@
-//! The process table behind a small trait (sysinfo for real, a fake for tests), and the
+//! The process table behind a small trait (sysinfo for real; the demo's table in
+//! `crate::demo::ProcessTable`), and the
 //! agent's own `process_*` metrics.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
@@ -9,7 +10,7 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use crate::metrics::{Counter, Family, Gauge, Scrape};
 
-/// What the watch needs to know of a process.
+/// What presence needs to know of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcInfo {
     pub name: String,
@@ -56,29 +57,6 @@ impl ProcessSource for SysinfoSource {
                 exe: p.exe().map(|e| e.display().to_string()),
             })
             .collect()
-    }
-}
-
-/// A process table that tests set by hand.
-#[derive(Clone, Default)]
-pub struct FakeSource {
-    table: Arc<Mutex<Vec<ProcInfo>>>,
-}
-
-impl FakeSource {
-    pub fn new(table: Vec<ProcInfo>) -> Self {
-        FakeSource {
-            table: Arc::new(Mutex::new(table)),
-        }
-    }
-    pub fn set(&self, table: Vec<ProcInfo>) {
-        *self.table.lock().unwrap() = table;
-    }
-}
-
-impl ProcessSource for FakeSource {
-    fn processes(&mut self) -> Vec<ProcInfo> {
-        self.table.lock().unwrap().clone()
     }
 }
 

@@ -1,76 +1,15 @@
-//! `probe` and `diagnose`.
+//! `diagnose`: log statistics, the process table, one probe round and what the system says,
+//! in plain English: the cause and the repair.
 
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
-use super::{PathKind, Prober, Round, verdicts};
+use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
+use crate::presence::{Presence, PresenceTracker, SysinfoSource};
+use crate::probe::{PathKind, Round, verdicts};
 use crate::proxy_log::{ErrorKind, Level};
-use crate::watch::{Presence, ProcessWatch, SysinfoSource};
-
-fn one_round(config: &Config) -> anyhow::Result<Round> {
-    config.probe.validate().map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    Ok(rt.block_on(Prober::new(config.probe.clone()).round_now()))
-}
-
-/// One round as a table; exit 1 when the bypass is broken.
-pub fn probe_command(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let round = one_round(config)?;
-    let v = verdicts(&round);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "round": round, "verdicts": v }))?
-        );
-    } else {
-        print!("{}", table(&round));
-        for line in &v.text {
-            println!("{line}");
-        }
-    }
-    Ok(if v.bypass_working {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-pub fn table(round: &Round) -> String {
-    let mut out = format!(
-        "{:<9} {:<18} {:<16} {:>8}  {}\n",
-        "path", "bound to", "egress", "time", "error"
-    );
-    for r in &round.results {
-        let bound = match r.path {
-            PathKind::Physical => round.interfaces.physical.as_ref().map(|p| p.name.clone()),
-            PathKind::Tunnel => round.interfaces.tunnel.as_ref().map(|t| t.name.clone()),
-            PathKind::Bypass => round
-                .interfaces
-                .physical
-                .as_ref()
-                .map(|p| p.ipv4.to_string()),
-            PathKind::Default => Some("(routing table)".into()),
-        };
-        let (egress, error) = match r.outcome {
-            Ok(ip) => (ip.to_string(), String::new()),
-            Err(e) => ("-".into(), e.to_string()),
-        };
-        let _ = writeln!(
-            out,
-            "{:<9} {:<18} {:<16} {:>5} ms  {error}",
-            <&str>::from(r.path),
-            bound.unwrap_or_else(|| "(none)".into()),
-            egress,
-            r.duration.as_millis()
-        );
-    }
-    out
-}
 
 /// The log files that exist: the archive first, then the live file, then the error log.
 fn log_files(config: &Config) -> Vec<PathBuf> {
@@ -97,7 +36,8 @@ pub struct LogFacts {
     pub error_log_present: bool,
 }
 
-pub fn diagnose_command(config: &Config) -> anyhow::Result<ExitCode> {
+/// `diagnose`; exit 1 when the bypass is broken.
+pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let files = log_files(config);
     let report = Report::from_files(&files, &config.log)?;
     let facts = LogFacts {
@@ -105,14 +45,14 @@ pub fn diagnose_command(config: &Config) -> anyhow::Result<ExitCode> {
         zero_byte: report.zero_byte_closures(),
         errors: report.errors_by_kind().into_iter().collect(),
         bind_ip: report.bind_ips().into_iter().next(),
-        level: report.pipeline.proxy.level(),
+        level: report.pipeline.proxy().level(),
         debug_log_present: config.log.path.is_file(),
         error_log_present: !config.log.error_path.as_os_str().is_empty()
             && config.log.error_path.is_file(),
     };
-    let mut watch = ProcessWatch::new(SysinfoSource::new()?, config.processes.clone());
+    let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
-    let round = one_round(config)?;
+    let round = one_round(&config.probe)?;
     let platform = crate::os::routing_facts(&round.interfaces);
     for line in explain(&round, &facts, &presence, &platform) {
         println!("{line}");
