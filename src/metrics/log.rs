@@ -1,6 +1,7 @@
 //! The log side's families, rendered at scrape time from the shared [`Pipeline`].
 //!
-//! Per app and protocol: sessions opened, closed by outcome, open now. Per app: bytes, and
+//! Per app and protocol: sessions opened, closed by outcome (`unknown` once it happens), open
+//! now. Per app: bytes, and
 //! flow errors by kind once the app has one. Per protocol only: the duration histogram (16
 //! series per app and protocol would be most of the output). This keeps a scrape at 64 apps
 //! under 100 KB; `benches/metrics_render.rs` measures it.
@@ -227,7 +228,11 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         let l = [app, proto_label(proto)];
         opened.add(l, c.opened as f64);
         for o in CloseOutcome::iter() {
-            closed.add([l[0], l[1], o.into()], c.closed(o) as f64);
+            // `unknown` (sizes in a shape the parser does not know) is rare: it appears with
+            // its first session rather than as a zero per app and protocol.
+            if o != CloseOutcome::Unknown || c.closed(o) > 0 {
+                closed.add([l[0], l[1], o.into()], c.closed(o) as f64);
+            }
         }
         open.set(l, c.open as f64);
         sum.rx += c.rx_bytes;
