@@ -246,44 +246,6 @@ fn idle() -> Vec<String> {
     )]
 }
 
-/// A log with 64 apps, TCP and UDP, transferred and zero-byte sessions and errors.
-fn sixty_four_apps() -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut id = 0;
-    for round in 0..4 {
-        for app in 0..64 {
-            id += 1;
-            let app = format!("com.bench.app{app:02}");
-            let (proto, file, open) = if round % 2 == 0 {
-                (
-                    "TCP",
-                    "ChannelCreatorTCP.swift:50",
-                    format!(
-                        "{app} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15"
-                    ),
-                )
-            } else {
-                (
-                    "UDP",
-                    "ChannelCreatorUDP.swift:53",
-                    format!(
-                        "{app} Creating and binding a new UDP socket with bindIp: 10.0.15.15 and localEndpoint: N/A"
-                    ),
-                )
-            };
-            let size = if round < 2 { "1.5 MB" } else { "Zero KB" };
-            writeln!(
-                out,
-                "[2026-02-16 11:49:31:4330] [{file}] debug: id: {id} {open}\r"
-            )
-            .unwrap();
-            writeln!(out, "[2026-02-16 11:49:31:5330] [FlowForwarder{proto}.swift:32] error: id: {id} Empty buffer occurred during {proto} flow.readData() {app}\r").unwrap();
-            writeln!(out, "[2026-02-16 11:49:32:5330] [ProxySession{proto}.swift:31] debug: id: {id} Destructor: ProxySession closed. rxBytes={size} txBytes={size} {app}\r").unwrap();
-        }
-    }
-    out
-}
-
 /// Runs wrk; returns (requests/s, p50, p99, non-2xx count) from its report.
 fn wrk(url: &str, secs: u64) -> (String, String, String, String) {
     let out = Command::new("wrk")
@@ -313,7 +275,7 @@ fn load() -> Vec<String> {
     config.log.error_path = dir.path().join("STProxy.log");
     config.log.checkpoint = dir.path().join("cp.json");
     config.fallback.backend = pia_split_tunnel_exporter::fallback::BackendChoice::None;
-    std::fs::write(&config.log.path, sixty_four_apps()).expect("log");
+    std::fs::write(&config.log.path, agent::apps_log(64)).expect("log");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -158,7 +158,7 @@ impl Report {
 
     /// The log-side metrics of the agent after reading the same lines.
     pub fn to_prometheus(&self) -> String {
-        let mut families = crate::metrics::render(&self.pipeline);
+        let mut families = crate::metrics::log::render(&self.pipeline);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf)

@@ -11,6 +11,7 @@ use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{ApplyOutcome, Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
+use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::probe::{Round, Verdict};
 use pia_split_tunnel_exporter::sessions::window::SessionsVerdict;
@@ -44,6 +45,13 @@ fn controller(cfg: &FallbackConfig, verify: Round) -> (Controller, Registry, Arc
 
 const NONE: SessionsVerdict = NO_SESSIONS;
 
+/// Health over the controller's status, its metrics on `reg`.
+fn registered_health(c: &Controller, reg: &Registry) -> Arc<Health> {
+    let h = Arc::new(Health::new(&HealthConfig::default()).with_fallback(c.status_handle()));
+    pia_split_tunnel_exporter::metrics::register(reg, HealthCollector(h.clone())).unwrap();
+    h
+}
+
 #[tokio::test]
 async fn auto_applies_verifies_and_health_reports_it() {
     let s = StandIn::new();
@@ -52,9 +60,7 @@ async fn auto_applies_verifies_and_health_reports_it() {
         ..s.config()
     };
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&c, &reg);
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
     assert_eq!(
@@ -95,9 +101,9 @@ async fn auto_applies_verifies_and_health_reports_it() {
         "pia_split_tunnel_fallback_active 1",
         "pia_split_tunnel_fallback_actions_total{action=\"apply\",result=\"ok\"} 1",
         "pia_split_tunnel_fallback_decisions_total{decision=\"apply\",reason=\"probe_broken\"} 1",
-        "pia_split_tunnel_fallback_mode_info{mode=\"auto\"} 1",
-        "pia_split_tunnel_fallback_mode_info{mode=\"observe\"} 0",
-        "pia_split_tunnel_fallback_backend_info{backend=\"pf\"} 1",
+        "pia_split_tunnel_fallback_mode{fallback_mode=\"auto\"} 1",
+        "pia_split_tunnel_fallback_mode{fallback_mode=\"observe\"} 0",
+        "pia_split_tunnel_fallback_backend{fallback_backend=\"pf\"} 1",
         "pia_split_tunnel_health_status{component=\"probe_bypass\",status=\"ok\"} 1",
         "pia_split_tunnel_health_status{component=\"probe_bypass\",status=\"failing\"} 0",
         "pia_split_tunnel_ready 1",
@@ -123,9 +129,7 @@ async fn failed_verification_rolls_back_and_counts() {
     };
     // Even with the rules loaded the bypass still goes through the tunnel.
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Tunnel));
-    let health = Health::new(&HealthConfig::default(), &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&c, &reg);
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
     on_round(&mut c, t0, &broken, NONE).await;
@@ -167,9 +171,7 @@ async fn backend_failure_is_failing_health() {
         ..s.config()
     };
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&c, &reg);
     on_round(&mut c, Instant::now(), &round(true, Bypass::Timeout), NONE).await;
     let st = c.status();
     assert_eq!(
@@ -194,9 +196,7 @@ async fn observe_decides_but_never_touches_pf() {
     let s = StandIn::new();
     let cfg = s.config(); // mode observe by default
     let (mut c, reg, _) = controller(&cfg, round(true, Bypass::Physical));
-    let health = Health::new(&HealthConfig::default(), &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&c, &reg);
     let t0 = Instant::now();
     let broken = round(true, Bypass::Timeout);
     on_round(&mut c, t0, &broken, NONE).await;

@@ -186,7 +186,7 @@ async fn alertmanager_webhook_applies_in_auto_and_limits_bodies() {
 
 #[tokio::test]
 async fn health_is_503_when_failing_and_ready_after_round_and_log() {
-    let health = Arc::new(Health::new(&HealthConfig::default(), &Registry::new()).unwrap());
+    let health = Arc::new(Health::new(&HealthConfig::default()));
     let app = pia_split_tunnel_exporter::health::http::router(health.clone());
     let get = |path: &'static str| {
         let app = app.clone();

@@ -15,6 +15,7 @@ use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
+use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
@@ -67,6 +68,13 @@ fn observe(ns: &Netns) -> Round {
     }
 }
 
+/// Health over the controller's status, its metrics on `reg`.
+fn registered_health(c: &Controller, reg: &Registry) -> Arc<Health> {
+    let h = Arc::new(Health::new(&HealthConfig::default()).with_fallback(c.status_handle()));
+    pia_split_tunnel_exporter::metrics::register(reg, HealthCollector(h.clone())).unwrap();
+    h
+}
+
 #[tokio::test]
 async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     let ns = Arc::new(Netns::new());
@@ -89,9 +97,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
         Box::new(v),
         FallbackMetrics::register(&reg).unwrap(),
     );
-    let health = Health::new(&HealthConfig::default(), &reg)
-        .unwrap()
-        .with_fallback(c.status_handle());
+    let health = registered_health(&c, &reg);
     health.update_log(LogHealthInput {
         file_present: true,
         lines_read: 1,

@@ -80,9 +80,7 @@ fn presence_metric_appears_after_the_first_look() {
     let source = ProcessTable::new(vec![proc(&format!("{APP}pia-daemon"))]);
     let mut watch = PresenceTracker::new(source, ProcessConfig::default());
     let registry = prometheus::Registry::new();
-    registry
-        .register(Box::new(PresenceCollector::new(watch.shared())))
-        .unwrap();
+    metrics::register(&registry, PresenceCollector::new(watch.shared())).unwrap();
     assert!(!metrics::encode(&registry).contains("process_running"));
     watch.refresh();
     let text = metrics::encode(&registry);

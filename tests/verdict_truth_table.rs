@@ -306,7 +306,7 @@ fn policy_health_and_metrics_all_read_the_verdict() {
         assert!(bypass.reason.contains(&v.text), "{what}: {}", bypass.reason);
         // /metrics: one-hot verdict.
         let reg = prometheus::Registry::new();
-        let m = ProbeMetrics::register(&reg).unwrap();
+        let m = ProbeMetrics::register(&reg, false).unwrap();
         m.observe(&round, &v);
         let fam = reg
             .gather()

@@ -17,9 +17,10 @@ use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::http::SharedController;
 use crate::fallback::metrics::SessionsCollector;
+use crate::health::metrics::HealthCollector;
 use crate::health::{Health, LogHealthInput};
 use crate::ingest::{Ingest, IngestEvents};
-use crate::metrics::LogCollector;
+use crate::metrics::{Counter, CounterCell, Family, LogCollector};
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
 use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
@@ -113,15 +114,16 @@ pub async fn run_until(
     let pipeline = ingest.pipeline();
 
     let registry = Registry::new();
-    crate::metrics::register_build_info(&registry)?;
-    registry.register(Box::new(LogCollector::new(pipeline.clone())))?;
-    registry.register(Box::new(SelfCollector::new()?))?;
+    crate::metrics::register(&registry, crate::metrics::BuildInfo)?;
+    crate::metrics::register(&registry, LogCollector::new(pipeline.clone()))?;
+    crate::metrics::register(&registry, SelfCollector::new()?)?;
     let processes = PresenceTracker::new(sources.processes, config.processes.clone());
-    registry.register(Box::new(PresenceCollector::new(processes.shared())))?;
-    let probe_metrics = crate::probe::ProbeMetrics::register(&registry)?;
+    crate::metrics::register(&registry, PresenceCollector::new(processes.shared()))?;
+    let probe_metrics =
+        crate::probe::ProbeMetrics::register(&registry, config.probe.export_addresses)?;
 
     let window: SharedWindow = Arc::new(Mutex::new(config.fallback.session_window()));
-    registry.register(Box::new(SessionsCollector::new(window.clone())))?;
+    crate::metrics::register(&registry, SessionsCollector::new(window.clone()))?;
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
     let backend = crate::fallback::build_backend(&config.fallback);
     let mut controller = match &sources.rounds {
@@ -136,20 +138,17 @@ pub async fn run_until(
     if let Err(e) = controller.reconcile() {
         tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
     }
-    let mut health = Health::new(&config.health, &registry)?
+    let mut health = Health::new(&config.health)
         .with_sessions(window.clone())
         .with_fallback(controller.status_handle());
     if sources.rounds.is_none() {
         health = health.without_probes();
     }
     let health = Arc::new(health);
+    crate::metrics::register(&registry, HealthCollector(health.clone()))?;
     let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
 
-    let save_errors = prometheus::IntCounter::new(
-        "pia_split_tunnel_checkpoint_save_errors_total",
-        "Failed saves of the checkpoint (log.checkpoint); retried every second.",
-    )?;
-    registry.register(Box::new(save_errors.clone()))?;
+    let save_errors = CounterCell::register(&registry, &CHECKPOINT_SAVE_ERRORS)?;
     // The log side tells the rounds when the sessions become evidence.
     let evidence = Arc::new(tokio::sync::Notify::new());
     let events = AgentEvents {
@@ -258,10 +257,16 @@ const LINKS: &[(&str, &str)] = &[
     ("/-/healthy", "liveness"),
 ];
 
+const CHECKPOINT_SAVE_ERRORS: Family<Counter, 0> = Family::new(
+    "checkpoint_save_errors_total",
+    "Failed saves of the checkpoint (log.checkpoint); retried every second.",
+    [],
+);
+
 /// The log stage's events, as health input and the checkpoint's error counter.
 struct AgentEvents {
     health: Arc<Health>,
-    save_errors: prometheus::IntCounter,
+    save_errors: CounterCell,
     evidence: Arc<tokio::sync::Notify>,
     edge: Mutex<EvidenceEdge>,
 }

@@ -51,6 +51,8 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
     config.log.error_path = std::path::PathBuf::new();
     // The demo decides and reports, and never touches this machine's network.
     config.fallback.backend = crate::fallback::BackendChoice::None;
+    // Its addresses are documentation ranges: show them, as the dashboard's egress panel does.
+    config.probe.export_addresses = true;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = rt.block_on(async {
         let listener = crate::http::bind(&config.http.listen)
@@ -123,6 +125,13 @@ pub const HOME_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
 pub const VPN_EXIT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
 
 impl ReplayRounds {
+    /// Rounds as the demo replays them, the bypass broken or not.
+    pub fn new(broken: bool) -> Self {
+        ReplayRounds {
+            broken: Arc::new(AtomicBool::new(broken)),
+        }
+    }
+
     pub fn round_now(&self) -> Round {
         let broken = self.broken.load(Ordering::Relaxed);
         let ok = |path, ip, ms| PathResult {

@@ -1,189 +1,218 @@
-//! The fallback's metrics, prefix `pia_split_tunnel_`, and the sessions verdict it weighs
-//! (rendered at scrape time: the window slides).
+//! The fallback's metrics, kept as plain counters and rendered at scrape time, and the sessions
+//! verdict it weighs (rendered at scrape time too: the window slides).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use strum::IntoEnumIterator;
-
-use crate::metrics::{FamilyBuilder, FamilySpec};
-use crate::sessions::window::{SessionsState, SharedWindow};
+use prometheus::Registry;
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
+use strum::{EnumCount, IntoEnumIterator};
 
 use super::policy::{Action, ApplyOutcome, Decision};
 use super::{BackendKind, Mode};
+use crate::metrics::{Counter, Family, Gauge, Scrape};
+use crate::sessions::window::{SessionsState, SharedWindow};
 
-#[derive(Clone)]
-pub struct FallbackMetrics {
-    active: IntGauge,
-    mode: IntGaugeVec,
-    backend: IntGaugeVec,
-    actions: IntCounterVec,
-    decisions: IntCounterVec,
-    verify_failures: IntCounter,
-    last_action: Gauge,
-    alerts: IntCounterVec,
-}
-
-const P: &str = "pia_split_tunnel_";
-
-impl FallbackMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = FallbackMetrics {
-            active: IntGauge::new(
-                format!("{P}fallback_active"),
-                "1 while the fallback is installed.",
-            )?,
-            mode: IntGaugeVec::new(
-                Opts::new(
-                    format!("{P}fallback_mode_info"),
-                    "Configured fallback mode.",
-                ),
-                &["mode"],
-            )?,
-            backend: IntGaugeVec::new(
-                Opts::new(
-                    format!("{P}fallback_backend_info"),
-                    "Fallback backend in use.",
-                ),
-                &["backend"],
-            )?,
-            actions: IntCounterVec::new(
-                Opts::new(
-                    format!("{P}fallback_actions_total"),
-                    "Actions on the backend by result.",
-                ),
-                &["action", "result"],
-            )?,
-            decisions: IntCounterVec::new(
-                Opts::new(
-                    format!("{P}fallback_decisions_total"),
-                    "Policy decisions by reason.",
-                ),
-                &["decision", "reason"],
-            )?,
-            verify_failures: IntCounter::new(
-                format!("{P}fallback_verify_failures_total"),
-                "Applies after which the bypass still did not egress as the physical path.",
-            )?,
-            last_action: Gauge::new(
-                format!("{P}fallback_last_action_timestamp_seconds"),
-                "Unix time of the last action on the backend.",
-            )?,
-            alerts: IntCounterVec::new(
-                Opts::new(
-                    format!("{P}fallback_alert_requests_total"),
-                    "Alertmanager webhook requests by answer (applied, already_active, not_acted, \
-                     not_for_this_instance, ignored, malformed).",
-                ),
-                &["result"],
-            )?,
-        };
-        registry.register(Box::new(m.alerts.clone()))?;
-        registry.register(Box::new(m.active.clone()))?;
-        registry.register(Box::new(m.mode.clone()))?;
-        registry.register(Box::new(m.backend.clone()))?;
-        registry.register(Box::new(m.actions.clone()))?;
-        registry.register(Box::new(m.decisions.clone()))?;
-        registry.register(Box::new(m.verify_failures.clone()))?;
-        registry.register(Box::new(m.last_action.clone()))?;
-        // Every action/result pair exists from the start, so rate() sees the first one.
-        for a in Action::iter() {
-            for o in ApplyOutcome::iter() {
-                m.actions.with_label_values(&[<&str>::from(a), o.into()]);
-            }
-        }
-        Ok(m)
-    }
-
-    pub fn set_mode(&self, mode: Mode) {
-        for m in Mode::iter() {
-            self.mode
-                .with_label_values(&[<&str>::from(m)])
-                .set(i64::from(m == mode));
-        }
-    }
-
-    pub fn set_backend(&self, backend: BackendKind) {
-        for b in BackendKind::iter() {
-            self.backend
-                .with_label_values(&[<&str>::from(b)])
-                .set(i64::from(b == backend));
-        }
-    }
-
-    pub fn alert(&self, result: &str) {
-        self.alerts.with_label_values(&[result]).inc();
-    }
-
-    pub fn set_active(&self, active: bool) {
-        self.active.set(i64::from(active));
-    }
-
-    pub fn decision(&self, d: &Decision) {
-        self.decisions
-            .with_label_values(&[d.label(), <&str>::from(d.reason())])
-            .inc();
-    }
-
-    pub fn action(&self, action: Action, outcome: ApplyOutcome) {
-        self.actions
-            .with_label_values(&[<&str>::from(action), outcome.into()])
-            .inc();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        self.last_action.set(now);
-        if outcome == ApplyOutcome::RolledBack {
-            self.verify_failures.inc();
-        }
-    }
-}
-
-const FAMILIES: &[FamilySpec] = &[(
+const ACTIVE: Family<Gauge, 0> =
+    Family::new("fallback_active", "1 while the fallback is installed.", []);
+const MODE: Family<Gauge, 1> = Family::new(
+    "fallback_mode",
+    "State set: the configured fallback mode (1 for that mode).",
+    ["fallback_mode"],
+);
+const BACKEND: Family<Gauge, 1> = Family::new(
+    "fallback_backend",
+    "State set: the fallback backend in use (1 for that backend).",
+    ["fallback_backend"],
+);
+const ACTIONS: Family<Counter, 2> = Family::new(
+    "fallback_actions_total",
+    "Actions on the backend by result.",
+    ["action", "result"],
+);
+const DECISIONS: Family<Counter, 2> = Family::new(
+    "fallback_decisions_total",
+    "Policy decisions by reason.",
+    ["decision", "reason"],
+);
+const VERIFY_FAILURES: Family<Counter, 0> = Family::new(
+    "fallback_verify_failures_total",
+    "Applies after which the bypass still did not egress as the physical path.",
+    [],
+);
+const LAST_ACTION: Family<Gauge, 0> = Family::new(
+    "fallback_last_action_timestamp_seconds",
+    "Unix time of the last action on the backend.",
+    [],
+);
+const ALERT_REQUESTS: Family<Counter, 1> = Family::new(
+    "fallback_alert_requests_total",
+    "Alertmanager webhook requests by answer (applied, already_active, not_acted, \
+     not_for_this_instance, ignored, malformed, failed).",
+    ["result"],
+);
+const SESSIONS_VERDICT: Family<Gauge, 1> = Family::new(
     "sessions_verdict",
     "The agent's judgement of the bypass sessions closed in the last fallback.window_secs \
      (thresholds fallback.min_sessions and fallback.zero_byte_ratio): 1 for its state, 0 for \
      the others.",
-    MetricType::GAUGE,
-    &["state"],
-)];
+    ["state"],
+);
 
-/// Renders the sessions verdict at scrape time.
-pub struct SessionsCollector {
-    window: SharedWindow,
-    descs: Vec<Desc>,
+struct State {
+    active: bool,
+    mode: Mode,
+    backend: BackendKind,
+    actions: [[u64; ApplyOutcome::COUNT]; Action::COUNT],
+    /// By (decision, reason): only pairs that happened are rendered (4 × 18 would be noise).
+    decisions: BTreeMap<(&'static str, &'static str), u64>,
+    verify_failures: u64,
+    last_action: Option<f64>,
+    /// Webhook answers: only those given are rendered.
+    alerts: BTreeMap<String, u64>,
 }
 
-impl SessionsCollector {
-    pub fn new(window: SharedWindow) -> Self {
-        SessionsCollector {
-            window,
-            descs: FamilyBuilder::descs(FAMILIES),
+#[derive(Clone)]
+pub struct FallbackMetrics {
+    state: Arc<Mutex<State>>,
+}
+
+impl FallbackMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = FallbackMetrics {
+            state: Arc::new(Mutex::new(State {
+                active: false,
+                mode: Mode::default(),
+                backend: BackendKind::None,
+                actions: Default::default(),
+                decisions: BTreeMap::new(),
+                verify_failures: 0,
+                last_action: None,
+                alerts: BTreeMap::new(),
+            })),
+        };
+        crate::metrics::register(registry, m.clone())?;
+        Ok(m)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state().mode = mode;
+    }
+
+    pub fn set_backend(&self, backend: BackendKind) {
+        self.state().backend = backend;
+    }
+
+    pub fn alert(&self, result: &str) {
+        *self.state().alerts.entry(result.to_owned()).or_default() += 1;
+    }
+
+    pub fn set_active(&self, active: bool) {
+        self.state().active = active;
+    }
+
+    pub fn decision(&self, d: &Decision) {
+        *self
+            .state()
+            .decisions
+            .entry((d.label(), d.reason().into()))
+            .or_default() += 1;
+    }
+
+    pub fn action(&self, action: Action, outcome: ApplyOutcome) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let mut s = self.state();
+        s.actions[action as usize][outcome as usize] += 1;
+        s.last_action = Some(now);
+        if outcome == ApplyOutcome::RolledBack {
+            s.verify_failures += 1;
         }
     }
 }
 
-impl Collector for SessionsCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+impl Scrape for FallbackMetrics {
+    fn descs(&self) -> Vec<Desc> {
+        vec![
+            ACTIVE.desc(),
+            MODE.desc(),
+            BACKEND.desc(),
+            ACTIONS.desc(),
+            DECISIONS.desc(),
+            VERIFY_FAILURES.desc(),
+            LAST_ACTION.desc(),
+            ALERT_REQUESTS.desc(),
+        ]
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    fn scrape(&self) -> Vec<MetricFamily> {
+        let s = self.state();
+        // Every action/result pair exists from the start, so rate() sees the first one.
+        let mut actions = ACTIONS.samples();
+        for a in Action::iter() {
+            for o in ApplyOutcome::iter() {
+                let n = s.actions[a as usize][o as usize];
+                actions.add([a.into(), o.into()], n as f64);
+            }
+        }
+        let mut decisions = DECISIONS.samples();
+        for ((d, r), n) in &s.decisions {
+            decisions.add([d, r], *n as f64);
+        }
+        let mut out = vec![
+            ACTIVE.single(f64::from(u8::from(s.active))),
+            MODE.stateset(Mode::iter(), &s.mode),
+            BACKEND.stateset(BackendKind::iter(), &s.backend),
+            actions.done(),
+            VERIFY_FAILURES.single(s.verify_failures as f64),
+        ];
+        if !decisions.is_empty() {
+            out.push(decisions.done());
+        }
+        if let Some(t) = s.last_action {
+            out.push(LAST_ACTION.single(t));
+        }
+        if !s.alerts.is_empty() {
+            let mut alerts = ALERT_REQUESTS.samples();
+            for (result, n) in &s.alerts {
+                alerts.add([result], *n as f64);
+            }
+            out.push(alerts.done());
+        }
+        out
+    }
+}
+
+/// Renders the sessions verdict at scrape time.
+pub struct SessionsCollector {
+    window: SharedWindow,
+}
+
+impl SessionsCollector {
+    pub fn new(window: SharedWindow) -> Self {
+        SessionsCollector { window }
+    }
+}
+
+impl Scrape for SessionsCollector {
+    fn descs(&self) -> Vec<Desc> {
+        vec![SESSIONS_VERDICT.desc()]
+    }
+
+    fn scrape(&self) -> Vec<MetricFamily> {
         let v = self
             .window
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .verdict(Instant::now());
-        let mut f = FamilyBuilder::declared(FAMILIES, "sessions_verdict");
-        for state in SessionsState::iter() {
-            f.gauge(
-                &[("state", state.into())],
-                f64::from(u8::from(v.state == state)),
-            );
-        }
-        vec![f.build()]
+        vec![SESSIONS_VERDICT.stateset(SessionsState::iter(), &v.state)]
     }
 }

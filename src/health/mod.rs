@@ -1,15 +1,15 @@
 //! Health: a model of the agent's components ([`model`]), the state the agent loop feeds
-//! ([`Health`]), its metrics, and `GET /health`, `GET /-/ready` ([`http`]).
+//! ([`Health`]), its metrics ([`metrics`], rendered from the same report at scrape time), and
+//! `GET /health`, `GET /-/ready` ([`http`]). Reading health changes nothing.
 
 pub mod http;
+pub mod metrics;
 pub mod model;
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
-use strum::IntoEnumIterator;
 
 use crate::fallback::controller::StatusHandle;
 use crate::presence::Presence;
@@ -81,27 +81,12 @@ pub struct Health {
     inputs: RwLock<Inputs>,
     sessions: Option<SharedWindow>,
     fallback: Option<StatusHandle>,
-    status_gauge: IntGaugeVec,
-    ready_gauge: IntGauge,
 }
 
 impl Health {
-    /// Registers `health_status{component,status}` and `ready` on `registry`.
-    pub fn new(cfg: &HealthConfig, registry: &Registry) -> prometheus::Result<Self> {
-        let status_gauge = IntGaugeVec::new(
-            Opts::new(
-                "pia_split_tunnel_health_status",
-                "1 for each component's current status (ok, degraded, failing), 0 for the others.",
-            ),
-            &["component", "status"],
-        )?;
-        let ready_gauge = IntGauge::new(
-            "pia_split_tunnel_ready",
-            "1 once the log was read and, when probing, the first probe round done.",
-        )?;
-        registry.register(Box::new(status_gauge.clone()))?;
-        registry.register(Box::new(ready_gauge.clone()))?;
-        let h = Health {
+    /// Its metrics: [`metrics::HealthCollector`].
+    pub fn new(cfg: &HealthConfig) -> Self {
+        Health {
             thresholds: model::Thresholds {
                 log_stale: Duration::from_secs(cfg.log_stale_secs),
                 log_max_level: cfg.log_max_level,
@@ -110,19 +95,12 @@ impl Health {
             inputs: RwLock::default(),
             sessions: None,
             fallback: None,
-            status_gauge,
-            ready_gauge,
-        };
-        h.report(Instant::now());
-        Ok(h)
+        }
     }
 
     /// Log-only mode (`probe.enabled = false`): no probe components, readiness without a round.
     pub fn without_probes(mut self) -> Self {
         self.probing = false;
-        // The probe components are absent, so are their series.
-        self.status_gauge.reset();
-        self.report(Instant::now());
         self
     }
 
@@ -139,19 +117,16 @@ impl Health {
     /// After each log read.
     pub fn update_log(&self, input: LogHealthInput) {
         self.inputs.write().expect("health lock").log = Some(input);
-        self.report(Instant::now());
     }
 
     /// After each look at the process table.
     pub fn update_processes(&self, presence: Presence) {
         self.inputs.write().expect("health lock").processes = Some(presence);
-        self.report(Instant::now());
     }
 
     /// After each probe round (and after the fallback controller saw it), with its verdict.
     pub fn update_round(&self, round: Round, verdict: Verdict) {
         self.inputs.write().expect("health lock").round = Some((round, verdict));
-        self.report(Instant::now());
     }
 
     /// After each checkpoint save attempt: `Err` carries why it failed.
@@ -170,22 +145,19 @@ impl Health {
                 error: result.err(),
             });
         }
-        self.report(now);
     }
 
     pub fn readiness(&self) -> Readiness {
         let i = self.inputs.read().expect("health lock");
         let probe_round = self.probing.then_some(i.round.is_some());
-        let r = Readiness {
+        Readiness {
             ready: i.log.is_some() && probe_round != Some(false),
             probe_round,
             log_read: i.log.is_some(),
-        };
-        self.ready_gauge.set(i64::from(r.ready));
-        r
+        }
     }
 
-    /// The report at `now`; also refreshes the health metrics.
+    /// The report at `now`.
     pub fn report(&self, now: Instant) -> HealthReport {
         let sessions = self.sessions.as_ref().map(|w| {
             let w = w.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,7 +167,7 @@ impl Health {
             .fallback
             .as_ref()
             .map(|f| f.read().expect("status lock").clone());
-        let report = {
+        {
             let i = self.inputs.read().expect("health lock");
             let checkpoint = i.checkpoint.as_ref().map(|c| CheckpointInput {
                 path: c.path.clone(),
@@ -214,15 +186,6 @@ impl Health {
                     checkpoint: checkpoint.as_ref(),
                 },
             )
-        };
-        for (name, comp) in &report.components {
-            for s in Status::iter() {
-                self.status_gauge
-                    .with_label_values(&[name, <&str>::from(s)])
-                    .set(i64::from(comp.status == s));
-            }
         }
-        self.readiness();
-        report
     }
 }

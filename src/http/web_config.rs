@@ -14,6 +14,7 @@
 //! Unlike the Go toolkit the file is read once at start; the certificate and key files are
 //! read again when they change, so a renewed certificate needs no restart.
 
+use crate::metrics::{Counter, CounterCell, Family};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -163,7 +164,7 @@ impl WebConfig {
     /// control endpoints carry their own bearer token in the same header.
     pub fn protect(&self, app: Router, registry: &prometheus::Registry) -> Router {
         let Some(auth) = &self.auth else { return app };
-        if let Err(e) = registry.register(Box::new(auth.refused.clone())) {
+        if let Err(e) = crate::metrics::register(registry, auth.refused.clone()) {
             tracing::warn!(error = %e, "cannot register the basic auth refusal counter");
         }
         app.layer(middleware::from_fn_with_state(auth.clone(), require_basic))
@@ -219,8 +220,14 @@ pub struct BasicAuth {
     users: BTreeMap<String, String>,
     verified: Mutex<HashMap<String, Vec<u8>>>,
     gate: tokio::sync::Mutex<()>,
-    refused: prometheus::IntCounter,
+    refused: CounterCell,
 }
+
+const HTTP_UNAUTHORIZED: Family<Counter, 0> = Family::new(
+    "http_unauthorized_total",
+    "Requests refused for missing or wrong basic auth credentials (basic_auth_users in --web.config.file).",
+    [],
+);
 
 /// Longest `Authorization` value looked at: a user and a bcrypt password (72 bytes) fit.
 const MAX_AUTHORIZATION: usize = 1024;
@@ -236,11 +243,7 @@ impl BasicAuth {
             users,
             verified: Mutex::new(HashMap::new()),
             gate: tokio::sync::Mutex::new(()),
-            refused: prometheus::IntCounter::new(
-                "pia_split_tunnel_http_unauthorized_total",
-                "Requests refused for missing or wrong basic auth credentials (basic_auth_users in --web.config.file).",
-            )
-            .expect("valid metric"),
+            refused: CounterCell::new(&HTTP_UNAUTHORIZED),
         })
     }
 

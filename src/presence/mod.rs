@@ -5,16 +5,15 @@
 //! and the agent's own resource use as the standard `process_*` metrics on macOS and Linux
 //! alike (the prometheus crate's process collector covers Linux only).
 
+pub mod metrics;
 pub mod process;
 
 use std::sync::{Arc, Mutex};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 use strum::IntoEnumIterator;
 
-use crate::metrics::FamilyBuilder;
+pub use metrics::PresenceCollector;
 pub use process::{ProcInfo, ProcessSource, SelfCollector, SysinfoSource};
 
 /// What each PIA process is, for the `process` label.
@@ -176,49 +175,6 @@ impl<S: ProcessSource> PresenceTracker<S> {
     /// The last presence, shared with collectors and health.
     pub fn shared(&self) -> Arc<Mutex<Presence>> {
         self.last.clone()
-    }
-}
-
-/// `process_running{process}`: 1 when at least one process of the role runs.
-pub struct PresenceCollector {
-    last: Arc<Mutex<Presence>>,
-    desc: Vec<Desc>,
-}
-
-impl PresenceCollector {
-    pub fn new(last: Arc<Mutex<Presence>>) -> Self {
-        PresenceCollector {
-            last,
-            desc: vec![FamilyBuilder::desc(
-                "process_running",
-                PRESENCE_HELP,
-                &["process"],
-            )],
-        }
-    }
-}
-
-const PRESENCE_HELP: &str =
-    "1 when a PIA process of this role runs (extension: the split-tunnel proxy), else 0.";
-
-impl Collector for PresenceCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.desc.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let p = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if !p.checked {
-            return vec![];
-        }
-        let mut f = FamilyBuilder::new("process_running", PRESENCE_HELP, MetricType::GAUGE);
-        for role in ProcessRole::iter() {
-            f.gauge(
-                &[("process", role.into())],
-                f64::from(u8::from(p.count(role) > 0)),
-            );
-        }
-        vec![f.build()]
     }
 }
 

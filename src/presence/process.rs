@@ -4,9 +4,11 @@
 
 use std::sync::Mutex;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, Metric, MetricFamily, MetricType};
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+
+use crate::metrics::{Counter, Family, Gauge, Scrape};
 
 /// What presence needs to know of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,41 +71,35 @@ impl ProcessSource for SysinfoSource {
 pub struct SelfCollector {
     system: Mutex<System>,
     pid: Pid,
-    descs: Vec<Desc>,
 }
 
-const SELF_FAMILIES: &[(&str, &str, MetricType)] = &[
-    (
-        "process_cpu_seconds_total",
-        "Total user and system CPU time spent in seconds.",
-        MetricType::COUNTER,
-    ),
-    (
-        "process_resident_memory_bytes",
-        "Resident memory size in bytes.",
-        MetricType::GAUGE,
-    ),
-    (
-        "process_virtual_memory_bytes",
-        "Virtual memory size in bytes.",
-        MetricType::GAUGE,
-    ),
-    (
-        "process_start_time_seconds",
-        "Start time of the process since unix epoch in seconds.",
-        MetricType::GAUGE,
-    ),
-    (
-        "process_open_fds",
-        "Number of open file descriptors.",
-        MetricType::GAUGE,
-    ),
-    (
-        "process_max_fds",
-        "Maximum number of open file descriptors.",
-        MetricType::GAUGE,
-    ),
-];
+const CPU: Family<Counter, 0> = Family::standard(
+    "process_cpu_seconds_total",
+    "Total user and system CPU time spent in seconds.",
+    [],
+);
+const RESIDENT: Family<Gauge, 0> = Family::standard(
+    "process_resident_memory_bytes",
+    "Resident memory size in bytes.",
+    [],
+);
+const VIRTUAL: Family<Gauge, 0> = Family::standard(
+    "process_virtual_memory_bytes",
+    "Virtual memory size in bytes.",
+    [],
+);
+const START: Family<Gauge, 0> = Family::standard(
+    "process_start_time_seconds",
+    "Start time of the process since unix epoch in seconds.",
+    [],
+);
+const OPEN_FDS: Family<Gauge, 0> =
+    Family::standard("process_open_fds", "Number of open file descriptors.", []);
+const MAX_FDS: Family<Gauge, 0> = Family::standard(
+    "process_max_fds",
+    "Maximum number of open file descriptors.",
+    [],
+);
 
 impl SelfCollector {
     pub fn new() -> anyhow::Result<Self> {
@@ -111,27 +107,26 @@ impl SelfCollector {
             .map_err(|e| anyhow::anyhow!("cannot know our own pid: {e}"))?;
         let system =
             System::new().map_err(|e| anyhow::anyhow!("cannot read the process table: {e:?}"))?;
-        let descs = SELF_FAMILIES
-            .iter()
-            .map(|(n, h, _)| {
-                Desc::new((*n).into(), (*h).into(), vec![], Default::default())
-                    .expect("valid descriptor")
-            })
-            .collect();
         Ok(SelfCollector {
             system: Mutex::new(system),
             pid,
-            descs,
         })
     }
 }
 
-impl Collector for SelfCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+impl Scrape for SelfCollector {
+    fn descs(&self) -> Vec<Desc> {
+        vec![
+            CPU.desc(),
+            RESIDENT.desc(),
+            VIRTUAL.desc(),
+            START.desc(),
+            OPEN_FDS.desc(),
+            MAX_FDS.desc(),
+        ]
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    fn scrape(&self) -> Vec<MetricFamily> {
         let mut system = self.system.lock().unwrap_or_else(|e| e.into_inner());
         system.refresh_processes_specifics(
             ProcessesToUpdate::Some(&[self.pid]),
@@ -141,37 +136,15 @@ impl Collector for SelfCollector {
         let Some(p) = system.process(self.pid) else {
             return vec![];
         };
-        let values = [
-            Some(p.accumulated_cpu_time() as f64 / 1000.0),
-            Some(p.memory() as f64),
-            Some(p.virtual_memory() as f64),
-            Some(p.start_time() as f64),
-            p.open_files().map(|n| n as f64),
-            p.open_files_limit().map(|n| n as f64),
+        let mut out = vec![
+            CPU.single(p.accumulated_cpu_time() as f64 / 1000.0),
+            RESIDENT.single(p.memory() as f64),
+            VIRTUAL.single(p.virtual_memory() as f64),
+            START.single(p.start_time() as f64),
         ];
-        SELF_FAMILIES
-            .iter()
-            .zip(values)
-            .filter_map(|((name, help, kind), value)| {
-                let value = value?;
-                let mut m = Metric::default();
-                if *kind == MetricType::COUNTER {
-                    let mut c = Counter::default();
-                    c.set_value(value);
-                    m.set_counter(c);
-                } else {
-                    let mut g = Gauge::default();
-                    g.set_value(value);
-                    m.set_gauge(g);
-                }
-                let mut f = MetricFamily::default();
-                f.set_name((*name).into());
-                f.set_help((*help).into());
-                f.set_field_type(*kind);
-                f.set_metric(vec![m]);
-                Some(f)
-            })
-            .collect()
+        out.extend(p.open_files().map(|n| OPEN_FDS.single(n as f64)));
+        out.extend(p.open_files_limit().map(|n| MAX_FDS.single(n as f64)));
+        out
     }
 }
 
@@ -189,9 +162,7 @@ mod tests {
     #[test]
     fn own_process_metrics_are_plausible() {
         let registry = prometheus::Registry::new();
-        registry
-            .register(Box::new(SelfCollector::new().unwrap()))
-            .unwrap();
+        crate::metrics::register(&registry, SelfCollector::new().unwrap()).unwrap();
         // Burn a little CPU so the counter cannot be zero.
         let mut x = 0u64;
         for i in 0..20_000_000u64 {

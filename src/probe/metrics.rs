@@ -1,14 +1,68 @@
 //! Probe metrics: per path, the verdicts, and what discovery found.
+//!
+//! Addresses (the egress IP of each path, the interfaces' IPv4 and gateway) become labels only
+//! with `probe.export_addresses`: by default the home and VPN addresses stay out of the TSDB.
 
 use std::sync::{Arc, Mutex};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
 use super::State as VerdictState;
 use super::{PathKind, ProbeError, Round, Verdict};
-use crate::metrics::{FamilyBuilder, FamilySpec};
+use crate::metrics::{Counter, Family, Gauge, Scrape};
+
+const SUCCESS: Family<Gauge, 1> = Family::new(
+    "probe_success",
+    "1 when the path's last probe got an egress address, else 0.",
+    ["path"],
+);
+const DURATION: Family<Gauge, 1> = Family::new(
+    "probe_duration_seconds",
+    "Time the path's last probe took.",
+    ["path"],
+);
+const ERRORS: Family<Counter, 2> = Family::new(
+    "probe_errors_total",
+    "Failed probes by path and kind.",
+    ["path", "kind"],
+);
+const EGRESS: Family<Gauge, 2> = Family::new(
+    "probe_egress_info",
+    "The public address the path egresses as (value 1); only with probe.export_addresses.",
+    ["path", "ip"],
+);
+const ROUNDS: Family<Counter, 0> = Family::new("probe_rounds_total", "Probe rounds done.", []);
+const LAST_ROUND: Family<Gauge, 0> = Family::new(
+    "probe_last_round_timestamp_seconds",
+    "When the last probe round ended.",
+    [],
+);
+const VERDICT: Family<Gauge, 1> = Family::new(
+    "verdict",
+    "The last probe round's verdict: 1 for its state, 0 for the others.",
+    ["state"],
+);
+const BYPASS_WORKING: Family<Gauge, 0> = Family::new(
+    "bypass_working",
+    "1 when the verdict is bypass_working (the verdict family, for dashboards).",
+    [],
+);
+const VPN_LEAK: Family<Gauge, 0> = Family::new("vpn_leak", "1 when the verdict is vpn_leak.", []);
+const TUNNEL_DOWN: Family<Gauge, 0> =
+    Family::new("tunnel_down", "1 when the verdict is tunnel_down.", []);
+const INTERFACES: Family<Gauge, 2> = Family::new(
+    "interface_info",
+    "Interfaces discovery found (value 1); their addresses with probe.export_addresses.",
+    ["role", "interface"],
+);
+/// [`INTERFACES`] with the addresses, under the same name.
+const INTERFACES_ADDRESSED: Family<Gauge, 4> = Family::new(
+    "interface_info",
+    "Interfaces discovery found (value 1); their addresses with probe.export_addresses.",
+    ["role", "interface", "ipv4", "gateway"],
+);
 
 #[derive(Default)]
 struct State {
@@ -25,82 +79,20 @@ pub struct ProbeMetrics {
     state: Arc<Mutex<State>>,
 }
 
-const FAMILIES: &[FamilySpec] = &[
-    (
-        "probe_success",
-        "1 when the path's last probe got an egress address, else 0.",
-        MetricType::GAUGE,
-        &["path"],
-    ),
-    (
-        "probe_duration_seconds",
-        "Time the path's last probe took.",
-        MetricType::GAUGE,
-        &["path"],
-    ),
-    (
-        "probe_errors_total",
-        "Failed probes by path and kind.",
-        MetricType::COUNTER,
-        &["path", "kind"],
-    ),
-    (
-        "probe_egress_info",
-        "The public address the path egresses as (value 1).",
-        MetricType::GAUGE,
-        &["path", "ip"],
-    ),
-    (
-        "probe_rounds_total",
-        "Probe rounds done.",
-        MetricType::COUNTER,
-        &[],
-    ),
-    (
-        "probe_last_round_timestamp_seconds",
-        "When the last probe round ended.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "verdict",
-        "The last probe round's verdict: 1 for its state, 0 for the others.",
-        MetricType::GAUGE,
-        &["state"],
-    ),
-    (
-        "bypass_working",
-        "1 when the verdict is bypass_working (the verdict family, for dashboards).",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "vpn_leak",
-        "1 when the verdict is vpn_leak.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "tunnel_down",
-        "1 when the verdict is tunnel_down.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "interface_info",
-        "Interfaces discovery found (value 1).",
-        MetricType::GAUGE,
-        &["role", "interface", "ipv4", "gateway"],
-    ),
-];
-
 impl ProbeMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<ProbeMetrics> {
+    /// `export_addresses`: `probe.export_addresses`.
+    pub fn register(
+        registry: &prometheus::Registry,
+        export_addresses: bool,
+    ) -> prometheus::Result<ProbeMetrics> {
         let m = ProbeMetrics::default();
-        registry.register(Box::new(ProbeCollector {
-            metrics: m.clone(),
-            descs: FamilyBuilder::descs(FAMILIES),
-        }))?;
+        crate::metrics::register(
+            registry,
+            ProbeCollector {
+                metrics: m.clone(),
+                export_addresses,
+            },
+        )?;
         Ok(m)
     }
 
@@ -121,97 +113,130 @@ impl ProbeMetrics {
 
 struct ProbeCollector {
     metrics: ProbeMetrics,
-    descs: Vec<Desc>,
+    export_addresses: bool,
 }
 
-fn family(name: &str) -> FamilyBuilder {
-    FamilyBuilder::declared(FAMILIES, name)
-}
-
-impl Collector for ProbeCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+impl Scrape for ProbeCollector {
+    fn descs(&self) -> Vec<Desc> {
+        let mut d = vec![
+            SUCCESS.desc(),
+            DURATION.desc(),
+            ERRORS.desc(),
+            ROUNDS.desc(),
+            LAST_ROUND.desc(),
+            VERDICT.desc(),
+            BYPASS_WORKING.desc(),
+            VPN_LEAK.desc(),
+            TUNNEL_DOWN.desc(),
+        ];
+        if self.export_addresses {
+            d.extend([EGRESS.desc(), INTERFACES_ADDRESSED.desc()]);
+        } else {
+            d.push(INTERFACES.desc());
+        }
+        d
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    fn scrape(&self) -> Vec<MetricFamily> {
         let s = self.metrics.state.lock().unwrap_or_else(|e| e.into_inner());
         let Some((round, v)) = &s.last else {
             return vec![];
         };
         let (mut success, mut duration, mut errors, mut egress) = (
-            family("probe_success"),
-            family("probe_duration_seconds"),
-            family("probe_errors_total"),
-            family("probe_egress_info"),
+            SUCCESS.samples(),
+            DURATION.samples(),
+            ERRORS.samples(),
+            EGRESS.samples(),
         );
         for path in PathKind::iter() {
-            let p = [("path", <&str>::from(path))];
+            let p: &str = path.into();
             if let Some(r) = round.result(path) {
-                success.gauge(&p, f64::from(u8::from(r.outcome.is_ok())));
-                duration.gauge(&p, r.duration.as_secs_f64());
+                success.set([p], f64::from(u8::from(r.outcome.is_ok())));
+                duration.set([p], r.duration.as_secs_f64());
                 if let Ok(ip) = r.outcome {
-                    egress.gauge(
-                        &[("path", <&str>::from(path)), ("ip", &ip.to_string())],
-                        1.0,
-                    );
+                    egress.set([p, &ip.to_string()], 1.0);
                 }
             }
-            for (i, kind) in ProbeError::iter().enumerate() {
-                errors.counter(
-                    &[("path", <&str>::from(path)), ("kind", kind.into())],
-                    s.errors[path as usize][i] as f64,
+            for kind in ProbeError::iter() {
+                errors.add(
+                    [p, kind.into()],
+                    s.errors[path as usize][kind as usize] as f64,
                 );
             }
         }
-        let gauge = |name: &str, value: bool| {
-            let mut f = family(name);
-            f.gauge(&[], f64::from(u8::from(value)));
-            f.build()
-        };
-        let mut rounds = family("probe_rounds_total");
-        rounds.counter(&[], s.rounds as f64);
-        let mut last = family("probe_last_round_timestamp_seconds");
-        last.gauge(&[], s.last_round_unix);
-        let mut verdict = family("verdict");
-        for state in VerdictState::iter() {
-            verdict.gauge(&[("state", state.into())], f64::from(u8::from(v.is(state))));
+        let gauge = |f: Family<Gauge, 0>, value: bool| f.single(f64::from(u8::from(value)));
+        let mut out = vec![
+            success.done(),
+            duration.done(),
+            errors.done(),
+            ROUNDS.single(s.rounds as f64),
+            LAST_ROUND.single(s.last_round_unix),
+            VERDICT.stateset(VerdictState::iter(), &v.state),
+            gauge(BYPASS_WORKING, v.is(VerdictState::BypassWorking)),
+            gauge(VPN_LEAK, v.is(VerdictState::VpnLeak)),
+            gauge(TUNNEL_DOWN, v.is(VerdictState::TunnelDown)),
+        ];
+        let ifs = &round.interfaces;
+        if self.export_addresses {
+            let mut f = INTERFACES_ADDRESSED.samples();
+            if let Some(p) = &ifs.physical {
+                let gw = p.gateway.map(|g| g.to_string()).unwrap_or_default();
+                f.set(["physical", &p.name, &p.ipv4.to_string(), &gw], 1.0);
+            }
+            if let Some(t) = &ifs.tunnel {
+                f.set(["tunnel", &t.name, &t.ipv4.to_string(), ""], 1.0);
+            }
+            out.extend([egress.done(), f.done()]);
+        } else {
+            let mut f = INTERFACES.samples();
+            if let Some(p) = &ifs.physical {
+                f.set(["physical", &p.name], 1.0);
+            }
+            if let Some(t) = &ifs.tunnel {
+                f.set(["tunnel", &t.name], 1.0);
+            }
+            out.push(f.done());
         }
-        let mut ifaces = family("interface_info");
-        if let Some(p) = &round.interfaces.physical {
-            let gw = p.gateway.map(|g| g.to_string()).unwrap_or_default();
-            ifaces.gauge(
-                &[
-                    ("role", "physical"),
-                    ("interface", &p.name),
-                    ("ipv4", &p.ipv4.to_string()),
-                    ("gateway", &gw),
-                ],
-                1.0,
-            );
-        }
-        if let Some(t) = &round.interfaces.tunnel {
-            ifaces.gauge(
-                &[
-                    ("role", "tunnel"),
-                    ("interface", &t.name),
-                    ("ipv4", &t.ipv4.to_string()),
-                    ("gateway", ""),
-                ],
-                1.0,
-            );
-        }
-        vec![
-            success.build(),
-            duration.build(),
-            errors.build(),
-            egress.build(),
-            rounds.build(),
-            last.build(),
-            verdict.build(),
-            gauge("bypass_working", v.is(VerdictState::BypassWorking)),
-            gauge("vpn_leak", v.is(VerdictState::VpnLeak)),
-            gauge("tunnel_down", v.is(VerdictState::TunnelDown)),
-            ifaces.build(),
-        ]
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::testing::{HOME_IP, VPN_EXIT_IP, lab_round};
+
+    fn scrape(export_addresses: bool) -> String {
+        let registry = prometheus::Registry::new();
+        let m = ProbeMetrics::register(&registry, export_addresses).unwrap();
+        let round = lab_round(true, Ok(VPN_EXIT_IP), VPN_EXIT_IP);
+        m.observe(&round, &Verdict::of(&round));
+        crate::metrics::encode(&registry)
+    }
+
+    #[test]
+    fn addresses_are_labels_only_when_asked() {
+        let text = scrape(false);
+        assert!(!text.contains(&HOME_IP.to_string()), "{text}");
+        assert!(!text.contains(&VPN_EXIT_IP.to_string()), "{text}");
+        assert!(!text.contains("10.0.15"), "{text}");
+        assert!(!text.contains("probe_egress_info"), "{text}");
+        assert!(
+            text.contains(
+                "pia_split_tunnel_interface_info{role=\"physical\",interface=\"en0\"} 1\n"
+            ),
+            "{text}"
+        );
+        let text = scrape(true);
+        assert!(
+            text.contains(&format!(
+                "pia_split_tunnel_probe_egress_info{{path=\"physical\",ip=\"{HOME_IP}\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("pia_split_tunnel_interface_info{role=\"physical\",interface=\"en0\",ipv4=\"10.0.15.15\""),
+            "{text}"
+        );
     }
 }

@@ -129,6 +129,8 @@ pub struct ProbeConfig {
     pub physical_interface: Option<String>,
     /// The VPN's tunnel; unset: an up tunnel-like interface with an IPv4 address.
     pub tunnel_interface: Option<String>,
+    /// Export the egress IPs and interface addresses as metric labels (they land in the TSDB).
+    pub export_addresses: bool,
 }
 
 impl Default for ProbeConfig {
@@ -145,6 +147,7 @@ impl Default for ProbeConfig {
             ],
             physical_interface: None,
             tunnel_interface: None,
+            export_addresses: false,
         }
     }
 }

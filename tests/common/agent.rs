@@ -211,9 +211,11 @@ impl Metrics {
         *self.0.get(&key).unwrap_or(&0.0)
     }
 
-    /// The expected.json counts as the agent exports them.
+    /// The expected.json counts as the agent exports them: sessions per app and protocol;
+    /// bytes and error kinds per app, summed over its protocols.
     pub fn assert_matches(&self, expected: &Value) {
         for (app, protos) in expected.as_object().unwrap() {
+            let mut per_app: BTreeMap<String, u64> = BTreeMap::new();
             for (proto, c) in protos.as_object().unwrap() {
                 let l = [("app", app.as_str()), ("proto", proto.as_str())];
                 let n = |k: &str| c[k].as_u64().unwrap() as f64;
@@ -223,33 +225,80 @@ impl Metrics {
                     n("sessions_opened"),
                     "{app}/{proto} opened"
                 );
+                let closed = |o: &str| {
+                    self.value(
+                        "pia_split_tunnel_sessions_closed_total",
+                        &[l[0], l[1], ("outcome", o)],
+                    )
+                };
                 assert_eq!(
-                    m("zero_byte_closures_total"),
+                    closed("zero_bytes"),
                     n("zero_byte_closures"),
                     "{app}/{proto} zero"
                 );
-                assert_eq!(m("rx_bytes_total"), n("rx_bytes"), "{app}/{proto} rx");
-                assert_eq!(m("tx_bytes_total"), n("tx_bytes"), "{app}/{proto} tx");
-                let closed: f64 = ["transferred", "zero_bytes", "unknown"]
+                let all: f64 = ["transferred", "zero_bytes", "unknown"]
                     .iter()
-                    .map(|o| {
-                        self.value(
-                            "pia_split_tunnel_sessions_closed_total",
-                            &[l[0], l[1], ("outcome", o)],
-                        )
-                    })
+                    .map(|o| closed(o))
                     .sum();
-                assert_eq!(closed, n("sessions_closed"), "{app}/{proto} closed");
-                for (kind, count) in c["errors"].as_object().unwrap() {
-                    let got = self.value(
-                        "pia_split_tunnel_flow_errors_total",
-                        &[l[0], l[1], ("kind", kind)],
-                    );
-                    assert_eq!(got, count.as_u64().unwrap() as f64, "{app}/{proto} {kind}");
+                assert_eq!(all, n("sessions_closed"), "{app}/{proto} closed");
+                for k in ["rx_bytes", "tx_bytes"] {
+                    *per_app.entry(k.into()).or_default() += c[k].as_u64().unwrap();
                 }
+                for (kind, count) in c["errors"].as_object().unwrap() {
+                    *per_app.entry(format!("kind:{kind}")).or_default() += count.as_u64().unwrap();
+                }
+            }
+            for (key, want) in per_app {
+                let got = match key.strip_prefix("kind:") {
+                    Some(kind) => self.value(
+                        "pia_split_tunnel_flow_errors_total",
+                        &[("app", app), ("kind", kind)],
+                    ),
+                    None => self.value(&format!("pia_split_tunnel_{key}_total"), &[("app", app)]),
+                };
+                assert_eq!(got, want as f64, "{app} {key}");
             }
         }
     }
+}
+
+/// A log with `apps` apps, TCP and UDP, transferred and zero-byte sessions and errors (the
+/// benches' load).
+pub fn apps_log(apps: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut id = 0;
+    for round in 0..4 {
+        for app in 0..apps {
+            id += 1;
+            let app = format!("com.bench.app{app:02}");
+            let (proto, file, open) = if round % 2 == 0 {
+                (
+                    "TCP",
+                    "ChannelCreatorTCP.swift:50",
+                    format!(
+                        "{app} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15"
+                    ),
+                )
+            } else {
+                (
+                    "UDP",
+                    "ChannelCreatorUDP.swift:53",
+                    format!(
+                        "{app} Creating and binding a new UDP socket with bindIp: 10.0.15.15 and localEndpoint: N/A"
+                    ),
+                )
+            };
+            let size = if round < 2 { "1.5 MB" } else { "Zero KB" };
+            writeln!(
+                out,
+                "[2026-02-16 11:49:31:4330] [{file}] debug: id: {id} {open}\r"
+            )
+            .unwrap();
+            writeln!(out, "[2026-02-16 11:49:31:5330] [FlowForwarder{proto}.swift:32] error: id: {id} Empty buffer occurred during {proto} flow.readData() {app}\r").unwrap();
+            writeln!(out, "[2026-02-16 11:49:32:5330] [ProxySession{proto}.swift:31] debug: id: {id} Destructor: ProxySession closed. rxBytes={size} txBytes={size} {app}\r").unwrap();
+        }
+    }
+    out
 }
 
 pub fn lines_of(path: &Path) -> Vec<Vec<u8>> {
