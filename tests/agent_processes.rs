@@ -26,10 +26,15 @@ fn value(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn a_daemon_process_comes_and_goes_on_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    // `sleep` under the name the config looks for: a link, since running a file just written
-    // can fail with "text file busy" while a parallel fork still holds it open.
+    // `sleep` under the name the config looks for. PIA's processes are recognised by their
+    // executable's path (a symlink would resolve to `sleep`), so a hard link where the file
+    // system allows it, else a copy (running a file just written can fail with "text file
+    // busy" while a parallel fork still holds it open: spawn retries below).
     let fake = dir.path().join("fakepiadaemon");
-    std::os::unix::fs::symlink("/bin/sleep", &fake).unwrap();
+    let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
+    if std::fs::hard_link(&sleep, &fake).is_err() {
+        std::fs::copy(&sleep, &fake).unwrap();
+    }
     let log = dir.path().join("transparent_proxy.log");
     std::fs::write(&log, b"").unwrap();
     let addr = TcpListener::bind("127.0.0.1:0")
@@ -74,7 +79,16 @@ fn a_daemon_process_comes_and_goes_on_metrics() {
         }
     };
     wait("no daemon yet", 0.0);
-    let mut daemon = Command::new(&fake).arg("60").spawn().unwrap();
+    let mut daemon = (0..50)
+        .find_map(|_| match Command::new(&fake).arg("60").spawn() {
+            Ok(c) => Some(c),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
+            Err(e) => panic!("{e}"),
+        })
+        .expect("the fake daemon starts");
     let m = wait("the daemon appears", 1.0);
     assert_eq!(
         value(
