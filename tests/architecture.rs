@@ -9,6 +9,7 @@
 //!   logs, the other runs it under a service manager (signals, reload, its own log file);
 //! - `logging` and `build_info` at the bottom: leaves that every layer may use;
 //! - `config` below `agent`: the file holds every stage's section, so it sits above them all;
+//! - `status` (the page at `/`) below `config`, over the stages it shows;
 //! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
 //! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`).
 
@@ -22,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["demo", "daemon"],
     &["agent"],
     &["config"],
+    &["status"],
     &["http"],
     &["analyze"],
     &["ingest"],

@@ -163,8 +163,15 @@ pub async fn run_until(
         .run(stop_rx.clone()),
     );
 
-    let mut app = crate::http::router(registry.clone(), LINKS)
-        .merge(crate::health::http::router(health.clone()));
+    let status = crate::status::adapter::StatusSource::new(
+        health.clone(),
+        window.clone(),
+        pipeline.clone(),
+        controller.clone(),
+    );
+    let mut app = crate::http::router(registry.clone())
+        .merge(crate::health::http::router(health.clone()))
+        .merge(crate::status::adapter::router(Arc::new(status)));
     match crate::fallback::http::router(controller.clone(), &config.fallback) {
         Ok(routes) => app = app.merge(routes),
         Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
@@ -186,19 +193,6 @@ pub async fn run_until(
     tracing::info!("agent stopped");
     Ok(())
 }
-
-const LINKS: &[(&str, &str)] = &[
-    ("/metrics", "Prometheus metrics"),
-    (
-        "/health",
-        "health of each component, as JSON (503 when one is failing)",
-    ),
-    (
-        "/-/ready",
-        "readiness: first log read and (when probing) probe round done",
-    ),
-    ("/-/healthy", "liveness"),
-];
 
 /// The log stage's events, as health input and the checkpoint's error counter.
 struct AgentEvents {

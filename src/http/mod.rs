@@ -1,5 +1,5 @@
-//! HTTP surface (axum): `/metrics`, `/` (landing page), `/-/healthy`. Other stages add their
-//! routes (`/health`, `/fallback/*`) by merging their own routers into [`router`]'s.
+//! HTTP surface (axum): `/metrics`, `/-/healthy`. Other stages add their routes (`/` the
+//! status page, `/health`, `/fallback/*`) by merging their own routers into [`router`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -55,11 +55,10 @@ impl HttpConfig {
 }
 
 /// Routes of the core surface.
-pub fn router(registry: Registry, links: &'static [(&'static str, &'static str)]) -> Router {
+pub fn router(registry: Registry) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "OK\n" }))
-        .route("/", get(move || async move { landing(links) }))
         .with_state(registry)
 }
 
@@ -69,18 +68,6 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
         .await
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
-}
-
-fn landing(links: &[(&str, &str)]) -> Html<String> {
-    let items: String = links
-        .iter()
-        .map(|(href, what)| format!("<li><a href=\"{href}\">{href}</a> — {what}</li>"))
-        .collect();
-    Html(format!(
-        "<!doctype html><html><head><title>pia-split-tunnel-exporter</title></head><body>\
-         <h1>pia-split-tunnel-exporter {}</h1><ul>{items}</ul></body></html>\n",
-        env!("CARGO_PKG_VERSION")
-    ))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish (for
