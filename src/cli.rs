@@ -1,7 +1,6 @@
 //! Command line: parses the flags and the config, and dispatches each subcommand to its module
 //! in [`crate::commands`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
 use crate::config::Config;
+use crate::http::ListenAddr;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,9 +34,17 @@ pub struct Cli {
 /// Shorthands for the keys people change most (same as `--set`).
 #[derive(Args, Debug, Default)]
 pub struct CommonFlags {
-    /// `http.listen`: address of /metrics.
-    #[arg(long, global = true, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
+    /// `http.listen`: address of /metrics: HOST:PORT, [IPV6]:PORT, or :PORT for every address.
+    #[arg(
+        long = "web.listen-address",
+        visible_alias = "listen",
+        global = true,
+        value_name = "ADDR:PORT"
+    )]
+    pub listen: Option<ListenAddr>,
+    /// `http.web_config_file`: TLS and basic auth, in the Prometheus exporter toolkit's format.
+    #[arg(long = "web.config.file", global = true, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// `log.path`: the proxy's log file.
     #[arg(long, global = true, value_name = "FILE")]
     pub log_path: Option<PathBuf>,
@@ -94,8 +102,11 @@ impl Cli {
     fn config(&self) -> anyhow::Result<Config> {
         let mut set = self.set.clone();
         let c = &self.common;
-        if let Some(l) = c.listen {
+        if let Some(l) = &c.listen {
             set.push(format!("http.listen=\"{l}\""));
+        }
+        if let Some(p) = &c.web_config_file {
+            set.push(format!("http.web_config_file={}", toml_string(p)));
         }
         if let Some(p) = &c.log_path {
             set.push(format!("log.path={}", toml_string(p)));

@@ -149,6 +149,92 @@ mod tests {
         assert!(e.contains("section.key=value"), "{e}");
     }
 
+    /// Each value here passed `check-config` once and then hurt the agent (a panic at every
+    /// request, a table too big for memory) or contradicted another key.
+    #[test]
+    fn out_of_range_and_contradictory_keys_name_the_key() {
+        for (set, key) in [
+            (
+                "http.header_timeout_secs=18446744073709551615",
+                "http.header_timeout_secs",
+            ),
+            ("http.max_connections=10000000", "http.max_connections"),
+            ("log.max_open_sessions=100000000", "log.max_open_sessions"),
+            ("log.max_apps=100000", "log.max_apps"),
+            ("log.max_line_bytes=4294967296", "log.max_line_bytes"),
+            (
+                "probe.interval_secs=18446744073709551615",
+                "probe.interval_secs",
+            ),
+            ("probe.timeout_secs=1e300", "probe.timeout_secs"),
+            (
+                "fallback.window_secs=18446744073709551615",
+                "fallback.window_secs",
+            ),
+            (
+                "fallback.cooldown_secs=18446744073709551615",
+                "fallback.cooldown_secs",
+            ),
+            (
+                "fallback.backoff_max_secs=18446744073709551615",
+                "fallback.backoff_max_secs",
+            ),
+            (
+                "fallback.consecutive_rounds=4294967295",
+                "fallback.consecutive_rounds",
+            ),
+            (
+                "fallback.max_body_bytes=18446744073709551615",
+                "fallback.max_body_bytes",
+            ),
+            (
+                "health.log_stale_secs=18446744073709551615",
+                "health.log_stale_secs",
+            ),
+            ("log.error_path=/var/log/x.log", "log.error_path"),
+            ("log.checkpoint=/var/log/x.log", "log.checkpoint"),
+            (
+                "fallback.bypass_subnets=[\"0.0.0.0/0\"]",
+                "fallback.bypass_subnets",
+            ),
+        ] {
+            let e = Config::load(None, &["log.path=/var/log/x.log".into(), set.into()])
+                .expect_err(set)
+                .to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        // A hard link is the same file under another name.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        std::fs::write(&a, "").unwrap();
+        std::fs::hard_link(&a, &b).unwrap();
+        let e = Config::load(
+            None,
+            &[
+                format!("log.path={}", a.display()),
+                format!("log.error_path={}", b.display()),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("log.error_path"), "{e}");
+        // A token file others can read.
+        use std::os::unix::fs::PermissionsExt;
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let set = format!("fallback.token_file={}", token.display());
+        let e = Config::load(None, std::slice::from_ref(&set))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fallback.token_file") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Config::load(None, &[set]).unwrap();
+    }
+
     #[test]
     fn file_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();

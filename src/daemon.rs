@@ -74,7 +74,7 @@ struct Next {
 }
 
 async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(config.http.listen)
+    crate::http::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))
 }

@@ -26,6 +26,7 @@ pub mod http;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod netwatch;
 pub mod os;
 pub mod pipeline;
 pub mod presence;

@@ -4,6 +4,10 @@
 //! serializable as a whole, so the checkpoint stores the file offset together with the state
 //! that the lines before it produced: after a crash the agent resumes from both, and no line
 //! is counted twice or skipped.
+//!
+//! Every line is untrusted (the error log sits in `/tmp`): a string from it becomes a label
+//! only within the bounds of [`crate::sessions::apps`] and [`valid_interface`], a time later
+//! than now (plus [`FUTURE_SKEW_MS`]) is not believed, and what is refused is counted.
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +55,41 @@ pub struct ReadStats {
     /// The error-level log (`log.error_path`) exists: PIA's debug logging is off.
     #[serde(default)]
     pub error_file_present: bool,
+    /// Files refused at a log's name (a FIFO, a link, a foreign owner: see `tail::open`).
+    #[serde(default)]
+    pub files_refused: u64,
+    /// `bindInterface:` values that are not an interface name (kept out of the label).
+    #[serde(default)]
+    pub invalid_interfaces: u64,
+    /// Stretches of a log the agent could not read: the file being read was rotated away
+    /// twice while the agent was stopped.
+    #[serde(default)]
+    pub gaps: u64,
+    /// Lines dated after now (beyond [`FUTURE_SKEW_MS`]): not taken as the newest line's time.
+    #[serde(default)]
+    pub future_timestamps: u64,
+}
+
+/// How far ahead of this machine's clock a line's time may be and still be believed.
+pub const FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// An interface name as the OS makes them (`en0`, `utun4`, `bridge100`): short, plain.
+pub fn valid_interface(b: &[u8]) -> bool {
+    // IFNAMSIZ is 16 with the terminating NUL on Linux and macOS.
+    (1..=15).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
+/// Now on the local wall clock, in the proxy's timestamp form, plus the allowed skew.
+fn latest_believable() -> LocalMillis {
+    LocalMillis(
+        chrono::Local::now()
+            .naive_local()
+            .and_utc()
+            .timestamp_millis()
+            + FUTURE_SKEW_MS,
+    )
 }
 
 /// How much state the pipeline keeps (`log.max_open_sessions`, `log.max_apps`).
@@ -70,9 +109,10 @@ impl Default for Limits {
 }
 
 /// Which of the proxy's two logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFile {
     /// The debug-level log (`log.path`).
+    #[default]
     Debug,
     /// The error-level log (`log.error_path`), written while debug logging is off.
     Error,
@@ -83,6 +123,12 @@ pub struct Pipeline {
     sessions: SessionTracker,
     proxy: ProxyState,
     read: ReadStats,
+    /// [`latest_believable`], refreshed once per [`Pipeline::feed`] batch (not per line).
+    #[serde(skip)]
+    time_limit: Option<LocalMillis>,
+    /// The file of the lines being fed ([`Pipeline::feed_file`]).
+    #[serde(skip)]
+    stream: LogFile,
 }
 
 impl Pipeline {
@@ -91,6 +137,8 @@ impl Pipeline {
             sessions: SessionTracker::new(limits.max_open_sessions, limits.max_apps),
             proxy: ProxyState::default(),
             read: ReadStats::default(),
+            time_limit: None,
+            stream: LogFile::Debug,
         }
     }
 
@@ -106,9 +154,17 @@ impl Pipeline {
         &self.read
     }
 
-    /// A new cap on open sessions (after a restore: the config may have changed).
-    pub fn set_limits(&mut self, max_open_sessions: usize) {
-        self.sessions.set_limits(max_open_sessions);
+    /// Whether restored state holds together (a checkpoint is a file: it may have been
+    /// edited, or written by another version); `Err` says what does not fit.
+    pub fn check(&self) -> Result<(), String> {
+        self.sessions.check()
+    }
+
+    /// The config's caps, on every start (a restored checkpoint may come from another
+    /// config, or have been filled by junk while a smaller cap was set).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.sessions
+            .set_limits(limits.max_open_sessions, limits.max_apps);
     }
 
     /// Keeps closed sessions for [`Pipeline::drain_closed`] (off by default).
@@ -128,6 +184,16 @@ impl Pipeline {
         self.read.lines_too_long += lines_too_long;
     }
 
+    /// A stretch of a log that could not be read (see [`ReadStats::gaps`]).
+    pub fn count_gap(&mut self) {
+        self.read.gaps += 1;
+    }
+
+    /// Files refused at a log's name (see `tail::open`).
+    pub fn count_refused(&mut self, files: u64) {
+        self.read.files_refused += files;
+    }
+
     /// Whether `file` exists, as of the last read.
     pub fn set_file_present(&mut self, file: LogFile, present: bool) {
         match file {
@@ -139,6 +205,7 @@ impl Pipeline {
     /// Feeds every complete line of `buf` and returns how many bytes that consumed; the rest
     /// (a partial last line) is the caller's to keep.
     pub fn feed(&mut self, buf: &[u8]) -> usize {
+        self.time_limit = Some(latest_believable());
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', buf) {
             self.feed_line(&buf[start..end]);
@@ -158,10 +225,14 @@ impl Pipeline {
     pub fn feed_line(&mut self, line: &[u8]) {
         self.read.lines += 1;
         let parsed = parse_line(line);
-        if let Some(t) = parsed.time
-            && self.proxy.last_event.is_none_or(|last| t > last)
-        {
-            self.proxy.last_event = Some(t);
+        if let Some(t) = parsed.time {
+            let limit = *self.time_limit.get_or_insert_with(latest_believable);
+            if t > limit {
+                // A 2099 line would pin the newest-line time and silence the stale-log alert.
+                self.read.future_timestamps += 1;
+            } else if self.proxy.last_event.is_none_or(|last| t > last) {
+                self.proxy.last_event = Some(t);
+            }
         }
         if let Some(level) = parsed.level
             && self.proxy.most_verbose.is_none_or(|v| level < v)
@@ -170,8 +241,12 @@ impl Pipeline {
         }
         match &parsed.event {
             Event::Unrecognized => self.read.unrecognized += 1,
+            // Kept only when it is an address (it is shown by `analyze` and `diagnose`).
             Event::SessionOpened { bind_ip, .. }
-                if self.proxy.bind_ip.as_deref().map(str::as_bytes) != Some(bind_ip.bytes()) =>
+                if self.proxy.bind_ip.as_deref().map(str::as_bytes) != Some(bind_ip.bytes())
+                    && bind_ip
+                        .as_str()
+                        .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok()) =>
             {
                 self.proxy.bind_ip = Some(bind_ip.lossy().into_owned());
             }
@@ -179,14 +254,29 @@ impl Pipeline {
                 self.proxy.restarts += 1;
                 self.proxy.most_verbose = parsed.level;
             }
-            Event::BindInterface(name) => {
+            Event::BindInterface(name) if valid_interface(name.bytes()) => {
                 self.proxy.bind_interface = Some(name.lossy().into_owned())
             }
+            Event::BindInterface(_) => self.read.invalid_interfaces += 1,
             Event::IsConnected(c) => self.proxy.connected = Some(*c),
             Event::LoggerLevel(level) => self.proxy.logger_level = Some(*level),
             _ => {}
         }
-        self.sessions.apply(&parsed.event, parsed.time);
+        match (self.stream, &parsed.event) {
+            // PIA's own list, from the root-owned debug log only: never from /tmp.
+            (LogFile::Debug, Event::BypassApps(list)) => self.sessions.reserve_apps(*list),
+            (LogFile::Debug, e) => self.sessions.apply(e, parsed.time),
+            (LogFile::Error, e) => self.sessions.apply_error(e, parsed.time),
+        }
+    }
+
+    /// Feeds `buf` as [`feed`](Self::feed) does, as lines of `file`: the error log's sessions
+    /// are kept apart from the debug log's (see [`crate::sessions`]).
+    pub fn feed_file(&mut self, file: LogFile, buf: &[u8]) -> usize {
+        self.stream = file;
+        let used = self.feed(buf);
+        self.stream = LogFile::Debug;
+        used
     }
 }
 
@@ -215,5 +305,31 @@ garbage\r\n[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: 1 
             (p.proxy.connected, p.proxy.restarts, p.proxy.level()),
             (Some(true), 1, Some(Level::Info))
         );
+    }
+
+    #[test]
+    fn forged_values_are_counted_not_believed() {
+        let mut p = Pipeline::new(Limits::default());
+        let long = "e".repeat(16);
+        let text = format!(
+            "[2026-02-16 11:49:31:2040] [VpnState.swift:37] info: bindInterface: en0\r\n\
+[2026-02-16 11:49:32:2040] [VpnState.swift:37] info: bindInterface: {long}\r\n\
+[2026-02-16 11:49:33:2040] [VpnState.swift:37] info: bindInterface: en\"0\r\n\
+[2099-01-01 00:00:00:0000] [VpnState.swift:58] info: isConnected: true\r\n"
+        );
+        p.feed(text.as_bytes());
+        assert_eq!(p.proxy.bind_interface.as_deref(), Some("en0"));
+        assert_eq!(
+            (p.read.invalid_interfaces, p.read.future_timestamps),
+            (2, 1)
+        );
+        // The newest believable line's time, not 2099's.
+        let t = chrono::NaiveDate::from_ymd_opt(2026, 2, 16)
+            .unwrap()
+            .and_hms_milli_opt(11, 49, 33, 204)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        assert_eq!(p.proxy.last_event, Some(LocalMillis(t)));
     }
 }

@@ -162,7 +162,10 @@ impl Tmpfs {
     fn mount(at: PathBuf) -> Tmpfs {
         require_root("mount a small tmpfs for the checkpoint");
         std::fs::create_dir_all(&at).unwrap();
-        run(&["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs"], &at);
+        run(
+            &["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"],
+            &at,
+        );
         Tmpfs(at)
     }
 

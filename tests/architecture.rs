@@ -5,13 +5,13 @@
 //! health → fallback → probe → presence → metrics → pipeline → sessions → proxy_log / tail /
 //! os. The modules that are not stages sit where their imports put them:
 //! - `cli` on top: it parses and dispatches to `commands`;
-//! - `demo` and `daemon` between `commands` and `agent`: the one runs the real agent on replayed
-//!   logs, the other runs it under a service manager (signals, reload, its own log file);
-//! - `logging` and `build_info` at the bottom: leaves that every layer may use;
+//! - `daemon` and `demo` between `commands` and `agent`: each runs the real agent (under the
+//!   admin's signals, or on replayed logs);
 //! - `config` below `agent`: the file holds every stage's section, so it sits above them all;
 //! - `status` (the page at `/`) below `config`, over the stages it shows;
 //! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
-//! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`).
+//! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`);
+//! - `logging` (the agent's own stderr) and `build_info` at the bottom: they import nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["commands"],
-    &["demo", "daemon"],
+    &["daemon", "demo"],
     &["agent"],
     &["config"],
     &["status"],
@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     &["health"],
     &["fallback"],
     &["probe"],
-    &["presence"],
+    &["presence", "netwatch"],
     &["metrics"],
     &["pipeline"],
     &["sessions"],

@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use common::agent::Agent;
@@ -18,14 +17,7 @@ fn start(dir: &std::path::Path) -> Agent {
     let log = dir.join("transparent_proxy.log");
     std::fs::copy(common::fixture("mixed.log"), &log).unwrap();
     let token = dir.join("token");
-    std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(&token)
-        .unwrap()
-        .write_all(TOKEN.as_bytes())
-        .unwrap();
+    common::write_secret(&token, TOKEN);
     let sets = [
         format!("http.header_timeout_secs={HEADER_TIMEOUT_SECS}"),
         format!("http.max_connections={MAX_CONNECTIONS}"),

@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -147,65 +148,110 @@ fn diagnose_names_the_cause_and_the_repair() {
     assert!(text.contains("Measured: "), "{text}");
 }
 
-/// The agent in `auto` mode with the policy-routing backend heals the lab by itself, says so
-/// on /health, /metrics and in its log; when the tunnel goes, it reverts and leaves no rule.
-#[test]
-fn agent_heals_the_lab_and_reverts_when_the_tunnel_goes() {
-    let lab = Lab::up("e");
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("transparent_proxy.log");
-    std::fs::write(&log, b"").unwrap();
-    let agent_log = dir.path().join("agent.log");
-    let rules_before = lab.ip(&["rule"]);
-    // No PIA in the lab: the agent stands in for its processes so the processes check is quiet.
-    let config = format!(
-        "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
+/// The agent binary running inside the lab's `mac` namespace, in `auto` with the
+/// policy-routing backend; killed on drop.
+struct LabAgent<'a> {
+    lab: &'a Lab,
+    child: Child,
+    log: PathBuf,
+    /// The proxy log the agent follows.
+    proxy_log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> LabAgent<'a> {
+    /// `probe` is the `[probe]` section's lines beside the lab's endpoint.
+    fn start(lab: &'a Lab, probe: &str) -> LabAgent<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("transparent_proxy.log");
+        std::fs::write(&log, b"").unwrap();
+        let agent_log = dir.path().join("agent.log");
+        // No PIA in the lab: the agent stands in for its processes so the processes check is quiet.
+        let config = format!(
+            "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
 [http]\nlisten = \"10.0.15.15:9847\"\n\
-[probe]\nendpoints = [\"http://203.0.113.10/\"]\ninterval_secs = 2\ntimeout_secs = 1.5\n\
+[probe]\nendpoints = [\"http://203.0.113.10/\"]\n{probe}\n\
 [processes]\nextension = [\"pia-split-tunnel\"]\ndaemon = [\"pia-split-tunnel\"]\nvpn = [\"pia-split-tunnel\"]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n",
-        cp = dir.path().join("cp.json"),
-    );
-    let config_path = dir.path().join("agent.toml");
-    std::fs::File::create(&config_path)
-        .unwrap()
-        .write_all(config.as_bytes())
-        .unwrap();
-    let mut child: Child = Command::new("ip")
-        .args(["netns", "exec", &lab.mac(), BIN, "--config"])
-        .arg(&config_path)
-        .arg("run")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&agent_log).unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            cp = dir.path().join("cp.json"),
+        );
+        let config_path = dir.path().join("agent.toml");
+        std::fs::File::create(&config_path)
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.mac(), BIN, "--config"])
+            .arg(&config_path)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap();
+        LabAgent {
+            lab,
+            child,
+            log: agent_log,
+            proxy_log: log,
+            _dir: dir,
         }
     }
-    let _guard = Kill(&mut child);
-    let wait_for = |what: &str, check: &dyn Fn(&str) -> bool, url: &str| -> String {
-        let deadline = Instant::now() + Duration::from_secs(40);
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `url` until `check` holds (or fails after `within`); the last body.
+    fn wait_for(
+        &self,
+        what: &str,
+        check: &dyn Fn(&str) -> bool,
+        url: &str,
+        within: Duration,
+    ) -> String {
+        let deadline = Instant::now() + within;
         loop {
-            let (_, body) = lab.get(url);
+            let (_, body) = self.lab.get(url);
             if check(&body) {
                 return body;
             }
             assert!(
                 Instant::now() < deadline,
                 "{what} did not happen; last {url}: {body}\nagent log:\n{}",
-                std::fs::read_to_string(&agent_log).unwrap_or_default()
+                self.log()
             );
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Drop for LabAgent<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const METRICS: &str = "http://10.0.15.15:9847/metrics";
+
+/// Whole lines: a HELP text may contain the same words.
+fn has(body: &str, line: &str) -> bool {
+    body.lines().any(|l| l == line)
+}
+
+/// The agent in `auto` mode with the policy-routing backend heals the lab by itself, says so
+/// on /health, /metrics and in its log; when the tunnel goes, it reverts and leaves no rule.
+#[test]
+fn agent_heals_the_lab_and_reverts_when_the_tunnel_goes() {
+    let lab = Lab::up("e");
+    let rules_before = lab.ip(&["rule"]);
+    let agent = LabAgent::start(&lab, "interval_secs = 2\ntimeout_secs = 1.5");
+    let within = Duration::from_secs(40);
+    let wait_for = |what: &str, check: &dyn Fn(&str) -> bool, url: &str| -> String {
+        agent.wait_for(what, check, url, within)
     };
-    let metrics = "http://10.0.15.15:9847/metrics";
-    // Whole lines: a HELP text may contain the same words.
-    let has = |body: &str, line: &str| body.lines().any(|l| l == line);
+    let metrics = METRICS;
     let m = wait_for(
         "the repair",
         &|b| has(b, "pia_split_tunnel_fallback_active 1"),
@@ -242,9 +288,7 @@ fn agent_heals_the_lab_and_reverts_when_the_tunnel_goes() {
     assert_eq!(h["components"]["fallback"]["status"], "ok", "{health}");
     assert_eq!(code, 200, "{health}");
     assert!(
-        std::fs::read_to_string(&agent_log)
-            .unwrap()
-            .contains("applied"),
+        agent.log().contains("applied"),
         "the agent's log says what it did"
     );
 
@@ -263,4 +307,92 @@ fn agent_heals_the_lab_and_reverts_when_the_tunnel_goes() {
         "",
         "table 100 is empty"
     );
+}
+
+/// With a heartbeat of five minutes, the VPN's routes appearing start a round at once: the
+/// agent sees the bypass break and repairs it within seconds, not at the next heartbeat.
+#[test]
+fn a_route_change_starts_a_round_without_waiting_for_the_heartbeat() {
+    let lab = Lab::up("r");
+    // Healthy to begin with: the VPN's halves are not there yet.
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        lab.ip(&["route", "del", half]);
+    }
+    let agent = LabAgent::start(&lab, "interval_secs = 300");
+    agent.wait_for(
+        "the first round",
+        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
+        METRICS,
+        Duration::from_secs(20),
+    );
+    // Only the start round so far.
+    assert!(!agent.log().contains("RouteChange"), "{}", agent.log());
+    let added = Instant::now();
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        lab.ip(&["route", "add", half, "via", "10.16.0.1", "dev", "utun4"]);
+    }
+    agent.wait_for(
+        "the repair after the routes appeared",
+        &|b| {
+            has(b, "pia_split_tunnel_fallback_active 1")
+                && has(b, "pia_split_tunnel_bypass_working 1")
+        },
+        METRICS,
+        Duration::from_secs(30),
+    );
+    let took = added.elapsed();
+    let log = agent.log();
+    assert!(log.contains("trigger=RouteChange"), "{log}");
+    assert!(log.contains("trigger=Confirm"), "{log}");
+    // Far inside the 300 s heartbeat (not a timing target: the bench measures that).
+    assert!(took < Duration::from_secs(60), "{took:?}\n{log}");
+    assert!(
+        lab.ip(&["rule"]).contains("from 10.0.15.15 lookup 100"),
+        "{}",
+        lab.ip(&["rule"])
+    );
+}
+
+/// Without route events, the log alone asks for a round: once the zero-byte sessions cross
+/// the threshold, a confirming round starts at once (heartbeat of five minutes) and the
+/// probes, not the log, decide the repair.
+#[test]
+fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
+    let lab = Lab::up("l");
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        lab.ip(&["route", "del", half]);
+    }
+    let agent = LabAgent::start(&lab, "interval_secs = 300\nwatch_routes = false");
+    agent.wait_for(
+        "the first round",
+        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
+        METRICS,
+        Duration::from_secs(20),
+    );
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        lab.ip(&["route", "add", half, "via", "10.16.0.1", "dev", "utun4"]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let rounds = agent.log().matches("trigger=").count();
+    assert_eq!(rounds, 1, "only the start round so far: {}", agent.log());
+    // The field failure in the log: 80 sessions, all closed with zero bytes.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&agent.proxy_log)
+        .unwrap()
+        .write_all(&std::fs::read(fixture("broken.log")).unwrap())
+        .unwrap();
+    agent.wait_for(
+        "the repair after the log showed the failure",
+        &|b| {
+            has(b, "pia_split_tunnel_fallback_active 1")
+                && has(b, "pia_split_tunnel_bypass_working 1")
+        },
+        METRICS,
+        Duration::from_secs(30),
+    );
+    let log = agent.log();
+    assert!(log.contains("trigger=LogEvidence"), "{log}");
 }

@@ -4,60 +4,24 @@
 //! `promtool check metrics` finds no problem in the agent's output. Needs the `prometheus`
 //! package (sudo bash .ci/setup).
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::agent::Demo;
+use common::prom_server::Prometheus;
 use serde_json::Value;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_owned())
-}
-
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn query(prom: SocketAddr, expr: &str) -> Value {
-    let body = get(prom, &format!("/api/v1/query?query={}", encode(expr))).unwrap_or_default();
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
 
 /// Dashboard variables as a Prometheus query needs them.
 fn concrete(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
         .replace("$__interval", "1m")
         .replace("$instance", ".*")
+        .replace("$job", ".*")
 }
 
 fn root() -> &'static Path {
@@ -125,6 +89,60 @@ fn dashboard_schema_basics() {
         vars.iter()
             .any(|v| v["name"] == "instance" && v["multi"] == true)
     );
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "job" && v["multi"] == true)
+    );
+    // Runbook links (dashboard and panels) point at sections of the README.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let anchors: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("#")
+                .map(|h| h.trim_start_matches('#').trim())
+        })
+        .map(|h| {
+            h.to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    let text = serde_json::to_string(&d).unwrap();
+    let mut links = 0;
+    for (i, _) in text.match_indices("/pia-split-tunnel-exporter#") {
+        let anchor: String = text[i + "/pia-split-tunnel-exporter#".len()..]
+            .chars()
+            .take_while(|c| *c != '"')
+            .collect();
+        assert!(anchors.contains(&anchor), "no README section for #{anchor}");
+        links += 1;
+    }
+    assert!(links >= 6, "{links} runbook links");
+    // The fleet row: broken, fallback active, down, and an up panel.
+    let titles: Vec<&str> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for t in [
+        "Fleet",
+        "Macs with the bypass broken",
+        "Macs with the fallback active",
+        "Macs down",
+        "Agents up",
+    ] {
+        assert!(titles.contains(&t), "no panel {t:?}: {titles:?}");
+    }
+    // No panel needs the recording rules (they may not be loaded where the dashboard is).
+    for (title, expr) in dashboard_exprs(&d) {
+        assert!(
+            !expr.contains("pia_split_tunnel:"),
+            "{title} needs a recording rule: {expr}"
+        );
+    }
     let mut ids = BTreeSet::new();
     for p in d["panels"].as_array().unwrap() {
         assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
@@ -140,9 +158,10 @@ fn dashboard_schema_basics() {
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{title}: no query");
         for t in targets {
+            let expr = t["expr"].as_str().unwrap();
             assert!(
-                t["expr"].as_str().unwrap().contains("$instance"),
-                "{title}: not filtered by $instance"
+                expr.contains("$instance") && expr.contains("$job"),
+                "{title}: not filtered by $job and $instance"
             );
         }
     }
@@ -150,48 +169,15 @@ fn dashboard_schema_basics() {
 
 #[test]
 fn real_prometheus_scrapes_the_agent_and_every_query_works() {
-    let prom_bin = Command::new("sh")
-        .args(["-c", "command -v prometheus"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        prom_bin,
-        "the prometheus server is needed: sudo bash .ci/setup (Debian's prometheus package)"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let agent_addr = free_addr();
-    let _agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_pia-split-tunnel-exporter"))
-            .args(["demo", "--speed", "8", "--listen", &agent_addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let prom_addr = free_addr();
+    let demo = Demo::start();
+    let agent_addr = demo.addr;
     let rules = root().join("alerts/pia-split-tunnel.rules.yml");
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules:?}\n\
 scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - targets: [\"{agent_addr}\"]\n"
     );
-    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let _prom = Kill(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let prom = Prometheus::start(dir.path(), "prometheus", &config, &[]);
     // Every metric name the dashboard and the rules use is one the agent exports (families
     // appear as the demo's first lines and probe round arrive: wait for all of them).
     let dashboard: Value = serde_json::from_str(
@@ -218,7 +204,7 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
     assert!(used.len() > 20, "{used:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
-        let m = get(agent_addr, "/metrics").unwrap_or_default();
+        let m = common::agent::http_get(agent_addr, "/metrics");
         let exported: BTreeSet<&str> = m
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
@@ -260,7 +246,7 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
     // Wait for the recording rules, then run every query.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v = query(prom_addr, "pia_split_tunnel:zero_byte_ratio:ratio5m");
+        let v = prom.query_json("pia_split_tunnel:zero_byte_ratio:ratio5m");
         if v["data"]["result"]
             .as_array()
             .is_some_and(|r| !r.is_empty())
@@ -274,7 +260,7 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
         std::thread::sleep(Duration::from_millis(500));
     }
     for expr in rule_exprs(&rules_text) {
-        let v = query(prom_addr, &expr);
+        let v = prom.query_json(&expr);
         assert_eq!(
             v["status"], "success",
             "rule expression does not evaluate: {expr}: {v}"
@@ -282,7 +268,7 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
     }
     for (title, expr) in dashboard_exprs(&dashboard) {
         let expr = concrete(&expr);
-        let v = query(prom_addr, &expr);
+        let v = prom.query_json(&expr);
         assert_eq!(v["status"], "success", "{title}: {expr}: {v}");
         let is_annotation = title.starts_with("Fallback applied");
         if !is_annotation {
@@ -293,7 +279,7 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
         }
     }
     // The first row says the bypass is broken once the demo reaches the failure.
-    let bypass = query(prom_addr, "pia_split_tunnel_bypass_working");
+    let bypass = prom.query_json("pia_split_tunnel_bypass_working");
     assert!(
         bypass["data"]["result"][0]["value"][1].is_string(),
         "{bypass}"

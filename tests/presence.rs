@@ -1,4 +1,4 @@
-//! Process presence: roles by name or executable path, and the `process_running` family, over
+//! Process presence: roles by the executable path of root's processes (never a name), and the `process_running` family, over
 //! a process table set by hand.
 
 use pia_split_tunnel_exporter::demo::ProcessTable;
@@ -7,24 +7,41 @@ use pia_split_tunnel_exporter::presence::{
     Presence, PresenceCollector, PresenceTracker, ProcInfo, ProcessConfig,
 };
 
-fn proc(name: &str, exe: Option<&str>) -> ProcInfo {
+const APP: &str = "/Applications/Private Internet Access.app/Contents/MacOS/";
+
+/// A process of root's with this executable path (its name is the file name).
+fn proc(exe: &str) -> ProcInfo {
     ProcInfo {
-        name: name.into(),
-        exe: exe.map(Into::into),
+        name: exe.rsplit('/').next().unwrap().into(),
+        exe: Some(exe.into()),
+        uid: Some(0),
     }
 }
 
 #[test]
-fn roles_by_name_or_executable_path() {
+fn roles_by_executable_path_of_roots_processes() {
     let table = vec![
         proc(
-            "com.privateinternetaccess.vpn.splittunnel",
-            Some(
-                "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
-            ),
+            "/Library/SystemExtensions/0D6E/com.privateinternetaccess.vpn.splittunnel.systemextension/Contents/MacOS/com.privateinternetaccess.vpn.splittunnel",
         ),
-        proc("pia-daemon", None),
-        proc("launchd", Some("/sbin/launchd")),
+        proc(&format!("{APP}pia-daemon")),
+        proc("/sbin/launchd"),
+        // Named like PIA's, but by anyone: a name, a user's process, an unknown path.
+        ProcInfo {
+            name: "pia-daemon".into(),
+            exe: Some("/bin/sleep".into()),
+            uid: Some(0),
+        },
+        ProcInfo {
+            uid: Some(65534),
+            ..proc(&format!("{APP}pia-wireguard-go"))
+        },
+        ProcInfo {
+            exe: None,
+            ..proc("pia-openvpn")
+        },
+        // A file name that only contains the pattern.
+        proc("/tmp/not-pia-daemon"),
     ];
     let source = ProcessTable::new(table);
     let mut watch = PresenceTracker::new(source.clone(), ProcessConfig::default());
@@ -37,7 +54,7 @@ fn roles_by_name_or_executable_path() {
             checked: true
         }
     );
-    source.set(vec![proc("pia-wireguard-go", None)]);
+    source.set(vec![proc(&format!("{APP}pia-wireguard-go"))]);
     assert_eq!(
         watch.refresh(),
         Presence {
@@ -60,7 +77,7 @@ fn roles_by_name_or_executable_path() {
 
 #[test]
 fn presence_metric_appears_after_the_first_look() {
-    let source = ProcessTable::new(vec![proc("pia-daemon", None)]);
+    let source = ProcessTable::new(vec![proc(&format!("{APP}pia-daemon"))]);
     let mut watch = PresenceTracker::new(source, ProcessConfig::default());
     let registry = prometheus::Registry::new();
     registry

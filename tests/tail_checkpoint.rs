@@ -108,3 +108,42 @@ fn cursor_json_is_stable() {
         r#"{"dev":7,"ino":8,"offset":9,"fingerprint":{"len":3,"hash":16654208175385433931}}"#
     );
 }
+
+/// One agent per checkpoint; a folder others can write is refused; a link planted at the temp
+/// name is replaced, never written through; a bad file is set aside.
+#[test]
+fn lock_folder_temp_file_and_set_aside() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(dir.path().join("cp.json"));
+    let held = store.lock().unwrap();
+    let again = CheckpointStore::new(dir.path().join("cp.json")).lock();
+    assert!(
+        matches!(again, Err(CheckpointError::Locked { .. })),
+        "{again:?}"
+    );
+    drop(held);
+    store.lock().unwrap();
+
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "root's file\n").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join(".cp.json.tmp")).unwrap();
+    store.save(&state(7)).unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file\n");
+    let mode = fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    fs::write(store.path(), "{not json").unwrap();
+    let bad = store.set_aside().unwrap();
+    assert_eq!(fs::read_to_string(bad).unwrap(), "{not json");
+    assert!(store.load::<State>().unwrap().is_none());
+
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let e = store.save(&state(8)).unwrap_err();
+    assert!(matches!(e, CheckpointError::SharedFolder { .. }), "{e}");
+    assert!(e.to_string().contains("other users"), "{e}");
+    assert!(matches!(
+        store.load::<State>(),
+        Err(CheckpointError::SharedFolder { .. })
+    ));
+}

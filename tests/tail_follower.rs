@@ -192,6 +192,7 @@ fn ten_megabyte_line_is_skipped_with_bounded_memory() {
     let opts = FollowOptions {
         max_line_bytes: max_line,
         read_chunk: 16 * 1024,
+        ..FollowOptions::default()
     };
     let mut f = Follower::new(log.path.clone(), None, opts);
     log.append(b"before\r\n");
@@ -341,21 +342,121 @@ fn restart_with_another_file_of_the_same_size_starts_over() {
 }
 
 #[test]
-fn restart_when_the_saved_file_is_gone_reads_the_current_file_only() {
+fn restart_after_two_rotations_reports_the_gap_and_reads_the_archive() {
     let log = Log::new();
     log.append(b"a\r\n");
     let mut f = log.follower(None);
     poll_all(&mut f);
     let c = f.cursor().unwrap();
     drop(f);
-    // Two rotations: the saved file is overwritten; the archive holds b, never to be read.
+    // Two rotations: the saved file (and its unread "lost") is overwritten; the archive
+    // holds b, newer than it, and is read before the current file.
     log.append(b"lost\r\n");
     log.rotate();
+    // Held open so the file system cannot give its inode to the next file.
+    let _saved = File::open(&log.archive).unwrap();
     log.append(b"b\r\n");
     log.rotate();
     log.append(b"c\r\n");
     let mut f = log.follower(Some(c));
     let (out, p) = poll_all(&mut f);
-    assert_eq!(out, "c\r\n");
-    assert_eq!(p.resumed, Some(Resume::NotFound));
+    assert_eq!(out, "b\r\nc\r\n");
+    assert_eq!((p.resumed, p.rotations), (Some(Resume::Gap), 1));
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0, "mkfifo");
+}
+
+/// In a sticky world-writable folder (like /tmp): a FIFO, a link, a foreign owner and a hard
+/// link are each refused once, counted once, and never block; a good file is then read.
+#[test]
+fn shared_folder_refuses_what_it_must_without_blocking() {
+    use pia_split_tunnel_exporter::tail::{Refusal, Trust};
+    use std::os::unix::fs::PermissionsExt;
+    let log = Log::new();
+    let dir = log.path.parent().unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    let me = unsafe { libc::geteuid() };
+    let opts = |owner| FollowOptions {
+        trust: Trust { owner },
+        ..FollowOptions::default()
+    };
+    mkfifo(&log.path);
+    let mut f = Follower::new(log.path.clone(), None, opts(me));
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file, p.refused),
+        ("", FileState::Refused(Refusal::NotRegular("FIFO")), 1)
+    );
+    // The same file again: reported, not counted again.
+    let (_, p) = poll_all(&mut f);
+    assert_eq!(p.refused, 0);
+    fs::remove_file(&log.path).unwrap();
+
+    let elsewhere = dir.join("secret");
+    fs::write(&elsewhere, "root only\r\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &log.path).unwrap();
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file),
+        ("", FileState::Refused(Refusal::Symlink))
+    );
+    fs::remove_file(&log.path).unwrap();
+
+    fs::hard_link(&elsewhere, &log.path).unwrap();
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file),
+        ("", FileState::Refused(Refusal::HardLink))
+    );
+    fs::remove_file(&log.path).unwrap();
+
+    log.append(b"mine\r\n");
+    let mut other = Follower::new(log.path.clone(), None, opts(me + 1));
+    let (out, p) = poll_all(&mut other);
+    assert_eq!(
+        (out.as_str(), p.file),
+        (
+            "",
+            FileState::Refused(Refusal::Owner {
+                uid: me,
+                want: me + 1
+            })
+        )
+    );
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file, p.refused),
+        ("mine\r\n", FileState::Present, 0)
+    );
+}
+
+/// A name that is the other log (here a hard link in a private folder) is refused, so no line
+/// is counted twice; the other log's archive too.
+#[test]
+fn the_other_log_is_not_read_twice() {
+    use pia_split_tunnel_exporter::tail::Refusal;
+    let main = Log::new();
+    main.append(b"a\r\n");
+    let err = Log::new();
+    fs::hard_link(&main.path, &err.path).unwrap();
+    let opts = FollowOptions {
+        avoid: Some(main.path.clone()),
+        ..FollowOptions::default()
+    };
+    let mut f = Follower::new(err.path.clone(), None, opts);
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file),
+        ("", FileState::Refused(Refusal::SameAsOther))
+    );
+    main.rotate();
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(
+        (out.as_str(), p.file),
+        ("", FileState::Refused(Refusal::SameAsOther))
+    );
 }

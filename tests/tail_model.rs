@@ -101,6 +101,7 @@ impl Model {
             opts: FollowOptions {
                 max_line_bytes: max_line,
                 read_chunk: 1,
+                ..FollowOptions::default()
             },
             out: Vec::new(),
         }
@@ -237,16 +238,24 @@ impl Model {
             // from 0. A cursor taken on an empty file (no first bytes, offset 0) matches any
             // file that got the same inode, and reads it from 0. Everything older than where
             // it resumes and not handed on is gone for it.
+            // Not found: when neither name holds the saved inode, the file was rotated away
+            // twice (a gap) and the archive, newer than it, is read in full first.
             let n = self.inodes.len();
+            let gap_or_current = if n >= 2 && self.inodes[n - 1] != ino && self.inodes[n - 2] != ino
+            {
+                n - 2
+            } else {
+                n - 1
+            };
             let k = if has_head {
                 let intact = g + 2 >= n && !self.truncated.contains(&g);
-                if intact { g } else { n - 1 }
+                if intact { g } else { gap_or_current }
             } else if self.inodes[n - 1] == ino {
                 n - 1
             } else if n >= 2 && self.inodes[n - 2] == ino {
                 n - 2
             } else {
-                n - 1
+                gap_or_current
             };
             for older in 0..k {
                 self.lose_unread(older);

@@ -2,7 +2,8 @@
 //!
 //! One task runs the log stage ([`Ingest`]: tail → pipeline → session window, with its
 //! checkpoint), whose events feed health. A second ([`RoundLoop`]) looks at the process table
-//! and probes on an interval, and feeds health and the fallback controller.
+//! and probes when the schedule says (agent/rounds.rs), and feeds health and the fallback
+//! controller.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::LogCollector;
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
-use crate::sessions::window::SharedWindow;
+use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
 
 mod rounds;
 pub use rounds::RoundLoop;
@@ -31,8 +32,10 @@ pub struct Sources {
     /// Probe rounds; `None` runs the agent on the log alone.
     pub rounds: Option<Arc<dyn RoundSource>>,
     pub processes: Box<dyn ProcessSource + Send>,
-    /// Time between probe rounds (and process-table looks).
+    /// Time between probe rounds when nothing changes (the heartbeat).
     pub interval: Duration,
+    /// Start a round when routes, links or addresses change.
+    pub watch_routes: bool,
 }
 
 impl Sources {
@@ -42,6 +45,7 @@ impl Sources {
             rounds: config.probe.source(),
             processes: Box::new(crate::presence::SysinfoSource::new()?),
             interval: config.probe.interval(),
+            watch_routes: config.probe.watch_routes,
         })
     }
 }
@@ -102,8 +106,10 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let web = crate::http::WebConfig::load(Some(&config.http.web_config_file))
+        .map_err(anyhow::Error::msg)?;
     // First: creates the checkpoint's folder, by default also the pf token's.
-    let ingest = Ingest::restore(&config.log);
+    let ingest = Ingest::restore(&config.log)?;
     let pipeline = ingest.pipeline();
 
     let registry = Registry::new();
@@ -144,7 +150,11 @@ pub async fn run_until(
         "Failed saves of the checkpoint (log.checkpoint); retried every second.",
     )?;
     registry.register(Box::new(save_errors.clone()))?;
+    // The log side tells the rounds when the sessions become evidence.
+    let evidence = Arc::new(tokio::sync::Notify::new());
     let events = AgentEvents {
+        evidence: evidence.clone(),
+        edge: Mutex::new(EvidenceEdge::default()),
         health: health.clone(),
         save_errors,
     };
@@ -155,6 +165,8 @@ pub async fn run_until(
             processes,
             rounds: sources.rounds,
             interval: sources.interval,
+            watch_routes: sources.watch_routes,
+            evidence: evidence.clone(),
             probe_metrics,
             window: window.clone(),
             controller: controller.clone(),
@@ -172,19 +184,65 @@ pub async fn run_until(
     let mut app = crate::http::router(registry.clone())
         .merge(crate::health::http::router(health.clone()))
         .merge(crate::status::adapter::router(Arc::new(status)));
+    app = web.protect(app, &registry);
     match crate::fallback::http::router(controller.clone(), &config.fallback) {
-        Ok(routes) => app = app.merge(routes),
+        Ok(routes) => {
+            let local = listener.local_addr()?;
+            app = app.merge(web.control(routes, local, config.fallback.allow_plain_http));
+        }
         Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
     }
-    tracing::info!(listen = %listener.local_addr()?, log = %config.log.path.display(), "agent started");
+    tracing::info!(listen = %listener.local_addr()?, tls = web.tls.is_some(), basic_auth = web.auth.is_some(), log = %config.log.path.display(), "agent started");
     let (why_tx, why_rx) = tokio::sync::oneshot::channel();
-    let server = crate::http::serve(listener, app, &config.http, async move {
+    let server = crate::http::serve(listener, app, &config.http, &web, async move {
         let _ = why_tx.send(stop.await);
         let _ = stop_tx.send(true);
     });
-    server.await.context("HTTP server")?;
-    tail.await.context("tail task")?;
-    periodic.await.context("probe task")?;
+    // A task that ends before the stop was asked died: the process ends non-zero, so launchd
+    // restarts it, rather than serving metrics and health that no longer move.
+    let (mut tail, mut periodic) = (tail, periodic);
+    let died = |what: &str, r: Result<(), tokio::task::JoinError>| {
+        anyhow::anyhow!(
+            "the {what} task ended unexpectedly ({}); exiting so the service manager restarts the agent",
+            match r {
+                Ok(()) => "returned".to_string(),
+                Err(e) => e.to_string(),
+            }
+        )
+    };
+    let stopping = stop_rx.clone();
+    let mut server = std::pin::pin!(server);
+    let (mut tail_done, mut periodic_done) = (None, None);
+    loop {
+        tokio::select! {
+            r = &mut server => {
+                r.context("HTTP server")?;
+                break;
+            }
+            r = &mut tail, if tail_done.is_none() => {
+                if !*stopping.borrow() {
+                    return Err(died("log", r));
+                }
+                tail_done = Some(r);
+            }
+            r = &mut periodic, if periodic_done.is_none() => {
+                if !*stopping.borrow() {
+                    return Err(died("probe", r));
+                }
+                periodic_done = Some(r);
+            }
+        }
+    }
+    match tail_done {
+        Some(r) => r,
+        None => tail.await,
+    }
+    .context("tail task")?;
+    match periodic_done {
+        Some(r) => r,
+        None => periodic.await,
+    }
+    .context("probe task")?;
     if why_rx.await.unwrap_or(Stop::Exit) == Stop::Exit
         && let Err(e) = controller.lock().await.shutdown()
     {
@@ -198,9 +256,22 @@ pub async fn run_until(
 struct AgentEvents {
     health: Arc<Health>,
     save_errors: prometheus::IntCounter,
+    evidence: Arc<tokio::sync::Notify>,
+    edge: Mutex<EvidenceEdge>,
 }
 
 impl IngestEvents for AgentEvents {
+    fn emit_sessions_closed(&self, window: &SessionsVerdict) {
+        let crossed = self
+            .edge
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .crossed(window);
+        if crossed {
+            self.evidence.notify_one();
+        }
+    }
+
     fn emit_log_polled(&self, status: LogHealthInput) {
         self.health.update_log(status);
     }

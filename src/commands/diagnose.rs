@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
+use crate::os::{Os as _, System};
 use crate::presence::{Presence, PresenceTracker, SysinfoSource};
 use crate::probe::{PathKind, Round, State, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
@@ -64,22 +65,22 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     };
     let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
+    let system = System::new(config.fallback.tools());
     let round = if config.probe.enabled {
         Some(one_round(&config.probe)?)
     } else {
         None
     };
-    let os = crate::os::System::new(config.fallback.tools());
     // Without probes the interfaces are still discovered (no packet leaves) for the facts.
     let interfaces = match &round {
         Some(r) => r.interfaces.clone(),
         None => crate::os::discover(
-            &os,
+            &system,
             config.probe.physical_interface.as_deref(),
             config.probe.tunnel_interface.as_deref(),
         ),
     };
-    let platform = crate::os::Os::routing_facts(&os, &interfaces).describe(&interfaces);
+    let platform = system.routing_facts(&interfaces).describe(&interfaces);
     for line in explain(round.as_ref(), &facts, &presence, &platform) {
         println!("{line}");
     }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::agent::Sources;
+use std::os::unix::fs::DirBuilderExt;
+
 use crate::config::Config;
 use crate::os::{Interfaces, PhysicalIf, TunnelIf};
 use crate::presence::ProcInfo;
@@ -37,14 +39,21 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
         "--speed must be a positive number"
     );
     let dir = std::env::temp_dir().join(format!("pia-split-tunnel-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A new private folder: one someone else made in advance (the temp folder is shared)
+    // is an error, not a place to write.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     config.log.path = dir.join("transparent_proxy.log");
     config.log.checkpoint = dir.join("checkpoint.json");
+    // Only the replayed log: never this machine's error log (/tmp/STProxy.log).
+    config.log.error_path = std::path::PathBuf::new();
     // The demo decides and reports, and never touches this machine's network.
     config.fallback.backend = crate::fallback::BackendChoice::None;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
+        let listener = crate::http::bind(&config.http.listen)
             .await
             .with_context(|| {
                 format!(
@@ -82,6 +91,7 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
     let pia = |name: &str, exe: &str| ProcInfo {
         name: name.into(),
         exe: Some(exe.into()),
+        uid: Some(0),
     };
     let processes = ProcessTable::new(vec![
         pia(
@@ -101,6 +111,8 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
         rounds: Some(Arc::new(ReplayRounds { broken })),
         processes: Box::new(processes),
         interval: Duration::from_secs(5),
+        // Replayed rounds: the demo machine's own routes play no part.
+        watch_routes: false,
     }
 }
 

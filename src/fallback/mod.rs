@@ -178,6 +178,9 @@ pub struct FallbackConfig {
     pub ip_path: PathBuf,
     /// Bearer token for the mutating HTTP endpoints (file mode 0600); none disables them.
     pub token_file: Option<PathBuf>,
+    /// Serve those endpoints over plain HTTP on a non-loopback address (the token then
+    /// crosses the network in clear text); without TLS they answer 403 there.
+    pub allow_plain_http: bool,
     /// Alertmanager alerts (by `alertname`) whose firing asks for the repair.
     pub alert_names: Vec<String>,
     /// The `instance` label Prometheus gives this machine: alerts for others are answered
@@ -211,6 +214,7 @@ impl Default for FallbackConfig {
             rule_priority: 100,
             ip_path: "ip".into(),
             token_file: None,
+            allow_plain_http: false,
             alert_names: vec!["PiaSplitTunnelBypassBroken".into()],
             instance: None,
             max_body_bytes: 64 * 1024,
@@ -219,6 +223,15 @@ impl Default for FallbackConfig {
 }
 
 impl FallbackConfig {
+    /// The system tools at their configured paths.
+    pub fn tools(&self) -> Tools {
+        Tools {
+            pfctl: self.pfctl_path.clone(),
+            ip: self.ip_path.clone(),
+            ..Tools::default()
+        }
+    }
+
     /// The session window and the thresholds of its verdict, as configured.
     pub fn session_window(&self) -> SessionWindow {
         SessionWindow::new(
@@ -235,15 +248,6 @@ impl FallbackConfig {
         }
     }
 
-    /// The system tools at their configured paths.
-    pub fn tools(&self) -> Tools {
-        Tools {
-            pfctl: self.pfctl_path.clone(),
-            ip: self.ip_path.clone(),
-            ..Tools::default()
-        }
-    }
-
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
         let r = self.zero_byte_ratio;
@@ -252,18 +256,60 @@ impl FallbackConfig {
                 "fallback.zero_byte_ratio = {r}: use a share in (0, 1], e.g. 0.9"
             ));
         }
-        for (key, v) in [
-            ("consecutive_rounds", self.consecutive_rounds),
-            ("min_sessions", self.min_sessions),
-            ("max_actions_per_hour", self.max_actions_per_hour),
-            ("tunnel_down_rounds", self.tunnel_down_rounds),
+        use crate::tail::open::in_range;
+        for (key, v, max, default) in [
+            (
+                "fallback.consecutive_rounds",
+                self.consecutive_rounds,
+                1000,
+                "2",
+            ),
+            ("fallback.min_sessions", self.min_sessions, 1_000_000, "5"),
+            (
+                "fallback.max_actions_per_hour",
+                self.max_actions_per_hour,
+                3600,
+                "6",
+            ),
+            (
+                "fallback.tunnel_down_rounds",
+                self.tunnel_down_rounds,
+                1000,
+                "2",
+            ),
         ] {
-            if v == 0 {
-                return Err(format!("fallback.{key} = 0: use at least 1"));
-            }
+            in_range(key, v, 1..=max, default)?;
         }
-        if self.window_secs == 0 {
-            return Err("fallback.window_secs = 0: use a window of at least 1 s, e.g. 300".into());
+        // Durations are added to clocks: bounded so they cannot overflow one.
+        in_range("fallback.window_secs", self.window_secs, 1..=86_400, "300")?;
+        in_range(
+            "fallback.cooldown_secs",
+            self.cooldown_secs,
+            0..=86_400,
+            "120",
+        )?;
+        in_range(
+            "fallback.backoff_max_secs",
+            self.backoff_max_secs,
+            0..=604_800,
+            "3600",
+        )?;
+        in_range(
+            "fallback.max_body_bytes",
+            self.max_body_bytes,
+            1024..=1 << 20,
+            "65536",
+        )?;
+        if let Some(n) = self.bypass_subnets.iter().find(|n| n.prefix() < 8) {
+            return Err(format!(
+                "fallback.bypass_subnets has {}/{}: a subnet that wide keeps (nearly) every \
+                 destination off the fallback; list local networks only",
+                n.addr(),
+                n.prefix()
+            ));
+        }
+        if let Some(path) = &self.token_file {
+            token_file_is_private(path)?;
         }
         if self.backoff_max_secs < self.cooldown_secs {
             return Err(format!(
@@ -307,11 +353,31 @@ impl FallbackConfig {
                     .into(),
             );
         }
-        if self.max_body_bytes == 0 {
-            return Err("fallback.max_body_bytes = 0: use e.g. 65536".into());
-        }
         Ok(())
     }
+}
+
+/// The token guards actions taken as root: a file others can read (or that is not a regular
+/// file) is an error at load, not a warning at start.
+fn token_file_is_private(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("fallback.token_file {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "fallback.token_file {}: not a regular file",
+            path.display()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "fallback.token_file {} has mode {mode:o}: others can read it; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn validate_anchor(anchor: &str) -> Result<(), String> {

@@ -40,10 +40,12 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.log_stale_secs == 0 {
-            return Err("health.log_stale_secs = 0: use e.g. 900".into());
-        }
-        Ok(())
+        crate::tail::open::in_range(
+            "health.log_stale_secs",
+            self.log_stale_secs,
+            1..=604_800,
+            "900",
+        )
     }
 }
 

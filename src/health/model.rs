@@ -82,8 +82,13 @@ pub struct LogHealthInput {
     pub proxy_connected: Option<bool>,
     /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
     pub error_log_present: bool,
-    /// The log file is there but cannot be opened or read (e.g. permission denied).
+    /// The log file is there but cannot be opened or read (e.g. permission denied), or was
+    /// refused (a FIFO, a link in a shared folder...).
     pub file_error: Option<String>,
+    /// The same for the error-level log: the debug log is still read, so it only degrades.
+    pub error_file_error: Option<String>,
+    /// Stretches lost unread (rotated away twice while the agent was stopped).
+    pub gaps: u64,
 }
 
 /// The checkpoint's last save, as the model sees it.
@@ -179,6 +184,12 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
             ),
         );
     }
+    if let Some(e) = &l.error_file_error {
+        return c(
+            Status::Degraded,
+            format!("tailing; the error-level log (log.error_path) is not read: {e}"),
+        );
+    }
     match l.last_line_age {
         Some(age) if age > t.log_stale => c(
             Status::Degraded,
@@ -188,10 +199,19 @@ fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
         _ => c(
             Status::Ok,
             format!(
-                "tailing: {} lines read, {} unrecognized{}",
+                "tailing: {} lines read, {} unrecognized{}{}",
                 l.lines_read,
                 l.unrecognized,
-                l.level.map(|v| format!(", level {v}")).unwrap_or_default()
+                l.level.map(|v| format!(", level {v}")).unwrap_or_default(),
+                if l.gaps > 0 {
+                    format!(
+                        "; {} gap(s): the file being read was rotated away twice while the \
+                         agent was stopped, its unread rest is lost (log_gaps_total)",
+                        l.gaps
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ),
     }

@@ -1,17 +1,25 @@
 //! HTTP surface (axum): `/metrics`, `/-/healthy`. Other stages add their routes (`/` the
 //! status page, `/health`, `/fallback/*`) by merging their own routers into [`router`]'s.
+//! [`web_config`] adds TLS, basic auth and headers as the Go exporters do; [`listen`] the
+//! address forms they accept.
+
+pub mod listen;
+pub mod web_config;
+
+pub use listen::{ListenAddr, bind};
+pub use web_config::WebConfig;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
@@ -21,7 +29,10 @@ use tokio::sync::Semaphore;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    pub listen: std::net::SocketAddr,
+    /// `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every address (`--web.listen-address`).
+    pub listen: ListenAddr,
+    /// The exporter toolkit's web configuration (TLS, basic auth); empty: plain HTTP.
+    pub web_config_file: std::path::PathBuf,
     /// A client that has not sent a whole request head within this time is disconnected (a
     /// slow client must not hold a connection forever).
     pub header_timeout_secs: u64,
@@ -32,7 +43,8 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: ([127, 0, 0, 1], 9847).into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9847)).into(),
+            web_config_file: std::path::PathBuf::new(),
             header_timeout_secs: 10,
             max_connections: 256,
         }
@@ -41,16 +53,24 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.header_timeout_secs == 0 {
-            return Err("http.header_timeout_secs = 0: use e.g. 10".into());
-        }
-        if self.max_connections < 4 {
-            return Err(format!(
-                "http.max_connections = {}: use at least 4 (default 256)",
-                self.max_connections
-            ));
-        }
-        Ok(())
+        use crate::tail::open::in_range;
+        // Timers add these to now: a huge value would overflow at every request.
+        in_range(
+            "http.header_timeout_secs",
+            self.header_timeout_secs,
+            1..=3600,
+            "10",
+        )?;
+        in_range(
+            "http.max_connections",
+            self.max_connections,
+            4..=65_536,
+            "256",
+        )?;
+        // Loaded here too so check-config reports its errors.
+        WebConfig::load(Some(&self.web_config_file))
+            .map(|_| ())
+            .map_err(|e| format!("http.web_config_file: {e}"))
     }
 }
 
@@ -67,7 +87,19 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
     let body = tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
         .await
         .unwrap_or_default();
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
+    // Never 200 with nothing: Prometheus would keep `up` at 1 over no data.
+    if body.is_empty() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics could not be encoded; see the agent's log\n".to_string(),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        body,
+    )
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish (for
@@ -77,12 +109,22 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
 /// time holds its connection forever. Here hyper closes a connection whose head is not complete
 /// within `header_timeout_secs`, and at most `max_connections` are served at once; more are
 /// closed on accept, so slow or idle clients cannot use up the descriptors `/metrics` needs.
+/// With TLS the handshake shares the header timeout and the connection's slot.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     cfg: &HttpConfig,
+    web: &WebConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = if web.headers.is_empty() {
+        app
+    } else {
+        app.layer(axum::middleware::map_response_with_state(
+            Arc::new(web.headers.clone()),
+            web_config::add_headers,
+        ))
+    };
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let header_timeout = Duration::from_secs(cfg.header_timeout_secs);
@@ -104,15 +146,19 @@ pub async fn serve(
             tracing::debug!("too many connections (http.max_connections): closing a new one");
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (app, watcher, tls) = (app.clone(), graceful.watcher(), web.tls.clone());
         tokio::spawn(async move {
-            // Errors here are the client's (reset, timeout, bad request): nothing to report.
-            let _ = conn.await;
+            match tls {
+                None => serve_connection(stream, app, header_timeout, watcher).await,
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, app, header_timeout, watcher).await,
+                    // A failed or too slow handshake is the client's problem.
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => {
+                        tracing::debug!("TLS handshake not done within http.header_timeout_secs")
+                    }
+                },
+            }
             drop(slot);
         });
     }
@@ -124,6 +170,18 @@ pub async fn serve(
         tracing::debug!("connections still open after the drain time: leaving them");
     }
     Ok(())
+}
+
+async fn serve_connection<I>(io: I, app: Router, header_timeout: Duration, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    // Errors here are the client's (reset, timeout, bad request): nothing to report.
+    let _ = watcher.watch(conn).await;
 }
 
 /// How long open requests may take to finish after shutdown was asked.

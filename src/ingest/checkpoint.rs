@@ -76,8 +76,12 @@ pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipelin
         Ok(Some(Checkpoint::V1(c))) if c.log_path == config.path => {
             tracing::info!(checkpoint = %store.path().display(), "resuming from checkpoint");
             let mut pipeline = c.pipeline;
-            // Caps may have changed in the config; the saved tables keep their content.
-            pipeline.set_limits(config.max_open_sessions);
+            if let Err(why) = pipeline.check() {
+                set_aside(store, &why);
+                return fresh();
+            }
+            // The config's caps, not the checkpoint's: the saved tables keep their content.
+            pipeline.set_limits(config.limits());
             (c.cursors, pipeline)
         }
         Ok(Some(_)) => {
@@ -85,9 +89,27 @@ pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipelin
             fresh()
         }
         Ok(None) => fresh(),
+        Err(e @ crate::tail::CheckpointError::Corrupt { .. }) => {
+            set_aside(store, &e.to_string());
+            fresh()
+        }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the checkpoint; reading the log from its start");
             fresh()
+        }
+    }
+}
+
+/// A checkpoint that does not fit (not JSON, or state that contradicts itself) is moved
+/// aside and the agent starts clean: never a task that dies on it at every start.
+fn set_aside(store: &CheckpointStore, why: &str) {
+    match store.set_aside() {
+        Ok(bad) => {
+            tracing::warn!(checkpoint = %store.path().display(), kept = %bad.display(), reason = %why,
+                "checkpoint does not fit; set aside, reading the log from its start")
+        }
+        Err(e) => {
+            tracing::warn!(reason = %why, error = %e, "checkpoint does not fit and cannot be set aside; reading the log from its start")
         }
     }
 }
@@ -111,7 +133,10 @@ impl Saver {
             log_path,
             dirty: false,
             failing: false,
-            last_attempt: Instant::now(),
+            // The first save may come at once.
+            last_attempt: Instant::now()
+                .checked_sub(CHECKPOINT_EVERY)
+                .unwrap_or_else(Instant::now),
         }
     }
 
@@ -130,15 +155,17 @@ impl Saver {
         self.last_attempt + CHECKPOINT_EVERY
     }
 
-    /// Saves when something is unsaved and it is `urgent` or due.
+    /// Saves when something is unsaved and no save happened in the last second. What must
+    /// be saved soon (a rotation, a resume) is saved at once after a quiet second, else a
+    /// second after the last save: someone renaming a log in a loop cannot make root write
+    /// and fsync more than once a second.
     pub fn save_if_due(
         &mut self,
-        urgent: bool,
         cursors: Cursors,
         pipeline: &Mutex<Pipeline>,
         events: &dyn IngestEvents,
     ) {
-        if self.dirty && (urgent || Instant::now() >= self.due()) {
+        if self.dirty && Instant::now() >= self.due() {
             self.save(cursors, pipeline, events);
         }
     }
@@ -210,6 +237,33 @@ mod tests {
             p.sessions().apps().name(crate::sessions::AppId(2)),
             "com.apple.Safari"
         );
+    }
+
+    /// Valid JSON whose state contradicts itself (here a session of an app the table does not
+    /// have, which once made the counting index far past its rows) is set aside, not loaded.
+    #[test]
+    fn a_checkpoint_that_does_not_fit_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path().join("cp.json"));
+        let config = LogConfig {
+            path: PIA_LOG.into(),
+            ..LogConfig::default()
+        };
+        let mut doc: serde_json::Value = serde_json::from_str(FIRST_FORMAT).unwrap();
+        let open = &mut doc["pipeline"]["sessions"]["open"];
+        let first = open
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .cloned()
+            .expect("an open session");
+        open[&first]["app"] = 4_000_000_000u32.into();
+        std::fs::write(store.path(), doc.to_string()).unwrap();
+        let (cursors, p) = restore(&store, &config);
+        assert_eq!((cursors, p.read().lines), (Cursors::default(), 0));
+        assert!(!store.path().exists());
+        assert!(dir.path().join("cp.json.bad").exists());
     }
 
     #[test]

@@ -25,12 +25,16 @@ pub struct Ingest {
     store: CheckpointStore,
     cursors: Cursors,
     pipeline: Arc<Mutex<Pipeline>>,
+    /// The checkpoint is this process's while the stage lives.
+    _lock: Option<crate::tail::StoreLock>,
 }
 
 impl Ingest {
     /// Resumes from the checkpoint at `config.checkpoint` when it belongs to `config.path`,
     /// else starts fresh. Creates the checkpoint's folder, which may not exist on a new machine.
-    pub fn restore(config: &LogConfig) -> Ingest {
+    ///
+    /// Fails when another agent holds the checkpoint (see [`CheckpointStore::lock`]).
+    pub fn restore(config: &LogConfig) -> Result<Ingest, crate::tail::CheckpointError> {
         if let Some(dir) = config
             .checkpoint
             .parent()
@@ -40,15 +44,25 @@ impl Ingest {
             tracing::warn!(error = %e, folder = %dir.display(), "cannot create the checkpoint's folder (log.checkpoint)");
         }
         let store = CheckpointStore::new(config.checkpoint.clone());
+        let lock = match store.lock() {
+            Ok(lock) => Some(lock),
+            Err(e @ crate::tail::CheckpointError::Locked { .. }) => return Err(e),
+            // Counting goes on without a checkpoint; health shows the failing saves.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lock the checkpoint");
+                None
+            }
+        };
         let (cursors, mut pipeline) = restore(&store, config);
         // The loop hands each closed session to the session window.
         pipeline.record_closed(true);
-        Ingest {
+        Ok(Ingest {
             config: config.clone(),
             store,
             cursors,
             pipeline: Arc::new(Mutex::new(pipeline)),
-        }
+            _lock: lock,
+        })
     }
 
     /// The pipeline the loop feeds, for collectors to read.
@@ -69,18 +83,26 @@ impl Ingest {
             store,
             cursors,
             pipeline,
+            _lock,
         } = self;
         let side = LogSide {
             pipeline,
             window,
             events: &events,
         };
-        let mut debug = Followed::new(config.path.clone(), cursors.debug, config.max_line_bytes);
+        let mut debug = Followed::new(
+            config.path.clone(),
+            cursors.debug,
+            config.max_line_bytes,
+            None,
+        );
+        // The error log may sit in a folder anyone writes: it must never be the debug log again.
         let mut error = (!config.error_path.as_os_str().is_empty()).then(|| {
             Followed::new(
                 config.error_path.clone(),
                 cursors.error,
                 config.max_line_bytes,
+                Some(config.path.clone()),
             )
         });
         let mut saver = Saver::new(store, config.path.clone());
@@ -103,7 +125,10 @@ impl Ingest {
                 }, if error.is_some() => (LogFile::Error, polled),
                 _ = stop.changed() => break,
             };
-            let debug_error = debug.error.clone();
+            let other_error = match which {
+                LogFile::Debug => error.as_ref().and_then(|e| e.error.clone()),
+                LogFile::Error => debug.error.clone(),
+            };
             let file = match which {
                 LogFile::Debug => &mut debug,
                 LogFile::Error => error.as_mut().expect("polled"),
@@ -127,6 +152,10 @@ impl Ingest {
                             "{}: {kind}",
                             file.tailer.follower().path().display()
                         )),
+                        FileState::Refused(r) => Some(format!(
+                            "{} refused: {r}",
+                            file.tailer.follower().path().display()
+                        )),
                         FileState::Present | FileState::Missing => None,
                     };
                     note_error(file, now_error);
@@ -144,18 +173,19 @@ impl Ingest {
                         more: false,
                         file: FileState::Unreadable(e.kind()),
                         resumed: None,
+                        refused: 0,
                     }
                 }
             };
-            let debug_error = match which {
-                LogFile::Debug => file.error.clone(),
-                LogFile::Error => debug_error,
+            let errors = match which {
+                LogFile::Debug => (file.error.clone(), other_error),
+                LogFile::Error => (other_error, file.error.clone()),
             };
-            feed(&side, file, which, &poll, debug_error);
+            feed(&side, file, which, &poll, errors);
             if failed {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            saver.save_if_due(urgent, cursors(&debug, &error), &side.pipeline, side.events);
+            saver.save_if_due(cursors(&debug, &error), &side.pipeline, side.events);
         }
         saver.save(cursors(&debug, &error), &side.pipeline, side.events);
     }
@@ -180,10 +210,17 @@ struct Followed {
 }
 
 impl Followed {
-    fn new(path: PathBuf, cursor: Option<Cursor>, max_line_bytes: usize) -> Followed {
+    /// `avoid`: the other log, which this one must never be (see `tail::open`).
+    fn new(
+        path: PathBuf,
+        cursor: Option<Cursor>,
+        max_line_bytes: usize,
+        avoid: Option<PathBuf>,
+    ) -> Followed {
         let opened = cursor.is_some();
         let opts = FollowOptions {
             max_line_bytes,
+            avoid,
             ..FollowOptions::default()
         };
         Followed {
@@ -209,12 +246,13 @@ fn note_error(file: &mut Followed, now: Option<String>) {
 }
 
 /// Feeds one batch to the pipeline and passes what it changed to the window and the events.
+/// `errors`: why the debug log and the error log cannot be read (or were refused), if so.
 fn feed(
     side: &LogSide<'_>,
     file: &mut Followed,
     which: LogFile,
     poll: &Poll,
-    debug_error: Option<String>,
+    errors: (Option<String>, Option<String>),
 ) {
     let now = Instant::now();
     if !file.buf.is_empty() {
@@ -222,7 +260,7 @@ fn feed(
     }
     let status = {
         let mut p = side.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-        let used = p.feed(&file.buf);
+        let used = p.feed_file(which, &file.buf);
         debug_assert_eq!(
             used,
             file.buf.len(),
@@ -233,8 +271,16 @@ fn feed(
             u64::from(poll.truncations),
             poll.lines_too_long,
         );
-        // An unreadable file is still there: health says why it cannot be read.
-        p.set_file_present(which, !matches!(poll.file, FileState::Missing));
+        p.count_refused(u64::from(poll.refused));
+        if poll.resumed == Some(crate::tail::Resume::Gap) {
+            p.count_gap();
+        }
+        // An unreadable file is still there: health says why it cannot be read. A refused one
+        // is not the proxy's log.
+        p.set_file_present(
+            which,
+            !matches!(poll.file, FileState::Missing | FileState::Refused(_)),
+        );
         let closed = p.drain_closed();
         if !closed.is_empty() {
             let mut w = side.window.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,6 +291,7 @@ fn feed(
                     c.outcome == CloseOutcome::ZeroBytes,
                 );
             }
+            side.events.emit_sessions_closed(&w.verdict(now));
         }
         let read = p.read();
         LogHealthInput {
@@ -255,7 +302,9 @@ fn feed(
             unrecognized: read.unrecognized,
             proxy_connected: p.proxy().connected,
             error_log_present: read.error_file_present,
-            file_error: debug_error,
+            file_error: errors.0,
+            error_file_error: errors.1,
+            gaps: read.gaps,
         }
     };
     file.buf.clear();

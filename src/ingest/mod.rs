@@ -28,6 +28,10 @@ pub trait IngestEvents: Send + Sync {
     fn emit_checkpoint_saved(&self, path: &Path);
     /// Writing the checkpoint at `path` failed; it is retried a second later.
     fn emit_checkpoint_save_failed(&self, path: &Path, error: String);
+    /// Sessions closed; `window` is the session window's verdict now.
+    fn emit_sessions_closed(&self, window: &crate::sessions::window::SessionsVerdict) {
+        let _ = window;
+    }
 }
 
 /// `[log]`: where the proxy writes and how much state the agent keeps.
@@ -70,17 +74,41 @@ impl LogConfig {
 
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_open_sessions == 0 {
-            return Err("log.max_open_sessions must be at least 1 (default 65536)".into());
-        }
-        if self.max_apps == 0 {
-            return Err("log.max_apps must be at least 1 (default 64)".into());
-        }
-        if self.max_line_bytes < 1024 {
-            return Err("log.max_line_bytes must be at least 1024 (default 1048576)".into());
-        }
+        use crate::tail::open::{in_range, same_file};
+        // Bounds of memory: an open session, an app's series and a line buffer each cost RAM.
+        in_range(
+            "log.max_open_sessions",
+            self.max_open_sessions,
+            1..=1 << 20,
+            "65536",
+        )?;
+        in_range("log.max_apps", self.max_apps, 1..=1024, "64")?;
+        in_range(
+            "log.max_line_bytes",
+            self.max_line_bytes,
+            1024..=16 << 20,
+            "1048576",
+        )?;
         if self.path.as_os_str().is_empty() {
             return Err("log.path must name the proxy's log file".into());
+        }
+        if !self.error_path.as_os_str().is_empty() && same_file(&self.error_path, &self.path) {
+            return Err(format!(
+                "log.error_path = {:?} is log.path: every line would count twice; use the \
+                 proxy's error-level log (/tmp/STProxy.log) or \"\" to ignore it",
+                self.error_path
+            ));
+        }
+        for (key, p) in [
+            ("log.path", &self.path),
+            ("log.error_path", &self.error_path),
+        ] {
+            if same_file(p, &self.checkpoint) {
+                return Err(format!(
+                    "log.checkpoint = {:?} is {key}: the agent would read its own state",
+                    self.checkpoint
+                ));
+            }
         }
         Ok(())
     }

@@ -246,6 +246,24 @@ const FAMILIES: &[FamilySpec] = &[
         &[],
     ),
     (
+        "log_files_refused_total",
+        "Files refused at a log's name: not a regular file, a link or a foreign owner in a folder others can write, the other log again.",
+        COUNTER,
+        &[],
+    ),
+    (
+        "log_gaps_total",
+        "Stretches of a log lost unread: the file being read was rotated away twice while the agent was stopped.",
+        COUNTER,
+        &[],
+    ),
+    (
+        "log_values_refused_total",
+        "Values from the log kept out of labels and gauges, by field: app ids that are not a code-signing id (too long, other characters, `other`/`unknown`; counted as app=\"other\"), interface names, times in the future.",
+        COUNTER,
+        &["field"],
+    ),
+    (
         "log_file_present",
         "1 when the log file (log.path) exists and is readable, else 0.",
         GAUGE,
@@ -363,6 +381,8 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     simple("log_rotations_total", r.rotations as f64);
     simple("log_truncations_total", r.truncations as f64);
     simple("log_lines_too_long_total", r.lines_too_long as f64);
+    simple("log_files_refused_total", r.files_refused as f64);
+    simple("log_gaps_total", r.gaps as f64);
     simple("apps_folded_total", apps.folded() as f64);
     out.push(single(
         "log_file_present",
@@ -391,6 +411,12 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         }
         out.push(f.build());
     }
+    let mut refused = family("log_values_refused_total");
+    refused
+        .counter(&[("field", "app")], apps.invalid() as f64)
+        .counter(&[("field", "interface")], r.invalid_interfaces as f64)
+        .counter(&[("field", "timestamp")], r.future_timestamps as f64);
+    out.push(refused.build());
     let e = p.sessions().evictions();
     let mut ev = family("session_evictions_total");
     ev.counter(&[("reason", "table_full")], e.table_full as f64)

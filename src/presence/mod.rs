@@ -44,8 +44,13 @@ pub enum ProcessRole {
     Vpn,
 }
 
-/// `[processes]`: how to recognize PIA's processes. A pattern matches a process whose name
-/// equals it or whose executable path contains it.
+/// `[processes]`: how to recognize PIA's processes.
+///
+/// A process name is whatever its starter chose (a `sleep` renamed `pia-daemon` and run by
+/// `nobody` would do), so it is never matched. A process plays a role when it runs as root
+/// and its executable path matches a pattern: a pattern without `/` is the executable's file
+/// name (`pia-daemon`), one with `/` the whole path (`/Applications/Private Internet
+/// Access.app/Contents/MacOS/pia-daemon`) or, ending in `/`, the folder it is in.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessConfig {
@@ -92,14 +97,24 @@ impl ProcessConfig {
         }
     }
 
-    /// Roles `p` plays.
+    /// Roles `p` plays: none unless it runs as root with a known executable path.
     pub fn roles_of(&self, p: &ProcInfo) -> impl Iterator<Item = ProcessRole> + '_ {
-        let p = p.clone();
+        let exe = p.exe.clone().filter(|_| p.uid == Some(0));
         ProcessRole::iter().filter(move |r| {
-            self.patterns(*r).iter().any(|pat| {
-                p.name == *pat || p.exe.as_deref().is_some_and(|e| e.contains(pat.as_str()))
-            })
+            exe.as_deref()
+                .is_some_and(|e| self.patterns(*r).iter().any(|pat| exe_matches(e, pat)))
         })
+    }
+}
+
+/// `pattern` names the executable `exe` (see [`ProcessConfig`]).
+fn exe_matches(exe: &str, pattern: &str) -> bool {
+    if pattern.ends_with('/') {
+        exe.starts_with(pattern) && !exe[pattern.len()..].contains('/')
+    } else if pattern.contains('/') {
+        exe == pattern
+    } else {
+        exe.rsplit('/').next() == Some(pattern)
     }
 }
 
@@ -210,6 +225,22 @@ impl Collector for PresenceCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const APP: &str = "/Applications/Private Internet Access.app/Contents/MacOS/";
+
+    #[test]
+    fn patterns_name_a_file_a_path_or_a_folder() {
+        let exe = format!("{APP}pia-daemon");
+        assert!(exe_matches(&exe, "pia-daemon"));
+        assert!(exe_matches(&exe, &exe));
+        assert!(exe_matches(&exe, APP));
+        assert!(!exe_matches(&exe, "daemon"));
+        assert!(!exe_matches(&exe, "/Applications/"));
+        assert!(!exe_matches(
+            &exe,
+            "/Applications/Private Internet Access.app"
+        ));
+    }
 
     #[test]
     fn empty_pattern_is_a_config_error() {

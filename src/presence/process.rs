@@ -11,9 +11,12 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 /// What presence needs to know of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcInfo {
+    /// What the process calls itself: anyone can choose it, so it is shown, never matched.
     pub name: String,
     /// Executable path, when the OS tells (not for every process of another user).
     pub exe: Option<String>,
+    /// Real user id, when the OS tells.
+    pub uid: Option<u32>,
 }
 
 pub trait ProcessSource {
@@ -45,7 +48,9 @@ impl ProcessSource for SysinfoSource {
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::All,
             true,
-            ProcessRefreshKind::nothing().with_exe(UpdateKind::OnlyIfNotSet),
+            ProcessRefreshKind::nothing()
+                .with_exe(UpdateKind::OnlyIfNotSet)
+                .with_user(UpdateKind::OnlyIfNotSet),
         );
         self.system
             .processes()
@@ -53,6 +58,7 @@ impl ProcessSource for SysinfoSource {
             .map(|p| ProcInfo {
                 name: p.name().to_string_lossy().into_owned(),
                 exe: p.exe().map(|e| e.display().to_string()),
+                uid: p.user_id().map(|u| **u),
             })
             .collect()
     }

@@ -4,11 +4,13 @@
 //! for every path of the round), and asks them through four paths at once: bound to the
 //! physical interface, bound to the tunnel, bound only to the physical *address* (what PIA's
 //! proxy does, the path that breaks), and unbound. A round is bounded by `probe.timeout_secs`
-//! whatever the endpoints do.
+//! whatever the endpoints do; the bypass path by less once the physical path has answered
+//! (see [`prober`]). When rounds run is [`schedule`]'s decision.
 
 pub mod http;
 pub mod metrics;
 pub mod prober;
+pub mod schedule;
 pub mod verdict;
 
 use std::net::Ipv4Addr;
@@ -114,7 +116,11 @@ pub trait RoundSource: Send + Sync + 'static {
 pub struct ProbeConfig {
     /// Off: the agent watches the log only.
     pub enabled: bool,
+    /// Heartbeat: a round at least this often; route changes and log evidence start rounds
+    /// sooner.
     pub interval_secs: u64,
+    /// Start a round when the routing table, a link or an address changes.
+    pub watch_routes: bool,
     /// Bound of one path (all its endpoint attempts), and so of a round.
     pub timeout_secs: f64,
     /// What-is-my-IP services (`http://` only); the body is an IPv4 address.
@@ -129,7 +135,8 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             enabled: true,
-            interval_secs: 30,
+            interval_secs: 300,
+            watch_routes: true,
             timeout_secs: 5.0,
             endpoints: vec![
                 "http://api.ipify.org/".into(),
@@ -144,12 +151,10 @@ impl Default for ProbeConfig {
 
 impl ProbeConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.interval_secs == 0 {
-            return Err("probe.interval_secs must be at least 1 (default 30)".into());
-        }
-        if !(self.timeout_secs > 0.0 && self.timeout_secs.is_finite()) {
+        crate::tail::open::in_range("probe.interval_secs", self.interval_secs, 1..=86_400, "300")?;
+        if !(self.timeout_secs > 0.0 && self.timeout_secs <= 300.0) {
             return Err(
-                "probe.timeout_secs must be a positive number of seconds (default 5)".into(),
+                "probe.timeout_secs must be a number of seconds in (0, 300] (default 5)".into(),
             );
         }
         if self.timeout_secs >= self.interval_secs as f64 {

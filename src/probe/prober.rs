@@ -1,4 +1,14 @@
 //! A probe round: discovery, one pinned resolution, four paths at once, one deadline.
+//!
+//! The bypass path gets a shorter deadline of its own once the physical path has answered in
+//! the same round: [`bypass_grace`] of the physical path's time (at least 750 ms). A broken
+//! bypass is a black hole (no RST, no ICMP: the packets leave through the tunnel with a
+//! source the VPN drops), so without this every broken round would wait the full
+//! `probe.timeout_secs`. The cut is sound because a working bypass leaves through the same
+//! interface to the same servers as the physical path, so it answers in about the same time;
+//! when the physical path fails there is nothing to compare with and the full deadline holds.
+//! A slow bypass cut short only reads as broken for one round: the policy needs consecutive
+//! rounds, and an applied fallback is verified by a fresh round of real requests.
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -80,10 +90,35 @@ impl Prober {
                 }
             }
         };
+        let (answered, physical_time) = tokio::sync::oneshot::channel::<Duration>();
+        let physical = async {
+            let r = run(PathKind::Physical).await;
+            if r.outcome.is_ok() {
+                let _ = answered.send(r.duration);
+            }
+            r
+        };
+        let bypass = async {
+            let started = Instant::now();
+            let cut = async {
+                match physical_time.await {
+                    Ok(d) => tokio::time::sleep_until((started + bypass_grace(d)).into()).await,
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = run(PathKind::Bypass) => r,
+                _ = cut => PathResult {
+                    path: PathKind::Bypass,
+                    outcome: Err(ProbeError::Timeout),
+                    duration: started.elapsed(),
+                },
+            }
+        };
         let (physical, tunnel, bypass, default) = tokio::join!(
-            run(PathKind::Physical),
+            physical,
             run(PathKind::Tunnel),
-            run(PathKind::Bypass),
+            bypass,
             run(PathKind::Default)
         );
         Round {
@@ -92,6 +127,16 @@ impl Prober {
         }
     }
 }
+
+/// How long the bypass path may take once the physical path answered in `physical`.
+pub fn bypass_grace(physical: Duration) -> Duration {
+    (physical * BYPASS_GRACE_FACTOR).max(BYPASS_GRACE_MIN)
+}
+
+/// A working bypass takes the physical path's route; four times its time is ample.
+const BYPASS_GRACE_FACTOR: u32 = 4;
+/// Floor for LANs where the physical path answers in a millisecond.
+const BYPASS_GRACE_MIN: Duration = Duration::from_millis(750);
 
 impl RoundSource for Prober {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {

@@ -201,6 +201,8 @@ pub enum Event<'a> {
     },
     ProxyStarted,
     ProxyStopped,
+    /// `Managing bypass apps: [...]`: the list as printed (`["com.a", "com.b"]`).
+    BypassApps(Text<'a>),
     BindInterface(Text<'a>),
     IsConnected(bool),
     /// `Logger initialized ... with log level: X`.

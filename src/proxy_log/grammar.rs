@@ -541,8 +541,10 @@ fn bare_event(msg: &[u8]) -> Event<'_> {
         }
         return Event::Ignored;
     }
-    const KNOWN: [&[u8]; 15] = [
-        b"Managing bypass apps: ",
+    if let Some(list) = msg.strip_prefix(b"Managing bypass apps: ") {
+        return Event::BypassApps(Text(list));
+    }
+    const KNOWN: [&[u8]; 14] = [
         b"Managing vpnOnly apps: ",
         b"Using server address ",
         b"routeVPN: ",
@@ -842,7 +844,7 @@ mod tests {
         assert_eq!(ev(""), Event::Ignored);
         assert_eq!(
             ev("[t] [VpnState.swift:22] info: Managing bypass apps: [\"a\", \"b]\"]"),
-            Event::Ignored
+            Event::BypassApps(Text(b"[\"a\", \"b]\"]"))
         );
         assert_eq!(
             ev("[t] [InboundHandler.swift:21] info: id: 3 Successfully shutdown channel"),

@@ -1,4 +1,10 @@
 //! App identities: interned code-signing ids, capped because they come from an untrusted file.
+//!
+//! Anyone who can write a line the agent reads (the error log sits in `/tmp`) chooses these
+//! strings, so what becomes a label is bounded here: at most `cap` distinct apps, each at
+//! most [`MAX_APP_BYTES`] of `[A-Za-z0-9._-]` (the shape of a code-signing id), never one of
+//! the agent's own values `unknown` and `other`. Anything else is counted
+//! ([`Apps::invalid`]) and folds into `other`: it costs a counter, never a series or memory.
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -16,6 +22,22 @@ impl AppId {
     pub const OTHER: AppId = AppId(1);
 }
 
+/// Longest app id kept as a label. Real ids are short (`com.plexapp.plexmediaserver`: 27).
+pub const MAX_APP_BYTES: usize = 128;
+
+/// Labels PIA's own bypass list may take beyond the cap.
+pub const MAX_RESERVED: usize = 64;
+
+/// The id could be a code-signing identifier, and is not a value the agent itself uses.
+pub fn valid_app_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= MAX_APP_BYTES
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+        && b != b"unknown"
+        && b != b"other"
+}
+
 /// Interner with a cap on distinct apps; the rest fold into `other`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(from = "AppsRepr", into = "AppsRepr")]
@@ -24,6 +46,7 @@ pub struct Apps {
     index: FxHashMap<Box<[u8]>, AppId>,
     cap: usize,
     folded: u64,
+    invalid: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -31,6 +54,8 @@ struct AppsRepr {
     names: Vec<String>,
     cap: usize,
     folded: u64,
+    #[serde(default)]
+    invalid: u64,
 }
 
 impl From<AppsRepr> for Apps {
@@ -47,6 +72,7 @@ impl From<AppsRepr> for Apps {
             index,
             cap: r.cap,
             folded: r.folded,
+            invalid: r.invalid,
         }
     }
 }
@@ -57,6 +83,7 @@ impl From<Apps> for AppsRepr {
             names: a.names,
             cap: a.cap,
             folded: a.folded,
+            invalid: a.invalid,
         }
     }
 }
@@ -68,29 +95,68 @@ impl Apps {
             index: FxHashMap::default(),
             cap,
             folded: 0,
+            invalid: 0,
         }
     }
 
-    /// The id of `name`; [`AppId::OTHER`] once `cap` distinct apps are known. Invalid UTF-8 is
-    /// replaced (U+FFFD) in the label, and both spellings map to one id.
+    /// The id of `name`; [`AppId::OTHER`] once `cap` distinct apps are known, or when `name`
+    /// is not a valid app id ([`valid_app_id`], counted in [`Apps::invalid`]).
     pub fn intern(&mut self, name: Text<'_>) -> AppId {
         if let Some(&id) = self.index.get(name.bytes()) {
             return id;
         }
-        let label = name.lossy();
-        if let Some(&id) = self.index.get(label.as_bytes()) {
-            self.index.insert(name.bytes().into(), id);
-            return id;
+        if !valid_app_id(name.bytes()) {
+            self.invalid += 1;
+            return AppId::OTHER;
         }
-        if self.index.len() >= self.cap {
+        if self.names.len() - 2 >= self.cap {
             self.folded += 1;
             return AppId::OTHER;
         }
         let id = AppId(self.names.len() as u32);
-        self.index.insert(label.as_bytes().into(), id);
         self.index.insert(name.bytes().into(), id);
-        self.names.push(label.into_owned());
+        self.names.push(name.lossy().into_owned());
         id
+    }
+
+    /// Interns `name` past the cap, for apps PIA itself lists as bypass apps; at most
+    /// [`MAX_RESERVED`] of them beyond the cap, and only valid ids.
+    pub fn reserve(&mut self, name: Text<'_>) {
+        if self.index.contains_key(name.bytes()) {
+            return;
+        }
+        if !valid_app_id(name.bytes()) {
+            self.invalid += 1;
+            return;
+        }
+        if self.names.len() - 2 >= self.cap + MAX_RESERVED {
+            return;
+        }
+        self.index
+            .insert(name.bytes().into(), AppId(self.names.len() as u32));
+        self.names.push(name.lossy().into_owned());
+    }
+
+    /// The config's cap, on every start: apps already known keep their label, new ones fold
+    /// once there are `cap` of them.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+
+    /// The two labels of the agent's own come first, and names are distinct.
+    pub fn check(&self) -> Result<(), String> {
+        if self.names.get(..2) != Some(&["unknown".to_string(), "other".to_string()][..]) {
+            return Err("app table does not start with unknown, other".into());
+        }
+        if self.index.len() != self.names.len() - 2 {
+            return Err("app table has duplicate names".into());
+        }
+        Ok(())
+    }
+
+    /// Names that were not valid app ids (too long, other characters, `other`/`unknown`).
+    pub fn invalid(&self) -> u64 {
+        self.invalid
     }
 
     pub fn name(&self, id: AppId) -> &str {
@@ -126,11 +192,22 @@ mod tests {
         // Values that collide when joined without a separator stay apart.
         let mut apps2 = Apps::new(8);
         assert_ne!(apps2.intern("ab".into()), apps2.intern("a".into()));
-        // Invalid UTF-8 and its replacement are one app.
-        let bad = apps2.intern(Text(b"com.\xff"));
+        // Invalid UTF-8, over-long ids and the agent's own labels fold into other, counted.
+        let long = "a".repeat(MAX_APP_BYTES + 1);
+        for bad in [
+            Text(b"com.\xff"),
+            Text(long.as_bytes()),
+            "other".into(),
+            "unknown".into(),
+            "com.a b".into(),
+            "".into(),
+        ] {
+            assert_eq!(apps2.intern(bad), AppId::OTHER);
+        }
+        assert_eq!((apps2.invalid(), apps2.folded(), apps2.len()), (6, 0, 4));
         assert_eq!(
-            (apps2.intern("com.\u{fffd}".into()), apps2.name(bad)),
-            (bad, "com.\u{fffd}")
+            apps2.intern("a".repeat(MAX_APP_BYTES).as_str().into()),
+            AppId(4)
         );
         let mut back: Apps = serde_json::from_str(&serde_json::to_string(&apps).unwrap()).unwrap();
         assert_eq!(back.intern("com.b".into()), AppId(3));

@@ -71,7 +71,8 @@ impl AppCounts {
             .unwrap_or(DURATION_BUCKETS_SECS.len());
         self.duration_buckets[slot] += 1;
         self.duration_count += 1;
-        self.duration_sum_ms += ms;
+        // Forged times can be centuries apart: saturate, never wrap.
+        self.duration_sum_ms = self.duration_sum_ms.saturating_add(ms);
     }
 }
 

@@ -5,6 +5,10 @@
 //! never seen (error log level, a rotation, the agent started mid-session) take the app from
 //! any later line that names it, else `unknown`. The open table is bounded: a log that never
 //! closes its sessions cannot grow memory; the oldest session (lowest id) is evicted.
+//!
+//! The error-level log lives in `/tmp`, where anyone can write lines: its sessions are kept
+//! in a table of their own ([`SessionTracker::apply_error`]), so a forged `Proxy started!` or
+//! destructor there can evict or close only sessions of the error log, never the debug log's.
 
 pub mod apps;
 pub mod counts;
@@ -53,6 +57,9 @@ pub struct SessionTracker {
     apps: Apps,
     counts: Counts,
     evictions: Evictions,
+    /// Open sessions of the error-level log, apart from the debug log's (`open`).
+    #[serde(default)]
+    error_open: BTreeMap<u64, OpenSession>,
     /// Closed sessions since the last [`SessionTracker::drain_closed`], when someone listens.
     #[serde(skip)]
     closed_log: Option<Vec<Closed>>,
@@ -66,11 +73,29 @@ impl SessionTracker {
             apps: Apps::new(max_apps),
             counts: Counts::default(),
             evictions: Evictions::default(),
+            error_open: BTreeMap::new(),
             closed_log: None,
         }
     }
 
-    /// Applies one event, with the time of its line.
+    /// Applies one event of the error-level log: like [`apply`](Self::apply), on the error
+    /// log's own open table (counts and app labels are shared).
+    pub fn apply_error(&mut self, event: &Event<'_>, time: Option<LocalMillis>) {
+        // Swapping two maps moves three words each: cheaper than a table parameter everywhere.
+        std::mem::swap(&mut self.open, &mut self.error_open);
+        self.apply(event, time);
+        std::mem::swap(&mut self.open, &mut self.error_open);
+    }
+
+    /// Apps PIA itself names as bypass apps (`Managing bypass apps: [...]` in the debug log):
+    /// they get a label even once junk filled the cap.
+    pub fn reserve_apps(&mut self, list: Text<'_>) {
+        for name in quoted(list.bytes()) {
+            self.apps.reserve(Text(name));
+        }
+    }
+
+    /// Applies one event of the debug log, with the time of its line.
     pub fn apply(&mut self, event: &Event<'_>, time: Option<LocalMillis>) {
         match *event {
             Event::SessionOpened { id, proto, app, .. } => self.open_session(id, proto, app, time),
@@ -150,8 +175,9 @@ impl SessionTracker {
         let outcome = outcome(rx, tx);
         let row = self.counts.row(app, proto);
         row.closed[outcome as usize] += 1;
-        row.rx_bytes += rx.counted_bytes();
-        row.tx_bytes += tx.counted_bytes();
+        // Sizes come from the log: a few forged `999 TB` lines must not wrap a counter.
+        row.rx_bytes = row.rx_bytes.saturating_add(rx.counted_bytes());
+        row.tx_bytes = row.tx_bytes.saturating_add(tx.counted_bytes());
         if let Some(s) = session {
             row.open -= 1;
             if let (Some(from), Some(to)) = (s.opened, time) {
@@ -175,14 +201,19 @@ impl SessionTracker {
         }
     }
 
-    /// Applies a new bound on the open table (a restored checkpoint may come from another config).
-    pub fn set_limits(&mut self, max_open: usize) {
+    /// Applies the config's bounds (a restored checkpoint may come from another config): the
+    /// open table and the number of app labels.
+    pub fn set_limits(&mut self, max_open: usize, max_apps: usize) {
+        self.apps.set_cap(max_apps);
         self.max_open = max_open.max(1);
-        while self.open.len() > self.max_open {
-            if let Some((_, old)) = self.open.pop_first() {
-                self.evictions.table_full += 1;
-                self.counts.row(old.app, Some(old.proto)).open -= 1;
+        for _ in 0..2 {
+            while self.open.len() > self.max_open {
+                if let Some((_, old)) = self.open.pop_first() {
+                    self.evictions.table_full += 1;
+                    self.counts.row(old.app, Some(old.proto)).open -= 1;
+                }
             }
+            std::mem::swap(&mut self.open, &mut self.error_open);
         }
     }
 
@@ -208,9 +239,41 @@ impl SessionTracker {
     pub fn evictions(&self) -> &Evictions {
         &self.evictions
     }
-    pub fn open_len(&self) -> usize {
-        self.open.len()
+    /// Every open session names a known app, and each row's `open` is the number of its
+    /// sessions in the tables: what the counting relies on (a bad app id would index far
+    /// past the rows, a wrong `open` would underflow).
+    pub fn check(&self) -> Result<(), String> {
+        self.apps.check()?;
+        let mut want: std::collections::HashMap<(AppId, ProtoKey), u64> = Default::default();
+        for s in self.open.values().chain(self.error_open.values()) {
+            if s.app.0 as usize >= self.apps.len() {
+                return Err(format!("an open session names app #{}, unknown", s.app.0));
+            }
+            *want.entry((s.app, Some(s.proto))).or_default() += 1;
+        }
+        for (app, proto, c) in self.counts.iter() {
+            if app.0 as usize >= self.apps.len() {
+                return Err(format!("counts for app #{}, unknown", app.0));
+            }
+            if c.open != want.get(&(app, proto)).copied().unwrap_or(0) {
+                return Err(format!(
+                    "app {} has {} open sessions counted but not as many in the table",
+                    self.apps.name(app),
+                    c.open
+                ));
+            }
+        }
+        Ok(())
     }
+
+    pub fn open_len(&self) -> usize {
+        self.open.len() + self.error_open.len()
+    }
+}
+
+/// The `"..."` strings of a printed list (`["a", "b"]`), without escapes (ids have none).
+fn quoted(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list.split(|&c| c == b'"').skip(1).step_by(2)
 }
 
 /// `zero_bytes` only when both sizes are exactly `Zero KB`.
@@ -339,6 +402,46 @@ mod tests {
             1
         );
         assert_eq!(row(&t, "com.a", Some(Proto::Tcp)).open, 0);
+    }
+
+    #[test]
+    fn the_error_logs_lines_cannot_touch_the_debug_logs_sessions() {
+        let mut t = SessionTracker::new(16, 16);
+        open(&mut t, 1, "com.a");
+        // Forged in the error log: a restart and a destructor of the same id.
+        t.apply_error(&Event::ProxyStarted, None);
+        t.apply_error(
+            &Event::SessionClosed {
+                id: 1,
+                proto: Some(Proto::Tcp),
+                rx: Size::Zero,
+                tx: Size::Zero,
+                app: Some("com.a".into()),
+            },
+            None,
+        );
+        assert_eq!((t.open_len(), t.evictions().proxy_restart), (1, 0));
+        close(&mut t, 1, Size::Bytes(5), None);
+        let a = row(&t, "com.a", Some(Proto::Tcp));
+        assert_eq!((a.open, a.duration_count), (0, 1));
+    }
+
+    #[test]
+    fn pias_bypass_apps_get_labels_before_junk() {
+        let mut t = SessionTracker::new(16, 2);
+        open(&mut t, 1, "junk.a");
+        open(&mut t, 2, "junk.b");
+        t.reserve_apps(
+            "[\"com.plexapp.plexmediaserver\", \"bad id\", \"com.apple.Safari\"]".into(),
+        );
+        open(&mut t, 3, "com.plexapp.plexmediaserver");
+        open(&mut t, 4, "junk.c");
+        assert_eq!(
+            row(&t, "com.plexapp.plexmediaserver", Some(Proto::Tcp)).opened,
+            1
+        );
+        assert_eq!(row(&t, "other", Some(Proto::Tcp)).opened, 1);
+        assert_eq!((t.apps().folded(), t.apps().invalid()), (1, 1));
     }
 
     #[test]

@@ -194,6 +194,25 @@ impl SessionWindow {
 /// The window as shared between the log pipeline (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
+/// When the sessions become evidence of a broken bypass (the window's verdict turns
+/// [`SessionsState::ZeroBytes`]): edge-triggered, so a window that stays there asks for one
+/// confirming round, not one per close. It only asks for a probe round; acting still needs
+/// the probes to agree.
+#[derive(Debug, Default)]
+pub struct EvidenceEdge {
+    above: bool,
+}
+
+impl EvidenceEdge {
+    /// The window's verdict now; true when it has just turned to zero bytes.
+    pub fn crossed(&mut self, v: &SessionsVerdict) -> bool {
+        let above = v.zero_bytes();
+        let crossed = above && !self.above;
+        self.above = above;
+        crossed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +242,32 @@ mod tests {
         assert_eq!(apps[0].app, "Plex");
         assert_eq!(apps[0].ratio, Ratio { zero: 1, total: 2 });
         assert_eq!(w.ratio(t0 + Duration::from_secs(1000)).total, 0);
+    }
+
+    #[test]
+    fn evidence_is_an_edge() {
+        let t0 = Instant::now();
+        let mut w = SessionWindow::new(Duration::from_secs(60), T);
+        let mut e = EvidenceEdge::default();
+        let mut seen = Vec::new();
+        // Too few; turns zero bytes; stays; healthy; zero bytes again; the window empties.
+        for (zero, at) in [
+            (true, 0),
+            (true, 0),
+            (true, 0),
+            (true, 0),
+            (false, 0),
+            (false, 0),
+        ] {
+            w.record_close("a", t0 + Duration::from_secs(at), zero);
+            seen.push(e.crossed(&w.verdict(t0)));
+        }
+        for _ in 0..6 {
+            w.record_close("a", t0, true);
+        }
+        seen.push(e.crossed(&w.verdict(t0)));
+        seen.push(e.crossed(&w.verdict(t0 + Duration::from_secs(61))));
+        assert_eq!(seen, [false, false, false, true, false, false, true, false]);
     }
 
     #[test]

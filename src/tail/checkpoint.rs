@@ -3,6 +3,8 @@
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -17,6 +19,14 @@ pub enum CheckpointError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "checkpoint {path} is in use by another agent (its lock file is held); one agent per checkpoint"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "checkpoint {path}: its folder can be written by other users; use a folder of root's (mode 0755 or stricter)"
+    )]
+    SharedFolder { path: PathBuf },
     #[error("checkpoint {path}: cannot encode: {source}")]
     Encode {
         path: PathBuf,
@@ -29,13 +39,24 @@ impl CheckpointError {
         match self {
             CheckpointError::Io { path, .. }
             | CheckpointError::Corrupt { path, .. }
-            | CheckpointError::Encode { path, .. } => path,
+            | CheckpointError::Encode { path, .. }
+            | CheckpointError::Locked { path }
+            | CheckpointError::SharedFolder { path } => path,
         }
     }
 }
 
+/// Held while an agent owns a checkpoint ([`CheckpointStore::lock`]); the kernel releases the
+/// lock when the process ends, however it ends.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
 /// One JSON document at `path`, replaced atomically: a crash leaves either the old or the new
-/// content, never a mix. Not meant for several concurrent savers of the same path.
+/// content, never a mix. One saver per path: [`CheckpointStore::lock`] makes sure of it. The
+/// folder must not be writable by others; the temp file is created exclusively, mode 0600,
+/// without following links.
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
     path: PathBuf,
@@ -61,6 +82,7 @@ impl CheckpointStore {
         &self,
         decode: impl FnOnce(&[u8]) -> serde_json::Result<T>,
     ) -> Result<Option<T>, CheckpointError> {
+        self.check_folder()?;
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -81,9 +103,21 @@ impl CheckpointStore {
             path: self.path.clone(),
             source,
         })?;
+        self.check_folder()?;
         let tmp = self.temp_path();
         let written = (|| {
-            let mut f = File::create(&tmp)?;
+            // A stale temp file of a crashed save goes first; then the name is created anew,
+            // never opened through a link someone left there.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
             f.write_all(&json)?;
             f.write_all(b"\n")?;
             f.sync_all()
@@ -99,6 +133,61 @@ impl CheckpointStore {
         File::open(self.dir())
             .and_then(|d| d.sync_all())
             .map_err(|e| self.io(e))
+    }
+
+    /// Takes the store for this process: an exclusive `flock` on `PATH.lock`, held while the
+    /// returned guard lives. A second agent on the same checkpoint gets an error naming it.
+    pub fn lock(&self) -> Result<StoreLock, CheckpointError> {
+        self.check_folder()?;
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        // Read-only (created through the raw flag): a file open for writing would keep its
+        // filesystem from being remounted read-only.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CREAT)
+            .open(&name)
+            .map_err(|e| self.io(e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                CheckpointError::Locked {
+                    path: self.path.clone(),
+                }
+            } else {
+                self.io(e)
+            });
+        }
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Sets a checkpoint that cannot be used aside as `PATH.bad` (replacing an older one), so
+    /// the agent starts clean and the file stays for a look.
+    pub fn set_aside(&self) -> Result<PathBuf, CheckpointError> {
+        let mut bad = self.path.clone().into_os_string();
+        bad.push(".bad");
+        let bad = PathBuf::from(bad);
+        fs::rename(&self.path, &bad).map_err(|e| self.io(e))?;
+        Ok(bad)
+    }
+
+    /// The folder must be writable by root (and the agent's user) only: anyone else could put
+    /// a forged checkpoint or a link in the agent's way.
+    fn check_folder(&self) -> Result<(), CheckpointError> {
+        let meta = fs::metadata(self.dir()).map_err(|e| self.io(e))?;
+        let me = unsafe { libc::geteuid() };
+        let mode = meta.mode();
+        let shared = mode & 0o002 != 0
+            || (mode & 0o020 != 0 && meta.gid() != 0)
+            || (meta.uid() != 0 && meta.uid() != me);
+        if shared {
+            return Err(CheckpointError::SharedFolder {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn dir(&self) -> &Path {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fingerprint::{Fingerprint, head_fingerprint, head_matches};
 use super::lines::LineSplitter;
+use super::open::{Opened, Refusal, Trust, folder_is_shared, open_log, stat_at};
 
 /// Where reading stopped: enough to find the same file and position after a restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +30,10 @@ pub struct FollowOptions {
     pub max_line_bytes: usize,
     /// Size of one read from the file.
     pub read_chunk: usize,
+    /// Who may own the file in a folder others can write (see [`super::open`]).
+    pub trust: Trust,
+    /// The other log: a file that is it (or its archive) is refused, not read twice.
+    pub avoid: Option<PathBuf>,
 }
 
 impl Default for FollowOptions {
@@ -36,6 +41,8 @@ impl Default for FollowOptions {
         FollowOptions {
             max_line_bytes: 1024 * 1024,
             read_chunk: 256 * 1024,
+            trust: Trust::default(),
+            avoid: None,
         }
     }
 }
@@ -48,6 +55,8 @@ pub enum FileState {
     Missing,
     /// The path exists but could not be examined or opened.
     Unreadable(io::ErrorKind),
+    /// The file at the path is not one the agent reads (see [`Refusal`]).
+    Refused(Refusal),
 }
 
 /// How the saved cursor given to [`Follower::new`] was used.
@@ -59,6 +68,10 @@ pub enum Resume {
     FromArchive,
     /// Neither the path nor the archive holds the saved file: the current file is read from 0.
     NotFound,
+    /// The saved file was rotated away twice while stopped (the path and the archive both
+    /// hold other files): the rest of it is lost, a gap to report. The archive, newer than
+    /// the saved file, is read in full, then the current file.
+    Gap,
 }
 
 /// Outcome of one [`Follower::poll`].
@@ -77,6 +90,8 @@ pub struct Poll {
     pub file: FileState,
     /// Set on the first poll after [`Follower::new`] with a saved cursor.
     pub resumed: Option<Resume>,
+    /// Files newly refused at the path or the archive name (each refused file once).
+    pub refused: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +166,15 @@ pub struct Follower {
     lines: LineSplitter,
     chunk: Vec<u8>,
     seen: VecDeque<Seen>,
+    /// Last file refused at the path and at the archive name, so each is counted once.
+    refused: [Option<(FileId, Refusal)>; 2],
+}
+
+/// Which name a file was opened under.
+#[derive(Clone, Copy)]
+enum Name {
+    Path = 0,
+    Archive = 1,
 }
 
 impl Follower {
@@ -169,6 +193,7 @@ impl Follower {
             src: None,
             start,
             seen: VecDeque::new(),
+            refused: [None, None],
         }
     }
 
@@ -223,9 +248,10 @@ impl Follower {
             more: false,
             file: FileState::Present,
             resumed: None,
+            refused: 0,
         };
         if let Some(c) = self.start.take() {
-            p.resumed = Some(self.resume(&c));
+            p.resumed = Some(self.resume(&c, &mut p));
         }
         let mut budget = max_bytes.max(1);
         let mut switches = 0;
@@ -339,7 +365,7 @@ impl Follower {
     }
 
     fn stat_path(&self, p: &mut Poll) -> PathState {
-        match fs::metadata(&self.path) {
+        match stat_at(&self.path, self.shared()) {
             Ok(m) => {
                 p.file = FileState::Present;
                 PathState::Is(FileId::of(&m))
@@ -359,27 +385,26 @@ impl Follower {
     fn open_fresh(&mut self, p: &mut Poll) -> Option<Source> {
         // The archive present now is older than the file we are about to open: recorded
         // before opening, so a rotation in between cannot make us skip a newer archive.
-        if let Some((file, meta)) = open_existing(&self.archive) {
+        if let Some((file, meta)) = self.open_existing(Name::Archive, p) {
             self.remember_archive(&file, &meta);
         }
         self.open_path(p)
     }
 
     fn open_path(&mut self, p: &mut Poll) -> Option<Source> {
-        let opened = File::open(&self.path).and_then(|f| {
-            let m = f.metadata()?;
-            if !m.is_file() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "not a regular file",
-                ));
-            }
-            Source::open_at(f, &m, 0)
+        let opened = self.open_checked(Name::Path).and_then(|o| match o {
+            Ok((f, m)) => Source::open_at(f, &m, 0).map(Ok),
+            Err(r) => Ok(Err(r)),
         });
         match opened {
-            Ok(src) => {
+            Ok(Ok(src)) => {
                 p.file = FileState::Present;
                 Some(src)
+            }
+            Ok(Err((id, r))) => {
+                self.note_refusal(Name::Path, id, r, p);
+                p.file = FileState::Refused(r);
+                None
             }
             Err(e) => {
                 p.file = if e.kind() == io::ErrorKind::NotFound {
@@ -397,20 +422,20 @@ impl Follower {
     /// the archive holds a file we have not seen, more than one rotation happened since we
     /// last looked, and that archive (newer than ours, older than the path's) comes first.
     fn open_successor(&mut self, p: &mut Poll) -> Option<Source> {
-        if let Some(src) = self.unseen_archive(None) {
+        if let Some(src) = self.unseen_archive(None, p) {
             return Some(src);
         }
         let next = self.open_path(p)?;
         // A rotation between the archive check and the open would have put an unread file
         // at the archive name: look again.
-        if let Some(src) = self.unseen_archive(Some(next.id)) {
+        if let Some(src) = self.unseen_archive(Some(next.id), p) {
             return Some(src);
         }
         Some(next)
     }
 
-    fn unseen_archive(&mut self, not: Option<FileId>) -> Option<Source> {
-        let (file, meta) = open_existing(&self.archive)?;
+    fn unseen_archive(&mut self, not: Option<FileId>, p: &mut Poll) -> Option<Source> {
+        let (file, meta) = self.open_existing(Name::Archive, p)?;
         let id = FileId::of(&meta);
         let cur = self.src.as_ref().map(|s| s.id);
         if Some(id) == cur || Some(id) == not || self.is_seen(&file, id, meta.len()) {
@@ -459,15 +484,82 @@ impl Follower {
         });
     }
 
+    fn name(&self, name: Name) -> &Path {
+        match name {
+            Name::Path => &self.path,
+            Name::Archive => &self.archive,
+        }
+    }
+
+    /// Whether the log's folder can be written by others; looked at for every open, since
+    /// a folder's mode can change while the agent runs.
+    fn shared(&self) -> bool {
+        folder_is_shared(&self.path, self.opts.trust)
+    }
+
+    /// Opens `name` under the rules of [`super::open`]: the file, or why it was refused.
+    fn open_checked(&self, name: Name) -> io::Result<Result<(File, Metadata), (FileId, Refusal)>> {
+        let path = self.name(name);
+        match open_log(path, self.shared(), self.opts.trust)? {
+            Opened::Refused(r) => {
+                let id = stat_at(path, true)
+                    .map(|m| FileId::of(&m))
+                    .unwrap_or(FileId { dev: 0, ino: 0 });
+                Ok(Err((id, r)))
+            }
+            Opened::File(f, m) => {
+                let id = FileId::of(&m);
+                if self.is_avoided(id) {
+                    Ok(Err((id, Refusal::SameAsOther)))
+                } else {
+                    Ok(Ok((f, m)))
+                }
+            }
+        }
+    }
+
+    /// An archive or a saved file, if there is one the agent may read; a refusal is counted.
+    fn open_existing(&mut self, name: Name, p: &mut Poll) -> Option<(File, Metadata)> {
+        match self.open_checked(name).ok()? {
+            Ok(fm) => Some(fm),
+            Err((id, r)) => {
+                self.note_refusal(name, id, r, p);
+                None
+            }
+        }
+    }
+
+    /// The other log or its archive is this file.
+    fn is_avoided(&self, id: FileId) -> bool {
+        let Some(other) = &self.opts.avoid else {
+            return false;
+        };
+        let mut archive = other.clone().into_os_string();
+        archive.push(".1");
+        [other.as_path(), Path::new(&archive)]
+            .iter()
+            .any(|p| fs::metadata(p).is_ok_and(|m| FileId::of(&m) == id))
+    }
+
+    /// Counts a refusal once per file and name, and says so in the agent's log.
+    fn note_refusal(&mut self, name: Name, id: FileId, r: Refusal, p: &mut Poll) {
+        let slot = &mut self.refused[name as usize];
+        if *slot != Some((id, r)) {
+            *slot = Some((id, r));
+            p.refused += 1;
+            tracing::warn!(path = %self.name(name).display(), reason = %r, "log file refused");
+        }
+    }
+
     /// Finds the saved file: at the path (same inode, long enough, same first bytes), else at
     /// the archive name (rotated while stopped).
-    fn resume(&mut self, c: &Cursor) -> Resume {
+    fn resume(&mut self, c: &Cursor, p: &mut Poll) -> Resume {
         let want = FileId {
             dev: c.dev,
             ino: c.ino,
         };
-        let found = |path: &Path| -> Option<Source> {
-            let (file, meta) = open_existing(path)?;
+        let mut found = |name: Name| -> Option<Source> {
+            let (file, meta) = self.open_existing(name, p)?;
             let ok = FileId::of(&meta) == want
                 && meta.len() >= c.offset
                 && head_matches(&file, c.fingerprint).ok()?;
@@ -477,13 +569,30 @@ impl Follower {
                 None
             }
         };
-        if let Some(src) = found(&self.path) {
+        if let Some(src) = found(Name::Path) {
             self.src = Some(src);
             return Resume::Exact;
         }
-        if let Some(src) = found(&self.archive) {
+        if let Some(src) = found(Name::Archive) {
             self.src = Some(src);
             return Resume::FromArchive;
+        }
+        // Two rotations: the current file is another inode than the saved one (not rewritten
+        // in place), the archive is neither, so it came between them. (Were the saved file
+        // deleted rather than rotated, the archive would be read again: rotation is what the
+        // proxy does. A current file reusing the saved inode reads as a rewrite: no gap.)
+        let path_id = stat_at(&self.path, self.shared())
+            .ok()
+            .map(|m| FileId::of(&m));
+        if path_id.is_some_and(|id| id != want)
+            && let Some((file, meta)) = self.open_existing(Name::Archive, p)
+            && FileId::of(&meta) != want
+            && Some(FileId::of(&meta)) != path_id
+            && let Ok(src) = Source::open_at(file, &meta, 0)
+        {
+            tracing::warn!(path = %self.path.display(), "the file being read was rotated away twice while stopped: its unread rest is lost; reading the archive, then the current file");
+            self.src = Some(src);
+            return Resume::Gap;
         }
         tracing::info!(path = %self.path.display(), "saved log position not found; reading from the start");
         Resume::NotFound
@@ -506,12 +615,6 @@ enum PathState {
     Missing,
     /// Could not stat (e.g. permissions): do not conclude anything about rotation.
     Unknown,
-}
-
-fn open_existing(path: &Path) -> Option<(File, Metadata)> {
-    let file = File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    meta.is_file().then_some((file, meta))
 }
 
 fn with_path(e: io::Error, doing: &str, path: &Path) -> io::Error {

@@ -29,9 +29,11 @@ mod checkpoint;
 mod fingerprint;
 mod follower;
 pub(crate) mod lines;
+pub mod open;
 mod tailer;
 
-pub use checkpoint::{CheckpointError, CheckpointStore};
+pub use checkpoint::{CheckpointError, CheckpointStore, StoreLock};
 pub use fingerprint::{FINGERPRINT_BYTES, Fingerprint};
 pub use follower::{Cursor, FileState, FollowOptions, Follower, Poll, Resume};
+pub use open::{Refusal, Trust};
 pub use tailer::Tailer;

@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use super::follower::{Cursor, FileState, Follower, Poll};
 
 /// Backstop poll period while the folder watch is up: events bring latency down, this only
-/// bounds what a lost event can cost.
-const TICK_WATCHED: Duration = Duration::from_secs(1);
+/// bounds what a lost event can cost (latency, never lines). Long, so an idle agent rarely
+/// wakes; a watch that reports an error falls back to [`TICK_UNWATCHED`] at once.
+const TICK_WATCHED: Duration = Duration::from_secs(10);
 /// Backstop period without a working watch (folder missing, watch failed).
 const TICK_UNWATCHED: Duration = Duration::from_millis(250);
 /// Bytes read per [`Tailer::next`] call at most, so one call never blocks the runtime long.
@@ -113,6 +114,7 @@ impl Tailer {
                 || p.truncations > 0
                 || p.lines_too_long > 0
                 || p.resumed.is_some()
+                || p.refused > 0
                 || file_changed
             {
                 return Ok(p);
@@ -149,7 +151,13 @@ impl Tailer {
         let deadline = self.next_tick.unwrap_or_else(Instant::now);
         tokio::select! {
             // A notification sent while we were polling is kept as a permit: not lost.
-            _ = self.wake.notified() => {}
+            _ = self.wake.notified() => {
+                // A watch that just broke (an error, its folder removed) is re-created now,
+                // not at the next long tick.
+                if self.broken.load(Ordering::Relaxed) {
+                    self.next_tick = None;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => self.tick_if_due(),
         }
     }
@@ -208,15 +216,19 @@ fn watch_folder(
     broken: &Arc<AtomicBool>,
 ) -> notify::Result<RecommendedWatcher> {
     let (names, wake, broken) = (names.clone(), wake.clone(), broken.clone());
+    let folder = dir.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
         Ok(ev) => {
-            // The folder may hold other busy logs: wake only for our file and its archive.
+            // The folder may hold other busy logs: wake only for our file and its archive, or
+            // the folder itself (removed or moved: the next poll re-creates the watch).
             let ours = ev.paths.is_empty()
                 || ev.need_rescan()
-                || ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)));
+                || ev.paths.iter().any(|p| {
+                    *p == folder || p.file_name().is_some_and(|n| names.iter().any(|m| m == n))
+                });
+            if ev.paths.contains(&folder) {
+                broken.store(true, Ordering::Relaxed);
+            }
             if ours {
                 wake.notify_one();
             }

@@ -51,11 +51,7 @@ impl Agent {
             .spawn()
             .expect("agent starts");
         let agent = Agent { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "agent did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(addr, "agent");
         agent
     }
 
@@ -131,6 +127,43 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `demo --speed 8` on a free loopback port (replayed logs and probes), killed on drop.
+pub struct Demo {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Demo {
+    pub fn start() -> Demo {
+        let addr = free_port();
+        let child = Command::new(BIN)
+            .args(["demo", "--speed", "8", "--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("demo starts");
+        let demo = Demo { child, addr };
+        wait_listening(addr, "demo");
+        demo
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (20 s at most) until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

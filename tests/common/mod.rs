@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod lab;
 pub mod netns;
+pub mod prom_server;
+pub mod tls;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -241,6 +243,20 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// Writes `secret` to a new file of mode 0600 (as token files must be).
+pub fn write_secret(path: &Path, secret: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
 }
 
 /// Runs the agent binary; panics with its stderr when it fails.
