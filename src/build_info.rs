@@ -1,4 +1,4 @@
-//! What this binary was built from, for `--version`, the landing page and `build_info`
+//! What this binary was built from, for `--version`, the status page and `build_info`
 //! (set by `build.rs`).
 
 /// The package's version.

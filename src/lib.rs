@@ -33,4 +33,5 @@ pub mod presence;
 pub mod probe;
 pub mod proxy_log;
 pub mod sessions;
+pub mod status;
 pub mod tail;

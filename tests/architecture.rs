@@ -8,6 +8,7 @@
 //! - `daemon` and `demo` between `commands` and `agent`: each runs the real agent (under the
 //!   admin's signals, or on replayed logs);
 //! - `config` below `agent`: the file holds every stage's section, so it sits above them all;
+//! - `status` (the page at `/`) below `config`, over the stages it shows;
 //! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
 //! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`);
 //! - `logging` (the agent's own stderr) and `build_info` at the bottom: they import nothing.
@@ -22,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["daemon", "demo"],
     &["agent"],
     &["config"],
+    &["status"],
     &["http"],
     &["analyze"],
     &["ingest"],

@@ -174,8 +174,15 @@ pub async fn run_until(
         .run(stop_rx.clone()),
     );
 
-    let mut app = crate::http::router(registry.clone(), LINKS)
-        .merge(crate::health::http::router(health.clone()));
+    let status = crate::status::adapter::StatusSource::new(
+        health.clone(),
+        window.clone(),
+        pipeline.clone(),
+        controller.clone(),
+    );
+    let mut app = crate::http::router(registry.clone())
+        .merge(crate::health::http::router(health.clone()))
+        .merge(crate::status::adapter::router(Arc::new(status)));
     app = web.protect(app, &registry);
     match crate::fallback::http::router(controller.clone(), &config.fallback) {
         Ok(routes) => {
@@ -243,19 +250,6 @@ pub async fn run_until(
     tracing::info!("agent stopped");
     Ok(())
 }
-
-const LINKS: &[(&str, &str)] = &[
-    ("/metrics", "Prometheus metrics"),
-    (
-        "/health",
-        "health of each component, as JSON (503 when one is failing)",
-    ),
-    (
-        "/-/ready",
-        "readiness: first log read and (when probing) probe round done",
-    ),
-    ("/-/healthy", "liveness"),
-];
 
 const CHECKPOINT_SAVE_ERRORS: Family<Counter, 0> = Family::new(
     "checkpoint_save_errors_total",

@@ -64,6 +64,8 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
                 )
             })?;
         let addr = listener.local_addr()?;
+        // The page first: it is what a newcomer opens.
+        println!("demo: status page at http://{addr}/");
         println!(
             "demo: replaying a healthy stretch, then the split-tunnel failure, into {}",
             config.log.path.display()

@@ -124,6 +124,11 @@ impl Health {
         self.inputs.write().expect("health lock").processes = Some(presence);
     }
 
+    /// The last probe round and its verdict, for the status page.
+    pub fn last_round(&self) -> Option<(Round, Verdict)> {
+        self.inputs.read().expect("health lock").round.clone()
+    }
+
     /// After each probe round (and after the fallback controller saw it), with its verdict.
     pub fn update_round(&self, round: Round, verdict: Verdict) {
         self.inputs.write().expect("health lock").round = Some((round, verdict));

@@ -1,5 +1,5 @@
-//! HTTP surface (axum): `/metrics`, `/` (landing page), `/-/healthy`. Other stages add their
-//! routes (`/health`, `/fallback/*`) by merging their own routers into [`router`]'s.
+//! HTTP surface (axum): `/metrics`, `/-/healthy`. Other stages add their routes (`/` the
+//! status page, `/health`, `/fallback/*`) by merging their own routers into [`router`]'s.
 //! [`web_config`] adds TLS, basic auth and headers as the Go exporters do; [`listen`] the
 //! address forms they accept.
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -77,7 +77,7 @@ impl HttpConfig {
 }
 
 /// Routes of the core surface.
-pub fn router(registry: Registry, links: &'static [(&'static str, &'static str)]) -> Router {
+pub fn router(registry: Registry) -> Router {
     Router::new()
         // Gzip when the scraper asks (Prometheus does); level 1: most of the gain, little CPU.
         .route(
@@ -85,7 +85,6 @@ pub fn router(registry: Registry, links: &'static [(&'static str, &'static str)]
             get(metrics).layer(CompressionLayer::new().quality(CompressionLevel::Fastest)),
         )
         .route("/-/healthy", get(|| async { "OK\n" }))
-        .route("/", get(move || async move { landing(links) }))
         .with_state(registry)
 }
 
@@ -107,18 +106,6 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         body,
     )
-}
-
-fn landing(links: &[(&str, &str)]) -> Html<String> {
-    let items: String = links
-        .iter()
-        .map(|(href, what)| format!("<li><a href=\"{href}\">{href}</a> — {what}</li>"))
-        .collect();
-    Html(format!(
-        "<!doctype html><html><head><title>pia-split-tunnel-exporter</title></head><body>\
-         <h1>pia-split-tunnel-exporter {}</h1><ul>{items}</ul></body></html>\n",
-        env!("CARGO_PKG_VERSION")
-    ))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish (for
@@ -239,7 +226,7 @@ mod tests {
     async fn metrics_are_gzipped_when_asked_and_plain_otherwise() {
         let registry = Registry::new();
         crate::metrics::register(&registry, crate::metrics::BuildInfo).unwrap();
-        let app = router(registry, &[]);
+        let app = router(registry);
         let (encoding, plain) = get(&app, false).await;
         assert_eq!(encoding, None);
         let plain = String::from_utf8(plain).unwrap();
