@@ -129,7 +129,8 @@ fn agent_config(dir: &Path, name: &str, instance: &str, table: u32) -> std::path
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\ninterval_secs = 1\ntimeout_secs = 0.5\n\
 [processes]\nextension = [\"pia-split-tunnel\"]\ndaemon = [\"pia-split-tunnel\"]\nvpn = [\"pia-split-tunnel\"]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 1000\n\
-route_table = {table}\nrule_priority = {table}\ntoken_file = {token:?}\ninstance = {instance:?}\n",
+route_table = {table}\nrule_priority = {table}\ntoken_file = {token:?}\ninstance = {instance:?}\n\
+allow_plain_http = true\n",
         cp = dir.join(format!("{name}-cp.json")),
         token = dir.join("token"),
     );

@@ -166,14 +166,17 @@ impl<'a> LabAgent<'a> {
         let log = dir.path().join("transparent_proxy.log");
         std::fs::write(&log, b"").unwrap();
         let agent_log = dir.path().join("agent.log");
-        // No PIA in the lab: the agent stands in for its processes so the processes check is quiet.
+        // No PIA in the lab: the agent stands in for its processes so the processes check is
+        // quiet (PIA's processes are recognised by executable path, so the agent's own).
+        let me = std::fs::canonicalize(BIN).unwrap();
         let config = format!(
             "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
 [http]\nlisten = \"10.0.15.15:9847\"\n\
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\n{probe}\n\
-[processes]\nextension = [\"pia-split-tunnel\"]\ndaemon = [\"pia-split-tunnel\"]\nvpn = [\"pia-split-tunnel\"]\n\
+[processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n",
             cp = dir.path().join("cp.json"),
+            me = me.display().to_string(),
         );
         let config_path = dir.path().join("agent.toml");
         std::fs::File::create(&config_path)
