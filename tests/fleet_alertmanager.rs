@@ -127,11 +127,13 @@ fn agent_config(dir: &Path, name: &str, instance: &str, table: u32) -> std::path
         "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
 [http]\nlisten = \"0.0.0.0:9847\"\n\
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\ninterval_secs = 1\ntimeout_secs = 0.5\n\
-[processes]\nextension = [\"pia-split-tunnel\"]\ndaemon = [\"pia-split-tunnel\"]\nvpn = [\"pia-split-tunnel\"]\n\
+[processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 1000\n\
 route_table = {table}\nrule_priority = {table}\ntoken_file = {token:?}\ninstance = {instance:?}\n\
 allow_plain_http = true\n",
         cp = dir.join(format!("{name}-cp.json")),
+        // No PIA here: the agent stands in for its processes (recognised by executable path).
+        me = std::fs::canonicalize(BIN).unwrap().display().to_string(),
         token = dir.join("token"),
     );
     let path = dir.join(format!("{name}.toml"));

@@ -172,7 +172,7 @@ impl<'a> LabAgent<'a> {
         let config = format!(
             "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
 [http]\nlisten = \"10.0.15.15:9847\"\n\
-[probe]\nendpoints = [\"http://203.0.113.10/\"]\n{probe}\n\
+[probe]\nendpoints = [\"http://203.0.113.10/\"]\nexport_addresses = true\n{probe}\n\
 [processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n",
             cp = dir.path().join("cp.json"),
