@@ -28,9 +28,9 @@ fn metrics_after_tailing_equal_the_expected_counts() {
         m.value(
             "pia_split_tunnel_build_info",
             &[
+                ("version", env!("CARGO_PKG_VERSION")),
                 ("revision", build_info::REVISION),
-                ("rustc_version", build_info::RUSTC_VERSION),
-                ("version", env!("CARGO_PKG_VERSION"))
+                ("rustc_version", build_info::RUSTC_VERSION)
             ]
         ),
         1.0
