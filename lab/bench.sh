@@ -2,18 +2,24 @@
 # Time to repair, probe requests when healthy and idle wake-ups, measured in the lab
 # (lab.sh's namespaces; nothing leaves them). Needs root, iproute2, nftables, python3.
 #
-#   sudo lab/bench.sh            (after `cargo build --release`; BIN=... to pick another binary)
+#   cargo build --release && sudo lab/bench.sh      (BIN=... to measure another binary)
 #
 # The agent runs inside the lab's "mac" namespace on its defaults except the lab's endpoint,
-# its listen address, fallback.mode = "auto" with the policy-routing backend and
-# on_shutdown = "remove" (so each run starts clean).
+# its listen address, fallback.mode = "auto" with the policy-routing backend,
+# on_shutdown = "remove" (so each run starts clean) and no error log (error_path = "": the
+# default, /tmp/STProxy.log, would follow this machine's /tmp); its stderr goes to a file,
+# as under launchd.
 # - time to repair, RUNS times (default 5): the agent starts on a healthy lab (no 0/1 or
 #   128/1), finishes its first round; then the VPN's two routes are added and a socket bound
 #   to 10.0.15.15 (what the proxy does) polls every 20 ms (250 ms timeout) until it egresses
 #   as the home IP again. Measured from just before `ip route add` to that answer.
 # - healthy: after the first round, IDLE_SECS (default 310, one heartbeat) of nothing; the
 #   endpoint counts the TCP connections it receives, /proc counts the agent's wake-ups
-#   (voluntary context switches of all its threads) and CPU time.
+#   (voluntary context switches of all its threads: each is a thread that blocked and was
+#   woken again; preemptions, which the machine's load causes, are not counted; the split by
+#   thread name goes to stderr) and CPU time (utime + stime of /proc/PID/stat).
+# Each figure is printed with the load average at that moment: on a shared machine a load
+# above the core count stretches the repair times (not the request count or the CPU time).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -126,7 +132,7 @@ for run in $(seq "$RUNS"); do
   start_agent
   t=$(repair_time)
   times+=("$t")
-  echo "run $run: repaired in $t s"
+  echo "run $run: repaired in $t s (load average $(cut -d' ' -f1-3 /proc/loadavg))"
   stop_agent
   halves del
   if ip -n "$mac" rule | grep -q 'lookup 100'; then echo "bench: a rule was left behind" >&2; exit 1; fi
@@ -141,29 +147,34 @@ t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 # Threads come and go (tokio's blocking pool): each thread's switches are summed as seen every
 # 0.2 s, so one that exits loses at most its last 0.2 s.
 w=$(python3 - "$pid" "$IDLE_SECS" <<'EOF'
-import os, sys, time
+import collections, os, sys, time
 pid, secs = sys.argv[1], float(sys.argv[2])
 def counts():
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
+            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
             for line in open(f"/proc/{pid}/task/{tid}/status"):
                 if line.startswith("voluntary_ctxt_switches:"):
-                    out[tid] = int(line.split()[1])
+                    out[tid] = (name, int(line.split()[1]))
         except OSError:
             pass
     return out
-last, total, end = counts(), 0, time.monotonic() + secs
+last, per_name, end = counts(), collections.Counter(), time.monotonic() + secs
 while time.monotonic() < end:
     time.sleep(0.2)
     now = counts()
-    total += sum(n - last.get(t, 0) for t, n in now.items())
+    for t, (name, n) in now.items():
+        per_name[name] += n - last.get(t, (name, 0))[1]
     last = now
-print(total)
+# Which threads woke, by name: where to look to make the agent quieter.
+print("wake-ups by thread:", ", ".join(f"{k} {v}" for k, v in per_name.most_common()), file=sys.stderr)
+print(sum(per_name.values()))
 EOF
 )
 t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 r1=$(syns)
+idle_load=$(cut -d' ' -f1-3 /proc/loadavg)
 stop_agent
 hz=$(getconf CLK_TCK)
 
@@ -173,7 +184,7 @@ printf '%s\n' "${times[@]}" | sort -n | awk -v runs="$RUNS" '
     median = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
     printf "time to repair over %d runs: median %.2f s, max %.2f s (min %.2f s)\n", runs, median, t[NR], t[1]
   }'
-awk -v r="$((r1 - r0))" -v s="$IDLE_SECS" -v w="$w" -v t="$((t1 - t0))" -v hz="$hz" 'BEGIN {
-  printf "healthy, nothing changing, over %d s: %d probe requests (%.0f per hour at this rate), %.2f wake-ups/s, CPU %.0f ms per minute\n",
-    s, r, r * 3600 / s, w / s, t * 1000 / hz * 60 / s
+awk -v r="$((r1 - r0))" -v s="$IDLE_SECS" -v w="$w" -v t="$((t1 - t0))" -v hz="$hz" -v load="$idle_load" 'BEGIN {
+  printf "healthy, nothing changing, over %d s: %d probe requests (%.0f per hour at this rate), %.2f wake-ups/s, CPU %.0f ms per minute (load average at the end %s)\n",
+    s, r, r * 3600 / s, w / s, t * 1000 / hz * 60 / s, load
 }'
