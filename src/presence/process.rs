@@ -50,7 +50,10 @@ impl ProcessSource for SysinfoSource {
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::All,
             true,
+            // Threads are not processes here; listing them (sysinfo's default on Linux) read
+            // every process's task folder: half of an idle agent's CPU.
             ProcessRefreshKind::nothing()
+                .without_tasks()
                 .with_exe(UpdateKind::OnlyIfNotSet)
                 .with_user(UpdateKind::OnlyIfNotSet),
         );
