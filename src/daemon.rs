@@ -29,8 +29,10 @@ use crate::agent::{Sources, Stop};
 use crate::config::Config;
 use crate::fallback::OnStart;
 
-/// How often a rotated stderr file is looked for.
-pub const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a rotated stderr file is looked for. Each check wakes an idle agent (every 5 s,
+/// it was about 40 % of its wake-ups in the lab); until it runs, lines go on into the newest
+/// archive, which newsyslog leaves uncompressed, so nothing is lost.
+pub const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The signals the daemon listens to, registered at once.
 struct Signals {
