@@ -11,7 +11,9 @@
 //! it.
 
 macro_rules_attribute::attribute_alias! {
-    #[apply(label_set!)] =
+    // The derives alone, for a set spelled another way (`BackendKind`: kebab-case, as its
+    // configuration value).
+    #[apply(label_derives!)] =
         #[derive(
             Clone,
             Copy,
@@ -24,7 +26,10 @@ macro_rules_attribute::attribute_alias! {
             ::strum::EnumCount,
             ::strum::IntoStaticStr,
             ::strum::Display,
-        )]
+        )];
+
+    #[apply(label_set!)] =
+        #[::macro_rules_attribute::apply(crate::labels::label_derives!)]
         #[serde(rename_all = "snake_case")]
         #[strum(serialize_all = "snake_case")];
 }
@@ -45,6 +50,14 @@ mod tests {
         On,
     }
 
+    #[apply(label_derives!)]
+    #[serde(rename_all = "kebab-case")]
+    #[strum(serialize_all = "kebab-case")]
+    enum Backend {
+        Pf,
+        PolicyRouting,
+    }
+
     #[test]
     fn one_spelling_in_metrics_and_json() {
         let labels: Vec<&'static str> = Light::iter().map(<&'static str>::from).collect();
@@ -60,5 +73,15 @@ mod tests {
         assert!(serde_json::from_str::<Light>("\"SlowBlink\"").is_err());
         assert_eq!(Light::default(), Light::Off);
         assert!(Light::Off < Light::On);
+    }
+
+    #[test]
+    fn derives_alone_take_another_spelling() {
+        let labels: Vec<&'static str> = Backend::iter().map(<&'static str>::from).collect();
+        assert_eq!(labels, ["pf", "policy-routing"]);
+        assert_eq!(
+            serde_json::to_string(&Backend::PolicyRouting).unwrap(),
+            "\"policy-routing\""
+        );
     }
 }

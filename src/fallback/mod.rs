@@ -22,8 +22,10 @@ pub mod policy_routing;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use macro_rules_attribute::apply;
 use serde::{Deserialize, Serialize};
 
+use crate::labels::{label_derives, label_set};
 use crate::os::Interfaces;
 use crate::os::command::{CommandError, Tools};
 use crate::sessions::window::{SessionWindow, Thresholds};
@@ -39,22 +41,8 @@ const LOCAL_NETS: [&str; 4] = [
 ];
 
 /// What the agent does when the bypass breaks.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(Default, Deserialize)]
 pub enum Mode {
     /// No decisions at all.
     Off,
@@ -78,18 +66,7 @@ pub enum BackendChoice {
 }
 
 /// The backend actually in use, after `auto` is resolved.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
+#[apply(label_derives!)]
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum BackendKind {
