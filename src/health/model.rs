@@ -96,7 +96,8 @@ pub struct Thresholds {
     pub log_max_level: Level,
 }
 
-/// Snapshot of every input at one moment.
+/// Snapshot of every input at one moment; the default has none, and probing off.
+#[derive(Default)]
 pub struct Inputs<'a> {
     pub log: Option<&'a LogHealthInput>,
     /// Per-app figures and the sessions verdict, over the same window.
