@@ -124,6 +124,7 @@ fn policy_routing_failure_carries_stderr_and_rolls_back() {
         table: TABLE,
         priority: PRIORITY,
         netns: Some(ns.0.clone()),
+        state_file: None,
     });
     let err = missing.apply(&plan(SRC, GW)).unwrap_err();
     assert!(matches!(err, BackendError::Spawn { .. }), "{err}");

@@ -85,6 +85,7 @@ impl Netns {
             table: TABLE,
             priority: PRIORITY,
             netns: Some(self.0.clone()),
+            state_file: None,
         })
     }
 }
