@@ -9,7 +9,8 @@
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
 //! macOS `sudo pfctl -a com.apple/250.PiaSplitTunnelFallback -F all` (then `sudo pfctl -X TOKEN`
 //! with the token in `pf_token_file`); Linux `ip rule del priority P` and
-//! `ip route flush table T`.
+//! `ip route flush table T`. What an install used is recorded in `state_file` ([`state`]), so
+//! these are found after the config changes too.
 
 pub mod controller;
 pub mod http;
@@ -171,7 +172,7 @@ pub struct FallbackConfig {
     pub bypass_subnets: Vec<Ipv4Net>,
     pub pfctl_path: PathBuf,
     /// Where the `pfctl -E` reference token is kept, so a later process (CLI, restart) can
-    /// release it.
+    /// release it (only release it: it is no proof that pf is enabled).
     pub pf_token_file: PathBuf,
     /// What a backend installed (table and priority, or anchor), so a later run with other
     /// settings still finds and removes it.

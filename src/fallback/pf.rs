@@ -110,10 +110,7 @@ impl Pf {
             tracing::warn!(file = %self.opts.token_file.display(), error = %e,
                 "could not keep the pf token; a restart will not be able to release it");
             // The file must not keep naming the stale reference released next.
-            if let Err(e) = super::state::remove(&self.opts.token_file) {
-                tracing::warn!(file = %self.opts.token_file.display(), error = %e,
-                    "cannot remove the old pf token file");
-            }
+            self.forget_token_file();
         }
         self.release_stale();
         Ok(())
@@ -142,12 +139,23 @@ impl Pf {
         }
         // Forget the file first whatever pfctl says: a released number must not be released
         // again by a later process (the kernel may have handed it to someone else by then).
-        let _ = super::state::remove(&self.opts.token_file);
+        self.forget_token_file();
         self.release_stale();
         let Some(token) = self.token.take() else {
             return Ok(());
         };
         self.pfctl(&["-X", &token.to_string()], None).map(|_| ())
+    }
+
+    /// Removes the token file, if it is ours: a refused one (a link, another user's file)
+    /// stays as it is.
+    fn forget_token_file(&self) {
+        let path = &self.opts.token_file;
+        if matches!(read_private::<u64>(path), Ok(Some(_)))
+            && let Err(e) = super::state::remove(path)
+        {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove the pf token file");
+        }
     }
 
     /// The configured anchor, then an earlier run's.
