@@ -499,4 +499,33 @@ mod tests {
         agent.lines(35).await;
         agent.settled(35, 0).await;
     }
+
+    /// With the budget spent (a second rotation within the same second), the second
+    /// rotation's save waits; killed then, and rotated once more while down, the restart
+    /// cannot find the saved file: the loss is counted as a gap, never silent, and the
+    /// archive and the current file are read whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_left_unsaved_then_a_crash_and_a_rotation_count_a_gap() {
+        let (_dir, config, mut w) = setup();
+        w.write(10);
+        let agent = Running::start(&config);
+        agent.lines(10).await;
+        agent.saves(1).await;
+        w.rotate();
+        w.write(10);
+        agent.lines(20).await;
+        agent.saves(2).await;
+        w.rotate();
+        w.write(10);
+        agent.lines(30).await;
+        agent.crash().await;
+        // The checkpoint names the second file: what it read of it.
+        let saved = saved_lines(&config);
+        assert!((10..=20).contains(&saved), "{saved}");
+        w.rotate();
+        w.write(10);
+        let agent = Running::start(&config);
+        // The second file's unread rest is lost and counted; the third and fourth are read.
+        agent.settled(saved + 20, 1).await;
+    }
 }
