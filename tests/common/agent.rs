@@ -316,6 +316,8 @@ pub struct ProxyWriter {
     file: std::fs::File,
     size: usize,
     pub rotations: u32,
+    /// Size at which the file is rotated (the proxy's 512,000 bytes unless a test says).
+    pub rotate_at: usize,
     /// Lines written so far.
     pub lines: u64,
     pub files: Vec<Written>,
@@ -337,6 +339,7 @@ impl ProxyWriter {
             file: tempfile::tempfile().unwrap(),
             size: 0,
             rotations: 0,
+            rotate_at: 512_000,
             lines: 0,
             files: vec![],
         };
@@ -360,7 +363,7 @@ impl ProxyWriter {
     }
 
     pub fn write(&mut self, line: &[u8]) {
-        if self.size + line.len() > 512_000 {
+        if self.size + line.len() > self.rotate_at {
             std::fs::rename(&self.path, format!("{}.1", self.path.display())).unwrap();
             self.open();
             self.rotations += 1;
