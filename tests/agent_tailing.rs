@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, ProxyWriter, lines_of};
+use common::agent::{Agent, ProxyWriter, lines_of, write_paced};
 use common::{fixture, generate};
 use pia_split_tunnel_exporter::build_info;
 use serde_json::Value;
@@ -87,14 +87,7 @@ fn five_rotations_a_second_lose_nothing() {
     let mut w = ProxyWriter::new(&log);
     w.rotate_at = (bytes as f64 / (5.0 * secs)) as usize;
     let t0 = Instant::now();
-    let rate = lines.len() as f64 / secs;
-    for (i, line) in lines.iter().enumerate() {
-        let due = Duration::from_secs_f64(i as f64 / rate);
-        if let Some(wait) = due.checked_sub(t0.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        w.write(line);
-    }
+    write_paced(&lines, secs, |line| w.write(line));
     let per_s = f64::from(w.rotations) / t0.elapsed().as_secs_f64();
     eprintln!(
         "{} lines, {} rotations in {:.1} s ({per_s:.1} a second)",

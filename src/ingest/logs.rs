@@ -421,10 +421,14 @@ mod tests {
             );
         }
 
-        /// `kill -9`: the task ends where it is, without its last save.
-        async fn crash(mut self) {
+        /// `kill -9`: the task ends where it is, without its last save. Returns the lines
+        /// the checkpoint left counts.
+        async fn crash(mut self, config: &LogConfig) -> u64 {
             self.task.abort();
             let _ = (&mut self.task).await;
+            let cp: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&config.checkpoint).unwrap()).unwrap();
+            cp["pipeline"]["read"]["lines"].as_u64().unwrap()
         }
     }
 
@@ -466,10 +470,19 @@ mod tests {
         (dir, config, Writer { path, next: 0 })
     }
 
-    fn saved_lines(config: &LogConfig) -> u64 {
-        let cp: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&config.checkpoint).unwrap()).unwrap();
-        cp["pipeline"]["read"]["lines"].as_u64().unwrap()
+    /// Ten lines, the stage started on them, a rotation and ten more lines: opening the first
+    /// file and the rotation are each saved at once, though the clock does not move (the
+    /// rotation comes right after a save).
+    async fn started_then_rotated(config: &LogConfig, w: &mut Writer) -> Running {
+        w.write(10);
+        let agent = Running::start(config);
+        agent.lines(10).await;
+        agent.saves(1).await;
+        w.rotate();
+        w.write(10);
+        agent.lines(20).await;
+        agent.saves(2).await;
+        agent
     }
 
     /// A rotation right after a save is saved at once, not when the next routine save is
@@ -478,26 +491,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rotation_is_saved_at_once_so_a_crash_then_a_rotation_loses_nothing() {
         let (_dir, config, mut w) = setup();
-        w.write(10);
-        let agent = Running::start(&config);
-        agent.lines(10).await;
-        // Opening the first file is saved at once.
-        agent.saves(1).await;
-        w.rotate();
-        w.write(10);
-        agent.lines(20).await;
-        // The rotation: saved although a save just happened (the clock does not move).
-        agent.saves(2).await;
+        let agent = started_then_rotated(&config, &mut w).await;
         w.write(5);
         agent.lines(25).await;
-        agent.crash().await;
-        let saved = saved_lines(&config);
+        let saved = agent.crash(&config).await;
         assert!((10..=20).contains(&saved), "{saved}");
         w.rotate();
         w.write(10);
-        let agent = Running::start(&config);
-        agent.lines(35).await;
-        agent.settled(35, 0).await;
+        Running::start(&config).settled(35, 0).await;
     }
 
     /// With the budget spent (a second rotation within the same second), the second
@@ -507,25 +508,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rotation_left_unsaved_then_a_crash_and_a_rotation_count_a_gap() {
         let (_dir, config, mut w) = setup();
-        w.write(10);
-        let agent = Running::start(&config);
-        agent.lines(10).await;
-        agent.saves(1).await;
-        w.rotate();
-        w.write(10);
-        agent.lines(20).await;
-        agent.saves(2).await;
+        let agent = started_then_rotated(&config, &mut w).await;
         w.rotate();
         w.write(10);
         agent.lines(30).await;
-        agent.crash().await;
         // The checkpoint names the second file: what it read of it.
-        let saved = saved_lines(&config);
+        let saved = agent.crash(&config).await;
         assert!((10..=20).contains(&saved), "{saved}");
         w.rotate();
         w.write(10);
-        let agent = Running::start(&config);
         // The second file's unread rest is lost and counted; the third and fourth are read.
-        agent.settled(saved + 20, 1).await;
+        Running::start(&config).settled(saved + 20, 1).await;
     }
 }

@@ -309,6 +309,20 @@ pub fn lines_of(path: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Hands `lines` to `write` at a steady pace over `secs`: line i is due at i / rate, whatever
+/// the scheduling hiccups.
+pub fn write_paced(lines: &[Vec<u8>], secs: f64, mut write: impl FnMut(&[u8])) {
+    let t0 = Instant::now();
+    let rate = lines.len() as f64 / secs;
+    for (i, line) in lines.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        write(line);
+    }
+}
+
 /// Appends lines like the proxy: rename to `.1` and start a new file at 512,000 bytes.
 /// Remembers where every line ended in which file, to check a saved cursor against.
 pub struct ProxyWriter {
