@@ -363,10 +363,7 @@ impl Follower {
             }
             match self.open_successor(&mut p) {
                 Some(mut next) => {
-                    next.before = Before::of(src_id.expect("source checked above"), {
-                        let old = self.src.as_ref().expect("source checked above");
-                        head_fingerprint(&old.file).unwrap_or(old.fp)
-                    });
+                    next.before = self.before_of(&next, &mut p);
                     let old = self.src.replace(next).expect("source checked above");
                     self.remember_own(old);
                 }
@@ -496,6 +493,20 @@ impl Follower {
             return Some(src);
         }
         Some(next)
+    }
+
+    /// What the cursor records as the file before `next`: the archive now, unless that is
+    /// `next` itself (then the file being left). Not simply the file being left: an archive
+    /// skipped as already seen must not look, after a restart, like one rotated in since.
+    fn before_of(&mut self, next: &Source, p: &mut Poll) -> Before {
+        if let Some((file, meta)) = self.open_existing(Name::Archive, p)
+            && FileId::of(&meta) != next.id
+            && let Ok(fp) = head_fingerprint(&file)
+        {
+            return Before::of(FileId::of(&meta), fp);
+        }
+        let old = self.src.as_ref().expect("a file being left");
+        Before::of(old.id, head_fingerprint(&old.file).unwrap_or(old.fp))
     }
 
     fn unseen_archive(&mut self, not: Option<FileId>, p: &mut Poll) -> Option<Source> {
