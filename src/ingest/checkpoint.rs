@@ -177,10 +177,17 @@ enum Unsaved {
 /// which after routine saves alone is at once: a rotation right after a routine save is
 /// not left unsaved for a second, in which a `kill -9` and one more rotation would lose the
 /// rest of the file it names. A failed save stays due and is retried within the budget.
+///
+/// The state is encoded under the pipeline's lock (so it matches the cursors), and written
+/// and fsync'd on a blocking thread while the loop reads on: a save at a rotation must not
+/// stall reading, or a burst of rotations during the fsync could rotate a file away unread.
+/// One save is in flight at a time, so saves land in order.
 pub struct Saver {
     store: CheckpointStore,
     log_path: PathBuf,
     unsaved: Unsaved,
+    /// The save being written and what it covers (restored if it fails).
+    in_flight: Option<(tokio::task::JoinHandle<Result<(), String>>, Unsaved)>,
     /// The last save failed: logged once, then again when it recovers.
     failing: bool,
     budget: Budget,
@@ -197,6 +204,7 @@ impl Saver {
             store,
             log_path,
             unsaved: Unsaved::Nothing,
+            in_flight: None,
             failing: false,
             // The first saves may come at once.
             budget: Budget::full(clock()),
@@ -215,9 +223,11 @@ impl Saver {
         self.unsaved = self.unsaved.max(now);
     }
 
-    /// How long until the next save is due, if something is unsaved.
+    /// How long until the next save is due, if something is unsaved and no save is being
+    /// written (its end is awaited with [`settle`](Saver::settle) instead).
     pub fn wait(&self) -> Option<Duration> {
         let need = match self.unsaved {
+            _ if self.in_flight.is_some() => return None,
             Unsaved::Nothing => return None,
             Unsaved::Lines => Budget::FULL,
             Unsaved::Switch => SAVE_EVERY,
@@ -225,7 +235,12 @@ impl Saver {
         Some(self.budget.wait_for(need, (self.clock)()))
     }
 
-    /// Saves when something is unsaved and the budget allows it (see [`Saver`]).
+    /// A save is being written.
+    pub fn saving(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Starts a save when something is unsaved and the budget allows it (see [`Saver`]).
     pub fn save_if_due(
         &mut self,
         cursors: Cursors,
@@ -233,25 +248,66 @@ impl Saver {
         events: &dyn IngestEvents,
     ) {
         if self.wait() == Some(Duration::ZERO) {
-            self.save(cursors, pipeline, events);
+            self.start(cursors, pipeline, events);
         }
     }
 
-    /// Saves now, budget or not (on the way out); the save is spent from the budget.
-    pub fn save(
+    /// Waits for the save being written, if any, and reports how it went.
+    pub async fn settle(&mut self, events: &dyn IngestEvents) {
+        let Some((task, covered)) = self.in_flight.as_mut() else {
+            return;
+        };
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(format!("the save did not finish: {e}")));
+        let covered = *covered;
+        self.in_flight = None;
+        self.report(result, covered, events);
+    }
+
+    /// The last save, on the way out: after the one being written, now, budget or not.
+    pub async fn save_last(
         &mut self,
         cursors: Cursors,
         pipeline: &Mutex<Pipeline>,
         events: &dyn IngestEvents,
     ) {
+        self.settle(events).await;
+        self.start(cursors, pipeline, events);
+        self.settle(events).await;
+    }
+
+    /// Encodes the state now and writes it on a blocking thread; the save is spent from the
+    /// budget.
+    fn start(&mut self, cursors: Cursors, pipeline: &Mutex<Pipeline>, events: &dyn IngestEvents) {
         self.budget.spend((self.clock)());
-        let result = self.write(cursors, pipeline);
+        let covered = std::mem::replace(&mut self.unsaved, Unsaved::Nothing);
+        let json = {
+            let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+            self.store.encode(&Checkpoint::V1(V1 {
+                log_path: self.log_path.clone(),
+                cursors,
+                pipeline: &*p,
+            }))
+        };
+        match json {
+            Ok(json) => {
+                let store = self.store.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    store.write(&json).map_err(|e| format!("{e:#}"))
+                });
+                self.in_flight = Some((task, covered));
+            }
+            Err(e) => self.report(Err(format!("{e:#}")), covered, events),
+        }
+    }
+
+    fn report(&mut self, result: Result<(), String>, covered: Unsaved, events: &dyn IngestEvents) {
         match result {
             Ok(()) => {
                 if self.failing {
                     tracing::info!(checkpoint = %self.store.path().display(), "checkpoint saved again");
                 }
-                self.unsaved = Unsaved::Nothing;
                 self.failing = false;
                 events.emit_checkpoint_saved(self.store.path());
             }
@@ -260,20 +316,11 @@ impl Saver {
                     tracing::warn!(error = %e, "cannot save the checkpoint; counting goes on, retrying every second");
                 }
                 self.failing = true;
+                // Still unsaved: due again within the budget.
+                self.unsaved = self.unsaved.max(covered);
                 events.emit_checkpoint_save_failed(self.store.path(), e);
             }
         }
-    }
-
-    fn write(&self, cursors: Cursors, pipeline: &Mutex<Pipeline>) -> Result<(), String> {
-        let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
-        let checkpoint = Checkpoint::V1(V1 {
-            log_path: self.log_path.clone(),
-            cursors,
-            pipeline: &*p,
-        });
-        // fsync can take a while; the pipeline stays locked so the state matches the cursors.
-        tokio::task::block_in_place(|| self.store.save(&checkpoint)).map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -317,53 +364,61 @@ mod tests {
         (Saver::with_clock(store, PIA_LOG.into(), clock), now)
     }
 
-    #[test]
-    fn lines_are_saved_once_a_second_and_a_switch_at_once() {
+    /// Marks (`Some(switched)`) after moving the clock on, saves if due, and returns the
+    /// saves so far.
+    async fn step(
+        saver: &mut Saver,
+        now: &Mutex<Instant>,
+        saves: &Saves,
+        switched: Option<bool>,
+        advance_ms: u64,
+    ) -> u32 {
+        *now.lock().unwrap() += Duration::from_millis(advance_ms);
+        if let Some(s) = switched {
+            saver.mark(s);
+        }
+        let pipeline = Mutex::new(Pipeline::new(Default::default()));
+        saver.save_if_due(Cursors::default(), &pipeline, saves);
+        saver.settle(saves).await;
+        saves.0.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn lines_are_saved_once_a_second_and_a_switch_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let (mut saver, now) = saver_at(dir.path());
-        let pipeline = Mutex::new(Pipeline::new(Default::default()));
         let saves = Saves::default();
-        let step = |saver: &mut Saver, switched: Option<bool>, advance_ms: u64| {
-            *now.lock().unwrap() += Duration::from_millis(advance_ms);
-            if let Some(s) = switched {
-                saver.mark(s);
-            }
-            saver.save_if_due(Cursors::default(), &pipeline, &saves);
-            saves.0.load(Ordering::Relaxed)
-        };
-        assert_eq!(saver.wait(), None, "nothing unsaved");
+        let (s, n) = (&mut saver, &*now);
+        assert_eq!(s.wait(), None, "nothing unsaved");
         // The first file opened: saved at once.
-        assert_eq!(step(&mut saver, Some(true), 0), 1);
+        assert_eq!(step(s, n, &saves, Some(true), 0).await, 1);
         // Lines: kept until the budget is full again, a second later.
-        assert_eq!(step(&mut saver, Some(false), 100), 1);
-        assert_eq!(saver.wait(), Some(Duration::from_millis(900)));
-        assert_eq!(step(&mut saver, None, 900), 2);
+        assert_eq!(step(s, n, &saves, Some(false), 100).await, 1);
+        assert_eq!(s.wait(), Some(Duration::from_millis(900)));
+        assert_eq!(step(s, n, &saves, None, 900).await, 2);
         // A rotation right after that routine save: saved at once, not a second later.
-        assert_eq!(step(&mut saver, Some(true), 10), 3);
+        assert_eq!(step(s, n, &saves, Some(true), 10).await, 3);
         // Lines read since wait for the full budget: 1.99 s now.
-        assert_eq!(step(&mut saver, Some(false), 0), 3);
-        assert_eq!(saver.wait(), Some(Duration::from_millis(1990)));
+        assert_eq!(step(s, n, &saves, Some(false), 0).await, 3);
+        assert_eq!(s.wait(), Some(Duration::from_millis(1990)));
         // A second rotation within that second waits for one save's worth.
-        assert_eq!(step(&mut saver, Some(true), 500), 3);
-        assert_eq!(saver.wait(), Some(Duration::from_millis(490)));
-        assert_eq!(step(&mut saver, None, 490), 4);
-        assert_eq!(saver.wait(), None);
+        assert_eq!(step(s, n, &saves, Some(true), 500).await, 3);
+        assert_eq!(s.wait(), Some(Duration::from_millis(490)));
+        assert_eq!(step(s, n, &saves, None, 490).await, 4);
+        assert_eq!(s.wait(), None);
     }
 
     /// Rotations every millisecond (a rename storm): two saves at once, then one a second.
-    #[test]
-    fn a_storm_of_switches_costs_at_most_one_save_a_second() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_storm_of_switches_costs_at_most_one_save_a_second() {
         let dir = tempfile::tempdir().unwrap();
         let (mut saver, now) = saver_at(dir.path());
-        let pipeline = Mutex::new(Pipeline::new(Default::default()));
         let saves = Saves::default();
         let mut per_window = vec![];
         for secs in [5, 60] {
             let before = saves.0.load(Ordering::Relaxed);
             for _ in 0..secs * 1000 {
-                *now.lock().unwrap() += Duration::from_millis(1);
-                saver.mark(true);
-                saver.save_if_due(Cursors::default(), &pipeline, &saves);
+                step(&mut saver, &now, &saves, Some(true), 1).await;
             }
             per_window.push(saves.0.load(Ordering::Relaxed) - before);
         }

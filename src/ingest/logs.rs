@@ -123,6 +123,8 @@ impl Ingest {
                     saver.save_if_due(cursors(&debug, &error), &side.pipeline, side.events);
                     continue;
                 }
+                // A save written meanwhile: reported, and the next one may start.
+                _ = saver.settle(side.events), if saver.saving() => continue,
                 polled = debug.tailer.next(&mut debug.buf) => (LogFile::Debug, polled),
                 polled = async {
                     let f = error.as_mut().expect("guarded by is_some");
@@ -193,7 +195,9 @@ impl Ingest {
             }
             saver.save_if_due(cursors(&debug, &error), &side.pipeline, side.events);
         }
-        saver.save(cursors(&debug, &error), &side.pipeline, side.events);
+        saver
+            .save_last(cursors(&debug, &error), &side.pipeline, side.events)
+            .await;
     }
 }
 
