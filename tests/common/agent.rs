@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use pia_split_tunnel_exporter::tail::{FINGERPRINT_BYTES, Fingerprint};
+
 use super::BIN;
 
 /// A running agent on a free loopback port, killed on drop.
@@ -344,6 +346,8 @@ pub struct Written {
     pub first_line: u64,
     /// Offset after each of its lines.
     pub ends: Vec<u64>,
+    /// Its first bytes, to tell it from another file given the same inode.
+    pub head: Vec<u8>,
 }
 
 impl ProxyWriter {
@@ -373,6 +377,7 @@ impl ProxyWriter {
             ino: std::os::unix::fs::MetadataExt::ino(&meta),
             first_line: self.lines,
             ends: vec![],
+            head: vec![],
         });
     }
 
@@ -386,18 +391,27 @@ impl ProxyWriter {
         self.size += line.len();
         self.lines += 1;
         let size = self.size as u64;
-        self.files.last_mut().unwrap().ends.push(size);
+        let f = self.files.last_mut().unwrap();
+        f.ends.push(size);
+        let room = FINGERPRINT_BYTES.saturating_sub(f.head.len());
+        f.head.extend_from_slice(&line[..room.min(line.len())]);
     }
 
-    /// Lines before `offset` in the newest file with inode `ino`; panics when the offset is
-    /// not at a line's end (a cursor must never point into a line).
-    pub fn lines_before(&self, ino: u64, offset: u64) -> u64 {
+    /// Lines before `offset` in the newest file with inode `ino` and first bytes `head`
+    /// (file systems reuse inodes); panics when the offset is not at a line's end (a cursor
+    /// must never point into a line).
+    pub fn lines_before(&self, ino: u64, head: Fingerprint, offset: u64) -> u64 {
         let f = self
             .files
             .iter()
             .rev()
-            .find(|f| f.ino == ino)
-            .unwrap_or_else(|| panic!("no written file has inode {ino}"));
+            .find(|f| {
+                f.ino == ino
+                    && f.head
+                        .get(..head.len as usize)
+                        .is_some_and(|h| Fingerprint::of(h) == head)
+            })
+            .unwrap_or_else(|| panic!("no written file has inode {ino} and head {head:?}"));
         if offset == 0 {
             return f.first_line;
         }
