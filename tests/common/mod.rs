@@ -167,6 +167,7 @@ impl StandIn {
             backend: pia_split_tunnel_exporter::fallback::BackendChoice::Pf,
             pfctl_path: self.pfctl(),
             pf_token_file: self.token_file(),
+            state_file: self.dir.path().join("state/fallback-state.json"),
             ..FallbackConfig::default()
         }
     }
