@@ -8,7 +8,8 @@
 //! - network: [`os`] (interface discovery) → [`probe`] (egress per path, verdicts) →
 //!   [`fallback`] (policy, PF / policy-routing backends); [`presence`] (PIA's processes);
 //! - [`health`] reads every stage, the fallback included; [`agent`] wires the stages;
-//! - surfaces: [`http`] (axum), [`cli`] → [`commands`], [`analyze`] (offline), [`demo`].
+//! - surfaces: [`http`] (axum), [`cli`] → [`commands`], [`analyze`] (offline), [`demo`];
+//! - [`labels`] at the bottom: how the stages declare their fixed label sets.
 //!
 //! Imports go one way only; `tests/architecture.rs` states the layers and checks them.
 
@@ -24,6 +25,7 @@ pub mod fallback;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod labels;
 pub mod logging;
 pub mod metrics;
 pub mod netwatch;

@@ -8,9 +8,9 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::agent::{Agent, ProxyWriter, lines_of};
+use common::agent::{Agent, ProxyWriter, lines_of, write_paced};
 use common::generate;
 use serde_json::Value;
 
@@ -36,18 +36,7 @@ fn soak_with_random_kills_counts_every_line_once() {
     let writer = Arc::new(Mutex::new(ProxyWriter::new(&log)));
     let writing = std::thread::spawn({
         let writer = writer.clone();
-        move || {
-            // Line i is due at i / rate: a steady pace whatever the scheduling hiccups.
-            let t0 = Instant::now();
-            let rate = lines.len() as f64 / secs;
-            for (i, line) in lines.iter().enumerate() {
-                let due = Duration::from_secs_f64(i as f64 / rate);
-                if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-                writer.lock().unwrap().write(line);
-            }
-        }
+        move || write_paced(&lines, secs, |line| writer.lock().unwrap().write(line))
     });
 
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -66,7 +55,8 @@ fn soak_with_random_kills_counts_every_line_once() {
                     cursor["ino"].as_u64().unwrap(),
                     cursor["offset"].as_u64().unwrap(),
                 );
-                let before = writer.lock().unwrap().lines_before(ino, offset);
+                let head = serde_json::from_value(cursor["fingerprint"].clone()).unwrap();
+                let before = writer.lock().unwrap().lines_before(ino, head, offset);
                 assert_eq!(
                     before, counted,
                     "kill {kills} (seed {seed}): the cursor is after {before} lines, the counts \

@@ -4,9 +4,9 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::agent::{Agent, ProxyWriter, lines_of};
+use common::agent::{Agent, ProxyWriter, lines_of, write_paced};
 use common::{fixture, generate};
 use pia_split_tunnel_exporter::build_info;
 use serde_json::Value;
@@ -71,6 +71,38 @@ fn rotation_under_continuous_writing_loses_and_repeats_nothing() {
         m.value("pia_split_tunnel_log_unrecognized_lines_total", &[]),
         0.0
     );
+}
+
+/// Five rotations a second for 6 s while the agent runs (the proxy rotates every few minutes):
+/// every line is counted once, every rotation once, and no gap.
+#[test]
+fn five_rotations_a_second_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, expected) = generate(dir.path(), "mixed", 4_000, 33);
+    let log = dir.path().join("transparent_proxy.log");
+    let agent = Agent::start(&log, &dir.path().join("cp.json"));
+    let lines = lines_of(&source);
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    let secs = 6.0;
+    let mut w = ProxyWriter::new(&log);
+    w.rotate_at = (bytes as f64 / (5.0 * secs)) as usize;
+    let t0 = Instant::now();
+    write_paced(&lines, secs, |line| w.write(line));
+    let per_s = f64::from(w.rotations) / t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{} lines, {} rotations in {:.1} s ({per_s:.1} a second)",
+        lines.len(),
+        w.rotations,
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(per_s >= 4.0, "{per_s} rotations a second");
+    let m = agent.wait_lines(lines.len() as u64);
+    m.assert_matches(&expected);
+    assert_eq!(
+        m.value("pia_split_tunnel_log_rotations_total", &[]),
+        f64::from(w.rotations)
+    );
+    assert_eq!(m.value("pia_split_tunnel_log_gaps_total", &[]), 0.0);
 }
 
 #[test]

@@ -2,24 +2,14 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{BIN, assert_subset, fixture, generate};
+use common::{assert_subset, fixture, generate, run_bin_exiting};
 use serde_json::Value;
 
 /// Runs `analyze`; it exits 0, or 1 when the sessions verdict says the bypass is broken.
 fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("agent binary runs");
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_bin_exiting(args, env, &[0, 1])
 }
 
 fn analyze_json(files: &[&std::path::Path], extra: &[&str]) -> Value {
@@ -194,7 +184,6 @@ fn metrics_text_matches_golden() {
         got, golden,
         "metrics text changed; review and run with UPDATE_GOLDEN=1"
     );
-    let _ = BIN;
 }
 
 /// A 10 MB line (NULs and invalid UTF-8 in it) in the middle and another without a newline at

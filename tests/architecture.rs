@@ -11,7 +11,9 @@
 //! - `status` (the page at `/`) below `config`, over the stages it shows;
 //! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
 //! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`);
-//! - `logging` (the agent's own stderr) and `build_info` at the bottom: they import nothing.
+//! - `logging` (the agent's own stderr) and `build_info` at the bottom: they import nothing;
+//! - `labels` (how fixed label sets are declared) below them all: every stage with a label set,
+//!   `proxy_log` included, imports it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["sessions"],
     &["proxy_log", "tail", "os", "logging", "build_info"],
+    &["labels"],
 ];
 
 /// Modules referenced as `crate::X` or `crate::{X, ...}` outside comments.

@@ -20,11 +20,12 @@ fn config_text(dir: &Path, pf: &StandIn, listen: SocketAddr, extra: &str) -> Str
         "[log]\npath = {:?}\ncheckpoint = {:?}\nerror_path = \"\"\n{extra}\n\
          [http]\nlisten = \"{listen}\"\n\
          [probe]\nenabled = false\n\
-         [fallback]\nbackend = \"pf\"\npfctl_path = {:?}\npf_token_file = {:?}\n",
+         [fallback]\nbackend = \"pf\"\npfctl_path = {:?}\npf_token_file = {:?}\nstate_file = {:?}\n",
         dir.join("transparent_proxy.log"),
         dir.join("checkpoint.json"),
         pf.pfctl(),
         pf.token_file(),
+        pf.config().state_file,
     )
 }
 

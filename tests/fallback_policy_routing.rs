@@ -124,7 +124,55 @@ fn policy_routing_failure_carries_stderr_and_rolls_back() {
         table: TABLE,
         priority: PRIORITY,
         netns: Some(ns.0.clone()),
+        state_file: None,
     });
     let err = missing.apply(&plan(SRC, GW)).unwrap_err();
     assert!(matches!(err, BackendError::Spawn { .. }), "{err}");
+}
+
+#[test]
+fn policy_routing_changed_table_and_priority_still_remove_the_earlier_install() {
+    let ns = Netns::new();
+    let rules_before = ns.rules();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state/fallback-state.json");
+    ns.backend_with(100, 100, &state)
+        .apply(&plan(SRC, GW))
+        .unwrap();
+    assert!(ns.rules().contains("from 10.0.15.15 lookup 100"));
+
+    // The config now says table 200, priority 300; a new process (restart, CLI) starts.
+    let mut b = ns.backend_with(200, 300, &state);
+    let seen = b.status().unwrap();
+    assert!(
+        seen.rules.iter().any(|r| r.contains("lookup 100")),
+        "adopt sees the earlier install: {seen:?}"
+    );
+    b.revert().unwrap();
+    assert_eq!(ns.rules(), rules_before, "earlier rule removed");
+    assert!(
+        ns.ip("-4 route show table 100").trim().is_empty(),
+        "earlier table flushed"
+    );
+    assert!(!state.exists(), "nothing installed, nothing recorded");
+
+    // Apply under the new values replaces the earlier install instead of stacking on it.
+    ns.backend_with(100, 100, &state)
+        .apply(&plan(SRC, GW))
+        .unwrap();
+    let mut b = ns.backend_with(200, 300, &state);
+    b.apply(&plan(SRC, GW)).unwrap();
+    let rules = ns.rules();
+    assert!(!rules.contains("lookup 100"), "{rules}");
+    assert!(
+        rules.contains("300:\tfrom 10.0.15.15 lookup 200"),
+        "{rules}"
+    );
+    assert!(ns.ip("-4 route show table 100").trim().is_empty());
+    let r = ns.route_from_source("198.51.100.47");
+    assert!(r.contains("table 200") && r.contains("dev phys0"), "{r}");
+    // Even a process that knows only the state file, not the new config, finds it.
+    ns.backend_with(100, 100, &state).revert().unwrap();
+    assert_eq!(ns.rules(), rules_before);
+    assert!(ns.ip("-4 route show table 200").trim().is_empty());
 }

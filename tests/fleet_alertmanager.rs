@@ -130,11 +130,12 @@ fn agent_config(dir: &Path, name: &str, instance: &str, table: u32) -> std::path
 [processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 1000\n\
 route_table = {table}\nrule_priority = {table}\ntoken_file = {token:?}\ninstance = {instance:?}\n\
-allow_plain_http = true\n",
+allow_plain_http = true\nstate_file = {state:?}\n",
         cp = dir.join(format!("{name}-cp.json")),
         // No PIA here: the agent stands in for its processes (recognised by executable path).
         me = std::fs::canonicalize(BIN).unwrap().display().to_string(),
         token = dir.join("token"),
+        state = dir.join(format!("{name}-fallback-state.json")),
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();

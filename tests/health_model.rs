@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
-use pia_split_tunnel_exporter::health::{CheckpointInput, LogHealthInput, Status};
+use pia_split_tunnel_exporter::health::{CheckpointInput, HealthReport, LogHealthInput, Status};
 use pia_split_tunnel_exporter::presence::Presence;
 use pia_split_tunnel_exporter::probe::{Round, Verdict};
 use pia_split_tunnel_exporter::proxy_log::Level;
@@ -34,22 +34,7 @@ fn log(present: bool, age: u64, level: Option<Level>) -> LogHealthInput {
 
 #[test]
 fn log_component() {
-    let r = |l: &LogHealthInput| {
-        assess(
-            &t(),
-            &Inputs {
-                log: Some(l),
-                sessions: None,
-                probing: true,
-                round: None,
-                fallback: None,
-                processes: None,
-                checkpoint: None,
-            },
-        )
-        .components["log"]
-            .clone()
-    };
+    let r = |l: &LogHealthInput| assess(&t(), &only(Some(l), None)).components["log"].clone();
     assert_eq!(r(&log(true, 5, Some(Level::Debug))).status, Status::Ok);
     assert_eq!(r(&log(false, 5, None)).status, Status::Failing);
     let stale = r(&log(true, 3600, None));
@@ -83,13 +68,9 @@ fn sessions_component_names_the_app() {
     let c = assess(
         &t(),
         &Inputs {
-            log: None,
             sessions: Some((&apps, zero_bytes)),
             probing: true,
-            round: None,
-            fallback: None,
-            processes: None,
-            checkpoint: None,
+            ..Inputs::default()
         },
     )
     .components["sessions"]
@@ -111,13 +92,9 @@ fn sessions_component_names_the_app() {
     let c = assess(
         &t(),
         &Inputs {
-            log: None,
             sessions: Some((&apps, healthy)),
             probing: true,
-            round: None,
-            fallback: None,
-            processes: None,
-            checkpoint: None,
+            ..Inputs::default()
         },
     )
     .components["sessions"]
@@ -130,21 +107,20 @@ fn judged(r: Round) -> (Round, Verdict) {
     (r, v)
 }
 
+/// The report after one judged round (or before the first), probing on, nothing else known.
+fn after(r: Option<Round>) -> HealthReport {
+    let v = r.as_ref().map(Verdict::of);
+    let inputs = Inputs {
+        probing: true,
+        round: r.as_ref().zip(v.as_ref()),
+        ..Inputs::default()
+    };
+    assess(&t(), &inputs)
+}
+
 #[test]
 fn probe_components_per_path() {
-    let (broken, bv) = judged(round(true, Bypass::Tunnel));
-    let rep = assess(
-        &t(),
-        &Inputs {
-            log: None,
-            sessions: None,
-            probing: true,
-            round: Some((&broken, &bv)),
-            fallback: None,
-            processes: None,
-            checkpoint: None,
-        },
-    );
+    let rep = after(Some(round(true, Bypass::Tunnel)));
     let bypass = &rep.components["probe_bypass"];
     assert_eq!(bypass.status, Status::Failing);
     assert!(
@@ -155,19 +131,7 @@ fn probe_components_per_path() {
     assert_eq!(rep.components["probe_physical"].status, Status::Ok);
     assert_eq!(rep.status, Status::Failing);
 
-    let (vpn_off, ov) = judged(round(false, Bypass::Physical));
-    let rep = assess(
-        &t(),
-        &Inputs {
-            log: None,
-            sessions: None,
-            probing: true,
-            round: Some((&vpn_off, &ov)),
-            fallback: None,
-            processes: None,
-            checkpoint: None,
-        },
-    );
+    let rep = after(Some(round(false, Bypass::Physical)));
     assert_eq!(rep.components["probe_tunnel"].status, Status::Ok);
     assert!(
         rep.components["probe_tunnel"]
@@ -176,19 +140,7 @@ fn probe_components_per_path() {
     );
     assert_eq!(rep.components["probe_bypass"].status, Status::Ok);
 
-    let (phys_down, pv) = judged(round_with(true, false, Bypass::Timeout, PHYS_IP));
-    let rep = assess(
-        &t(),
-        &Inputs {
-            log: None,
-            sessions: None,
-            probing: true,
-            round: Some((&phys_down, &pv)),
-            fallback: None,
-            processes: None,
-            checkpoint: None,
-        },
-    );
+    let rep = after(Some(round_with(true, false, Bypass::Timeout, PHYS_IP)));
     assert_eq!(rep.components["probe_physical"].status, Status::Failing);
     assert!(
         rep.components["probe_physical"]
@@ -196,18 +148,7 @@ fn probe_components_per_path() {
             .contains("timed out")
     );
 
-    let none = assess(
-        &t(),
-        &Inputs {
-            log: None,
-            sessions: None,
-            probing: true,
-            round: None,
-            fallback: None,
-            processes: None,
-            checkpoint: None,
-        },
-    );
+    let none = after(None);
     assert_eq!(none.components["probe_bypass"].status, Status::Degraded);
     assert_eq!(
         none.status,
@@ -283,20 +224,7 @@ fn debug_logging_off_is_degraded_not_silent() {
         error_log_present: true,
         ..LogHealthInput::default()
     };
-    let c = assess(
-        &t(),
-        &Inputs {
-            log: Some(&only_errors),
-            sessions: None,
-            probing: true,
-            round: None,
-            fallback: None,
-            processes: None,
-            checkpoint: None,
-        },
-    )
-    .components["log"]
-        .clone();
+    let c = assess(&t(), &only(Some(&only_errors), None)).components["log"].clone();
     assert_eq!(c.status, Status::Degraded);
     assert!(
         c.reason
@@ -305,20 +233,7 @@ fn debug_logging_off_is_degraded_not_silent() {
         c.reason
     );
     let nothing = LogHealthInput::default();
-    let c = assess(
-        &t(),
-        &Inputs {
-            log: Some(&nothing),
-            sessions: None,
-            probing: true,
-            round: None,
-            fallback: None,
-            processes: None,
-            checkpoint: None,
-        },
-    )
-    .components["log"]
-        .clone();
+    let c = assess(&t(), &only(Some(&nothing), None)).components["log"].clone();
     assert_eq!(c.status, Status::Failing);
 }
 
@@ -329,12 +244,7 @@ fn log_only_mode_has_no_probe_components() {
         &t(),
         &Inputs {
             log: Some(&l),
-            sessions: None,
-            probing: false,
-            round: None,
-            fallback: None,
-            processes: None,
-            checkpoint: None,
+            ..Inputs::default()
         },
     );
     assert!(
@@ -349,12 +259,9 @@ fn only(log: Option<&LogHealthInput>, cp: Option<&CheckpointInput>) -> Inputs<'s
     // Leaked: a test-only shortcut so the snapshot can outlive this helper.
     Inputs {
         log: log.map(|l| &*Box::leak(Box::new(l.clone()))),
-        sessions: None,
         probing: true,
-        round: None,
-        fallback: None,
-        processes: None,
         checkpoint: cp.map(|c| &*Box::leak(Box::new(c.clone()))),
+        ..Inputs::default()
     }
 }
 

@@ -174,8 +174,10 @@ impl<'a> LabAgent<'a> {
 [http]\nlisten = \"10.0.15.15:9847\"\n\
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\nexport_addresses = true\n{probe}\n\
 [processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
-[fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n",
+[fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n\
+state_file = {state:?}\n",
             cp = dir.path().join("cp.json"),
+            state = dir.path().join("fallback-state.json"),
             me = me.display().to_string(),
         );
         let config_path = dir.path().join("agent.toml");

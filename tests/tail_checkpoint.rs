@@ -2,7 +2,9 @@
 
 use std::fs;
 
-use pia_split_tunnel_exporter::tail::{CheckpointError, CheckpointStore, Cursor, Fingerprint};
+use pia_split_tunnel_exporter::tail::{
+    Before, CheckpointError, CheckpointStore, Cursor, Fingerprint,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -18,6 +20,7 @@ fn state(offset: u64) -> State {
             ino: 2,
             offset,
             fingerprint: Fingerprint::of(b"2024-05-01 first line"),
+            before: Before::Unknown,
         }),
         sessions: vec!["a".into(), "b".into()],
     }
@@ -102,6 +105,7 @@ fn cursor_json_is_stable() {
         ino: 8,
         offset: 9,
         fingerprint: Fingerprint::of(b"abc"),
+        before: Before::Unknown,
     };
     assert_eq!(
         serde_json::to_string(&c).unwrap(),

@@ -364,6 +364,62 @@ fn restart_after_two_rotations_reports_the_gap_and_reads_the_archive() {
     assert_eq!((p.resumed, p.rotations), (Some(Resume::Gap), 1));
 }
 
+/// Inodes are reused (ext4 gives a deleted file's inode to the next new file): after two
+/// rotations the current file may have the saved file's inode, and an empty saved file's
+/// fingerprint matches any head. Forced here with a link kept to the saved file, emptied,
+/// rewritten and moved back into place. It is not the saved file: the gap is reported and
+/// the archive read, never the current file alone with the archive silently skipped.
+#[test]
+fn restart_after_two_rotations_onto_the_saved_inode_reports_the_gap() {
+    for (archive_then, saved) in [
+        (false, &b"a\r\n"[..]),
+        (true, &b"a\r\n"[..]),
+        (false, &b""[..]),
+        (true, &b""[..]),
+    ] {
+        let case = format!("archive before: {archive_then}, saved file: {saved:?}");
+        let log = Log::new();
+        if archive_then {
+            fs::write(&log.archive, b"older\r\n").unwrap();
+        }
+        log.append(saved);
+        let mut f = log.follower(None);
+        poll_all(&mut f);
+        let c = f.cursor().unwrap();
+        drop(f);
+        let keep = log.path.with_extension("keep");
+        fs::hard_link(&log.path, &keep).unwrap();
+        log.append(b"lost\r\n");
+        log.rotate();
+        log.append(b"b\r\n");
+        log.rotate();
+        fs::write(&keep, b"c\r\n").unwrap();
+        fs::rename(&keep, &log.path).unwrap();
+        let mut f = log.follower(Some(c));
+        let (out, p) = poll_all(&mut f);
+        assert_eq!(out, "b\r\nc\r\n", "{case}");
+        assert_eq!((p.resumed, p.rotations), (Some(Resume::Gap), 1), "{case}");
+    }
+}
+
+/// Rewritten in place while stopped (same inode, other content), the archive the one it
+/// had: no gap, the file is read from its start and the old archive not again.
+#[test]
+fn restart_after_a_rewrite_in_place_reads_the_file_not_the_old_archive() {
+    let log = Log::new();
+    fs::write(&log.archive, b"older\r\n").unwrap();
+    log.append(b"2024-01-01 a\r\n");
+    let mut f = log.follower(None);
+    assert_eq!(poll_all(&mut f).0, "2024-01-01 a\r\n");
+    let c = f.cursor().unwrap();
+    drop(f);
+    fs::write(&log.path, b"2024-01-02 b\r\n").unwrap();
+    let mut f = log.follower(Some(c));
+    let (out, p) = poll_all(&mut f);
+    assert_eq!(out, "2024-01-02 b\r\n");
+    assert_eq!(p.resumed, Some(Resume::NotFound));
+}
+
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid C string.

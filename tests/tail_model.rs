@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use pia_split_tunnel_exporter::tail::{FollowOptions, Follower};
+use pia_split_tunnel_exporter::tail::{Before, Cursor, Fingerprint, FollowOptions, Follower};
 use proptest::prelude::*;
 
 /// Every line starts with a unique sequence number, so no two file heads look alike (the
@@ -73,9 +73,8 @@ struct Model {
     seq: u64,
     /// Generation the follower has open (from its cursor), after the last poll.
     held: Option<usize>,
-    /// After a restart: the generation the saved cursor names (no longer held open), its
-    /// inode, and whether the cursor's fingerprint covers any bytes.
-    resume_from: Option<(usize, u64, bool)>,
+    /// After a restart: the cursor saved (its file no longer held open).
+    resume_from: Option<Cursor>,
     /// Generations truncated since the last poll.
     truncated: Vec<usize>,
     opts: FollowOptions,
@@ -218,11 +217,11 @@ impl Model {
                 let cursor = follower.cursor();
                 let saved = self.held.take().zip(cursor.as_ref()).map(|(g, c)| {
                     assert_eq!(c.ino, self.inodes[g]);
-                    (g, c.ino, c.fingerprint.len > 0)
+                    c.clone()
                 });
                 *follower = Follower::new(self.path.clone(), cursor, self.opts.clone());
                 // Restarted again before any poll: the saved cursor is passed on unchanged.
-                self.resume_from = saved.or(self.resume_from);
+                self.resume_from = saved.or(self.resume_from.take());
             }
             Op::Poll { budget } => {
                 self.poll(follower, *budget);
@@ -232,30 +231,41 @@ impl Model {
 
     /// Returns whether the follower has more to read.
     fn poll(&mut self, follower: &mut Follower, budget: usize) -> bool {
-        if let Some((g, ino, has_head)) = self.resume_from.take() {
-            // Which generation the follower resumes in: the saved one if it is still at the
-            // path or the archive name with the same first bytes; otherwise the current file
-            // from 0. A cursor taken on an empty file (no first bytes, offset 0) matches any
-            // file that got the same inode, and reads it from 0. Everything older than where
-            // it resumes and not handed on is gone for it.
-            // Not found: when neither name holds the saved inode, the file was rotated away
-            // twice (a gap) and the archive, newer than it, is read in full first.
+        if let Some(c) = self.resume_from.take() {
+            // Which generation the follower resumes in. A file is the one a cursor or its
+            // `before` names by inode *and* first bytes (inodes are reused; a cursor taken on
+            // an empty file has no first bytes and matches any file given its inode). The
+            // saved file at the path, unless an archive came in that is neither it nor the
+            // file recorded before it (then it was rotated away twice and the path's file
+            // merely got its inode); else the saved file at the archive name; else such a
+            // newer archive, read in full (a gap); else the current file from 0. Everything
+            // older than where it resumes and not handed on is gone for it.
             let n = self.inodes.len();
-            let gap_or_current = if n >= 2 && self.inodes[n - 1] != ino && self.inodes[n - 2] != ino
-            {
-                n - 2
-            } else {
-                n - 1
+            let names = [(n - 1, &self.path), (n.wrapping_sub(2), &self.archive)];
+            let is = |x: usize, ino: u64, fp: Fingerprint, min_len: u64| {
+                let (_, name) = names.iter().find(|(g, _)| *g == x).expect("a named file");
+                let bytes = fs::read(name).unwrap_or_default();
+                let head = bytes.get(..fp.len as usize);
+                self.inodes[x] == ino
+                    && bytes.len() as u64 >= min_len
+                    && head.is_some_and(|h| Fingerprint::of(h) == fp)
             };
-            let k = if has_head {
-                let intact = g + 2 >= n && !self.truncated.contains(&g);
-                if intact { g } else { gap_or_current }
-            } else if self.inodes[n - 1] == ino {
-                n - 1
-            } else if n >= 2 && self.inodes[n - 2] == ino {
-                n - 2
-            } else {
-                gap_or_current
+            let saved = |x: usize| is(x, c.ino, c.fingerprint, c.offset);
+            let (path, archive) = (n - 1, (n >= 2).then(|| n - 2));
+            let newer_archive = archive.is_some_and(|a| {
+                !saved(a)
+                    && match &c.before {
+                        Before::Unknown => self.inodes[path] != c.ino,
+                        Before::Nothing => true,
+                        Before::File {
+                            ino, fingerprint, ..
+                        } => !is(a, *ino, *fingerprint, 0),
+                    }
+            });
+            let k = match archive {
+                _ if !newer_archive && saved(path) => path,
+                Some(a) if saved(a) || newer_archive => a,
+                _ => path,
             };
             for older in 0..k {
                 self.lose_unread(older);

@@ -287,13 +287,9 @@ fn policy_health_and_metrics_all_read_the_verdict() {
         let rep = assess(
             &t,
             &Inputs {
-                log: None,
-                sessions: None,
                 probing: true,
                 round: Some((&round, &v)),
-                fallback: None,
-                processes: None,
-                checkpoint: None,
+                ..Inputs::default()
             },
         );
         let bypass = &rep.components["probe_bypass"];

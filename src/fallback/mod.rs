@@ -9,7 +9,8 @@
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
 //! macOS `sudo pfctl -a com.apple/250.PiaSplitTunnelFallback -F all` (then `sudo pfctl -X TOKEN`
 //! with the token in `pf_token_file`); Linux `ip rule del priority P` and
-//! `ip route flush table T`.
+//! `ip route flush table T`. What an install used is recorded in `state_file` ([`state`]), so
+//! these are found after the config changes too.
 
 pub mod controller;
 pub mod http;
@@ -18,12 +19,15 @@ pub mod net;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
+pub mod state;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use macro_rules_attribute::apply;
 use serde::{Deserialize, Serialize};
 
+use crate::labels::{label_derives, label_set};
 use crate::os::Interfaces;
 use crate::os::command::{CommandError, Tools};
 use crate::sessions::window::{SessionWindow, Thresholds};
@@ -39,22 +43,8 @@ const LOCAL_NETS: [&str; 4] = [
 ];
 
 /// What the agent does when the bypass breaks.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(Default, Deserialize)]
 pub enum Mode {
     /// No decisions at all.
     Off,
@@ -78,18 +68,7 @@ pub enum BackendChoice {
 }
 
 /// The backend actually in use, after `auto` is resolved.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
+#[apply(label_derives!)]
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum BackendKind {
@@ -170,8 +149,11 @@ pub struct FallbackConfig {
     pub bypass_subnets: Vec<Ipv4Net>,
     pub pfctl_path: PathBuf,
     /// Where the `pfctl -E` reference token is kept, so a later process (CLI, restart) can
-    /// release it.
+    /// release it (only release it: it is no proof that pf is enabled).
     pub pf_token_file: PathBuf,
+    /// What a backend installed (table and priority, or anchor), so a later run with other
+    /// settings still finds and removes it.
+    pub state_file: PathBuf,
     /// Routing table of the Linux backend; the agent owns it.
     pub route_table: u32,
     pub rule_priority: u32,
@@ -210,6 +192,7 @@ impl Default for FallbackConfig {
             bypass_subnets: Vec::new(),
             pfctl_path: "/sbin/pfctl".into(),
             pf_token_file: "/var/db/pia-split-tunnel-exporter/pf-token".into(),
+            state_file: "/var/db/pia-split-tunnel-exporter/fallback-state.json".into(),
             route_table: 100,
             rule_priority: 100,
             ip_path: "ip".into(),
@@ -321,20 +304,8 @@ impl FallbackConfig {
         if self.served_ports.contains(&0) {
             return Err("fallback.served_ports contains 0: list real TCP ports".into());
         }
-        if matches!(self.route_table, 0 | 253..=255) {
-            return Err(format!(
-                "fallback.route_table = {}: 0, 253 (default), 254 (main) and 255 (local) are \
-                 the system's; pick another, e.g. 100",
-                self.route_table
-            ));
-        }
-        if !(1..=32765).contains(&self.rule_priority) {
-            return Err(format!(
-                "fallback.rule_priority = {}: use 1..=32765 so the rule runs before the main \
-                 table (32766)",
-                self.rule_priority
-            ));
-        }
+        validate_route_table(self.route_table)?;
+        validate_rule_priority(self.rule_priority)?;
         if self.mode == Mode::Auto && self.backend.resolve() == BackendKind::None {
             return Err(
                 "fallback.mode = \"auto\" with no backend on this platform: set fallback.backend \
@@ -375,6 +346,27 @@ fn token_file_is_private(path: &std::path::Path) -> Result<(), String> {
             "fallback.token_file {} has mode {mode:o}: others can read it; run `chmod 600 {}`",
             path.display(),
             path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Also checks a table read back from the state file: the agent flushes it.
+fn validate_route_table(table: u32) -> Result<(), String> {
+    if matches!(table, 0 | 253..=255) {
+        return Err(format!(
+            "fallback.route_table = {table}: 0, 253 (default), 254 (main) and 255 (local) are \
+             the system's; pick another, e.g. 100"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_rule_priority(priority: u32) -> Result<(), String> {
+    if !(1..=32765).contains(&priority) {
+        return Err(format!(
+            "fallback.rule_priority = {priority}: use 1..=32765 so the rule runs before the \
+             main table (32766)"
         ));
     }
     Ok(())

@@ -7,28 +7,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use macro_rules_attribute::apply;
 
 use super::{FallbackConfig, OnTunnelDown, Plan};
+use crate::labels::label_set;
 use crate::probe::{Round, State, Verdict};
 use crate::sessions::window::SessionsVerdict;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
 pub enum Reason {
     /// Fallback off and the bypass egresses as the physical path does.
     BypassHealthy,
@@ -89,21 +76,7 @@ pub enum Decision {
 }
 
 /// An action on the backend, as a metric label.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
 pub enum Action {
     Apply,
     Revert,
@@ -111,21 +84,7 @@ pub enum Action {
 }
 
 /// How an action ended.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
 pub enum ApplyOutcome {
     Ok,
     /// The backend failed (its error is logged); it left nothing of its own installed.

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use super::state::{Installed, Record};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, LOCAL_NETS, Loaded, Plan};
 use crate::os::command::{DEFAULT_TIMEOUT, Output, run};
 
@@ -17,6 +18,8 @@ pub struct PolicyRoutingOptions {
     pub priority: u32,
     /// Run every `ip` command as `ip -n NETNS ...`: tests work in a namespace of their own.
     pub netns: Option<String>,
+    /// Where the table and priority in use are recorded; none: not recorded.
+    pub state_file: Option<PathBuf>,
 }
 
 impl PolicyRoutingOptions {
@@ -26,17 +29,63 @@ impl PolicyRoutingOptions {
             table: cfg.route_table,
             priority: cfg.rule_priority,
             netns: None,
+            state_file: Some(cfg.state_file.clone()),
         }
     }
 }
 
+/// Where an install lives: the rule's priority and the table it looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    table: u32,
+    priority: u32,
+}
+
 pub struct PolicyRouting {
     opts: PolicyRoutingOptions,
+    record: Record,
+    /// What an earlier run recorded, when it is not what the config says now.
+    old: Option<Slot>,
 }
 
 impl PolicyRouting {
     pub fn new(opts: PolicyRoutingOptions) -> Self {
-        PolicyRouting { opts }
+        let record = Record::new(opts.state_file.clone());
+        let configured = Slot {
+            table: opts.table,
+            priority: opts.priority,
+        };
+        let recorded = record.load(|i| {
+            i.route_table.map_or(Ok(()), super::validate_route_table)?;
+            i.rule_priority
+                .map_or(Ok(()), super::validate_rule_priority)
+        });
+        // A field the record lacks means the configured value.
+        let old = Some(Slot {
+            table: recorded.route_table.unwrap_or(configured.table),
+            priority: recorded.rule_priority.unwrap_or(configured.priority),
+        })
+        .filter(|o| *o != configured);
+        PolicyRouting { opts, record, old }
+    }
+
+    fn configured(&self) -> Slot {
+        Slot {
+            table: self.opts.table,
+            priority: self.opts.priority,
+        }
+    }
+
+    /// The configured slot, then an earlier run's.
+    fn slots(&self) -> Vec<Slot> {
+        std::iter::once(self.configured()).chain(self.old).collect()
+    }
+
+    /// The tables of [`Self::slots`], each once.
+    fn tables(&self) -> Vec<u32> {
+        let mut t: Vec<u32> = self.slots().iter().map(|s| s.table).collect();
+        t.dedup();
+        t
     }
 
     fn ip(&self, args: &[&str]) -> Result<Output, BackendError> {
@@ -92,20 +141,20 @@ impl PolicyRouting {
         cmds
     }
 
-    fn rules(&self) -> Result<Vec<String>, BackendError> {
+    fn rules(&self, slot: Slot) -> Result<Vec<String>, BackendError> {
         let out = self.ip(&[
             "rule",
             "list",
             "priority",
-            &self.opts.priority.to_string(),
+            &slot.priority.to_string(),
             "table",
-            &self.opts.table.to_string(),
+            &slot.table.to_string(),
         ])?;
         Ok(lines(&out.stdout))
     }
 
-    fn routes(&self) -> Result<Vec<String>, BackendError> {
-        match self.ip(&["route", "show", "table", &self.opts.table.to_string()]) {
+    fn routes(&self, table: u32) -> Result<Vec<String>, BackendError> {
+        match self.ip(&["route", "show", "table", &table.to_string()]) {
             Ok(out) => Ok(lines(&out.stdout)),
             // A table that never held a route does not exist yet: nothing is installed.
             Err(BackendError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
@@ -115,20 +164,27 @@ impl PolicyRouting {
         }
     }
 
-    fn remove_all(&self) -> Result<(), BackendError> {
-        let (prio, table) = (self.opts.priority.to_string(), self.opts.table.to_string());
-        // One `del` removes one rule; a crash loop could have left several. Bounded.
-        for _ in 0..64 {
-            if self.rules()?.is_empty() {
-                break;
+    /// Removes every install of ours, under the configured values and an earlier run's; when
+    /// none is left, the record of the earlier one is dropped.
+    fn remove_all(&mut self) -> Result<(), BackendError> {
+        for slot in self.slots() {
+            let (prio, table) = (slot.priority.to_string(), slot.table.to_string());
+            // One `del` removes one rule; a crash loop could have left several. Bounded.
+            for _ in 0..64 {
+                if self.rules(slot)?.is_empty() {
+                    break;
+                }
+                self.ip(&["rule", "del", "priority", &prio, "table", &table])?;
             }
-            self.ip(&["rule", "del", "priority", &prio, "table", &table])?;
         }
-        if !self.routes()?.is_empty() {
-            self.ip(&["route", "flush", "table", &table])?;
+        for table in self.tables() {
+            if !self.routes(table)?.is_empty() {
+                self.ip(&["route", "flush", "table", &table.to_string()])?;
+            }
         }
         let left = self.status()?;
         if left.is_empty() {
+            self.old = None;
             Ok(())
         } else {
             Err(BackendError::ReadBack {
@@ -143,10 +199,10 @@ impl PolicyRouting {
             let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
             self.ip(&args)?;
         }
-        let rules = self.rules()?;
+        let rules = self.rules(self.configured())?;
         let want_rule = format!("from {} lookup {}", plan.source, self.opts.table);
         let want_route = format!("default via {} dev {}", plan.gateway, plan.interface);
-        let routes = self.routes()?;
+        let routes = self.routes(self.opts.table)?;
         if rules.len() == 1
             && rules[0].contains(&want_rule)
             && routes.iter().any(|r| r.starts_with(&want_route))
@@ -180,6 +236,11 @@ impl Backend for PolicyRouting {
     fn apply(&mut self, plan: &Plan) -> Result<(), BackendError> {
         // Replace, never stack: a reload with a new address must not leave the old rule.
         self.remove_all()?;
+        self.record.save(&Installed {
+            route_table: Some(self.opts.table),
+            rule_priority: Some(self.opts.priority),
+            ..Installed::default()
+        });
         let result = self.install(plan);
         if result.is_err()
             && let Err(e) = self.remove_all()
@@ -190,17 +251,23 @@ impl Backend for PolicyRouting {
     }
 
     fn revert(&mut self) -> Result<(), BackendError> {
-        self.remove_all()
+        self.remove_all()?;
+        self.record.clear();
+        Ok(())
     }
 
     fn status(&self) -> Result<Loaded, BackendError> {
-        let mut rules = self.rules()?;
-        let table = self.opts.table;
-        rules.extend(
-            self.routes()?
-                .into_iter()
-                .map(|r| format!("table {table}: {r}")),
-        );
+        let mut rules = Vec::new();
+        for slot in self.slots() {
+            rules.extend(self.rules(slot)?);
+        }
+        for table in self.tables() {
+            rules.extend(
+                self.routes(table)?
+                    .into_iter()
+                    .map(|r| format!("table {table}: {r}")),
+            );
+        }
         Ok(Loaded { rules })
     }
 }

@@ -4,33 +4,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use macro_rules_attribute::apply;
 use serde::Serialize;
 
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, ApplyOutcome};
+use crate::labels::label_set;
 use crate::presence::Presence;
 use crate::probe::{PathKind, ProbeError, Round, State, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::{AppRatio, SessionsVerdict};
 
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(PartialOrd, Ord)]
 pub enum Status {
     Ok,
     Degraded,
@@ -109,7 +96,8 @@ pub struct Thresholds {
     pub log_max_level: Level,
 }
 
-/// Snapshot of every input at one moment.
+/// Snapshot of every input at one moment; the default has none, and probing off.
+#[derive(Default)]
 pub struct Inputs<'a> {
     pub log: Option<&'a LogHealthInput>,
     /// Per-app figures and the sessions verdict, over the same window.

@@ -16,9 +16,6 @@ use super::{IngestEvents, LogConfig};
 use crate::pipeline::Pipeline;
 use crate::tail::{CheckpointStore, Cursor};
 
-/// How often the checkpoint is saved while lines arrive.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
 /// Where reading stopped in each log file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cursors {
@@ -114,76 +111,203 @@ fn set_aside(store: &CheckpointStore, why: &str) {
     }
 }
 
-/// Saves the checkpoint when asked, and keeps it due after a failure so it is retried a
-/// second later.
+/// What a save costs in the budget, and how long the budget takes to earn it back.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Saves the budget holds at most: one for the routine save of lines read, one kept for a
+/// save that cannot wait (see [`Saver`]).
+const SAVE_BURST: u32 = 2;
+
+/// Where the saver reads the time; tests freeze it.
+pub type Clock = std::sync::Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// The save budget, a token bucket kept as time credit: it earns [`SAVE_EVERY`] of credit
+/// per second up to [`SAVE_BURST`] saves' worth, and each save spends one [`SAVE_EVERY`].
+/// Hand-written: a dozen lines on a clock the caller gives, where a rate-limiting crate
+/// (governor) would bring its own clock abstraction for one counter.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    credit: Duration,
+    at: Instant,
+}
+
+impl Budget {
+    const FULL: Duration = SAVE_EVERY.saturating_mul(SAVE_BURST);
+
+    fn full(now: Instant) -> Budget {
+        Budget {
+            credit: Self::FULL,
+            at: now,
+        }
+    }
+
+    fn credit(&self, now: Instant) -> Duration {
+        (self.credit + now.saturating_duration_since(self.at)).min(Self::FULL)
+    }
+
+    /// How long until the budget holds `need`.
+    fn wait_for(&self, need: Duration, now: Instant) -> Duration {
+        need.saturating_sub(self.credit(now))
+    }
+
+    fn spend(&mut self, now: Instant) {
+        self.credit = self.credit(now).saturating_sub(SAVE_EVERY);
+        self.at = now;
+    }
+}
+
+/// What is unsaved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Unsaved {
+    Nothing,
+    /// Lines read: the saved cursor still names a file that is there, so a crash only
+    /// rereads them.
+    Lines,
+    /// A file switch (rotation, truncation, resume, first open): the saved cursor names a
+    /// file the next rotation destroys, so a crash followed by another rotation would lose
+    /// the rest of it.
+    Switch,
+}
+
+/// Saves the checkpoint when asked, within a budget of [`SAVE_BURST`] saves refilled at one
+/// a second, so a rename storm costs root at most one save a second in the long run (two at
+/// once, then one a second).
+///
+/// Lines read are saved only when the budget is full: at most once a second, and always
+/// leaving one save in hand. A file switch is saved as soon as the budget holds one save,
+/// which after routine saves alone is at once: a rotation right after a routine save is
+/// not left unsaved for a second, in which a `kill -9` and one more rotation would lose the
+/// rest of the file it names. A failed save stays due and is retried within the budget.
+///
+/// The state is encoded under the pipeline's lock (so it matches the cursors), and written
+/// and fsync'd on a blocking thread while the loop reads on: a save at a rotation must not
+/// stall reading, or a burst of rotations during the fsync could rotate a file away unread.
+/// One save is in flight at a time, so saves land in order.
 pub struct Saver {
     store: CheckpointStore,
     log_path: PathBuf,
-    /// Lines were read (or files switched) since the last successful save.
-    dirty: bool,
+    unsaved: Unsaved,
+    /// The save being written and what it covers (restored if it fails).
+    in_flight: Option<(tokio::task::JoinHandle<Result<(), String>>, Unsaved)>,
     /// The last save failed: logged once, then again when it recovers.
     failing: bool,
-    last_attempt: Instant,
+    budget: Budget,
+    clock: Clock,
 }
 
 impl Saver {
     pub fn new(store: CheckpointStore, log_path: PathBuf) -> Saver {
+        Saver::with_clock(store, log_path, std::sync::Arc::new(Instant::now))
+    }
+
+    pub fn with_clock(store: CheckpointStore, log_path: PathBuf, clock: Clock) -> Saver {
         Saver {
             store,
             log_path,
-            dirty: false,
+            unsaved: Unsaved::Nothing,
+            in_flight: None,
             failing: false,
-            // The first save may come at once.
-            last_attempt: Instant::now()
-                .checked_sub(CHECKPOINT_EVERY)
-                .unwrap_or_else(Instant::now),
+            // The first saves may come at once.
+            budget: Budget::full(clock()),
+            clock,
         }
     }
 
-    /// Something is unsaved.
-    pub fn dirty(&self) -> bool {
-        self.dirty
+    /// Lines were read (`switched` false) or files switched (true): the checkpoint must be
+    /// saved, a switch as soon as the budget allows.
+    pub fn mark(&mut self, switched: bool) {
+        let now = if switched {
+            Unsaved::Switch
+        } else {
+            Unsaved::Lines
+        };
+        self.unsaved = self.unsaved.max(now);
     }
 
-    /// Lines were read or files switched: the checkpoint must be saved.
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
+    /// How long until the next save is due, if something is unsaved and no save is being
+    /// written (its end is awaited with [`settle`](Saver::settle) instead).
+    pub fn wait(&self) -> Option<Duration> {
+        let need = match self.unsaved {
+            _ if self.in_flight.is_some() => return None,
+            Unsaved::Nothing => return None,
+            Unsaved::Lines => Budget::FULL,
+            Unsaved::Switch => SAVE_EVERY,
+        };
+        Some(self.budget.wait_for(need, (self.clock)()))
     }
 
-    /// When the next save is due, if something is unsaved.
-    pub fn due(&self) -> Instant {
-        self.last_attempt + CHECKPOINT_EVERY
+    /// A save is being written.
+    pub fn saving(&self) -> bool {
+        self.in_flight.is_some()
     }
 
-    /// Saves when something is unsaved and no save happened in the last second. What must
-    /// be saved soon (a rotation, a resume) is saved at once after a quiet second, else a
-    /// second after the last save: someone renaming a log in a loop cannot make root write
-    /// and fsync more than once a second.
+    /// Starts a save when something is unsaved and the budget allows it (see [`Saver`]).
     pub fn save_if_due(
         &mut self,
         cursors: Cursors,
         pipeline: &Mutex<Pipeline>,
         events: &dyn IngestEvents,
     ) {
-        if self.dirty && Instant::now() >= self.due() {
-            self.save(cursors, pipeline, events);
+        if self.wait() == Some(Duration::ZERO) {
+            self.start(cursors, pipeline, events);
         }
     }
 
-    pub fn save(
+    /// Waits for the save being written, if any, and reports how it went.
+    pub async fn settle(&mut self, events: &dyn IngestEvents) {
+        let Some((task, covered)) = self.in_flight.as_mut() else {
+            return;
+        };
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(format!("the save did not finish: {e}")));
+        let covered = *covered;
+        self.in_flight = None;
+        self.report(result, covered, events);
+    }
+
+    /// The last save, on the way out: after the one being written, now, budget or not.
+    pub async fn save_last(
         &mut self,
         cursors: Cursors,
         pipeline: &Mutex<Pipeline>,
         events: &dyn IngestEvents,
     ) {
-        self.last_attempt = Instant::now();
-        let result = self.write(cursors, pipeline);
+        self.settle(events).await;
+        self.start(cursors, pipeline, events);
+        self.settle(events).await;
+    }
+
+    /// Encodes the state now and writes it on a blocking thread; the save is spent from the
+    /// budget.
+    fn start(&mut self, cursors: Cursors, pipeline: &Mutex<Pipeline>, events: &dyn IngestEvents) {
+        self.budget.spend((self.clock)());
+        let covered = std::mem::replace(&mut self.unsaved, Unsaved::Nothing);
+        let json = {
+            let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+            self.store.encode(&Checkpoint::V1(V1 {
+                log_path: self.log_path.clone(),
+                cursors,
+                pipeline: &*p,
+            }))
+        };
+        match json {
+            Ok(json) => {
+                let store = self.store.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    store.write(&json).map_err(|e| format!("{e:#}"))
+                });
+                self.in_flight = Some((task, covered));
+            }
+            Err(e) => self.report(Err(format!("{e:#}")), covered, events),
+        }
+    }
+
+    fn report(&mut self, result: Result<(), String>, covered: Unsaved, events: &dyn IngestEvents) {
         match result {
             Ok(()) => {
                 if self.failing {
                     tracing::info!(checkpoint = %self.store.path().display(), "checkpoint saved again");
                 }
-                self.dirty = false;
                 self.failing = false;
                 events.emit_checkpoint_saved(self.store.path());
             }
@@ -192,26 +316,19 @@ impl Saver {
                     tracing::warn!(error = %e, "cannot save the checkpoint; counting goes on, retrying every second");
                 }
                 self.failing = true;
+                // Still unsaved: due again within the budget.
+                self.unsaved = self.unsaved.max(covered);
                 events.emit_checkpoint_save_failed(self.store.path(), e);
             }
         }
-    }
-
-    fn write(&self, cursors: Cursors, pipeline: &Mutex<Pipeline>) -> Result<(), String> {
-        let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
-        let checkpoint = Checkpoint::V1(V1 {
-            log_path: self.log_path.clone(),
-            cursors,
-            pipeline: &*p,
-        });
-        // fsync can take a while; the pipeline stays locked so the state matches the cursors.
-        tokio::task::block_in_place(|| self.store.save(&checkpoint)).map_err(|e| format!("{e:#}"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
 
@@ -220,6 +337,95 @@ mod tests {
     const FIRST_FORMAT: &str = include_str!("../../tests/fixtures/checkpoint-v1.json");
     const PIA_LOG: &str =
         "/Library/Application Support/com.privateinternetaccess.vpn/transparent_proxy.log";
+
+    /// A clock the test moves by hand.
+    fn manual_clock() -> (Clock, Arc<Mutex<Instant>>) {
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let read = now.clone();
+        (Arc::new(move || *read.lock().unwrap()), now)
+    }
+
+    #[derive(Default)]
+    struct Saves(AtomicU32);
+
+    impl IngestEvents for Saves {
+        fn emit_log_polled(&self, _: crate::health::LogHealthInput) {}
+        fn emit_checkpoint_saved(&self, _: &Path) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn emit_checkpoint_save_failed(&self, _: &Path, e: String) {
+            panic!("save failed: {e}");
+        }
+    }
+
+    fn saver_at(dir: &Path) -> (Saver, Arc<Mutex<Instant>>) {
+        let (clock, now) = manual_clock();
+        let store = CheckpointStore::new(dir.join("cp.json"));
+        (Saver::with_clock(store, PIA_LOG.into(), clock), now)
+    }
+
+    /// Marks (`Some(switched)`) after moving the clock on, saves if due, and returns the
+    /// saves so far.
+    async fn step(
+        saver: &mut Saver,
+        now: &Mutex<Instant>,
+        saves: &Saves,
+        switched: Option<bool>,
+        advance_ms: u64,
+    ) -> u32 {
+        *now.lock().unwrap() += Duration::from_millis(advance_ms);
+        if let Some(s) = switched {
+            saver.mark(s);
+        }
+        let pipeline = Mutex::new(Pipeline::new(Default::default()));
+        saver.save_if_due(Cursors::default(), &pipeline, saves);
+        saver.settle(saves).await;
+        saves.0.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn lines_are_saved_once_a_second_and_a_switch_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut saver, now) = saver_at(dir.path());
+        let saves = Saves::default();
+        let (s, n) = (&mut saver, &*now);
+        assert_eq!(s.wait(), None, "nothing unsaved");
+        // The first file opened: saved at once.
+        assert_eq!(step(s, n, &saves, Some(true), 0).await, 1);
+        // Lines: kept until the budget is full again, a second later.
+        assert_eq!(step(s, n, &saves, Some(false), 100).await, 1);
+        assert_eq!(s.wait(), Some(Duration::from_millis(900)));
+        assert_eq!(step(s, n, &saves, None, 900).await, 2);
+        // A rotation right after that routine save: saved at once, not a second later.
+        assert_eq!(step(s, n, &saves, Some(true), 10).await, 3);
+        // Lines read since wait for the full budget: 1.99 s now.
+        assert_eq!(step(s, n, &saves, Some(false), 0).await, 3);
+        assert_eq!(s.wait(), Some(Duration::from_millis(1990)));
+        // A second rotation within that second waits for one save's worth.
+        assert_eq!(step(s, n, &saves, Some(true), 500).await, 3);
+        assert_eq!(s.wait(), Some(Duration::from_millis(490)));
+        assert_eq!(step(s, n, &saves, None, 490).await, 4);
+        assert_eq!(s.wait(), None);
+    }
+
+    /// Rotations every millisecond (a rename storm): two saves at once, then one a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_storm_of_switches_costs_at_most_one_save_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut saver, now) = saver_at(dir.path());
+        let saves = Saves::default();
+        let mut per_window = vec![];
+        for secs in [5, 60] {
+            let before = saves.0.load(Ordering::Relaxed);
+            for _ in 0..secs * 1000 {
+                step(&mut saver, &now, &saves, Some(true), 1).await;
+            }
+            per_window.push(saves.0.load(Ordering::Relaxed) - before);
+        }
+        // From a full budget: 2 at once, then one each second (6 in the first 5 s, 1.2 a
+        // second); the budget spent, a minute costs 60.
+        assert_eq!(per_window, [6, 60]);
+    }
 
     #[test]
     fn reads_the_first_format() {

@@ -1,13 +1,14 @@
-//! Linux: rtnetlink multicast (netlink-sys) as the trigger, `/proc/net/route` as the table.
+//! Linux: rtnetlink multicast (netlink-sys) as the trigger, `/proc/net/route` (read by `os`) as
+//! the table.
 
 use std::io;
-use std::net::Ipv4Addr;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::Route;
+use crate::os::linux_output::ProcRoute;
 
 /// Joined to the link, IPv4 address and IPv4 route groups: link down/delete is how a
 /// vanished interface's routes are announced (the kernel sends no route message for them).
@@ -56,77 +57,89 @@ impl EventSocket {
     }
 }
 
+/// The main table, from `os`'s reader of `/proc/net/route`.
 pub fn routes() -> Vec<Route> {
-    std::fs::read_to_string("/proc/net/route")
-        .map(|t| parse_proc_net_route(&t))
-        .unwrap_or_default()
+    from_table(crate::os::route_table())
 }
 
-/// Every route of the main table: `Iface Destination Gateway Flags RefCnt Use Metric Mask`,
-/// addresses in host-order hex, sorted by metric so the primary default comes first.
-pub fn parse_proc_net_route(text: &str) -> Vec<Route> {
-    let mut rows: Vec<(u32, Route)> = text
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-            let (dst, gateway, metric, mask) = (
-                hex(f.get(1)?)?,
-                hex(f.get(2)?)?,
-                f.get(6)?.parse().ok()?,
-                hex(f.get(7)?)?,
-            );
-            let route = Route {
-                dst: Ipv4Addr::from(dst.swap_bytes()),
-                prefix: mask.swap_bytes().leading_ones() as u8,
-                gateway: (gateway != 0).then(|| Ipv4Addr::from(gateway.swap_bytes())),
-                ifindex: 0,
-                ifname: Some(f[0].to_owned()),
-                scoped: false,
-            };
-            Some((metric, route))
+/// Every row as a route, sorted by metric (the kernel's order among equals) so the primary
+/// default comes first.
+fn from_table(mut rows: Vec<ProcRoute>) -> Vec<Route> {
+    rows.sort_by_key(|r| r.metric);
+    rows.into_iter()
+        .map(|r| Route {
+            dst: r.dst,
+            prefix: r.prefix,
+            gateway: r.gateway,
+            ifindex: 0,
+            ifname: Some(r.interface),
+            scoped: false,
         })
-        .collect();
-    rows.sort_by_key(|(metric, _)| *metric);
-    rows.into_iter().map(|(_, r)| r).collect()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+    use crate::os::IfaceInfo;
+    use crate::os::linux_output::parse_proc_net_route;
+    use crate::os::linux_output::tests::TABLE;
+
+    fn table(text: &str) -> Vec<(String, String, u8, Option<Ipv4Addr>)> {
+        from_table(parse_proc_net_route(text))
+            .into_iter()
+            .map(|r| (r.ifname.unwrap(), r.dst.to_string(), r.prefix, r.gateway))
+            .collect()
+    }
 
     #[test]
-    fn halves_default_and_subnets() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
-en0\t00000000\t010F000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-utun4\t00000000\t0100100A\t0003\t0\t0\t0\t00000080\t0\t0\t0\n\
-utun4\t00000080\t0100100A\t0003\t0\t0\t0\t00000080\t0\t0\t0\n\
-en0\t000F000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-broken line\n";
-        let r = parse_proc_net_route(text);
-        let got: Vec<(String, String, u8, Option<Ipv4Addr>)> = r
-            .iter()
-            .map(|r| {
-                (
-                    r.ifname.clone().unwrap(),
-                    r.dst.to_string(),
-                    r.prefix,
-                    r.gateway,
-                )
-            })
-            .collect();
+    fn every_row_lowest_metric_first() {
         let gw = |a, b, c, d| Some(Ipv4Addr::new(a, b, c, d));
         assert_eq!(
-            got,
+            table(TABLE),
             vec![
                 ("en0".into(), "0.0.0.0".into(), 0, gw(10, 0, 15, 1)),
                 ("utun4".into(), "0.0.0.0".into(), 1, gw(10, 16, 0, 1)),
                 ("utun4".into(), "128.0.0.0".into(), 1, gw(10, 16, 0, 1)),
                 ("en0".into(), "10.0.15.0".into(), 24, None),
-                ("wlan0".into(), "0.0.0.0".into(), 0, gw(192, 168, 1, 1)),
+                ("dummy0".into(), "0.0.0.0".into(), 0, None),
+                ("wlan0".into(), "0.0.0.0".into(), 0, gw(198, 51, 100, 1)),
             ]
+        );
+    }
+
+    /// The kernel lists the VPN's `0/1` before the defaults; the state still names the
+    /// lowest-metric default and both halves through the tunnel.
+    #[test]
+    fn state_of_a_table_with_vpn_halves() {
+        let routes = from_table(parse_proc_net_route(&crate::os::fixture(
+            "linux",
+            "proc-net-route-vpn-halves.txt",
+        )));
+        let iface = |name: &str, index, ip: [u8; 4]| IfaceInfo {
+            name: name.into(),
+            index,
+            up: true,
+            point_to_point: name.starts_with("tun"),
+            loopback: false,
+            ipv4: vec![ip.into()],
+        };
+        let ifaces = [
+            iface("eth0", 2, [10, 0, 15, 15]),
+            iface("wlan0", 3, [198, 51, 100, 7]),
+            iface("tun0", 9, [10, 16, 11, 143]),
+        ];
+        let state = crate::netwatch::state_of(&routes, &ifaces);
+        assert_eq!(
+            state.half_routes,
+            ["0.0.0.0/1 dev tun0", "128.0.0.0/1 dev tun0"]
+        );
+        assert_eq!(state.split_interface(), Some("tun0"));
+        assert_eq!(
+            state.default_route,
+            Some(("eth0".into(), Some(Ipv4Addr::new(10, 0, 15, 1))))
         );
     }
 }

@@ -6,7 +6,7 @@
 //! the kernel's change messages and `EventSocket::wait()` resolves when at least one arrived
 //! (`true` when one may matter); `routes()` reads the IPv4 routing table now.
 //! - Linux: an rtnetlink socket (netlink-sys) joined to the link, IPv4 address and IPv4 route
-//!   groups; the table from `/proc/net/route`.
+//!   groups; the table from `/proc/net/route`, read by `os` (its one reader).
 //! - macOS: a `PF_ROUTE` socket (`AF_UNSPEC`, so `RTM_IFINFO` and the `RTM_ADD` echoes that go
 //!   out with protocol 0 are seen; receive buffer raised from xnu's 8 KiB because overflow is
 //!   silent there); messages parsed by [`pf_route::parse`]; the table from sysctl

@@ -315,15 +315,7 @@ pub(crate) mod tests {
 
     /// A fixture's output: its `#` header (the source) dropped.
     pub(crate) fn fixture(name: &str) -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/macos")
-            .join(name);
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let body: Vec<&str> = text.lines().skip_while(|l| l.starts_with('#')).collect();
-        let mut out = body.join("\n");
-        out.push('\n');
-        out
+        crate::os::fixture("macos", name)
     }
 
     #[test]

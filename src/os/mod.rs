@@ -10,8 +10,10 @@
 //!
 //! Interfaces are listed by pnet_datalink on every platform. The module is chosen once, here:
 //! `linux.rs`, `macos.rs`, or `other.rs` (no facts) elsewhere. Tools run through
-//! [`command`] with the configured paths; macOS output parsers live in [`macos_output`],
-//! built everywhere so they are tested on any host against real macOS output.
+//! [`command`] with the configured paths; the parsers of what the tools print live in
+//! [`macos_output`] and [`linux_output`], built everywhere so they are tested on any host.
+//! On Linux, [`route_table`] is the main routing table for `netwatch` as well: one reader of
+//! `/proc/net/route`.
 //!
 //! The rest of the crate sees the OS only through [`Os`]: [`System`] is the real one, tests
 //! and the demo pass their own. Choosing the interfaces is one pure function, [`choose`].
@@ -19,6 +21,7 @@
 
 pub mod command;
 mod facts;
+pub mod linux_output;
 pub mod macos_output;
 
 #[cfg_attr(target_os = "linux", path = "linux.rs")]
@@ -28,6 +31,8 @@ mod platform;
 
 pub use command::Tools;
 pub use facts::RoutingFacts;
+#[cfg(target_os = "linux")]
+pub use platform::route_table;
 
 use std::net::Ipv4Addr;
 
@@ -199,6 +204,20 @@ pub fn discover(os: &dyn Os, physical_name: Option<&str>, tunnel_name: Option<&s
         physical_name,
         tunnel_name,
     )
+}
+
+/// A fixture's text under `tests/fixtures/{platform}/`, its `#` header (the source) dropped.
+#[cfg(test)]
+pub(crate) fn fixture(platform: &str, name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(platform)
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let body: Vec<&str> = text.lines().skip_while(|l| l.starts_with('#')).collect();
+    let mut out = body.join("\n");
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]

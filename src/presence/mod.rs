@@ -10,30 +10,17 @@ pub mod process;
 
 use std::sync::{Arc, Mutex};
 
+use macro_rules_attribute::apply;
 use serde::{Deserialize, Serialize};
 use strum::IntoEnumIterator;
 
+use crate::labels::label_set;
 pub use metrics::PresenceCollector;
 pub use process::{ProcInfo, ProcessSource, SelfCollector, SysinfoSource};
 
 /// What each PIA process is, for the `process` label.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(PartialOrd, Ord)]
 pub enum ProcessRole {
     /// The split-tunnel network extension (the transparent proxy).
     Extension,

@@ -17,31 +17,18 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use macro_rules_attribute::apply;
 use serde::{Deserialize, Serialize};
 
+use crate::labels::label_set;
 use crate::os::Interfaces;
 pub use metrics::ProbeMetrics;
 pub use prober::Prober;
 pub use verdict::{State, Verdict};
 
 /// A way out of the machine.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(PartialOrd, Ord)]
 pub enum PathKind {
     /// Socket bound to the physical interface (IP_BOUND_IF / SO_BINDTODEVICE).
     Physical,
@@ -54,21 +41,7 @@ pub enum PathKind {
 }
 
 /// Why a probe failed.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
 pub enum ProbeError {
     /// The path cannot be tried (its interface is missing).
     NoInterface,

@@ -30,26 +30,14 @@
 
 use std::net::Ipv4Addr;
 
+use macro_rules_attribute::apply;
 use serde::Serialize;
 
 use super::{PathKind, ProbeError, Round};
+use crate::labels::label_set;
 
 /// The state a probe round shows; its snake_case name is the `state` label of `verdict`.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
 pub enum State {
     /// Traffic bound to the physical address egresses as the physical path does.
     BypassWorking,

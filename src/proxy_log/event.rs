@@ -1,50 +1,21 @@
 //! Typed events of `transparent_proxy.log`: what one line means, independent of its text.
 
+use macro_rules_attribute::apply;
 use serde::{Deserialize, Serialize};
 
+use crate::labels::label_set;
+
 /// Transport of a proxied flow.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    PartialOrd,
-    Ord,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(PartialOrd, Ord, Deserialize)]
 pub enum Proto {
     Tcp,
     Udp,
 }
 
 /// Log level printed by the proxy's logger, from most to least verbose.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(PartialOrd, Ord, Deserialize)]
 pub enum Level {
     Debug,
     Info,
@@ -53,24 +24,8 @@ pub enum Level {
 }
 
 /// Classified error of a flow or its outbound channel.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(PartialOrd, Ord, Deserialize)]
 pub enum ErrorKind {
     /// `Empty buffer occurred during ...`: the app side returned no data (normal end if bytes moved).
     EmptyBuffer,

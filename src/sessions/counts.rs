@@ -1,28 +1,16 @@
 //! Per-(app, proto) counters that the metrics and `analyze` render.
 
+use macro_rules_attribute::apply;
 use serde::{Deserialize, Serialize};
 use strum::EnumCount;
 
 use super::apps::AppId;
+use crate::labels::label_set;
 use crate::proxy_log::{ErrorKind, Proto};
 
 /// How a session ended.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
+#[derive(Deserialize)]
 pub enum CloseOutcome {
     /// Some bytes moved (`0 MB` counts: it is under 0.05 MB, not zero).
     Transferred,

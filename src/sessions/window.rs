@@ -7,7 +7,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use macro_rules_attribute::apply;
 use serde::Serialize;
+
+use crate::labels::label_set;
 
 /// Zero-byte closes out of all closes, over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -24,21 +27,7 @@ impl Ratio {
 
 /// What the sessions in the window say; its snake_case name is the `state` label of
 /// `sessions_verdict`.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    strum::EnumIter,
-    strum::EnumCount,
-    strum::IntoStaticStr,
-    strum::Display,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
+#[apply(label_set!)]
 pub enum SessionsState {
     /// At least `min_sessions` closed and at least `zero_byte_ratio` of them with zero bytes.
     ZeroBytes,

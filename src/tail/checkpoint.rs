@@ -99,10 +99,20 @@ impl CheckpointStore {
     /// Writes a temporary file next to the target, syncs it, renames it over the target and
     /// syncs the folder so the rename itself survives a power loss.
     pub fn save<T: Serialize>(&self, value: &T) -> Result<(), CheckpointError> {
-        let json = serde_json::to_vec_pretty(value).map_err(|source| CheckpointError::Encode {
+        self.write(&self.encode(value)?)
+    }
+
+    /// The document [`save`](CheckpointStore::save) would write for `value`.
+    pub fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, CheckpointError> {
+        serde_json::to_vec_pretty(value).map_err(|source| CheckpointError::Encode {
             path: self.path.clone(),
             source,
-        })?;
+        })
+    }
+
+    /// Replaces the checkpoint with `json` (from [`encode`](CheckpointStore::encode)), so
+    /// the slow part (writing, fsync) can run apart from the state it was taken from.
+    pub fn write(&self, json: &[u8]) -> Result<(), CheckpointError> {
         self.check_folder()?;
         let tmp = self.temp_path();
         let written = (|| {
@@ -118,7 +128,7 @@ impl CheckpointStore {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            f.write_all(&json)?;
+            f.write_all(json)?;
             f.write_all(b"\n")?;
             f.sync_all()
         })();

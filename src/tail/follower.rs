@@ -22,6 +22,59 @@ pub struct Cursor {
     pub offset: u64,
     /// First bytes of the file, to tell it apart from a later file given the same inode.
     pub fingerprint: Fingerprint,
+    /// The file read before this one (the archive, while no rotation came since): a restart
+    /// tells an archive rotated in while it was down from this older one by it.
+    #[serde(default, skip_serializing_if = "Before::is_unknown")]
+    pub before: Before,
+}
+
+/// The file that came before a cursor's file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Before {
+    /// Not recorded (a checkpoint written before this was kept).
+    #[default]
+    Unknown,
+    /// None: there was no archive when the file was opened.
+    Nothing,
+    File {
+        dev: u64,
+        ino: u64,
+        fingerprint: Fingerprint,
+    },
+}
+
+impl Before {
+    fn is_unknown(&self) -> bool {
+        *self == Before::Unknown
+    }
+
+    fn of(id: FileId, fingerprint: Fingerprint) -> Before {
+        Before::File {
+            dev: id.dev,
+            ino: id.ino,
+            fingerprint,
+        }
+    }
+
+    /// This is the file open as `file` (same inode and first bytes: inodes are reused).
+    fn is(&self, file: &File, meta: &Metadata) -> bool {
+        match self {
+            Before::File {
+                dev,
+                ino,
+                fingerprint,
+            } => {
+                FileId::of(meta)
+                    == (FileId {
+                        dev: *dev,
+                        ino: *ino,
+                    })
+                    && head_matches(file, *fingerprint).unwrap_or(false)
+            }
+            Before::Unknown | Before::Nothing => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +175,8 @@ struct Source {
     fp: Fingerprint,
     /// Drained to its end after the path moved on; only waits for the next file to open.
     finished: bool,
+    /// The file read before it.
+    before: Before,
 }
 
 impl Source {
@@ -134,6 +189,7 @@ impl Source {
             committed: offset,
             fp,
             finished: false,
+            before: Before::Unknown,
         })
     }
 }
@@ -220,6 +276,7 @@ impl Follower {
                 ino: s.id.ino,
                 offset: s.committed,
                 fingerprint: s.fp,
+                before: s.before.clone(),
             }),
             None => self.start.clone(),
         }
@@ -305,7 +362,8 @@ impl Follower {
                 p.rotations += 1;
             }
             match self.open_successor(&mut p) {
-                Some(next) => {
+                Some(mut next) => {
+                    next.before = self.before_of(&next, &mut p);
                     let old = self.src.replace(next).expect("source checked above");
                     self.remember_own(old);
                 }
@@ -385,10 +443,13 @@ impl Follower {
     fn open_fresh(&mut self, p: &mut Poll) -> Option<Source> {
         // The archive present now is older than the file we are about to open: recorded
         // before opening, so a rotation in between cannot make us skip a newer archive.
-        if let Some((file, meta)) = self.open_existing(Name::Archive, p) {
-            self.remember_archive(&file, &meta);
-        }
-        self.open_path(p)
+        let before = match self.open_existing(Name::Archive, p) {
+            Some((file, meta)) => self.remember_archive(&file, &meta),
+            None => Before::Nothing,
+        };
+        let mut src = self.open_path(p)?;
+        src.before = before;
+        Some(src)
     }
 
     fn open_path(&mut self, p: &mut Poll) -> Option<Source> {
@@ -434,6 +495,20 @@ impl Follower {
         Some(next)
     }
 
+    /// What the cursor records as the file before `next`: the archive now, unless that is
+    /// `next` itself (then the file being left). Not simply the file being left: an archive
+    /// skipped as already seen must not look, after a restart, like one rotated in since.
+    fn before_of(&mut self, next: &Source, p: &mut Poll) -> Before {
+        if let Some((file, meta)) = self.open_existing(Name::Archive, p)
+            && FileId::of(&meta) != next.id
+            && let Ok(fp) = head_fingerprint(&file)
+        {
+            return Before::of(FileId::of(&meta), fp);
+        }
+        let old = self.src.as_ref().expect("a file being left");
+        Before::of(old.id, head_fingerprint(&old.file).unwrap_or(old.fp))
+    }
+
     fn unseen_archive(&mut self, not: Option<FileId>, p: &mut Poll) -> Option<Source> {
         let (file, meta) = self.open_existing(Name::Archive, p)?;
         let id = FileId::of(&meta);
@@ -462,13 +537,18 @@ impl Follower {
         self.seen.push_back(seen);
     }
 
-    fn remember_archive(&mut self, file: &File, meta: &Metadata) {
-        if let Ok(fp) = head_fingerprint(file) {
-            self.remember(Seen {
-                id: FileId::of(meta),
-                len: meta.len(),
-                fp,
-            });
+    /// Remembers the archive as seen; returns it as the next file's predecessor.
+    fn remember_archive(&mut self, file: &File, meta: &Metadata) -> Before {
+        match head_fingerprint(file) {
+            Ok(fp) => {
+                self.remember(Seen {
+                    id: FileId::of(meta),
+                    len: meta.len(),
+                    fp,
+                });
+                Before::of(FileId::of(meta), fp)
+            }
+            Err(_) => Before::Unknown,
         }
     }
 
@@ -553,45 +633,60 @@ impl Follower {
 
     /// Finds the saved file: at the path (same inode, long enough, same first bytes), else at
     /// the archive name (rotated while stopped).
+    ///
+    /// Inodes are reused (ext4 hands a deleted file's inode to the next new one), so a file
+    /// is the saved one only with the same first bytes too, and the path holding the saved
+    /// inode says nothing by itself. What tells "rotated twice while stopped" from "rewritten
+    /// in place" is the archive: the one the cursor recorded (older than the saved file) or
+    /// none then, versus another one, rotated in since.
     fn resume(&mut self, c: &Cursor, p: &mut Poll) -> Resume {
         let want = FileId {
             dev: c.dev,
             ino: c.ino,
         };
-        let mut found = |name: Name| -> Option<Source> {
-            let (file, meta) = self.open_existing(name, p)?;
-            let ok = FileId::of(&meta) == want
+        let is_saved = |file: &File, meta: &Metadata| {
+            FileId::of(meta) == want
                 && meta.len() >= c.offset
-                && head_matches(&file, c.fingerprint).ok()?;
-            if ok {
-                Source::open_at(file, &meta, c.offset).ok()
-            } else {
-                None
-            }
+                && head_matches(file, c.fingerprint).unwrap_or(false)
         };
-        if let Some(src) = found(Name::Path) {
-            self.src = Some(src);
-            return Resume::Exact;
-        }
-        if let Some(src) = found(Name::Archive) {
-            self.src = Some(src);
-            return Resume::FromArchive;
-        }
-        // Two rotations: the current file is another inode than the saved one (not rewritten
-        // in place), the archive is neither, so it came between them. (Were the saved file
-        // deleted rather than rotated, the archive would be read again: rotation is what the
-        // proxy does. A current file reusing the saved inode reads as a rewrite: no gap.)
+        let archive = self.open_existing(Name::Archive, p);
         let path_id = stat_at(&self.path, self.shared())
             .ok()
             .map(|m| FileId::of(&m));
-        if path_id.is_some_and(|id| id != want)
-            && let Some((file, meta)) = self.open_existing(Name::Archive, p)
-            && FileId::of(&meta) != want
-            && Some(FileId::of(&meta)) != path_id
-            && let Ok(src) = Source::open_at(file, &meta, 0)
+        // An archive the cursor did not know, not the saved file, not the current one.
+        let newer_archive = archive.as_ref().is_some_and(|(file, meta)| {
+            Some(FileId::of(meta)) != path_id
+                && !is_saved(file, meta)
+                && match &c.before {
+                    // Recorded before: the old rule, the current file another inode.
+                    Before::Unknown => path_id.is_some_and(|id| id != want),
+                    Before::Nothing => true,
+                    b @ Before::File { .. } => !b.is(file, meta),
+                }
+        });
+        let at = |src: Source, before: Before| Source { before, ..src };
+        if !newer_archive
+            && let Some((file, meta)) = self.open_existing(Name::Path, p)
+            && is_saved(&file, &meta)
+            && let Ok(src) = Source::open_at(file, &meta, c.offset)
         {
+            self.src = Some(at(src, c.before.clone()));
+            return Resume::Exact;
+        }
+        let archive_saved = archive.as_ref().is_some_and(|(f, m)| is_saved(f, m));
+        let from = if archive_saved { c.offset } else { 0 };
+        if let Some((file, meta)) = archive
+            && (archive_saved || newer_archive)
+            && let Ok(src) = Source::open_at(file, &meta, from)
+        {
+            if archive_saved {
+                self.src = Some(at(src, c.before.clone()));
+                return Resume::FromArchive;
+            }
+            // (Were the saved file deleted rather than rotated, and the archive not the one
+            // recorded, it would be read again: rotation is what the proxy does.)
             tracing::warn!(path = %self.path.display(), "the file being read was rotated away twice while stopped: its unread rest is lost; reading the archive, then the current file");
-            self.src = Some(src);
+            self.src = Some(at(src, Before::of(want, c.fingerprint)));
             return Resume::Gap;
         }
         tracing::info!(path = %self.path.display(), "saved log position not found; reading from the start");

@@ -34,6 +34,6 @@ mod tailer;
 
 pub use checkpoint::{CheckpointError, CheckpointStore, StoreLock};
 pub use fingerprint::{FINGERPRINT_BYTES, Fingerprint};
-pub use follower::{Cursor, FileState, FollowOptions, Follower, Poll, Resume};
+pub use follower::{Before, Cursor, FileState, FollowOptions, Follower, Poll, Resume};
 pub use open::{Refusal, Trust};
 pub use tailer::Tailer;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use pia_split_tunnel_exporter::tail::{FINGERPRINT_BYTES, Fingerprint};
+
 use super::BIN;
 
 /// A running agent on a free loopback port, killed on drop.
@@ -309,6 +311,20 @@ pub fn lines_of(path: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Hands `lines` to `write` at a steady pace over `secs`: line i is due at i / rate, whatever
+/// the scheduling hiccups.
+pub fn write_paced(lines: &[Vec<u8>], secs: f64, mut write: impl FnMut(&[u8])) {
+    let t0 = Instant::now();
+    let rate = lines.len() as f64 / secs;
+    for (i, line) in lines.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        write(line);
+    }
+}
+
 /// Appends lines like the proxy: rename to `.1` and start a new file at 512,000 bytes.
 /// Remembers where every line ended in which file, to check a saved cursor against.
 pub struct ProxyWriter {
@@ -316,6 +332,8 @@ pub struct ProxyWriter {
     file: std::fs::File,
     size: usize,
     pub rotations: u32,
+    /// Size at which the file is rotated (the proxy's 512,000 bytes unless a test says).
+    pub rotate_at: usize,
     /// Lines written so far.
     pub lines: u64,
     pub files: Vec<Written>,
@@ -328,6 +346,8 @@ pub struct Written {
     pub first_line: u64,
     /// Offset after each of its lines.
     pub ends: Vec<u64>,
+    /// Its first bytes, to tell it from another file given the same inode.
+    pub head: Vec<u8>,
 }
 
 impl ProxyWriter {
@@ -337,6 +357,7 @@ impl ProxyWriter {
             file: tempfile::tempfile().unwrap(),
             size: 0,
             rotations: 0,
+            rotate_at: 512_000,
             lines: 0,
             files: vec![],
         };
@@ -356,11 +377,12 @@ impl ProxyWriter {
             ino: std::os::unix::fs::MetadataExt::ino(&meta),
             first_line: self.lines,
             ends: vec![],
+            head: vec![],
         });
     }
 
     pub fn write(&mut self, line: &[u8]) {
-        if self.size + line.len() > 512_000 {
+        if self.size + line.len() > self.rotate_at {
             std::fs::rename(&self.path, format!("{}.1", self.path.display())).unwrap();
             self.open();
             self.rotations += 1;
@@ -369,18 +391,27 @@ impl ProxyWriter {
         self.size += line.len();
         self.lines += 1;
         let size = self.size as u64;
-        self.files.last_mut().unwrap().ends.push(size);
+        let f = self.files.last_mut().unwrap();
+        f.ends.push(size);
+        let room = FINGERPRINT_BYTES.saturating_sub(f.head.len());
+        f.head.extend_from_slice(&line[..room.min(line.len())]);
     }
 
-    /// Lines before `offset` in the newest file with inode `ino`; panics when the offset is
-    /// not at a line's end (a cursor must never point into a line).
-    pub fn lines_before(&self, ino: u64, offset: u64) -> u64 {
+    /// Lines before `offset` in the newest file with inode `ino` and first bytes `head`
+    /// (file systems reuse inodes); panics when the offset is not at a line's end (a cursor
+    /// must never point into a line).
+    pub fn lines_before(&self, ino: u64, head: Fingerprint, offset: u64) -> u64 {
         let f = self
             .files
             .iter()
             .rev()
-            .find(|f| f.ino == ino)
-            .unwrap_or_else(|| panic!("no written file has inode {ino}"));
+            .find(|f| {
+                f.ino == ino
+                    && f.head
+                        .get(..head.len as usize)
+                        .is_some_and(|h| Fingerprint::of(h) == head)
+            })
+            .unwrap_or_else(|| panic!("no written file has inode {ino} and head {head:?}"));
         if offset == 0 {
             return f.first_line;
         }

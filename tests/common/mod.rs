@@ -167,6 +167,7 @@ impl StandIn {
             backend: pia_split_tunnel_exporter::fallback::BackendChoice::Pf,
             pfctl_path: self.pfctl(),
             pf_token_file: self.token_file(),
+            state_file: self.dir.path().join("state/fallback-state.json"),
             ..FallbackConfig::default()
         }
     }
@@ -261,14 +262,20 @@ pub fn write_secret(path: &Path, secret: &str) {
 
 /// Runs the agent binary; panics with its stderr when it fails.
 pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_bin_exiting(args, env, &[0])
+}
+
+/// Runs the agent binary; panics with its stderr unless it exits with one of `codes`.
+pub fn run_bin_exiting(args: &[&str], env: &[(&str, &str)], codes: &[i32]) -> Output {
     let out = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())
         .output()
         .expect("agent binary runs");
     assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
+        out.status.code().is_some_and(|c| codes.contains(&c)),
+        "{args:?} failed ({}): {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     out

@@ -85,6 +85,23 @@ impl Netns {
             table: TABLE,
             priority: PRIORITY,
             netns: Some(self.0.clone()),
+            state_file: None,
+        })
+    }
+
+    /// The backend with other settings, recording what it installs in `state_file`.
+    pub fn backend_with(
+        &self,
+        table: u32,
+        priority: u32,
+        state_file: &std::path::Path,
+    ) -> PolicyRouting {
+        PolicyRouting::new(PolicyRoutingOptions {
+            ip: "ip".into(),
+            table,
+            priority,
+            netns: Some(self.0.clone()),
+            state_file: Some(state_file.to_owned()),
         })
     }
 }

@@ -1,0 +1,266 @@
+//! What the fallback keeps on disk for a later process: the pf enable token
+//! (`fallback.pf_token_file`, one number) and the record of what a backend installed
+//! (`fallback.state_file`), so that a run with a changed `route_table`, `rule_priority` or
+//! `anchor` still finds and removes an earlier install.
+//!
+//! Both steer what root removes or releases, so both are trusted only as root's own files:
+//! - written through [`CheckpointStore`]: a temp file created exclusively (`O_EXCL`,
+//!   `O_NOFOLLOW`, mode 0600) and renamed over the name (a link planted at the name is
+//!   replaced, its target never written), in a folder others cannot write;
+//! - read only when the folder is not writable by others and the file is a regular file (not
+//!   a link: `O_NOFOLLOW`, checked on the opened file) of the agent's user (root), with one
+//!   name and no access for group or others. Anything else is refused with a warning and
+//!   read as absent: the agent then does what the config says, nothing more.
+
+use std::io::{self, Read as _};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::tail::CheckpointStore;
+use crate::tail::open::{Opened, Refusal, Trust, folder_is_shared, open_log};
+
+/// Both files hold a few dozen bytes; more is not ours.
+const MAX_BYTES: u64 = 4096;
+
+/// The one owner these files may have: the agent's user (root when it runs as a daemon).
+fn trust() -> Trust {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    Trust {
+        owner: unsafe { libc::geteuid() },
+    }
+}
+
+/// Reads `path` as JSON under the rules of the module doc. `Ok(None)`: no file. `Err`: a file
+/// that is refused or unreadable, with why.
+pub fn read_private<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    let (file, meta) = match open_log(path, true, trust()) {
+        Ok(Opened::File(f, m)) => (f, m),
+        Ok(Opened::Refused(r)) => return Err(refusal(r)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if folder_is_shared(path, trust()) {
+        return Err("its folder can be written by other users".into());
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:o}: group or others can read or write it"
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(format!("longer than {MAX_BYTES} bytes"));
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("not what the agent writes: {e}"))
+}
+
+/// [`open_log`]'s refusals, worded for a file in a folder of root's.
+fn refusal(r: Refusal) -> String {
+    match r {
+        Refusal::Symlink => "a symbolic link".into(),
+        Refusal::Owner { uid, want } => format!("owned by uid {uid}, not {want}"),
+        Refusal::HardLink => "a file with several names (hard link)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces `path` with `value` as JSON, under the rules of the module doc (creating the
+/// folder, mode 0755, if it is missing).
+pub fn write_private<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    CheckpointStore::new(path)
+        .save(value)
+        .map_err(|e| e.to_string())
+}
+
+/// Removes `path`; a missing file is not an error.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// What a backend installed, as it was configured then. A field that is absent (an older
+/// file, or the other backend's) means "the configured value".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Installed {
+    /// Policy routing: the table holding the routes, and the rules' priority.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_table: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_priority: Option<u32>,
+    /// pf: the anchor holding the rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+}
+
+/// The state file, by format version (the checkpoint's scheme: a later format adds a
+/// variant and still reads every earlier one).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum StateFile {
+    #[serde(rename = "1")]
+    V1(Installed),
+}
+
+/// The record of what was installed, at `fallback.state_file`; none kept without a path.
+#[derive(Clone, Debug)]
+pub struct Record {
+    path: Option<PathBuf>,
+}
+
+impl Record {
+    pub fn new(path: Option<PathBuf>) -> Record {
+        Record { path }
+    }
+
+    /// What an earlier run recorded; nothing when there is no record or it is refused (with
+    /// a warning) or names values the config could not hold (`check` says why).
+    pub fn load(&self, check: impl FnOnce(&Installed) -> Result<(), String>) -> Installed {
+        let Some(path) = &self.path else {
+            return Installed::default();
+        };
+        let read = read_private::<StateFile>(path)
+            .and_then(|s| match s {
+                None => Ok(Installed::default()),
+                Some(StateFile::V1(i)) => check(&i).map(|()| i),
+            })
+            .map_err(|why| {
+                tracing::warn!(file = %path.display(), reason = %why,
+                    "fallback state file refused; only what the config names is looked for");
+            });
+        read.unwrap_or_default()
+    }
+
+    /// Records what is about to be installed (before it is, so a crash halfway is found too).
+    pub fn save(&self, installed: &Installed) {
+        let Some(path) = &self.path else { return };
+        if let Err(e) = write_private(path, &StateFile::V1(installed.clone())) {
+            tracing::warn!(file = %path.display(), error = %e,
+                "cannot record what the fallback installs; after a change of its settings a \
+                 later run will not find it");
+        }
+    }
+
+    /// Nothing is installed any more.
+    pub fn clear(&self) {
+        let Some(path) = &self.path else { return };
+        if let Err(e) = remove(path) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove the fallback state file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn round_trip_is_private_and_an_older_record_means_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/fallback.json");
+        let r = Record::new(Some(path.clone()));
+        assert_eq!(r.load(|_| Ok(())), Installed::default(), "no file yet");
+        let i = Installed {
+            route_table: Some(200),
+            rule_priority: Some(300),
+            anchor: None,
+        };
+        r.save(&i);
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(r.load(|_| Ok(())), i);
+        // A record that names none of the fields (an older writer) means "as configured".
+        std::fs::write(&path, br#"{"version": "1"}"#).unwrap();
+        assert_eq!(r.load(|_| Ok(())), Installed::default());
+        // Values the config could not hold are not acted on.
+        r.save(&i);
+        assert_eq!(r.load(|_| Err("no".into())), Installed::default());
+        r.clear();
+        assert!(!path.exists());
+        r.clear();
+    }
+
+    #[test]
+    fn hostile_files_are_refused_and_their_targets_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "7").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("token");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = read_private::<u64>(&path).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+
+        // Writing replaces the link itself; the file it pointed at keeps its content.
+        write_private(&path, &9u64).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "7");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(read_private::<u64>(&path).unwrap(), Some(9));
+
+        // Readable by others: refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_private::<u64>(&path).unwrap_err();
+        assert!(err.contains("644"), "{err}");
+
+        // A FIFO does not hang the read.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_private::<u64>(&fifo).unwrap_err().contains("FIFO"));
+
+        // Oversized: refused, not read whole.
+        std::fs::write(&path, vec![b' '; 5000]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_private::<u64>(&path).unwrap_err().contains("longer"));
+
+        // In a folder others can write, nothing is believed.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let planted = shared.join("token");
+        std::fs::write(&planted, "5").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(
+            read_private::<u64>(&planted)
+                .unwrap_err()
+                .contains("other users")
+        );
+        assert!(write_private(&planted, &6u64).is_err());
+        assert_eq!(std::fs::read_to_string(&planted).unwrap(), "5");
+    }
+
+    #[test]
+    fn a_foreign_owner_is_refused() {
+        // Needs root to give a file away; the suite runs as root (CI).
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "run as root: this test chowns a file"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        write_private(&path, &5u64).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let err = read_private::<u64>(&path).unwrap_err();
+        assert!(err.contains("uid 65534"), "{err}");
+    }
+}
