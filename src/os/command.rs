@@ -92,7 +92,27 @@ fn shown(stderr: &str) -> &str {
 
 /// Runs `program args...` with `stdin` fed and closed (the tool sees EOF), waiting at most
 /// `timeout`.
+///
+/// Called on a worker of a multi-thread runtime (the daemon runs one worker), the wait hands
+/// that worker's other tasks to another thread first, so a slow pfctl does not stall
+/// `/metrics` or the log; elsewhere (the CLI, a blocking thread, a current-thread test
+/// runtime, where `block_in_place` would panic) it simply waits.
 pub fn run<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> Result<Output, CommandError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| run_here(program, args, stdin, timeout))
+        }
+        _ => run_here(program, args, stdin, timeout),
+    }
+}
+
+fn run_here<S: AsRef<OsStr>>(
     program: &Path,
     args: &[S],
     stdin: Option<&str>,
@@ -276,6 +296,40 @@ mod tests {
         assert!(matches!(err, CommandError::Timeout { .. }), "{err:?}");
         assert!(err.to_string().contains("no answer within 0.3 s"), "{err}");
         assert!(started.elapsed() < 10 * SECOND, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_tool_run_on_the_only_worker_does_not_stall_the_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("flag");
+        let script = format!(
+            "while [ ! -e '{}' ]; do sleep 0.02; done; echo seen",
+            flag.display()
+        );
+        rt.block_on(async {
+            // The tool waits for a file only another task on this runtime creates.
+            let other = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::fs::write(flag, "").unwrap();
+            });
+            let tool =
+                tokio::spawn(
+                    async move { run(Path::new(SH), &["-c", &script], None, 10 * SECOND) },
+                );
+            assert_eq!(tool.await.unwrap().unwrap().stdout, "seen\n");
+            other.await.unwrap();
+        });
+    }
+
+    #[tokio::test]
+    async fn a_current_thread_runtime_just_waits() {
+        let out = run(Path::new(SH), &["-c", "echo ok"], None, 10 * SECOND).unwrap();
+        assert_eq!(out.stdout, "ok\n");
     }
 
     #[test]
