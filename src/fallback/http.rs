@@ -32,19 +32,10 @@ pub type SharedController = Arc<tokio::sync::Mutex<Controller>>;
 pub struct Token(Vec<u8>);
 
 impl Token {
-    /// Reads a token file, refusing one that group or others can read.
+    /// Reads a token file, refusing what the config check refuses (a link, a file group or
+    /// others can read).
     pub fn from_file(path: &Path) -> Result<Token, String> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("fallback.token_file {}: {e}", path.display()))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "fallback.token_file {} has mode {mode:o}: run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ));
-        }
+        super::token_file_is_private(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("fallback.token_file {}: {e}", path.display()))?;
         let token = text.trim();

@@ -330,6 +330,7 @@ impl FallbackConfig {
 
 /// The token guards actions taken as root: a file others can read (or that is not a regular
 /// file) is an error at load, not a warning at start.
+/// Also checked by the HTTP endpoints when they read the token.
 fn token_file_is_private(path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::symlink_metadata(path)
