@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -187,12 +187,9 @@ impl CheckpointStore {
     /// a forged checkpoint or a link in the agent's way.
     fn check_folder(&self) -> Result<(), CheckpointError> {
         let meta = fs::metadata(self.dir()).map_err(|e| self.io(e))?;
-        let me = unsafe { libc::geteuid() };
-        let mode = meta.mode();
-        let shared = mode & 0o002 != 0
-            || (mode & 0o020 != 0 && meta.gid() != 0)
-            || (meta.uid() != 0 && meta.uid() != me);
-        if shared {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let owner = unsafe { libc::geteuid() };
+        if super::open::folder_meta_is_shared(&meta, super::open::Trust { owner }) {
             return Err(CheckpointError::SharedFolder {
                 path: self.path.clone(),
             });

@@ -81,14 +81,17 @@ pub fn folder_is_shared(path: &Path, trust: Trust) -> bool {
         _ => Path::new("."),
     };
     match std::fs::metadata(dir) {
-        Ok(m) => {
-            let mode = m.mode();
-            mode & 0o002 != 0
-                || (mode & 0o020 != 0 && m.gid() != 0)
-                || (m.uid() != 0 && m.uid() != trust.owner)
-        }
+        Ok(m) => folder_meta_is_shared(&m, trust),
         Err(_) => true,
     }
+}
+
+/// [`folder_is_shared`] on a folder's metadata already read.
+pub fn folder_meta_is_shared(folder: &Metadata, trust: Trust) -> bool {
+    let mode = folder.mode();
+    mode & 0o002 != 0
+        || (mode & 0o020 != 0 && folder.gid() != 0)
+        || (folder.uid() != 0 && folder.uid() != trust.owner)
 }
 
 /// Identity of what is at `path` now, without following a link in a shared folder.
