@@ -138,7 +138,8 @@ fn unreadable_log_is_reported_and_read_in_full_once_readable() {
         .open(&case.log)
         .unwrap();
     f.write_all(&case.part(1)).unwrap();
-    let reason = agent.wait_health("log", "failing");
+    // The log is "missing" for the instant between the rename and the new file.
+    let reason = agent.wait_health_for("log", "failing", "permission denied");
     assert!(reason.contains("permission denied"), "{reason}");
     let m = agent.metrics();
     assert_eq!(

@@ -69,16 +69,23 @@ impl Agent {
 
     /// Waits until `/health` shows `component` with `status`; returns its reason.
     pub fn wait_health(&self, component: &str, status: &str) -> String {
+        self.wait_health_for(component, status, "")
+    }
+
+    /// As [`Self::wait_health`], until the reason also contains `why`: a state on the way
+    /// (a log missing for the instant between a rename and the new file) is passed over.
+    pub fn wait_health_for(&self, component: &str, status: &str, why: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let h = self.health();
             let c = &h["components"][component];
-            if c["status"] == status {
-                return c["reason"].as_str().unwrap_or_default().to_owned();
+            let reason = c["reason"].as_str().unwrap_or_default();
+            if c["status"] == status && reason.contains(why) {
+                return reason.to_owned();
             }
             assert!(
                 Instant::now() < deadline,
-                "{component} is not {status} after 30 s: {h:#}"
+                "{component} is not {status} ({why:?}) after 30 s: {h:#}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
