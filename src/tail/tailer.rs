@@ -155,7 +155,8 @@ impl Tailer {
             _ = self.wake.notified() => {
                 // A watch that just broke (an error, its folder removed) is re-created now,
                 // not at the next long tick.
-                if self.broken.load(Ordering::Relaxed) {
+                // So is the period when the name just became a link (see `period`).
+                if self.broken.load(Ordering::Relaxed) || self.name_is_link() {
                     self.next_tick = None;
                 }
             }
@@ -173,12 +174,19 @@ impl Tailer {
         }
     }
 
+    /// The watch covers the file only when its name is not a link: writes through a link to
+    /// a file in another folder raise no event in this one, so such a file is polled as if
+    /// unwatched (links are only followed where others cannot write the folder).
     fn period(&self) -> Duration {
-        if self.is_watching() {
+        if self.is_watching() && !self.name_is_link() {
             TICK_WATCHED
         } else {
             TICK_UNWATCHED
         }
+    }
+
+    fn name_is_link(&self) -> bool {
+        fs::symlink_metadata(self.follower.path()).is_ok_and(|m| m.file_type().is_symlink())
     }
 
     /// (Re)creates the folder watch when it is missing, reported an error, or watches a
