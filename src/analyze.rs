@@ -16,8 +16,8 @@ use crate::fallback::FallbackConfig;
 use crate::ingest::LogConfig;
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level};
-use crate::sessions::window::{Ratio, SessionsState, Thresholds};
-use crate::sessions::{AppCounts, CloseOutcome, proto_label};
+use crate::sessions::verdict::{SessionsState, SessionsVerdict, Tally, Thresholds, judge};
+use crate::sessions::{AppCounts, CloseOutcome, Reply, proto_label};
 use crate::tail::lines::LineSplitter;
 
 const CHUNK: usize = 1 << 20;
@@ -25,7 +25,8 @@ const CHUNK: usize = 1 << 20;
 /// The log's story: counts per app and transport, and what they mean.
 pub struct Report {
     pub pipeline: Pipeline,
-    /// The sessions verdict's thresholds (`fallback.zero_byte_ratio`, `min_sessions`).
+    /// The sessions verdict's thresholds (`fallback.no_reply_ratio`, `healthy_no_reply_ratio`,
+    /// `min_sessions`).
     pub thresholds: Thresholds,
 }
 
@@ -39,6 +40,8 @@ impl Report {
             read_into(&mut pipeline, file, cfg.max_line_bytes)
                 .with_context(|| format!("cannot read {}", path.display()))?;
         }
+        // The files are over: no later line can name the app of a session still pending.
+        pipeline.flush_pending();
         Ok(Report {
             pipeline,
             thresholds: FallbackConfig::default().session_thresholds(),
@@ -81,19 +84,30 @@ impl Report {
         self.pipeline.proxy().bind_ip.iter().cloned().collect()
     }
 
-    /// The sessions verdict over the whole log, with the agent's thresholds.
+    /// Sessions that got no reply (see [`Reply`]).
+    pub fn no_reply_closures(&self) -> u64 {
+        self.rows().map(|(_, _, c)| c.replies(Reply::NoReply)).sum()
+    }
+
+    /// The sessions verdict over the whole log, with the agent's thresholds: the one entry
+    /// point for anything that judges saved logs (`analyze`, `diagnose`).
+    pub fn sessions_verdict(&self) -> SessionsVerdict {
+        let mut tally = Tally::default();
+        let apps = self.pipeline.sessions().apps();
+        for (a, p, c) in self.pipeline.sessions().counts().iter() {
+            tally.add(apps.name(a), p, c.reply_ratio());
+        }
+        judge(self.thresholds, &tally, 0)
+    }
+
+    /// The state of [`Report::sessions_verdict`].
     pub fn sessions(&self) -> SessionsState {
-        self.thresholds.judge(Ratio {
-            zero: self.zero_byte_closures(),
-            total: self.total_sessions_closed(),
-        })
+        self.sessions_verdict().state
     }
 
     /// One line: is the bypass working, as far as the log shows?
     pub fn verdict(&self) -> String {
-        let closed = self.total_sessions_closed();
-        let zero = self.zero_byte_closures();
-        if closed == 0 {
+        if self.total_sessions_closed() == 0 {
             return match self.pipeline.proxy().level() {
                 Some(Level::Error | Level::Warning) => {
                     "no verdict: the log is at error level (debug logging off), so sessions are not visible".into()
@@ -101,13 +115,13 @@ impl Report {
                 _ => "no verdict: no session closed in the log".into(),
             };
         }
-        let pct = percent(zero, closed);
-        let state = match self.sessions() {
-            SessionsState::ZeroBytes => "bypass broken",
-            SessionsState::Healthy => "bypass working",
-            SessionsState::TooFew => "no verdict: too few sessions",
-        };
-        format!("{state}: {pct}% of {closed} sessions closed with zero bytes")
+        let v = self.sessions_verdict();
+        let closed = self.total_sessions_closed();
+        format!(
+            "{}; {}% of {closed} closed with zero bytes both ways",
+            v.sentence(),
+            percent(self.zero_byte_closures(), closed)
+        )
     }
 
     /// `{app: {proto: {sessions_opened, sessions_closed, zero_byte_closures, rx_bytes, tx_bytes,
@@ -127,6 +141,7 @@ impl Report {
                 "sessions_opened": c.opened,
                 "sessions_closed": c.sessions_closed(),
                 "zero_byte_closures": c.closed(CloseOutcome::ZeroBytes),
+                "no_reply_closures": c.replies(Reply::NoReply),
                 "rx_bytes": c.rx_bytes,
                 "tx_bytes": c.tx_bytes,
                 "errors": errors,
@@ -139,8 +154,10 @@ impl Report {
             "_summary".into(),
             json!({
                 "verdict": self.verdict(),
+                "sessions": self.sessions_verdict(),
                 "sessions_closed": self.total_sessions_closed(),
                 "zero_byte_closures": self.zero_byte_closures(),
+                "no_reply_closures": self.no_reply_closures(),
                 "lines": p.read().lines,
                 "unrecognized_lines": p.read().unrecognized,
                 "lines_too_long": p.read().lines_too_long,
@@ -172,15 +189,15 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<34} {:<5} {:>8} {:>8} {:>6} {:>12} {:>12}  errors",
-            "app", "proto", "sessions", "zero-B", "ratio", "rx bytes", "tx bytes"
+            "{:<34} {:<5} {:>8} {:>8} {:>8} {:>6} {:>12} {:>12}  errors",
+            "app", "proto", "sessions", "zero-B", "no-reply", "ratio", "rx bytes", "tx bytes"
         );
         for (app, proto, c) in self.rows() {
             let closed = c.sessions_closed();
             let ratio = if closed == 0 {
                 "-".to_owned()
             } else {
-                format!("{}%", percent(c.closed(CloseOutcome::ZeroBytes), closed))
+                format!("{}%", percent(c.replies(Reply::NoReply), closed))
             };
             let errors: Vec<String> = ErrorKind::iter()
                 .filter(|k| c.errors(*k) > 0)
@@ -188,11 +205,12 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 out,
-                "{:<34} {:<5} {:>8} {:>8} {:>6} {:>12} {:>12}  {}",
+                "{:<34} {:<5} {:>8} {:>8} {:>8} {:>6} {:>12} {:>12}  {}",
                 app,
                 proto,
                 closed,
                 c.closed(CloseOutcome::ZeroBytes),
+                c.replies(Reply::NoReply),
                 ratio,
                 c.rx_bytes,
                 c.tx_bytes,

@@ -167,6 +167,15 @@ impl Pipeline {
             .set_limits(limits.max_open_sessions, limits.max_apps);
     }
 
+    /// Counts the errors of sessions still waiting for a line naming their app (under
+    /// `unknown`): the end of a finished set of files.
+    pub fn flush_pending(&mut self) {
+        self.sessions.flush_pending();
+        self.sessions.swap_logs();
+        self.sessions.flush_pending();
+        self.sessions.swap_logs();
+    }
+
     /// Keeps closed sessions for [`Pipeline::drain_closed`] (off by default).
     pub fn record_closed(&mut self, on: bool) {
         self.sessions.record_closed(on);

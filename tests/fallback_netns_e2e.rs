@@ -115,7 +115,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
                 t0 + Duration::from_secs(30 * i),
                 &round,
                 &Verdict::of(&round),
-                no_sessions,
+                no_sessions.clone(),
             )
             .await,
         );
@@ -146,7 +146,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
                 t0 + Duration::from_secs(30 * i),
                 &round,
                 &Verdict::of(&round),
-                no_sessions,
+                no_sessions.clone(),
             )
             .await,
         );

@@ -9,10 +9,9 @@ use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
 use pia_split_tunnel_exporter::health::{CheckpointInput, HealthReport, LogHealthInput, Status};
 use pia_split_tunnel_exporter::presence::Presence;
 use pia_split_tunnel_exporter::probe::{Round, Verdict};
-use pia_split_tunnel_exporter::proxy_log::Level;
-use pia_split_tunnel_exporter::sessions::window::{
-    AppRatio, Ratio, SessionsState, SessionsVerdict,
-};
+use pia_split_tunnel_exporter::proxy_log::{Level, Proto};
+use pia_split_tunnel_exporter::sessions::verdict::{self, Tally, judge};
+use pia_split_tunnel_exporter::sessions::window::{AppRatio, Ratio, SessionsState, SessionsVerdict};
 
 fn t() -> Thresholds {
     Thresholds {
@@ -50,25 +49,28 @@ fn sessions_component_names_the_app() {
     let apps = vec![
         AppRatio {
             app: "Plex".into(),
-            ratio: Ratio { zero: 9, total: 10 },
+            ratio: Ratio {
+                no_reply: 9,
+                total: 10,
+            },
         },
         AppRatio {
             app: "curl".into(),
-            ratio: Ratio { zero: 3, total: 3 },
+            ratio: Ratio {
+                no_reply: 0,
+                total: 30,
+            },
         },
     ];
-    let zero_bytes = SessionsVerdict {
-        state: SessionsState::ZeroBytes,
-        ratio: Ratio {
-            zero: 12,
-            total: 13,
-        },
-        window_seconds: 300,
-    };
+    let mut tally = Tally::default();
+    for a in &apps {
+        tally.add(&a.app, Some(Proto::Tcp), a.ratio);
+    }
+    let partial = judge(verdict::Thresholds::default(), &tally, 300);
     let c = assess(
         &t(),
         &Inputs {
-            sessions: Some((&apps, zero_bytes)),
+            sessions: Some((&apps, partial.clone())),
             probing: true,
             ..Inputs::default()
         },
@@ -76,23 +78,20 @@ fn sessions_component_names_the_app() {
     .components["sessions"]
         .clone();
     assert_eq!(c.status, Status::Degraded);
-    assert!(
-        c.reason
-            .starts_with("12 of 13 sessions closed with zero bytes in the last 300 s")
-            && c.reason.contains("Plex: 9 of 10; curl: 3 of 3")
-            && c.reason.contains("the probes decide"),
-        "{}",
-        c.reason
+    assert_eq!(
+        c.reason,
+        "partial: 23% of 40 sessions got no reply; no reply: Plex 90% of 10; working: curl \
+         in the last 300 s: some bypass sessions get no reply; the probes decide"
     );
     // The model reads the verdict; it does not apply thresholds of its own.
-    let healthy = SessionsVerdict {
-        state: SessionsState::Healthy,
-        ..zero_bytes
+    let working = SessionsVerdict {
+        state: SessionsState::Working,
+        ..partial.clone()
     };
     let c = assess(
         &t(),
         &Inputs {
-            sessions: Some((&apps, healthy)),
+            sessions: Some((&apps, working)),
             probing: true,
             ..Inputs::default()
         },
@@ -100,6 +99,21 @@ fn sessions_component_names_the_app() {
     .components["sessions"]
         .clone();
     assert_eq!(c.status, Status::Ok, "{}", c.reason);
+    let broken = SessionsVerdict {
+        state: SessionsState::Broken,
+        ..partial
+    };
+    let c = assess(
+        &t(),
+        &Inputs {
+            sessions: Some((&apps, broken)),
+            probing: true,
+            ..Inputs::default()
+        },
+    )
+    .components["sessions"]
+        .clone();
+    assert!(c.reason.ends_with("the bypass looks broken; the probes decide"), "{}", c.reason);
 }
 
 fn judged(r: Round) -> (Round, Verdict) {

@@ -11,7 +11,7 @@ use crate::ingest::LogConfig;
 use crate::sessions::window::{SessionsState, Thresholds};
 
 /// `analyze FILE...`: the report as a table, JSON or Prometheus text; exit 1 when the sessions
-/// verdict over the files is "zero bytes" (bypass broken).
+/// verdict over the files is "broken" (most sessions got no reply).
 pub fn run(
     config: &LogConfig,
     thresholds: Thresholds,
@@ -47,7 +47,7 @@ pub fn run(
         );
     }
     // Like `probe`: 1 when the bypass is broken (here: by the sessions verdict).
-    Ok(if report.sessions() == SessionsState::ZeroBytes {
+    Ok(if report.sessions() == SessionsState::Broken {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

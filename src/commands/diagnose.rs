@@ -145,7 +145,7 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
             "Did not probe (probe.enabled = false): no verdict on the bypass, only what the log \
 and the system say. The log: {sessions}{}.",
             match log.sessions {
-                Some(SessionsState::ZeroBytes) => {
+                Some(SessionsState::Broken) => {
                     "; that looks broken, and a probe round (`probe`) would confirm it"
                 }
                 _ => "",
@@ -181,7 +181,7 @@ and the system say. The log: {sessions}{}.",
                     .map(|i| i.to_string())
                     .unwrap_or_default()
             ));
-            if log.sessions == Some(SessionsState::ZeroBytes) {
+            if log.sessions == Some(SessionsState::Broken) {
                 out.push("Yet the log shows the failure: the repair may already be in place since, or the remotes do not answer.".into());
             }
         }
@@ -320,7 +320,7 @@ Fix: route-to fallback (`pia-split-tunnel-exporter rules`, or fallback.mode = \"
         let log = LogFacts {
             sessions_closed: 20,
             zero_byte: 20,
-            sessions: Some(SessionsState::ZeroBytes),
+            sessions: Some(SessionsState::Broken),
             debug_log_present: true,
             ..LogFacts::default()
         };

@@ -210,12 +210,13 @@ impl Controller {
         verdict: &Verdict,
         sessions: SessionsVerdict,
     ) -> Decision {
+        let ratio = sessions.ratio;
         let decision = if self.cfg.mode == Mode::Off {
             Decision::None(Reason::ModeOff)
         } else {
             self.policy.evaluate(now, round, verdict, sessions)
         };
-        self.note_decision(&decision, sessions.ratio);
+        self.note_decision(&decision, ratio);
         if self.cfg.mode == Mode::Auto {
             let _ = self.execute(now, &decision).await;
         }
@@ -307,7 +308,7 @@ impl Controller {
                 decision = d.label(),
                 reason,
                 mode,
-                zero_byte_sessions = sessions.zero,
+                no_reply_sessions = sessions.no_reply,
                 sessions = sessions.total,
                 acting = self.cfg.mode == Mode::Auto || reason == "manual",
                 "fallback decision"

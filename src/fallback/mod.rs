@@ -126,8 +126,14 @@ pub struct FallbackConfig {
     pub backend: BackendChoice,
     /// Rounds in a row with the bypass broken and the physical path working before acting.
     pub consecutive_rounds: u32,
-    /// Zero-byte share of sessions (0..=1) that, with one confirming round, triggers the repair.
-    pub zero_byte_ratio: f64,
+    /// Share of sessions (0..=1) that got no reply from which the sessions say broken: with
+    /// one confirming round, that triggers the repair. Read as `zero_byte_ratio` too (its
+    /// name before sessions were judged by what they received).
+    #[serde(alias = "zero_byte_ratio")]
+    pub no_reply_ratio: f64,
+    /// Share up to which the sessions say working (what a healthy Mac shows); between it and
+    /// `no_reply_ratio` they say inconclusive.
+    pub healthy_no_reply_ratio: f64,
     pub window_secs: u64,
     pub min_sessions: u32,
     /// No automatic apply or reload sooner than this after any action.
@@ -177,7 +183,8 @@ impl Default for FallbackConfig {
             mode: Mode::Observe,
             backend: BackendChoice::Auto,
             consecutive_rounds: 2,
-            zero_byte_ratio: 0.9,
+            no_reply_ratio: 0.75,
+            healthy_no_reply_ratio: 0.2,
             window_secs: 300,
             min_sessions: 5,
             cooldown_secs: 120,
@@ -223,20 +230,27 @@ impl FallbackConfig {
         )
     }
 
-    /// `zero_byte_ratio` and `min_sessions`: when the sessions say "zero bytes".
+    /// `no_reply_ratio`, `healthy_no_reply_ratio` and `min_sessions`: the sessions verdict's.
     pub fn session_thresholds(&self) -> Thresholds {
         Thresholds {
-            zero_byte_ratio: self.zero_byte_ratio,
+            no_reply_ratio: self.no_reply_ratio,
+            healthy_no_reply_ratio: self.healthy_no_reply_ratio,
             min_sessions: self.min_sessions,
         }
     }
 
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
-        let r = self.zero_byte_ratio;
+        let r = self.no_reply_ratio;
         if !(r > 0.0 && r <= 1.0) {
             return Err(format!(
-                "fallback.zero_byte_ratio = {r}: use a share in (0, 1], e.g. 0.9"
+                "fallback.no_reply_ratio = {r}: use a share in (0, 1], e.g. 0.75"
+            ));
+        }
+        let h = self.healthy_no_reply_ratio;
+        if !(0.0..r).contains(&h) {
+            return Err(format!(
+                "fallback.healthy_no_reply_ratio = {h}: use a share in [0, no_reply_ratio), e.g. 0.2"
             ));
         }
         use crate::tail::open::in_range;
@@ -595,10 +609,18 @@ on_tunnel_down = "keep"
         c.anchor = "com.apple/a b".into();
         assert!(c.validate().is_err());
         c = FallbackConfig {
-            zero_byte_ratio: 1.5,
+            no_reply_ratio: 1.5,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().contains("zero_byte_ratio"));
+        assert!(c.validate().unwrap_err().contains("no_reply_ratio"));
+        c = FallbackConfig {
+            healthy_no_reply_ratio: 0.8,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("healthy_no_reply_ratio"));
+        // The key's former name is still read.
+        let old: FallbackConfig = toml::from_str("zero_byte_ratio = 0.6").unwrap();
+        assert_eq!(old.no_reply_ratio, 0.6);
         c = FallbackConfig {
             route_table: 254,
             ..Default::default()

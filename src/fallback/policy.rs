@@ -247,7 +247,7 @@ impl Policy {
         };
         let reason = if self.broken_streak >= self.cfg.consecutive_rounds {
             Reason::ProbeBroken
-        } else if sessions.zero_bytes() {
+        } else if sessions.broken() {
             // The sessions are the evidence; this round's probes are the confirmation.
             Reason::SessionsZeroBytes
         } else {

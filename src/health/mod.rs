@@ -183,7 +183,7 @@ impl Health {
                 &self.thresholds,
                 &model::Inputs {
                     log: i.log.as_ref(),
-                    sessions: sessions.as_ref().map(|(a, v)| (a.as_slice(), *v)),
+                    sessions: sessions.as_ref().map(|(a, v)| (a.as_slice(), v.clone())),
                     probing: self.probing,
                     round: i.round.as_ref().map(|(r, v)| (r, v)),
                     fallback: fallback.as_ref(),

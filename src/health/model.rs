@@ -14,7 +14,7 @@ use crate::labels::label_set;
 use crate::presence::Presence;
 use crate::probe::{PathKind, ProbeError, Round, State, Verdict};
 use crate::proxy_log::Level;
-use crate::sessions::window::{AppRatio, SessionsVerdict};
+use crate::sessions::window::{AppRatio, SessionsState, SessionsVerdict};
 
 #[apply(label_set!)]
 #[derive(PartialOrd, Ord)]
@@ -115,7 +115,7 @@ pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
     let mut components = BTreeMap::new();
     components.insert("log", log(t, i.log));
     components.insert("checkpoint", checkpoint(i.checkpoint));
-    components.insert("sessions", sessions(i.sessions));
+    components.insert("sessions", sessions(i.sessions.clone()));
     let round = i.round.map(|(r, _)| r);
     components.insert("processes", processes(i.processes, round, i.log));
     let active = i.fallback.is_some_and(|f| f.active);
@@ -279,26 +279,19 @@ fn sessions(s: Option<(&[AppRatio], SessionsVerdict)>) -> Component {
     let Some((apps, v)) = s else {
         return c(Status::Ok, "no session window");
     };
-    let w = v.window_seconds;
-    let summary = format!(
-        "{} of {} sessions closed with zero bytes in the last {w} s",
-        v.ratio.zero, v.ratio.total
-    );
-    if !v.zero_bytes() {
-        return c(Status::Ok, summary);
-    }
-    let worst: Vec<String> = apps
-        .iter()
-        .filter(|a| a.ratio.zero > 0)
-        .map(|a| format!("{}: {} of {}", a.app, a.ratio.zero, a.ratio.total))
-        .collect();
-    c(
-        Status::Degraded,
-        format!(
-            "{summary} ({}): the bypass looks broken; the probes decide",
-            worst.join("; ")
+    let _ = apps;
+    let summary = format!("{} in the last {} s", v.sentence(), v.window_seconds);
+    match v.state {
+        SessionsState::Working | SessionsState::TooFew => c(Status::Ok, summary),
+        SessionsState::Broken => c(
+            Status::Degraded,
+            format!("{summary}: the bypass looks broken; the probes decide"),
         ),
-    )
+        SessionsState::Partial | SessionsState::Inconclusive => c(
+            Status::Degraded,
+            format!("{summary}: some bypass sessions get no reply; the probes decide"),
+        ),
+    }
 }
 
 fn err_words(e: ProbeError) -> &'static str {

@@ -12,7 +12,6 @@ use super::checkpoint::{Clock, Cursors, Saver, restore};
 use super::{IngestEvents, LogConfig};
 use crate::health::LogHealthInput;
 use crate::pipeline::{LogFile, Pipeline};
-use crate::sessions::CloseOutcome;
 use crate::sessions::window::SharedWindow;
 use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 
@@ -295,11 +294,7 @@ fn feed(
         if !closed.is_empty() {
             let mut w = side.window.lock().unwrap_or_else(|e| e.into_inner());
             for c in closed {
-                w.record_close(
-                    p.sessions().apps().name(c.app),
-                    now,
-                    c.outcome == CloseOutcome::ZeroBytes,
-                );
+                w.record_close(p.sessions().apps().name(c.app), c.proto, now, c.reply);
             }
             side.events.emit_sessions_closed(&w.verdict(now));
         }
@@ -373,10 +368,7 @@ mod tests {
             let seen = Arc::new(Seen::default());
             let window = Arc::new(Mutex::new(SessionWindow::new(
                 Duration::from_secs(60),
-                Thresholds {
-                    zero_byte_ratio: 0.9,
-                    min_sessions: 5,
-                },
+                Thresholds::default(),
             )));
             let (stop, rx) = watch::channel(false);
             let task = tokio::spawn(ingest.run(window, seen.clone(), rx));

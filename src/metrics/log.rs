@@ -15,7 +15,7 @@ use strum::{EnumCount, IntoEnumIterator};
 use super::{Counter, Family, Gauge, Histogram, Scrape};
 use crate::pipeline::Pipeline;
 use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto};
-use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, proto_label};
+use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, Reply, proto_label};
 
 const SESSIONS_OPENED: Family<Counter, 2> = Family::new(
     "sessions_opened_total",
@@ -26,6 +26,12 @@ const SESSIONS_CLOSED: Family<Counter, 3> = Family::new(
     "sessions_closed_total",
     "Proxied sessions closed (destructor lines), by outcome (zero_bytes: rxBytes and txBytes both `Zero KB`).",
     ["app", "proto", "outcome"],
+);
+const SESSIONS_REPLIES: Family<Counter, 3> = Family::new(
+    "sessions_replies_total",
+    "Proxied sessions closed, by what they received (no_reply: rxBytes `Zero KB`, or `0 MB` \
+     after a failure of their own channel); the sessions verdict counts these.",
+    ["app", "proto", "reply"],
 );
 const OPEN_SESSIONS: Family<Gauge, 2> = Family::new(
     "open_sessions",
@@ -112,7 +118,9 @@ const ERROR_LOG_FILE_PRESENT: Family<Gauge, 0> = Family::new(
 );
 const SESSION_EVICTIONS: Family<Counter, 1> = Family::new(
     "session_evictions_total",
-    "Open sessions dropped without a destructor line, by reason.",
+    "Open sessions dropped without a destructor line, by reason (pending_full, \
+     pending_expired: sessions seen without their creation line, dropped before a line named \
+     their app; their errors were counted under unknown).",
     ["reason"],
 );
 const LOG_FILES_REFUSED: Family<Counter, 0> = Family::new(
@@ -152,6 +160,7 @@ impl Scrape for LogCollector {
         vec![
             SESSIONS_OPENED.desc(),
             SESSIONS_CLOSED.desc(),
+            SESSIONS_REPLIES.desc(),
             OPEN_SESSIONS.desc(),
             FLOW_ERRORS.desc(),
             RX_BYTES.desc(),
@@ -216,6 +225,7 @@ impl DurationSum {
 pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     let mut opened = SESSIONS_OPENED.samples();
     let mut closed = SESSIONS_CLOSED.samples();
+    let mut replies = SESSIONS_REPLIES.samples();
     let mut open = OPEN_SESSIONS.samples();
     let mut errors = FLOW_ERRORS.samples();
     let mut rx = RX_BYTES.samples();
@@ -252,6 +262,11 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
                 closed.add([l[0], l[1], o.into()], c.closed(o) as f64);
             }
         }
+        for r in Reply::iter() {
+            if r != Reply::Unknown || c.replies(r) > 0 {
+                replies.add([l[0], l[1], r.into()], c.replies(r) as f64);
+            }
+        }
         open.set(l, c.open as f64);
         sum.rx += c.rx_bytes;
         sum.tx += c.tx_bytes;
@@ -274,6 +289,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     let mut out: Vec<MetricFamily> = vec![
         opened.done(),
         closed.done(),
+        replies.done(),
         open.done(),
         errors.done(),
         rx.done(),
@@ -315,7 +331,9 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     let mut ev = SESSION_EVICTIONS.samples();
     ev.add(["table_full"], e.table_full as f64)
         .add(["proxy_restart"], e.proxy_restart as f64)
-        .add(["id_reused"], e.id_reused as f64);
+        .add(["id_reused"], e.id_reused as f64)
+        .add(["pending_full"], e.pending_full as f64)
+        .add(["pending_expired"], e.pending_expired as f64);
     out.push(ev.done());
     let mut refused = LOG_VALUES_REFUSED.samples();
     refused

@@ -20,6 +20,34 @@ pub enum CloseOutcome {
     Unknown,
 }
 
+/// What a closed session received: the outcome the sessions verdict counts.
+#[apply(label_set!)]
+#[derive(Deserialize)]
+pub enum Reply {
+    /// It received something (`rxBytes` not `Zero KB`, and no failure of its own with `0 MB`).
+    Received,
+    /// It received nothing: `rxBytes=Zero KB`, or `0 MB` after a failure of its outbound
+    /// channel (PIA's #93: `ioOnClosedChannel` then `rxBytes=0 MB`).
+    NoReply,
+    /// `rxBytes` in a shape we could not read: not judged.
+    Unknown,
+}
+
+/// Whether an error of a session's own channel means its `0 MB` received nothing useful.
+/// `Empty buffer` is not one: every healthy flow ends with it (FORMAT.md's lifecycles), and
+/// with `Zero KB` the size already says "nothing"; `a read is already pending` is not fatal,
+/// and an error we could not classify says nothing about the channel.
+pub fn channel_failure(kind: ErrorKind) -> bool {
+    match kind {
+        ErrorKind::IoOnClosedChannel
+        | ErrorKind::ConnectTimeout
+        | ErrorKind::ConnectionRefused
+        | ErrorKind::ConnectionReset
+        | ErrorKind::Unreachable => true,
+        ErrorKind::EmptyBuffer | ErrorKind::ReadPending | ErrorKind::Other => false,
+    }
+}
+
 /// Upper bounds (seconds) of the session duration histogram. Connect timeouts end at 10 s.
 pub const DURATION_BUCKETS_SECS: [f64; 13] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 300.0, 1800.0,
@@ -39,11 +67,24 @@ pub struct AppCounts {
     pub duration_buckets: [u64; DURATION_BUCKETS_SECS.len() + 1],
     pub duration_count: u64,
     pub duration_sum_ms: u64,
+    /// Closes by what they received ([`Reply`]).
+    #[serde(default)]
+    pub replies: [u64; Reply::COUNT],
 }
 
 impl AppCounts {
     pub fn closed(&self, outcome: CloseOutcome) -> u64 {
         self.closed[outcome as usize]
+    }
+    pub fn replies(&self, reply: Reply) -> u64 {
+        self.replies[reply as usize]
+    }
+    /// Closes the sessions verdict judges, and those that got no reply.
+    pub fn reply_ratio(&self) -> super::verdict::Ratio {
+        super::verdict::Ratio {
+            no_reply: self.replies(Reply::NoReply),
+            total: self.replies(Reply::NoReply) + self.replies(Reply::Received),
+        }
     }
     pub fn sessions_closed(&self) -> u64 {
         self.closed.iter().sum()

@@ -1,10 +1,17 @@
 //! Session correlation: lines of one session share an `id` within one proxy start.
 //!
 //! The tracker turns events into per-app counts. Lines without an app (`Unable to create
-//! channel`, socket errors) take the app of their session; sessions whose creation line was
-//! never seen (error log level, a rotation, the agent started mid-session) take the app from
-//! any later line that names it, else `unknown`. The open table is bounded: a log that never
-//! closes its sessions cannot grow memory; the oldest session (lowest id) is evicted.
+//! channel`, socket errors) take the app of their session. A session whose creation line was
+//! never seen (error log level, a rotation, the agent started mid-file, an excerpt) is kept
+//! as pending: its app-less errors wait for any line of the same id, earlier or later within
+//! the same proxy start, that names the app, and are counted once, under that app; only when
+//! no line names it (the session closes without one, the proxy restarts, the entry ages out
+//! or is evicted) do they go to `unknown`. Both tables are bounded (`log.max_open_sessions`
+//! each): a log that never closes its sessions cannot grow memory; the oldest (lowest id) is
+//! evicted, counted.
+//!
+//! Each close is judged by what it received ([`Reply`]): the sessions verdict
+//! ([`verdict::judge`]) counts sessions that got no reply, byte counters stay exact.
 //!
 //! The error-level log lives in `/tmp`, where anyone can write lines: its sessions are kept
 //! in a table of their own ([`SessionTracker::apply_error`]), so a forged `Proxy started!` or
@@ -12,6 +19,7 @@
 
 pub mod apps;
 pub mod counts;
+pub mod verdict;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -19,9 +27,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use apps::{AppId, Apps};
-pub use counts::{AppCounts, CloseOutcome, Counts, DURATION_BUCKETS_SECS, ProtoKey, proto_label};
+pub use counts::{
+    AppCounts, CloseOutcome, Counts, DURATION_BUCKETS_SECS, ProtoKey, Reply, channel_failure,
+    proto_label,
+};
 
-use crate::proxy_log::{Event, LocalMillis, Proto, Size, Text};
+use crate::proxy_log::{ErrorKind, Event, LocalMillis, Proto, Size, Text};
+use strum::EnumCount;
 
 /// A session whose creation line was seen and whose destructor was not yet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,7 +41,27 @@ struct OpenSession {
     app: AppId,
     proto: Proto,
     opened: Option<LocalMillis>,
+    /// A failure of its own channel was logged ([`channel_failure`]).
+    #[serde(default)]
+    failed: bool,
 }
+
+/// A session seen without its creation line: what its lines said so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    /// The app, once a line of the id named it.
+    app: Option<AppId>,
+    proto: ProtoKey,
+    failed: bool,
+    /// Errors not yet counted: no line named the app yet.
+    errors: [u16; ErrorKind::COUNT],
+    /// Time of its newest line, for ageing out.
+    seen: Option<LocalMillis>,
+}
+
+/// How long (log time) a session without a creation line waits for a line naming its app
+/// after its last line: its destructor follows a channel error within milliseconds.
+pub const PENDING_MAX_MS: i64 = 5 * 60 * 1000;
 
 /// Why sessions left the open table without a destructor line.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +72,13 @@ pub struct Evictions {
     pub proxy_restart: u64,
     /// A creation line reused an id still open (the proxy restarted without saying so).
     pub id_reused: u64,
+    /// Sessions without a creation line dropped from the pending table because it was full:
+    /// their errors not yet attributed were counted under `unknown`.
+    #[serde(default)]
+    pub pending_full: u64,
+    /// Sessions without a creation line that no line named within [`PENDING_MAX_MS`].
+    #[serde(default)]
+    pub pending_expired: u64,
 }
 
 /// A closed session, for consumers that keep their own window (health).
@@ -48,6 +87,7 @@ pub struct Closed {
     pub app: AppId,
     pub proto: ProtoKey,
     pub outcome: CloseOutcome,
+    pub reply: Reply,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,6 +100,14 @@ pub struct SessionTracker {
     /// Open sessions of the error-level log, apart from the debug log's (`open`).
     #[serde(default)]
     error_open: BTreeMap<u64, OpenSession>,
+    /// Sessions seen without their creation line, per log (see [`Pending`]).
+    #[serde(default)]
+    pending: BTreeMap<u64, Pending>,
+    #[serde(default)]
+    error_pending: BTreeMap<u64, Pending>,
+    /// Log time of the last sweep of `pending` for entries past [`PENDING_MAX_MS`].
+    #[serde(default)]
+    swept: Option<LocalMillis>,
     /// Closed sessions since the last [`SessionTracker::drain_closed`], when someone listens.
     #[serde(skip)]
     closed_log: Option<Vec<Closed>>,
@@ -74,6 +122,9 @@ impl SessionTracker {
             counts: Counts::default(),
             evictions: Evictions::default(),
             error_open: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            error_pending: BTreeMap::new(),
+            swept: None,
             closed_log: None,
         }
     }
@@ -82,9 +133,9 @@ impl SessionTracker {
     /// log's own open table (counts and app labels are shared).
     pub fn apply_error(&mut self, event: &Event<'_>, time: Option<LocalMillis>) {
         // Swapping two maps moves three words each: cheaper than a table parameter everywhere.
-        std::mem::swap(&mut self.open, &mut self.error_open);
+        self.swap_tables();
         self.apply(event, time);
-        std::mem::swap(&mut self.open, &mut self.error_open);
+        self.swap_tables();
     }
 
     /// Apps PIA itself names as bypass apps (`Managing bypass apps: [...]` in the debug log):
@@ -95,8 +146,21 @@ impl SessionTracker {
         }
     }
 
+    /// Exchanges the debug log's tables with the error log's (see [`Self::apply_error`]).
+    pub fn swap_logs(&mut self) {
+        self.swap_tables();
+    }
+
+    fn swap_tables(&mut self) {
+        std::mem::swap(&mut self.open, &mut self.error_open);
+        std::mem::swap(&mut self.pending, &mut self.error_pending);
+    }
+
     /// Applies one event of the debug log, with the time of its line.
     pub fn apply(&mut self, event: &Event<'_>, time: Option<LocalMillis>) {
+        if let Some(t) = time {
+            self.sweep(t);
+        }
         match *event {
             Event::SessionOpened { id, proto, app, .. } => self.open_session(id, proto, app, time),
             Event::FlowError {
@@ -104,10 +168,7 @@ impl SessionTracker {
                 proto,
                 kind,
                 app,
-            } => {
-                let (app, proto) = self.resolve(id, proto, app);
-                self.counts.row(app, proto).errors[kind.index()] += 1;
-            }
+            } => self.flow_error(id, proto, kind, app, time),
             Event::SessionClosed {
                 id,
                 proto,
@@ -122,6 +183,11 @@ impl SessionTracker {
 
     fn open_session(&mut self, id: u64, proto: Proto, app: Text<'_>, time: Option<LocalMillis>) {
         let app = self.apps.intern(app);
+        // Lines of this id before its creation line (out of order, or a restart not logged).
+        let before = self.pending.remove(&id).map(|p| {
+            self.count_pending(&p, app, Some(proto));
+            p.failed
+        });
         if let Some(old) = self.open.remove(&id) {
             self.evictions.id_reused += 1;
             self.counts.row(old.app, Some(old.proto)).open -= 1;
@@ -138,6 +204,7 @@ impl SessionTracker {
                 app,
                 proto,
                 opened: time,
+                failed: before.unwrap_or(false),
             },
         );
         let row = self.counts.row(app, Some(proto));
@@ -145,16 +212,81 @@ impl SessionTracker {
         row.open += 1;
     }
 
-    /// App and transport of a line: the session's when it is open, else what the line says.
-    fn resolve(
+    /// An error line: counted on its session's app, or kept until a line of the id names it.
+    fn flow_error(
         &mut self,
         id: u64,
-        proto: Option<Proto>,
+        proto: ProtoKey,
+        kind: ErrorKind,
         app: Option<Text<'_>>,
-    ) -> (AppId, ProtoKey) {
-        match self.open.get(&id) {
-            Some(s) => (s.app, Some(s.proto)),
-            None => (app.map_or(AppId::UNKNOWN, |a| self.apps.intern(a)), proto),
+        time: Option<LocalMillis>,
+    ) {
+        if let Some(s) = self.open.get_mut(&id) {
+            s.failed |= channel_failure(kind);
+            let (app, proto) = (s.app, Some(s.proto));
+            self.counts.row(app, proto).errors[kind.index()] += 1;
+            return;
+        }
+        let named = app.map(|a| self.apps.intern(a));
+        let p = self.pending_entry(id);
+        p.app = p.app.or(named);
+        p.proto = p.proto.or(proto);
+        p.failed |= channel_failure(kind);
+        p.seen = time.or(p.seen);
+        p.errors[kind.index()] = p.errors[kind.index()].saturating_add(1);
+        if let Some(app) = p.app {
+            let (errors, proto) = (std::mem::take(&mut p.errors), p.proto);
+            self.count_errors(&errors, app, proto);
+        }
+    }
+
+    /// The pending entry of `id`, made room for (the oldest goes, its errors to `unknown`).
+    fn pending_entry(&mut self, id: u64) -> &mut Pending {
+        if !self.pending.contains_key(&id)
+            && self.pending.len() >= self.max_open
+            && let Some((_, old)) = self.pending.pop_first()
+        {
+            self.evictions.pending_full += 1;
+            self.count_pending(&old, AppId::UNKNOWN, None);
+        }
+        self.pending.entry(id).or_default()
+    }
+
+    /// Counts a pending entry's errors under its app, else `app`, and its transport, else `proto`.
+    fn count_pending(&mut self, p: &Pending, app: AppId, proto: ProtoKey) {
+        self.count_errors(&p.errors, p.app.unwrap_or(app), p.proto.or(proto));
+    }
+
+    fn count_errors(&mut self, errors: &[u16; ErrorKind::COUNT], app: AppId, proto: ProtoKey) {
+        if errors.iter().all(|&n| n == 0) {
+            return;
+        }
+        let row = self.counts.row(app, proto);
+        for (total, &n) in row.errors.iter_mut().zip(errors) {
+            *total += u64::from(n);
+        }
+    }
+
+    /// Pending entries whose last line is over [`PENDING_MAX_MS`] old go, their errors to
+    /// `unknown`: at error level no destructor ever ends them. At most once a minute of log time.
+    fn sweep(&mut self, now: LocalMillis) {
+        if self.swept.is_some_and(|s| (now.0 - s.0).abs() < 60_000) {
+            return;
+        }
+        self.swept = Some(now);
+        for _ in 0..2 {
+            let expired: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.seen.is_some_and(|t| now.0 - t.0 > PENDING_MAX_MS))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                let p = self.pending.remove(&id).expect("listed");
+                self.evictions.pending_expired += 1;
+                self.count_pending(&p, AppId::UNKNOWN, None);
+            }
+            self.swap_tables();
         }
     }
 
@@ -168,13 +300,23 @@ impl SessionTracker {
         time: Option<LocalMillis>,
     ) {
         let session = self.open.remove(&id);
-        let (app, proto) = match &session {
-            Some(s) => (s.app, Some(s.proto)),
-            None => (app.map_or(AppId::UNKNOWN, |a| self.apps.intern(a)), proto),
+        let (app, proto, failed) = match &session {
+            Some(s) => (s.app, Some(s.proto), s.failed),
+            None => {
+                let named = app.map(|a| self.apps.intern(a));
+                let p = self.pending.remove(&id).unwrap_or_default();
+                // The first line that named the app wins: one session, one app.
+                let app = p.app.or(named).unwrap_or(AppId::UNKNOWN);
+                let proto = proto.or(p.proto);
+                self.count_pending(&p, app, proto);
+                (app, proto, p.failed)
+            }
         };
         let outcome = outcome(rx, tx);
+        let reply = reply(rx, failed);
         let row = self.counts.row(app, proto);
         row.closed[outcome as usize] += 1;
+        row.replies[reply as usize] += 1;
         // Sizes come from the log: a few forged `999 TB` lines must not wrap a counter.
         row.rx_bytes = row.rx_bytes.saturating_add(rx.counted_bytes());
         row.tx_bytes = row.tx_bytes.saturating_add(tx.counted_bytes());
@@ -190,6 +332,7 @@ impl SessionTracker {
                 app,
                 proto,
                 outcome,
+                reply,
             });
         }
     }
@@ -198,6 +341,16 @@ impl SessionTracker {
         self.evictions.proxy_restart += self.open.len() as u64;
         for (_, s) in std::mem::take(&mut self.open) {
             self.counts.row(s.app, Some(s.proto)).open -= 1;
+        }
+        // Ids start again: no later line can name these apps.
+        self.flush_pending();
+    }
+
+    /// Counts every pending error (under its app if a line named it, else `unknown`) and
+    /// forgets the pending sessions: at a restart, and at the end of `analyze`'s files.
+    pub fn flush_pending(&mut self) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            self.count_pending(&p, AppId::UNKNOWN, None);
         }
     }
 
@@ -213,7 +366,13 @@ impl SessionTracker {
                     self.counts.row(old.app, Some(old.proto)).open -= 1;
                 }
             }
-            std::mem::swap(&mut self.open, &mut self.error_open);
+            while self.pending.len() > self.max_open {
+                if let Some((_, old)) = self.pending.pop_first() {
+                    self.evictions.pending_full += 1;
+                    self.count_pending(&old, AppId::UNKNOWN, None);
+                }
+            }
+            self.swap_tables();
         }
     }
 
@@ -269,11 +428,27 @@ impl SessionTracker {
     pub fn open_len(&self) -> usize {
         self.open.len() + self.error_open.len()
     }
+
+    /// Sessions without a creation line waiting for a line that names their app.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len() + self.error_pending.len()
+    }
 }
 
 /// The `"..."` strings of a printed list (`["a", "b"]`), without escapes (ids have none).
 fn quoted(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|&c| c == b'"').skip(1).step_by(2)
+}
+
+/// What a session received: nothing when `rxBytes` is `Zero KB`, or `0 MB` (a few bytes: a
+/// TLS alert, a reset) after its own channel failed (`failed`, see [`channel_failure`]).
+pub fn reply(rx: Size, failed: bool) -> Reply {
+    match rx {
+        Size::Zero => Reply::NoReply,
+        Size::UnderTenth if failed => Reply::NoReply,
+        Size::UnderTenth | Size::Bytes(_) => Reply::Received,
+        Size::Unparsed => Reply::Unknown,
+    }
 }
 
 /// `zero_bytes` only when both sizes are exactly `Zero KB`.
@@ -359,10 +534,14 @@ mod tests {
             (1, 1, 1, 0)
         );
         assert_eq!((a.duration_count, a.duration_sum_ms), (1, 2500));
+        // No line named the app of id 2 yet: pending, not counted, until none can.
+        assert_eq!(t.pending_len(), 1);
+        t.flush_pending();
         assert_eq!(
             row(&t, "unknown", None).errors(ErrorKind::ConnectionReset),
             1
         );
+        assert_eq!(t.pending_len(), 0);
     }
 
     #[test]
@@ -442,6 +621,106 @@ mod tests {
         );
         assert_eq!(row(&t, "other", Some(Proto::Tcp)).opened, 1);
         assert_eq!((t.apps().folded(), t.apps().invalid()), (1, 1));
+    }
+
+    fn error(t: &mut SessionTracker, id: u64, kind: ErrorKind, app: Option<&str>, ms: i64) {
+        t.apply(
+            &Event::FlowError {
+                id,
+                proto: Some(Proto::Tcp),
+                kind,
+                app: app.map(Text::from),
+            },
+            Some(LocalMillis(ms)),
+        );
+    }
+
+    fn apps_with_errors(t: &SessionTracker) -> Vec<(String, u64)> {
+        t.counts()
+            .iter()
+            .map(|(a, _, c)| (t.apps().name(a).to_owned(), c.errors.iter().sum::<u64>()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    #[test]
+    fn an_error_without_app_takes_it_from_a_later_line_of_its_id() {
+        let mut t = SessionTracker::new(16, 16);
+        t.record_closed(true);
+        // The seed's connect timeout with its creation line rotated away.
+        error(&mut t, 152, ErrorKind::ConnectTimeout, None, 1000);
+        assert_eq!(apps_with_errors(&t), []);
+        close(&mut t, 152, Size::Zero, Some("com.plexapp.plexmediaserver"));
+        assert_eq!(
+            apps_with_errors(&t),
+            [("com.plexapp.plexmediaserver".to_owned(), 1)]
+        );
+        let c = t.drain_closed();
+        assert_eq!(
+            (t.apps().name(c[0].app), c[0].reply),
+            ("com.plexapp.plexmediaserver", Reply::NoReply)
+        );
+        assert_eq!(t.pending_len(), 0);
+    }
+
+    #[test]
+    fn an_error_without_app_takes_it_from_an_earlier_line_counted_once() {
+        let mut t = SessionTracker::new(16, 16);
+        error(&mut t, 9, ErrorKind::EmptyBuffer, Some("com.apple.Safari"), 1000);
+        error(&mut t, 9, ErrorKind::ConnectionReset, None, 1001);
+        // A destructor naming another app cannot split the session.
+        close(&mut t, 9, Size::UnderTenth, Some("com.other.app"));
+        assert_eq!(apps_with_errors(&t), [("com.apple.Safari".to_owned(), 2)]);
+        let safari = row(&t, "com.apple.Safari", Some(Proto::Tcp));
+        // `0 MB` after a reset of its own channel: it got no reply.
+        assert_eq!(
+            (safari.sessions_closed(), safari.replies(Reply::NoReply)),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_restart_ends_what_an_id_can_name() {
+        let mut t = SessionTracker::new(16, 16);
+        error(&mut t, 5, ErrorKind::ConnectTimeout, None, 1000);
+        t.apply(&Event::ProxyStarted, None);
+        // Id 5 of the new start is another session.
+        close(&mut t, 5, Size::Zero, Some("com.b"));
+        assert_eq!(apps_with_errors(&t), [("unknown".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn pending_ids_are_bounded_and_counted() {
+        let mut t = SessionTracker::new(2, 16);
+        for id in 1..=3 {
+            error(&mut t, id, ErrorKind::ConnectTimeout, None, 1000);
+        }
+        assert_eq!((t.pending_len(), t.evictions().pending_full), (2, 1));
+        assert_eq!(apps_with_errors(&t), [("unknown".to_owned(), 1)]);
+        // Past PENDING_MAX_MS without a line naming them (an error-level log has none).
+        error(&mut t, 9, ErrorKind::EmptyBuffer, Some("com.a"), 1000 + PENDING_MAX_MS + 1);
+        assert_eq!(t.evictions().pending_expired, 2);
+        assert_eq!(
+            apps_with_errors(&t),
+            [("unknown".to_owned(), 3), ("com.a".to_owned(), 1)]
+        );
+        // Restored from a checkpoint: the pending table comes back.
+        let back: SessionTracker =
+            serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back.pending_len(), 1);
+    }
+
+    #[test]
+    fn replies() {
+        // Exact accounting stays: `0 MB` is not zero bytes, but with its channel failed
+        // (PIA's #93) the session got no reply.
+        assert_eq!(reply(Size::Zero, false), Reply::NoReply);
+        assert_eq!(reply(Size::UnderTenth, true), Reply::NoReply);
+        assert_eq!(reply(Size::UnderTenth, false), Reply::Received);
+        assert_eq!(reply(Size::Bytes(5), true), Reply::Received);
+        assert_eq!(reply(Size::Unparsed, true), Reply::Unknown);
+        assert!(channel_failure(ErrorKind::IoOnClosedChannel));
+        assert!(!channel_failure(ErrorKind::EmptyBuffer));
     }
 
     #[test]

@@ -1,77 +1,25 @@
-//! Session closes over a sliding window, fed by the log stage, and the one sessions verdict
-//! drawn from it with the config's thresholds (`fallback.zero_byte_ratio`, `min_sessions`,
-//! `window_secs`): the fallback policy, `/health` and `/metrics` (`sessions_verdict`, which the
-//! alert rules read) all take it from [`SessionWindow::verdict`].
+//! Session closes over a sliding window, fed by the log stage, and the sessions verdict over
+//! it ([`super::verdict::judge`], thresholds `fallback.no_reply_ratio`,
+//! `healthy_no_reply_ratio`, `min_sessions`, `window_secs`): the fallback policy, `/health`,
+//! the status page and `/metrics` (`sessions_verdict`, which the alert rules read) all take it
+//! from [`SessionWindow::verdict`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use macro_rules_attribute::apply;
 use serde::Serialize;
 
-use crate::labels::label_set;
+use super::counts::{ProtoKey, Reply};
+pub use super::verdict::{Ratio, SessionsState, SessionsVerdict, Tally, Thresholds, judge};
 
-/// Zero-byte closes out of all closes, over the window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Ratio {
-    pub zero: u64,
-    pub total: u64,
-}
-
-impl Ratio {
-    pub fn share(self) -> Option<f64> {
-        (self.total > 0).then(|| self.zero as f64 / self.total as f64)
-    }
-}
-
-/// What the sessions in the window say; its snake_case name is the `state` label of
-/// `sessions_verdict`.
-#[apply(label_set!)]
-pub enum SessionsState {
-    /// At least `min_sessions` closed and at least `zero_byte_ratio` of them with zero bytes.
-    ZeroBytes,
-    /// Enough sessions, and fewer of them with zero bytes.
-    Healthy,
-    /// Fewer than `min_sessions` closed: no judgement.
-    TooFew,
-}
-
-/// The sessions verdict at one moment: its state and what it was drawn from.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct SessionsVerdict {
-    pub state: SessionsState,
-    #[serde(flatten)]
-    pub ratio: Ratio,
-    pub window_seconds: u64,
-}
-
-impl SessionsVerdict {
-    /// Most bypass sessions close with zero bytes: a reason to ask for a probe, never to act.
-    pub fn zero_bytes(&self) -> bool {
-        self.state == SessionsState::ZeroBytes
-    }
-}
-
-/// When the sessions say "zero bytes" (`fallback.zero_byte_ratio`, `fallback.min_sessions`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Thresholds {
-    pub zero_byte_ratio: f64,
-    pub min_sessions: u32,
-}
-
-impl Thresholds {
-    /// The sessions verdict's rule, for closes over any span (the window, or a whole log for
-    /// `analyze`).
-    pub fn judge(self, ratio: Ratio) -> SessionsState {
-        if ratio.total < u64::from(self.min_sessions) {
-            SessionsState::TooFew
-        } else if ratio.share().is_some_and(|r| r >= self.zero_byte_ratio) {
-            SessionsState::ZeroBytes
-        } else {
-            SessionsState::Healthy
-        }
-    }
+/// One close in the window.
+#[derive(Debug)]
+struct Close {
+    at: Instant,
+    app: Arc<str>,
+    proto: ProtoKey,
+    no_reply: bool,
 }
 
 /// One app's closes over the window.
@@ -89,7 +37,7 @@ pub struct SessionWindow {
     window: Duration,
     thresholds: Thresholds,
     max_events: usize,
-    events: VecDeque<(Instant, Arc<str>, bool)>,
+    events: VecDeque<Close>,
 }
 
 impl SessionWindow {
@@ -106,44 +54,51 @@ impl SessionWindow {
         }
     }
 
-    /// The sessions verdict over the window ending at `now`: the one place the thresholds
-    /// are applied.
+    /// The sessions verdict over the window ending at `now`.
     pub fn verdict(&self, now: Instant) -> SessionsVerdict {
-        let ratio = self.ratio(now);
-        SessionsVerdict {
-            state: self.thresholds.judge(ratio),
-            ratio,
-            window_seconds: self.window.as_secs(),
+        let mut tally = Tally::default();
+        for c in self.live(now) {
+            tally.add(&c.app, c.proto, ratio_of(c));
         }
+        judge(self.thresholds, &tally, self.window.as_secs())
     }
 
-    /// A session of `app` closed at `at`, having moved no byte in either direction when
-    /// `zero_bytes`. Closes are expected roughly in time order; late ones are kept.
-    pub fn record_close(&mut self, app: &str, at: Instant, zero_bytes: bool) {
+    /// A session of `app` over `proto` closed at `at`, having received what `reply` says
+    /// (closes whose size could not be read are not judged). Closes are expected roughly in
+    /// time order; late ones are kept.
+    pub fn record_close(&mut self, app: &str, proto: ProtoKey, at: Instant, reply: Reply) {
+        if reply == Reply::Unknown {
+            return;
+        }
         let app = self
             .events
             .iter()
             .rev()
-            .find(|(_, a, _)| &**a == app)
-            .map(|(_, a, _)| a.clone())
+            .find(|c| &*c.app == app)
+            .map(|c| c.app.clone())
             .unwrap_or_else(|| Arc::from(app));
-        self.events.push_back((at, app, zero_bytes));
+        self.events.push_back(Close {
+            at,
+            app,
+            proto,
+            no_reply: reply == Reply::NoReply,
+        });
         while self.events.len() > self.max_events {
             self.events.pop_front();
         }
         self.prune(at);
     }
 
-    fn live(&self, now: Instant) -> impl Iterator<Item = &(Instant, Arc<str>, bool)> {
+    fn live(&self, now: Instant) -> impl Iterator<Item = &Close> {
         let start = now.checked_sub(self.window);
         self.events
             .iter()
-            .filter(move |(t, _, _)| start.is_none_or(|s| *t > s))
+            .filter(move |c| start.is_none_or(|s| c.at > s))
     }
 
     fn prune(&mut self, now: Instant) {
         if let Some(start) = now.checked_sub(self.window) {
-            while self.events.front().is_some_and(|(t, _, _)| *t <= start) {
+            while self.events.front().is_some_and(|c| c.at <= start) {
                 self.events.pop_front();
             }
         }
@@ -152,9 +107,8 @@ impl SessionWindow {
     /// All apps together over the window ending at `now`.
     pub fn ratio(&self, now: Instant) -> Ratio {
         let mut r = Ratio::default();
-        for (_, _, zero) in self.live(now) {
-            r.total += 1;
-            r.zero += u64::from(*zero);
+        for c in self.live(now) {
+            r.add(ratio_of(c));
         }
         r
     }
@@ -162,10 +116,8 @@ impl SessionWindow {
     /// Per app over the window ending at `now`, sorted by app name.
     pub fn per_app(&self, now: Instant) -> Vec<AppRatio> {
         let mut map: std::collections::BTreeMap<&str, Ratio> = Default::default();
-        for (_, app, zero) in self.live(now) {
-            let r = map.entry(app).or_default();
-            r.total += 1;
-            r.zero += u64::from(*zero);
+        for c in self.live(now) {
+            map.entry(&c.app).or_default().add(ratio_of(c));
         }
         map.into_iter()
             .map(|(app, ratio)| AppRatio {
@@ -180,11 +132,18 @@ impl SessionWindow {
     }
 }
 
+fn ratio_of(c: &Close) -> Ratio {
+    Ratio {
+        no_reply: u64::from(c.no_reply),
+        total: 1,
+    }
+}
+
 /// The window as shared between the log pipeline (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
 /// When the sessions become evidence of a broken bypass (the window's verdict turns
-/// [`SessionsState::ZeroBytes`]): edge-triggered, so a window that stays there asks for one
+/// [`SessionsState::Broken`]): edge-triggered, so a window that stays there asks for one
 /// confirming round, not one per close. It only asks for a probe round; acting still needs
 /// the probes to agree.
 #[derive(Debug, Default)]
@@ -195,7 +154,7 @@ pub struct EvidenceEdge {
 impl EvidenceEdge {
     /// The window's verdict now; true when it has just turned to zero bytes.
     pub fn crossed(&mut self, v: &SessionsVerdict) -> bool {
-        let above = v.zero_bytes();
+        let above = v.broken();
         let crossed = above && !self.above;
         self.above = above;
         crossed
@@ -205,31 +164,56 @@ impl EvidenceEdge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy_log::Proto;
 
     const T: Thresholds = Thresholds {
-        zero_byte_ratio: 0.75,
+        no_reply_ratio: 0.75,
+        healthy_no_reply_ratio: 0.2,
         min_sessions: 4,
     };
+    const TCP: ProtoKey = Some(Proto::Tcp);
+
+    fn reply(no_reply: bool) -> Reply {
+        if no_reply {
+            Reply::NoReply
+        } else {
+            Reply::Received
+        }
+    }
 
     #[test]
     fn slides_and_counts_per_app() {
         let t0 = Instant::now();
         let mut w = SessionWindow::new(Duration::from_secs(300), T);
-        w.record_close("Plex", t0, true);
-        w.record_close("Plex", t0 + Duration::from_secs(10), false);
-        w.record_close("curl", t0 + Duration::from_secs(20), true);
+        w.record_close("Plex", TCP, t0, Reply::NoReply);
+        w.record_close("Plex", TCP, t0 + Duration::from_secs(10), Reply::Received);
+        w.record_close("curl", TCP, t0 + Duration::from_secs(20), Reply::NoReply);
+        // Not judged: its size could not be read.
+        w.record_close("curl", TCP, t0 + Duration::from_secs(20), Reply::Unknown);
         assert_eq!(
             w.ratio(t0 + Duration::from_secs(30)),
-            Ratio { zero: 2, total: 3 }
+            Ratio {
+                no_reply: 2,
+                total: 3
+            }
         );
         // The first close leaves the window 300 s after it happened.
         assert_eq!(
             w.ratio(t0 + Duration::from_secs(305)),
-            Ratio { zero: 1, total: 2 }
+            Ratio {
+                no_reply: 1,
+                total: 2
+            }
         );
         let apps = w.per_app(t0 + Duration::from_secs(30));
         assert_eq!(apps[0].app, "Plex");
-        assert_eq!(apps[0].ratio, Ratio { zero: 1, total: 2 });
+        assert_eq!(
+            apps[0].ratio,
+            Ratio {
+                no_reply: 1,
+                total: 2
+            }
+        );
         assert_eq!(w.ratio(t0 + Duration::from_secs(1000)).total, 0);
     }
 
@@ -239,8 +223,8 @@ mod tests {
         let mut w = SessionWindow::new(Duration::from_secs(60), T);
         let mut e = EvidenceEdge::default();
         let mut seen = Vec::new();
-        // Too few; turns zero bytes; stays; healthy; zero bytes again; the window empties.
-        for (zero, at) in [
+        // Too few; turns broken; stays; not broken; broken again; the window empties.
+        for (no_reply, at) in [
             (true, 0),
             (true, 0),
             (true, 0),
@@ -248,11 +232,11 @@ mod tests {
             (false, 0),
             (false, 0),
         ] {
-            w.record_close("a", t0 + Duration::from_secs(at), zero);
+            w.record_close("a", TCP, t0 + Duration::from_secs(at), reply(no_reply));
             seen.push(e.crossed(&w.verdict(t0)));
         }
         for _ in 0..6 {
-            w.record_close("a", t0, true);
+            w.record_close("a", TCP, t0, Reply::NoReply);
         }
         seen.push(e.crossed(&w.verdict(t0)));
         seen.push(e.crossed(&w.verdict(t0 + Duration::from_secs(61))));
@@ -260,18 +244,31 @@ mod tests {
     }
 
     #[test]
-    fn verdict_applies_the_thresholds() {
+    fn verdict_is_the_one_judgement_over_the_window() {
         let t0 = Instant::now();
         let mut w = SessionWindow::new(Duration::from_secs(60), T);
-        for zero in [true, true, true] {
-            w.record_close("a", t0, zero);
+        for _ in 0..3 {
+            w.record_close("a", TCP, t0, Reply::NoReply);
         }
         assert_eq!(w.verdict(t0).state, SessionsState::TooFew);
-        w.record_close("b", t0, false);
+        w.record_close("b", TCP, t0, Reply::Received);
         // 3 of 4 = 0.75: at the threshold counts.
-        assert_eq!(w.verdict(t0).state, SessionsState::ZeroBytes);
-        w.record_close("b", t0, false);
-        assert_eq!(w.verdict(t0).state, SessionsState::Healthy);
+        assert_eq!(w.verdict(t0).state, SessionsState::Broken);
+        w.record_close("b", TCP, t0, Reply::Received);
+        // 3 of 5 is neither broken nor what a healthy Mac shows.
+        let v = w.verdict(t0);
+        assert_eq!(v.state, SessionsState::Inconclusive);
+        assert_eq!(v.sentence(), "inconclusive: 60% of 5 sessions got no reply (tcp 60% of 5)");
+        for _ in 0..6 {
+            w.record_close("b", TCP, t0, Reply::Received);
+        }
+        // a: 3 of 3 (too few alone), b: 0 of 8: 27%, still inconclusive, never working.
+        assert_eq!(w.verdict(t0).state, SessionsState::Inconclusive);
+        w.record_close("a", TCP, t0, Reply::NoReply);
+        let v = w.verdict(t0);
+        assert_eq!(v.state, SessionsState::Partial);
+        assert_eq!(v.failing[0].name, "a");
+        assert_eq!(v.working, ["b"]);
         assert_eq!(
             w.verdict(t0 + Duration::from_secs(61)).state,
             SessionsState::TooFew
@@ -283,7 +280,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = SessionWindow::with_capacity(Duration::from_secs(300), T, 3);
         for i in 0..10 {
-            w.record_close("a", t0 + Duration::from_millis(i), true);
+            w.record_close("a", TCP, t0 + Duration::from_millis(i), Reply::NoReply);
         }
         assert_eq!(w.ratio(t0 + Duration::from_secs(1)).total, 3);
     }

@@ -16,7 +16,7 @@ use crate::health::Health;
 use crate::pipeline::Pipeline;
 use crate::probe::verdict::State as Verdict;
 use crate::probe::{PathKind, Round};
-use crate::sessions::counts::CloseOutcome;
+use crate::sessions::counts::Reply;
 use crate::sessions::window::{SessionsState, SharedWindow};
 
 /// Everything the page reads; each part is the agent's own shared state.
@@ -61,7 +61,7 @@ impl StatusSource {
         for a in window_apps {
             let row = apps.entry(a.app.clone()).or_default();
             row.window_sessions = a.ratio.total;
-            row.window_zero = a.ratio.zero;
+            row.window_zero = a.ratio.no_reply;
         }
         since_start(&self.pipeline.lock().expect("pipeline lock"), &mut apps);
         let apps = apps
@@ -137,8 +137,9 @@ pub fn tone(verdict: Option<Verdict>, sessions: SessionsState, fallback_active: 
         (Some(Verdict::BypassWorking), _) => Tone::Working,
         (Some(Verdict::BypassBroken | Verdict::VpnLeak), _) => Tone::Broken,
         (Some(Verdict::TunnelDown), _) => Tone::VpnDown,
-        (_, SessionsState::ZeroBytes) => Tone::Broken,
-        (None, SessionsState::Healthy) => Tone::Working,
+        (_, SessionsState::Broken) => Tone::Broken,
+        (None, SessionsState::Partial | SessionsState::Inconclusive) => Tone::Failing,
+        (None, SessionsState::Working) => Tone::Working,
         (Some(Verdict::NoNetwork | Verdict::Undetermined), _) | (None, SessionsState::TooFew) => {
             Tone::NotMeasured
         }
@@ -153,7 +154,7 @@ fn since_start(pipeline: &Pipeline, apps: &mut BTreeMap<String, AppRow>) {
         let name = tracker.apps().name(id);
         let row = apps.entry(name.to_owned()).or_default();
         row.total_sessions += c.sessions_closed();
-        row.total_zero += c.closed(CloseOutcome::ZeroBytes);
+        row.total_zero += c.replies(Reply::NoReply);
         row.total_bytes += c.rx_bytes + c.tx_bytes;
         let e = errors.entry(name.to_owned()).or_default();
         for kind in crate::proxy_log::ErrorKind::iter() {
@@ -218,27 +219,31 @@ mod tests {
         assert_eq!(
             tone(
                 Some(Verdict::BypassWorking),
-                SessionsState::ZeroBytes,
+                SessionsState::Broken,
                 false
             ),
             Tone::Working
         );
         assert_eq!(
-            tone(Some(Verdict::BypassWorking), SessionsState::Healthy, true),
+            tone(Some(Verdict::BypassWorking), SessionsState::Working, true),
             Tone::Repaired
         );
         assert_eq!(
-            tone(Some(Verdict::BypassBroken), SessionsState::Healthy, false),
+            tone(Some(Verdict::BypassBroken), SessionsState::Working, false),
             Tone::Broken
         );
         assert_eq!(
             tone(Some(Verdict::TunnelDown), SessionsState::TooFew, false),
             Tone::VpnDown
         );
-        assert_eq!(tone(None, SessionsState::ZeroBytes, false), Tone::Broken);
+        assert_eq!(tone(None, SessionsState::Broken, false), Tone::Broken);
         assert_eq!(tone(None, SessionsState::TooFew, false), Tone::NotMeasured);
+        // Without a probe, a log where some sessions fail is never "working".
+        for s in [SessionsState::Partial, SessionsState::Inconclusive] {
+            assert_eq!(tone(None, s, false), Tone::Failing);
+        }
         assert_eq!(
-            tone(Some(Verdict::Undetermined), SessionsState::Healthy, false),
+            tone(Some(Verdict::Undetermined), SessionsState::Working, false),
             Tone::NotMeasured
         );
     }

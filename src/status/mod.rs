@@ -15,6 +15,8 @@ use std::fmt::Write;
 pub enum Tone {
     Working,
     Broken,
+    /// No probe round, and the sessions say partial or inconclusive.
+    Failing,
     Repaired,
     VpnDown,
     NotMeasured,
@@ -27,6 +29,10 @@ impl Tone {
                 "The split tunnel is working: bypass apps reach the internet directly."
             }
             Tone::Broken => "The split tunnel is broken: bypass apps' sessions go nowhere.",
+            Tone::Failing => {
+                "Some bypass sessions get no reply (see the sessions line below); no probe has \
+                 confirmed whether the split tunnel works."
+            }
             Tone::Repaired => "The split tunnel is broken, and the fallback's rules repair it.",
             Tone::VpnDown => "The VPN is down: there is no tunnel to bypass.",
             Tone::NotMeasured => "Not measured yet: no probe round or session seen.",
@@ -37,6 +43,7 @@ impl Tone {
         match self {
             Tone::Working => "#1b7f3b",
             Tone::Broken => "#b3261e",
+            Tone::Failing => "#b36b00",
             Tone::Repaired => "#b36b00",
             Tone::VpnDown => "#5b5b9f",
             Tone::NotMeasured => "#666",
@@ -46,7 +53,9 @@ impl Tone {
     /// The README's runbook for this state, when there is a problem.
     fn runbook(self) -> Option<&'static str> {
         match self {
-            Tone::Broken | Tone::Repaired => Some("runbook-piasplittunnelbypassbroken"),
+            Tone::Broken | Tone::Failing | Tone::Repaired => {
+                Some("runbook-piasplittunnelbypassbroken")
+            }
             Tone::Working | Tone::VpnDown | Tone::NotMeasured => None,
         }
     }
@@ -55,11 +64,12 @@ impl Tone {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AppRow {
     pub app: String,
-    /// Proxied sessions closed in the last window, and those with zero bytes.
+    /// Proxied sessions closed in the last window, and those that got no reply.
     pub window_sessions: u64,
     pub window_zero: u64,
     /// Since the agent started (the numbers `analyze` gives).
     pub total_sessions: u64,
+    /// Of them, those that got no reply.
     pub total_zero: u64,
     pub total_bytes: u64,
     /// The most frequent error kinds, e.g. "timeout 12, refused 3".
@@ -172,12 +182,12 @@ pub fn render(view: &StatusView) -> String {
     let _ = write!(
         h,
         "<h2>Apps (last {} s, worst first)</h2><table id=\"apps\"><tr><th>app</th>\
-         <th>sessions</th><th>zero-byte</th><th>since start</th><th>zero-byte</th><th>bytes</th>\
+         <th>sessions</th><th>no reply</th><th>since start</th><th>no reply</th><th>bytes</th>\
          <th>top errors</th></tr>",
         view.window_seconds
     );
     let mut apps: Vec<&AppRow> = view.apps.iter().collect();
-    // Worst first: most zero-byte sessions, then the highest share.
+    // Worst first: most sessions without a reply, then the highest share.
     apps.sort_by(|a, b| {
         b.window_zero
             .cmp(&a.window_zero)

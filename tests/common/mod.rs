@@ -18,6 +18,8 @@ use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
 use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
+use pia_split_tunnel_exporter::proxy_log::Proto;
+use pia_split_tunnel_exporter::sessions::Reply;
 
 pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 1);
@@ -94,16 +96,28 @@ pub fn round(tunnel: bool, bypass: Bypass) -> Round {
 /// No session closed: the sessions verdict "too few".
 pub const NO_SESSIONS: SessionsVerdict = SessionsVerdict {
     state: SessionsState::TooFew,
-    ratio: Ratio { zero: 0, total: 0 },
+    ratio: Ratio {
+        no_reply: 0,
+        total: 0,
+    },
     window_seconds: 300,
+    min_sessions: 5,
+    failing: Vec::new(),
+    working: Vec::new(),
 };
 
-/// The sessions verdict of the default thresholds over `total` closes, `zero` of them empty.
+/// The sessions verdict of the default thresholds over `total` closes, `zero` of them
+/// without a reply.
 pub fn sessions(zero: u64, total: u64) -> SessionsVerdict {
     let now = std::time::Instant::now();
     let mut w = FallbackConfig::default().session_window();
     for i in 0..total {
-        w.record_close("app", now, i < zero);
+        let reply = if i < zero {
+            Reply::NoReply
+        } else {
+            Reply::Received
+        };
+        w.record_close("app", Some(Proto::Tcp), now, reply);
     }
     w.verdict(now)
 }
