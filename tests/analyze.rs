@@ -50,32 +50,135 @@ fn verdict_names_the_failure() {
     let broken = analyze_json(&[&fixture("broken.log")], &[]);
     assert_eq!(
         broken["_summary"]["verdict"],
-        "bypass broken: 100% of 80 sessions closed with zero bytes"
+        "broken: 100% of 80 sessions got no reply; 100% of 80 closed with zero bytes both ways"
     );
     let healthy = analyze_json(&[&fixture("healthy.log")], &[]);
+    assert_eq!(
+        healthy["_summary"]["verdict"],
+        "working: 5% of 80 sessions got no reply; 5% of 80 closed with zero bytes both ways"
+    );
+    // Half the sessions fail in every app: read "bypass working" before sessions were judged
+    // by what they received; never working now.
+    let mixed = analyze_json(&[&fixture("mixed.log")], &[]);
+    let said = mixed["_summary"]["verdict"].as_str().unwrap();
     assert!(
-        healthy["_summary"]["verdict"]
-            .as_str()
-            .unwrap()
-            .starts_with("bypass working"),
-        "{healthy}"
+        said.starts_with("inconclusive: 50% of 80 sessions got no reply (")
+            && said.contains("com.plexapp.plexmediaserver 48% of 25"),
+        "{said}"
     );
     let out = run_bin(
         &["analyze", &fixture("broken.log").display().to_string()],
         &[],
     );
-    // Like `probe`: exit 1 on "bypass broken", 0 otherwise.
+    // Like `probe`: exit 1 on "broken", 0 otherwise.
     assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8(out.stdout).unwrap();
-    for healthy in ["healthy.log", "mixed.log"] {
-        let out = run_bin(&["analyze", &fixture(healthy).display().to_string()], &[]);
-        assert_eq!(out.status.code(), Some(0), "{healthy}");
+    for other in ["healthy.log", "mixed.log"] {
+        let out = run_bin(&["analyze", &fixture(other).display().to_string()], &[]);
+        assert_eq!(out.status.code(), Some(0), "{other}");
     }
     assert!(
-        table.contains("verdict: bypass broken: 100% of 80 sessions"),
+        table.contains("verdict: broken: 100% of 80 sessions"),
         "{table}"
     );
     assert!(table.contains("com.plexapp.plexmediaserver"), "{table}");
+}
+
+/// `copies` of a fixture's sessions (its `#` header dropped), each copy's ids moved past the
+/// others' and past any id of the samples, so they stay apart within one proxy start.
+fn sessions_of(fixture_name: &str, copies: u64) -> String {
+    let text = std::fs::read_to_string(fixture(fixture_name)).unwrap();
+    let mut out = String::new();
+    for k in 0..copies {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let at = line.find("id: ").expect("a session line") + 4;
+            let digits = line[at..].find(' ').unwrap();
+            let id: u64 = line[at..at + digits].parse().unwrap();
+            out.push_str(&format!(
+                "{}{}{}\r\n",
+                &line[..at],
+                10_000 + 1000 * k + id,
+                &line[at + digits..]
+            ));
+        }
+    }
+    out
+}
+
+fn analyze_text(text: &str) -> (Value, Option<i32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("transparent_proxy.log");
+    std::fs::write(&log, text).unwrap();
+    let json = analyze_json(&[&log], &[]);
+    let code = run_bin(&["analyze", &log.display().to_string()], &[])
+        .status
+        .code();
+    (json, code)
+}
+
+/// PIA's own report (#93): creation, ioOnClosedChannel, `rxBytes=0 MB txBytes=0 MB`. Forty
+/// such sessions read "bypass working: 0% of 40 closed with zero bytes" and exited 0.
+#[test]
+fn forty_sessions_as_in_pias_report_are_broken() {
+    let (json, code) = analyze_text(&sessions_of("pia-desktop-93.txt", 40));
+    let s = &json["_summary"];
+    assert_eq!(
+        s["verdict"],
+        "broken: 100% of 40 sessions got no reply; 0% of 40 closed with zero bytes both ways"
+    );
+    assert_eq!(code, Some(1));
+    // Byte accounting stays exact: `0 MB` is not zero bytes.
+    let plex = &json["com.plexapp.plexmediaserver"]["tcp"];
+    assert_eq!(
+        (plex["zero_byte_closures"].as_u64(), plex["no_reply_closures"].as_u64()),
+        (Some(0), Some(40))
+    );
+    assert_eq!(s["sessions"]["state"], "broken");
+    assert_eq!(s["unrecognized_lines"], 0);
+}
+
+/// The seed's three shapes together: every session received nothing, but a fifth of the
+/// closes print `0 MB` (80% zero bytes both ways read "bypass working" before).
+#[test]
+fn the_seeds_failure_shapes_are_broken_and_attributed() {
+    let (json, code) = analyze_text(&sessions_of("seed-failure-shapes.txt", 8));
+    let s = &json["_summary"];
+    assert_eq!(
+        s["verdict"],
+        "broken: 100% of 40 sessions got no reply; 80% of 40 closed with zero bytes both ways"
+    );
+    assert_eq!(code, Some(1));
+    // The connect timeouts' creation lines are missing: their destructor names Plex.
+    assert!(json.get("unknown").is_none(), "{json}");
+    let plex = &json["com.plexapp.plexmediaserver"]["tcp"];
+    assert_eq!(plex["errors"]["connect_timeout"], 8);
+    assert_eq!(plex["no_reply_closures"], 24);
+}
+
+/// A third to a half of the sessions fail: inconclusive or partial, naming the failing app,
+/// never working.
+#[test]
+fn a_log_where_a_third_to_half_fail_is_never_working() {
+    let healthy = std::fs::read_to_string(fixture("healthy.log")).unwrap();
+    for (copies, want) in [
+        (
+            40,
+            "inconclusive: 37% of 120 sessions got no reply; no reply: \
+             com.plexapp.plexmediaserver 67% of 60, com.apple.Safari.SafeBrowsing 29% of 14; \
+             working: com.apple.Safari, com.backblaze.bzserv, com.noip.DUC",
+        ),
+        (
+            60,
+            "partial: 46% of 140 sessions got no reply; no reply: com.plexapp.plexmediaserver \
+             75% of 80; working: com.apple.Safari, com.backblaze.bzserv, com.noip.DUC",
+        ),
+    ] {
+        let (json, code) =
+            analyze_text(&(healthy.clone() + &sessions_of("pia-desktop-93.txt", copies)));
+        let said = json["_summary"]["verdict"].as_str().unwrap();
+        assert!(said.starts_with(want), "{said}");
+        assert_eq!(code, Some(0), "{said}");
+    }
 }
 
 /// A rotation mid-session: the archive `.1` holds the start, the live file the rest. Given in

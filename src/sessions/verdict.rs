@@ -201,27 +201,29 @@ pub fn judge(t: Thresholds, tally: &Tally, window_seconds: u64) -> SessionsVerdi
         _ if split(&apps) || split(&protos) => SessionsState::Partial,
         s => s,
     };
-    let all = || apps.iter().chain(&protos);
+    // Transports are named only when one of them works: "tcp 100%" beside every app says
+    // nothing the apps do not.
+    let transports_differ = protos.iter().any(|g| g.state == SessionsState::Working);
+    let all = || {
+        apps.iter()
+            .chain(protos.iter().filter(move |_| transports_differ))
+    };
+    let fails = |g: &&Group| match state {
+        SessionsState::Partial => g.state == SessionsState::Broken,
+        _ => matches!(g.state, SessionsState::Broken | SessionsState::Inconclusive),
+    };
+    let working: Vec<String> = all()
+        .filter(|g| g.state == SessionsState::Working)
+        .map(|g| g.name.clone())
+        .collect();
     let mut failing: Vec<Group> = match state {
         SessionsState::TooFew | SessionsState::Working => Vec::new(),
-        SessionsState::Partial => all()
-            .filter(|g| g.state == SessionsState::Broken)
-            .cloned()
-            .collect(),
-        _ => all()
-            .filter(|g| matches!(g.state, SessionsState::Broken | SessionsState::Inconclusive))
-            .cloned()
-            .collect(),
+        // Everything failed: the overall share says it all.
+        SessionsState::Broken if working.is_empty() => Vec::new(),
+        _ => all().filter(fails).cloned().collect(),
     };
     failing.sort_by(|a, b| b.ratio.percent().cmp(&a.ratio.percent()));
-    let working = if failing.is_empty() || state == SessionsState::Broken && apps.len() < 2 {
-        Vec::new()
-    } else {
-        all()
-            .filter(|g| g.state == SessionsState::Working)
-            .map(|g| g.name.clone())
-            .collect()
-    };
+    let working = if failing.is_empty() { Vec::new() } else { working };
     SessionsVerdict {
         state,
         ratio: tally.overall,
@@ -299,13 +301,24 @@ mod tests {
         let v = judge(T, &tally(&[("com.a", Tcp, 6, 10), ("com.b", Tcp, 1, 10)]), 0);
         assert_eq!(
             v.sentence(),
-            "inconclusive: 35% of 20 sessions got no reply; no reply: com.a 60% of 10, \
-             tcp 35% of 20; working: com.b"
+            "inconclusive: 35% of 20 sessions got no reply; no reply: com.a 60% of 10; \
+             working: com.b"
         );
         let v = judge(T, &tally(&[("com.a", Tcp, 40, 40)]), 0);
         assert_eq!(
             v.sentence(),
-            "broken: 100% of 40 sessions got no reply (com.a 100% of 40, tcp 100% of 40)"
+            "broken: 100% of 40 sessions got no reply"
+        );
+        // One transport fails, the other works: named.
+        let v = judge(
+            T,
+            &tally(&[("com.a", Udp, 10, 10), ("com.a", Tcp, 0, 30), ("com.b", Tcp, 1, 10)]),
+            0,
+        );
+        assert_eq!(
+            v.sentence(),
+            "partial: 22% of 50 sessions got no reply; no reply: udp 100% of 10; \
+             working: com.b, tcp"
         );
         assert_eq!(
             judge(T, &tally(&[("com.a", Tcp, 1, 2)]), 0).sentence(),

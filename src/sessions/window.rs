@@ -258,7 +258,7 @@ mod tests {
         // 3 of 5 is neither broken nor what a healthy Mac shows.
         let v = w.verdict(t0);
         assert_eq!(v.state, SessionsState::Inconclusive);
-        assert_eq!(v.sentence(), "inconclusive: 60% of 5 sessions got no reply (tcp 60% of 5)");
+        assert_eq!(v.sentence(), "inconclusive: 60% of 5 sessions got no reply");
         for _ in 0..6 {
             w.record_close("b", TCP, t0, Reply::Received);
         }
