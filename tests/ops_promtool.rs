@@ -26,7 +26,7 @@ pub fn promtool(args: &[&str]) -> String {
 #[test]
 fn rules_are_valid() {
     let out = promtool(&["check", "rules", "alerts/pia-split-tunnel.rules.yml"]);
-    assert!(out.contains("SUCCESS: 14 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 16 rules found"), "{out}");
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn every_alert_is_unit_tested_firing_and_quiet() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 11);
+    assert_eq!(alerts.len(), 12);
     // Per alert: a case that expects it and a case that expects nothing.
     for alert in &alerts {
         let blocks: Vec<&str> = tests
@@ -76,11 +76,18 @@ fn bypass_alert_reads_the_agents_judgement() {
     let start = rules.find("- alert: PiaSplitTunnelBypassBroken").unwrap();
     let end = rules[start..].find("for:").unwrap() + start;
     let expr = &rules[start..end];
-    for literal in ["0.9", ">= 5", "zero_byte_closures", "sessions_closed"] {
+    for literal in [
+        "0.9",
+        "0.75",
+        ">= 5",
+        "zero_byte_closures",
+        "sessions_closed",
+        "replies_total",
+    ] {
         assert!(!expr.contains(literal), "{literal} in {expr}");
     }
     assert!(expr.contains("pia_split_tunnel_verdict{state=\"bypass_broken\"}"));
-    assert!(expr.contains("pia_split_tunnel_sessions_verdict{state=\"zero_bytes\"}"));
+    assert!(expr.contains("pia_split_tunnel_sessions_verdict{state=\"broken\"}"));
     assert!(
         !rules.contains("by (instance"),
         "an aggregation drops job and target labels"

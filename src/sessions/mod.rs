@@ -603,6 +603,28 @@ mod tests {
         close(&mut t, 1, Size::Bytes(5), None);
         let a = row(&t, "com.a", Some(Proto::Tcp));
         assert_eq!((a.open, a.duration_count), (0, 1));
+        // A debug-log error waiting for its app cannot be claimed by a forged error-log line
+        // of the same id, nor flushed by a forged restart there.
+        error(&mut t, 7, ErrorKind::ConnectTimeout, None, 1000);
+        t.apply_error(
+            &Event::FlowError {
+                id: 7,
+                proto: Some(Proto::Tcp),
+                kind: ErrorKind::EmptyBuffer,
+                app: Some("com.evil".into()),
+            },
+            None,
+        );
+        t.apply_error(&Event::ProxyStarted, None);
+        close(&mut t, 7, Size::Zero, Some("com.b"));
+        assert_eq!(
+            row(&t, "com.b", Some(Proto::Tcp)).errors(ErrorKind::ConnectTimeout),
+            1
+        );
+        assert_eq!(
+            row(&t, "com.evil", Some(Proto::Tcp)).errors(ErrorKind::ConnectTimeout),
+            0
+        );
     }
 
     #[test]

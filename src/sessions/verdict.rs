@@ -78,7 +78,7 @@ impl Default for Thresholds {
 
 impl Thresholds {
     /// One group's state (an app, a transport, or all): never `partial`.
-    pub fn group(self, r: Ratio) -> SessionsState {
+    fn group(self, r: Ratio) -> SessionsState {
         match r.share() {
             _ if r.total < u64::from(self.min_sessions.max(1)) => SessionsState::TooFew,
             Some(s) if s >= self.no_reply_ratio => SessionsState::Broken,
