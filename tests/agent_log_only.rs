@@ -5,6 +5,7 @@
 mod common;
 
 use common::agent::Agent;
+use common::sessions_of;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -67,4 +68,41 @@ fn ready_on_the_log_alone_without_probe_components() {
             .any(|l| l == "pia_split_tunnel_sessions_verdict{state=\"too_few\"} 1"),
         "the sessions verdict is the agent's judgement even without probes"
     );
+}
+
+/// PIA's own report (#93) as the agent reads it live, probes off: forty sessions that got no
+/// reply (`ioOnClosedChannel`, then `rxBytes=0 MB`) make the one sessions verdict "broken" on
+/// `/metrics`, `/health` and `/`, though not one closed with zero bytes.
+#[test]
+fn pias_report_reads_broken_without_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("transparent_proxy.log");
+    std::fs::write(&log, b"").unwrap();
+    let agent = Agent::start(&log, &dir.path().join("cp.json"));
+    agent.wait_lines(0);
+    let text = sessions_of("pia-desktop-93.txt", 40);
+    std::fs::write(&log, &text).unwrap();
+    let m = agent.wait_lines(text.lines().count() as u64);
+    assert_eq!(
+        m.value("pia_split_tunnel_sessions_verdict", &[("state", "broken")]),
+        1.0
+    );
+    let closed = |outcome| {
+        m.value(
+            "pia_split_tunnel_sessions_closed_total",
+            &[
+                ("app", "com.plexapp.plexmediaserver"),
+                ("proto", "tcp"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!((closed("zero_bytes"), closed("transferred")), (0.0, 40.0));
+    let reason = agent.wait_health("sessions", "degraded");
+    assert!(
+        reason.starts_with("broken: 100% of 40 sessions got no reply in the last"),
+        "{reason}"
+    );
+    let page = agent.get("/");
+    assert!(page.contains("data-tone=\"Broken\""), "{page}");
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{assert_subset, fixture, generate, run_bin_exiting};
+use common::{assert_subset, fixture, generate, run_bin_exiting, sessions_of};
 use serde_json::Value;
 
 /// Runs `analyze`; it exits 0, or 1 when the sessions verdict says the bypass is broken.
@@ -84,27 +84,6 @@ fn verdict_names_the_failure() {
     assert!(table.contains("com.plexapp.plexmediaserver"), "{table}");
 }
 
-/// `copies` of a fixture's sessions (its `#` header dropped), each copy's ids moved past the
-/// others' and past any id of the samples, so they stay apart within one proxy start.
-fn sessions_of(fixture_name: &str, copies: u64) -> String {
-    let text = std::fs::read_to_string(fixture(fixture_name)).unwrap();
-    let mut out = String::new();
-    for k in 0..copies {
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let at = line.find("id: ").expect("a session line") + 4;
-            let digits = line[at..].find(' ').unwrap();
-            let id: u64 = line[at..at + digits].parse().unwrap();
-            out.push_str(&format!(
-                "{}{}{}\r\n",
-                &line[..at],
-                10_000 + 1000 * k + id,
-                &line[at + digits..]
-            ));
-        }
-    }
-    out
-}
-
 fn analyze_text(text: &str) -> (Value, Option<i32>) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("transparent_proxy.log");
@@ -130,7 +109,10 @@ fn forty_sessions_as_in_pias_report_are_broken() {
     // Byte accounting stays exact: `0 MB` is not zero bytes.
     let plex = &json["com.plexapp.plexmediaserver"]["tcp"];
     assert_eq!(
-        (plex["zero_byte_closures"].as_u64(), plex["no_reply_closures"].as_u64()),
+        (
+            plex["zero_byte_closures"].as_u64(),
+            plex["no_reply_closures"].as_u64()
+        ),
         (Some(0), Some(40))
     );
     assert_eq!(s["sessions"]["state"], "broken");

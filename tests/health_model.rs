@@ -11,7 +11,9 @@ use pia_split_tunnel_exporter::presence::Presence;
 use pia_split_tunnel_exporter::probe::{Round, Verdict};
 use pia_split_tunnel_exporter::proxy_log::{Level, Proto};
 use pia_split_tunnel_exporter::sessions::verdict::{self, Tally, judge};
-use pia_split_tunnel_exporter::sessions::window::{AppRatio, Ratio, SessionsState, SessionsVerdict};
+use pia_split_tunnel_exporter::sessions::window::{
+    AppRatio, Ratio, SessionsState, SessionsVerdict,
+};
 
 fn t() -> Thresholds {
     Thresholds {
@@ -113,7 +115,12 @@ fn sessions_component_names_the_app() {
     )
     .components["sessions"]
         .clone();
-    assert!(c.reason.ends_with("the bypass looks broken; the probes decide"), "{}", c.reason);
+    assert!(
+        c.reason
+            .ends_with("the bypass looks broken; the probes decide"),
+        "{}",
+        c.reason
+    );
 }
 
 fn judged(r: Round) -> (Round, Verdict) {

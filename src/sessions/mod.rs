@@ -688,7 +688,13 @@ mod tests {
     #[test]
     fn an_error_without_app_takes_it_from_an_earlier_line_counted_once() {
         let mut t = SessionTracker::new(16, 16);
-        error(&mut t, 9, ErrorKind::EmptyBuffer, Some("com.apple.Safari"), 1000);
+        error(
+            &mut t,
+            9,
+            ErrorKind::EmptyBuffer,
+            Some("com.apple.Safari"),
+            1000,
+        );
         error(&mut t, 9, ErrorKind::ConnectionReset, None, 1001);
         // A destructor naming another app cannot split the session.
         close(&mut t, 9, Size::UnderTenth, Some("com.other.app"));
@@ -720,7 +726,13 @@ mod tests {
         assert_eq!((t.pending_len(), t.evictions().pending_full), (2, 1));
         assert_eq!(apps_with_errors(&t), [("unknown".to_owned(), 1)]);
         // Past PENDING_MAX_MS without a line naming them (an error-level log has none).
-        error(&mut t, 9, ErrorKind::EmptyBuffer, Some("com.a"), 1000 + PENDING_MAX_MS + 1);
+        error(
+            &mut t,
+            9,
+            ErrorKind::EmptyBuffer,
+            Some("com.a"),
+            1000 + PENDING_MAX_MS + 1,
+        );
         assert_eq!(t.evictions().pending_expired, 2);
         assert_eq!(
             apps_with_errors(&t),

@@ -222,8 +222,12 @@ pub fn judge(t: Thresholds, tally: &Tally, window_seconds: u64) -> SessionsVerdi
         SessionsState::Broken if working.is_empty() => Vec::new(),
         _ => all().filter(fails).cloned().collect(),
     };
-    failing.sort_by(|a, b| b.ratio.percent().cmp(&a.ratio.percent()));
-    let working = if failing.is_empty() { Vec::new() } else { working };
+    failing.sort_by_key(|g| std::cmp::Reverse(g.ratio.percent()));
+    let working = if failing.is_empty() {
+        Vec::new()
+    } else {
+        working
+    };
     SessionsVerdict {
         state,
         ratio: tally.overall,
@@ -245,7 +249,10 @@ mod tests {
         min_sessions: 5,
     };
 
-    fn tally(rows: &[(&str, Proto, u64, u64)]) -> Tally {
+    /// App, transport, sessions without a reply, sessions.
+    type Row<'a> = (&'a str, Proto, u64, u64);
+
+    fn tally(rows: &[Row<'_>]) -> Tally {
         let mut t = Tally::default();
         for &(app, p, no_reply, total) in rows {
             t.add(app, Some(p), Ratio { no_reply, total });
@@ -253,7 +260,7 @@ mod tests {
         t
     }
 
-    fn state(rows: &[(&str, Proto, u64, u64)]) -> SessionsState {
+    fn state(rows: &[Row<'_>]) -> SessionsState {
         judge(T, &tally(rows), 0).state
     }
 
@@ -263,12 +270,15 @@ mod tests {
     /// Every row of the decision, at and beside each threshold.
     #[test]
     fn truth_table() {
-        let cases: &[(&[(&str, Proto, u64, u64)], SessionsState)] = &[
+        let cases: &[(&[Row<'_>], SessionsState)] = &[
             (&[], TooFew),
             (&[("a", Tcp, 4, 4)], TooFew),
             (&[("a", Tcp, 5, 5)], Broken),
             // 3 of 4 is the broken share itself.
-            (&[("a", Tcp, 3, 4), ("b", Tcp, 0, 0), ("c", Tcp, 3, 4)], Broken),
+            (
+                &[("a", Tcp, 3, 4), ("b", Tcp, 0, 0), ("c", Tcp, 3, 4)],
+                Broken,
+            ),
             (&[("a", Tcp, 7, 10)], Inconclusive),
             (&[("a", Tcp, 3, 10)], Inconclusive),
             (&[("a", Tcp, 2, 10)], Working),
@@ -283,7 +293,10 @@ mod tests {
             // Most fail, one app works: broken still (the stronger call).
             (&[("a", Tcp, 90, 90), ("b", Tcp, 0, 10)], Broken),
             // A third to a half fail everywhere: inconclusive, never working.
-            (&[("a", Tcp, 5, 12), ("b", Tcp, 4, 10), ("c", Udp, 3, 9)], Inconclusive),
+            (
+                &[("a", Tcp, 5, 12), ("b", Tcp, 4, 10), ("c", Udp, 3, 9)],
+                Inconclusive,
+            ),
         ];
         for (rows, want) in cases {
             assert_eq!(state(rows), *want, "{rows:?}");
@@ -292,27 +305,36 @@ mod tests {
 
     #[test]
     fn sentences_name_what_failed() {
-        let v = judge(T, &tally(&[("com.a", Tcp, 10, 10), ("com.b", Tcp, 0, 30)]), 0);
+        let v = judge(
+            T,
+            &tally(&[("com.a", Tcp, 10, 10), ("com.b", Tcp, 0, 30)]),
+            0,
+        );
         assert_eq!(
             v.sentence(),
             "partial: 25% of 40 sessions got no reply; no reply: com.a 100% of 10; \
              working: com.b"
         );
-        let v = judge(T, &tally(&[("com.a", Tcp, 6, 10), ("com.b", Tcp, 1, 10)]), 0);
+        let v = judge(
+            T,
+            &tally(&[("com.a", Tcp, 6, 10), ("com.b", Tcp, 1, 10)]),
+            0,
+        );
         assert_eq!(
             v.sentence(),
             "inconclusive: 35% of 20 sessions got no reply; no reply: com.a 60% of 10; \
              working: com.b"
         );
         let v = judge(T, &tally(&[("com.a", Tcp, 40, 40)]), 0);
-        assert_eq!(
-            v.sentence(),
-            "broken: 100% of 40 sessions got no reply"
-        );
+        assert_eq!(v.sentence(), "broken: 100% of 40 sessions got no reply");
         // One transport fails, the other works: named.
         let v = judge(
             T,
-            &tally(&[("com.a", Udp, 10, 10), ("com.a", Tcp, 0, 30), ("com.b", Tcp, 1, 10)]),
+            &tally(&[
+                ("com.a", Udp, 10, 10),
+                ("com.a", Tcp, 0, 30),
+                ("com.b", Tcp, 1, 10),
+            ]),
             0,
         );
         assert_eq!(

@@ -217,11 +217,7 @@ mod tests {
     #[test]
     fn tone_follows_the_probe_then_the_sessions() {
         assert_eq!(
-            tone(
-                Some(Verdict::BypassWorking),
-                SessionsState::Broken,
-                false
-            ),
+            tone(Some(Verdict::BypassWorking), SessionsState::Broken, false),
             Tone::Working
         );
         assert_eq!(

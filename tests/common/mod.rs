@@ -17,9 +17,9 @@ use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
-use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 use pia_split_tunnel_exporter::proxy_log::Proto;
 use pia_split_tunnel_exporter::sessions::Reply;
+use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 
 pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 1);
@@ -258,6 +258,27 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// `copies` of a fixture's sessions (its `#` header dropped), each copy's ids moved past the
+/// others' and past any id of the samples, so they stay apart within one proxy start.
+pub fn sessions_of(fixture_name: &str, copies: u64) -> String {
+    let text = std::fs::read_to_string(fixture(fixture_name)).unwrap();
+    let mut out = String::new();
+    for k in 0..copies {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let at = line.find("id: ").expect("a session line") + 4;
+            let digits = line[at..].find(' ').unwrap();
+            let id: u64 = line[at..at + digits].parse().unwrap();
+            out.push_str(&format!(
+                "{}{}{}\r\n",
+                &line[..at],
+                10_000 + 1000 * k + id,
+                &line[at + digits..]
+            ));
+        }
+    }
+    out
 }
 
 /// Writes `secret` to a new file of mode 0600 (as token files must be).
