@@ -6,9 +6,9 @@
 //! as pending: its app-less errors wait for any line of the same id, earlier or later within
 //! the same proxy start, that names the app, and are counted once, under that app; only when
 //! no line names it (the session closes without one, the proxy restarts, the entry ages out
-//! or is evicted) do they go to `unknown`. Both tables are bounded (`log.max_open_sessions`
-//! each): a log that never closes its sessions cannot grow memory; the oldest (lowest id) is
-//! evicted, counted.
+//! or is evicted) do they go to `unknown`. Both tables are bounded (`log.max_open_sessions`,
+//! and [`MAX_PENDING`] for the pending one): a log that never closes its sessions cannot grow
+//! memory; the oldest (lowest id) is evicted, counted.
 //!
 //! Each close is judged by what it received ([`Reply`]): the sessions verdict
 //! ([`verdict::judge`]) counts sessions that got no reply, byte counters stay exact.
@@ -58,6 +58,11 @@ struct Pending {
     /// Time of its newest line, for ageing out.
     seen: Option<LocalMillis>,
 }
+
+/// Sessions without a creation line kept per log at most (fewer when `log.max_open_sessions`
+/// is smaller): after a rotation they are the few sessions open at the cut; at error level
+/// (no creation lines at all) the sessions of the last [`PENDING_MAX_MS`]. About 110 bytes each.
+pub const MAX_PENDING: usize = 4096;
 
 /// How long (log time) a session without a creation line waits for a line naming its app
 /// after its last line: its destructor follows a channel error within milliseconds.
@@ -144,6 +149,10 @@ impl SessionTracker {
         for name in quoted(list.bytes()) {
             self.apps.reserve(Text(name));
         }
+    }
+
+    fn max_pending(&self) -> usize {
+        self.max_open.min(MAX_PENDING)
     }
 
     /// Exchanges the debug log's tables with the error log's (see [`Self::apply_error`]).
@@ -243,7 +252,7 @@ impl SessionTracker {
     /// The pending entry of `id`, made room for (the oldest goes, its errors to `unknown`).
     fn pending_entry(&mut self, id: u64) -> &mut Pending {
         if !self.pending.contains_key(&id)
-            && self.pending.len() >= self.max_open
+            && self.pending.len() >= self.max_pending()
             && let Some((_, old)) = self.pending.pop_first()
         {
             self.evictions.pending_full += 1;
@@ -366,7 +375,7 @@ impl SessionTracker {
                     self.counts.row(old.app, Some(old.proto)).open -= 1;
                 }
             }
-            while self.pending.len() > self.max_open {
+            while self.pending.len() > self.max_pending() {
                 if let Some((_, old)) = self.pending.pop_first() {
                     self.evictions.pending_full += 1;
                     self.count_pending(&old, AppId::UNKNOWN, None);

@@ -250,6 +250,13 @@ impl Metrics {
                     .map(|o| closed(o))
                     .sum();
                 assert_eq!(all, n("sessions_closed"), "{app}/{proto} closed");
+                if c.get("no_reply_closures").is_some() {
+                    let no_reply = self.value(
+                        "pia_split_tunnel_sessions_replies_total",
+                        &[l[0], l[1], ("reply", "no_reply")],
+                    );
+                    assert_eq!(no_reply, n("no_reply_closures"), "{app}/{proto} no reply");
+                }
                 for k in ["rx_bytes", "tx_bytes"] {
                     *per_app.entry(k.into()).or_default() += c[k].as_u64().unwrap();
                 }
