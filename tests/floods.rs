@@ -215,3 +215,51 @@ fn ids_reused_after_a_restart_belong_to_the_new_sessions() {
     assert_eq!(p.sessions().evictions().id_reused, 1);
     assert_eq!(p.sessions().open_len(), 1);
 }
+
+/// The error log (anyone can write `/tmp/STProxy.log`'s lines) floods app-less errors of a
+/// million ids never seen: the ids waiting for a line that names their app stay bounded, every
+/// error is counted exactly once (under `unknown`, as no line names one), the overflow is
+/// counted, and the debug log's sessions are untouched.
+#[test]
+fn a_million_app_less_errors_keep_the_pending_ids_bounded() {
+    use pia_split_tunnel_exporter::pipeline::LogFile;
+    use pia_split_tunnel_exporter::proxy_log::ErrorKind;
+    use pia_split_tunnel_exporter::sessions::MAX_PENDING;
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = Pipeline::new(Limits::default());
+    let start = live();
+    let mut at_fifth = 0;
+    let mut chunk = Vec::new();
+    for id in 0..1_000_000u64 {
+        writeln!(
+            chunk,
+            "[2026-02-16 12:06:18:3400] [ProxySessionTCP.swift:59] error: id: {id} Unable to create channel: connectTimeout(NIOCore.TimeAmount(nanoseconds: 10000000000)), dropping the flow.\r"
+        )
+        .unwrap();
+        if chunk.len() > 1 << 20 || id == 999_999 {
+            p.feed_file(LogFile::Error, &chunk);
+            chunk.clear();
+        }
+        if id == 199_999 {
+            at_fifth = live();
+        }
+    }
+    let grown = live() - start;
+    let s = p.sessions();
+    assert_eq!(s.pending_len(), MAX_PENDING);
+    assert_eq!(s.evictions().pending_full, 1_000_000 - MAX_PENDING as u64);
+    let counted = |s: &SessionTracker| total(s, |c| c.errors(ErrorKind::ConnectTimeout));
+    assert_eq!(counted(s), 1_000_000 - MAX_PENDING as u64);
+    let late = live() - at_fifth;
+    assert!(
+        late.abs() < (grown / 20).max(64 * 1024),
+        "grew {late} bytes after 200k ids (of {grown})"
+    );
+    p.flush_pending();
+    assert_eq!(counted(p.sessions()), 1_000_000);
+    assert_eq!(p.sessions().pending_len(), 0);
+    eprintln!(
+        "1M app-less errors of unseen ids: {} KiB of heap for the {MAX_PENDING} pending",
+        grown / 1024
+    );
+}
