@@ -276,10 +276,10 @@ reboot or an update). Fix: approve it in System Settings → Privacy & Security,
 }
 
 fn sessions(s: Option<(&[AppRatio], SessionsVerdict)>) -> Component {
-    let Some((apps, v)) = s else {
+    // The verdict names the failing apps itself; the per-app figures are for the page.
+    let Some((_, v)) = s else {
         return c(Status::Ok, "no session window");
     };
-    let _ = apps;
     let summary = format!("{} in the last {} s", v.sentence(), v.window_seconds);
     match v.state {
         SessionsState::Working | SessionsState::TooFew => c(Status::Ok, summary),
