@@ -214,3 +214,171 @@ fn a_log_rotated_by_newsyslog_is_reopened() {
     assert!(read(&log).contains("agent stopped"), "{}", read(&log));
     assert!(!read(&log.with_extension("log.1")).contains("agent stopped"));
 }
+
+/// The status code of one request (`HTTP/1.0`, so the agent closes after answering).
+fn status_of(addr: SocketAddr, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {out:?}"))
+}
+
+fn wait_for_line(stderr: &Path, text: &str, count: usize) {
+    wait_until(&format!("{count} × {text:?} in the log"), || {
+        std::fs::read_to_string(stderr)
+            .unwrap()
+            .matches(text)
+            .count()
+            >= count
+    });
+}
+
+#[test]
+fn a_reload_to_a_port_in_use_is_refused_and_the_old_port_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pf = StandIn::new();
+    let first = free_port();
+    let (mut agent, stderr) = start_idle(dir.path(), &pf, first);
+    wait_until("the first port", || TcpStream::connect(first).is_ok());
+    // Someone else holds the port the new config asks for.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = taken.local_addr().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_text(dir.path(), &pf, second, "")).unwrap();
+    signal(&agent, libc::SIGHUP);
+    wait_for_line(&stderr, "reload refused", 1);
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        log.contains(&format!("cannot listen on {second}")),
+        "names the address: {log}"
+    );
+    assert!(alive(&mut agent));
+    assert!(
+        lines_read(first) == 0.0 && http_get(first, "/-/healthy") == "OK\n",
+        "the old agent serves on"
+    );
+    assert!(!log.contains("the new config is applied"), "{log}");
+
+    // Once the port is free, the same config applies.
+    drop(taken);
+    signal(&agent, libc::SIGHUP);
+    wait_for_line(&stderr, "the new config is applied", 1);
+    wait_until("the new port", || TcpStream::connect(second).is_ok());
+    wait_until("the old port closed", || TcpStream::connect(first).is_err());
+    signal(&agent, libc::SIGTERM);
+    assert!(agent.wait().unwrap().success());
+}
+
+/// The inode of a socket, as `/proc/PID/fd` links name it (`socket:[N]`).
+fn socket_inode(fd: i32) -> u64 {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    st.st_ino
+}
+
+/// The inodes of the listening TCP sockets that process `pid` holds (one socket may be held
+/// at several descriptors: the daemon keeps one, the agent serves on a copy).
+fn listening_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+    let mut listening = std::collections::BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // st 0A: LISTEN; the inode is the tenth field.
+            if f.get(3) == Some(&"0A") {
+                listening.insert(f[9].parse::<u64>().unwrap());
+            }
+        }
+    }
+    let mut held = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let target = std::fs::read_link(entry.unwrap().path()).unwrap_or_default();
+        let name = target.to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+            && let Ok(n) = n.parse::<u64>()
+            && listening.contains(&n)
+        {
+            held.insert(n);
+        }
+    }
+    held
+}
+
+#[test]
+fn a_socket_passed_by_systemd_is_served_and_nothing_is_bound() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pf = StandIn::new();
+    std::fs::write(dir.path().join("transparent_proxy.log"), b"").unwrap();
+    // http.listen names a port that is taken: a bind would fail and stop the agent.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &pf, taken.local_addr().unwrap(), ""),
+    )
+    .unwrap();
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = passed.local_addr().unwrap();
+    let (fd, inode) = (passed.as_raw_fd(), socket_inode(passed.as_raw_fd()));
+    let stderr = dir.path().join("agent.log");
+    let mut cmd = Command::new("sh");
+    // As systemd does: the socket at fd 3, LISTEN_PID naming the agent's own pid.
+    cmd.args([
+        "-c",
+        "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"",
+        BIN,
+        "--config",
+    ])
+    .arg(&config)
+    .arg("run")
+    .env_remove("RUST_LOG")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&stderr).unwrap());
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 clears close-on-exec on fd 3; when it is fd 3 already, clear it by hand.
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) != 3 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut agent = cmd.spawn().unwrap();
+    drop(passed);
+    let log = || std::fs::read_to_string(&stderr).unwrap();
+    wait_until("the agent answering on the passed socket", || {
+        TcpStream::connect(addr).is_ok() && http_get(addr, "/-/healthy") == "OK\n"
+    });
+    assert!(alive(&mut agent), "{}", log());
+    assert_eq!(
+        listening_inodes(agent.id()),
+        [inode].into(),
+        "the agent listens on the passed socket and nothing else"
+    );
+    assert!(log().contains("systemd (LISTEN_FDS)"), "{}", log());
+    assert!(log().contains("http.listen is not used"), "{}", log());
+
+    // A reload, even one that changes http.listen, keeps the passed socket.
+    std::fs::write(&config, config_text(dir.path(), &pf, free_port(), "")).unwrap();
+    signal(&agent, libc::SIGHUP);
+    wait_for_line(&stderr, "the new config is applied", 1);
+    assert_eq!(http_get(addr, "/-/healthy"), "OK\n");
+    assert_eq!(listening_inodes(agent.id()), [inode].into());
+    signal(&agent, libc::SIGTERM);
+    assert!(agent.wait().unwrap().success(), "{}", log());
+}
