@@ -111,7 +111,8 @@ impl Port {
     /// A passed socket is the manager's to change: a different `http.listen` is only said.
     fn warn_if_not(&self, config: &Config) {
         if let Some(manager) = self.passed
-            && self.socket.local_addr().ok().map(ListenAddr::from) != Some(config.http.listen.clone())
+            && self.socket.local_addr().ok().map(ListenAddr::from)
+                != Some(config.http.listen.clone())
         {
             tracing::warn!(listen = %self.addr(), http_listen = %config.http.listen, passed_by = %manager, "http.listen is not used: the service manager passed the socket (change the address there)");
         }
@@ -119,7 +120,10 @@ impl Port {
 
     /// A copy for one agent run; the daemon keeps its own.
     fn for_agent(&self) -> anyhow::Result<TcpListener> {
-        let copy = self.socket.try_clone().context("duplicating the listening socket")?;
+        let copy = self
+            .socket
+            .try_clone()
+            .context("duplicating the listening socket")?;
         TcpListener::from_std(copy).context("registering the listening socket")
     }
 }
@@ -332,7 +336,9 @@ async fn prepare(
         return Ok(None);
     }
     if config == *running.config {
-        tracing::info!("SIGHUP: the token file or the web config changed: restarting the agent with them");
+        tracing::info!(
+            "SIGHUP: the token file or the web config changed: restarting the agent with them"
+        );
     }
     running.port.warn_if_not(&config);
     // Bound before the running agent stops: an address in use refuses the reload.

@@ -222,7 +222,12 @@ mod tests {
         let refused = |fd: RawFd| adopt(fd).unwrap_err().to_string();
         let bound = Socket::new(socket2::Domain::IPV4, Type::STREAM, None).unwrap();
         bound
-            .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
             .unwrap();
         assert!(refused(bound.into_raw_fd()).contains("listening"));
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
