@@ -118,6 +118,23 @@ impl Port {
         }
     }
 
+    /// Whether `addr` is another spelling of where the socket is bound (`localhost:P` for
+    /// `127.0.0.1:P`, `:P` for every address): binding it again would only find it in use.
+    async fn is_at(&self, addr: &ListenAddr) -> bool {
+        let Ok(held) = self.socket.local_addr() else {
+            return false;
+        };
+        if held.port() != addr.port {
+            return false;
+        }
+        match &addr.host {
+            None => held.ip().is_unspecified(),
+            Some(host) => tokio::net::lookup_host((host.as_str(), addr.port))
+                .await
+                .is_ok_and(|mut all| all.next() == Some(held)),
+        }
+    }
+
     /// A copy for one agent run; the daemon keeps its own.
     fn for_agent(&self) -> anyhow::Result<TcpListener> {
         let copy = self
@@ -342,7 +359,9 @@ async fn prepare(
     }
     running.port.warn_if_not(&config);
     // Bound before the running agent stops: an address in use refuses the reload.
-    let port = if running.port.passed.is_none() && config.http.listen != running.config.http.listen
+    let port = if running.port.passed.is_none()
+        && config.http.listen != running.config.http.listen
+        && !running.port.is_at(&config.http.listen).await
     {
         let socket = bind(&config)
             .await
@@ -362,4 +381,46 @@ async fn prepare(
         files,
         sources,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn another_spelling_of_the_held_address_is_not_bound_again() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = socket.local_addr().unwrap().port();
+        let port = Port {
+            socket,
+            passed: None,
+        };
+        let at = |s: String| s.parse::<ListenAddr>().unwrap();
+        assert!(port.is_at(&at(format!("127.0.0.1:{p}"))).await);
+        assert!(!port.is_at(&at(format!(":{p}"))).await, "every address");
+        assert!(!port.is_at(&at(format!("127.0.0.1:{}", p ^ 1))).await);
+        let every = Port {
+            socket: std::net::TcpListener::bind("0.0.0.0:0").unwrap(),
+            passed: None,
+        };
+        let p = every.socket.local_addr().unwrap().port();
+        assert!(every.is_at(&at(format!(":{p}"))).await);
+        assert!(!every.is_at(&at(format!("127.0.0.1:{p}"))).await);
+    }
+
+    #[test]
+    fn start_files_never_block_and_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_start_file(&fifo).unwrap_err(), "not a regular file");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; START_FILE_MAX as usize + 10]).unwrap();
+        assert_eq!(
+            read_start_file(&big).unwrap().len(),
+            START_FILE_MAX as usize
+        );
+        assert!(read_start_file(&dir.path().join("missing")).is_err());
+    }
 }

@@ -512,11 +512,19 @@ fn a_squatter_spinning_on_bind_never_gets_the_port_across_three_reloads() {
         failed, 0,
         "{failed} of {scrapes} scrapes failed during the reloads"
     );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .to_owned();
     println!(
         "FIGURES squatter: {tries} bind() tries as nobody over 3 reloads ({} ms), 0 got the port; \
-         {scrapes} scrapes, 0 failed, longest {} ms",
+         {scrapes} scrapes, 0 failed, longest {} ms; peak RSS {peak}, /metrics {} bytes",
         reloads.as_millis(),
-        longest.as_millis()
+        longest.as_millis(),
+        http_get(addr, "/metrics").len()
     );
     signal(&agent, libc::SIGTERM);
     assert!(agent.wait().unwrap().success());
