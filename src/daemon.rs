@@ -374,7 +374,14 @@ async fn prepare(
     } else {
         None
     };
-    let sources = Sources::real(&config).map_err(Refused::Unusable)?;
+    // Off the runtime's one worker: listing the process table would stall the serving agent.
+    let sources = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Sources::real(&config))
+            .await
+            .map_err(|e| Refused::Unusable(e.into()))?
+            .map_err(Refused::Unusable)?
+    };
     Ok(Some(Next {
         config,
         port,

@@ -327,8 +327,14 @@ fn listening_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
     held
 }
 
+/// `GET /-/healthy` over TLS is answered 200.
+fn healthy_over_tls(addr: SocketAddr, pki: &common::tls::Pki) -> bool {
+    common::tls::request(addr, pki.client(None), "GET", "/-/healthy", &[])
+        .is_ok_and(|(status, _)| status == 200)
+}
+
 #[test]
-fn a_socket_passed_by_systemd_is_served_and_nothing_is_bound() {
+fn a_socket_passed_by_systemd_is_served_with_tls_and_nothing_is_bound() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
@@ -337,11 +343,23 @@ fn a_socket_passed_by_systemd_is_served_and_nothing_is_bound() {
     // http.listen names a port that is taken: a bind would fail and stop the agent.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = dir.path().join("config.toml");
+    // TLS on the passed socket, as on one the agent bound.
+    let pki = common::tls::Pki::new(dir.path(), "pki");
+    let web = dir.path().join("web.yml");
     std::fs::write(
-        &config,
-        config_text(dir.path(), &pf, taken.local_addr().unwrap(), ""),
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {:?}\n  key_file: {:?}\n",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        ),
     )
     .unwrap();
+    let with_tls = |listen: SocketAddr| {
+        config_text(dir.path(), &pf, listen, "")
+            .replace("[http]\n", &format!("[http]\nweb_config_file = {web:?}\n"))
+    };
+    std::fs::write(&config, with_tls(taken.local_addr().unwrap())).unwrap();
     let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = passed.local_addr().unwrap();
     let (fd, inode) = (passed.as_raw_fd(), socket_inode(passed.as_raw_fd()));
@@ -374,7 +392,7 @@ fn a_socket_passed_by_systemd_is_served_and_nothing_is_bound() {
     drop(passed);
     let log = || std::fs::read_to_string(&stderr).unwrap();
     wait_until("the agent answering on the passed socket", || {
-        TcpStream::connect(addr).is_ok() && http_get(addr, "/-/healthy") == "OK\n"
+        healthy_over_tls(addr, &pki)
     });
     assert!(alive(&mut agent), "{}", log());
     assert_eq!(
@@ -386,10 +404,10 @@ fn a_socket_passed_by_systemd_is_served_and_nothing_is_bound() {
     assert!(log().contains("http.listen is not used"), "{}", log());
 
     // A reload, even one that changes http.listen, keeps the passed socket.
-    std::fs::write(&config, config_text(dir.path(), &pf, free_port(), "")).unwrap();
+    std::fs::write(&config, with_tls(free_port())).unwrap();
     signal(&agent, libc::SIGHUP);
     wait_for_line(&stderr, "the new config is applied", 1);
-    assert_eq!(http_get(addr, "/-/healthy"), "OK\n");
+    assert!(healthy_over_tls(addr, &pki));
     assert_eq!(listening_inodes(agent.id()), [inode].into());
     signal(&agent, libc::SIGTERM);
     assert!(agent.wait().unwrap().success(), "{}", log());
@@ -501,6 +519,8 @@ fn a_squatter_spinning_on_bind_never_gets_the_port_across_three_reloads() {
         wait_for_line(&stderr, "the new config is applied", i);
         assert!(alive(&mut agent));
         assert!(http_get(addr, "/metrics").contains("pia_split_tunnel_build_info"));
+        // Scrapes between reloads too, the squatter spinning all along.
+        std::thread::sleep(Duration::from_millis(300));
     }
     let reloads = t.elapsed();
     std::fs::write(&stop, b"").unwrap();
