@@ -40,6 +40,9 @@ class PiaSplitTunnelExporter < Formula
     require_root true
     keep_alive true
     process_type :standard
+    # launchd holds the port across the agent's restarts (Sockets "listeners"); the agent
+    # serves on it, so http.listen is then not used.
+    sockets "tcp://127.0.0.1:9847"
     log_path var/"log/pia-split-tunnel-exporter.log"
     error_log_path var/"log/pia-split-tunnel-exporter.log"
   end

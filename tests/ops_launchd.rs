@@ -131,6 +131,31 @@ fn plist_installer_and_config_agree() {
             "{key}.NumberOfFiles {files} vs http.max_connections {max_connections}"
         );
     }
+    // launchd holds the port (the name the agent asks launch_activate_socket for), at the
+    // default config's address; the formula's service block says the same.
+    let socket = d
+        .get("Sockets")
+        .and_then(|v| v.as_dictionary())
+        .and_then(|s| s.get(pia_split_tunnel_exporter::http::activation::LAUNCHD_SOCKET))
+        .and_then(|v| v.as_dictionary())
+        .expect("Sockets.listeners");
+    let field = |k: &str| {
+        socket
+            .get(k)
+            .and_then(|v| v.as_string())
+            .unwrap_or_default()
+    };
+    let listen = format!("{}:{}", field("SockNodeName"), field("SockServiceName"));
+    assert_eq!(field("SockProtocol"), "TCP");
+    assert!(
+        read("launchd/config.toml").contains(&format!("listen = \"{listen}\"")),
+        "the plist's socket {listen} is the config's http.listen"
+    );
+    assert!(
+        read("Formula/pia-split-tunnel-exporter.rb")
+            .contains(&format!("sockets \"tcp://{listen}\"")),
+        "the formula's service holds the same socket"
+    );
     // The log the plist names is the one newsyslog rotates and --purge removes.
     let log = shell_var(&install, "LOG");
     assert_eq!(

@@ -3,6 +3,7 @@
 //! [`web_config`] adds TLS, basic auth and headers as the Go exporters do; [`listen`] the
 //! address forms they accept.
 
+pub mod activation;
 pub mod listen;
 pub mod web_config;
 
