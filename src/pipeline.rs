@@ -167,6 +167,37 @@ impl Pipeline {
             .set_limits(limits.max_open_sessions, limits.max_apps);
     }
 
+    /// A restored pipeline under the checks live lines pass (a checkpoint may come from a
+    /// version that checked less): app ids refolded into `other` (invalid ones, and those past
+    /// the cap set by [`Pipeline::set_limits`]), times after now (plus [`FUTURE_SKEW_MS`])
+    /// forgotten. What is refused is counted as a live line's would be.
+    pub fn recheck(&mut self) {
+        let limit = latest_believable();
+        let mut future = self.sessions.recheck(limit);
+        if self.proxy.last_event.is_some_and(|t| t > limit) {
+            self.proxy.last_event = None;
+            future += 1;
+        }
+        self.read.future_timestamps += future;
+        if self
+            .proxy
+            .bind_interface
+            .as_deref()
+            .is_some_and(|i| !valid_interface(i.as_bytes()))
+        {
+            self.proxy.bind_interface = None;
+            self.read.invalid_interfaces += 1;
+        }
+        if self
+            .proxy
+            .bind_ip
+            .as_deref()
+            .is_some_and(|ip| ip.parse::<std::net::IpAddr>().is_err())
+        {
+            self.proxy.bind_ip = None;
+        }
+    }
+
     /// Keeps closed sessions for [`Pipeline::drain_closed`] (off by default).
     pub fn record_closed(&mut self, on: bool) {
         self.sessions.record_closed(on);

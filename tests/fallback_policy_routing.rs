@@ -237,7 +237,15 @@ fn agent_leaves_another_tools_table_alone_from_start_to_stop() {
     let d = dir.path();
     std::fs::write(d.join("proxy.log"), "").unwrap();
     let mut agent = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.0, common::BIN, "run", "--listen", "127.0.0.1:9847"])
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            common::BIN,
+            "run",
+            "--listen",
+            "127.0.0.1:9847",
+        ])
         .arg("--log-path")
         .arg(d.join("proxy.log"))
         .arg("--checkpoint")
@@ -264,7 +272,10 @@ fn agent_leaves_another_tools_table_alone_from_start_to_stop() {
         if code == 200 {
             break Metrics::parse(&body);
         }
-        assert!(Instant::now() < deadline, "agent not serving: {code} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "agent not serving: {code} {body}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(metrics.0.contains_key("pia_split_tunnel_fallback_active"));
@@ -281,5 +292,9 @@ fn agent_leaves_another_tools_table_alone_from_start_to_stop() {
     );
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     assert!(agent.wait().unwrap().success());
-    assert_eq!((ns.ip("-4 route show table 100"), ns.rules()), theirs, "nothing flushed");
+    assert_eq!(
+        (ns.ip("-4 route show table 100"), ns.rules()),
+        theirs,
+        "nothing flushed"
+    );
 }

@@ -77,8 +77,10 @@ pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipelin
                 set_aside(store, &why);
                 return fresh();
             }
-            // The config's caps, not the checkpoint's: the saved tables keep their content.
+            // The config's caps, not the checkpoint's; then what was saved passes today's
+            // checks of live input (an earlier version's 100 KB app ids, its 2099 times).
             pipeline.set_limits(config.limits());
+            pipeline.recheck();
             (c.cursors, pipeline)
         }
         Ok(Some(_)) => {

@@ -143,6 +143,34 @@ impl Apps {
         self.cap = cap;
     }
 
+    /// Restored names under today's rules for live input (a checkpoint may come from a
+    /// version that checked less): a name that is not a valid id folds into `other` (counted
+    /// in [`Apps::invalid`]), and names past the cap plus PIA's reserved ones fold too
+    /// (counted in [`Apps::folded`]). Returns where each old id went, indexed by old id.
+    pub fn refold(&mut self) -> Vec<AppId> {
+        let old = std::mem::replace(&mut self.names, vec!["unknown".into(), "other".into()]);
+        self.index.clear();
+        let mut remap = vec![AppId::UNKNOWN, AppId::OTHER];
+        for name in old.into_iter().skip(2) {
+            let to = if !valid_app_id(name.as_bytes()) {
+                self.invalid += 1;
+                AppId::OTHER
+            } else if self.names.len() - 2 >= self.cap + MAX_RESERVED
+                || self.index.contains_key(name.as_bytes())
+            {
+                self.folded += 1;
+                AppId::OTHER
+            } else {
+                let id = AppId(self.names.len() as u32);
+                self.index.insert(name.as_bytes().into(), id);
+                self.names.push(name);
+                id
+            };
+            remap.push(to);
+        }
+        remap
+    }
+
     /// The two labels of the agent's own come first, and names are distinct.
     pub fn check(&self) -> Result<(), String> {
         if self.names.get(..2) != Some(&["unknown".to_string(), "other".to_string()][..]) {

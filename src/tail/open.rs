@@ -534,7 +534,11 @@ mod tests {
     #[test]
     fn writers_are_checked_on_every_folder_and_link_up_to_the_root() {
         use std::os::unix::fs::{chown, lchown, symlink};
-        assert_eq!(unsafe { libc::geteuid() }, 0, "run as root: this test chowns");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "run as root: this test chowns"
+        );
         let set = |p: &Path, mode| {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
         };
@@ -570,11 +574,17 @@ mod tests {
         let inner = etc.join("c.toml");
         std::fs::write(&inner, "").unwrap();
         chown(&etc, Some(65534), None).unwrap();
-        assert_eq!(exposed(&inner, root), Some((etc.clone(), Exposure::Owner(65534))));
+        assert_eq!(
+            exposed(&inner, root),
+            Some((etc.clone(), Exposure::Owner(65534)))
+        );
         // Reached through a link in a root folder: the link's target is walked too.
         let link = d.path().join("link.toml");
         symlink(&inner, &link).unwrap();
-        assert_eq!(exposed(&link, root), Some((etc.clone(), Exposure::Owner(65534))));
+        assert_eq!(
+            exposed(&link, root),
+            Some((etc.clone(), Exposure::Owner(65534)))
+        );
         chown(&etc, Some(0), None).unwrap();
         assert_eq!(exposed(&link, root), None);
         // A sticky folder anyone can write: root's names in it hold, others' do not, and a
@@ -588,9 +598,15 @@ mod tests {
         let theirs = tmp.join("theirs");
         symlink(&inner, &theirs).unwrap();
         lchown(&theirs, Some(65534), None).unwrap();
-        assert_eq!(exposed(&theirs, root), Some((theirs.clone(), Exposure::Owner(65534))));
+        assert_eq!(
+            exposed(&theirs, root),
+            Some((theirs.clone(), Exposure::Owner(65534)))
+        );
         let missing = tmp.join("missing");
-        assert_eq!(exposed(&missing, root), Some((missing, Exposure::Creatable)));
+        assert_eq!(
+            exposed(&missing, root),
+            Some((missing, Exposure::Creatable))
+        );
         // Without the sticky bit, anyone can replace anything in it.
         set(&tmp, 0o777);
         assert_eq!(exposed(&mine, root), Some((tmp.clone(), Exposure::World)));
