@@ -241,4 +241,35 @@ mod tests {
         assert_eq!(back.intern("com.b".into()), AppId(3));
         assert_eq!(back.name(a), "com.a");
     }
+
+    /// A table an earlier version saved, with names today's intern refuses.
+    #[test]
+    fn refold_applies_todays_rules_to_restored_names() {
+        let long = "x".repeat(100 * 1024);
+        let mut names: Vec<String> = ["unknown", "other", "com.a", &long, "b c", "com.b"]
+            .map(String::from)
+            .to_vec();
+        names.extend((0..MAX_RESERVED + 3).map(|i| format!("com.r{i}")));
+        let saved = serde_json::json!({"names": names, "cap": 1, "folded": 0});
+        let mut apps: Apps = serde_json::from_value(saved).unwrap();
+        let remap = apps.refold();
+        assert_eq!(
+            remap[..6],
+            [
+                AppId::UNKNOWN,
+                AppId::OTHER,
+                AppId(2),
+                AppId::OTHER,
+                AppId::OTHER,
+                AppId(3)
+            ]
+        );
+        // Two refused as ids; past the cap plus the reserved room, the rest fold.
+        assert_eq!(apps.invalid(), 2);
+        assert_eq!(apps.len(), 2 + 1 + MAX_RESERVED);
+        assert_eq!(apps.folded(), 4);
+        assert!(apps.check().is_ok());
+        assert_eq!(apps.intern("com.b".into()), AppId(3));
+        assert_eq!(apps.intern("com.new".into()), AppId::OTHER);
+    }
 }

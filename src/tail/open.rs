@@ -93,7 +93,8 @@ impl Writers {
         let group = exe
             .ancestors()
             .filter_map(|p| std::fs::metadata(p).ok())
-            .find(|m| m.mode() & 0o020 != 0 && m.gid() != 0)
+            // A sticky folder lets the group add names, not replace the binary's.
+            .find(|m| m.mode() & 0o020 != 0 && m.mode() & 0o1000 == 0 && m.gid() != 0)
             .map_or(0, |m| m.gid());
         Some(Writers { user, group })
     }
