@@ -595,6 +595,27 @@ fn a_config_token_or_tool_nobody_can_change_stops_a_root_agent() {
         !ok && err.contains("fallback.token_file") && err.contains("uid 65534"),
         "{err}"
     );
+    // A root web config in a root folder whose TLS key nobody can swap.
+    let pki = common::tls::Pki::new(&etc, "web");
+    let key = evil.join("server.key");
+    std::fs::copy(pki.path("server.key"), &key).unwrap();
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let web = etc.join("web.yml");
+    let web_text = |key: &Path| {
+        format!(
+            "tls_server_config:\n  cert_file: {:?}\n  key_file: {key:?}\n",
+            pki.path("server.pem")
+        )
+    };
+    std::fs::write(&web, web_text(&key)).unwrap();
+    let (ok, err) = run_root(&["check-config", "--web.config.file", web.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("tls_server_config.key_file") && err.contains("uid 65534"),
+        "{err}"
+    );
+    std::fs::write(&web, web_text(&pki.path("server.key"))).unwrap();
+    let (ok, err) = run_root(&["check-config", "--web.config.file", web.to_str().unwrap()]);
+    assert!(ok, "{err}");
 }
 
 /// launchd's `StandardErrorPath` in a folder nobody owns (Homebrew's `var/log` belongs to its
