@@ -150,7 +150,8 @@ pub enum Exposure {
     World,
     /// Missing in a folder others can write: anyone may create it.
     Creatable,
-    /// More than 40 symbolic links on the way, or one that cannot be read.
+    /// Cannot be checked: more than 40 symbolic links on the way, or a name that cannot be
+    /// read (not a folder, no access).
     Links,
 }
 
@@ -178,7 +179,10 @@ impl std::fmt::Display for Exposed {
                 "{at} is missing in a folder others can write, so anyone could create it; keep \
                  the file under folders only root can write"
             ),
-            Exposure::Links => write!(f, "{at}: too many symbolic links, or an unreadable one"),
+            Exposure::Links => write!(
+                f,
+                "{at} cannot be checked (more than 40 symbolic links, or not readable)"
+            ),
         }
     }
 }
@@ -273,13 +277,19 @@ fn walk(
         let next = at.path.join(name);
         let meta = match std::fs::symlink_metadata(&next) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !at.sticky_shared => {
-                return Ok(None);
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !at.sticky_shared {
+                    return Ok(None);
+                }
+                return Err(Exposed {
+                    at: next,
+                    why: Exposure::Creatable,
+                });
             }
             Err(_) => {
                 return Err(Exposed {
                     at: next,
-                    why: Exposure::Creatable,
+                    why: Exposure::Links,
                 });
             }
         };
