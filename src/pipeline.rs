@@ -171,7 +171,13 @@ impl Pipeline {
     /// version that checked less): app ids refolded into `other` (invalid ones, and those past
     /// the cap set by [`Pipeline::set_limits`]), times after now (plus [`FUTURE_SKEW_MS`])
     /// forgotten. What is refused is counted as a live line's would be.
-    pub fn recheck(&mut self) {
+    /// Returns how many values were refused.
+    pub fn recheck(&mut self) -> u64 {
+        let refused = |p: &Self| {
+            let apps = p.sessions.apps();
+            apps.invalid() + apps.folded() + p.read.future_timestamps + p.read.invalid_interfaces
+        };
+        let before = refused(self);
         let limit = latest_believable();
         let mut future = self.sessions.recheck(limit);
         if self.proxy.last_event.is_some_and(|t| t > limit) {
@@ -196,6 +202,7 @@ impl Pipeline {
         {
             self.proxy.bind_ip = None;
         }
+        refused(self) - before
     }
 
     /// Keeps closed sessions for [`Pipeline::drain_closed`] (off by default).
