@@ -522,13 +522,31 @@ fn a_file_rotated_away_twice_while_stopped_is_a_reported_gap() {
     assert_eq!(m.value("pia_split_tunnel_log_gaps_total", &[]), 1.0);
 }
 
-/// `BIN args...` as root; its exit status and stderr.
+/// `BIN args...` as root; whether it exited 0, and its stderr. One still running after 10 s
+/// (an agent that accepted what it should refuse) is killed and counts as a failure of the test.
 fn run_root(args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    use std::io::Read as _;
+    use wait_timeout::ChildExt as _;
+    let mut child = Command::new(common::BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait_timeout(Duration::from_secs(10)).unwrap();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{args:?} still runs after 10 s: it accepted what it should refuse");
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.unwrap().success(), err)
 }
 
 /// Root runs tools named in its config and believes its token: a config, token or tool that
