@@ -32,6 +32,9 @@ class PiaSplitTunnelExporter < Formula
       Metrics: http://127.0.0.1:9847/metrics. Dashboard and alert rules: #{opt_pkgshare}.
       The log is not rotated by this formula; launchd/install.sh in the source installs a
       newsyslog entry for the launchd script's log.
+      The agent runs as root and trusts its config only because no one but root, the owner of
+      #{HOMEBREW_PREFIX} and the admin group (who can replace its binary, so already are root)
+      can change it: keep it so, or it refuses to start and names the file.
     EOS
   end
 

@@ -3,7 +3,10 @@
 LABEL=io.github.pia-split-tunnel-exporter
 ROOT=${PIA_STE_ROOT:-}
 BIN=$ROOT/usr/local/bin/pia-split-tunnel-exporter
-CONF_DIR=$ROOT/usr/local/etc/pia-split-tunnel-exporter
+# Root trusts only what root can change: not /usr/local/etc, which Homebrew gives its user.
+CONF_DIR=$ROOT/etc/pia-split-tunnel-exporter
+# Where earlier versions put it; install.sh copies a config from there once.
+OLD_CONF_DIR=$ROOT/usr/local/etc/pia-split-tunnel-exporter
 STATE_DIR=$ROOT/var/db/pia-split-tunnel-exporter
 PLIST=$ROOT/Library/LaunchDaemons/$LABEL.plist
 LOG=$ROOT/var/log/pia-split-tunnel-exporter.log

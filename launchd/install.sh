@@ -11,7 +11,12 @@ src=${1:-$here/../target/release/pia-split-tunnel-exporter}
 
 install -d -m 755 "$(dirname "$BIN")" "$CONF_DIR" "$(dirname "$PLIST")" "$(dirname "$LOG")" "$(dirname "$NEWSYSLOG")"
 install -d -m 700 "$STATE_DIR"
+if [ ! -f "$CONF_DIR/config.toml" ] && [ -f "$OLD_CONF_DIR/config.toml" ]; then
+  install -m 644 "$OLD_CONF_DIR/config.toml" "$CONF_DIR/config.toml"
+  echo "install.sh: copied $OLD_CONF_DIR/config.toml to $CONF_DIR/ (review it; the old one is unused now)"
+fi
 [ -f "$CONF_DIR/config.toml" ] || install -m 644 "$here/config.toml" "$CONF_DIR/config.toml"
+chown -R root:wheel "$CONF_DIR"
 # A config error stops the install here, with the key named, not in a crash loop.
 "$src" --config "$CONF_DIR/config.toml" check-config >/dev/null
 

@@ -64,7 +64,50 @@ impl Config {
                 message: e.to_string().trim_end().replace('\n', " "),
             })?;
         config.validate().map_err(ConfigError::Invalid)?;
+        if let Some(writers) = crate::tail::open::Writers::of_root_process() {
+            config
+                .check_writers(path, writers)
+                .map_err(ConfigError::Invalid)?;
+        }
         Ok(config)
+    }
+
+    /// As root: the config file, the web config and its TLS files, and every tool the agent
+    /// runs can be changed only by root or `writers` (the token file is checked where it is
+    /// read, [`crate::fallback`]'s `token_file_is_private`). The message names the key, the
+    /// path and the fix.
+    pub fn check_writers(
+        &self,
+        file: Option<&std::path::Path>,
+        writers: crate::tail::open::Writers,
+    ) -> Result<(), String> {
+        let mut named: Vec<(String, PathBuf)> = Vec::new();
+        if let Some(f) = file {
+            named.push(("config file".into(), f.into()));
+        }
+        let web = &self.http.web_config_file;
+        if !web.as_os_str().is_empty() {
+            named.push(("http.web_config_file".into(), web.clone()));
+            named.extend(crate::http::WebConfig::named_files(web)?);
+        }
+        let tools = self.fallback.tools();
+        named.extend([
+            ("fallback.pfctl_path".into(), tools.pfctl),
+            ("fallback.ip_path".into(), tools.ip),
+            ("the system tool".into(), tools.route),
+            ("the system tool".into(), tools.netstat),
+            ("the system tool".into(), tools.sysctl),
+        ]);
+        for (key, path) in named {
+            crate::tail::open::check_writers(&path, writers).map_err(|e| {
+                format!(
+                    "{key} {}: the agent runs as root and trusts only what root (or the owner \
+                     of its executable) can change: {e}",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Checks values serde cannot; each message names the key and what to do.

@@ -322,7 +322,14 @@ async fn until_stop_or_reload(
 
 /// Opens the log again if it was rotated; says so in the new file.
 fn reopen_log(r: &crate::logging::Reopen) {
-    match r.check() {
+    // The folder may be another user's (Homebrew's var/log): no link followed, nothing
+    // created there, only a regular file of root's (or the binary's owner's).
+    let trust = crate::tail::open::Trust {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        owner: crate::tail::open::Writers::of_root_process()
+            .map_or_else(|| unsafe { libc::geteuid() }, |w| w.user),
+    };
+    match r.check(|p| crate::tail::open::open_append(p, trust)) {
         Ok(true) => {
             tracing::info!(log = %r.path().display(), "the log was rotated: writing to the new file")
         }

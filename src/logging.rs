@@ -165,22 +165,24 @@ impl Reopen {
         &self.path
     }
 
-    /// Opens the path again onto stderr when it no longer names the file stderr is on;
-    /// `Ok(true)` when it did.
-    pub fn check(&self) -> std::io::Result<bool> {
+    /// Opens the path again onto stderr, with `open` (which decides what it may open: the
+    /// daemon passes the tail's rules for a file in a folder others may write), when it no
+    /// longer names the file stderr is on; `Ok(true)` when it did.
+    pub fn check(
+        &self,
+        open: impl FnOnce(&std::path::Path) -> std::io::Result<std::fs::File>,
+    ) -> std::io::Result<bool> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::MetadataExt;
         let current = fd_identity(2);
-        let at_path = std::fs::metadata(&self.path)
+        // A link at the path is not the file stderr is on, whatever it points at.
+        let at_path = std::fs::symlink_metadata(&self.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
         if current.is_some() && at_path == current {
             return Ok(false);
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let file = open(&self.path)?;
         let same_stdout = current.is_some() && fd_identity(1) == current;
         for fd in [Some(2), same_stdout.then_some(1)].into_iter().flatten() {
             // SAFETY: dup2 onto a standard descriptor; `file` stays open until after the call.

@@ -176,6 +176,44 @@ impl Pipeline {
         self.sessions.swap_logs();
     }
 
+    /// A restored pipeline under the checks live lines pass (a checkpoint may come from a
+    /// version that checked less): app ids refolded into `other` (invalid ones, and those past
+    /// the cap set by [`Pipeline::set_limits`]), times after now (plus [`FUTURE_SKEW_MS`])
+    /// forgotten. What is refused is counted as a live line's would be.
+    /// Returns how many values were refused.
+    pub fn recheck(&mut self) -> u64 {
+        let refused = |p: &Self| {
+            let apps = p.sessions.apps();
+            apps.invalid() + apps.folded() + p.read.future_timestamps + p.read.invalid_interfaces
+        };
+        let before = refused(self);
+        let limit = latest_believable();
+        let mut future = self.sessions.recheck(limit);
+        if self.proxy.last_event.is_some_and(|t| t > limit) {
+            self.proxy.last_event = None;
+            future += 1;
+        }
+        self.read.future_timestamps += future;
+        if self
+            .proxy
+            .bind_interface
+            .as_deref()
+            .is_some_and(|i| !valid_interface(i.as_bytes()))
+        {
+            self.proxy.bind_interface = None;
+            self.read.invalid_interfaces += 1;
+        }
+        if self
+            .proxy
+            .bind_ip
+            .as_deref()
+            .is_some_and(|ip| ip.parse::<std::net::IpAddr>().is_err())
+        {
+            self.proxy.bind_ip = None;
+        }
+        refused(self) - before
+    }
+
     /// Keeps closed sessions for [`Pipeline::drain_closed`] (off by default).
     pub fn record_closed(&mut self, on: bool) {
         self.sessions.record_closed(on);

@@ -521,3 +521,279 @@ fn a_file_rotated_away_twice_while_stopped_is_a_reported_gap() {
     let m = assert_unharmed("gap", &mut lab, agent, 0.0);
     assert_eq!(m.value("pia_split_tunnel_log_gaps_total", &[]), 1.0);
 }
+
+/// `BIN args...` as root; whether it exited 0, and its stderr. One still running after 10 s
+/// (an agent that accepted what it should refuse) is killed and counts as a failure of the test.
+fn run_root(args: &[&str]) -> (bool, String) {
+    use std::io::Read as _;
+    use wait_timeout::ChildExt as _;
+    let mut child = Command::new(common::BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait_timeout(Duration::from_secs(10)).unwrap();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{args:?} still runs after 10 s: it accepted what it should refuse");
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.unwrap().success(), err)
+}
+
+/// Root runs tools named in its config and believes its token: a config, token or tool that
+/// nobody can change (the file itself, or a folder above it) stops `check-config` and `run`
+/// with the path and the fix; the same files of root's pass.
+#[test]
+fn a_config_token_or_tool_nobody_can_change_stops_a_root_agent() {
+    let lab = Lab::new();
+    // nobody's own folder in the shared one, with a config and a "pfctl" of theirs.
+    lab.as_nobody(
+        "mkdir evil && printf '[probe]\\nenabled = false\\n' > evil/config.toml && \
+         printf '#!/bin/sh\\nexit 0\\n' > evil/pfctl && chmod 755 evil/pfctl",
+    );
+    let evil = lab.shared.join("evil");
+    let config = evil.join("config.toml");
+    let port = common::agent::free_port().to_string();
+    for cmd in [
+        vec!["--config", config.to_str().unwrap(), "check-config"],
+        vec![
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--listen",
+            &port,
+        ],
+    ] {
+        let (ok, err) = run_root(&cmd);
+        assert!(!ok, "{cmd:?} accepted nobody's config");
+        assert!(
+            err.contains(&format!("config file {}", config.display()))
+                && err.contains(&format!("{} belongs to uid 65534", evil.display()))
+                && err.contains("chown root"),
+            "{err}"
+        );
+        println!("FIGURES nobody's config: {}", err.trim());
+    }
+    // The same text in a root folder, as root's file, passes.
+    let etc = lab.root.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let good = etc.join("config.toml");
+    std::fs::copy(&config, &good).unwrap();
+    let (ok, err) = run_root(&["--config", good.to_str().unwrap(), "check-config"]);
+    assert!(ok, "{err}");
+    // A root-owned file in that folder that nobody may write.
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, err) = run_root(&["--config", good.to_str().unwrap(), "check-config"]);
+    assert!(!ok && err.contains("writable by every user"), "{err}");
+    // A tool of nobody's, a tool looked up in $PATH, a token in nobody's folder.
+    let tool = format!("fallback.pfctl_path={:?}", evil.join("pfctl"));
+    let (ok, err) = run_root(&["check-config", "--set", &tool]);
+    assert!(
+        !ok && err.contains("fallback.pfctl_path") && err.contains("uid 65534"),
+        "{err}"
+    );
+    let (ok, err) = run_root(&["check-config", "--set", "fallback.ip_path=\"ip\""]);
+    assert!(
+        !ok && err.contains("fallback.ip_path") && err.contains("absolute"),
+        "{err}"
+    );
+    lab.as_nobody("printf 0123456789abcdef0123 > evil/token && chmod 600 evil/token");
+    let token = format!("fallback.token_file={:?}", evil.join("token"));
+    let (ok, err) = run_root(&["check-config", "--set", &token]);
+    assert!(
+        !ok && err.contains("fallback.token_file") && err.contains("uid 65534"),
+        "{err}"
+    );
+    // A root web config in a root folder whose TLS key nobody can swap.
+    let pki = common::tls::Pki::new(&etc, "web");
+    let key = evil.join("server.key");
+    std::fs::copy(pki.path("server.key"), &key).unwrap();
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let web = etc.join("web.yml");
+    let web_text = |key: &Path| {
+        format!(
+            "tls_server_config:\n  cert_file: {:?}\n  key_file: {key:?}\n",
+            pki.path("server.pem")
+        )
+    };
+    std::fs::write(&web, web_text(&key)).unwrap();
+    let (ok, err) = run_root(&["check-config", "--web.config.file", web.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("tls_server_config.key_file") && err.contains("uid 65534"),
+        "{err}"
+    );
+    std::fs::write(&web, web_text(&pki.path("server.key"))).unwrap();
+    let (ok, err) = run_root(&["check-config", "--web.config.file", web.to_str().unwrap()]);
+    assert!(ok, "{err}");
+}
+
+/// launchd's `StandardErrorPath` in a folder nobody owns (Homebrew's `var/log` belongs to its
+/// user): after a "rotation" nobody plants a link to a root-only file, then a link to a new
+/// name, then nothing. At each SIGHUP root refuses to reopen, says so in the log it still
+/// writes, and neither appends to the linked file nor creates any.
+#[test]
+fn the_agents_own_log_is_not_reopened_through_a_planted_link() {
+    let mut lab = Lab::new();
+    lab.proxy_writes(3);
+    let logs = lab.root.path().join("log");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(65534), Some(65534)).unwrap();
+    let own = logs.join("agent.log");
+    let stderr = std::fs::File::create(&own).unwrap();
+    let victim = lab.root.path().join("pia/secret");
+    std::fs::write(&victim, "root only\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let created = lab.root.path().join("pia/created.log");
+    let addr = common::agent::free_port();
+    let child = Command::new(common::BIN)
+        .args(["run", "--listen", &addr.to_string(), "--log-path"])
+        .arg(&lab.log)
+        .arg("--checkpoint")
+        .arg(&lab.checkpoint)
+        .args(["--set", "probe.enabled=false", "--set"])
+        .arg(format!("log.error_path={:?}", lab.error_log()))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let agent = Agent { child, addr };
+    common::agent::wait_listening(addr, "agent");
+    agent.wait_lines(lab.lines);
+    let archive = logs.join("agent.log.0");
+    let steps = [
+        format!(
+            "mv agent.log agent.log.0 && ln -s {} agent.log",
+            victim.display()
+        ),
+        format!("rm agent.log && ln -s {} agent.log", created.display()),
+        "rm agent.log".to_owned(),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let out = nobody(&logs, step).output().unwrap();
+        assert!(out.status.success(), "{step}: {out:?}");
+        unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&archive).unwrap_or_default();
+            if text.matches("cannot open the log again").count() > i {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "step {step}: no refusal in {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let text = std::fs::read_to_string(&archive).unwrap();
+    println!("FIGURES own log: {}", text.trim());
+    assert!(
+        text.contains("symbolic link") && text.contains("not created"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only\n");
+    assert!(!created.exists(), "root created the link's target");
+    assert!(!own.exists(), "root created a file in nobody's folder");
+    assert_unharmed("own-log", &mut lab, agent, 0.0);
+}
+
+/// A checkpoint saved by an earlier version that believed more: 64 app ids of 100 KB with
+/// counts, and a 2099 newest-line time. The restored state passes today's checks: the ids
+/// fold into `other` (counted as refused), the time is forgotten (counted), `/metrics` stays
+/// small, and `log.max_apps` (2 here) still has room for a real new app.
+#[test]
+fn an_earlier_versions_poisoned_checkpoint_does_not_come_back() {
+    let mut lab = Lab::new();
+    lab.proxy_writes(3);
+    let start = |lab: &Lab| {
+        let set = format!("log.error_path={}", lab.error_log().display());
+        Agent::start_with(
+            &lab.log,
+            &lab.checkpoint,
+            &["--set", &set, "--set", "log.max_apps=2"],
+            &[],
+        )
+    };
+    let agent = start(&lab);
+    agent.wait_lines(lab.lines);
+    agent.stop();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&lab.checkpoint).unwrap()).unwrap();
+    let sessions = &mut v["pipeline"]["sessions"];
+    let names = sessions["apps"]["names"].as_array().unwrap().clone();
+    let plex = names
+        .iter()
+        .position(|n| n == "com.plexapp.plexmediaserver")
+        .unwrap();
+    let row = sessions["counts"]["rows"][plex * 3].clone();
+    assert!(row.is_object(), "plex's TCP row: {row}");
+    let mut names = names;
+    let mut rows = sessions["counts"]["rows"].as_array().unwrap().clone();
+    for i in 0..64 {
+        names.push(format!("{i}.{}", "x".repeat(100 * 1024)).into());
+        rows.resize((names.len() - 1) * 3 + 3, serde_json::Value::Null);
+        rows[(names.len() - 1) * 3] = row.clone();
+    }
+    sessions["apps"]["names"] = names.into();
+    sessions["counts"]["rows"] = rows.into();
+    // 2099-01-01 local, in the checkpoint's milliseconds.
+    v["pipeline"]["proxy"]["last_event"] = 4_070_908_800_000i64.into();
+    std::fs::write(&lab.checkpoint, serde_json::to_vec(&v).unwrap()).unwrap();
+    println!(
+        "FIGURES poisoned checkpoint: {} bytes",
+        std::fs::metadata(&lab.checkpoint).unwrap().len()
+    );
+
+    let agent = start(&lab);
+    let m = agent.wait_lines(lab.lines);
+    let body = agent.get("/metrics");
+    println!(
+        "FIGURES poisoned checkpoint: /metrics {} bytes after restore",
+        body.len()
+    );
+    assert!(!body.contains("xxxxxxxx"), "a 100 KB id came back");
+    assert!(body.len() < 100_000, "/metrics is {} bytes", body.len());
+    let refused = |field| {
+        m.value(
+            "pia_split_tunnel_log_values_refused_total",
+            &[("field", field)],
+        )
+    };
+    assert_eq!(refused("app"), 64.0);
+    assert!(refused("timestamp") >= 1.0);
+    // Their sessions are not lost: they are other's now.
+    let opened = |app| {
+        m.value(
+            "pia_split_tunnel_sessions_opened_total",
+            &[("app", app), ("proto", "tcp")],
+        )
+    };
+    assert_eq!(
+        opened("other"),
+        64.0 * opened("com.plexapp.plexmediaserver")
+    );
+    // A real new app still gets its label under log.max_apps = 2.
+    let id = lab.lines + 1;
+    let line = open_line(id, "com.example.newapp");
+    lab.append_main(line.as_bytes(), 1);
+    let m = agent.wait_lines(lab.lines);
+    assert_eq!(
+        m.value(
+            "pia_split_tunnel_sessions_opened_total",
+            &[("app", "com.example.newapp"), ("proto", "tcp")]
+        ),
+        1.0,
+        "log.max_apps is full"
+    );
+    assert_unharmed("poisoned-checkpoint", &mut lab, agent, 0.0);
+}

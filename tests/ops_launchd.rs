@@ -310,7 +310,7 @@ fn an_immediate_reinstall_waits_for_the_bootout() {
     let plist = s.root("/Library/LaunchDaemons/io.github.pia-split-tunnel-exporter.plist");
     assert!(plist.is_file() && s.root("/usr/local/bin/pia-split-tunnel-exporter").is_file());
     assert!(
-        s.root("/usr/local/etc/pia-split-tunnel-exporter/config.toml")
+        s.root("/etc/pia-split-tunnel-exporter/config.toml")
             .is_file()
     );
     assert!(
@@ -381,7 +381,7 @@ fn uninstall_keeps_the_log_and_purge_removes_it_with_its_archives() {
         !s.root("/etc/newsyslog.d/pia-split-tunnel-exporter.conf")
             .exists()
     );
-    assert!(log.exists() && s.root("/usr/local/etc/pia-split-tunnel-exporter").exists());
+    assert!(log.exists() && s.root("/etc/pia-split-tunnel-exporter").exists());
 
     s.install();
     write_logs();
@@ -389,7 +389,30 @@ fn uninstall_keeps_the_log_and_purge_removes_it_with_its_archives() {
     for p in std::iter::once(&log).chain(&archives) {
         assert!(!p.exists(), "{} left by --purge", p.display());
     }
-    assert!(!s.root("/usr/local/etc/pia-split-tunnel-exporter").exists());
+    assert!(!s.root("/etc/pia-split-tunnel-exporter").exists());
     assert!(!s.root("/var/db/pia-split-tunnel-exporter").exists());
     assert!(other.exists(), "--purge touches only its own files");
+}
+
+/// The config moved from /usr/local/etc (Homebrew's user owns it on an Intel Mac, and a root
+/// agent refuses a config another user can change) to /etc: an upgrade carries the old one
+/// over once, root-owned, and never overwrites the one in place.
+#[test]
+fn an_earlier_config_is_carried_over_once_and_owned_by_root() {
+    let s = Sandbox::new();
+    let old = s.root("/usr/local/etc/pia-split-tunnel-exporter/config.toml");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, "# mine\n").unwrap();
+    s.install();
+    let new = s.root("/etc/pia-split-tunnel-exporter/config.toml");
+    assert_eq!(std::fs::read_to_string(&new).unwrap(), "# mine\n");
+    let calls = s.take_calls();
+    let chown = format!(
+        "chown -R root:wheel {}",
+        s.root("/etc/pia-split-tunnel-exporter").display()
+    );
+    assert!(calls.contains(&chown), "{calls:?}");
+    std::fs::write(&old, "# edited later\n").unwrap();
+    s.install();
+    assert_eq!(std::fs::read_to_string(&new).unwrap(), "# mine\n");
 }

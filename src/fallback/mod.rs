@@ -202,7 +202,7 @@ impl Default for FallbackConfig {
             state_file: "/var/db/pia-split-tunnel-exporter/fallback-state.json".into(),
             route_table: 100,
             rule_priority: 100,
-            ip_path: "ip".into(),
+            ip_path: "/sbin/ip".into(),
             token_file: None,
             allow_plain_http: false,
             alert_names: vec!["PiaSplitTunnelBypassBroken".into()],
@@ -314,6 +314,18 @@ impl FallbackConfig {
                 self.backoff_max_secs, self.cooldown_secs
             ));
         }
+        for (key, tool) in [
+            ("fallback.pfctl_path", &self.pfctl_path),
+            ("fallback.ip_path", &self.ip_path),
+        ] {
+            // Root runs it: never looked up in $PATH, whose folders anyone may have added.
+            if !tool.is_absolute() {
+                return Err(format!(
+                    "{key} = {:?}: give an absolute path (e.g. \"/sbin/pfctl\", \"/sbin/ip\")",
+                    tool.display().to_string()
+                ));
+            }
+        }
         validate_anchor(&self.anchor)?;
         if self.served_ports.contains(&0) {
             return Err("fallback.served_ports contains 0: list real TCP ports".into());
@@ -362,6 +374,16 @@ fn token_file_is_private(path: &std::path::Path) -> Result<(), String> {
             path.display(),
             path.display()
         ));
+    }
+    // Whoever can replace the token can order root's repair: as root, only root's file.
+    if let Some(writers) = crate::tail::open::Writers::of_root_process() {
+        crate::tail::open::check_writers(path, writers).map_err(|e| {
+            format!(
+                "fallback.token_file {}: the agent runs as root and trusts only what root (or \
+                 the owner of its executable) can change: {e}",
+                path.display()
+            )
+        })?;
     }
     Ok(())
 }

@@ -2,6 +2,12 @@
 //! table T (owned by the agent), a default route via the physical gateway plus `throw` routes
 //! for private ranges, loopback and the bypass subnets, so those fall through to the main
 //! table exactly as `to ! <rfc1918>` leaves them alone in pf.
+//!
+//! Only what it installed: the backend sees, keeps and removes only a slot (table and
+//! priority) that `fallback.state_file` (or this process) records it installed. Routes another
+//! tool keeps in the configured table are never adopted nor flushed: apply refuses that table,
+//! naming a free one. Without a record (no `state_file`, or an install by a version before it)
+//! nothing is removed: a leftover is then for the admin (README, "What the fallback changes").
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -44,29 +50,25 @@ struct Slot {
 pub struct PolicyRouting {
     opts: PolicyRoutingOptions,
     record: Record,
-    /// What an earlier run recorded, when it is not what the config says now.
-    old: Option<Slot>,
+    /// The slot this backend (this process, or an earlier one by its record) installed into;
+    /// nothing else is ever looked at, kept or removed.
+    mine: Option<Slot>,
 }
 
 impl PolicyRouting {
     pub fn new(opts: PolicyRoutingOptions) -> Self {
         let record = Record::new(opts.state_file.clone());
-        let configured = Slot {
-            table: opts.table,
-            priority: opts.priority,
-        };
         let recorded = record.load(|i| {
             i.route_table.map_or(Ok(()), super::validate_route_table)?;
             i.rule_priority
                 .map_or(Ok(()), super::validate_rule_priority)
         });
-        // A field the record lacks means the configured value.
-        let old = Some(Slot {
-            table: recorded.route_table.unwrap_or(configured.table),
-            priority: recorded.rule_priority.unwrap_or(configured.priority),
-        })
-        .filter(|o| *o != configured);
-        PolicyRouting { opts, record, old }
+        // A record without a table is another backend's (pf's anchor): nothing of ours.
+        let mine = recorded.route_table.map(|table| Slot {
+            table,
+            priority: recorded.rule_priority.unwrap_or(opts.priority),
+        });
+        PolicyRouting { opts, record, mine }
     }
 
     fn configured(&self) -> Slot {
@@ -76,16 +78,36 @@ impl PolicyRouting {
         }
     }
 
-    /// The configured slot, then an earlier run's.
-    fn slots(&self) -> Vec<Slot> {
-        std::iter::once(self.configured()).chain(self.old).collect()
+    /// Who else uses `table`: its routes, or rules that look it up; `None` when it is free.
+    fn used_by_others(&self, table: u32) -> Result<Option<String>, BackendError> {
+        let routes = self.routes(table)?;
+        let t = table.to_string();
+        let rules: Vec<String> = lines(&self.ip(&["rule", "list"])?.stdout)
+            .into_iter()
+            .filter(|r| {
+                let words: Vec<&str> = r.split_whitespace().collect();
+                words.windows(2).any(|w| w[0] == "lookup" && w[1] == t)
+            })
+            .collect();
+        Ok(match (routes.first(), rules.first()) {
+            (None, None) => None,
+            (Some(r), _) => Some(format!("{} route(s), e.g. `{r}`", routes.len())),
+            (None, Some(r)) => Some(format!("a rule `{r}`")),
+        })
     }
 
-    /// The tables of [`Self::slots`], each once.
-    fn tables(&self) -> Vec<u32> {
-        let mut t: Vec<u32> = self.slots().iter().map(|s| s.table).collect();
-        t.dedup();
-        t
+    /// The lowest table from 100 that no route and no rule names.
+    fn free_table(&self) -> Result<u32, BackendError> {
+        let mut text = self.ip(&["route", "show", "table", "all"])?.stdout;
+        text.push_str(&self.ip(&["rule", "list"])?.stdout);
+        let used: std::collections::BTreeSet<u32> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        Ok((100..253)
+            .chain(256..65_536)
+            .find(|t| !used.contains(t))
+            .unwrap_or(100))
     }
 
     fn ip(&self, args: &[&str]) -> Result<Output, BackendError> {
@@ -164,27 +186,25 @@ impl PolicyRouting {
         }
     }
 
-    /// Removes every install of ours, under the configured values and an earlier run's; when
-    /// none is left, the record of the earlier one is dropped.
+    /// Removes our install (the recorded slot), whatever the config says now; nothing without
+    /// a record.
     fn remove_all(&mut self) -> Result<(), BackendError> {
-        for slot in self.slots() {
-            let (prio, table) = (slot.priority.to_string(), slot.table.to_string());
-            // One `del` removes one rule; a crash loop could have left several. Bounded.
-            for _ in 0..64 {
-                if self.rules(slot)?.is_empty() {
-                    break;
-                }
-                self.ip(&["rule", "del", "priority", &prio, "table", &table])?;
+        let Some(slot) = self.mine else {
+            return Ok(());
+        };
+        let (prio, table) = (slot.priority.to_string(), slot.table.to_string());
+        // One `del` removes one rule; a crash loop could have left several. Bounded.
+        for _ in 0..64 {
+            if self.rules(slot)?.is_empty() {
+                break;
             }
+            self.ip(&["rule", "del", "priority", &prio, "table", &table])?;
         }
-        for table in self.tables() {
-            if !self.routes(table)?.is_empty() {
-                self.ip(&["route", "flush", "table", &table.to_string()])?;
-            }
+        if !self.routes(slot.table)?.is_empty() {
+            self.ip(&["route", "flush", "table", &table])?;
         }
         let left = self.status()?;
         if left.is_empty() {
-            self.old = None;
             Ok(())
         } else {
             Err(BackendError::ReadBack {
@@ -236,38 +256,55 @@ impl Backend for PolicyRouting {
     fn apply(&mut self, plan: &Plan) -> Result<(), BackendError> {
         // Replace, never stack: a reload with a new address must not leave the old rule.
         self.remove_all()?;
+        let table = self.opts.table;
+        if let Some(use_) = self.used_by_others(table)? {
+            return Err(BackendError::Other(format!(
+                "fallback.route_table = {table} is in use by another tool ({use_}); the agent \
+                 touches only what it installed: set fallback.route_table to a free table, e.g. \
+                 {}",
+                self.free_table()?
+            )));
+        }
+        self.mine = Some(self.configured());
         self.record.save(&Installed {
             route_table: Some(self.opts.table),
             rule_priority: Some(self.opts.priority),
             ..Installed::default()
         });
         let result = self.install(plan);
-        if result.is_err()
-            && let Err(e) = self.remove_all()
-        {
-            tracing::warn!(error = %e, "rollback after a failed apply did not finish");
+        if result.is_err() {
+            match self.remove_all() {
+                Ok(()) => {
+                    self.mine = None;
+                    self.record.clear();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rollback after a failed apply did not finish")
+                }
+            }
         }
         result
     }
 
     fn revert(&mut self) -> Result<(), BackendError> {
         self.remove_all()?;
+        self.mine = None;
         self.record.clear();
         Ok(())
     }
 
+    /// What is in place of our recorded install; nothing without a record, whatever the
+    /// configured table holds.
     fn status(&self) -> Result<Loaded, BackendError> {
-        let mut rules = Vec::new();
-        for slot in self.slots() {
-            rules.extend(self.rules(slot)?);
-        }
-        for table in self.tables() {
-            rules.extend(
-                self.routes(table)?
-                    .into_iter()
-                    .map(|r| format!("table {table}: {r}")),
-            );
-        }
+        let Some(slot) = self.mine else {
+            return Ok(Loaded::default());
+        };
+        let mut rules = self.rules(slot)?;
+        rules.extend(
+            self.routes(slot.table)?
+                .into_iter()
+                .map(|r| format!("table {}: {r}", slot.table)),
+        );
         Ok(Loaded { rules })
     }
 }

@@ -117,6 +117,30 @@ impl WebConfig {
         Self::parse(&text, dir).map_err(|e| format!("web config {}: {e}", path.display()))
     }
 
+    /// The files `path` names (`tls_server_config.*_file`), as [`Self::parse`] resolves
+    /// them, by key: a root agent checks who can write them.
+    pub fn named_files(path: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("web config {}: {e}", path.display()))?;
+        let file: WebFile = if text.trim().is_empty() {
+            WebFile::default()
+        } else {
+            serde_saphyr::from_str(&text)
+                .map_err(|e| format!("web config {}: {e}", path.display()))?
+        };
+        let tls = file.tls_server_config.unwrap_or_default();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Ok([
+            ("cert_file", tls.cert_file),
+            ("key_file", tls.key_file),
+            ("client_ca_file", tls.client_ca_file),
+        ]
+        .into_iter()
+        .filter(|(_, p)| !p.as_os_str().is_empty())
+        .map(|(k, p)| (format!("tls_server_config.{k}"), dir.join(p)))
+        .collect())
+    }
+
     /// Parses the file's text; relative paths in it are taken from `dir` (as the toolkit does).
     pub fn parse(text: &str, dir: &Path) -> Result<WebConfig, String> {
         let file: WebFile = if text.trim().is_empty() {

@@ -77,8 +77,15 @@ pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipelin
                 set_aside(store, &why);
                 return fresh();
             }
-            // The config's caps, not the checkpoint's: the saved tables keep their content.
+            // The config's caps, not the checkpoint's; then what was saved passes today's
+            // checks of live input (an earlier version's 100 KB app ids, its 2099 times).
             pipeline.set_limits(config.limits());
+            let refused = pipeline.recheck();
+            if refused > 0 {
+                tracing::warn!(checkpoint = %store.path().display(), refused,
+                    "the checkpoint held values today's checks refuse (app ids, times): folded \
+                     into other or forgotten, and counted in log_values_refused_total");
+            }
             (c.cursors, pipeline)
         }
         Ok(Some(_)) => {

@@ -37,7 +37,7 @@ impl Default for Tools {
     fn default() -> Self {
         Tools {
             pfctl: "/sbin/pfctl".into(),
-            ip: "ip".into(),
+            ip: "/sbin/ip".into(),
             route: "/sbin/route".into(),
             netstat: "/usr/sbin/netstat".into(),
             sysctl: "/usr/sbin/sysctl".into(),

@@ -143,6 +143,34 @@ impl Apps {
         self.cap = cap;
     }
 
+    /// Restored names under today's rules for live input (a checkpoint may come from a
+    /// version that checked less): a name that is not a valid id folds into `other` (counted
+    /// in [`Apps::invalid`]), and names past the cap plus PIA's reserved ones fold too
+    /// (counted in [`Apps::folded`]). Returns where each old id went, indexed by old id.
+    pub fn refold(&mut self) -> Vec<AppId> {
+        let old = std::mem::replace(&mut self.names, vec!["unknown".into(), "other".into()]);
+        self.index.clear();
+        let mut remap = vec![AppId::UNKNOWN, AppId::OTHER];
+        for name in old.into_iter().skip(2) {
+            let to = if !valid_app_id(name.as_bytes()) {
+                self.invalid += 1;
+                AppId::OTHER
+            } else if self.names.len() - 2 >= self.cap + MAX_RESERVED
+                || self.index.contains_key(name.as_bytes())
+            {
+                self.folded += 1;
+                AppId::OTHER
+            } else {
+                let id = AppId(self.names.len() as u32);
+                self.index.insert(name.as_bytes().into(), id);
+                self.names.push(name);
+                id
+            };
+            remap.push(to);
+        }
+        remap
+    }
+
     /// The two labels of the agent's own come first, and names are distinct.
     pub fn check(&self) -> Result<(), String> {
         if self.names.get(..2) != Some(&["unknown".to_string(), "other".to_string()][..]) {
@@ -212,5 +240,36 @@ mod tests {
         let mut back: Apps = serde_json::from_str(&serde_json::to_string(&apps).unwrap()).unwrap();
         assert_eq!(back.intern("com.b".into()), AppId(3));
         assert_eq!(back.name(a), "com.a");
+    }
+
+    /// A table an earlier version saved, with names today's intern refuses.
+    #[test]
+    fn refold_applies_todays_rules_to_restored_names() {
+        let long = "x".repeat(100 * 1024);
+        let mut names: Vec<String> = ["unknown", "other", "com.a", &long, "b c", "com.b"]
+            .map(String::from)
+            .to_vec();
+        names.extend((0..MAX_RESERVED + 3).map(|i| format!("com.r{i}")));
+        let saved = serde_json::json!({"names": names, "cap": 1, "folded": 0});
+        let mut apps: Apps = serde_json::from_value(saved).unwrap();
+        let remap = apps.refold();
+        assert_eq!(
+            remap[..6],
+            [
+                AppId::UNKNOWN,
+                AppId::OTHER,
+                AppId(2),
+                AppId::OTHER,
+                AppId::OTHER,
+                AppId(3)
+            ]
+        );
+        // Two refused as ids; past the cap plus the reserved room, the rest fold.
+        assert_eq!(apps.invalid(), 2);
+        assert_eq!(apps.len(), 2 + 1 + MAX_RESERVED);
+        assert_eq!(apps.folded(), 4);
+        assert!(apps.check().is_ok());
+        assert_eq!(apps.intern("com.b".into()), AppId(3));
+        assert_eq!(apps.intern("com.new".into()), AppId::OTHER);
     }
 }

@@ -92,6 +92,26 @@ impl AppCounts {
     pub fn errors(&self, kind: ErrorKind) -> u64 {
         self.errors[kind.index()]
     }
+    /// Adds `other`'s counts to these (an app folded into another at restore).
+    pub fn absorb(&mut self, other: &AppCounts) {
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.opened, other.opened);
+        for (a, b) in self.closed.iter_mut().zip(other.closed) {
+            add(a, b);
+        }
+        for (a, b) in self.errors.iter_mut().zip(other.errors) {
+            add(a, b);
+        }
+        add(&mut self.rx_bytes, other.rx_bytes);
+        add(&mut self.tx_bytes, other.tx_bytes);
+        add(&mut self.open, other.open);
+        for (a, b) in self.duration_buckets.iter_mut().zip(other.duration_buckets) {
+            add(a, b);
+        }
+        add(&mut self.duration_count, other.duration_count);
+        add(&mut self.duration_sum_ms, other.duration_sum_ms);
+    }
+
     pub fn observe_duration(&mut self, ms: u64) {
         let secs = ms as f64 / 1000.0;
         let slot = DURATION_BUCKETS_SECS

@@ -385,6 +385,28 @@ impl SessionTracker {
         }
     }
 
+    /// Restored state under today's rules for live input: app names refolded
+    /// ([`Apps::refold`]) with their counts and open sessions, and open sessions' times after
+    /// `limit` forgotten (a 2099 start would give any close a centuries-long duration).
+    /// Returns how many times were not believed.
+    pub fn recheck(&mut self, limit: LocalMillis) -> u64 {
+        let remap = self.apps.refold();
+        let old = std::mem::take(&mut self.counts);
+        for (app, proto, c) in old.iter() {
+            let to = remap.get(app.0 as usize).copied().unwrap_or(AppId::OTHER);
+            self.counts.row(to, proto).absorb(c);
+        }
+        let mut future = 0;
+        for s in self.open.values_mut().chain(self.error_open.values_mut()) {
+            s.app = remap.get(s.app.0 as usize).copied().unwrap_or(AppId::OTHER);
+            if s.opened.is_some_and(|t| t > limit) {
+                s.opened = None;
+                future += 1;
+            }
+        }
+        future
+    }
+
     /// Starts (or stops) recording closed sessions for [`SessionTracker::drain_closed`].
     pub fn record_closed(&mut self, on: bool) {
         self.closed_log = on.then(Vec::new);
