@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 pub use apps::{AppId, Apps};
 pub use counts::{AppCounts, CloseOutcome, Counts, DURATION_BUCKETS_SECS, ProtoKey, proto_label};
 
-use crate::proxy_log::{Event, LocalMillis, Proto, Size, Text};
+use strum::EnumCount;
+
+use crate::proxy_log::{Event, LocalMillis, Proto, RefusedReason, Size, Text};
 
 /// A session whose creation line was seen and whose destructor was not yet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +62,9 @@ pub struct SessionTracker {
     /// Open sessions of the error-level log, apart from the debug log's (`open`).
     #[serde(default)]
     error_open: BTreeMap<u64, OpenSession>,
+    /// Flows matched and left without a session, by reason, per app id (dense, as `counts`).
+    #[serde(default)]
+    refused: Vec<[u64; RefusedReason::COUNT]>,
     /// Closed sessions since the last [`SessionTracker::drain_closed`], when someone listens.
     #[serde(skip)]
     closed_log: Option<Vec<Closed>>,
@@ -74,6 +79,7 @@ impl SessionTracker {
             counts: Counts::default(),
             evictions: Evictions::default(),
             error_open: BTreeMap::new(),
+            refused: Vec::new(),
             closed_log: None,
         }
     }
@@ -116,8 +122,33 @@ impl SessionTracker {
                 app,
             } => self.close_session(id, proto, rx, tx, app, time),
             Event::ProxyStarted => self.abandon_all(),
+            Event::FlowRefused { app, reason } => self.refuse(app, reason),
             _ => {}
         }
+    }
+
+    /// A flow of `app` that got no session; an app the line leaves empty (a flow matched by
+    /// path, without a signing id) is `unknown`. Labels are bounded by the app cap.
+    fn refuse(&mut self, app: Text<'_>, reason: RefusedReason) {
+        let app = if app.bytes().is_empty() {
+            AppId::UNKNOWN
+        } else {
+            self.apps.intern(app)
+        };
+        let i = app.0 as usize;
+        if i >= self.refused.len() {
+            self.refused.resize(i + 1, [0; RefusedReason::COUNT]);
+        }
+        self.refused[i][reason as usize] += 1;
+    }
+
+    /// Refused flows by app, by reason ([`RefusedReason`] order), for apps that have any.
+    pub fn refused(&self) -> impl Iterator<Item = (AppId, &[u64; RefusedReason::COUNT])> {
+        self.refused
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| row.iter().any(|&n| n > 0))
+            .map(|(i, row)| (AppId(i as u32), row))
     }
 
     fn open_session(&mut self, id: u64, proto: Proto, app: Text<'_>, time: Option<LocalMillis>) {
@@ -250,6 +281,9 @@ impl SessionTracker {
                 return Err(format!("an open session names app #{}, unknown", s.app.0));
             }
             *want.entry((s.app, Some(s.proto))).or_default() += 1;
+        }
+        if self.refused.len() > self.apps.len() {
+            return Err(format!("refused flows for app #{}, unknown", self.refused.len() - 1));
         }
         for (app, proto, c) in self.counts.iter() {
             if app.0 as usize >= self.apps.len() {
@@ -442,6 +476,33 @@ mod tests {
         );
         assert_eq!(row(&t, "other", Some(Proto::Tcp)).opened, 1);
         assert_eq!((t.apps().folded(), t.apps().invalid()), (1, 1));
+    }
+
+    #[test]
+    fn refused_flows_count_per_app_and_survive_a_checkpoint() {
+        let mut t = SessionTracker::new(16, 16);
+        let refuse = |t: &mut SessionTracker, app: &'static str, reason| {
+            t.apply(
+                &Event::FlowRefused {
+                    app: app.into(),
+                    reason,
+                },
+                None,
+            )
+        };
+        refuse(&mut t, "com.a", RefusedReason::NoBindIp);
+        refuse(&mut t, "com.a", RefusedReason::NoBindIp);
+        refuse(&mut t, "", RefusedReason::OpenFailed);
+        let back: SessionTracker =
+            serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        back.check().unwrap();
+        let rows: Vec<(&str, [u64; RefusedReason::COUNT])> = back
+            .refused()
+            .map(|(app, row)| (back.apps().name(app), *row))
+            .collect();
+        assert_eq!(rows, [("unknown", [0, 0, 1]), ("com.a", [2, 0, 0])]);
+        // No session was opened or counted.
+        assert_eq!((back.open_len(), back.counts().iter().count()), (0, 0));
     }
 
     #[test]
