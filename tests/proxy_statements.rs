@@ -52,12 +52,13 @@ fn app(a: Option<Text<'_>>) -> String {
 fn tag(e: &Event<'_>) -> String {
     match e {
         Event::SessionOpened { proto, app: a, .. } => format!("opened {proto} {}", a.lossy()),
-        Event::FlowError {
-            kind, app: a, ..
-        } => format!("error {kind} {}", app(*a)),
+        Event::FlowError { kind, app: a, .. } => format!("error {kind} {}", app(*a)),
         Event::Terminating { .. } => "terminating".into(),
         Event::ChannelClosed { proto, .. } => {
-            format!("channel_closed {}", proto.map_or("-".into(), |p| p.to_string()))
+            format!(
+                "channel_closed {}",
+                proto.map_or("-".into(), |p| p.to_string())
+            )
         }
         Event::SessionClosed { app: a, .. } => format!("closed {}", app(*a)),
         Event::ProxyStarted => "proxy_started".into(),
@@ -65,7 +66,11 @@ fn tag(e: &Event<'_>) -> String {
         Event::DnsProxyStarted => "dns_proxy_started".into(),
         Event::DnsProxyStopped => "dns_proxy_stopped".into(),
         Event::FlowRefused { app: a, reason } => {
-            let a = if a.bytes().is_empty() { "-".into() } else { a.lossy() };
+            let a = if a.bytes().is_empty() {
+                "-".into()
+            } else {
+                a.lossy()
+            };
             format!("refused {reason} {a}")
         }
         Event::BypassApps(_) => "bypass_apps".into(),
@@ -93,7 +98,11 @@ fn every_statement_parses_to_its_event() {
                 r.line,
                 r.statement
             );
-            assert!(parsed.level.is_some() && parsed.time.is_some(), "{}", r.line);
+            assert!(
+                parsed.level.is_some() && parsed.time.is_some(),
+                "{}",
+                r.line
+            );
         }
     }
 }
@@ -165,7 +174,9 @@ fn refused_flows_are_bounded_by_the_app_cap() {
     });
     let mut text = String::new();
     for i in 0..50 {
-        text += &format!("[2026-02-16 11:49:40:7270] [FlowHandler.swift:58] error: Cannot find ipv4 ip for interface: en0 - ignoring matched flow: com.forged.app{i}\r\n");
+        text += &format!(
+            "[2026-02-16 11:49:40:7270] [FlowHandler.swift:58] error: Cannot find ipv4 ip for interface: en0 - ignoring matched flow: com.forged.app{i}\r\n"
+        );
     }
     text += "[2026-02-16 11:49:40:7270] [FlowHandler.swift:44] info: blocking a vpnOnly flow from com.a b\"}\r\n";
     p.feed_file(
@@ -230,9 +241,8 @@ fn the_format_document_lists_every_fixture_statement() {
             if at == "–" {
                 continue;
             }
-            let covered = (0..=i).any(|j| {
-                row[j] == *at && fixture.contains(&(commits[j].to_string(), at.clone()))
-            });
+            let covered = (0..=i)
+                .any(|j| row[j] == *at && fixture.contains(&(commits[j].to_string(), at.clone())));
             assert!(covered, "{at} at {commit} has no fixture line");
         }
     }

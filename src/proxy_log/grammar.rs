@@ -914,7 +914,9 @@ mod tests {
             reason,
         };
         assert_eq!(
-            ev("[t] [FlowHandler.swift:58] error: Cannot find ipv4 ip for interface: en0 - ignoring matched flow: com.a"),
+            ev(
+                "[t] [FlowHandler.swift:58] error: Cannot find ipv4 ip for interface: en0 - ignoring matched flow: com.a"
+            ),
             refused("com.a", RefusedReason::NoBindIp)
         );
         assert_eq!(
@@ -926,7 +928,11 @@ mod tests {
             "[t] [FlowHandler.swift:68] error: com.a \"The operation couldn’t be completed.\" in <NEAppProxyTCPFlow: 0x6000> open()",
             "[t] [FlowHandler.swift:68] error: com.a \"x \" in y\" in NEAppProxyTCPFlow {",
         ] {
-            assert_eq!(ev(line), refused("com.a", RefusedReason::OpenFailed), "{line}");
+            assert_eq!(
+                ev(line),
+                refused("com.a", RefusedReason::OpenFailed),
+                "{line}"
+            );
         }
         assert_eq!(
             ev("[t] [FlowHandler.swift:68] error:  \"x\" in y open()"),

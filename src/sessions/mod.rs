@@ -283,7 +283,10 @@ impl SessionTracker {
             *want.entry((s.app, Some(s.proto))).or_default() += 1;
         }
         if self.refused.len() > self.apps.len() {
-            return Err(format!("refused flows for app #{}, unknown", self.refused.len() - 1));
+            return Err(format!(
+                "refused flows for app #{}, unknown",
+                self.refused.len() - 1
+            ));
         }
         for (app, proto, c) in self.counts.iter() {
             if app.0 as usize >= self.apps.len() {
