@@ -17,10 +17,17 @@ use crate::sessions::{Closed, SessionTracker};
 /// What the proxy said about itself.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProxyState {
-    /// `Proxy started!` lines.
+    /// Proxy start lines (`Proxy started!`, and the newer branch's `Transparent Proxy
+    /// started!` and `DNS Proxy started!`).
     pub restarts: u64,
+    /// Proxy stop lines, of either provider.
+    #[serde(default)]
+    pub stops: u64,
     /// Last `isConnected:` value.
     pub connected: Option<bool>,
+    /// Last `dnsFollowAppRules:` value (newer proxy branch).
+    #[serde(default)]
+    pub dns_follow_app_rules: Option<bool>,
     /// Last `bindInterface:` value.
     pub bind_interface: Option<String>,
     /// Last `bindIp:` of a creation line.
@@ -297,10 +304,12 @@ impl Pipeline {
             {
                 self.proxy.bind_ip = Some(bind_ip.lossy().into_owned());
             }
-            Event::ProxyStarted => {
+            Event::ProxyStarted | Event::DnsProxyStarted => {
                 self.proxy.restarts += 1;
                 self.proxy.most_verbose = parsed.level;
             }
+            Event::ProxyStopped | Event::DnsProxyStopped => self.proxy.stops += 1,
+            Event::DnsFollowAppRules(on) => self.proxy.dns_follow_app_rules = Some(*on),
             Event::BindInterface(name) if valid_interface(name.bytes()) => {
                 self.proxy.bind_interface = Some(name.lossy().into_owned())
             }

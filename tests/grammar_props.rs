@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
-use pia_split_tunnel_exporter::proxy_log::{Event, grammar, parse_line};
+use pia_split_tunnel_exporter::proxy_log::{Event, RefusedReason, Text, grammar, parse_line};
 use proptest::prelude::*;
 
 /// Counts this thread's allocations, so a property can check that parsing made none.
@@ -122,6 +122,27 @@ proptest! {
         line.push(b'\n');
         prop_assert_eq!(p.feed(&line), line.len());
         prop_assert_eq!(p.read().lines, 1);
+    }
+
+    /// FlowHandler.swift's session-less statements with any values where the source
+    /// interpolates (app id, interface, Apple's error text and flow description) keep their
+    /// event and their app; none is unrecognised.
+    #[test]
+    fn refused_flows_keep_their_event_whatever_the_values(
+        app in "[A-Za-z0-9._-]{1,60}",
+        interface in "[A-Za-z0-9]{1,15}",
+        error in "[^\\n]{0,80}",
+        flow in "[^\\n]{0,80}",
+    ) {
+        let h = "[2026-02-16 11:49:40:7270] [FlowHandler.swift:68] error: ";
+        for (line, reason) in [
+            (format!("{h}Cannot find ipv4 ip for interface: {interface} - ignoring matched flow: {app}"), RefusedReason::NoBindIp),
+            (format!("{h}blocking a vpnOnly flow from {app}"), RefusedReason::VpnOnlyBlocked),
+            (format!("{h}{app} \"{error}\" in {flow} open()"), RefusedReason::OpenFailed),
+        ] {
+            let parsed = parse_line(line.as_bytes());
+            prop_assert_eq!(parsed.event, Event::FlowRefused { app: Text(app.as_bytes()), reason });
+        }
     }
 
     /// Headers with any timestamp text keep the event.

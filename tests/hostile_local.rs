@@ -352,6 +352,66 @@ fn forged_lines_in_a_root_owned_error_log_are_bounded_and_kept_apart() {
     );
 }
 
+/// Refused flows name their app in the line, and the newer proxy's start lines: forged in the
+/// error log, the apps stay under the app cap (64) and the label rules, and a start evicts
+/// nothing of the main log.
+#[test]
+fn forged_refused_flows_and_starts_in_the_error_log_are_bounded() {
+    let mut lab = Lab::new();
+    let open = open_line(1, "com.plexapp.plexmediaserver");
+    lab.append_main(open.as_bytes(), 1);
+    let agent = lab.start();
+    agent.wait_lines(lab.lines);
+    let mut forged = String::from(
+        "[2026-02-16 11:49:33:0000] [SplitTunnelProxyProvider.swift:56] info: Transparent Proxy started!\r\n\
+         [2026-02-16 11:49:33:0000] [SplitTunnelDNSProxyProvider.swift:54] info: DNS Proxy started!\r\n",
+    );
+    for i in 0..500 {
+        forged.push_str(&format!(
+            "[2026-02-16 11:49:34:0000] [FlowHandler.swift:58] error: Cannot find ipv4 ip for interface: en0 - ignoring matched flow: com.forged.app{i}\r\n"
+        ));
+    }
+    let big = "y".repeat(64 * 1024);
+    forged.push_str(&format!(
+        "[2026-02-16 11:49:34:0000] [FlowHandler.swift:44] info: blocking a vpnOnly flow from {big}\",app=\"x\r\n"
+    ));
+    let n = forged.matches('\n').count() as u64;
+    std::fs::write(lab.error_log(), &forged).unwrap();
+    lab.lines += n;
+    agent.wait_lines(lab.lines);
+    let m = assert_unharmed("forged-refused-flows", &mut lab, agent, 0.0);
+    let l = [("app", "com.plexapp.plexmediaserver"), ("proto", "tcp")];
+    assert_eq!(
+        m.value("pia_split_tunnel_open_sessions", &l),
+        1.0,
+        "evicted"
+    );
+    let series: Vec<&String> =
+        m.0.keys()
+            .filter(|k| k.starts_with("pia_split_tunnel_flows_refused_total{"))
+            .collect();
+    // 63 forged apps beside Plex, then `other`, for one reason; one more for the other reason.
+    assert_eq!(series.len(), 65, "{series:?}");
+    assert!(!series.iter().any(|k| k.contains("yyyy")), "{series:?}");
+    let other = |reason| {
+        m.value(
+            "pia_split_tunnel_flows_refused_total",
+            &[("app", "other"), ("reason", reason)],
+        )
+    };
+    assert_eq!(
+        (other("no_bind_ip"), other("vpn_only_blocked")),
+        (437.0, 1.0)
+    );
+    assert_eq!(
+        m.value(
+            "pia_split_tunnel_log_values_refused_total",
+            &[("field", "app")]
+        ),
+        1.0
+    );
+}
+
 #[test]
 fn a_hard_link_of_the_main_log_is_not_counted_twice() {
     let mut lab = Lab::new();

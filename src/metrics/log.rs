@@ -14,7 +14,7 @@ use strum::{EnumCount, IntoEnumIterator};
 
 use super::{Counter, Family, Gauge, Histogram, Scrape};
 use crate::pipeline::Pipeline;
-use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto};
+use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto, RefusedReason};
 use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, Reply, proto_label};
 
 const SESSIONS_OPENED: Family<Counter, 2> = Family::new(
@@ -63,8 +63,26 @@ const LAST_EVENT: Family<Gauge, 0> = Family::new(
     "Time of the newest log line (the proxy's local clock), as Unix time.",
     [],
 );
-const PROXY_RESTARTS: Family<Counter, 0> =
-    Family::new("proxy_restarts_total", "`Proxy started!` lines seen.", []);
+const PROXY_RESTARTS: Family<Counter, 0> = Family::new(
+    "proxy_restarts_total",
+    "Proxy start lines seen (`Proxy started!`; on the newer proxy: `Transparent Proxy started!`, `DNS Proxy started!`).",
+    [],
+);
+const PROXY_STOPS: Family<Counter, 0> = Family::new(
+    "proxy_stops_total",
+    "Proxy stop lines seen (`Proxy stopped!`; on the newer proxy: `Transparent Proxy stopped!`, `DNS Proxy stopped!`).",
+    [],
+);
+const FLOWS_REFUSED: Family<Counter, 2> = Family::new(
+    "flows_refused_total",
+    "Flows of an app the proxy matched and opened no session for, by reason (no_bind_ip: the bind interface has no IPv4 address, the flow is left to the VPN; vpn_only_blocked; open_failed); a reason appears with its first flow.",
+    ["app", "reason"],
+);
+const PROXY_DNS_FOLLOW_APP_RULES: Family<Gauge, 0> = Family::new(
+    "proxy_dns_follow_app_rules",
+    "The proxy's own `dnsFollowAppRules` (newer proxy; 1 true, 0 false).",
+    [],
+);
 const PROXY_CONNECTED: Family<Gauge, 0> = Family::new(
     "proxy_connected",
     "The proxy's own `isConnected` (1 true, 0 false).",
@@ -168,6 +186,9 @@ impl Scrape for LogCollector {
             SESSION_DURATION.desc(),
             LAST_EVENT.desc(),
             PROXY_RESTARTS.desc(),
+            PROXY_STOPS.desc(),
+            FLOWS_REFUSED.desc(),
+            PROXY_DNS_FOLLOW_APP_RULES.desc(),
             PROXY_CONNECTED.desc(),
             PROXY_BIND_INTERFACE.desc(),
             LOG_LEVEL.desc(),
@@ -295,6 +316,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
         rx.done(),
         tx.done(),
         duration.done(),
+        refused_flows(p),
     ];
 
     let proxy = p.proxy();
@@ -304,6 +326,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     let r = p.read();
     out.extend([
         PROXY_RESTARTS.single(proxy.restarts as f64),
+        PROXY_STOPS.single(proxy.stops as f64),
         LOG_LINES.single(r.lines as f64),
         LOG_UNRECOGNIZED.single(r.unrecognized as f64),
         LOG_READ_BYTES.single(r.bytes as f64),
@@ -318,6 +341,9 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     ]);
     if let Some(c) = proxy.connected {
         out.push(PROXY_CONNECTED.single(f64::from(u8::from(c))));
+    }
+    if let Some(on) = proxy.dns_follow_app_rules {
+        out.push(PROXY_DNS_FOLLOW_APP_RULES.single(f64::from(u8::from(on))));
     }
     if let Some(i) = &proxy.bind_interface {
         let mut f = PROXY_BIND_INTERFACE.samples();
@@ -344,6 +370,21 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
     // A family without samples (no app yet, no error yet) is left out, as the registry does.
     out.retain(|f| !f.get_metric().is_empty());
     out
+}
+
+/// `flows_refused_total`: per app (bounded by the app cap), a reason once it happened.
+fn refused_flows(p: &Pipeline) -> MetricFamily {
+    let apps = p.sessions().apps();
+    let mut f = FLOWS_REFUSED.samples();
+    for (app, row) in p.sessions().refused() {
+        for reason in RefusedReason::iter() {
+            let n = row[reason as usize];
+            if n > 0 {
+                f.add([apps.name(app), reason.into()], n as f64);
+            }
+        }
+    }
+    f.done()
 }
 
 /// The proxy logs local wall-clock time without a zone; this machine's zone interprets it.

@@ -44,6 +44,19 @@ pub enum ErrorKind {
     Other,
 }
 
+/// Why the proxy matched an app's flow and opened no session for it (`FlowHandler.swift`).
+#[apply(label_set!)]
+#[derive(PartialOrd, Ord, Deserialize)]
+pub enum RefusedReason {
+    /// `Cannot find ipv4 ip for interface: IF - ignoring matched flow: APP`: the bind
+    /// interface has no IPv4 address; the flow is left to the OS, so it does not bypass.
+    NoBindIp,
+    /// `blocking a vpnOnly flow from APP`: a vpnOnly app while the VPN is down (by design).
+    VpnOnlyBlocked,
+    /// `APP "ERROR" in FLOW open()`: the flow could not be opened; no session follows.
+    OpenFailed,
+}
+
 impl ErrorKind {
     pub fn index(self) -> usize {
         self as usize
@@ -154,12 +167,26 @@ pub enum Event<'a> {
         tx: Size,
         app: Option<Text<'a>>,
     },
+    /// `Proxy started!`, or `Transparent Proxy started!` on the newer proxy branch: ids restart.
     ProxyStarted,
+    /// `Proxy stopped!` / `Transparent Proxy stopped!`.
     ProxyStopped,
+    /// `DNS Proxy started!` (newer proxy branch): the DNS provider in the same process, with
+    /// an id sequence of its own, so the transparent proxy's sessions go on.
+    DnsProxyStarted,
+    /// `DNS Proxy stopped!` (newer proxy branch).
+    DnsProxyStopped,
+    /// A flow of `app` matched and got no session (see [`RefusedReason`]).
+    FlowRefused {
+        app: Text<'a>,
+        reason: RefusedReason,
+    },
     /// `Managing bypass apps: [...]`: the list as printed (`["com.a", "com.b"]`).
     BypassApps(Text<'a>),
     BindInterface(Text<'a>),
     IsConnected(bool),
+    /// `dnsFollowAppRules: BOOL` (newer proxy branch, beside `bindInterface:`).
+    DnsFollowAppRules(bool),
     /// `Logger initialized ... with log level: X`.
     LoggerLevel(Level),
     /// A line we know and ignore: it carries nothing to count (start-up block, `Successfully shutdown channel`, ...).

@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem::{Finder, FinderRev};
 
-use super::event::{ErrorKind, Event, Level, Line, LocalMillis, Proto, Size, Text};
+use super::event::{ErrorKind, Event, Level, Line, LocalMillis, Proto, RefusedReason, Size, Text};
 
 /// Parses one line (without its `\n`; a trailing `\r` is dropped).
 pub fn parse_line(line: &[u8]) -> Line<'_> {
@@ -518,10 +518,15 @@ fn decimal_scaled(number: &[u8], scale: u64) -> Option<u64> {
 /// Lines without a session id, with or without the header.
 fn bare_event(msg: &[u8]) -> Event<'_> {
     match msg {
-        b"Proxy started!" => return Event::ProxyStarted,
-        b"Proxy stopped!" => return Event::ProxyStopped,
+        // The newer proxy branch names its two providers.
+        b"Proxy started!" | b"Transparent Proxy started!" => return Event::ProxyStarted,
+        b"Proxy stopped!" | b"Transparent Proxy stopped!" => return Event::ProxyStopped,
+        b"DNS Proxy started!" => return Event::DnsProxyStarted,
+        b"DNS Proxy stopped!" => return Event::DnsProxyStopped,
         b"isConnected: true" => return Event::IsConnected(true),
         b"isConnected: false" => return Event::IsConnected(false),
+        b"dnsFollowAppRules: true" => return Event::DnsFollowAppRules(true),
+        b"dnsFollowAppRules: false" => return Event::DnsFollowAppRules(false),
         // The logger's re-initialisation message begins with an empty line.
         b"" => return Event::Ignored,
         _ => {}
@@ -544,7 +549,51 @@ fn bare_event(msg: &[u8]) -> Event<'_> {
     if let Some(list) = msg.strip_prefix(b"Managing bypass apps: ") {
         return Event::BypassApps(Text(list));
     }
-    const KNOWN: [&[u8]; 14] = [
+    if known_without_id(msg) {
+        return Event::Ignored;
+    }
+    if let Some(refused) = flow_refused(msg) {
+        return refused;
+    }
+    Event::Unrecognized
+}
+
+/// FlowHandler.swift's three ways to leave a matched flow without a session.
+fn flow_refused(msg: &[u8]) -> Option<Event<'_>> {
+    let refused = |app, reason| {
+        Some(Event::FlowRefused {
+            app: Text(app),
+            reason,
+        })
+    };
+    if let Some(rest) = msg.strip_prefix(b"Cannot find ipv4 ip for interface: ") {
+        let (app, _interface) = upto(" - ignoring matched flow: ").parse(rest).ok()?;
+        return refused(app, RefusedReason::NoBindIp);
+    }
+    if let Some(app) = msg.strip_prefix(b"blocking a vpnOnly flow from ") {
+        return refused(app, RefusedReason::VpnOnlyBlocked);
+    }
+    // `APP "DESCRIPTION" in FLOW open()`. What the flow prints as is Apple's and not known;
+    // the line is told by its opening (an app word, a quote) and the quote closed before ` in `.
+    let (rest, app) = app_word(msg).ok()?;
+    if rest.starts_with(b" \"") && FIND.quote_in.find(&rest[2..]).is_some() {
+        return refused(app, RefusedReason::OpenFailed);
+    }
+    None
+}
+
+/// Statements without an id that carry nothing to count: the start-up block, the app
+/// messages, the firewall group, the audit-token warnings, errors of no session.
+fn known_without_id(msg: &[u8]) -> bool {
+    const EXACT: [&[u8]; 6] = [
+        b"Proxy updated!",
+        b"Failed to deserialize data",
+        b"provided incorrect list of options. They might be missing or an incorrect type",
+        b"Audit token is nil",
+        b"Could not get a pid from the audit token",
+        b"Could not start File Logger, will log only to console.",
+    ];
+    const PREFIX: [&[u8]; 11] = [
         b"Managing vpnOnly apps: ",
         b"Using server address ",
         b"routeVPN: ",
@@ -552,22 +601,19 @@ fn bare_event(msg: &[u8]) -> Event<'_> {
         b"Trying to set gid of extension",
         b"Should have successfully set gid",
         b"Replacing existing logger",
+        // VpnState's missing options; FirewallWhitelister's `unable to get gid` / `set group`.
         b"Error: Cannot find ",
-        b"Cannot find ipv4 ip for interface: ",
-        b"blocking a vpnOnly flow from ",
-        b"Could not start File Logger",
-        b"Could not set gid",
-        b"Received message",
-        b"Stopping proxy",
+        b"Error: unable to ",
+        // InboundHandler.swift:25 has no id to attribute it to.
+        b"Failed to close the channel: ",
+        b"Found a process with pid ",
     ];
-    if KNOWN.iter().any(|p| msg.starts_with(p)) {
-        return Event::Ignored;
-    }
-    // FlowHandler.swift:68: `APP "TEXT" in ... open()`
-    if msg.ends_with(b"open()") && FIND.quote_in.find(msg).is_some() {
-        return Event::Ignored;
-    }
-    Event::Unrecognized
+    EXACT.contains(&msg)
+        || PREFIX.iter().any(|p| msg.starts_with(p))
+        // SplitTunnelNetworkConfig.swift:22: the proxy's network settings were refused.
+        || msg.ends_with(b" when setting proxy settings")
+        // MessageHandler.swift:21: the options PIA sent, as compact JSON on one line.
+        || (msg.first() == Some(&b'{') && msg.last() == Some(&b'}'))
 }
 
 #[cfg(test)]
@@ -859,6 +905,65 @@ mod tests {
                 proto: Some(Proto::Tcp)
             }
         );
+    }
+
+    #[test]
+    fn refused_flows_and_the_newer_proxys_lines() {
+        let refused = |app: &'static str, reason| Event::FlowRefused {
+            app: app.into(),
+            reason,
+        };
+        assert_eq!(
+            ev(
+                "[t] [FlowHandler.swift:58] error: Cannot find ipv4 ip for interface: en0 - ignoring matched flow: com.a"
+            ),
+            refused("com.a", RefusedReason::NoBindIp)
+        );
+        assert_eq!(
+            ev("[t] [FlowHandler.swift:44] info: blocking a vpnOnly flow from com.a"),
+            refused("com.a", RefusedReason::VpnOnlyBlocked)
+        );
+        // The flow's description is Apple's: one line or the first of several.
+        for line in [
+            "[t] [FlowHandler.swift:68] error: com.a \"The operation couldn’t be completed.\" in <NEAppProxyTCPFlow: 0x6000> open()",
+            "[t] [FlowHandler.swift:68] error: com.a \"x \" in y\" in NEAppProxyTCPFlow {",
+        ] {
+            assert_eq!(
+                ev(line),
+                refused("com.a", RefusedReason::OpenFailed),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            ev("[t] [FlowHandler.swift:68] error:  \"x\" in y open()"),
+            refused("", RefusedReason::OpenFailed)
+        );
+        assert_eq!(
+            ev("[t] [SplitTunnelProxyProvider.swift:56] info: Transparent Proxy started!"),
+            Event::ProxyStarted
+        );
+        assert_eq!(
+            ev("[t] [SplitTunnelProxyProvider.swift:77] info: Transparent Proxy stopped!"),
+            Event::ProxyStopped
+        );
+        assert_eq!(
+            ev("[t] [SplitTunnelDNSProxyProvider.swift:54] info: DNS Proxy started!"),
+            Event::DnsProxyStarted
+        );
+        assert_eq!(
+            ev("[t] [VpnState.swift:65] info: dnsFollowAppRules: false"),
+            Event::DnsFollowAppRules(false)
+        );
+        for line in [
+            "[t] [FlowHandler.swift:58] error: Cannot find ipv4 ip for interface: en0",
+            "[t] [FlowHandler.swift:68] error: com.a without a quote in x open()",
+            "[t] [FlowHandler.swift:68] error: com.a \"never closed open()",
+            "[t] [VpnState.swift:65] info: dnsFollowAppRules: maybe",
+            "[t] [MessageHandler.swift:21] info: {\"bypassApps\":[",
+            "Received message",
+        ] {
+            assert_eq!(ev(line), Event::Unrecognized, "{line}");
+        }
     }
 
     #[test]

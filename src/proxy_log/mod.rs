@@ -3,5 +3,5 @@
 pub mod event;
 pub mod grammar;
 
-pub use event::{ErrorKind, Event, Level, Line, LocalMillis, Proto, Size, Text};
+pub use event::{ErrorKind, Event, Level, Line, LocalMillis, Proto, RefusedReason, Size, Text};
 pub use grammar::parse_line;

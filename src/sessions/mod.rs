@@ -32,8 +32,9 @@ pub use counts::{
     proto_label,
 };
 
-use crate::proxy_log::{ErrorKind, Event, LocalMillis, Proto, Size, Text};
 use strum::EnumCount;
+
+use crate::proxy_log::{ErrorKind, Event, LocalMillis, Proto, RefusedReason, Size, Text};
 
 /// A session whose creation line was seen and whose destructor was not yet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,6 +114,9 @@ pub struct SessionTracker {
     /// Log time of the last sweep of `pending` for entries past [`PENDING_MAX_MS`].
     #[serde(default)]
     swept: Option<LocalMillis>,
+    /// Flows matched and left without a session, by reason, per app id (dense, as `counts`).
+    #[serde(default)]
+    refused: Vec<[u64; RefusedReason::COUNT]>,
     /// Closed sessions since the last [`SessionTracker::drain_closed`], when someone listens.
     #[serde(skip)]
     closed_log: Option<Vec<Closed>>,
@@ -130,6 +134,7 @@ impl SessionTracker {
             pending: BTreeMap::new(),
             error_pending: BTreeMap::new(),
             swept: None,
+            refused: Vec::new(),
             closed_log: None,
         }
     }
@@ -186,8 +191,33 @@ impl SessionTracker {
                 app,
             } => self.close_session(id, proto, rx, tx, app, time),
             Event::ProxyStarted => self.abandon_all(),
+            Event::FlowRefused { app, reason } => self.refuse(app, reason),
             _ => {}
         }
+    }
+
+    /// A flow of `app` that got no session; an app the line leaves empty (a flow matched by
+    /// path, without a signing id) is `unknown`. Labels are bounded by the app cap.
+    fn refuse(&mut self, app: Text<'_>, reason: RefusedReason) {
+        let app = if app.bytes().is_empty() {
+            AppId::UNKNOWN
+        } else {
+            self.apps.intern(app)
+        };
+        let i = app.0 as usize;
+        if i >= self.refused.len() {
+            self.refused.resize(i + 1, [0; RefusedReason::COUNT]);
+        }
+        self.refused[i][reason as usize] += 1;
+    }
+
+    /// Refused flows by app, by reason ([`RefusedReason`] order), for apps that have any.
+    pub fn refused(&self) -> impl Iterator<Item = (AppId, &[u64; RefusedReason::COUNT])> {
+        self.refused
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| row.iter().any(|&n| n > 0))
+            .map(|(i, row)| (AppId(i as u32), row))
     }
 
     fn open_session(&mut self, id: u64, proto: Proto, app: Text<'_>, time: Option<LocalMillis>) {
@@ -440,6 +470,12 @@ impl SessionTracker {
                 return Err(format!("an open session names app #{}, unknown", s.app.0));
             }
             *want.entry((s.app, Some(s.proto))).or_default() += 1;
+        }
+        if self.refused.len() > self.apps.len() {
+            return Err(format!(
+                "refused flows for app #{}, unknown",
+                self.refused.len() - 1
+            ));
         }
         for (app, proto, c) in self.counts.iter() {
             if app.0 as usize >= self.apps.len() {
@@ -786,6 +822,33 @@ mod tests {
         assert_eq!(reply(Size::Unparsed, true), Reply::Unknown);
         assert!(channel_failure(ErrorKind::IoOnClosedChannel));
         assert!(!channel_failure(ErrorKind::EmptyBuffer));
+    }
+
+    #[test]
+    fn refused_flows_count_per_app_and_survive_a_checkpoint() {
+        let mut t = SessionTracker::new(16, 16);
+        let refuse = |t: &mut SessionTracker, app: &'static str, reason| {
+            t.apply(
+                &Event::FlowRefused {
+                    app: app.into(),
+                    reason,
+                },
+                None,
+            )
+        };
+        refuse(&mut t, "com.a", RefusedReason::NoBindIp);
+        refuse(&mut t, "com.a", RefusedReason::NoBindIp);
+        refuse(&mut t, "", RefusedReason::OpenFailed);
+        let back: SessionTracker =
+            serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        back.check().unwrap();
+        let rows: Vec<(&str, [u64; RefusedReason::COUNT])> = back
+            .refused()
+            .map(|(app, row)| (back.apps().name(app), *row))
+            .collect();
+        assert_eq!(rows, [("unknown", [0, 0, 1]), ("com.a", [2, 0, 0])]);
+        // No session was opened or counted.
+        assert_eq!((back.open_len(), back.counts().iter().count()), (0, 0));
     }
 
     #[test]
