@@ -196,6 +196,7 @@ pub(crate) mod testing {
                     index: 3,
                     ipv4: Ipv4Addr::new(10, 16, 11, 143),
                 }),
+                problems: Vec::new(),
             },
             results: vec![
                 r(PathKind::Physical, Ok(HOME_IP)),
