@@ -398,6 +398,8 @@ fn table_primary(ev: &Evidence, routes: &[RouteEntry]) -> Result<Option<String>,
             .iter()
             .find(|i| i.name == r.interface)
             .is_some_and(|i| usable(i) && !tunnel_like(i))
+            // A default without a next hop (`link#48` on a VM bridge) leads nowhere outside.
+            && r.gateway.is_some()
     };
     let mut unscoped: Vec<&RouteEntry> = routes
         .iter()
