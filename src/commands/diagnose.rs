@@ -48,6 +48,8 @@ pub struct LogFacts {
     /// `log.path` and `log.error_path`, to name them when they are missing.
     pub debug_log_path: String,
     pub error_log_path: String,
+    /// Judging saved files (`diagnose --from`): there is nothing to probe.
+    pub offline: bool,
 }
 
 /// What the log says, over the report of `files`.
@@ -63,6 +65,7 @@ fn log_facts(report: &Report, debug_log: &Path, error_log: &Path) -> LogFacts {
         sessions: (report.total_sessions_closed() > 0).then(|| report.sessions()),
         debug_log_path: debug_log.display().to_string(),
         error_log_path: error_log.display().to_string(),
+        offline: false,
     }
 }
 
@@ -99,21 +102,27 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let interfaces = found.interfaces.clone();
     let mut platform = discovery_sentences(&found);
     platform.extend(system.routing_facts(&interfaces).describe(&interfaces));
-    for line in explain(round.as_ref(), &facts, &presence, &platform) {
+    let doubts = discovery_doubts(&found);
+    for line in doubts.iter().chain(&explain(round.as_ref(), &facts, &presence, &platform)) {
         println!("{line}");
     }
     let state = round.map_or(State::Undetermined, |r| Verdict::of(&r).state);
     Ok(ExitCode::from(state.exit_code()))
 }
 
-/// What discovery chose and why, one sentence each; its doubts first.
-pub fn discovery_sentences(d: &Discovery) -> Vec<String> {
-    let ifs = &d.interfaces;
-    let mut out: Vec<String> = ifs
+/// Discovery's doubts, each a sentence for the top of a diagnosis.
+pub fn discovery_doubts(d: &Discovery) -> Vec<String> {
+    d.interfaces
         .problems
         .iter()
-        .map(|p| format!("the interfaces are uncertain, so the fallback will not act: {p}"))
-        .collect();
+        .map(|p| format!("The interfaces are uncertain, so the fallback will not act: {p}."))
+        .collect()
+}
+
+/// What discovery chose and why, one fact each.
+pub fn discovery_sentences(d: &Discovery) -> Vec<String> {
+    let ifs = &d.interfaces;
+    let mut out = Vec::new();
     if let Some(p) = &ifs.physical {
         let gateway = p.gateway.map_or("no gateway".into(), |g| format!("gateway {g}"));
         out.push(format!(
@@ -189,8 +198,12 @@ pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<Ex
     let mut platform = discovery_sentences(&found);
     platform.extend(facts.describe(&found.interfaces));
     let log_path = mac.proxy_log.clone().unwrap_or_else(|| dir.join(saved::PROXY_LOG));
-    let log = log_facts(&report, &log_path, Path::new(""));
-    let sentences = explain(None, &log, &Presence::default(), &platform);
+    let log = LogFacts {
+        offline: true,
+        ..log_facts(&report, &log_path, Path::new(""))
+    };
+    let mut sentences = discovery_doubts(&found);
+    sentences.extend(explain(None, &log, &Presence::default(), &platform));
     let ifs = &found.interfaces;
     if as_json {
         let out = json!({
@@ -270,8 +283,13 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
         "no session closed in the log".into()
     };
     let Some(round) = round else {
+        let why = if log.offline {
+            "saved files, nothing to probe"
+        } else {
+            "probe.enabled = false"
+        };
         out.push(format!(
-            "Did not probe (probe.enabled = false): no verdict on the bypass, only what the log \
+            "Did not probe ({why}): no verdict on the bypass, only what the log \
 and the system say. The log: {sessions}{}.",
             match log.sessions {
                 Some(SessionsState::ZeroBytes) => {
