@@ -326,8 +326,9 @@ fn a_route_change_starts_a_round_without_waiting_for_the_heartbeat() {
     let agent = LabAgent::start(&lab, "interval_secs = 300");
     agent.wait_for(
         "the first round",
-        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
-        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
+        // Without the VPN's halves no interface carries the catch-all: there is no VPN
+        // tunnel to speak of (utun4 is up, but routes only its own subnet).
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"tunnel_down\"} 1"),
         METRICS,
         Duration::from_secs(20),
     );
@@ -371,8 +372,9 @@ fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
     let agent = LabAgent::start(&lab, "interval_secs = 300\nwatch_routes = false");
     agent.wait_for(
         "the first round",
-        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
-        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
+        // Without the VPN's halves no interface carries the catch-all: there is no VPN
+        // tunnel to speak of (utun4 is up, but routes only its own subnet).
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"tunnel_down\"} 1"),
         METRICS,
         Duration::from_secs(20),
     );
