@@ -72,10 +72,7 @@ fn log_facts(report: &Report, debug_log: &Path, error_log: &Path) -> LogFacts {
 /// What the proxy's log says it binds to, for discovery.
 fn binding(report: &Report) -> ProxyBinding {
     let proxy = report.pipeline.proxy();
-    ProxyBinding {
-        interface: proxy.bind_interface.clone(),
-        ip: proxy.bind_ip.as_deref().and_then(|ip| ip.parse().ok()),
-    }
+    ProxyBinding::from_log(proxy.bind_interface.as_deref(), proxy.bind_ip.as_deref())
 }
 
 /// `diagnose`; the exit status is the verdict's (3, undetermined, when not probing).

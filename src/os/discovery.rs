@@ -91,6 +91,20 @@ pub struct ProxyBinding {
     pub ip: Option<Ipv4Addr>,
 }
 
+impl ProxyBinding {
+    /// From the log's last `bindInterface:` and `bindIp` as read; an unreadable address is
+    /// no evidence.
+    pub fn from_log(interface: Option<&str>, ip: Option<&str>) -> ProxyBinding {
+        ProxyBinding {
+            interface: interface.map(str::to_owned),
+            ip: ip.and_then(|ip| ip.parse().ok()),
+        }
+    }
+}
+
+/// Where the live agent reads the proxy's latest binding from, each round.
+pub type BindingSource = std::sync::Arc<dyn Fn() -> ProxyBinding + Send + Sync>;
+
 /// Everything discovery judges from.
 #[derive(Clone, Copy, Debug)]
 pub struct Evidence<'a> {
