@@ -5,7 +5,7 @@
 
 use super::command::{CommandError, Tools, run};
 use super::macos_output::{
-    ParseError, RouteGet, parse_anchors, parse_netstat_inet, parse_route_get, parse_sysctl_flag,
+    ParseError, RouteGet, parse_anchors, parse_netstat_inet, parse_sysctl_flag, route_get_answer,
     route_not_in_table,
 };
 use super::{Interfaces, RouteEntry, RoutingFacts, discovery};
@@ -31,10 +31,7 @@ fn route_get(tools: &Tools, args: &[&str]) -> Result<Option<RouteGet>, String> {
     let mut full = vec!["-n", "get"];
     full.extend_from_slice(args);
     match run(&tools.route, &full, None, tools.timeout) {
-        Ok(out) if route_not_in_table(&out.stderr) => Ok(None),
-        Ok(out) => parse_route_get(&out.stdout)
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        Ok(out) => route_get_answer(&out.stdout, &out.stderr).map_err(|e| e.to_string()),
         Err(CommandError::Failed { stderr, .. }) if route_not_in_table(&stderr) => Ok(None),
         Err(e) => Err(e.to_string()),
     }

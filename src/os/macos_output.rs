@@ -102,10 +102,19 @@ pub fn parse_route_get(text: &str) -> Result<RouteGet, ParseError> {
     }
 }
 
-/// `route` prints this (exit 1) when the lookup finds no route, e.g. no scoped default on the
-/// interface asked for.
+/// `route` prints this on stderr when the lookup finds no route, e.g. no scoped default on the
+/// interface asked for; route(8) may still exit 0.
 pub fn route_not_in_table(stderr: &str) -> bool {
     stderr.contains("not in table")
+}
+
+/// What a `route -n get` that ran says, whatever its exit status: `None` for "no such route"
+/// (stderr `not in table`), else the parsed answer.
+pub fn route_get_answer(stdout: &str, stderr: &str) -> Result<Option<RouteGet>, ParseError> {
+    if route_not_in_table(stderr) {
+        return Ok(None);
+    }
+    parse_route_get(stdout).map(Some)
 }
 
 /// One row of the IPv4 table in `netstat -rn -f inet`.
@@ -417,6 +426,14 @@ pub(crate) mod tests {
         assert!(route_not_in_table(
             "route: writing to routing socket: not in table\n"
         ));
+        // Exit 0, nothing on stdout, the message on stderr: no such route, not "not read".
+        assert_eq!(
+            route_get_answer("", "route: writing to routing socket: not in table\n"),
+            Ok(None)
+        );
+        let answer = route_get_answer(&fixture("route-get-default.txt"), "").unwrap();
+        assert_eq!(answer.unwrap().interface.as_deref(), Some("en0"));
+        assert!(route_get_answer("", "").is_err());
     }
 
     fn halves(rows: &[TableRoute]) -> Vec<(&str, &str)> {
@@ -527,6 +544,28 @@ default            fe80::%utun0       UGcIg        utun0\n";
         assert!(parse_netstat_inet(refs_use).is_err());
         let short = "Destination Gateway Flags Refs Use Netif Expire\ndefault 172.16.16.1 UGSc\n";
         assert!(parse_netstat_inet(short).is_err());
+    }
+
+    #[test]
+    fn ifconfig_names_flags_and_ipv4() {
+        let ifs = parse_ifconfig(&fixture("ifconfig-a-lo0-alias.txt")).unwrap();
+        let names: Vec<&str> = ifs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["lo0", "gif0", "stf0", "en5", "ap1", "en0"]);
+        let lo0 = &ifs[0];
+        assert!(lo0.loopback && lo0.up);
+        assert_eq!(
+            lo0.ipv4,
+            [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(10, 254, 254, 254)]
+        );
+        assert!(ifs[1].point_to_point && !ifs[1].up, "gif0 is down");
+        assert!(ifs[3].up && ifs[3].ipv4.is_empty(), "en5 has only IPv6");
+        assert_eq!(ifs[5].ipv4, [Ipv4Addr::new(172, 16, 42, 20)]);
+        let utun = parse_ifconfig(&fixture("ifconfig-utun-tailscale.txt")).unwrap();
+        assert!(utun[0].point_to_point && utun[0].up);
+        assert_eq!(utun[0].ipv4, [Ipv4Addr::new(100, 116, 30, 19)]);
+        assert!(parse_ifconfig("").is_err());
+        assert!(parse_ifconfig("\tinet 10.0.15.15 netmask 0xffffff00\n").is_err());
+        assert!(parse_ifconfig("en0: mtu 1500\n").is_err(), "no flags: not ifconfig");
     }
 
     #[test]
