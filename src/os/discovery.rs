@@ -402,6 +402,14 @@ fn proxy_choice(ev: &Evidence, problems: &mut Vec<String>) -> Option<String> {
         (None, Some(Ok(i))) => Some(i),
         (None, None) => None,
     }
+    // The log is not trusted to name a tunnel as the way out.
+    .filter(|n| {
+        let tunnel = ev.interfaces.iter().any(|i| i.name == *n && tunnel_like(i));
+        if tunnel {
+            problems.push(format!("the proxy binds to {n}, a tunnel"));
+        }
+        !tunnel
+    })
 }
 
 /// The primary physical interface as the table says: the unscoped default's (lowest metric),
@@ -581,6 +589,29 @@ mod tests {
             ip: Some(Ipv4Addr::new(10, 0, 15, 15)),
         };
         assert!(!judge_with(&ifaces, &routes, &split).interfaces.problems.is_empty());
+    }
+
+    /// The log can be written by others: whatever it names, only a real physical interface
+    /// that agrees with the table is used, and anything else is a doubt, never a choice.
+    #[test]
+    fn a_forged_binding_never_picks_a_tunnel_or_loopback() {
+        let ifaces = two_nics_and_two_tunnels();
+        let vpn_owns_default = vec![
+            route([0; 4], 0, None, "utun6", false),
+            route([0; 4], 0, Some([10, 0, 15, 1]), "en0", true),
+        ];
+        for forged in [
+            ProxyBinding { interface: Some("utun6".into()), ip: None },
+            ProxyBinding { interface: Some("lo0".into()), ip: None },
+            ProxyBinding { interface: Some("en9".into()), ip: None },
+            ProxyBinding { interface: None, ip: Some(Ipv4Addr::new(127, 0, 0, 1)) },
+            ProxyBinding { interface: None, ip: Some(Ipv4Addr::new(10, 16, 11, 143)) },
+        ] {
+            let d = judge_with(&ifaces, &vpn_owns_default, &forged);
+            let p = d.interfaces.physical.as_ref().map(|p| p.name.as_str());
+            assert!(p.is_none() || p == Some("en0"), "{forged:?} chose {p:?}");
+            assert!(!d.interfaces.trusted(), "{forged:?} must leave a doubt");
+        }
     }
 
     #[test]
