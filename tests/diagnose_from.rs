@@ -46,11 +46,15 @@ fn every_mac_in_the_matrix_is_judged_right() {
         let expected: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
-        assert!(dir.join("SOURCE.md").is_file(), "{}: no SOURCE.md", dir.display());
+        assert!(
+            dir.join("SOURCE.md").is_file(),
+            "{}: no SOURCE.md",
+            dir.display()
+        );
         let (code, got) = diagnose(dir);
-        let physical = got["physical"].as_object().map(|p| {
-            serde_json::json!({"interface": p["interface"], "gateway": p["gateway"]})
-        });
+        let physical = got["physical"]
+            .as_object()
+            .map(|p| serde_json::json!({"interface": p["interface"], "gateway": p["gateway"]}));
         let seen = serde_json::json!({
             "physical": physical,
             "tunnel": got["tunnel"].as_object().map(|t| serde_json::json!({"interface": t["interface"]})),
@@ -58,7 +62,10 @@ fn every_mac_in_the_matrix_is_judged_right() {
             "certain": got["certain"],
         });
         if seen != expected {
-            wrong.push(format!("{}: expected {expected}, got {seen}", dir.display()));
+            wrong.push(format!(
+                "{}: expected {expected}, got {seen}",
+                dir.display()
+            ));
         }
         let certain = expected["certain"].as_bool().unwrap();
         assert_eq!(code, Some(if certain { 0 } else { 3 }), "{}", dir.display());

@@ -424,7 +424,15 @@ fn ambiguous_evidence_refuses_to_apply() {
         &["link", "set", "utun2", "up"],
         &["route", "add", "198.51.100.0/24", "dev", "utun2"],
         // The same metric as en0's default: nothing says which one is primary.
-        &["route", "append", "default", "via", "192.0.2.1", "dev", "en1"],
+        &[
+            "route",
+            "append",
+            "default",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "en1",
+        ],
     ] {
         let out = Command::new("ip")
             .args(["-n", &lab.mac()])
@@ -446,7 +454,9 @@ fn ambiguous_evidence_refuses_to_apply() {
         within,
     );
     let h: Value = serde_json::from_str(&health).unwrap();
-    let reason = h["components"]["probe_physical"]["reason"].as_str().unwrap();
+    let reason = h["components"]["probe_physical"]["reason"]
+        .as_str()
+        .unwrap();
     assert!(reason.contains("en0") && reason.contains("en1"), "{health}");
     assert_eq!(h["components"]["probe_physical"]["status"], "degraded");
     let (_, page) = lab.get("http://10.0.15.15:9847/");

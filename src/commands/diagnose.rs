@@ -100,7 +100,10 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let mut platform = discovery_sentences(&found);
     platform.extend(system.routing_facts(&interfaces).describe(&interfaces));
     let doubts = discovery_doubts(&found);
-    for line in doubts.iter().chain(&explain(round.as_ref(), &facts, &presence, &platform)) {
+    for line in doubts
+        .iter()
+        .chain(&explain(round.as_ref(), &facts, &presence, &platform))
+    {
         println!("{line}");
     }
     let state = round.map_or(State::Undetermined, |r| Verdict::of(&r).state);
@@ -121,7 +124,9 @@ pub fn discovery_sentences(d: &Discovery) -> Vec<String> {
     let ifs = &d.interfaces;
     let mut out = Vec::new();
     if let Some(p) = &ifs.physical {
-        let gateway = p.gateway.map_or("no gateway".into(), |g| format!("gateway {g}"));
+        let gateway = p
+            .gateway
+            .map_or("no gateway".into(), |g| format!("gateway {g}"));
         out.push(format!(
             "the physical interface is {} ({}, {gateway}), named by {}",
             p.name,
@@ -130,7 +135,10 @@ pub fn discovery_sentences(d: &Discovery) -> Vec<String> {
         ));
     }
     out.push(match (&ifs.tunnel, d.vpn_routes_everything) {
-        (Some(t), true) => format!("the VPN's tunnel is {}: it carries all of the public space", t.name),
+        (Some(t), true) => format!(
+            "the VPN's tunnel is {}: it carries all of the public space",
+            t.name
+        ),
         (Some(t), false) => format!("the tunnel is {} (as configured)", t.name),
         (None, _) => "no tunnel carries the public space: the VPN is not routing everything".into(),
     });
@@ -194,7 +202,10 @@ pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<Ex
     };
     let mut platform = discovery_sentences(&found);
     platform.extend(facts.describe(&found.interfaces));
-    let log_path = mac.proxy_log.clone().unwrap_or_else(|| dir.join(saved::PROXY_LOG));
+    let log_path = mac
+        .proxy_log
+        .clone()
+        .unwrap_or_else(|| dir.join(saved::PROXY_LOG));
     let log = LogFacts {
         offline: true,
         ..log_facts(&report, &log_path, Path::new(""))

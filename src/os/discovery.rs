@@ -298,7 +298,9 @@ pub fn judge(ev: &Evidence) -> Discovery {
         ));
     }
     let vpn_routes_everything = carrier_is_tunnel
-        && carrier.as_ref().is_some_and(|(_, s)| carries_everything(*s))
+        && carrier
+            .as_ref()
+            .is_some_and(|(_, s)| carries_everything(*s))
         && carrier.as_ref().map(|(n, _)| n.as_str()) != physical.as_ref().map(|p| p.name.as_str());
     Discovery {
         interfaces: Interfaces {
@@ -504,11 +506,7 @@ mod tests {
         }
     }
 
-    fn judge_with(
-        ifaces: &[IfaceInfo],
-        routes: &[RouteEntry],
-        proxy: &ProxyBinding,
-    ) -> Discovery {
+    fn judge_with(ifaces: &[IfaceInfo], routes: &[RouteEntry], proxy: &ProxyBinding) -> Discovery {
         judge(&Evidence {
             interfaces: ifaces,
             routes: Ok(routes),
@@ -547,7 +545,11 @@ mod tests {
         assert_eq!(d.interfaces.tunnel.as_ref().unwrap().name, "utun6");
         assert!(d.vpn_routes_everything);
         assert_eq!(d.interfaces.physical.as_ref().unwrap().name, "en0");
-        assert!(d.interfaces.problems.is_empty(), "{:?}", d.interfaces.problems);
+        assert!(
+            d.interfaces.problems.is_empty(),
+            "{:?}",
+            d.interfaces.problems
+        );
         // Without 128.0/1, the upper half stays on en0: not everything.
         routes.remove(1);
         let d = judge_with(&ifaces, &routes, &ProxyBinding::default());
@@ -576,8 +578,16 @@ mod tests {
         };
         let d = judge_with(&ifaces, &routes, &en1);
         let p = d.interfaces.physical.as_ref().unwrap();
-        assert_eq!((p.name.as_str(), p.gateway), ("en1", Some(Ipv4Addr::new(192, 0, 2, 1))));
-        assert_eq!(d.interfaces.problems.len(), 1, "{:?}", d.interfaces.problems);
+        assert_eq!(
+            (p.name.as_str(), p.gateway),
+            ("en1", Some(Ipv4Addr::new(192, 0, 2, 1)))
+        );
+        assert_eq!(
+            d.interfaces.problems.len(),
+            1,
+            "{:?}",
+            d.interfaces.problems
+        );
         let stale = ProxyBinding {
             interface: None,
             ip: Some(Ipv4Addr::new(10, 0, 15, 99)),
@@ -588,7 +598,12 @@ mod tests {
             interface: Some("en1".into()),
             ip: Some(Ipv4Addr::new(10, 0, 15, 15)),
         };
-        assert!(!judge_with(&ifaces, &routes, &split).interfaces.problems.is_empty());
+        assert!(
+            !judge_with(&ifaces, &routes, &split)
+                .interfaces
+                .problems
+                .is_empty()
+        );
     }
 
     /// The log can be written by others: whatever it names, only a real physical interface
@@ -601,11 +616,26 @@ mod tests {
             route([0; 4], 0, Some([10, 0, 15, 1]), "en0", true),
         ];
         for forged in [
-            ProxyBinding { interface: Some("utun6".into()), ip: None },
-            ProxyBinding { interface: Some("lo0".into()), ip: None },
-            ProxyBinding { interface: Some("en9".into()), ip: None },
-            ProxyBinding { interface: None, ip: Some(Ipv4Addr::new(127, 0, 0, 1)) },
-            ProxyBinding { interface: None, ip: Some(Ipv4Addr::new(10, 16, 11, 143)) },
+            ProxyBinding {
+                interface: Some("utun6".into()),
+                ip: None,
+            },
+            ProxyBinding {
+                interface: Some("lo0".into()),
+                ip: None,
+            },
+            ProxyBinding {
+                interface: Some("en9".into()),
+                ip: None,
+            },
+            ProxyBinding {
+                interface: None,
+                ip: Some(Ipv4Addr::new(127, 0, 0, 1)),
+            },
+            ProxyBinding {
+                interface: None,
+                ip: Some(Ipv4Addr::new(10, 16, 11, 143)),
+            },
         ] {
             let d = judge_with(&ifaces, &vpn_owns_default, &forged);
             let p = d.interfaces.physical.as_ref().map(|p| p.name.as_str());
@@ -625,7 +655,11 @@ mod tests {
         let d = judge_with(&ifaces, &routes, &ProxyBinding::default());
         assert_eq!(d.interfaces.physical, None);
         assert!(d.vpn_routes_everything);
-        assert!(d.interfaces.problems[0].contains("en0, en1"), "{:?}", d.interfaces.problems);
+        assert!(
+            d.interfaces.problems[0].contains("en0, en1"),
+            "{:?}",
+            d.interfaces.problems
+        );
         let unreadable = judge(&Evidence {
             interfaces: &ifaces,
             routes: Err("netstat: not found"),
@@ -643,6 +677,9 @@ mod tests {
         assert_eq!(r[0], (1 << 24, (10 << 24) - 1));
         assert_eq!(r.last().unwrap().1, (224u64 << 24) - 1);
         let shares = public_shares(&[route([10, 0, 0, 0], 8, None, "utun2", false)]);
-        assert!(shares.is_empty(), "a private subnet carries no public space");
+        assert!(
+            shares.is_empty(),
+            "a private subnet carries no public space"
+        );
     }
 }

@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use super::{Interfaces, discovery};
 use super::macos_output::{RouteGet, TableRoute, is_pia_anchor};
+use super::{Interfaces, discovery};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RoutingFacts {
@@ -200,7 +200,9 @@ mod tests {
     /// What a Mac with the VPN up and split tunnel on shows, from real outputs.
     fn vpn_up() -> RoutingFacts {
         RoutingFacts {
-            route_table: Some(parse_netstat_inet(&crate::os::macos_output::tests::halves_with_header()).unwrap()),
+            route_table: Some(
+                parse_netstat_inet(&crate::os::macos_output::tests::halves_with_header()).unwrap(),
+            ),
             default_lookup: Some(parse_route_get(&fixture("route-get-vpn-half.txt")).unwrap()),
             scoped_lookup: Some(Some(
                 parse_route_get(&fixture("route-get-ifscope-en0-default.txt")).unwrap(),

@@ -232,9 +232,9 @@ pub fn parse_ifconfig(text: &str) -> Result<Vec<crate::os::IfaceInfo>, ParseErro
             continue;
         }
         if !line.starts_with(char::is_whitespace) {
-            let (name, rest) = line
-                .split_once(": flags=")
-                .ok_or_else(|| parse_error("ifconfig", format!("line {line:?} names no interface")))?;
+            let (name, rest) = line.split_once(": flags=").ok_or_else(|| {
+                parse_error("ifconfig", format!("line {line:?} names no interface"))
+            })?;
             let flags = rest
                 .split_once('<')
                 .and_then(|(_, r)| r.split_once('>'))
@@ -258,7 +258,10 @@ pub fn parse_ifconfig(text: &str) -> Result<Vec<crate::os::IfaceInfo>, ParseErro
                 .ok_or_else(|| parse_error("ifconfig", "an address before any interface"))?;
             let addr = words.next().unwrap_or_default();
             iface.ipv4.push(addr.parse().map_err(|_| {
-                parse_error("ifconfig", format!("{addr:?} of {} is not IPv4", iface.name))
+                parse_error(
+                    "ifconfig",
+                    format!("{addr:?} of {} is not IPv4", iface.name),
+                )
             })?);
         }
     }
@@ -555,7 +558,10 @@ default            fe80::%utun0       UGcIg        utun0\n";
         assert!(lo0.loopback && lo0.up);
         assert_eq!(
             lo0.ipv4,
-            [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(10, 254, 254, 254)]
+            [
+                Ipv4Addr::new(127, 0, 0, 1),
+                Ipv4Addr::new(10, 254, 254, 254)
+            ]
         );
         assert!(ifs[1].point_to_point && !ifs[1].up, "gif0 is down");
         assert!(ifs[3].up && ifs[3].ipv4.is_empty(), "en5 has only IPv6");
@@ -565,7 +571,10 @@ default            fe80::%utun0       UGcIg        utun0\n";
         assert_eq!(utun[0].ipv4, [Ipv4Addr::new(100, 116, 30, 19)]);
         assert!(parse_ifconfig("").is_err());
         assert!(parse_ifconfig("\tinet 10.0.15.15 netmask 0xffffff00\n").is_err());
-        assert!(parse_ifconfig("en0: mtu 1500\n").is_err(), "no flags: not ifconfig");
+        assert!(
+            parse_ifconfig("en0: mtu 1500\n").is_err(),
+            "no flags: not ifconfig"
+        );
     }
 
     #[test]

@@ -298,6 +298,9 @@ mod tests {
                 default_via("eth1", [10, 0, 15, 1], 50),
             ]),
         );
-        assert_eq!(discover(&metrics, None, None).physical.unwrap().name, "eth1");
+        assert_eq!(
+            discover(&metrics, None, None).physical.unwrap().name,
+            "eth1"
+        );
     }
 }

@@ -211,18 +211,22 @@ mod tests {
 
     impl Os for TwoNics {
         fn interfaces(&self) -> Vec<IfaceInfo> {
-            [("en0", [10, 0, 15, 15]), ("en1", [192, 0, 2, 15]), ("utun4", [10, 16, 11, 143])]
-                .iter()
-                .enumerate()
-                .map(|(i, (name, ip))| IfaceInfo {
-                    name: (*name).into(),
-                    index: i as u32 + 2,
-                    up: true,
-                    point_to_point: name.starts_with("utun"),
-                    loopback: false,
-                    ipv4: vec![Ipv4Addr::from(*ip)],
-                })
-                .collect()
+            [
+                ("en0", [10, 0, 15, 15]),
+                ("en1", [192, 0, 2, 15]),
+                ("utun4", [10, 16, 11, 143]),
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ip))| IfaceInfo {
+                name: (*name).into(),
+                index: i as u32 + 2,
+                up: true,
+                point_to_point: name.starts_with("utun"),
+                loopback: false,
+                ipv4: vec![Ipv4Addr::from(*ip)],
+            })
+            .collect()
         }
         fn route_table(&self) -> Result<Vec<RouteEntry>, String> {
             let r = |dst: [u8; 4], prefix, gw: [u8; 4], dev: &str, scoped| RouteEntry {
@@ -263,6 +267,9 @@ mod tests {
         let told = prober.round_now().await.interfaces;
         assert_eq!(told.physical.as_ref().unwrap().name, "en1");
         assert_eq!(told.tunnel.as_ref().unwrap().name, "utun4");
-        assert!(!told.trusted(), "en1 against the table's en0 is a disagreement");
+        assert!(
+            !told.trusted(),
+            "en1 against the table's en0 is a disagreement"
+        );
     }
 }
