@@ -187,19 +187,27 @@ fn public_shares(routes: &[RouteEntry]) -> BTreeMap<String, f64> {
     }
     cuts.sort();
     cuts.dedup();
+    // CIDR blocks nest or are disjoint, so within an elementary range every route that holds
+    // its first address holds all of it: the longest match is one lookup per prefix length.
+    let mut by_block: std::collections::HashMap<(u8, u64), &RouteEntry> =
+        std::collections::HashMap::new();
+    for r in &unscoped {
+        let key = (r.prefix, r.range().0);
+        let keep = by_block.get(&key).is_some_and(|k| k.metric <= r.metric);
+        if !keep {
+            by_block.insert(key, r);
+        }
+    }
     let mut shares: BTreeMap<String, u64> = BTreeMap::new();
     for w in cuts.windows(2) {
         let (lo, hi) = (w[0], w[1] - 1);
         if !public.iter().any(|(a, b)| *a <= lo && hi <= *b) {
             continue;
         }
-        let best = unscoped
-            .iter()
-            .filter(|r| {
-                let (a, b) = r.range();
-                a <= lo && hi <= b
-            })
-            .max_by_key(|r| (r.prefix, std::cmp::Reverse(r.metric)));
+        let best = (0..=32u8).rev().find_map(|p| {
+            let mask = !((1u64 << (32 - p)) - 1) & u64::from(u32::MAX);
+            by_block.get(&(p, lo & mask))
+        });
         if let Some(r) = best {
             *shares.entry(r.interface.clone()).or_default() += hi - lo + 1;
         }
