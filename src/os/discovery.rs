@@ -274,37 +274,11 @@ pub fn judge(ev: &Evidence) -> Discovery {
         }
     });
 
-    let tunnel_name = match ev.tunnel_name {
-        Some(name) => {
-            if let Some((c, _)) = carrier.as_ref().filter(|_| carrier_is_tunnel)
-                && c != name
-            {
-                problems.push(format!(
-                    "probe.tunnel_interface is {name} but the VPN's catch-all routes go through {c}"
-                ));
-            }
-            Some(name.to_owned())
-        }
-        None => carrier
-            .as_ref()
-            .filter(|_| carrier_is_tunnel)
-            .map(|(n, _)| n.clone()),
-    };
-    let tunnel = tunnel_name
-        .as_deref()
-        .filter(|n| Some(*n) != physical.as_ref().map(|p| p.name.as_str()))
-        .and_then(find)
-        .filter(|i| usable(i))
-        .map(|i| TunnelIf {
-            name: i.name.clone(),
-            index: i.index,
-            ipv4: i.ipv4[0],
-        });
-    if let (Some(name), None) = (ev.tunnel_name, &tunnel) {
-        problems.push(format!(
-            "probe.tunnel_interface {name} is not up with an IPv4 address"
-        ));
-    }
+    let carrier_tunnel = carrier
+        .as_ref()
+        .filter(|_| carrier_is_tunnel)
+        .map(|(n, _)| n.as_str());
+    let tunnel = tunnel(ev, carrier_tunnel, physical.as_ref(), &mut problems);
     let vpn_routes_everything = carrier_is_tunnel
         && carrier
             .as_ref()
@@ -320,6 +294,42 @@ pub fn judge(ev: &Evidence) -> Discovery {
         vpn_routes_everything,
         physical_from,
     }
+}
+
+/// The configured tunnel (a doubt when the catch-all goes elsewhere), else the tunnel-like
+/// interface carrying the public space; never the physical interface.
+fn tunnel(
+    ev: &Evidence,
+    carrier: Option<&str>,
+    physical: Option<&PhysicalIf>,
+    problems: &mut Vec<String>,
+) -> Option<TunnelIf> {
+    let name = match ev.tunnel_name {
+        Some(name) => {
+            if let Some(c) = carrier.filter(|c| *c != name) {
+                problems.push(format!(
+                    "probe.tunnel_interface is {name} but the VPN's catch-all routes go through {c}"
+                ));
+            }
+            Some(name)
+        }
+        None => carrier,
+    };
+    let tunnel = name
+        .filter(|n| Some(*n) != physical.map(|p| p.name.as_str()))
+        .and_then(|n| ev.interfaces.iter().find(|i| i.name == n))
+        .filter(|i| usable(i))
+        .map(|i| TunnelIf {
+            name: i.name.clone(),
+            index: i.index,
+            ipv4: i.ipv4[0],
+        });
+    if let (Some(name), None) = (ev.tunnel_name, &tunnel) {
+        problems.push(format!(
+            "probe.tunnel_interface {name} is not up with an IPv4 address"
+        ));
+    }
+    tunnel
 }
 
 /// The gateway of the interface's own default route: the unscoped one, else its scoped one.
