@@ -88,7 +88,16 @@ pub enum Command {
     },
     /// Log statistics, one probe round and what the system says, in plain English: the cause
     /// and the repair. Exit 1 when the bypass is broken.
-    Diagnose,
+    Diagnose {
+        /// Judge a saved Mac instead, offline: a folder with netstat-rn.txt (`netstat -rn -f
+        /// inet`), ifconfig.txt (`ifconfig -a`) and optionally route-get-default.txt,
+        /// transparent_proxy.log, pfctl-anchors.txt. Exit 3 when the interfaces are uncertain.
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// With --from: print JSON.
+        #[arg(long, requires = "from")]
+        json: bool,
+    },
     /// Print the rules the fallback would load.
     Rules(commands::fallback::TargetArgs),
     /// Install, remove or show the fallback by hand.
@@ -155,7 +164,11 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { speed } => commands::demo(config, speed),
         Command::CheckConfig => commands::check_config(&config),
         Command::Probe { json } => commands::probe::run(&config.probe, json),
-        Command::Diagnose => commands::diagnose::run(&config),
+        Command::Diagnose { from: None, .. } => commands::diagnose::run(&config),
+        Command::Diagnose {
+            from: Some(dir),
+            json,
+        } => commands::diagnose::run_from(&config, &dir, json),
         Command::Rules(target) => commands::rules::run(&config.fallback, &config.probe, &target),
         Command::Fallback { op } => commands::fallback::run(&config.fallback, &config.probe, &op),
     }

@@ -48,6 +48,7 @@ fn observe(ns: &Netns) -> Round {
                 index: 3,
                 ipv4: "10.16.0.2".parse().unwrap(),
             }),
+            problems: Vec::new(),
         },
         results: vec![
             r(PathKind::Physical, Ok(PHYS_EGRESS)),

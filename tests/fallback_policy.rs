@@ -298,3 +298,29 @@ fn still_broken_while_active_reloads() {
     );
     assert_eq!(ds[3].action(), Some(Action::Reload));
 }
+
+#[test]
+fn uncertain_interfaces_never_apply() {
+    let mut p = Policy::new(&FallbackConfig::default());
+    let t0 = Instant::now();
+    let mut ds = Vec::new();
+    for i in 0..4u64 {
+        let mut r = round(true, Bypass::Timeout);
+        r.interfaces.problems = vec![
+            "the proxy binds to en1 while the unscoped default route is on en0: the evidence disagrees"
+                .into(),
+        ];
+        ds.push(p.judge(t0 + Duration::from_secs(30 * i), &r, NO_SESSIONS));
+    }
+    assert!(ds.iter().all(|d| d.action().is_none()), "{ds:?}");
+    assert_eq!(reasons(&ds).last(), Some(&"no_plan"));
+    // The same rounds with the evidence agreeing do apply.
+    let mut q = Policy::new(&FallbackConfig::default());
+    let agreed = run(
+        &mut q,
+        t0,
+        &[(true, Bypass::Timeout), (true, Bypass::Timeout)],
+        ApplyOutcome::Ok,
+    );
+    assert!(agreed.iter().any(|d| d.action().is_some()), "{agreed:?}");
+}

@@ -26,6 +26,7 @@ fn plan(source: Ipv4Addr, gateway: Ipv4Addr) -> Plan {
             gateway: Some(gateway),
         }),
         tunnel: None,
+        problems: Vec::new(),
     };
     Plan::from_interfaces(&ifs, &cfg).unwrap()
 }

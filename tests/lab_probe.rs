@@ -326,8 +326,9 @@ fn a_route_change_starts_a_round_without_waiting_for_the_heartbeat() {
     let agent = LabAgent::start(&lab, "interval_secs = 300");
     agent.wait_for(
         "the first round",
-        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
-        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
+        // Without the VPN's halves no interface carries the catch-all: there is no VPN
+        // tunnel to speak of (utun4 is up, but routes only its own subnet).
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"tunnel_down\"} 1"),
         METRICS,
         Duration::from_secs(20),
     );
@@ -371,8 +372,9 @@ fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
     let agent = LabAgent::start(&lab, "interval_secs = 300\nwatch_routes = false");
     agent.wait_for(
         "the first round",
-        // Without the VPN's halves the unbound path leaves outside the tunnel: a leak verdict.
-        &|b| has(b, "pia_split_tunnel_verdict{state=\"vpn_leak\"} 1"),
+        // Without the VPN's halves no interface carries the catch-all: there is no VPN
+        // tunnel to speak of (utun4 is up, but routes only its own subnet).
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"tunnel_down\"} 1"),
         METRICS,
         Duration::from_secs(20),
     );
@@ -400,4 +402,96 @@ fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
     );
     let log = agent.log();
     assert!(log.contains("trigger=LogEvidence"), "{log}");
+}
+
+/// Two physical interfaces whose defaults tie and a second tunnel (a work VPN's subnet): the
+/// agent names the tunnel that carries the VPN's halves, says on /health and the status page
+/// that it cannot tell which interface is physical, and does not apply, however broken the
+/// bypass. Once the tie is gone it repairs as usual.
+#[test]
+fn ambiguous_evidence_refuses_to_apply() {
+    let lab = Lab::up("a");
+    for args in [
+        // Veth pairs inside the namespace (no dummy module on every kernel); the far ends
+        // have no address, so nothing takes them for an interface.
+        &["link", "add", "en1", "type", "veth", "peer", "name", "x1"][..],
+        &["link", "set", "x1", "up"],
+        &["addr", "add", "192.0.2.15/24", "dev", "en1"],
+        &["link", "set", "en1", "up"],
+        &["link", "add", "utun2", "type", "veth", "peer", "name", "x2"],
+        &["link", "set", "x2", "up"],
+        &["addr", "add", "198.51.100.77/32", "dev", "utun2"],
+        &["link", "set", "utun2", "up"],
+        &["route", "add", "198.51.100.0/24", "dev", "utun2"],
+        // The same metric as en0's default: nothing says which one is primary.
+        &[
+            "route",
+            "append",
+            "default",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "en1",
+        ],
+    ] {
+        let out = Command::new("ip")
+            .args(["-n", &lab.mac()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let agent = LabAgent::start(&lab, "interval_secs = 2\ntimeout_secs = 1.5");
+    let within = Duration::from_secs(40);
+    let health = agent.wait_for(
+        "the doubt on /health",
+        &|b| b.contains("uncertain"),
+        "http://10.0.15.15:9847/health",
+        within,
+    );
+    let h: Value = serde_json::from_str(&health).unwrap();
+    let reason = h["components"]["probe_physical"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("en0") && reason.contains("en1"), "{health}");
+    assert_eq!(h["components"]["probe_physical"]["status"], "degraded");
+    let (_, page) = lab.get("http://10.0.15.15:9847/");
+    assert!(page.contains("uncertain"), "the status page says it too");
+    // Several rounds with the bypass broken (consecutive_rounds = 2): still nothing applied.
+    let m = agent.wait_for(
+        "broken rounds",
+        &|b| {
+            b.lines()
+                .find_map(|l| l.strip_prefix("pia_split_tunnel_probe_rounds_total "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|n| n >= 4.0)
+        },
+        METRICS,
+        within,
+    );
+    assert!(has(&m, "pia_split_tunnel_fallback_active 0"), "{m}");
+    assert!(!m.contains("action=\"apply\",result=\"ok\"} 1"), "{m}");
+    assert!(
+        !lab.ip(&["rule"]).contains("lookup 100"),
+        "no rule for a guessed interface: {}",
+        lab.ip(&["rule"])
+    );
+    let (_, page) = lab.get("http://10.0.15.15:9847/");
+    assert!(
+        page.contains("utun4 10.16.11.143") && !page.contains("utun2 198.51.100.77"),
+        "the tunnel is the one carrying the halves, not the work VPN's: {page}"
+    );
+
+    // The tie resolved: en0's default alone; the agent repairs.
+    lab.ip(&["route", "del", "default", "via", "192.0.2.1", "dev", "en1"]);
+    agent.wait_for(
+        "the repair once the evidence agrees",
+        &|b| has(b, "pia_split_tunnel_fallback_active 1"),
+        METRICS,
+        within,
+    );
 }

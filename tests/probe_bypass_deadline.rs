@@ -60,6 +60,7 @@ async fn a_black_holed_bypass_is_cut_relative_to_the_physical_path() {
             gateway: None,
         }),
         tunnel: None,
+        problems: Vec::new(),
     };
     let started = Instant::now();
     let round = prober.round_with(interfaces).await;

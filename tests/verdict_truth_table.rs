@@ -240,6 +240,7 @@ fn round_of(c: &Combo) -> Round {
                 index: 3,
                 ipv4: Ipv4Addr::new(10, 16, 11, 143),
             }),
+            problems: Vec::new(),
         },
         results: vec![
             res(PathKind::Physical, c.p),

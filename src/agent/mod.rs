@@ -112,6 +112,18 @@ pub async fn run_until(
     // First: creates the checkpoint's folder, by default also the pf token's.
     let ingest = Ingest::restore(&config.log)?;
     let pipeline = ingest.pipeline();
+    if let Some(rounds) = &sources.rounds {
+        // Discovery takes the proxy's own word on its interface first.
+        let log = pipeline.clone();
+        rounds.follow_proxy(Arc::new(move || {
+            let p = log.lock().unwrap_or_else(|e| e.into_inner());
+            let proxy = p.proxy();
+            crate::os::ProxyBinding::from_log(
+                proxy.bind_interface.as_deref(),
+                proxy.bind_ip.as_deref(),
+            )
+        }));
+    }
 
     let registry = Registry::new();
     crate::metrics::register(&registry, crate::metrics::BuildInfo)?;

@@ -3,13 +3,18 @@
 //! round's verdict is "bypass broken"; with `probe.enabled = false` it does not probe and says
 //! so, reporting the log and the system alone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde_json::json;
 
 use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
-use crate::os::{Os as _, System};
+use crate::os::discovery::{self, Discovery, Evidence, saved};
+use crate::os::macos_output::{parse_anchors, parse_ifconfig, parse_netstat_inet, parse_route_get};
+use crate::os::{Os as _, ProxyBinding, RoutingFacts, System};
 use crate::presence::{Presence, PresenceTracker, SysinfoSource};
 use crate::probe::{PathKind, Round, State, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
@@ -43,6 +48,31 @@ pub struct LogFacts {
     /// `log.path` and `log.error_path`, to name them when they are missing.
     pub debug_log_path: String,
     pub error_log_path: String,
+    /// Judging saved files (`diagnose --from`): there is nothing to probe.
+    pub offline: bool,
+}
+
+/// What the log says, over the report of `files`.
+fn log_facts(report: &Report, debug_log: &Path, error_log: &Path) -> LogFacts {
+    LogFacts {
+        sessions_closed: report.total_sessions_closed(),
+        zero_byte: report.zero_byte_closures(),
+        errors: report.errors_by_kind().into_iter().collect(),
+        bind_ip: report.bind_ips().into_iter().next(),
+        level: report.pipeline.proxy().level(),
+        debug_log_present: debug_log.is_file(),
+        error_log_present: !error_log.as_os_str().is_empty() && error_log.is_file(),
+        sessions: (report.total_sessions_closed() > 0).then(|| report.sessions()),
+        debug_log_path: debug_log.display().to_string(),
+        error_log_path: error_log.display().to_string(),
+        offline: false,
+    }
+}
+
+/// What the proxy's log says it binds to, for discovery.
+fn binding(report: &Report) -> ProxyBinding {
+    let proxy = report.pipeline.proxy();
+    ProxyBinding::from_log(proxy.bind_interface.as_deref(), proxy.bind_ip.as_deref())
 }
 
 /// `diagnose`; the exit status is the verdict's (3, undetermined, when not probing).
@@ -50,19 +80,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let files = log_files(config);
     let mut report = Report::from_files(&files, &config.log)?;
     report.thresholds = config.fallback.session_thresholds();
-    let facts = LogFacts {
-        sessions_closed: report.total_sessions_closed(),
-        zero_byte: report.zero_byte_closures(),
-        errors: report.errors_by_kind().into_iter().collect(),
-        bind_ip: report.bind_ips().into_iter().next(),
-        level: report.pipeline.proxy().level(),
-        debug_log_present: config.log.path.is_file(),
-        error_log_present: !config.log.error_path.as_os_str().is_empty()
-            && config.log.error_path.is_file(),
-        sessions: (report.total_sessions_closed() > 0).then(|| report.sessions()),
-        debug_log_path: config.log.path.display().to_string(),
-        error_log_path: config.log.error_path.display().to_string(),
-    };
+    let facts = log_facts(&report, &config.log.path, &config.log.error_path);
     let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
     let system = System::new(config.fallback.tools());
@@ -71,21 +89,153 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    // Without probes the interfaces are still discovered (no packet leaves) for the facts.
-    let interfaces = match &round {
-        Some(r) => r.interfaces.clone(),
-        None => crate::os::discover(
-            &system,
-            config.probe.physical_interface.as_deref(),
-            config.probe.tunnel_interface.as_deref(),
-        ),
-    };
-    let platform = system.routing_facts(&interfaces).describe(&interfaces);
-    for line in explain(round.as_ref(), &facts, &presence, &platform) {
+    // Discovery with the proxy's word, as the agent does; no packet leaves.
+    let found = crate::os::discover_with(
+        &system,
+        config.probe.physical_interface.as_deref(),
+        config.probe.tunnel_interface.as_deref(),
+        &binding(&report),
+    );
+    let interfaces = found.interfaces.clone();
+    let mut platform = discovery_sentences(&found);
+    platform.extend(system.routing_facts(&interfaces).describe(&interfaces));
+    let doubts = discovery_doubts(&found);
+    for line in doubts
+        .iter()
+        .chain(&explain(round.as_ref(), &facts, &presence, &platform))
+    {
         println!("{line}");
     }
     let state = round.map_or(State::Undetermined, |r| Verdict::of(&r).state);
     Ok(ExitCode::from(state.exit_code()))
+}
+
+/// Discovery's doubts, each a sentence for the top of a diagnosis.
+pub fn discovery_doubts(d: &Discovery) -> Vec<String> {
+    d.interfaces
+        .problems
+        .iter()
+        .map(|p| format!("The interfaces are uncertain, so the fallback will not act: {p}."))
+        .collect()
+}
+
+/// What discovery chose and why, one fact each.
+pub fn discovery_sentences(d: &Discovery) -> Vec<String> {
+    let ifs = &d.interfaces;
+    let mut out = Vec::new();
+    if let Some(p) = &ifs.physical {
+        let gateway = p
+            .gateway
+            .map_or("no gateway".into(), |g| format!("gateway {g}"));
+        out.push(format!(
+            "the physical interface is {} ({}, {gateway}), named by {}",
+            p.name,
+            p.ipv4,
+            d.physical_from.unwrap_or("nothing")
+        ));
+    }
+    out.push(match (&ifs.tunnel, d.vpn_routes_everything) {
+        (Some(t), true) => format!(
+            "the VPN's tunnel is {}: it carries all of the public space",
+            t.name
+        ),
+        (Some(t), false) => format!("the tunnel is {} (as configured)", t.name),
+        (None, _) => "no tunnel carries the public space: the VPN is not routing everything".into(),
+    });
+    out
+}
+
+/// A saved Mac, read from `dir` (the file names are [`saved`]'s).
+struct SavedMac {
+    netstat: String,
+    ifconfig: String,
+    route_get_default: Option<String>,
+    pf_anchors: Option<String>,
+    proxy_log: Option<PathBuf>,
+}
+
+impl SavedMac {
+    fn read(dir: &Path) -> anyhow::Result<SavedMac> {
+        let need = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("{}: cannot read {name}", dir.display()))
+        };
+        let optional = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let log = dir.join(saved::PROXY_LOG);
+        Ok(SavedMac {
+            netstat: need(saved::NETSTAT)?,
+            ifconfig: need(saved::IFCONFIG)?,
+            route_get_default: optional(saved::ROUTE_GET_DEFAULT),
+            pf_anchors: optional(saved::PF_ANCHORS),
+            proxy_log: log.is_file().then_some(log),
+        })
+    }
+}
+
+/// `diagnose --from DIR`: the same judgement as the agent's discovery, on a saved Mac's files;
+/// exit 0 when the interfaces are certain, 3 when they are not.
+pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mac = SavedMac::read(dir)?;
+    let rows = parse_netstat_inet(&mac.netstat)?;
+    let routes = discovery::from_netstat(&rows).map_err(anyhow::Error::msg)?;
+    let interfaces = parse_ifconfig(&mac.ifconfig)?;
+    let files: Vec<PathBuf> = mac.proxy_log.iter().cloned().collect();
+    let mut report = Report::from_files(&files, &config.log)?;
+    report.thresholds = config.fallback.session_thresholds();
+    let proxy = binding(&report);
+    let found = discovery::judge(&Evidence {
+        interfaces: &interfaces,
+        routes: Ok(&routes),
+        physical_name: config.probe.physical_interface.as_deref(),
+        tunnel_name: config.probe.tunnel_interface.as_deref(),
+        proxy: &proxy,
+    });
+    let facts = RoutingFacts {
+        route_table: Some(rows),
+        default_lookup: mac
+            .route_get_default
+            .as_deref()
+            .map(parse_route_get)
+            .transpose()?,
+        pf_anchors: mac.pf_anchors.as_deref().map(parse_anchors),
+        ..RoutingFacts::default()
+    };
+    let mut platform = discovery_sentences(&found);
+    platform.extend(facts.describe(&found.interfaces));
+    let log_path = mac
+        .proxy_log
+        .clone()
+        .unwrap_or_else(|| dir.join(saved::PROXY_LOG));
+    let log = LogFacts {
+        offline: true,
+        ..log_facts(&report, &log_path, Path::new(""))
+    };
+    let mut sentences = discovery_doubts(&found);
+    sentences.extend(explain(None, &log, &Presence::default(), &platform));
+    let ifs = &found.interfaces;
+    if as_json {
+        let out = json!({
+            "physical": ifs.physical.as_ref().map(|p| json!({
+                "interface": p.name, "address": p.ipv4, "gateway": p.gateway,
+                "from": found.physical_from,
+            })),
+            "tunnel": ifs.tunnel.as_ref().map(|t| json!({"interface": t.name, "address": t.ipv4})),
+            "vpn_routes_everything": found.vpn_routes_everything,
+            "public_carrier": found.public_carrier,
+            "certain": ifs.trusted(),
+            "problems": ifs.problems,
+            "proxy_binding": proxy,
+            "sessions_verdict": report.verdict(),
+            "sessions": report.to_json()["_summary"].clone(),
+            "sentences": sentences,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for line in &sentences {
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::from(if ifs.trusted() { 0 } else { 3 }))
 }
 
 fn percent(part: u64, whole: u64) -> u64 {
@@ -141,8 +291,13 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
         "no session closed in the log".into()
     };
     let Some(round) = round else {
+        let why = if log.offline {
+            "saved files, nothing to probe"
+        } else {
+            "probe.enabled = false"
+        };
         out.push(format!(
-            "Did not probe (probe.enabled = false): no verdict on the bypass, only what the log \
+            "Did not probe ({why}): no verdict on the bypass, only what the log \
 and the system say. The log: {sessions}{}.",
             match log.sessions {
                 Some(SessionsState::Broken) => {

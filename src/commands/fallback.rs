@@ -44,6 +44,10 @@ pub fn plan(cfg: &FallbackConfig, probe: &ProbeConfig, t: &TargetArgs) -> anyhow
         probe.tunnel_interface.as_deref(),
     );
     let found = ifs.physical.take();
+    // Every fact named by hand: the admin's word replaces discovery's, doubts included.
+    if t.interface.is_some() && t.address.is_some() && t.gateway.is_some() {
+        ifs.problems.clear();
+    }
     let name = t
         .interface
         .clone()

@@ -163,6 +163,7 @@ impl ReplayRounds {
                     index: 20,
                     ipv4: Ipv4Addr::new(10, 16, 11, 143),
                 }),
+                problems: Vec::new(),
             },
             results: vec![
                 ok(PathKind::Physical, HOME_IP, 35),

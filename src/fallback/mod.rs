@@ -456,10 +456,17 @@ pub enum PlanError {
     NoGateway(String),
     #[error("{0}")]
     BadInterface(String),
+    /// Discovery's evidence is missing or disagrees: a route-to for a guessed interface is
+    /// worse than none.
+    #[error("the interfaces are uncertain: {0}")]
+    Uncertain(String),
 }
 
 impl Plan {
     pub fn from_interfaces(ifs: &Interfaces, cfg: &FallbackConfig) -> Result<Plan, PlanError> {
+        if !ifs.trusted() {
+            return Err(PlanError::Uncertain(ifs.problems.join("; ")));
+        }
         let phys = ifs.physical.as_ref().ok_or(PlanError::NoPhysical)?;
         let gateway = phys
             .gateway

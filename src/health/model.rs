@@ -318,6 +318,16 @@ fn probe(round: Option<(&Round, &Verdict)>, path: PathKind, fallback_active: boo
         Ok(ip) => format!("egresses as {ip} in {ms} ms"),
         Err(e) => format!("{} after {ms} ms", err_words(e)),
     };
+    // Discovery's doubts are the physical component's: its interface may be a guess.
+    if path == PathKind::Physical && !round.interfaces.trusted() {
+        return c(
+            Status::Degraded,
+            format!(
+                "{measured}; the interfaces are uncertain ({}), so the fallback will not act",
+                round.interfaces.problems.join("; ")
+            ),
+        );
+    }
     match (path, r.outcome) {
         // The bypass component carries the round's verdict: it says what the round means.
         (PathKind::Bypass, _) => {

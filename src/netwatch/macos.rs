@@ -1,5 +1,5 @@
-//! macOS: a `PF_ROUTE` socket as the trigger, sysctl `NET_RT_DUMP` as the table. Both are
-//! parsed by [`super::pf_route`]; this file holds only the system calls.
+//! macOS: a `PF_ROUTE` socket as the trigger, parsed by [`super::pf_route`]; the table comes
+//! from `os`'s reader, the one discovery and `diagnose` use.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -84,65 +84,25 @@ impl EventSocket {
     }
 }
 
+/// The table from `os`'s one reader (`netstat -rn -f inet`), the same rows discovery and
+/// `diagnose` judge.
 pub fn routes() -> Vec<Route> {
-    match dump() {
-        Ok(buf) => pf_route::parse_dump(&buf),
+    use crate::os::Os as _;
+    match crate::os::System::default().route_table() {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|r| Route {
+                dst: r.dst,
+                prefix: r.prefix,
+                gateway: r.gateway,
+                ifindex: 0,
+                ifname: Some(r.interface),
+                scoped: r.scoped,
+            })
+            .collect(),
         Err(e) => {
-            tracing::debug!(error = %e, "cannot read the routing table (sysctl NET_RT_DUMP)");
+            tracing::debug!(error = %e, "cannot read the routing table");
             Vec::new()
         }
     }
-}
-
-/// The IPv4 table as `RTM_GET` messages; sized first, retried if it grew in between.
-fn dump() -> io::Result<Vec<u8>> {
-    let mut mib = [
-        libc::CTL_NET,
-        libc::PF_ROUTE,
-        0,
-        libc::AF_INET,
-        libc::NET_RT_DUMP,
-        0,
-    ];
-    for _ in 0..4 {
-        let mut len: libc::size_t = 0;
-        // SAFETY: a size query: no output buffer.
-        let rc = unsafe {
-            libc::sysctl(
-                mib.as_mut_ptr(),
-                6,
-                std::ptr::null_mut(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        len += len / 2 + 1024;
-        let mut buf = vec![0u8; len];
-        // SAFETY: `buf` has `len` bytes; the kernel writes at most that and updates `len`.
-        let rc = unsafe {
-            libc::sysctl(
-                mib.as_mut_ptr(),
-                6,
-                buf.as_mut_ptr().cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        if rc == 0 {
-            buf.truncate(len);
-            return Ok(buf);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOMEM) {
-            return Err(e);
-        }
-    }
-    Err(io::Error::other(
-        "the routing table kept growing while read",
-    ))
 }

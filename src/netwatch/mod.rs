@@ -9,8 +9,8 @@
 //!   groups; the table from `/proc/net/route`, read by `os` (its one reader).
 //! - macOS: a `PF_ROUTE` socket (`AF_UNSPEC`, so `RTM_IFINFO` and the `RTM_ADD` echoes that go
 //!   out with protocol 0 are seen; receive buffer raised from xnu's 8 KiB because overflow is
-//!   silent there); messages parsed by [`pf_route::parse`]; the table from sysctl
-//!   `NET_RT_DUMP`, parsed by the same code.
+//!   silent there); messages parsed by [`pf_route::parse`]; the table from `os`'s reader
+//!   (`netstat -rn -f inet`), the one discovery and `diagnose` judge.
 //!
 //! Messages are never used as state: both kernels remove a vanished interface's routes without
 //! a route message (Linux sends RTM_NEWLINK/DELLINK, xnu RTM_IFINFO), macOS drops messages

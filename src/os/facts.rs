@@ -4,14 +4,16 @@
 
 use serde::Serialize;
 
-use super::Interfaces;
 use super::macos_output::{RouteGet, TableRoute, is_pia_anchor};
+use super::{Interfaces, discovery};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RoutingFacts {
     /// The IPv4 routing table (`netstat -rn -f inet`), when it could be read.
     pub route_table: Option<Vec<TableRoute>>,
-    /// What an unscoped lookup of `default` answers (`route -n get default`).
+    /// What an unscoped lookup of a public address answers (`route -n get 203.0.113.10`):
+    /// where unbound traffic goes. Not `get default`, which the /0 route answers even while
+    /// the VPN's halves carry everything.
     pub default_lookup: Option<RouteGet>,
     /// What a lookup scoped to the physical interface answers (`route -n get -ifscope IF
     /// default`); `Some(None)` when the kernel has no such route.
@@ -92,21 +94,33 @@ impl RoutingFacts {
                 "only one of the VPN's halves is present: {} through {}",
                 r.destination, r.netif
             )),
-            (None, None) if self.route_table.is_some() => {
-                out.push("no 0/1 and 128/1 routes: the VPN is not routing everything".into())
-            }
             (None, None) => {}
+        }
+        if let Some(table) = &self.route_table {
+            out.push(match discovery::from_netstat(table) {
+                Ok(routes) => match discovery::public_carrier(&routes) {
+                    Some((via, share)) if discovery::carries_everything(share) => format!(
+                        "unscoped traffic to public addresses goes through {via} (all of the public space)"
+                    ),
+                    Some((via, share)) => format!(
+                        "unscoped traffic to public addresses goes through {via} ({:.0}% of the public space)",
+                        share * 100.0
+                    ),
+                    None => "no route carries most of the public space".into(),
+                },
+                Err(e) => format!("the routing table is not understood: {e}"),
+            });
         }
         if let Some(r) = &self.default_lookup
             && let Some(interface) = &r.interface
         {
-            let half = if r.is_whole_default() {
-                ""
+            let what = if r.is_whole_default() {
+                "the default route"
             } else {
-                " (answered by the VPN's half of the default route)"
+                "a VPN route narrower than the default"
             };
             out.push(format!(
-                "an unscoped lookup of the default route leaves through {interface}{half}"
+                "an unscoped lookup of an address leaves through {interface} (answered by {what})"
             ));
         }
         if let Some(p) = &ifs.physical {
@@ -179,13 +193,16 @@ mod tests {
                 gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
             }),
             tunnel: None,
+            problems: Vec::new(),
         }
     }
 
     /// What a Mac with the VPN up and split tunnel on shows, from real outputs.
     fn vpn_up() -> RoutingFacts {
         RoutingFacts {
-            route_table: Some(parse_netstat_inet(&fixture("netstat-rn-inet-halves.txt")).unwrap()),
+            route_table: Some(
+                parse_netstat_inet(&crate::os::macos_output::tests::halves_with_header()).unwrap(),
+            ),
             default_lookup: Some(parse_route_get(&fixture("route-get-vpn-half.txt")).unwrap()),
             scoped_lookup: Some(Some(
                 parse_route_get(&fixture("route-get-ifscope-en0-default.txt")).unwrap(),
@@ -208,7 +225,9 @@ mod tests {
             vpn_up().describe(&en0()),
             [
                 "the VPN's 0/1 and 128/1 routes are present, through utun6",
-                "an unscoped lookup of the default route leaves through utun3 (answered by the VPN's half of the default route)",
+                "unscoped traffic to public addresses goes through utun6 (all of the public space)",
+                // `route get 1`, answered by the 0/1 half.
+                "an unscoped lookup of an address leaves through utun3 (answered by a VPN route narrower than the default)",
                 "a scoped default route on en0 via 192.168.1.1 is present",
                 "IP forwarding is off",
                 "PIA's pf anchors are loaded: com.privateinternetaccess.vpn/100.blockAll",
@@ -257,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn full_tunnel_has_no_halves() {
+    fn a_tunnel_owning_the_default_routes_everything_without_halves() {
         let facts = RoutingFacts {
             route_table: Some(
                 parse_netstat_inet(&fixture("netstat-rn-inet-full-tunnel.txt")).unwrap(),
@@ -267,7 +286,8 @@ mod tests {
         assert_eq!(
             facts.describe(&en0()),
             [
-                "no 0/1 and 128/1 routes: the VPN is not routing everything",
+                // WireGuard owns the unscoped default: no halves, yet everything.
+                "unscoped traffic to public addresses goes through utun3 (all of the public space)",
                 "a scoped default route on en0 via 172.20.10.1 is present",
             ]
         );

@@ -4,7 +4,7 @@
 
 use super::command::{Tools, run};
 use super::linux_output::{ProcRoute, parse_ip_route_get, parse_proc_net_route};
-use super::{DefaultRoute, Interfaces, RoutingFacts};
+use super::{Interfaces, RouteEntry, RoutingFacts, discovery};
 
 /// The main table now (empty when `/proc/net/route` cannot be read).
 pub fn route_table() -> Vec<ProcRoute> {
@@ -13,11 +13,11 @@ pub fn route_table() -> Vec<ProcRoute> {
         .unwrap_or_default()
 }
 
-pub fn default_routes(_tools: &Tools) -> Vec<DefaultRoute> {
-    route_table()
-        .iter()
-        .filter_map(ProcRoute::as_default)
-        .collect()
+/// The main table for discovery: the same reader as [`route_table`], with its error.
+pub fn table(_tools: &Tools) -> Result<Vec<RouteEntry>, String> {
+    std::fs::read_to_string("/proc/net/route")
+        .map(|t| discovery::from_proc(&parse_proc_net_route(&t)))
+        .map_err(|e| format!("/proc/net/route: {e}"))
 }
 
 /// Which route a packet from the physical address takes, as the kernel says.

@@ -102,10 +102,19 @@ pub fn parse_route_get(text: &str) -> Result<RouteGet, ParseError> {
     }
 }
 
-/// `route` prints this (exit 1) when the lookup finds no route, e.g. no scoped default on the
-/// interface asked for.
+/// `route` prints this on stderr when the lookup finds no route, e.g. no scoped default on the
+/// interface asked for; route(8) may still exit 0.
 pub fn route_not_in_table(stderr: &str) -> bool {
     stderr.contains("not in table")
+}
+
+/// What a `route -n get` that ran says, whatever its exit status: `None` for "no such route"
+/// (stderr `not in table`), else the parsed answer.
+pub fn route_get_answer(stdout: &str, stderr: &str) -> Result<Option<RouteGet>, ParseError> {
+    if route_not_in_table(stderr) {
+        return Ok(None);
+    }
+    parse_route_get(stdout).map(Some)
 }
 
 /// One row of the IPv4 table in `netstat -rn -f inet`.
@@ -157,10 +166,11 @@ impl TableRoute {
 }
 
 /// The IPv4 rows of `netstat -rn -f inet`. Columns are found by the header's names (`-l` adds
-/// RT_IFA, Refs, Use and Mtu, older releases add Refs and Use); rows without a header are
-/// read in the default layout (Destination Gateway Flags Netif Expire).
+/// RT_IFA, Refs, Use and Mtu, older releases add Refs and Use). Rows before any header, a
+/// header without the four columns, or a row too short for them are errors: the layouts
+/// differ in where Netif is, so guessing would misread silently.
 pub fn parse_netstat_inet(text: &str) -> Result<Vec<TableRoute>, ParseError> {
-    let mut columns = [0usize, 1, 2, 3];
+    let mut columns: Option<[usize; 4]> = None;
     let mut rows = Vec::new();
     let mut in_inet6 = false;
     for line in text.lines() {
@@ -176,24 +186,34 @@ pub fn parse_netstat_inet(text: &str) -> Result<Vec<TableRoute>, ParseError> {
                         .position(|f| *f == name)
                         .ok_or_else(|| parse_error("netstat", format!("no {name} column")))
                 };
-                columns = [
+                columns = Some([
                     at("Destination")?,
                     at("Gateway")?,
                     at("Flags")?,
                     at("Netif")?,
-                ];
+                ]);
             }
             Some(_) if in_inet6 => {}
-            Some(_) => {
+            Some(first) => {
+                let Some(columns) = columns else {
+                    return Err(parse_error(
+                        "netstat",
+                        format!("row {first:?} before any header: the layout is unknown"),
+                    ));
+                };
                 let [d, g, f, i] = columns.map(|c| fields.get(c).copied());
-                if let (Some(d), Some(g), Some(f), Some(i)) = (d, g, f, i) {
-                    rows.push(TableRoute {
-                        destination: d.to_owned(),
-                        gateway: g.to_owned(),
-                        flags: f.to_owned(),
-                        netif: i.to_owned(),
-                    });
-                }
+                let (Some(d), Some(g), Some(f), Some(i)) = (d, g, f, i) else {
+                    return Err(parse_error(
+                        "netstat",
+                        format!("row {line:?} is shorter than its header"),
+                    ));
+                };
+                rows.push(TableRoute {
+                    destination: d.to_owned(),
+                    gateway: g.to_owned(),
+                    flags: f.to_owned(),
+                    netif: i.to_owned(),
+                });
             }
         }
     }
@@ -201,6 +221,54 @@ pub fn parse_netstat_inet(text: &str) -> Result<Vec<TableRoute>, ParseError> {
         return Err(parse_error("netstat", "no route rows"));
     }
     Ok(rows)
+}
+
+/// `ifconfig -a`: each interface's name, flags and IPv4 addresses. macOS's ifconfig prints no
+/// index, so interfaces are numbered in listing order (used only to tell them apart).
+pub fn parse_ifconfig(text: &str) -> Result<Vec<crate::os::IfaceInfo>, ParseError> {
+    let mut out: Vec<crate::os::IfaceInfo> = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            let (name, rest) = line.split_once(": flags=").ok_or_else(|| {
+                parse_error("ifconfig", format!("line {line:?} names no interface"))
+            })?;
+            let flags = rest
+                .split_once('<')
+                .and_then(|(_, r)| r.split_once('>'))
+                .map(|(f, _)| f)
+                .ok_or_else(|| parse_error("ifconfig", format!("flags of {name} not read")))?;
+            let has = |f: &str| flags.split(',').any(|x| x == f);
+            out.push(crate::os::IfaceInfo {
+                name: name.to_owned(),
+                index: out.len() as u32 + 1,
+                up: has("UP"),
+                point_to_point: has("POINTOPOINT"),
+                loopback: has("LOOPBACK"),
+                ipv4: Vec::new(),
+            });
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        if words.next() == Some("inet") {
+            let iface = out
+                .last_mut()
+                .ok_or_else(|| parse_error("ifconfig", "an address before any interface"))?;
+            let addr = words.next().unwrap_or_default();
+            iface.ipv4.push(addr.parse().map_err(|_| {
+                parse_error(
+                    "ifconfig",
+                    format!("{addr:?} of {} is not IPv4", iface.name),
+                )
+            })?);
+        }
+    }
+    if out.is_empty() {
+        return Err(parse_error("ifconfig", "no interface"));
+    }
+    Ok(out)
 }
 
 /// `sysctl -n NAME` for a 0/1 variable such as `net.inet.ip.forwarding`.
@@ -361,6 +429,14 @@ pub(crate) mod tests {
         assert!(route_not_in_table(
             "route: writing to routing socket: not in table\n"
         ));
+        // Exit 0, nothing on stdout, the message on stderr: no such route, not "not read".
+        assert_eq!(
+            route_get_answer("", "route: writing to routing socket: not in table\n"),
+            Ok(None)
+        );
+        let answer = route_get_answer(&fixture("route-get-default.txt"), "").unwrap();
+        assert_eq!(answer.unwrap().interface.as_deref(), Some("en0"));
+        assert!(route_get_answer("", "").is_err());
     }
 
     fn halves(rows: &[TableRoute]) -> Vec<(&str, &str)> {
@@ -377,9 +453,22 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// The halves fixture went through grep, which dropped netstat's header; its rows are in
+    /// the default layout, whose header this is.
+    pub(crate) fn halves_with_header() -> String {
+        format!(
+            "Destination        Gateway            Flags               Netif Expire\n{}",
+            fixture("netstat-rn-inet-halves.txt")
+        )
+    }
+
     #[test]
     fn netstat_vpn_halves_and_scoped_default() {
-        let rows = parse_netstat_inet(&fixture("netstat-rn-inet-halves.txt")).unwrap();
+        assert!(
+            parse_netstat_inet(&fixture("netstat-rn-inet-halves.txt")).is_err(),
+            "rows without a header are not read"
+        );
+        let rows = parse_netstat_inet(&halves_with_header()).unwrap();
         assert_eq!(halves(&rows), [("0/1", "utun6"), ("128.0/1", "utun6")]);
         assert_eq!(scoped_defaults(&rows), [("192.168.0.1", "en0")]);
         let unscoped: Vec<&TableRoute> = rows
@@ -452,6 +541,39 @@ default            fe80::%utun0       UGcIg        utun0\n";
         assert!(
             parse_netstat_inet("Destination Gateway Netif\n").is_err(),
             "a header without Flags is not understood"
+        );
+        // The Refs/Use layout without its header: Netif is the sixth column, not the fourth.
+        let refs_use = "default            172.16.16.1        UGSc           48        0     en0\n";
+        assert!(parse_netstat_inet(refs_use).is_err());
+        let short = "Destination Gateway Flags Refs Use Netif Expire\ndefault 172.16.16.1 UGSc\n";
+        assert!(parse_netstat_inet(short).is_err());
+    }
+
+    #[test]
+    fn ifconfig_names_flags_and_ipv4() {
+        let ifs = parse_ifconfig(&fixture("ifconfig-a-lo0-alias.txt")).unwrap();
+        let names: Vec<&str> = ifs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["lo0", "gif0", "stf0", "en5", "ap1", "en0"]);
+        let lo0 = &ifs[0];
+        assert!(lo0.loopback && lo0.up);
+        assert_eq!(
+            lo0.ipv4,
+            [
+                Ipv4Addr::new(127, 0, 0, 1),
+                Ipv4Addr::new(10, 254, 254, 254)
+            ]
+        );
+        assert!(ifs[1].point_to_point && !ifs[1].up, "gif0 is down");
+        assert!(ifs[3].up && ifs[3].ipv4.is_empty(), "en5 has only IPv6");
+        assert_eq!(ifs[5].ipv4, [Ipv4Addr::new(172, 16, 42, 20)]);
+        let utun = parse_ifconfig(&fixture("ifconfig-utun-tailscale.txt")).unwrap();
+        assert!(utun[0].point_to_point && utun[0].up);
+        assert_eq!(utun[0].ipv4, [Ipv4Addr::new(100, 116, 30, 19)]);
+        assert!(parse_ifconfig("").is_err());
+        assert!(parse_ifconfig("\tinet 10.0.15.15 netmask 0xffffff00\n").is_err());
+        assert!(
+            parse_ifconfig("en0: mtu 1500\n").is_err(),
+            "no flags: not ifconfig"
         );
     }
 

@@ -20,6 +20,7 @@
 //! Discovery runs every probe round: DHCP changes the address, the tunnel comes and goes.
 
 pub mod command;
+pub mod discovery;
 mod facts;
 pub mod linux_output;
 pub mod macos_output;
@@ -30,6 +31,7 @@ pub mod macos_output;
 mod platform;
 
 pub use command::Tools;
+pub use discovery::{Discovery, ProxyBinding, RouteEntry};
 pub use facts::RoutingFacts;
 #[cfg(target_os = "linux")]
 pub use platform::route_table;
@@ -61,6 +63,17 @@ pub struct TunnelIf {
 pub struct Interfaces {
     pub physical: Option<PhysicalIf>,
     pub tunnel: Option<TunnelIf>,
+    /// Why the choice cannot be trusted (evidence missing or disagreeing); the fallback
+    /// refuses to act while this is not empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+impl Interfaces {
+    /// The evidence agreed: safe to act on.
+    pub fn trusted(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 /// An interface as the OS lists it.
@@ -83,68 +96,19 @@ pub struct DefaultRoute {
 }
 
 /// Names VPN clients give their tunnels; a veth or bridge never looks like these.
-fn tunnel_like(i: &IfaceInfo) -> bool {
+pub(crate) fn tunnel_like(i: &IfaceInfo) -> bool {
     i.point_to_point
         || ["utun", "tun", "wg", "ppp", "ipsec"]
             .iter()
             .any(|p| i.name.starts_with(p))
 }
 
-/// Picks the physical interface (configured, else the one with a default route that is not a
-/// tunnel, lowest metric first) and the tunnel (configured, else an up tunnel-like interface
-/// with an IPv4 address; macOS has several utuns with only IPv6 link-local addresses).
-pub fn choose(
-    ifaces: &[IfaceInfo],
-    routes: &[DefaultRoute],
-    physical_name: Option<&str>,
-    tunnel_name: Option<&str>,
-) -> Interfaces {
-    let usable = |i: &&IfaceInfo| i.up && !i.loopback && !i.ipv4.is_empty();
-    let gateway_of = |name: &str| {
-        routes
-            .iter()
-            .filter(|r| r.interface == name)
-            .min_by_key(|r| r.metric)
-            .map(|r| r.gateway)
-    };
-    let physical = match physical_name {
-        Some(name) => ifaces.iter().filter(usable).find(|i| i.name == name),
-        None => {
-            let mut defaults: Vec<&DefaultRoute> = routes.iter().collect();
-            defaults.sort_by_key(|r| r.metric);
-            defaults
-                .iter()
-                .filter_map(|r| ifaces.iter().filter(usable).find(|i| i.name == r.interface))
-                .find(|i| !tunnel_like(i))
-        }
-    };
-    let physical = physical.map(|i| PhysicalIf {
-        name: i.name.clone(),
-        index: i.index,
-        ipv4: i.ipv4[0],
-        gateway: gateway_of(&i.name),
-    });
-    let tunnel = ifaces
-        .iter()
-        .filter(usable)
-        .filter(|i| Some(i.name.as_str()) != physical.as_ref().map(|p| p.name.as_str()))
-        .find(|i| match tunnel_name {
-            Some(name) => i.name == name,
-            None => tunnel_like(i),
-        })
-        .map(|i| TunnelIf {
-            name: i.name.clone(),
-            index: i.index,
-            ipv4: i.ipv4[0],
-        });
-    Interfaces { physical, tunnel }
-}
-
 /// Everything the agent learns from the OS, in one place: [`System`] in production, fakes in
 /// tests and the demo.
 pub trait Os: Send + Sync {
     fn interfaces(&self) -> Vec<IfaceInfo>;
-    fn default_routes(&self) -> Vec<DefaultRoute>;
+    /// The IPv4 routing table, from the platform's one reader; `Err` with why not.
+    fn route_table(&self) -> Result<Vec<RouteEntry>, String>;
     fn routing_facts(&self, ifs: &Interfaces) -> RoutingFacts;
 }
 
@@ -165,8 +129,8 @@ impl Os for System {
         list_interfaces()
     }
 
-    fn default_routes(&self) -> Vec<DefaultRoute> {
-        platform::default_routes(&self.tools)
+    fn route_table(&self) -> Result<Vec<RouteEntry>, String> {
+        platform::table(&self.tools)
     }
 
     fn routing_facts(&self, ifs: &Interfaces) -> RoutingFacts {
@@ -196,14 +160,28 @@ fn list_interfaces() -> Vec<IfaceInfo> {
         .collect()
 }
 
-/// Discovers the interfaces now.
-pub fn discover(os: &dyn Os, physical_name: Option<&str>, tunnel_name: Option<&str>) -> Interfaces {
-    choose(
-        &os.interfaces(),
-        &os.default_routes(),
+/// Discovers the interfaces now, from the OS's interfaces and routing table and what the
+/// proxy's log says it binds to: the same [`discovery::judge`] that `diagnose --from` runs on
+/// saved files.
+pub fn discover_with(
+    os: &dyn Os,
+    physical_name: Option<&str>,
+    tunnel_name: Option<&str>,
+    proxy: &ProxyBinding,
+) -> Discovery {
+    let table = os.route_table();
+    discovery::judge(&discovery::Evidence {
+        interfaces: &os.interfaces(),
+        routes: table.as_deref().map_err(String::as_str),
         physical_name,
         tunnel_name,
-    )
+        proxy,
+    })
+}
+
+/// [`discover_with`] without the proxy's word.
+pub fn discover(os: &dyn Os, physical_name: Option<&str>, tunnel_name: Option<&str>) -> Interfaces {
+    discover_with(os, physical_name, tunnel_name, &ProxyBinding::default()).interfaces
 }
 
 /// A fixture's text under `tests/fixtures/{platform}/`, its `#` header (the source) dropped.
@@ -235,57 +213,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn physical_is_the_non_tunnel_default_route_and_tunnel_needs_ipv4() {
-        let ifaces = vec![
-            IfaceInfo {
-                loopback: true,
-                ..iface("lo0", 1, Some([127, 0, 0, 1]), false)
-            },
-            iface("en0", 4, Some([10, 0, 15, 15]), false),
-            iface("utun0", 15, None, true),
-            iface("utun4", 20, Some([10, 16, 11, 143]), true),
-        ];
-        let routes = vec![
-            DefaultRoute {
-                interface: "utun4".into(),
-                gateway: Ipv4Addr::new(10, 16, 0, 1),
-                metric: 0,
-            },
-            DefaultRoute {
-                interface: "en0".into(),
-                gateway: Ipv4Addr::new(10, 0, 15, 1),
-                metric: 100,
-            },
-        ];
-        let got = choose(&ifaces, &routes, None, None);
-        assert_eq!(
-            got.physical,
-            Some(PhysicalIf {
-                name: "en0".into(),
-                index: 4,
-                ipv4: Ipv4Addr::new(10, 0, 15, 15),
-                gateway: Some(Ipv4Addr::new(10, 0, 15, 1))
-            })
-        );
-        assert_eq!(
-            got.tunnel,
-            Some(TunnelIf {
-                name: "utun4".into(),
-                index: 20,
-                ipv4: Ipv4Addr::new(10, 16, 11, 143)
-            })
-        );
-    }
-
     /// A machine made of fixed answers: what tests and the demo pass instead of [`System`].
-    struct FakeOs(Vec<IfaceInfo>, Vec<DefaultRoute>);
+    struct FakeOs(Vec<IfaceInfo>, Result<Vec<RouteEntry>, String>);
 
     impl Os for FakeOs {
         fn interfaces(&self) -> Vec<IfaceInfo> {
             self.0.clone()
         }
-        fn default_routes(&self) -> Vec<DefaultRoute> {
+        fn route_table(&self) -> Result<Vec<RouteEntry>, String> {
             self.1.clone()
         }
         fn routing_facts(&self, _ifs: &Interfaces) -> RoutingFacts {
@@ -293,48 +228,79 @@ mod tests {
         }
     }
 
+    fn default_via(dev: &str, gw: [u8; 4], metric: u32) -> RouteEntry {
+        RouteEntry {
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+            gateway: Some(gw.into()),
+            interface: dev.into(),
+            scoped: false,
+            metric,
+        }
+    }
+
     #[test]
     fn discovery_asks_only_the_seam() {
+        let mut routes = vec![default_via("en0", [10, 0, 15, 1], 0)];
+        for half in [[0, 0, 0, 0], [128, 0, 0, 0]] {
+            routes.push(RouteEntry {
+                dst: half.into(),
+                prefix: 1,
+                gateway: Some(Ipv4Addr::new(10, 16, 0, 1)),
+                interface: "utun4".into(),
+                scoped: false,
+                metric: 0,
+            });
+        }
         let os = FakeOs(
             vec![
+                iface("utun2", 18, Some([100, 64, 0, 9]), true),
                 iface("en0", 4, Some([10, 0, 15, 15]), false),
                 iface("utun4", 20, Some([10, 16, 11, 143]), true),
             ],
-            vec![DefaultRoute {
-                interface: "en0".into(),
-                gateway: Ipv4Addr::new(10, 0, 15, 1),
-                metric: 0,
-            }],
+            Ok(routes),
         );
         let got = discover(&os, None, None);
         assert_eq!(
             got.physical.map(|p| (p.name, p.gateway)),
             Some(("en0".into(), Some(Ipv4Addr::new(10, 0, 15, 1))))
         );
+        // The tunnel carrying the halves, not the first tunnel-like interface with IPv4.
         assert_eq!(got.tunnel.map(|t| t.name), Some("utun4".into()));
-        assert_eq!(
-            discover(&FakeOs(vec![], vec![]), None, None),
-            Interfaces::default()
-        );
+        let empty = discover(&FakeOs(vec![], Ok(vec![])), None, None);
+        assert_eq!((&empty.physical, &empty.tunnel), (&None, &None));
+        assert!(!empty.trusted(), "no physical interface is said");
     }
 
     #[test]
-    fn configured_names_win_and_missing_ones_give_none() {
-        let ifaces = vec![
-            iface("eth0", 2, Some([192, 0, 2, 5]), false),
-            iface("eth1", 3, Some([10, 0, 15, 15]), false),
-            iface("wg0", 9, Some([10, 16, 0, 2]), false),
-        ];
-        let routes = vec![DefaultRoute {
-            interface: "eth0".into(),
-            gateway: Ipv4Addr::new(192, 0, 2, 1),
-            metric: 0,
-        }];
-        let got = choose(&ifaces, &routes, Some("eth1"), Some("wg0"));
+    fn configured_names_win_and_missing_ones_are_problems() {
+        let os = FakeOs(
+            vec![
+                iface("eth0", 2, Some([192, 0, 2, 5]), false),
+                iface("eth1", 3, Some([10, 0, 15, 15]), false),
+                iface("wg0", 9, Some([10, 16, 0, 2]), false),
+            ],
+            Ok(vec![default_via("eth0", [192, 0, 2, 1], 0)]),
+        );
+        let got = discover(&os, Some("eth1"), Some("wg0"));
         let p = got.physical.as_ref().unwrap();
         assert_eq!((p.name.as_str(), p.gateway), ("eth1", None));
         assert_eq!(got.tunnel.unwrap().name, "wg0");
-        let none = choose(&ifaces, &[], None, Some("tun7"));
-        assert_eq!(none, Interfaces::default());
+        assert!(!got.problems.is_empty(), "eth1 has no gateway: said");
+        let none = discover(&os, Some("en9"), Some("tun7"));
+        assert_eq!((&none.physical, &none.tunnel), (&None, &None));
+        assert_eq!(none.problems.len(), 2, "{:?}", none.problems);
+        // Two unscoped defaults: the lowest metric is the primary.
+        let metrics = FakeOs(
+            os.0.clone(),
+            Ok(vec![
+                default_via("eth0", [192, 0, 2, 1], 100),
+                default_via("eth1", [10, 0, 15, 1], 50),
+            ]),
+        );
+        assert_eq!(
+            discover(&metrics, None, None).physical.unwrap().name,
+            "eth1"
+        );
     }
 }

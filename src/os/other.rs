@@ -2,10 +2,10 @@
 //! builds there; discovery then needs configured interface names.
 
 use super::command::Tools;
-use super::{DefaultRoute, Interfaces, RoutingFacts};
+use super::{Interfaces, RouteEntry, RoutingFacts};
 
-pub fn default_routes(_tools: &Tools) -> Vec<DefaultRoute> {
-    Vec::new()
+pub fn table(_tools: &Tools) -> Result<Vec<RouteEntry>, String> {
+    Err("no routing-table reader on this OS".into())
 }
 
 pub fn routing_facts(_tools: &Tools, _ifs: &Interfaces) -> RoutingFacts {

@@ -81,6 +81,10 @@ impl Round {
 /// Where probe rounds come from: the real prober, or a replay (the demo, tests).
 pub trait RoundSource: Send + Sync + 'static {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>>;
+
+    /// Where discovery reads the proxy's latest `bindInterface` / `bindIp` from (the log
+    /// pipeline); sources that do not discover ignore it.
+    fn follow_proxy(&self, _binding: crate::os::discovery::BindingSource) {}
 }
 
 /// `[probe]`: how and where egress is measured.
@@ -196,6 +200,7 @@ pub(crate) mod testing {
                     index: 3,
                     ipv4: Ipv4Addr::new(10, 16, 11, 143),
                 }),
+                problems: Vec::new(),
             },
             results: vec![
                 r(PathKind::Physical, Ok(HOME_IP)),

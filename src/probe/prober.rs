@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 
 use super::http::{Bind, Endpoint, fetch};
 use super::{PathKind, PathResult, ProbeConfig, ProbeError, Round, RoundSource};
+use crate::os::discovery::BindingSource;
 use crate::os::{Interfaces, Os, System};
 
 pub struct Prober {
     config: ProbeConfig,
     endpoints: Vec<Endpoint>,
     os: Arc<dyn Os>,
+    /// The proxy's word on its interface, once the agent has wired the log in.
+    binding: std::sync::OnceLock<BindingSource>,
 }
 
 impl Prober {
@@ -36,6 +39,7 @@ impl Prober {
             config,
             endpoints,
             os: Arc::new(System::default()),
+            binding: std::sync::OnceLock::new(),
         }
     }
 
@@ -48,12 +52,15 @@ impl Prober {
     /// One round with the interfaces discovered now.
     pub async fn round_now(&self) -> Round {
         let cfg = &self.config;
+        let proxy = self.binding.get().map(|b| b()).unwrap_or_default();
         let interfaces = tokio::task::block_in_place(|| {
-            crate::os::discover(
+            crate::os::discover_with(
                 self.os.as_ref(),
                 cfg.physical_interface.as_deref(),
                 cfg.tunnel_interface.as_deref(),
+                &proxy,
             )
+            .interfaces
         });
         self.round_with(interfaces).await
     }
@@ -142,6 +149,10 @@ impl RoundSource for Prober {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
         Box::pin(self.round_now())
     }
+
+    fn follow_proxy(&self, binding: BindingSource) {
+        let _ = self.binding.set(binding);
+    }
 }
 
 async fn resolve(endpoints: &[Endpoint]) -> Vec<(Endpoint, SocketAddrV4)> {
@@ -186,4 +197,79 @@ async fn try_endpoints(
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::os::{IfaceInfo, ProxyBinding, RouteEntry, RoutingFacts};
+
+    /// Two physical interfaces, en0 holding the unscoped default, and PIA's halves on utun4.
+    struct TwoNics;
+
+    impl Os for TwoNics {
+        fn interfaces(&self) -> Vec<IfaceInfo> {
+            [
+                ("en0", [10, 0, 15, 15]),
+                ("en1", [192, 0, 2, 15]),
+                ("utun4", [10, 16, 11, 143]),
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ip))| IfaceInfo {
+                name: (*name).into(),
+                index: i as u32 + 2,
+                up: true,
+                point_to_point: name.starts_with("utun"),
+                loopback: false,
+                ipv4: vec![Ipv4Addr::from(*ip)],
+            })
+            .collect()
+        }
+        fn route_table(&self) -> Result<Vec<RouteEntry>, String> {
+            let r = |dst: [u8; 4], prefix, gw: [u8; 4], dev: &str, scoped| RouteEntry {
+                dst: dst.into(),
+                prefix,
+                gateway: Some(gw.into()),
+                interface: dev.into(),
+                scoped,
+                metric: 0,
+            };
+            Ok(vec![
+                r([0; 4], 0, [10, 0, 15, 1], "en0", false),
+                r([0; 4], 0, [192, 0, 2, 1], "en1", true),
+                r([0; 4], 1, [10, 16, 0, 1], "utun4", false),
+                r([128, 0, 0, 0], 1, [10, 16, 0, 1], "utun4", false),
+            ])
+        }
+        fn routing_facts(&self, _ifs: &Interfaces) -> RoutingFacts {
+            RoutingFacts::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rounds_take_the_proxys_word_and_say_when_it_disagrees() {
+        let config = ProbeConfig {
+            endpoints: vec![],
+            timeout_secs: 0.05,
+            ..ProbeConfig::default()
+        };
+        let prober = Prober::new(config).with_os(Arc::new(TwoNics));
+        let alone = prober.round_now().await.interfaces;
+        assert_eq!(alone.physical.as_ref().unwrap().name, "en0");
+        assert!(alone.trusted(), "{:?}", alone.problems);
+        prober.follow_proxy(Arc::new(|| ProxyBinding {
+            interface: Some("en1".into()),
+            ip: None,
+        }));
+        let told = prober.round_now().await.interfaces;
+        assert_eq!(told.physical.as_ref().unwrap().name, "en1");
+        assert_eq!(told.tunnel.as_ref().unwrap().name, "utun4");
+        assert!(
+            !told.trusted(),
+            "en1 against the table's en0 is a disagreement"
+        );
+    }
 }

@@ -41,6 +41,7 @@ pub fn interfaces(tunnel: bool, phys_ip: Ipv4Addr) -> Interfaces {
             index: 20,
             ipv4: Ipv4Addr::new(10, 16, 0, 2),
         }),
+        problems: Vec::new(),
     }
 }
 
