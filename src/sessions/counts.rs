@@ -92,24 +92,33 @@ impl AppCounts {
     pub fn errors(&self, kind: ErrorKind) -> u64 {
         self.errors[kind.index()]
     }
-    /// Adds `other`'s counts to these (an app folded into another at restore).
+    /// Adds `other`'s counts to these (an app folded into another at restore). `other` is taken
+    /// apart field by field, so a counter added later cannot be forgotten here.
     pub fn absorb(&mut self, other: &AppCounts) {
-        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
-        add(&mut self.opened, other.opened);
-        for (a, b) in self.closed.iter_mut().zip(other.closed) {
-            add(a, b);
-        }
-        for (a, b) in self.errors.iter_mut().zip(other.errors) {
-            add(a, b);
-        }
-        add(&mut self.rx_bytes, other.rx_bytes);
-        add(&mut self.tx_bytes, other.tx_bytes);
-        add(&mut self.open, other.open);
-        for (a, b) in self.duration_buckets.iter_mut().zip(other.duration_buckets) {
-            add(a, b);
-        }
-        add(&mut self.duration_count, other.duration_count);
-        add(&mut self.duration_sum_ms, other.duration_sum_ms);
+        let AppCounts {
+            opened,
+            closed,
+            errors,
+            rx_bytes,
+            tx_bytes,
+            open,
+            duration_buckets,
+            duration_count,
+            duration_sum_ms,
+            replies,
+        } = other;
+        let add = |a: &mut u64, b: &u64| *a = a.saturating_add(*b);
+        let add_all = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(a, b)| add(a, b));
+        add(&mut self.opened, opened);
+        add_all(&mut self.closed, closed);
+        add_all(&mut self.errors, errors);
+        add(&mut self.rx_bytes, rx_bytes);
+        add(&mut self.tx_bytes, tx_bytes);
+        add(&mut self.open, open);
+        add_all(&mut self.duration_buckets, duration_buckets);
+        add(&mut self.duration_count, duration_count);
+        add(&mut self.duration_sum_ms, duration_sum_ms);
+        add_all(&mut self.replies, replies);
     }
 
     pub fn observe_duration(&mut self, ms: u64) {

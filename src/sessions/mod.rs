@@ -421,14 +421,32 @@ impl SessionTracker {
     /// Returns how many times were not believed.
     pub fn recheck(&mut self, limit: LocalMillis) -> u64 {
         let remap = self.apps.refold();
+        let to = |app: AppId| remap.get(app.0 as usize).copied().unwrap_or(AppId::OTHER);
         let old = std::mem::take(&mut self.counts);
         for (app, proto, c) in old.iter() {
-            let to = remap.get(app.0 as usize).copied().unwrap_or(AppId::OTHER);
-            self.counts.row(to, proto).absorb(c);
+            self.counts.row(to(app), proto).absorb(c);
+        }
+        // Every table keyed by app id follows the refold: refused flows and the apps of
+        // sessions still waiting for their creation line.
+        for (i, row) in std::mem::take(&mut self.refused).into_iter().enumerate() {
+            let j = to(AppId(i as u32)).0 as usize;
+            if j >= self.refused.len() {
+                self.refused.resize(j + 1, [0; RefusedReason::COUNT]);
+            }
+            for (a, b) in self.refused[j].iter_mut().zip(row) {
+                *a = a.saturating_add(b);
+            }
+        }
+        for p in self
+            .pending
+            .values_mut()
+            .chain(self.error_pending.values_mut())
+        {
+            p.app = p.app.map(to);
         }
         let mut future = 0;
         for s in self.open.values_mut().chain(self.error_open.values_mut()) {
-            s.app = remap.get(s.app.0 as usize).copied().unwrap_or(AppId::OTHER);
+            s.app = to(s.app);
             if s.opened.is_some_and(|t| t > limit) {
                 s.opened = None;
                 future += 1;
@@ -822,6 +840,43 @@ mod tests {
         assert_eq!(reply(Size::Unparsed, true), Reply::Unknown);
         assert!(channel_failure(ErrorKind::IoOnClosedChannel));
         assert!(!channel_failure(ErrorKind::EmptyBuffer));
+    }
+
+    /// A checkpoint whose app table is refolded at restore: every table keyed by app id follows
+    /// (counts with their replies, refused flows, the app of a session still waiting).
+    #[test]
+    fn recheck_moves_every_table_keyed_by_app() {
+        let mut t = SessionTracker::new(16, 16);
+        open(&mut t, 1, "com.a");
+        close(&mut t, 1, Size::Zero, None);
+        t.apply(
+            &Event::FlowRefused {
+                app: "com.b".into(),
+                reason: RefusedReason::NoBindIp,
+            },
+            None,
+        );
+        // Id 8's creation line is missing; its error names com.b.
+        error(&mut t, 8, ErrorKind::ConnectTimeout, Some("com.b"), 1000);
+        let mut saved = serde_json::to_value(&t).unwrap();
+        // An earlier version let "b c" in where com.a stands: it folds into `other`, and
+        // com.b moves down a slot.
+        saved["apps"]["names"][2] = "b c".into();
+        let mut back: SessionTracker = serde_json::from_value(saved).unwrap();
+        back.recheck(LocalMillis(i64::MAX));
+        back.check().unwrap();
+        let other = row(&back, "other", Some(Proto::Tcp));
+        assert_eq!(
+            (other.sessions_closed(), other.replies(Reply::NoReply)),
+            (1, 1)
+        );
+        let refused: Vec<(&str, u64)> = back
+            .refused()
+            .map(|(app, r)| (back.apps().name(app), r[RefusedReason::NoBindIp as usize]))
+            .collect();
+        assert_eq!(refused, [("com.b", 1)]);
+        close(&mut back, 8, Size::Zero, None);
+        assert_eq!(row(&back, "com.b", Some(Proto::Tcp)).sessions_closed(), 1);
     }
 
     #[test]
