@@ -50,7 +50,7 @@ fn try_metrics(addr: SocketAddr) -> Result<Duration, String> {
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out)
@@ -67,7 +67,7 @@ fn metrics_answer(addr: SocketAddr) -> Duration {
 
 fn post(path: &str, auth: Option<&str>, body: &[u8]) -> Vec<u8> {
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(a) = auth {
@@ -82,22 +82,22 @@ fn malformed_and_oversized_requests_get_errors_and_metrics_still_answers() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start(dir.path());
     let huge_header = format!(
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(2 << 20)
     );
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("binary garbage", b"\x00\x01\x02\xff\xfe GARBAGE\r\n\r\n".to_vec(), &["400"]),
         ("no version", b"GET /metrics\r\n\r\n".to_vec(), &["400"]),
-        ("unknown version", b"GET /metrics HTTP/7.0\r\nHost: t\r\n\r\n".to_vec(), &["400", "505"]),
+        ("unknown version", b"GET /metrics HTTP/7.0\r\nHost: localhost\r\n\r\n".to_vec(), &["400", "505"]),
         ("header without colon", b"GET /metrics HTTP/1.1\r\nHost t\r\n\r\n".to_vec(), &["400"]),
         ("method with spaces", b"G E T /metrics HTTP/1.1\r\n\r\n".to_vec(), &["400"]),
         ("2 MiB header", huge_header.into_bytes(), &["431", ""]),
         (
             "two content lengths",
-            b"POST /alertmanager HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+            b"POST /alertmanager HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
             &["400"],
         ),
-        ("unknown path", b"GET /../../etc/passwd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), &["404"]),
+        ("unknown path", b"GET /../../etc/passwd HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_vec(), &["404"]),
     ];
     for (what, bytes, want) in cases {
         let response = raw(agent.addr, &bytes);
@@ -166,7 +166,7 @@ fn wrong_tokens_are_refused_and_bodies_are_limited() {
     let r = raw(
         agent.addr,
         format!(
-            "POST /alertmanager HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: {good}\r\nContent-Length: 10000000000\r\n\r\n"
+            "POST /alertmanager HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: {good}\r\nContent-Length: 10000000000\r\n\r\n"
         )
         .as_bytes(),
     );
@@ -195,7 +195,7 @@ fn slow_client(addr: SocketAddr) -> std::thread::JoinHandle<Option<Duration>> {
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let t = Instant::now();
-        let head = b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let head = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
         for b in head {
             if s.write_all(&[*b]).is_err() {
                 return Some(t.elapsed());

@@ -99,7 +99,7 @@ fn tls_and_basic_auth_answer_only_the_right_credentials() {
     // Plain HTTP to the TLS port gets no HTTP answer.
     let mut s = TcpStream::connect(agent.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -207,7 +207,7 @@ fn header_timeout_and_connection_cap_hold_over_tls() {
     let mut slow = rustls::StreamOwned::new(conn, tcp);
     let t = Instant::now();
     let mut was_cut = false;
-    for b in b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+    for b in b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
         if slow.write_all(&[*b]).and_then(|()| slow.flush()).is_err() {
             was_cut = true;
             break;
@@ -317,7 +317,7 @@ fn post_apply(addr: SocketAddr) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "POST /fallback/apply HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+        "POST /fallback/apply HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();

@@ -3,9 +3,12 @@
 //! [`web_config`] adds TLS, basic auth and headers as the Go exporters do; [`listen`] the
 //! address forms they accept.
 
+pub mod conns;
+pub mod host;
 pub mod listen;
 pub mod web_config;
 
+pub use host::hide_addresses;
 pub use listen::{ListenAddr, bind};
 pub use web_config::WebConfig;
 
@@ -20,10 +23,8 @@ use axum::routing::get;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 
@@ -38,8 +39,20 @@ pub struct HttpConfig {
     /// A client that has not sent a whole request head within this time is disconnected (a
     /// slow client must not hold a connection forever).
     pub header_timeout_secs: u64,
-    /// Connections served at once; more are closed at once, so descriptors cannot run out.
+    /// Connections served at once; when full, a newcomer pushes out an idle or stalled one
+    /// (see [`conns`]), so descriptors cannot run out and a flood cannot hold the port.
     pub max_connections: usize,
+    /// Connections one peer other than loopback may hold; all such peers together hold at
+    /// most three quarters of `max_connections` (the rest are kept for loopback).
+    pub max_connections_per_peer: usize,
+    /// Every exchange, from the request's first byte to the response's last byte written,
+    /// ends within this time or the connection is closed (responses never read).
+    pub exchange_timeout_secs: u64,
+    /// Requests on one connection; the last one's response closes it.
+    pub max_requests_per_connection: u32,
+    /// Names besides loopback ones and the agent's own addresses that requests may give as
+    /// `Host` (DNS rebinding): the name Prometheus scrapes this Mac by.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +62,10 @@ impl Default for HttpConfig {
             web_config_file: std::path::PathBuf::new(),
             header_timeout_secs: 10,
             max_connections: 256,
+            max_connections_per_peer: 16,
+            exchange_timeout_secs: 15,
+            max_requests_per_connection: 1000,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -69,6 +86,35 @@ impl HttpConfig {
             4..=65_536,
             "256",
         )?;
+        in_range(
+            "http.max_connections_per_peer",
+            self.max_connections_per_peer,
+            1..=self.max_connections,
+            "16",
+        )?;
+        in_range(
+            "http.exchange_timeout_secs",
+            self.exchange_timeout_secs,
+            1..=3600,
+            "15",
+        )?;
+        in_range(
+            "http.max_requests_per_connection",
+            self.max_requests_per_connection,
+            1..=1_000_000,
+            "1000",
+        )?;
+        for name in &self.allowed_hosts {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+            {
+                return Err(format!(
+                    "http.allowed_hosts: {name:?} is not a host name or address"
+                ));
+            }
+        }
         // Loaded here too so check-config reports its errors.
         WebConfig::load(Some(&self.web_config_file))
             .map(|_| ())
@@ -113,9 +159,11 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
 ///
 /// Not `axum::serve`: it sets no timer, so a client that sends its request head a byte at a
 /// time holds its connection forever. Here hyper closes a connection whose head is not complete
-/// within `header_timeout_secs`, and at most `max_connections` are served at once; more are
-/// closed on accept, so slow or idle clients cannot use up the descriptors `/metrics` needs.
-/// With TLS the handshake shares the header timeout and the connection's slot.
+/// within `header_timeout_secs` or over [`MAX_HEADER_BYTES`] (431); [`conns`] gives each
+/// connection a slot, ends exchanges that outrun `exchange_timeout_secs` (writing included)
+/// and lets a newcomer push out an idle or stalled connection when every slot is taken; the
+/// `max_requests_per_connection`th response closes its connection; a foreign `Host` gets 421
+/// ([`host`]). With TLS the handshake shares the header timeout and the connection's slot.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -131,14 +179,24 @@ pub async fn serve(
             web_config::add_headers,
         ))
     };
+    let mut names: Vec<&str> = cfg.allowed_hosts.iter().map(String::as_str).collect();
+    names.extend(cfg.listen.host.as_deref());
+    let app = host::check(app, host::Allowed::new(names));
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let header_timeout = Duration::from_secs(cfg.header_timeout_secs);
+    let slots = conns::Slots::new(conns::Limits {
+        max: cfg.max_connections,
+        per_peer: cfg.max_connections_per_peer,
+    });
+    let limits = ConnLimits {
+        header: Duration::from_secs(cfg.header_timeout_secs),
+        exchange: Duration::from_secs(cfg.exchange_timeout_secs),
+        requests: cfg.max_requests_per_connection,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, or the peer left before accept: wait, do not spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -148,16 +206,30 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("too many connections (http.max_connections): closing a new one");
-            continue;
-        };
-        let (app, watcher, tls) = (app.clone(), graceful.watcher(), web.tls.clone());
+        let (app, watcher, tls, slots) = (
+            app.clone(),
+            graceful.watcher(),
+            web.tls.clone(),
+            slots.clone(),
+        );
         tokio::spawn(async move {
+            let slot = match slots.admit(peer.ip()).await {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::debug!(%peer, ?why, "no connection slot (http.max_connections, http.max_connections_per_peer): closing a new one");
+                    return;
+                }
+            };
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            let conn = host::Conn { peer, local };
+            let io = conns::Tracked::new(stream, slot.state.clone());
+            let state = slot.state.clone();
             match tls {
-                None => serve_connection(stream, app, header_timeout, watcher).await,
-                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, app, header_timeout, watcher).await,
+                None => serve_connection(io, app, limits, conn, state, watcher).await,
+                Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
+                    Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, watcher).await,
                     // A failed or too slow handshake is the client's problem.
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => {
@@ -178,16 +250,78 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection<I>(io: I, app: Router, header_timeout: Duration, watcher: Watcher)
-where
+/// Largest request head (request line and headers) read; bigger ones get 431. A browser's
+/// cookies for `localhost` fit; 255 half-sent heads of 400 KB cannot make the agent hold 100 MB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Per-connection limits, from `[http]`.
+#[derive(Clone, Copy, Debug)]
+struct ConnLimits {
+    header: Duration,
+    exchange: Duration,
+    requests: u32,
+}
+
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    limits: ConnLimits,
+    conn: host::Conn,
+    state: Arc<conns::ConnState>,
+    watcher: Watcher,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = http1::Builder::new()
+    let service = hyper::service::service_fn({
+        let state = state.clone();
+        move |req: axum::extract::Request<hyper::body::Incoming>| {
+            exchange(app.clone(), req, conn, state.clone(), limits.requests)
+        }
+    });
+    let http = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+        .header_read_timeout(limits.header)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(4 * MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(io), service);
     // Errors here are the client's (reset, timeout, bad request): nothing to report.
-    let _ = watcher.watch(conn).await;
+    tokio::select! {
+        _ = watcher.watch(http) => {}
+        () = state.kill.notified() => {
+            tracing::debug!(peer = %conn.peer, "connection pushed out by a newcomer (http.max_connections)");
+        }
+        () = state.overrun(limits.exchange) => {
+            tracing::debug!(peer = %conn.peer, "exchange not done within http.exchange_timeout_secs: closing");
+        }
+    }
+}
+
+/// One request through `app`: tells the connection's state when the handler runs and when the
+/// response body has been handed over, and closes the connection after its last request.
+async fn exchange(
+    app: Router,
+    req: axum::extract::Request<hyper::body::Incoming>,
+    conn: host::Conn,
+    state: Arc<conns::ConnState>,
+    max_requests: u32,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    use tower::ServiceExt;
+    let n = state.handler_start();
+    let mut req = req.map(axum::body::Body::new);
+    req.extensions_mut().insert(conn);
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(conn.peer));
+    let resp = app.oneshot(req).await;
+    state.handler_end();
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if n >= max_requests {
+        resp.headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    Ok(resp.map(|body| axum::body::Body::new(conns::Watched::new(body, state))))
 }
 
 /// How long open requests may take to finish after shutdown was asked.
