@@ -233,4 +233,55 @@ mod tests {
             assert_eq!(redact(kept), kept);
         }
     }
+
+    #[tokio::test]
+    async fn addresses_are_shown_only_to_a_loopback_asker_by_a_loopback_name() {
+        use tower::ServiceExt;
+        let page = "egresses as 203.0.113.5";
+        let app = || {
+            let app = Router::new()
+                .route("/health", axum::routing::get(move || async move { page }))
+                .route("/metrics", axum::routing::get(move || async move { page }));
+            check(hide_addresses(app, false), Allowed::new(["mac.example"]))
+        };
+        let ask = |path: &'static str, host: &'static str, peer: [u8; 4]| async move {
+            let mut req = Request::get(path)
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut().insert(Conn {
+                peer: SocketAddr::from((peer, 40000)),
+                local: SocketAddr::from(([192, 0, 2, 10], 9847)),
+            });
+            let resp = app().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        let local = [127, 0, 0, 1];
+        assert_eq!(ask("/health", "localhost:9847", local).await.1, page);
+        assert_eq!(ask("/health", "mac.example", local).await.1, "egresses as (hidden)");
+        assert_eq!(ask("/health", "192.0.2.10", [192, 0, 2, 99]).await.1, "egresses as (hidden)");
+        // Only `/` and `/health` are rewritten.
+        assert_eq!(ask("/metrics", "mac.example", local).await.1, page);
+        assert_eq!(ask("/health", "evil.example", local).await.0, 421);
+        // With probe.export_addresses, everyone allowed sees them.
+        let shown = check(
+            hide_addresses(
+                Router::new().route("/health", axum::routing::get(move || async move { page })),
+                true,
+            ),
+            Allowed::default(),
+        );
+        let mut req = Request::get("/health")
+            .header(header::HOST, "192.0.2.10")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(Conn {
+            peer: SocketAddr::from(([192, 0, 2, 99], 40000)),
+            local: SocketAddr::from(([192, 0, 2, 10], 9847)),
+        });
+        let body = shown.oneshot(req).await.unwrap().into_body();
+        assert_eq!(axum::body::to_bytes(body, 1 << 20).await.unwrap(), page);
+    }
 }

@@ -89,7 +89,7 @@ impl HttpConfig {
         in_range(
             "http.max_connections_per_peer",
             self.max_connections_per_peer,
-            1..=self.max_connections,
+            1..=65_536,
             "16",
         )?;
         in_range(
@@ -185,7 +185,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = conns::Slots::new(conns::Limits {
         max: cfg.max_connections,
-        per_peer: cfg.max_connections_per_peer,
+        per_peer: cfg.max_connections_per_peer.min(cfg.max_connections),
     });
     let limits = ConnLimits {
         header: Duration::from_secs(cfg.header_timeout_secs),
@@ -226,16 +226,30 @@ pub async fn serve(
             let conn = host::Conn { peer, local };
             let io = conns::Tracked::new(stream, slot.state.clone());
             let state = slot.state.clone();
-            match tls {
-                None => serve_connection(io, app, limits, conn, state, watcher).await,
-                Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
-                    Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, watcher).await,
-                    // A failed or too slow handshake is the client's problem.
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => {
-                        tracing::debug!("TLS handshake not done within http.header_timeout_secs")
-                    }
-                },
+            let work = async move {
+                match tls {
+                    None => serve_connection(io, app, limits, conn, state, watcher).await,
+                    Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
+                        Ok(Ok(io)) => {
+                            serve_connection(io, app, limits, conn, state, watcher).await
+                        }
+                        // A failed or too slow handshake is the client's problem.
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            tracing::debug!("TLS handshake not done within http.header_timeout_secs")
+                        }
+                    },
+                }
+            };
+            // Dropping `work` closes the connection, handshake or not.
+            tokio::select! {
+                () = work => {}
+                () = slot.state.kill.notified() => {
+                    tracing::debug!(%peer, "connection pushed out by a newcomer (http.max_connections)");
+                }
+                () = slot.state.overrun(limits.exchange) => {
+                    tracing::debug!(%peer, "exchange not done within http.exchange_timeout_secs: closing");
+                }
             }
             drop(slot);
         });
@@ -285,15 +299,7 @@ async fn serve_connection<I>(
         .max_buf_size(4 * MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(io), service);
     // Errors here are the client's (reset, timeout, bad request): nothing to report.
-    tokio::select! {
-        _ = watcher.watch(http) => {}
-        () = state.kill.notified() => {
-            tracing::debug!(peer = %conn.peer, "connection pushed out by a newcomer (http.max_connections)");
-        }
-        () = state.overrun(limits.exchange) => {
-            tracing::debug!(peer = %conn.peer, "exchange not done within http.exchange_timeout_secs: closing");
-        }
-    }
+    let _ = watcher.watch(http).await;
 }
 
 /// One request through `app`: tells the connection's state when the handler runs and when the
