@@ -131,14 +131,50 @@ pub fn router(registry: Registry) -> Router {
             get(metrics).layer(CompressionLayer::new().quality(CompressionLevel::Fastest)),
         )
         .route("/-/healthy", get(|| async { "OK\n" }))
-        .with_state(registry)
+        .with_state(Arc::new(Encoder::new(registry)))
 }
 
-async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
-    // Encoding walks the pipeline under its lock: keep it off the async workers.
-    let body = tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
-        .await
-        .unwrap_or_default();
+/// Encodes `/metrics` one at a time; a request waiting while another encodes takes the next
+/// encode that started after it arrived (never an older text). So 256 clients pipelining
+/// `/metrics` cost one encode at a time, not 256 at once, and a scrape waits at most about two
+/// encodes. Hand-written: tower's rate and concurrency limits queue or refuse requests, they
+/// do not share one answer among them.
+struct Encoder {
+    registry: Registry,
+    one_at_a_time: tokio::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>,
+}
+
+impl Encoder {
+    fn new(registry: Registry) -> Self {
+        Encoder {
+            registry,
+            one_at_a_time: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn encode(&self) -> Arc<String> {
+        let asked = std::time::Instant::now();
+        let mut last = self.one_at_a_time.lock().await;
+        if let Some((started, body)) = last.as_ref()
+            && *started >= asked
+        {
+            return body.clone();
+        }
+        let started = std::time::Instant::now();
+        let registry = self.registry.clone();
+        // Encoding walks the pipeline under its lock: keep it off the async workers.
+        let body = Arc::new(
+            tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
+                .await
+                .unwrap_or_default(),
+        );
+        *last = Some((started, body.clone()));
+        body
+    }
+}
+
+async fn metrics(State(encoder): State<Arc<Encoder>>) -> impl IntoResponse {
+    let body = encoder.encode().await;
     // Never 200 with nothing: Prometheus would keep `up` at 1 over no data.
     if body.is_empty() {
         return (
@@ -150,7 +186,7 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        body,
+        String::clone(&body),
     )
 }
 
@@ -199,7 +235,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, or the peer left before accept: wait, do not spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    crate::warn_throttled!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -223,6 +259,9 @@ pub async fn serve(
             let Ok(local) = stream.local_addr() else {
                 return;
             };
+            // Responses nobody reads stall here within a few hundred KiB rather than after
+            // megabytes of kernel memory per connection (autotuned, it grows to 4 MiB).
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
             let conn = host::Conn { peer, local };
             let io = conns::Tracked::new(stream, slot.state.clone());
             let state = slot.state.clone();
@@ -267,6 +306,10 @@ pub async fn serve(
 /// Largest request head (request line and headers) read; bigger ones get 431. A browser's
 /// cookies for `localhost` fit; 255 half-sent heads of 400 KB cannot make the agent hold 100 MB.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Kernel send buffer of a connection (Linux doubles it): a `/metrics` of several MB still
+/// flows, a client that never reads holds little.
+const SEND_BUFFER: usize = 128 * 1024;
 
 /// Per-connection limits, from `[http]`.
 #[derive(Clone, Copy, Debug)]
