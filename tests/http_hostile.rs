@@ -401,3 +401,72 @@ fn a_foreign_host_gets_421_on_every_route_and_addresses_stay_hidden() {
     let r = raw(agent.addr, b"GET http://evil.example/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert!(status_line(&r).starts_with("HTTP/1.1 421"), "{}", status_line(&r));
 }
+
+#[test]
+fn wrong_password_clients_leave_the_right_password_under_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    // Cost 8: a real bcrypt cost for the attack to lean on, short enough for a debug build.
+    let hash = bcrypt::hash("right horse", 8).unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, format!("basic_auth_users:\n  prometheus: '{hash}'\n")).unwrap();
+    let log = dir.path().join("transparent_proxy.log");
+    std::fs::copy(common::fixture("mixed.log"), &log).unwrap();
+    let agent = Agent::start_with(
+        &log,
+        &dir.path().join("cp.json"),
+        &["--web.config.file", web.to_str().unwrap()],
+        &[],
+    );
+    let auth = format!(
+        "Authorization: {}\r\n",
+        common::tls::basic("prometheus", "right horse")
+    );
+    // Prometheus scraped once before the flood: its credential is known.
+    let (answered, _) = scrapes_answered(agent.addr, &auth);
+    assert_eq!(answered, 10);
+    let mut attacker = common::attacker::start("wrongpass", agent.addr);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut worst = Duration::ZERO;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = get_with(agent.addr, "/metrics", &format!("Host: localhost\r\n{auth}"), Duration::from_secs(5));
+        worst = worst.max(t.elapsed());
+        statuses.push(r.map(|o| status_line(&o).to_owned()).unwrap_or_else(|e| e));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What the flood gets: 401 for the checks it may make, 429 beyond.
+    let wrong = get_with(
+        agent.addr,
+        "/metrics",
+        &format!("Host: localhost\r\nAuthorization: {}\r\n", common::tls::basic("prometheus", "nope")),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let cpu = {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.child.id())).unwrap();
+        let f: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        f[0] + f[1]
+    };
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    eprintln!(
+        "FIGURES wrongpass: right password slowest {worst:?} over 10 scrapes under 200 wrong-password clients; a wrong one now gets {:?}; agent CPU ticks so far {cpu}",
+        status_line(&wrong)
+    );
+    assert!(
+        statuses.iter().all(|s| s.starts_with("HTTP/1.1 200")),
+        "{statuses:?}"
+    );
+    assert!(worst < Duration::from_secs(1), "slowest right-password scrape {worst:?}");
+    assert!(
+        status_line(&wrong).starts_with("HTTP/1.1 429") || status_line(&wrong).starts_with("HTTP/1.1 401"),
+        "{}",
+        status_line(&wrong)
+    );
+}
