@@ -235,7 +235,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, or the peer left before accept: wait, do not spin.
-                    crate::warn_throttled!(error = %e, "accepting a connection failed");
+                    crate::logging::warn_throttled!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

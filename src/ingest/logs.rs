@@ -249,7 +249,7 @@ fn note_error(file: &mut Followed, now: Option<String>) {
         let path = file.tailer.follower().path().display().to_string();
         match &now {
             Some(e) => {
-                crate::warn_throttled!(error = %e, log = %path, "cannot read the log; retrying")
+                crate::logging::warn_throttled!(error = %e, log = %path, "cannot read the log; retrying")
             }
             None => tracing::info!(log = %path, "the log is readable again"),
         }
