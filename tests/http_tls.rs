@@ -450,3 +450,43 @@ fn real_prometheus_scrapes_over_tls_with_basic_auth() {
     let targets = prom.get("/api/v1/targets").unwrap();
     assert!(targets.contains("401"), "{targets}");
 }
+
+/// Run as nobody by the tests below (see `common::attacker`); fails when run any other way.
+#[test]
+#[ignore = "the attacker process of the hostile tests, started by them as nobody"]
+fn attacker() {
+    common::attacker::run_from_env();
+}
+
+#[test]
+fn clients_without_credentials_over_tls_do_not_hold_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "main");
+    let agent = start(dir.path(), &web_config(dir.path(), &pki, ""), &[]);
+    let ca = std::fs::read_to_string(pki.path("ca.pem")).unwrap();
+    let mut attacker = common::attacker::start_with_ca("tls-nocreds", agent.addr, &ca);
+    std::thread::sleep(Duration::from_secs(4));
+    let client = pki.client(None);
+    let good = basic(USER, PASSWORD);
+    let mut answered = 0;
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = request(
+            agent.addr,
+            client.clone(),
+            "GET",
+            "/metrics",
+            &[("Authorization", &good)],
+        );
+        if matches!(r, Ok((200, _))) && t.elapsed() < Duration::from_secs(3) {
+            answered += 1;
+            worst = worst.max(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    eprintln!("FIGURES tls-nocreds: {answered} of 10 scrapes answered within 3 s, slowest {worst:?}");
+    assert!(answered >= 9, "only {answered} of 10 scrapes answered within 3 s");
+}

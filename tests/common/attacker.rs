@@ -10,9 +10,16 @@ use std::time::Duration;
 
 pub const ENV: &str = "HOSTILE_HTTP_ATTACK";
 const ADDR: &str = "HOSTILE_HTTP_ADDR";
+/// The CA (PEM text) a TLS attacker trusts: the test's folder is root's.
+const CA: &str = "HOSTILE_HTTP_CA";
 
 /// Starts `attack` on `addr` as nobody; kill the child to stop it.
 pub fn start(attack: &str, addr: SocketAddr) -> Child {
+    start_with_ca(attack, addr, "")
+}
+
+/// As [`start`], for an attack over TLS trusting `ca_pem`.
+pub fn start_with_ca(attack: &str, addr: SocketAddr, ca_pem: &str) -> Child {
     assert!(
         unsafe { libc::geteuid() } == 0,
         "the hostile HTTP tests need root: the agent runs as root, the attacker as nobody"
@@ -30,6 +37,7 @@ pub fn start(attack: &str, addr: SocketAddr) -> Child {
         .args(["--exact", "attacker", "--ignored", "--nocapture"])
         .env(ENV, attack)
         .env(ADDR, addr.to_string())
+        .env(CA, ca_pem)
         .stdout(Stdio::null())
         .spawn()
         .expect("setpriv runs the attacker")
@@ -47,6 +55,7 @@ pub fn run_from_env() {
         "keepalive" => (256, keepalive),
         "heads" => (255, half_head),
         "wrongpass" => (200, wrong_password),
+        "tls-nocreds" => (256, tls_no_credentials),
         other => panic!("unknown attack {other}"),
     };
     let threads: Vec<_> = (0..n)
@@ -119,4 +128,47 @@ fn wrong_password(addr: SocketAddr) {
     );
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
+}
+
+/// Over TLS, with no credentials: one request every 8 s on a kept-alive connection.
+fn tls_no_credentials(addr: SocketAddr) {
+    use rustls::pki_types::pem::PemObject;
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let pem = std::env::var(CA).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    });
+    let Ok(tcp) = TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(20)));
+    let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string()).unwrap();
+    let Ok(conn) = rustls::ClientConnection::new(config.clone(), name) else {
+        return;
+    };
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    loop {
+        if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        std::thread::sleep(Duration::from_secs(8));
+    }
 }
