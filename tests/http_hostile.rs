@@ -296,7 +296,8 @@ fn start_defaults(dir: &std::path::Path, more: &[&str]) -> Agent {
 fn get_with(addr: SocketAddr, path: &str, extra: &str, within: Duration) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(within)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nConnection: close\r\n{extra}\r\n").map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nConnection: close\r\n{extra}\r\n")
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
     Ok(out)
@@ -308,8 +309,15 @@ fn scrapes_answered(addr: SocketAddr, auth: &str) -> (usize, Duration) {
     let mut worst = Duration::ZERO;
     for _ in 0..10 {
         let t = Instant::now();
-        let r = get_with(addr, "/metrics", &format!("Host: localhost\r\n{auth}"), Duration::from_secs(3));
-        if r.is_ok_and(|o| o.starts_with("HTTP/1.1 200") && o.contains("\npia_split_tunnel_log_lines_total ")) {
+        let r = get_with(
+            addr,
+            "/metrics",
+            &format!("Host: localhost\r\n{auth}"),
+            Duration::from_secs(3),
+        );
+        if r.is_ok_and(|o| {
+            o.starts_with("HTTP/1.1 200") && o.contains("\npia_split_tunnel_log_lines_total ")
+        }) {
             answered += 1;
             worst = worst.max(t.elapsed());
         }
@@ -328,7 +336,10 @@ fn pinned(attack: &str) {
     let _ = attacker.kill();
     let _ = attacker.wait();
     eprintln!("FIGURES {attack}: {answered} of 10 scrapes answered within 3 s, slowest {worst:?}");
-    assert!(answered >= 9, "{attack}: only {answered} of 10 scrapes answered within 3 s");
+    assert!(
+        answered >= 9,
+        "{attack}: only {answered} of 10 scrapes answered within 3 s"
+    );
     metrics_answer(agent.addr);
 }
 
@@ -350,7 +361,11 @@ fn half_sent_huge_heads_get_431_and_memory_stays_bounded() {
     let mut head = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
     head.resize(200 * 1024, b'a');
     let r = raw(agent.addr, &head);
-    assert!(status_line(&r).starts_with("HTTP/1.1 431"), "{:?}", status_line(&r));
+    assert!(
+        status_line(&r).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        status_line(&r)
+    );
     let mut attacker = common::attacker::start("heads", agent.addr);
     std::thread::sleep(Duration::from_secs(4));
     let (answered, _) = scrapes_answered(agent.addr, "");
@@ -362,7 +377,10 @@ fn half_sent_huge_heads_get_431_and_memory_stays_bounded() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
-    eprintln!("FIGURES heads: peak RSS {:.1} MB, {answered} of 10 scrapes answered", peak_kb as f64 / 1024.0);
+    eprintln!(
+        "FIGURES heads: peak RSS {:.1} MB, {answered} of 10 scrapes answered",
+        peak_kb as f64 / 1024.0
+    );
     assert!(peak_kb < 50 * 1024, "peak RSS {peak_kb} KiB");
     assert!(answered >= 9, "{answered} of 10");
 }
@@ -381,25 +399,63 @@ fn a_foreign_host_gets_421_on_every_route_and_addresses_stay_hidden() {
         ],
     );
     let within = Duration::from_secs(5);
-    for path in ["/metrics", "/health", "/", "/-/healthy", "/-/ready", "/nowhere"] {
-        for host in ["evil.example", "evil.example:9847", "127.0.0.1.evil.example", "192.0.2.1"] {
+    for path in [
+        "/metrics",
+        "/health",
+        "/",
+        "/-/healthy",
+        "/-/ready",
+        "/nowhere",
+    ] {
+        for host in [
+            "evil.example",
+            "evil.example:9847",
+            "127.0.0.1.evil.example",
+            "192.0.2.1",
+        ] {
             let r = get_with(agent.addr, path, &format!("Host: {host}\r\n"), within).unwrap();
-            assert!(status_line(&r).starts_with("HTTP/1.1 421"), "{path} for {host}: {}", status_line(&r));
+            assert!(
+                status_line(&r).starts_with("HTTP/1.1 421"),
+                "{path} for {host}: {}",
+                status_line(&r)
+            );
         }
-        for host in ["localhost", &agent.addr.to_string(), "mac.example:9847", "[::1]:1"] {
+        for host in [
+            "localhost",
+            &agent.addr.to_string(),
+            "mac.example:9847",
+            "[::1]:1",
+        ] {
             let r = get_with(agent.addr, path, &format!("Host: {host}\r\n"), within).unwrap();
-            assert!(!status_line(&r).contains(" 421"), "{path} for {host}: {}", status_line(&r));
+            assert!(
+                !status_line(&r).contains(" 421"),
+                "{path} for {host}: {}",
+                status_line(&r)
+            );
         }
     }
     for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
         let req = post(path, Some(&format!("Bearer {TOKEN}")), b"{}");
-        let req = String::from_utf8(req).unwrap().replace("Host: localhost", "Host: evil.example");
+        let req = String::from_utf8(req)
+            .unwrap()
+            .replace("Host: localhost", "Host: evil.example");
         let r = raw(agent.addr, req.as_bytes());
-        assert!(status_line(&r).starts_with("HTTP/1.1 421"), "{path}: {}", status_line(&r));
+        assert!(
+            status_line(&r).starts_with("HTTP/1.1 421"),
+            "{path}: {}",
+            status_line(&r)
+        );
     }
     // An absolute URI naming another host is refused as well.
-    let r = raw(agent.addr, b"GET http://evil.example/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    assert!(status_line(&r).starts_with("HTTP/1.1 421"), "{}", status_line(&r));
+    let r = raw(
+        agent.addr,
+        b"GET http://evil.example/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        status_line(&r).starts_with("HTTP/1.1 421"),
+        "{}",
+        status_line(&r)
+    );
 }
 
 #[test]
@@ -430,7 +486,12 @@ fn wrong_password_clients_leave_the_right_password_under_a_second() {
     let mut statuses = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        let r = get_with(agent.addr, "/metrics", &format!("Host: localhost\r\n{auth}"), Duration::from_secs(5));
+        let r = get_with(
+            agent.addr,
+            "/metrics",
+            &format!("Host: localhost\r\n{auth}"),
+            Duration::from_secs(5),
+        );
         worst = worst.max(t.elapsed());
         statuses.push(r.map(|o| status_line(&o).to_owned()).unwrap_or_else(|e| e));
         std::thread::sleep(Duration::from_millis(200));
@@ -439,7 +500,10 @@ fn wrong_password_clients_leave_the_right_password_under_a_second() {
     let wrong = get_with(
         agent.addr,
         "/metrics",
-        &format!("Host: localhost\r\nAuthorization: {}\r\n", common::tls::basic("prometheus", "nope")),
+        &format!(
+            "Host: localhost\r\nAuthorization: {}\r\n",
+            common::tls::basic("prometheus", "nope")
+        ),
         Duration::from_secs(5),
     )
     .unwrap();
@@ -463,9 +527,13 @@ fn wrong_password_clients_leave_the_right_password_under_a_second() {
         statuses.iter().all(|s| s.starts_with("HTTP/1.1 200")),
         "{statuses:?}"
     );
-    assert!(worst < Duration::from_secs(1), "slowest right-password scrape {worst:?}");
     assert!(
-        status_line(&wrong).starts_with("HTTP/1.1 429") || status_line(&wrong).starts_with("HTTP/1.1 401"),
+        worst < Duration::from_secs(1),
+        "slowest right-password scrape {worst:?}"
+    );
+    assert!(
+        status_line(&wrong).starts_with("HTTP/1.1 429")
+            || status_line(&wrong).starts_with("HTTP/1.1 401"),
         "{}",
         status_line(&wrong)
     );

@@ -487,6 +487,11 @@ fn clients_without_credentials_over_tls_do_not_hold_the_port() {
     }
     let _ = attacker.kill();
     let _ = attacker.wait();
-    eprintln!("FIGURES tls-nocreds: {answered} of 10 scrapes answered within 3 s, slowest {worst:?}");
-    assert!(answered >= 9, "only {answered} of 10 scrapes answered within 3 s");
+    eprintln!(
+        "FIGURES tls-nocreds: {answered} of 10 scrapes answered within 3 s, slowest {worst:?}"
+    );
+    assert!(
+        answered >= 9,
+        "only {answered} of 10 scrapes answered within 3 s"
+    );
 }

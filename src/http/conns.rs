@@ -281,7 +281,11 @@ impl Slots {
     }
 
     pub fn len(&self) -> usize {
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).conns.len()
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .conns
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -77,7 +77,7 @@ fn allowed(host: &str, local: IpAddr, names: &Allowed) -> bool {
         return ip == local || ip.to_canonical() == local.to_canonical();
     }
     let lower = host.to_ascii_lowercase();
-    names.0.iter().any(|n| *n == lower)
+    names.0.contains(&lower)
 }
 
 /// The names a request gives: its `Host` header and the authority of an absolute URI.
@@ -229,7 +229,13 @@ mod tests {
             redact("\"reason\":\"from 10.0.15.15/32 to 192.0.2.1:\""),
             "\"reason\":\"from (hidden)/32 to (hidden):\""
         );
-        for kept in ["version 0.3.7", "at 12:30:01", "en0 utun4", "cafe 1.2", "a0.1.2.3"] {
+        for kept in [
+            "version 0.3.7",
+            "at 12:30:01",
+            "en0 utun4",
+            "cafe 1.2",
+            "a0.1.2.3",
+        ] {
             assert_eq!(redact(kept), kept);
         }
     }
@@ -255,13 +261,21 @@ mod tests {
             });
             let resp = app().oneshot(req).await.unwrap();
             let status = resp.status().as_u16();
-            let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
             (status, String::from_utf8(body.to_vec()).unwrap())
         };
         let local = [127, 0, 0, 1];
         assert_eq!(ask("/health", "localhost:9847", local).await.1, page);
-        assert_eq!(ask("/health", "mac.example", local).await.1, "egresses as (hidden)");
-        assert_eq!(ask("/health", "192.0.2.10", [192, 0, 2, 99]).await.1, "egresses as (hidden)");
+        assert_eq!(
+            ask("/health", "mac.example", local).await.1,
+            "egresses as (hidden)"
+        );
+        assert_eq!(
+            ask("/health", "192.0.2.10", [192, 0, 2, 99]).await.1,
+            "egresses as (hidden)"
+        );
         // Only `/` and `/health` are rewritten.
         assert_eq!(ask("/metrics", "mac.example", local).await.1, page);
         assert_eq!(ask("/health", "evil.example", local).await.0, 421);

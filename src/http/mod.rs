@@ -269,13 +269,13 @@ pub async fn serve(
                 match tls {
                     None => serve_connection(io, app, limits, conn, state, watcher).await,
                     Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
-                        Ok(Ok(io)) => {
-                            serve_connection(io, app, limits, conn, state, watcher).await
-                        }
+                        Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, watcher).await,
                         // A failed or too slow handshake is the client's problem.
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => {
-                            tracing::debug!("TLS handshake not done within http.header_timeout_secs")
+                            tracing::debug!(
+                                "TLS handshake not done within http.header_timeout_secs"
+                            )
                         }
                     },
                 }
@@ -367,8 +367,10 @@ async fn exchange(
         Err(never) => match never {},
     };
     if n >= max_requests {
-        resp.headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
     Ok(resp.map(|body| axum::body::Body::new(conns::Watched::new(body, state))))
 }

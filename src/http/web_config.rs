@@ -17,8 +17,8 @@
 use crate::metrics::{Counter, CounterCell, Family};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -299,8 +299,9 @@ impl BasicAuth {
                 format!("basic_auth_users.{user}: not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`")
             })?;
         }
-        let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-            .map_err(|_| "basic_auth_users: the system gave no random key".to_string())?;
+        let key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| "basic_auth_users: the system gave no random key".to_string())?;
         Ok(BasicAuth {
             users,
             key,
@@ -838,10 +839,16 @@ mod tests {
         let auth = BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap();
         let attacker = IpAddr::from([192, 0, 2, 66]);
         let other = IpAddr::from([192, 0, 2, 67]);
-        assert_eq!(auth.check(&basic("prom", "s3cret"), attacker).await, Checked::Ok);
+        assert_eq!(
+            auth.check(&basic("prom", "s3cret"), attacker).await,
+            Checked::Ok
+        );
         let mut outcomes = Vec::new();
         for i in 0..(FAILURE_BURST as usize + 5) {
-            outcomes.push(auth.check(&basic("prom", &format!("wrong{i}")), attacker).await);
+            outcomes.push(
+                auth.check(&basic("prom", &format!("wrong{i}")), attacker)
+                    .await,
+            );
         }
         let wrong = outcomes.iter().filter(|o| **o == Checked::Wrong).count();
         assert!(
@@ -850,9 +857,15 @@ mod tests {
         );
         assert_eq!(outcomes.last(), Some(&Checked::TooMany));
         // The same peer, the known password: no bcrypt, no wait.
-        assert_eq!(auth.check(&basic("prom", "s3cret"), attacker).await, Checked::Ok);
+        assert_eq!(
+            auth.check(&basic("prom", "s3cret"), attacker).await,
+            Checked::Ok
+        );
         // Another peer still has its own budget.
-        assert_eq!(auth.check(&basic("prom", "nope"), other).await, Checked::Wrong);
+        assert_eq!(
+            auth.check(&basic("prom", "nope"), other).await,
+            Checked::Wrong
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

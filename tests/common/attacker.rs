@@ -26,13 +26,7 @@ pub fn start_with_ca(attack: &str, addr: SocketAddr, ca_pem: &str) -> Child {
     );
     let exe = std::env::current_exe().unwrap();
     Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-        ])
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(exe)
         .args(["--exact", "attacker", "--ignored", "--nocapture"])
         .env(ENV, attack)
@@ -48,7 +42,11 @@ pub fn run_from_env() {
     let (Ok(attack), Ok(addr)) = (std::env::var(ENV), std::env::var(ADDR)) else {
         panic!("run by the hostile tests through common::attacker::start, as nobody");
     };
-    assert_ne!(unsafe { libc::geteuid() }, 0, "the attacker must not be root");
+    assert_ne!(
+        unsafe { libc::geteuid() },
+        0,
+        "the attacker must not be root"
+    );
     let addr: SocketAddr = addr.parse().unwrap();
     let (n, each): (usize, fn(SocketAddr)) = match attack.as_str() {
         "pipeline" => (256, pipeline),
@@ -59,10 +57,14 @@ pub fn run_from_env() {
         other => panic!("unknown attack {other}"),
     };
     let threads: Vec<_> = (0..n)
-        .map(|_| std::thread::spawn(move || loop {
-            each(addr);
-            std::thread::sleep(Duration::from_millis(20));
-        }))
+        .map(|_| {
+            std::thread::spawn(move || {
+                loop {
+                    each(addr);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
         .collect();
     for t in threads {
         let _ = t.join();
@@ -161,7 +163,9 @@ fn tls_no_credentials(addr: SocketAddr) {
     };
     let mut s = rustls::StreamOwned::new(conn, tcp);
     loop {
-        if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").is_err() {
+        if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
             return;
         }
         let mut buf = [0u8; 4096];
