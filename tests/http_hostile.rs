@@ -1,5 +1,8 @@
 //! Hostile HTTP clients against the running agent: malformed requests, oversized heads and
-//! bodies, slow clients, a connection flood, wrong tokens. `/metrics` must keep answering.
+//! bodies, slow clients, a connection flood, wrong tokens, a foreign `Host`; and, as `nobody`
+//! against the root agent (`common::attacker`), 256 connections pinned by pipelined unread
+//! responses or slow keep-alive, 255 half-sent 400 KB heads, 200 wrong-password clients.
+//! `/metrics` must keep answering; each attack prints its figures (`-- --nocapture`).
 
 mod common;
 
