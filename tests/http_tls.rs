@@ -495,3 +495,50 @@ fn clients_without_credentials_over_tls_do_not_hold_the_port() {
         "only {answered} of 10 scrapes answered within 3 s"
     );
 }
+
+/// ClientHellos naming an IP address as server name (which RFC 6066 forbids: rustls warns
+/// about each) write nothing to the agent's log unless it is debugging.
+#[test]
+fn hostile_handshakes_leave_no_warning_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "main");
+    let web = web_config(dir.path(), &pki, "");
+    let lines = |level: &str| {
+        let run = dir.path().join(level);
+        std::fs::create_dir(&run).unwrap();
+        let stderr = run.join("agent.log");
+        let agent = Agent::start_logged(
+            &log_in(&run),
+            &run.join("cp.json"),
+            &[
+                "--web.config.file",
+                web.to_str().unwrap(),
+                "--log.level",
+                level,
+            ],
+            &stderr,
+        );
+        for _ in 0..20 {
+            let out = Command::new("openssl")
+                .args(["s_client", "-connect", &agent.addr.to_string()])
+                .args(["-servername", "127.0.0.1"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl runs (the test sends ClientHellos with it)");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE")
+                    || String::from_utf8_lossy(&out.stdout).contains("Server certificate"),
+                "the handshake went through: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        agent.stop();
+        std::fs::read_to_string(&stderr)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("Illegal SNI"))
+            .count()
+    };
+    assert!(lines("debug") >= 20, "at debug, rustls's line is shown");
+    assert_eq!(lines("info"), 0, "at info, no line per hostile handshake");
+}
