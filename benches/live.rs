@@ -53,7 +53,11 @@ impl Client {
     }
 
     fn get(&mut self, path: &str) -> String {
-        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").expect("request");
+        write!(
+            self.stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        .expect("request");
         let mut len = 0;
         loop {
             let mut line = String::new();

@@ -62,14 +62,33 @@ pub struct LogFlags {
 /// reported once on stderr and replaced by `info`, never a silent default.
 fn filter(level: Option<Level>) -> EnvFilter {
     if let Some(l) = level {
-        return EnvFilter::new(l.directive());
+        return quiet_libraries(EnvFilter::new(l.directive()), l == Level::Debug);
     }
     match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
-            eprintln!("RUST_LOG={v:?} is not a log filter ({e}); logging at info");
-            EnvFilter::new("info")
-        }),
-        _ => EnvFilter::new("info"),
+        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+            Ok(f) => {
+                let debugging = v.contains("debug") || v.contains("trace") || v.contains("rustls");
+                quiet_libraries(f, debugging)
+            }
+            Err(e) => {
+                eprintln!("RUST_LOG={v:?} is not a log filter ({e}); logging at info");
+                quiet_libraries(EnvFilter::new("info"), false)
+            }
+        },
+        _ => quiet_libraries(EnvFilter::new("info"), false),
+    }
+}
+
+/// Warnings rustls writes about what a client sent (an IP address as server name, a warning
+/// alert) are the client's doing: any peer could write one line per handshake. Shown only when
+/// debugging.
+fn quiet_libraries(filter: EnvFilter, debugging: bool) -> EnvFilter {
+    if debugging {
+        return filter;
+    }
+    match "rustls=error".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
     }
 }
 
@@ -211,7 +230,92 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_rust_log() {
-        assert_eq!(filter(Some(Level::Warn)).to_string(), "warn");
+        let warn = filter(Some(Level::Warn)).to_string();
+        assert!(warn.split(',').any(|d| d == "warn"), "{warn}");
+        // What a TLS client sends (an IP as server name) is not worth a warning line.
+        assert!(warn.split(',').any(|d| d == "rustls=error"), "{warn}");
         assert_eq!(filter(Some(Level::Debug)).to_string(), "debug");
+    }
+}
+
+/// Caps how often one warning site writes: at most [`Throttle::BURST`] lines per
+/// [`Throttle::WINDOW`]; the first line written after a quiet spell carries `suppressed`, the
+/// number left out. For the sites that untrusted input reaches (a rename storm of someone
+/// else's files, a flood of connections), so the agent's own log cannot be flooded through
+/// them. Use [`warn_throttled!`](crate::logging::warn_throttled).
+pub struct Throttle {
+    state: std::sync::Mutex<ThrottleState>,
+}
+
+#[derive(Clone, Copy)]
+struct ThrottleState {
+    window_start: Option<std::time::Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const BURST: u32 = 10;
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+    pub const fn new() -> Throttle {
+        Throttle {
+            state: std::sync::Mutex::new(ThrottleState {
+                window_start: None,
+                written: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(suppressed since the last line written)` when this line may be written.
+    pub fn allow(&self, now: std::time::Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.window_start
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::WINDOW)
+        {
+            s.window_start = Some(now);
+            s.written = 0;
+        }
+        if s.written >= Self::BURST {
+            s.suppressed += 1;
+            return None;
+        }
+        s.written += 1;
+        Some(std::mem::take(&mut s.suppressed))
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
+/// `tracing::warn!` through a [`Throttle`] of its own call site; adds `suppressed = N`.
+macro_rules! warn_throttled {
+    ($($arg:tt)+) => {{
+        static THROTTLE: $crate::logging::Throttle = $crate::logging::Throttle::new();
+        if let Some(suppressed) = THROTTLE.allow(::std::time::Instant::now()) {
+            ::tracing::warn!(suppressed, $($arg)+);
+        }
+    }};
+}
+pub(crate) use warn_throttled;
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_burst_then_silence_then_the_count_of_what_was_left_out() {
+        let t = Throttle::new();
+        let start = Instant::now();
+        let written: Vec<_> = (0..25).filter_map(|_| t.allow(start)).collect();
+        assert_eq!(written, vec![0; Throttle::BURST as usize]);
+        let later = start + Throttle::WINDOW + Duration::from_millis(1);
+        assert_eq!(t.allow(later), Some(15));
+        assert_eq!(t.allow(later), Some(0));
     }
 }

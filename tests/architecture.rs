@@ -11,7 +11,8 @@
 //! - `status` (the page at `/`) below `config`, over the stages it shows;
 //! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
 //! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`);
-//! - `logging` (the agent's own stderr) and `build_info` at the bottom: they import nothing;
+//! - `logging` (the agent's own stderr, and the throttle of warnings every stage may use) and
+//!   `build_info` at the bottom: they import nothing;
 //! - `labels` (how fixed label sets are declared) below them all: every stage with a label set,
 //!   `proxy_log` included, imports it.
 
@@ -36,7 +37,8 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["pipeline"],
     &["sessions"],
-    &["proxy_log", "tail", "os", "logging", "build_info"],
+    &["proxy_log", "tail", "os", "build_info"],
+    &["logging"],
     &["labels"],
 ];
 

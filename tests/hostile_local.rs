@@ -65,6 +65,12 @@ impl Lab {
         Agent::start_with(&self.log, &self.checkpoint, &["--set", &set], &[])
     }
 
+    /// As [`Lab::start`], the agent's own log (stderr) written to `stderr`.
+    fn start_logged(&self, stderr: &Path) -> Agent {
+        let set = format!("log.error_path={}", self.error_log().display());
+        Agent::start_logged(&self.log, &self.checkpoint, &["--set", &set], stderr)
+    }
+
     /// PIA writing its own (root-owned) log: `n` sessions opened and closed with bytes.
     fn proxy_writes(&mut self, n: u64) {
         let mut text = String::new();
@@ -430,7 +436,8 @@ fn a_hard_link_of_the_main_log_is_not_counted_twice() {
 fn a_rename_storm_costs_at_most_a_save_a_second() {
     let mut lab = Lab::new();
     lab.proxy_writes(10);
-    let agent = lab.start();
+    let agent_log = lab.root.path().join("agent.log");
+    let agent = lab.start_logged(&agent_log);
     agent.wait_lines(lab.lines);
     // The attacker's own file renamed in a loop: refused (theirs), so it costs no save.
     let mut storm = nobody(
@@ -457,6 +464,19 @@ fn a_rename_storm_costs_at_most_a_save_a_second() {
     let _ = storm.kill();
     let _ = storm.wait();
     assert!(rate <= 1.5, "{rate} checkpoint saves a second");
+    // Each refusal of a new file is a warning site untrusted input reaches: throttled to a
+    // burst a minute, then one line saying how many were left out.
+    let text = std::fs::read_to_string(&agent_log).unwrap();
+    let refused = text
+        .lines()
+        .filter(|l| l.contains("log file refused"))
+        .count();
+    println!(
+        "FIGURES rename-storm log: {} bytes, {refused} 'log file refused' lines",
+        text.len()
+    );
+    assert!(refused <= 11, "{refused} 'log file refused' lines in 5 s");
+    assert!(text.len() < 64 * 1024, "{} bytes of agent log", text.len());
     assert_unharmed("rename-storm", &mut lab, agent, rate);
 }
 

@@ -195,6 +195,7 @@ pub async fn run_until(
     let mut app = crate::http::router(registry.clone())
         .merge(crate::health::http::router(health.clone()))
         .merge(crate::status::adapter::router(Arc::new(status)));
+    app = crate::http::hide_addresses(app, config.probe.export_addresses);
     app = web.protect(app, &registry);
     match crate::fallback::http::router(controller.clone(), &config.fallback) {
         Ok(routes) => {

@@ -4,9 +4,12 @@
 //! address forms they accept.
 
 pub mod activation;
+pub mod conns;
+pub mod host;
 pub mod listen;
 pub mod web_config;
 
+pub use host::hide_addresses;
 pub use listen::{ListenAddr, bind};
 pub use web_config::WebConfig;
 
@@ -21,10 +24,8 @@ use axum::routing::get;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 
@@ -39,8 +40,20 @@ pub struct HttpConfig {
     /// A client that has not sent a whole request head within this time is disconnected (a
     /// slow client must not hold a connection forever).
     pub header_timeout_secs: u64,
-    /// Connections served at once; more are closed at once, so descriptors cannot run out.
+    /// Connections served at once; when full, a newcomer pushes out an idle or stalled one
+    /// (see [`conns`]), so descriptors cannot run out and a flood cannot hold the port.
     pub max_connections: usize,
+    /// Connections one peer other than loopback may hold; all such peers together hold at
+    /// most three quarters of `max_connections` (the rest are kept for loopback).
+    pub max_connections_per_peer: usize,
+    /// Every exchange, from the request's first byte to the response's last byte written,
+    /// ends within this time or the connection is closed (responses never read).
+    pub exchange_timeout_secs: u64,
+    /// Requests on one connection; the last one's response closes it.
+    pub max_requests_per_connection: u32,
+    /// Names besides loopback ones and the agent's own addresses that requests may give as
+    /// `Host` (DNS rebinding): the name Prometheus scrapes this Mac by.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +63,10 @@ impl Default for HttpConfig {
             web_config_file: std::path::PathBuf::new(),
             header_timeout_secs: 10,
             max_connections: 256,
+            max_connections_per_peer: 16,
+            exchange_timeout_secs: 15,
+            max_requests_per_connection: 1000,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -70,6 +87,35 @@ impl HttpConfig {
             4..=65_536,
             "256",
         )?;
+        in_range(
+            "http.max_connections_per_peer",
+            self.max_connections_per_peer,
+            1..=65_536,
+            "16",
+        )?;
+        in_range(
+            "http.exchange_timeout_secs",
+            self.exchange_timeout_secs,
+            1..=3600,
+            "15",
+        )?;
+        in_range(
+            "http.max_requests_per_connection",
+            self.max_requests_per_connection,
+            1..=1_000_000,
+            "1000",
+        )?;
+        for name in &self.allowed_hosts {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+            {
+                return Err(format!(
+                    "http.allowed_hosts: {name:?} is not a host name or address"
+                ));
+            }
+        }
         // Loaded here too so check-config reports its errors.
         WebConfig::load(Some(&self.web_config_file))
             .map(|_| ())
@@ -86,14 +132,50 @@ pub fn router(registry: Registry) -> Router {
             get(metrics).layer(CompressionLayer::new().quality(CompressionLevel::Fastest)),
         )
         .route("/-/healthy", get(|| async { "OK\n" }))
-        .with_state(registry)
+        .with_state(Arc::new(Encoder::new(registry)))
 }
 
-async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
-    // Encoding walks the pipeline under its lock: keep it off the async workers.
-    let body = tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
-        .await
-        .unwrap_or_default();
+/// Encodes `/metrics` one at a time; a request waiting while another encodes takes the next
+/// encode that started after it arrived (never an older text). So 256 clients pipelining
+/// `/metrics` cost one encode at a time, not 256 at once, and a scrape waits at most about two
+/// encodes. Hand-written: tower's rate and concurrency limits queue or refuse requests, they
+/// do not share one answer among them.
+struct Encoder {
+    registry: Registry,
+    one_at_a_time: tokio::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>,
+}
+
+impl Encoder {
+    fn new(registry: Registry) -> Self {
+        Encoder {
+            registry,
+            one_at_a_time: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn encode(&self) -> Arc<String> {
+        let asked = std::time::Instant::now();
+        let mut last = self.one_at_a_time.lock().await;
+        if let Some((started, body)) = last.as_ref()
+            && *started >= asked
+        {
+            return body.clone();
+        }
+        let started = std::time::Instant::now();
+        let registry = self.registry.clone();
+        // Encoding walks the pipeline under its lock: keep it off the async workers.
+        let body = Arc::new(
+            tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
+                .await
+                .unwrap_or_default(),
+        );
+        *last = Some((started, body.clone()));
+        body
+    }
+}
+
+async fn metrics(State(encoder): State<Arc<Encoder>>) -> impl IntoResponse {
+    let body = encoder.encode().await;
     // Never 200 with nothing: Prometheus would keep `up` at 1 over no data.
     if body.is_empty() {
         return (
@@ -105,7 +187,7 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        body,
+        String::clone(&body),
     )
 }
 
@@ -114,9 +196,11 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
 ///
 /// Not `axum::serve`: it sets no timer, so a client that sends its request head a byte at a
 /// time holds its connection forever. Here hyper closes a connection whose head is not complete
-/// within `header_timeout_secs`, and at most `max_connections` are served at once; more are
-/// closed on accept, so slow or idle clients cannot use up the descriptors `/metrics` needs.
-/// With TLS the handshake shares the header timeout and the connection's slot.
+/// within `header_timeout_secs` or over [`MAX_HEADER_BYTES`] (431); [`conns`] gives each
+/// connection a slot, ends exchanges that outrun `exchange_timeout_secs` (writing included)
+/// and lets a newcomer push out an idle or stalled connection when every slot is taken; the
+/// `max_requests_per_connection`th response closes its connection; a foreign `Host` gets 421
+/// ([`host`]). With TLS the handshake shares the header timeout and the connection's slot.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -132,39 +216,80 @@ pub async fn serve(
             web_config::add_headers,
         ))
     };
+    let mut names: Vec<&str> = cfg.allowed_hosts.iter().map(String::as_str).collect();
+    names.extend(cfg.listen.host.as_deref());
+    let app = host::check(app, host::Allowed::new(names));
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let header_timeout = Duration::from_secs(cfg.header_timeout_secs);
+    let slots = conns::Slots::new(conns::Limits {
+        max: cfg.max_connections,
+        per_peer: cfg.max_connections_per_peer.min(cfg.max_connections),
+    });
+    let limits = ConnLimits {
+        header: Duration::from_secs(cfg.header_timeout_secs),
+        exchange: Duration::from_secs(cfg.exchange_timeout_secs),
+        requests: cfg.max_requests_per_connection,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, or the peer left before accept: wait, do not spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    crate::logging::warn_throttled!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("too many connections (http.max_connections): closing a new one");
-            continue;
-        };
-        let (app, watcher, tls) = (app.clone(), graceful.watcher(), web.tls.clone());
+        let (app, watcher, tls, slots) = (
+            app.clone(),
+            graceful.watcher(),
+            web.tls.clone(),
+            slots.clone(),
+        );
         tokio::spawn(async move {
-            match tls {
-                None => serve_connection(stream, app, header_timeout, watcher).await,
-                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, app, header_timeout, watcher).await,
-                    // A failed or too slow handshake is the client's problem.
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => {
-                        tracing::debug!("TLS handshake not done within http.header_timeout_secs")
-                    }
-                },
+            let slot = match slots.admit(peer.ip()).await {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::debug!(%peer, ?why, "no connection slot (http.max_connections, http.max_connections_per_peer): closing a new one");
+                    return;
+                }
+            };
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            // Responses nobody reads stall here within a few hundred KiB rather than after
+            // megabytes of kernel memory per connection (autotuned, it grows to 4 MiB).
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
+            let conn = host::Conn { peer, local };
+            let io = conns::Tracked::new(stream, slot.state.clone());
+            let state = slot.state.clone();
+            let work = async move {
+                match tls {
+                    None => serve_connection(io, app, limits, conn, state, watcher).await,
+                    Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
+                        Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, watcher).await,
+                        // A failed or too slow handshake is the client's problem.
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            tracing::debug!(
+                                "TLS handshake not done within http.header_timeout_secs"
+                            )
+                        }
+                    },
+                }
+            };
+            // Dropping `work` closes the connection, handshake or not.
+            tokio::select! {
+                () = work => {}
+                () = slot.state.kill.notified() => {
+                    tracing::debug!(%peer, "connection pushed out by a newcomer (http.max_connections)");
+                }
+                () = slot.state.overrun(limits.exchange) => {
+                    tracing::debug!(%peer, "exchange not done within http.exchange_timeout_secs: closing");
+                }
             }
             drop(slot);
         });
@@ -179,16 +304,76 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection<I>(io: I, app: Router, header_timeout: Duration, watcher: Watcher)
-where
+/// Largest request head (request line and headers) read; bigger ones get 431. A browser's
+/// cookies for `localhost` fit; 255 half-sent heads of 400 KB cannot make the agent hold 100 MB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Kernel send buffer of a connection (Linux doubles it): a `/metrics` of several MB still
+/// flows, a client that never reads holds little.
+const SEND_BUFFER: usize = 128 * 1024;
+
+/// Per-connection limits, from `[http]`.
+#[derive(Clone, Copy, Debug)]
+struct ConnLimits {
+    header: Duration,
+    exchange: Duration,
+    requests: u32,
+}
+
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    limits: ConnLimits,
+    conn: host::Conn,
+    state: Arc<conns::ConnState>,
+    watcher: Watcher,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = http1::Builder::new()
+    let service = hyper::service::service_fn({
+        let state = state.clone();
+        move |req: axum::extract::Request<hyper::body::Incoming>| {
+            exchange(app.clone(), req, conn, state.clone(), limits.requests)
+        }
+    });
+    let http = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+        .header_read_timeout(limits.header)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(4 * MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(io), service);
     // Errors here are the client's (reset, timeout, bad request): nothing to report.
-    let _ = watcher.watch(conn).await;
+    let _ = watcher.watch(http).await;
+}
+
+/// One request through `app`: tells the connection's state when the handler runs and when the
+/// response body has been handed over, and closes the connection after its last request.
+async fn exchange(
+    app: Router,
+    req: axum::extract::Request<hyper::body::Incoming>,
+    conn: host::Conn,
+    state: Arc<conns::ConnState>,
+    max_requests: u32,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    use tower::ServiceExt;
+    let n = state.handler_start();
+    let mut req = req.map(axum::body::Body::new);
+    req.extensions_mut().insert(conn);
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(conn.peer));
+    let resp = app.oneshot(req).await;
+    state.handler_end();
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if n >= max_requests {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(resp.map(|body| axum::body::Body::new(conns::Watched::new(body, state))))
 }
 
 /// How long open requests may take to finish after shutdown was asked.

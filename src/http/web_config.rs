@@ -16,7 +16,9 @@
 
 use crate::metrics::{Counter, CounterCell, Family};
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -225,8 +227,23 @@ async fn refuse_plain(_req: Request, _next: Next) -> Response {
 }
 
 async fn require_basic(State(auth): State<Arc<BasicAuth>>, req: Request, next: Next) -> Response {
-    if auth.check(req.headers()).await {
-        return next.run(req).await;
+    // Requests made in-process (tests) carry no connection: count them as loopback.
+    let peer = req
+        .extensions()
+        .get::<super::host::Conn>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.peer.ip());
+    match auth.check(req.headers(), peer).await {
+        Checked::Ok => return next.run(req).await,
+        Checked::Wrong => {}
+        Checked::TooMany => {
+            auth.refused.inc();
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                "too many failed logins from this address: try again later\n",
+            )
+                .into_response();
+        }
     }
     auth.refused.inc();
     (
@@ -237,19 +254,62 @@ async fn require_basic(State(auth): State<Arc<BasicAuth>>, req: Request, next: N
         .into_response()
 }
 
-/// `basic_auth_users`: user name to bcrypt hash. Successful checks are remembered (per user,
-/// the password compared in constant time), so a scrape costs one bcrypt only the first time;
-/// failed ones run one at a time, so wrong passwords cannot take every core.
+/// The outcome of a basic auth check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked {
+    Ok,
+    Wrong,
+    /// Not checked: the peer failed too often lately, or too many checks wait (429).
+    TooMany,
+}
+
+/// `basic_auth_users`: user name to bcrypt hash.
+///
+/// A credential that passed bcrypt once is remembered as an HMAC under a key made at start
+/// (never the password itself) and compared in constant time, so a known-good scrape costs
+/// no bcrypt and never waits behind others. Unknown credentials go through bcrypt one at a
+/// time, at most [`MAX_QUEUED`] waiting (more get 429), and a peer whose checks failed more
+/// than [`FAILURE_BURST`] times lately gets 429 without a check until its budget refills
+/// ([`FAILURES_PER_SEC`]). So wrong passwords can neither take a core nor queue in front of
+/// the right one.
 pub struct BasicAuth {
     users: BTreeMap<String, String>,
-    verified: Mutex<HashMap<String, Vec<u8>>>,
-    gate: tokio::sync::Mutex<()>,
+    key: ring::hmac::Key,
+    verified: Mutex<HashMap<String, Vec<ring::hmac::Tag>>>,
+    gate: tokio::sync::Semaphore,
+    queued: AtomicUsize,
+    failures: Mutex<HashMap<IpAddr, Budget>>,
     refused: CounterCell,
+}
+
+/// Checks waiting for bcrypt at most; more get 429.
+pub const MAX_QUEUED: usize = 8;
+/// Failed checks a peer may make in a burst, and how fast its budget refills.
+pub const FAILURE_BURST: f64 = 10.0;
+pub const FAILURES_PER_SEC: f64 = 2.0;
+/// Peers whose failures are remembered; over it the fullest budgets are forgotten.
+const MAX_PEERS: usize = 4096;
+/// Credentials remembered per user (a password being rotated).
+const MAX_VERIFIED: usize = 4;
+
+/// A token bucket of failed checks. Hand-written: a dozen lines, where a rate limiter crate
+/// would bring its own clock and map.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    left: f64,
+    at: std::time::Instant,
+}
+
+impl Budget {
+    fn now(self, now: std::time::Instant) -> f64 {
+        (self.left + now.duration_since(self.at).as_secs_f64() * FAILURES_PER_SEC)
+            .min(FAILURE_BURST)
+    }
 }
 
 const HTTP_UNAUTHORIZED: Family<Counter, 0> = Family::new(
     "http_unauthorized_total",
-    "Requests refused for missing or wrong basic auth credentials (basic_auth_users in --web.config.file).",
+    "Requests refused for missing or wrong basic auth credentials (basic_auth_users in --web.config.file), 429s included.",
     [],
 );
 
@@ -263,48 +323,107 @@ impl BasicAuth {
                 format!("basic_auth_users.{user}: not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`")
             })?;
         }
+        let key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| "basic_auth_users: the system gave no random key".to_string())?;
         Ok(BasicAuth {
             users,
+            key,
             verified: Mutex::new(HashMap::new()),
-            gate: tokio::sync::Mutex::new(()),
+            gate: tokio::sync::Semaphore::new(1),
+            queued: AtomicUsize::new(0),
+            failures: Mutex::new(HashMap::new()),
             refused: CounterCell::new(&HTTP_UNAUTHORIZED),
         })
     }
 
-    /// Whether `headers` carry the credentials of a configured user.
-    pub async fn check(&self, headers: &HeaderMap) -> bool {
-        let Some((user, pass)) = credentials(headers) else {
-            return false;
-        };
-        if let Some(known) = self
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&user)
-            && bool::from(known.as_slice().ct_eq(&pass))
-        {
-            return true;
+    fn tag(&self, user: &str, pass: &[u8]) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        ctx.update(&(user.len() as u64).to_be_bytes());
+        ctx.update(user.as_bytes());
+        ctx.update(pass);
+        ctx.sign()
+    }
+
+    fn known(&self, user: &str, tag: &ring::hmac::Tag) -> bool {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified.get(user).is_some_and(|tags| {
+            tags.iter()
+                .fold(subtle::Choice::from(0), |acc, t| {
+                    acc | t.as_ref().ct_eq(tag.as_ref())
+                })
+                .into()
+        })
+    }
+
+    /// Whether `peer` may have a credential checked now.
+    fn budget_left(&self, peer: IpAddr) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .get(&peer)
+            .is_none_or(|b| b.now(std::time::Instant::now()) >= 1.0)
+    }
+
+    fn failed(&self, peer: IpAddr) {
+        let now = std::time::Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= MAX_PEERS && !failures.contains_key(&peer) {
+            failures.retain(|_, b| b.now(now) < FAILURE_BURST);
+            if failures.len() >= MAX_PEERS {
+                failures.clear();
+            }
         }
-        let _one_at_a_time = self.gate.lock().await;
+        let b = failures.entry(peer).or_insert(Budget {
+            left: FAILURE_BURST,
+            at: now,
+        });
+        *b = Budget {
+            left: (b.now(now) - 1.0).max(0.0),
+            at: now,
+        };
+    }
+
+    /// Whether `headers` carry the credentials of a configured user; `peer` pays for failures.
+    pub async fn check(&self, headers: &HeaderMap, peer: IpAddr) -> Checked {
+        let Some((user, pass)) = credentials(headers) else {
+            return Checked::Wrong;
+        };
+        let tag = self.tag(&user, &pass);
+        if self.known(&user, &tag) {
+            return Checked::Ok;
+        }
+        if !self.budget_left(peer) {
+            return Checked::TooMany;
+        }
+        // At most MAX_QUEUED wait; the one running is not counted.
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Checked::TooMany;
+        }
+        let permit = self.gate.acquire().await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let Ok(_one_at_a_time) = permit else {
+            return Checked::TooMany;
+        };
         let hash = self.users.get(&user).cloned();
         let known_user = hash.is_some();
         let checked = tokio::task::spawn_blocking(move || {
             // An unknown user costs a bcrypt too, so timing does not tell which users exist.
             let hash = hash.unwrap_or_else(|| fake_hash().to_owned());
-            let ok = bcrypt::non_truncating_verify(&pass, &hash).unwrap_or(false);
-            (ok && known_user, pass)
+            bcrypt::non_truncating_verify(&pass, &hash).unwrap_or(false) && known_user
         })
         .await;
-        match checked {
-            Ok((true, pass)) => {
-                self.verified
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(user, pass);
-                true
+        if checked.unwrap_or(false) {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            let tags = verified.entry(user).or_default();
+            if tags.len() >= MAX_VERIFIED {
+                tags.remove(0);
             }
-            _ => false,
+            tags.push(tag);
+            return Checked::Ok;
         }
+        self.failed(peer);
+        Checked::Wrong
     }
 }
 
@@ -711,23 +830,87 @@ mod tests {
     async fn basic_auth_checks_bcrypt_and_remembers_only_successes() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let auth = BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap();
-        assert!(auth.check(&basic("prom", "s3cret")).await);
-        assert!(auth.check(&basic("prom", "s3cret")).await, "from memory");
-        assert!(!auth.check(&basic("prom", "s3cre")).await);
-        assert!(!auth.check(&basic("prom", "s3cretx")).await);
-        assert!(!auth.check(&basic("other", "s3cret")).await);
-        assert!(!auth.check(&HeaderMap::new()).await);
+        let peer = IpAddr::from([192, 0, 2, 1]);
+        let ok = |h: HeaderMap| {
+            let auth = &auth;
+            async move { auth.check(&h, peer).await == Checked::Ok }
+        };
+        assert!(ok(basic("prom", "s3cret")).await);
+        assert!(ok(basic("prom", "s3cret")).await, "from memory");
+        assert!(!ok(basic("prom", "s3cre")).await);
+        assert!(!ok(basic("prom", "s3cretx")).await);
+        assert!(!ok(basic("other", "s3cret")).await);
+        assert!(!ok(HeaderMap::new()).await);
         let long = "a".repeat(100);
-        assert!(!auth.check(&basic("prom", &long)).await);
+        assert!(!ok(basic("prom", &long)).await);
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert!(!auth.check(&h).await);
+        assert!(!ok(h).await);
         // Over MAX_AUTHORIZATION: not even decoded.
         assert!(credentials(&basic("prom", &"a".repeat(MAX_AUTHORIZATION))).is_none());
         assert_eq!(
             credentials(&basic("prom", "p:w")),
             Some(("prom".to_owned(), b"p:w".to_vec()))
         );
-        assert_eq!(auth.verified.lock().unwrap().len(), 1);
+        let verified = auth.verified.lock().unwrap();
+        assert_eq!(verified.len(), 1);
+        assert_eq!(verified["prom"].len(), 1, "an HMAC tag, not the password");
+    }
+
+    #[tokio::test]
+    async fn failing_peers_get_429_and_a_known_credential_still_passes() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let auth = BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap();
+        let attacker = IpAddr::from([192, 0, 2, 66]);
+        let other = IpAddr::from([192, 0, 2, 67]);
+        assert_eq!(
+            auth.check(&basic("prom", "s3cret"), attacker).await,
+            Checked::Ok
+        );
+        let mut outcomes = Vec::new();
+        for i in 0..(FAILURE_BURST as usize + 5) {
+            outcomes.push(
+                auth.check(&basic("prom", &format!("wrong{i}")), attacker)
+                    .await,
+            );
+        }
+        let wrong = outcomes.iter().filter(|o| **o == Checked::Wrong).count();
+        assert!(
+            (FAILURE_BURST as usize..FAILURE_BURST as usize + 2).contains(&wrong),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes.last(), Some(&Checked::TooMany));
+        // The same peer, the known password: no bcrypt, no wait.
+        assert_eq!(
+            auth.check(&basic("prom", "s3cret"), attacker).await,
+            Checked::Ok
+        );
+        // Another peer still has its own budget.
+        assert_eq!(
+            auth.check(&basic("prom", "nope"), other).await,
+            Checked::Wrong
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn at_most_max_queued_checks_wait_for_bcrypt() {
+        // Cost 10: each check takes long enough for the others to queue behind it.
+        let hash = bcrypt::hash("s3cret", 10).unwrap();
+        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap());
+        let checks: Vec<_> = (0..MAX_QUEUED + 8)
+            .map(|i| {
+                let auth = auth.clone();
+                // Distinct peers: the per-peer budget is not what refuses them here.
+                let peer = IpAddr::from([198, 51, 100, i as u8]);
+                tokio::spawn(async move { auth.check(&basic("prom", "wrong"), peer).await })
+            })
+            .collect();
+        let mut too_many = 0;
+        for c in checks {
+            if c.await.unwrap() == Checked::TooMany {
+                too_many += 1;
+            }
+        }
+        assert!(too_many >= 8 - 1, "{too_many} refused with 429");
     }
 }

@@ -247,7 +247,9 @@ fn note_error(file: &mut Followed, now: Option<String>) {
     if now != file.error {
         let path = file.tailer.follower().path().display().to_string();
         match &now {
-            Some(e) => tracing::warn!(error = %e, log = %path, "cannot read the log; retrying"),
+            Some(e) => {
+                crate::logging::warn_throttled!(error = %e, log = %path, "cannot read the log; retrying")
+            }
             None => tracing::info!(log = %path, "the log is readable again"),
         }
         file.error = now;

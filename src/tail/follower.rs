@@ -627,7 +627,7 @@ impl Follower {
         if *slot != Some((id, r)) {
             *slot = Some((id, r));
             p.refused += 1;
-            tracing::warn!(path = %self.name(name).display(), reason = %r, "log file refused");
+            crate::logging::warn_throttled!(path = %self.name(name).display(), reason = %r, "log file refused");
         }
     }
 

@@ -21,7 +21,8 @@
 //!   counted with bounded memory.
 //! - [`Tailer`] (async) polls the follower on events from a watch of the *parent folder*
 //!   (the file itself is replaced at rotation) and on a backstop timer, so a lost event costs
-//!   latency, never data.
+//!   latency, never data. On Linux the folder is watched only for names coming and going and
+//!   the file at our names for writes, so writes to other files in `/tmp` raise no event.
 //! - [`CheckpointStore`] saves the cursor atomically so a restart resumes where it stopped,
 //!   including from the archive if a rotation happened meanwhile.
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+#[cfg(not(target_os = "linux"))]
 use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -27,7 +28,7 @@ const DEFAULT_BATCH_BYTES: usize = 1024 * 1024;
 
 /// The live folder watch.
 struct Watch {
-    _watcher: RecommendedWatcher,
+    _watcher: FolderWatch,
     /// Identity of the folder watched: a folder deleted and recreated needs a new watch.
     dir: (u64, u64),
 }
@@ -218,6 +219,26 @@ impl Tailer {
     }
 }
 
+/// The platform's watch; dropping it stops its events.
+#[cfg(target_os = "linux")]
+type FolderWatch = linux::InotifyWatch;
+#[cfg(not(target_os = "linux"))]
+type FolderWatch = RecommendedWatcher;
+
+#[cfg(target_os = "linux")]
+fn watch_folder(
+    dir: &Path,
+    names: &Arc<[OsString; 2]>,
+    wake: &Arc<Notify>,
+    broken: &Arc<AtomicBool>,
+) -> io::Result<FolderWatch> {
+    linux::InotifyWatch::new(dir, names.clone(), wake.clone(), broken.clone())
+}
+
+/// Elsewhere (macOS: FSEvents) through notify, filtering by name in its callback: FSEvents
+/// reports changes per path under the watched folder and offers no filter by file name (only
+/// exclusions), so the callback is where other files are dropped.
+#[cfg(not(target_os = "linux"))]
 fn watch_folder(
     dir: &Path,
     names: &Arc<[OsString; 2]>,
@@ -249,4 +270,150 @@ fn watch_folder(
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// inotify with masks that leave other files out in the kernel. notify watches a folder for
+/// every write and open in it (its mask is fixed), so each write to any file in `/tmp` woke
+/// its thread, which built an event to be dropped by name: most of a core under a writer
+/// appending as fast as it can. Here the folder is watched only for names coming and going,
+/// and the log file itself (not its folder) for writes; its watch is added again whenever
+/// its name changes hands. Events are read on the runtime (no thread of its own).
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::ffi::OsString;
+    use std::io;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use inotify::{EventMask, Inotify, WatchMask};
+    use tokio::io::unix::AsyncFd;
+    use tokio::sync::Notify;
+
+    /// Names coming and going in the folder, and the folder itself going.
+    const FOLDER: WatchMask = WatchMask::CREATE
+        .union(WatchMask::DELETE)
+        .union(WatchMask::MOVED_FROM)
+        .union(WatchMask::MOVED_TO)
+        .union(WatchMask::DELETE_SELF)
+        .union(WatchMask::MOVE_SELF)
+        .union(WatchMask::ONLYDIR);
+    /// Writes and truncation of the file open at our names; a link there is not followed
+    /// (its target may be anyone's file, see `period`).
+    const FILE: WatchMask = WatchMask::MODIFY
+        .union(WatchMask::CLOSE_WRITE)
+        .union(WatchMask::ATTRIB)
+        .union(WatchMask::DONT_FOLLOW);
+
+    pub struct InotifyWatch {
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for InotifyWatch {
+        fn drop(&mut self) {
+            // Dropping the task closes the inotify descriptor, and with it every watch.
+            self.task.abort();
+        }
+    }
+
+    impl InotifyWatch {
+        pub fn new(
+            dir: &Path,
+            names: Arc<[OsString; 2]>,
+            wake: Arc<Notify>,
+            broken: Arc<AtomicBool>,
+        ) -> io::Result<InotifyWatch> {
+            let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+            let inotify = Inotify::init()?;
+            let mut watches = inotify.watches();
+            let folder = watches.add(dir, FOLDER)?;
+            let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+            for f in &files {
+                // Absent now: added when the name appears.
+                let _ = watches.add(f, FILE);
+            }
+            // SAFETY: the Inotify owns its descriptor and gives the same one for its life,
+            // which the AsyncFd now holds.
+            let fd = unsafe { AsyncFd::register(inotify) }
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let task = runtime.spawn(async move {
+                if let Err(e) = read_events(fd, folder, &names, &files, &wake).await {
+                    tracing::debug!(error = %e, "log folder watch failed; polling");
+                }
+                broken.store(true, Ordering::Relaxed);
+                wake.notify_one();
+            });
+            Ok(InotifyWatch { task })
+        }
+    }
+
+    /// Wakes the tailer for each batch of events about our names; returns when the folder
+    /// watch ends (the folder removed or moved) or reading fails.
+    async fn read_events(
+        mut fd: AsyncFd<Inotify>,
+        folder: inotify::WatchDescriptor,
+        names: &[OsString; 2],
+        files: &[PathBuf],
+        wake: &Notify,
+    ) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut guard = fd.readable_mut().await?;
+            let batch = match guard.try_io(|i| {
+                let mut b = Batch::default();
+                for ev in i.get_mut().read_events(&mut buf)? {
+                    b.add(&ev, &folder, names);
+                }
+                Ok(b)
+            }) {
+                Ok(b) => b?,
+                Err(_would_block) => continue,
+            };
+            if batch.renamed {
+                let mut watches = fd.get_ref().watches();
+                for f in files {
+                    let _ = watches.add(f, FILE);
+                }
+            }
+            if batch.ours {
+                wake.notify_one();
+            }
+            if batch.folder_gone {
+                return Ok(());
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Batch {
+        ours: bool,
+        renamed: bool,
+        folder_gone: bool,
+    }
+
+    impl Batch {
+        fn add(
+            &mut self,
+            ev: &inotify::Event<&std::ffi::OsStr>,
+            folder: &inotify::WatchDescriptor,
+            names: &[OsString; 2],
+        ) {
+            if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                self.ours = true;
+                self.renamed = true;
+            } else if ev.wd != *folder {
+                // A watch on the file itself: a write, or the file gone (IGNORED).
+                self.ours = true;
+            } else if ev
+                .mask
+                .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED)
+            {
+                self.ours = true;
+                self.folder_gone = true;
+            } else if ev.name.is_some_and(|n| names.iter().any(|m| m == n)) {
+                self.ours = true;
+                self.renamed = true;
+            }
+        }
+    }
 }

@@ -29,6 +29,16 @@ impl Agent {
     /// plays no part); with more arguments for the agent, run through `wrap` (a program and its arguments,
     /// e.g. `setpriv ...`) when it is not empty.
     pub fn start_with(log: &Path, checkpoint: &Path, args: &[&str], wrap: &[&str]) -> Agent {
+        Agent::spawn(log, checkpoint, args, wrap, Stdio::inherit())
+    }
+
+    /// As [`Agent::start_with`] (no wrapper), its log (stderr) written to `stderr`.
+    pub fn start_logged(log: &Path, checkpoint: &Path, args: &[&str], stderr: &Path) -> Agent {
+        let file = std::fs::File::create(stderr).expect("the agent's log file");
+        Agent::spawn(log, checkpoint, args, &[], file.into())
+    }
+
+    fn spawn(log: &Path, checkpoint: &Path, args: &[&str], wrap: &[&str], stderr: Stdio) -> Agent {
         let addr = free_port();
         let error_path = log.with_file_name("STProxy.log");
         let mut cmd = match wrap.split_first() {
@@ -50,6 +60,7 @@ impl Agent {
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("agent starts");
         let agent = Agent { child, addr };
@@ -186,7 +197,7 @@ pub fn free_port() -> SocketAddr {
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.split_once("\r\n\r\n")

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod attacker;
 pub mod lab;
 pub mod netns;
 pub mod prom_server;
