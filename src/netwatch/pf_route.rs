@@ -6,12 +6,13 @@
 //! `ifa_msghdr`) and `bsd/net/rtsock.c` (`ROUNDUP32`, `rt_msg1`/`rt_msg2`, `rtm_scrub`). Only
 //! the first four bytes (`msglen`, `version`, `type`) are common to every message, so the
 //! type is read before anything else. Every Darwin target is little-endian: header fields are
-//! read as such; addresses are in network order. The same parser reads the table dump of
-//! `sysctl {CTL_NET, PF_ROUTE, 0, AF_INET, NET_RT_DUMP, 0}` (a run of `RTM_GET` messages).
+//! read as such; addresses are in network order. The routing table itself is read from
+//! `netstat -rn -f inet` (`os::discovery`), one reader for discovery, diagnose and the watcher;
+//! messages here only trigger a re-read.
 //!
 //! Hand-written rather than a crate's: the maintained crates either panic on short input
 //! (net-route), need bindgen and an SDK to build (net-route), or stop at route messages
-//! (route_manager, routex); here only the type, the error and (for dumps) the route matter.
+//! (route_manager, routex); here only the type, the error and the route matter.
 
 use std::net::Ipv4Addr;
 
@@ -219,23 +220,6 @@ fn route(body: &[u8], addrs: i32, flags: i32, index: u16) -> Option<Route> {
         ifname: None,
         scoped: flags & RTF_IFSCOPE != 0,
     })
-}
-
-/// Every IPv4 route of a `NET_RT_DUMP` buffer; a malformed tail ends the walk.
-pub fn parse_dump(mut buf: &[u8]) -> Vec<Route> {
-    let mut out = Vec::new();
-    while let Ok((msg, len)) = parse(buf) {
-        if let Msg::Route {
-            route: Some(r),
-            errno: 0,
-            ..
-        } = msg
-        {
-            out.push(r);
-        }
-        buf = &buf[len..];
-    }
-    out
 }
 
 /// Messages built as xnu lays them out, for the tests here and the watcher's.
@@ -468,7 +452,16 @@ mod tests {
         let mut v6 = vec![28, 30];
         v6.resize(28, 0);
         dump.extend(rt_msg(RTM_GET, RTF_UP, 4, 0, &[(DST, v6)], true));
-        let routes = parse_dump(&dump);
+        // A dump is a run of messages: each parses on its own.
+        let mut routes = Vec::new();
+        let mut buf = &dump[..];
+        while let Ok((msg, len)) = parse(buf) {
+            if let Msg::Route { route: Some(r), .. } = msg {
+                routes.push(r);
+            }
+            buf = &buf[len..];
+        }
+        assert!(buf.is_empty(), "{} bytes left unparsed", buf.len());
         let summary: Vec<_> = routes
             .iter()
             .map(|r| (r.dst.to_string(), r.prefix, r.ifindex, r.scoped))
@@ -511,7 +504,6 @@ mod tests {
                     let mut b = base.clone();
                     b[i] = v;
                     let _ = parse(&b);
-                    let _ = parse_dump(&b);
                 }
             }
         }
