@@ -566,7 +566,9 @@ fn metrics_status(addr: SocketAddr, user: &str, password: &str) -> u16 {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     status_of(
         addr,
-        &format!("GET /metrics HTTP/1.0\r\nHost: localhost\r\nAuthorization: Basic {basic}\r\n\r\n"),
+        &format!(
+            "GET /metrics HTTP/1.0\r\nHost: localhost\r\nAuthorization: Basic {basic}\r\n\r\n"
+        ),
     )
 }
 
