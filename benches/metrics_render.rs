@@ -14,7 +14,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use pia_split_tunnel_exporter::demo::ReplayRounds;
 use pia_split_tunnel_exporter::metrics;
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::{Limits, Pipeline};
 use prometheus::Registry;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
@@ -31,7 +31,7 @@ fn registry(apps: usize) -> Registry {
     p.feed(&agent::apps_log(apps));
     let registry = Registry::new();
     metrics::register(&registry, metrics::BuildInfo).unwrap();
-    let log = metrics::LogCollector::new(Arc::new(Mutex::new(p)));
+    let log = pia_split_tunnel_exporter::log_state::LogCollector::new(Arc::new(Mutex::new(p)));
     metrics::register(&registry, log).unwrap();
     let probe = probe::ProbeMetrics::register(&registry, false).unwrap();
     // The demo's round with the bypass broken: every path has a sample.

@@ -14,7 +14,7 @@ use strum::IntoEnumIterator;
 
 use crate::fallback::FallbackConfig;
 use crate::ingest::LogConfig;
-use crate::pipeline::Pipeline;
+use crate::log_state::Pipeline;
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::verdict::{SessionsState, SessionsVerdict, Tally, Thresholds, judge};
 use crate::sessions::{AppCounts, CloseOutcome, Reply, proto_label};
@@ -175,7 +175,7 @@ impl Report {
 
     /// The log-side metrics of the agent after reading the same lines.
     pub fn to_prometheus(&self) -> String {
-        let mut families = crate::metrics::log::render(&self.pipeline);
+        let mut families = crate::log_state::metrics::render(&self.pipeline);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf)
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn long_lines_are_skipped_and_the_stream_resyncs() {
-        let mut p = Pipeline::new(crate::pipeline::Limits::default());
+        let mut p = Pipeline::new(crate::log_state::Limits::default());
         let mut data = vec![b'x'; 3 * CHUNK];
         data.extend_from_slice(b"\n[t] [x.swift:1] info: Proxy started!\ntail-without-newline");
         read_into(&mut p, &data[..], 1000).unwrap();

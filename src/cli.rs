@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
 use crate::config::Config;
-use crate::http::ListenAddr;
+use crate::server::ListenAddr;
 
 #[derive(Parser, Debug)]
 #[command(

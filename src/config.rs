@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub log: crate::ingest::LogConfig,
-    pub http: crate::http::HttpConfig,
+    pub http: crate::server::HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
     pub processes: crate::presence::ProcessConfig,
@@ -64,7 +64,7 @@ impl Config {
                 message: e.to_string().trim_end().replace('\n', " "),
             })?;
         config.validate().map_err(ConfigError::Invalid)?;
-        if let Some(writers) = crate::tail::open::Writers::of_root_process() {
+        if let Some(writers) = crate::os::trusted::Writers::of_root_process() {
             config
                 .check_writers(path, writers)
                 .map_err(ConfigError::Invalid)?;
@@ -79,7 +79,7 @@ impl Config {
     pub fn check_writers(
         &self,
         file: Option<&std::path::Path>,
-        writers: crate::tail::open::Writers,
+        writers: crate::os::trusted::Writers,
     ) -> Result<(), String> {
         let mut named: Vec<(String, PathBuf)> = Vec::new();
         if let Some(f) = file {
@@ -88,7 +88,7 @@ impl Config {
         let web = &self.http.web_config_file;
         if !web.as_os_str().is_empty() {
             named.push(("http.web_config_file".into(), web.clone()));
-            named.extend(crate::http::WebConfig::named_files(web)?);
+            named.extend(crate::server::WebConfig::named_files(web)?);
         }
         let tools = self.fallback.tools();
         named.extend([
@@ -99,7 +99,7 @@ impl Config {
             ("the system tool".into(), tools.sysctl),
         ]);
         for (key, path) in named {
-            crate::tail::open::check_writers(&path, writers).map_err(|e| {
+            crate::os::trusted::check_writers(&path, writers).map_err(|e| {
                 format!(
                     "{key} {}: the agent runs as root and trusts only what root (or the owner \
                      of its executable) can change: {e}",

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use common::*;
 use http_body_util::BodyExt;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
-use pia_split_tunnel_exporter::fallback::http::{SharedController, router};
+use pia_split_tunnel_exporter::fallback::routes::{SharedController, router};
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, build_backend};
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput};
@@ -187,7 +187,7 @@ async fn alertmanager_webhook_applies_in_auto_and_limits_bodies() {
 #[tokio::test]
 async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let health = Arc::new(Health::new(&HealthConfig::default()));
-    let app = pia_split_tunnel_exporter::health::http::router(health.clone());
+    let app = pia_split_tunnel_exporter::health::routes::router(health.clone());
     let get = |path: &'static str| {
         let app = app.clone();
         async move {

@@ -13,7 +13,7 @@ use axum::http::{Request, StatusCode};
 use common::*;
 use http_body_util::BodyExt;
 use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
-use pia_split_tunnel_exporter::fallback::http::router;
+use pia_split_tunnel_exporter::fallback::routes::router;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, build_backend};
 use prometheus::{Encoder, Registry, TextEncoder};

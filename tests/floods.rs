@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::{Limits, Pipeline};
 use pia_split_tunnel_exporter::sessions::{AppCounts, CloseOutcome, SessionTracker};
 
 /// Live heap bytes of the whole test process.
@@ -222,7 +222,7 @@ fn ids_reused_after_a_restart_belong_to_the_new_sessions() {
 /// counted, and the debug log's sessions are untouched.
 #[test]
 fn a_million_app_less_errors_keep_the_pending_ids_bounded() {
-    use pia_split_tunnel_exporter::pipeline::LogFile;
+    use pia_split_tunnel_exporter::log_state::LogFile;
     use pia_split_tunnel_exporter::proxy_log::ErrorKind;
     use pia_split_tunnel_exporter::sessions::MAX_PENDING;
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

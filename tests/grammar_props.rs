@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::{Limits, Pipeline};
 use pia_split_tunnel_exporter::proxy_log::{Event, RefusedReason, Text, grammar, parse_line};
 use proptest::prelude::*;
 

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use pia_split_tunnel_exporter::metrics::{LogCollector, encode, register};
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::LogCollector;
+use pia_split_tunnel_exporter::metrics::{encode, register};
+use pia_split_tunnel_exporter::log_state::{Limits, Pipeline};
 use pia_split_tunnel_exporter::proxy_log::{Event, Text, parse_line};
 use prometheus::Registry;
 
@@ -180,7 +181,7 @@ fn refused_flows_are_bounded_by_the_app_cap() {
     }
     text += "[2026-02-16 11:49:40:7270] [FlowHandler.swift:44] info: blocking a vpnOnly flow from com.a b\"}\r\n";
     p.feed_file(
-        pia_split_tunnel_exporter::pipeline::LogFile::Error,
+        pia_split_tunnel_exporter::log_state::LogFile::Error,
         text.as_bytes(),
     );
     assert_eq!(p.read().unrecognized, 0);

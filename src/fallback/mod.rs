@@ -4,7 +4,7 @@
 //! - [`controller`]: drives a [`Backend`], verifies with a fresh probe, rolls back, backs off;
 //! - [`pf`] and [`policy_routing`]: the backends, chosen in one place, [`build_backend`];
 //! - the window of session closes it weighs lives in [`crate::sessions::window`];
-//! - [`http`], [`metrics`]: the surfaces (the commands live in `crate::commands`).
+//! - [`routes`], [`metrics`]: the surfaces (the commands live in `crate::commands`).
 //!
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
 //! macOS `sudo pfctl -a com.apple/250.PiaSplitTunnelFallback -F all` (then `sudo pfctl -X TOKEN`
@@ -13,12 +13,12 @@
 //! these are found after the config changes too.
 
 pub mod controller;
-pub mod http;
 pub mod metrics;
-pub mod net;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
+pub mod routes;
+pub mod rule_values;
 pub mod state;
 
 use std::net::Ipv4Addr;
@@ -31,7 +31,7 @@ use crate::labels::{label_derives, label_set};
 use crate::os::Interfaces;
 use crate::os::command::{CommandError, Tools};
 use crate::sessions::window::{SessionWindow, Thresholds};
-pub use net::{IfName, Ipv4Net};
+pub use rule_values::{IfName, Ipv4Net};
 
 /// Destinations that never take the repair's route: private ranges and loopback (plus the
 /// configured `bypass_subnets`). Both backends render from this one list.
@@ -253,7 +253,7 @@ impl FallbackConfig {
                 "fallback.healthy_no_reply_ratio = {h}: use a share in [0, no_reply_ratio), e.g. 0.2"
             ));
         }
-        use crate::tail::open::in_range;
+        use crate::check::in_range;
         for (key, v, max, default) in [
             (
                 "fallback.consecutive_rounds",
@@ -376,8 +376,8 @@ fn token_file_is_private(path: &std::path::Path) -> Result<(), String> {
         ));
     }
     // Whoever can replace the token can order root's repair: as root, only root's file.
-    if let Some(writers) = crate::tail::open::Writers::of_root_process() {
-        crate::tail::open::check_writers(path, writers).map_err(|e| {
+    if let Some(writers) = crate::os::trusted::Writers::of_root_process() {
+        crate::os::trusted::check_writers(path, writers).map_err(|e| {
             format!(
                 "fallback.token_file {}: the agent runs as root and trusts only what root (or \
                  the owner of its executable) can change: {e}",

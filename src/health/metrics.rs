@@ -79,7 +79,7 @@ mod tests {
             "{updated}"
         );
         // Reading /health and /-/ready leaves /metrics as it was.
-        let app = super::super::http::router(health.clone());
+        let app = super::super::routes::router(health.clone());
         for path in ["/health", "/-/ready", "/health"] {
             let r = app
                 .clone()

@@ -1,8 +1,8 @@
 //! Health: a model of the agent's components ([`model`]), the state the agent loop feeds
 //! ([`Health`]), its metrics ([`metrics`], rendered from the same report at scrape time), and
-//! `GET /health`, `GET /-/ready` ([`http`]). Reading health changes nothing.
+//! `GET /health`, `GET /-/ready` ([`routes`]). Reading health changes nothing.
 
-pub mod http;
+pub mod routes;
 pub mod metrics;
 pub mod model;
 
@@ -40,7 +40,7 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     pub fn validate(&self) -> Result<(), String> {
-        crate::tail::open::in_range(
+        crate::check::in_range(
             "health.log_stale_secs",
             self.log_stale_secs,
             1..=604_800,

@@ -13,8 +13,9 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::{IngestEvents, LogConfig};
-use crate::pipeline::Pipeline;
-use crate::tail::{CheckpointStore, Cursor};
+use crate::log_state::Pipeline;
+use crate::os::store::CheckpointStore;
+use crate::tail::Cursor;
 
 /// Where reading stopped in each log file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -93,7 +94,7 @@ pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipelin
             fresh()
         }
         Ok(None) => fresh(),
-        Err(e @ crate::tail::CheckpointError::Corrupt { .. }) => {
+        Err(e @ crate::os::store::CheckpointError::Corrupt { .. }) => {
             set_aside(store, &e.to_string());
             fresh()
         }

@@ -11,9 +11,10 @@ use tokio::sync::watch;
 use super::checkpoint::{Clock, Cursors, Saver, restore};
 use super::{IngestEvents, LogConfig};
 use crate::health::LogHealthInput;
-use crate::pipeline::{LogFile, Pipeline};
+use crate::log_state::{LogFile, Pipeline};
 use crate::sessions::window::SharedWindow;
-use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
+use crate::os::store::{CheckpointError, CheckpointStore, StoreLock};
+use crate::tail::{Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 
 /// Largest batch handed from the tailer to the pipeline in one lock.
 const BATCH_BYTES: usize = 1 << 20;
@@ -25,7 +26,7 @@ pub struct Ingest {
     cursors: Cursors,
     pipeline: Arc<Mutex<Pipeline>>,
     /// The checkpoint is this process's while the stage lives.
-    _lock: Option<crate::tail::StoreLock>,
+    _lock: Option<StoreLock>,
     /// The saver's time (see [`Saver`]); tests freeze it.
     clock: Clock,
 }
@@ -35,7 +36,7 @@ impl Ingest {
     /// else starts fresh. Creates the checkpoint's folder, which may not exist on a new machine.
     ///
     /// Fails when another agent holds the checkpoint (see [`CheckpointStore::lock`]).
-    pub fn restore(config: &LogConfig) -> Result<Ingest, crate::tail::CheckpointError> {
+    pub fn restore(config: &LogConfig) -> Result<Ingest, CheckpointError> {
         if let Some(dir) = config
             .checkpoint
             .parent()
@@ -47,7 +48,7 @@ impl Ingest {
         let store = CheckpointStore::new(config.checkpoint.clone());
         let lock = match store.lock() {
             Ok(lock) => Some(lock),
-            Err(e @ crate::tail::CheckpointError::Locked { .. }) => return Err(e),
+            Err(e @ CheckpointError::Locked { .. }) => return Err(e),
             // Counting goes on without a checkpoint; health shows the failing saves.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot lock the checkpoint");
@@ -219,7 +220,7 @@ struct Followed {
 }
 
 impl Followed {
-    /// `avoid`: the other log, which this one must never be (see `tail::open`).
+    /// `avoid`: the other log, which this one must never be (see `os::trusted`).
     fn new(
         path: PathBuf,
         cursor: Option<Cursor>,

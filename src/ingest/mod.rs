@@ -7,7 +7,7 @@
 //! offsets and the state they produced can never disagree, even after `kill -9`. What happens
 //! is reported through [`IngestEvents`]; the stage holds no health or metric handles.
 //!
-//! [`Pipeline`]: crate::pipeline::Pipeline
+//! [`Pipeline`]: crate::log_state::Pipeline
 
 pub mod checkpoint;
 mod logs;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::health::LogHealthInput;
-use crate::pipeline::Limits;
+use crate::log_state::Limits;
 pub use logs::Ingest;
 
 /// What the log stage tells the rest of the agent, as it happens.
@@ -74,7 +74,7 @@ impl LogConfig {
 
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
-        use crate::tail::open::{in_range, same_file};
+        use crate::check::{in_range, same_file};
         // Bounds of memory: an open session, an app's series and a line buffer each cost RAM.
         in_range(
             "log.max_open_sessions",

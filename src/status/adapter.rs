@@ -11,9 +11,9 @@ use axum::routing::get;
 use strum::IntoEnumIterator;
 
 use super::{AppRow, FallbackView, ProbeRow, StatusView, Tone};
-use crate::fallback::http::SharedController;
+use crate::fallback::routes::SharedController;
 use crate::health::Health;
-use crate::pipeline::Pipeline;
+use crate::log_state::Pipeline;
 use crate::probe::verdict::State as Verdict;
 use crate::probe::{PathKind, Round};
 use crate::sessions::counts::Reply;

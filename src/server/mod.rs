@@ -73,7 +73,7 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<(), String> {
-        use crate::tail::open::in_range;
+        use crate::check::in_range;
         // Timers add these to now: a huge value would overflow at every request.
         in_range(
             "http.header_timeout_secs",

@@ -12,8 +12,8 @@ use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
-use super::{Counter, Family, Gauge, Histogram, Scrape};
-use crate::pipeline::Pipeline;
+use super::Pipeline;
+use crate::metrics::{Counter, Family, Gauge, Histogram, Scrape};
 use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto, RefusedReason};
 use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, Reply, proto_label};
 
@@ -401,7 +401,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::{encode, register};
-    use crate::pipeline::Limits;
+    use crate::log_state::Limits;
 
     fn feed(p: &mut Pipeline, id: u32, app: &str) {
         let line = format!(

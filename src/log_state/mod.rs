@@ -11,6 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod metrics;
+pub use metrics::LogCollector;
+
 use crate::proxy_log::{Event, Level, LocalMillis, parse_line};
 use crate::sessions::{Closed, SessionTracker};
 
@@ -62,7 +65,7 @@ pub struct ReadStats {
     /// The error-level log (`log.error_path`) exists: PIA's debug logging is off.
     #[serde(default)]
     pub error_file_present: bool,
-    /// Files refused at a log's name (a FIFO, a link, a foreign owner: see `tail::open`).
+    /// Files refused at a log's name (a FIFO, a link, a foreign owner: see `os::trusted`).
     #[serde(default)]
     pub files_refused: u64,
     /// `bindInterface:` values that are not an interface name (kept out of the label).
@@ -243,7 +246,7 @@ impl Pipeline {
         self.read.gaps += 1;
     }
 
-    /// Files refused at a log's name (see `tail::open`).
+    /// Files refused at a log's name (see `os::trusted`).
     pub fn count_refused(&mut self, files: u64) {
         self.read.files_refused += files;
     }
