@@ -14,7 +14,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use pia_split_tunnel_exporter::demo::ReplayRounds;
 use pia_split_tunnel_exporter::metrics;
-use pia_split_tunnel_exporter::log_state::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::{Limits, LogState};
 use prometheus::Registry;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
@@ -27,7 +27,7 @@ mod agent;
 /// The agent's registry, less the process collectors, for `apps` apps.
 fn registry(apps: usize) -> Registry {
     use pia_split_tunnel_exporter::{fallback, health, probe};
-    let mut p = Pipeline::new(Limits::default());
+    let mut p = LogState::new(Limits::default());
     p.feed(&agent::apps_log(apps));
     let registry = Registry::new();
     metrics::register(&registry, metrics::BuildInfo).unwrap();

@@ -1,6 +1,6 @@
 //! `analyze FILE...`: the offline report (per-app table, verdict, JSON).
 //!
-//! Files stream through the same [`Pipeline`] the agent uses, in bounded chunks, so memory
+//! Files stream through the same [`LogState`] the agent uses, in bounded chunks, so memory
 //! stays flat whatever the file size.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use strum::IntoEnumIterator;
 
 use crate::fallback::FallbackConfig;
 use crate::ingest::LogConfig;
-use crate::log_state::Pipeline;
+use crate::log_state::LogState;
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::verdict::{SessionsState, SessionsVerdict, Tally, Thresholds, judge};
 use crate::sessions::{AppCounts, CloseOutcome, Reply, proto_label};
@@ -24,7 +24,7 @@ const CHUNK: usize = 1 << 20;
 
 /// The log's story: counts per app and transport, and what they mean.
 pub struct Report {
-    pub pipeline: Pipeline,
+    pub pipeline: LogState,
     /// The sessions verdict's thresholds (`fallback.no_reply_ratio`, `healthy_no_reply_ratio`,
     /// `min_sessions`).
     pub thresholds: Thresholds,
@@ -33,7 +33,7 @@ pub struct Report {
 impl Report {
     /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older).
     pub fn from_files(paths: &[PathBuf], cfg: &LogConfig) -> anyhow::Result<Report> {
-        let mut pipeline = Pipeline::new(cfg.limits());
+        let mut pipeline = LogState::new(cfg.limits());
         for path in chronological(paths) {
             let file =
                 File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -252,7 +252,7 @@ fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
 /// tailer splits them: a line longer than `max_line` is skipped up to its newline and counted;
 /// a last line without a newline is fed as it is (the file is finished).
 pub fn read_into(
-    pipeline: &mut Pipeline,
+    pipeline: &mut LogState,
     mut reader: impl Read,
     max_line: usize,
 ) -> std::io::Result<()> {
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn long_lines_are_skipped_and_the_stream_resyncs() {
-        let mut p = Pipeline::new(crate::log_state::Limits::default());
+        let mut p = LogState::new(crate::log_state::Limits::default());
         let mut data = vec![b'x'; 3 * CHUNK];
         data.extend_from_slice(b"\n[t] [x.swift:1] info: Proxy started!\ntail-without-newline");
         read_into(&mut p, &data[..], 1000).unwrap();

@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn samples_parse_without_unrecognized_lines() {
         for sample in [HEALTHY, BROKEN] {
-            let mut p = crate::log_state::Pipeline::new(Default::default());
+            let mut p = crate::log_state::LogState::new(Default::default());
             p.feed(sample.as_bytes());
             assert_eq!((p.read().unrecognized, p.read().lines > 300), (0, true));
         }

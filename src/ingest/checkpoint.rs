@@ -13,7 +13,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::{IngestEvents, LogConfig};
-use crate::log_state::Pipeline;
+use crate::log_state::LogState;
 use crate::os::store::CheckpointStore;
 use crate::tail::Cursor;
 
@@ -68,9 +68,9 @@ pub fn decode<P: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<Checkpoin
 }
 
 /// The saved cursors and pipeline, if the checkpoint belongs to this log; else a fresh start.
-pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipeline) {
-    let fresh = || (Cursors::default(), Pipeline::new(config.limits()));
-    match store.load_with(decode::<Pipeline>) {
+pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, LogState) {
+    let fresh = || (Cursors::default(), LogState::new(config.limits()));
+    match store.load_with(decode::<LogState>) {
         Ok(Some(Checkpoint::V1(c))) if c.log_path == config.path => {
             tracing::info!(checkpoint = %store.path().display(), "resuming from checkpoint");
             let mut pipeline = c.pipeline;
@@ -252,7 +252,7 @@ impl Saver {
     pub fn save_if_due(
         &mut self,
         cursors: Cursors,
-        pipeline: &Mutex<Pipeline>,
+        pipeline: &Mutex<LogState>,
         events: &dyn IngestEvents,
     ) {
         if self.wait() == Some(Duration::ZERO) {
@@ -277,7 +277,7 @@ impl Saver {
     pub async fn save_last(
         &mut self,
         cursors: Cursors,
-        pipeline: &Mutex<Pipeline>,
+        pipeline: &Mutex<LogState>,
         events: &dyn IngestEvents,
     ) {
         self.settle(events).await;
@@ -287,7 +287,7 @@ impl Saver {
 
     /// Encodes the state now and writes it on a blocking thread; the save is spent from the
     /// budget.
-    fn start(&mut self, cursors: Cursors, pipeline: &Mutex<Pipeline>, events: &dyn IngestEvents) {
+    fn start(&mut self, cursors: Cursors, pipeline: &Mutex<LogState>, events: &dyn IngestEvents) {
         self.budget.spend((self.clock)());
         let covered = std::mem::replace(&mut self.unsaved, Unsaved::Nothing);
         let json = {
@@ -385,7 +385,7 @@ mod tests {
         if let Some(s) = switched {
             saver.mark(s);
         }
-        let pipeline = Mutex::new(Pipeline::new(Default::default()));
+        let pipeline = Mutex::new(LogState::new(Default::default()));
         saver.save_if_due(Cursors::default(), &pipeline, saves);
         saver.settle(saves).await;
         saves.0.load(Ordering::Relaxed)
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn reads_the_first_format() {
-        let Checkpoint::V1(c) = decode::<Pipeline>(FIRST_FORMAT.as_bytes()).unwrap();
+        let Checkpoint::V1(c) = decode::<LogState>(FIRST_FORMAT.as_bytes()).unwrap();
         assert_eq!(c.log_path, Path::new(PIA_LOG));
         let debug = c.cursors.debug.expect("a debug cursor");
         assert_eq!((debug.offset, c.cursors.error), (2980, None));
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_saved_checkpoint_reads_back_and_names_its_version() {
-        let Checkpoint::V1(old) = decode::<Pipeline>(FIRST_FORMAT.as_bytes()).unwrap();
+        let Checkpoint::V1(old) = decode::<LogState>(FIRST_FORMAT.as_bytes()).unwrap();
         let written = serde_json::to_string(&Checkpoint::V1(V1 {
             log_path: old.log_path.clone(),
             cursors: old.cursors.clone(),
@@ -493,7 +493,7 @@ mod tests {
             written.starts_with(r#"{"version":"1","log_path":"#),
             "{written}"
         );
-        let Checkpoint::V1(back) = decode::<Pipeline>(written.as_bytes()).unwrap();
+        let Checkpoint::V1(back) = decode::<LogState>(written.as_bytes()).unwrap();
         assert_eq!(back.cursors, old.cursors);
         assert_eq!(back.pipeline.read(), old.pipeline.read());
         assert_eq!(back.pipeline.proxy(), old.pipeline.proxy());
@@ -514,7 +514,7 @@ mod tests {
             ("[1, 2]".to_owned(), ""),
             (FIRST_FORMAT[..400].to_owned(), "EOF"),
         ] {
-            let e = decode::<Pipeline>(doc.as_bytes()).unwrap_err().to_string();
+            let e = decode::<LogState>(doc.as_bytes()).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
         }
     }

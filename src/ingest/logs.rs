@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::checkpoint::{Clock, Cursors, Saver, restore};
 use super::{IngestEvents, LogConfig};
 use crate::health::LogHealthInput;
-use crate::log_state::{LogFile, Pipeline};
+use crate::log_state::{LogFile, LogState};
 use crate::sessions::window::SharedWindow;
 use crate::os::store::{CheckpointError, CheckpointStore, StoreLock};
 use crate::tail::{Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
@@ -24,7 +24,7 @@ pub struct Ingest {
     config: LogConfig,
     store: CheckpointStore,
     cursors: Cursors,
-    pipeline: Arc<Mutex<Pipeline>>,
+    pipeline: Arc<Mutex<LogState>>,
     /// The checkpoint is this process's while the stage lives.
     _lock: Option<StoreLock>,
     /// The saver's time (see [`Saver`]); tests freeze it.
@@ -69,7 +69,7 @@ impl Ingest {
     }
 
     /// The pipeline the loop feeds, for collectors to read.
-    pub fn pipeline(&self) -> Arc<Mutex<Pipeline>> {
+    pub fn pipeline(&self) -> Arc<Mutex<LogState>> {
         self.pipeline.clone()
     }
 
@@ -203,7 +203,7 @@ impl Ingest {
 
 /// What the loop updates after each batch.
 struct LogSide<'a> {
-    pipeline: Arc<Mutex<Pipeline>>,
+    pipeline: Arc<Mutex<LogState>>,
     window: SharedWindow,
     events: &'a dyn IngestEvents,
 }

@@ -1,4 +1,4 @@
-//! The log stage: follows the proxy's two logs into the [`Pipeline`], and keeps the checkpoint
+//! The log stage: follows the proxy's two logs into the [`LogState`], and keeps the checkpoint
 //! that lets a restart resume where reading stopped.
 //!
 //! One task owns the logs (the debug log and the error-level one): it reads batches of complete
@@ -7,7 +7,7 @@
 //! offsets and the state they produced can never disagree, even after `kill -9`. What happens
 //! is reported through [`IngestEvents`]; the stage holds no health or metric handles.
 //!
-//! [`Pipeline`]: crate::log_state::Pipeline
+//! [`LogState`]: crate::log_state::LogState
 
 pub mod checkpoint;
 mod logs;
