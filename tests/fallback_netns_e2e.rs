@@ -16,7 +16,8 @@ use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
-use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
+use pia_split_tunnel_exporter::health::{Health, HealthConfig, Status};
+use pia_split_tunnel_exporter::ingest::LogPoll;
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
 use prometheus::Registry;
@@ -99,7 +100,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
         FallbackMetrics::register(&reg).unwrap(),
     );
     let health = registered_health(&c, &reg);
-    health.update_log(LogHealthInput {
+    health.update_log(LogPoll {
         file_present: true,
         lines_read: 1,
         ..Default::default()

@@ -18,8 +18,8 @@ use crate::fallback::controller::{Controller, Verifier};
 use crate::fallback::routes::SharedController;
 use crate::fallback::metrics::SessionsCollector;
 use crate::health::metrics::HealthCollector;
-use crate::health::{Health, LogHealthInput};
-use crate::ingest::{Ingest, IngestEvents};
+use crate::health::Health;
+use crate::ingest::{Ingest, IngestEvents, LogPoll};
 use crate::log_state::LogCollector;
 use crate::metrics::{Counter, CounterCell, Family};
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
@@ -292,7 +292,7 @@ impl IngestEvents for AgentEvents {
         }
     }
 
-    fn emit_log_polled(&self, status: LogHealthInput) {
+    fn emit_log_polled(&self, status: LogPoll) {
         self.health.update_log(status);
     }
 

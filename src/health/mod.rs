@@ -16,7 +16,8 @@ use crate::presence::Presence;
 use crate::probe::{Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::SharedWindow;
-pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
+pub use model::{CheckpointInput, HealthReport, Status};
+use crate::ingest::LogPoll;
 
 /// `[health]` section of the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -60,7 +61,7 @@ pub struct Readiness {
 
 #[derive(Default)]
 struct Inputs {
-    log: Option<LogHealthInput>,
+    log: Option<LogPoll>,
     round: Option<(Round, Verdict)>,
     processes: Option<Presence>,
     checkpoint: Option<CheckpointState>,
@@ -115,7 +116,7 @@ impl Health {
     }
 
     /// After each log read.
-    pub fn update_log(&self, input: LogHealthInput) {
+    pub fn update_log(&self, input: LogPoll) {
         self.inputs.write().expect("health lock").log = Some(input);
     }
 

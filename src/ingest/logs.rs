@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::checkpoint::{Clock, Cursors, Saver, restore};
-use super::{IngestEvents, LogConfig};
-use crate::health::LogHealthInput;
+use super::{IngestEvents, LogConfig, LogPoll};
 use crate::log_state::{LogFile, LogState};
 use crate::sessions::window::SharedWindow;
 use crate::os::store::{CheckpointError, CheckpointStore, StoreLock};
@@ -302,7 +301,7 @@ fn feed(
             side.events.emit_sessions_closed(&w.verdict(now));
         }
         let read = p.read();
-        LogHealthInput {
+        LogPoll {
             file_present: read.file_present,
             last_line_age: file.last_line.map(|t| now - t),
             level: p.proxy().level(),
@@ -337,7 +336,7 @@ mod tests {
     }
 
     impl IngestEvents for Arc<Seen> {
-        fn emit_log_polled(&self, s: LogHealthInput) {
+        fn emit_log_polled(&self, s: LogPoll) {
             self.lines.store(s.lines_read, Ordering::SeqCst);
             self.gaps.store(s.gaps, Ordering::SeqCst);
         }

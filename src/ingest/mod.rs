@@ -13,17 +13,40 @@ pub mod checkpoint;
 mod logs;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::LogHealthInput;
 use crate::log_state::Limits;
+use crate::proxy_log::Level;
 pub use logs::Ingest;
+
+/// How a log looks after a poll: what ingest reports to the rest of the agent (health
+/// judges it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogPoll {
+    pub file_present: bool,
+    pub last_line_age: Option<Duration>,
+    pub level: Option<Level>,
+    pub lines_read: u64,
+    pub unrecognized: u64,
+    /// The proxy's own `isConnected`, last seen.
+    pub proxy_connected: Option<bool>,
+    /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
+    pub error_log_present: bool,
+    /// The log file is there but cannot be opened or read (e.g. permission denied), or was
+    /// refused (a FIFO, a link in a shared folder...).
+    pub file_error: Option<String>,
+    /// The same for the error-level log: the debug log is still read, so it only degrades.
+    pub error_file_error: Option<String>,
+    /// Stretches lost unread (rotated away twice while the agent was stopped).
+    pub gaps: u64,
+}
 
 /// What the log stage tells the rest of the agent, as it happens.
 pub trait IngestEvents: Send + Sync {
     /// After each poll of a log, with or without new lines: how the log looks now.
-    fn emit_log_polled(&self, status: LogHealthInput);
+    fn emit_log_polled(&self, status: LogPoll);
     /// The checkpoint at `path` was written.
     fn emit_checkpoint_saved(&self, path: &Path);
     /// Writing the checkpoint at `path` failed; it is retried a second later.
