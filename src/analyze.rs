@@ -12,7 +12,6 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use strum::IntoEnumIterator;
 
-use crate::fallback::FallbackConfig;
 use crate::ingest::LogConfig;
 use crate::log_state::LogState;
 use crate::proxy_log::{ErrorKind, Level};
@@ -25,14 +24,19 @@ const CHUNK: usize = 1 << 20;
 /// The log's story: counts per app and transport, and what they mean.
 pub struct Report {
     pub pipeline: LogState,
-    /// The sessions verdict's thresholds (`fallback.no_reply_ratio`, `healthy_no_reply_ratio`,
-    /// `min_sessions`).
-    pub thresholds: Thresholds,
+    /// The sessions verdict's thresholds (`sessions.no_reply_ratio`, `healthy_no_reply_ratio`,
+    /// `min_sessions`), given when the report is built.
+    thresholds: Thresholds,
 }
 
 impl Report {
-    /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older).
-    pub fn from_files(paths: &[PathBuf], cfg: &LogConfig) -> anyhow::Result<Report> {
+    /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older);
+    /// the sessions verdict over them is judged with `thresholds`.
+    pub fn from_files(
+        paths: &[PathBuf],
+        cfg: &LogConfig,
+        thresholds: Thresholds,
+    ) -> anyhow::Result<Report> {
         let mut pipeline = LogState::new(cfg.limits());
         for path in chronological(paths) {
             let file =
@@ -44,7 +48,7 @@ impl Report {
         pipeline.flush_pending();
         Ok(Report {
             pipeline,
-            thresholds: FallbackConfig::default().session_thresholds(),
+            thresholds,
         })
     }
 

@@ -155,7 +155,7 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<ExitCode> {
             stats,
         } => commands::analyze::run(
             &config.log,
-            config.fallback.session_thresholds(),
+            config.sessions.thresholds(),
             &files,
             json,
             prom,

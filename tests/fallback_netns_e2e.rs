@@ -15,6 +15,7 @@ use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
+use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, Status};
 use pia_split_tunnel_exporter::ingest::LogPoll;
@@ -108,7 +109,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     c.reconcile().unwrap();
 
     let t0 = Instant::now();
-    let no_sessions = cfg.session_window().verdict(t0);
+    let no_sessions = SessionsConfig::default().window().verdict(t0);
     let mut decisions = Vec::new();
     for i in 0..3 {
         let round = observe(&ns);

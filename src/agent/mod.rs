@@ -136,7 +136,7 @@ pub async fn run_until(
     let probe_metrics =
         crate::probe::ProbeMetrics::register(&registry, config.probe.export_addresses)?;
 
-    let window: SharedWindow = Arc::new(Mutex::new(config.fallback.session_window()));
+    let window: SharedWindow = Arc::new(Mutex::new(config.sessions.window()));
     crate::metrics::register(&registry, SessionsCollector::new(window.clone()))?;
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
     let backend = crate::fallback::build_backend(&config.fallback);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
+use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
@@ -112,7 +113,7 @@ pub const NO_SESSIONS: SessionsVerdict = SessionsVerdict {
 /// without a reply.
 pub fn sessions(zero: u64, total: u64) -> SessionsVerdict {
     let now = std::time::Instant::now();
-    let mut w = FallbackConfig::default().session_window();
+    let mut w = SessionsConfig::default().window();
     for i in 0..total {
         let reply = if i < zero {
             Reply::NoReply
