@@ -252,7 +252,7 @@ fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Streams `reader` into the pipeline in bounded chunks, split into lines as the agent's
+/// Streams `reader` into the log state in bounded chunks, split into lines as the agent's
 /// tailer splits them: a line longer than `max_line` is skipped up to its newline and counted;
 /// a last line without a newline is fed as it is (the file is finished).
 pub fn read_into(

@@ -1,6 +1,6 @@
 //! The checkpoint: its on-disk format (versioned), restoring from it, and when it is saved.
 //!
-//! One JSON document holds where reading stopped in each log and the pipeline those lines
+//! One JSON document holds where reading stopped in each log and the log state those lines
 //! produced, so the two can never disagree. The format is a serde-tagged enum, one variant per
 //! version, named by the `version` field (as Vector's file-source checkpointer does): a later
 //! format adds a variant and still reads every earlier one.
@@ -186,7 +186,7 @@ enum Unsaved {
 /// not left unsaved for a second, in which a `kill -9` and one more rotation would lose the
 /// rest of the file it names. A failed save stays due and is retried within the budget.
 ///
-/// The state is encoded under the pipeline's lock (so it matches the cursors), and written
+/// The state is encoded under the log state's lock (so it matches the cursors), and written
 /// and fsync'd on a blocking thread while the loop reads on: a save at a rotation must not
 /// stall reading, or a burst of rotations during the fsync could rotate a file away unread.
 /// One save is in flight at a time, so saves land in order.

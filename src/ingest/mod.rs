@@ -87,7 +87,7 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    /// The pipeline's caps.
+    /// The log state's caps.
     pub fn limits(&self) -> Limits {
         Limits {
             max_open_sessions: self.max_open_sessions,

@@ -163,7 +163,7 @@ impl Encoder {
         }
         let started = std::time::Instant::now();
         let registry = self.registry.clone();
-        // Encoding walks the pipeline under its lock: keep it off the async workers.
+        // Encoding walks the log state under its lock: keep it off the async workers.
         let body = Arc::new(
             tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
                 .await

@@ -139,7 +139,7 @@ fn ratio_of(c: &Close) -> Ratio {
     }
 }
 
-/// The window as shared between the log pipeline (writer), the controller and health.
+/// The window as shared between the log stage (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
 /// When the sessions become evidence of a broken bypass (the window's verdict turns
