@@ -13,8 +13,8 @@ use std::time::Duration;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use pia_split_tunnel_exporter::demo::ReplayRounds;
-use pia_split_tunnel_exporter::metrics;
 use pia_split_tunnel_exporter::log_state::{Limits, LogState};
+use pia_split_tunnel_exporter::metrics;
 use prometheus::Registry;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");

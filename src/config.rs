@@ -142,7 +142,11 @@ fn move_sessions_keys(table: &mut toml::Table) -> Result<Vec<String>, ConfigErro
     let mut moved = Vec::new();
     for old in KEYS.iter().copied().chain([OLD_NO_REPLY_RATIO]) {
         if let Some(value) = fallback.remove(old) {
-            let new = if old == OLD_NO_REPLY_RATIO { KEYS[0] } else { old };
+            let new = if old == OLD_NO_REPLY_RATIO {
+                KEYS[0]
+            } else {
+                old
+            };
             moved.push((old, new, value));
         }
     }
@@ -279,7 +283,10 @@ mod tests {
         assert!(e.contains("keep sessions.min_sessions only"), "{e}");
         // Nothing to move: no warning.
         let mut table: toml::Table = "[sessions]\nmin_sessions = 3\n".parse().unwrap();
-        assert_eq!(move_sessions_keys(&mut table).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            move_sessions_keys(&mut table).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     /// Each value here passed `check-config` once and then hurt the agent (a panic at every

@@ -199,7 +199,10 @@ fn every_module_has_a_place() {
     assert!(unplaced.is_empty(), "modules without a place: {unplaced:?}");
     // The lists name no module that is gone, and each module once.
     let mut seen = BTreeSet::new();
-    for m in PARTS.iter().flat_map(|(_, floors)| floors.iter().flat_map(|f| f.iter())) {
+    for m in PARTS
+        .iter()
+        .flat_map(|(_, floors)| floors.iter().flat_map(|f| f.iter()))
+    {
         assert!(graph.contains_key(*m), "{m} is placed but not in src/");
         assert!(seen.insert(*m), "{m} is placed twice");
     }
@@ -225,7 +228,10 @@ fn imports_only_go_down_and_never_between_the_columns() {
             }
         }
     }
-    assert!(against.is_empty(), "imports against the house: {against:#?}");
+    assert!(
+        against.is_empty(),
+        "imports against the house: {against:#?}"
+    );
 }
 
 /// Every `src/` module (each file, each folder) is named in `docs/architecture.md`: a
@@ -245,12 +251,20 @@ fn the_map_names_every_module() {
         }
     }
     for file in files {
-        let rel = file.strip_prefix(&src).unwrap().to_str().unwrap().to_owned();
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
         if rel.contains('/') && !doc.contains(&format!("`{rel}`")) {
             missing.push(rel);
         }
     }
-    assert!(missing.is_empty(), "docs/architecture.md does not name: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not name: {missing:#?}"
+    );
     // And `lib.rs` points to it.
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
     assert!(lib.contains("docs/architecture.md"));

@@ -15,12 +15,12 @@ use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
-use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, Status};
 use pia_split_tunnel_exporter::ingest::LogPoll;
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
+use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use prometheus::Registry;
 
 /// One round, read from the namespace.

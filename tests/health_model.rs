@@ -190,23 +190,22 @@ fn presence(extension: u32, daemon: u32, vpn: u32) -> Presence {
 
 #[test]
 fn processes_component() {
-    let r =
-        |p: Option<&Presence>, round: Option<(&Round, &Verdict)>, l: Option<&LogPoll>| {
-            assess(
-                &t(),
-                &Inputs {
-                    log: l,
-                    sessions: None,
-                    probing: true,
-                    round,
-                    fallback: None,
-                    processes: p,
-                    checkpoint: None,
-                },
-            )
-            .components["processes"]
-                .clone()
-        };
+    let r = |p: Option<&Presence>, round: Option<(&Round, &Verdict)>, l: Option<&LogPoll>| {
+        assess(
+            &t(),
+            &Inputs {
+                log: l,
+                sessions: None,
+                probing: true,
+                round,
+                fallback: None,
+                processes: p,
+                checkpoint: None,
+            },
+        )
+        .components["processes"]
+            .clone()
+    };
     // Extension gone while a VPN process runs: the silent failure, with cause and fix.
     let gone = r(Some(&presence(0, 1, 1)), None, None);
     assert_eq!(gone.status, Status::Failing);

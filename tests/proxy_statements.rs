@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use pia_split_tunnel_exporter::log_state::LogCollector;
-use pia_split_tunnel_exporter::metrics::{encode, register};
 use pia_split_tunnel_exporter::log_state::{Limits, LogState};
+use pia_split_tunnel_exporter::metrics::{encode, register};
 use pia_split_tunnel_exporter::proxy_log::{Event, Text, parse_line};
 use prometheus::Registry;
 

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
-use crate::fallback::routes::SharedController;
 use crate::fallback::metrics::SessionsCollector;
-use crate::health::metrics::HealthCollector;
+use crate::fallback::routes::SharedController;
 use crate::health::Health;
+use crate::health::metrics::HealthCollector;
 use crate::ingest::{Ingest, IngestEvents, LogPoll};
 use crate::log_state::LogCollector;
 use crate::metrics::{Counter, CounterCell, Family};

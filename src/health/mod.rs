@@ -2,9 +2,9 @@
 //! ([`Health`]), its metrics ([`metrics`], rendered from the same report at scrape time), and
 //! `GET /health`, `GET /-/ready` ([`routes`]). Reading health changes nothing.
 
-pub mod routes;
 pub mod metrics;
 pub mod model;
+pub mod routes;
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::fallback::controller::StatusHandle;
+use crate::ingest::LogPoll;
 use crate::presence::Presence;
 use crate::probe::{Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::SharedWindow;
 pub use model::{CheckpointInput, HealthReport, Status};
-use crate::ingest::LogPoll;
 
 /// `[health]` section of the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -215,11 +215,7 @@ const DEBUG_LOGGING_OFF: &str = "debug logging off: only errors are visible (the
 
 /// Is anyone there to write the log? The extension absent while the VPN is up is the silent
 /// failure: the log stays quiet and nothing else says so.
-fn processes(
-    p: Option<&Presence>,
-    round: Option<&Round>,
-    log: Option<&LogPoll>,
-) -> Component {
+fn processes(p: Option<&Presence>, round: Option<&Round>, log: Option<&LogPoll>) -> Component {
     let Some(p) = p.filter(|p| p.checked) else {
         return c(Status::Ok, "the process table has not been read yet");
     };

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use super::checkpoint::{Clock, Cursors, Saver, restore};
 use super::{IngestEvents, LogConfig, LogPoll};
 use crate::log_state::{LogFile, LogState};
-use crate::sessions::window::SharedWindow;
 use crate::os::store::{CheckpointError, CheckpointStore, StoreLock};
+use crate::sessions::window::SharedWindow;
 use crate::tail::{Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 
 /// Largest batch handed from the tailer to the pipeline in one lock.

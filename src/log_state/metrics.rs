@@ -400,8 +400,8 @@ mod tests {
     use prometheus::Registry;
 
     use super::*;
-    use crate::metrics::{encode, register};
     use crate::log_state::Limits;
+    use crate::metrics::{encode, register};
 
     fn feed(p: &mut LogState, id: u32, app: &str) {
         let line = format!(

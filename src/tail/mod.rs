@@ -31,7 +31,7 @@ mod follower;
 pub(crate) mod lines;
 mod tailer;
 
+pub use crate::os::trusted::{Refusal, Trust};
 pub use fingerprint::{FINGERPRINT_BYTES, Fingerprint};
 pub use follower::{Before, Cursor, FileState, FollowOptions, Follower, Poll, Resume};
-pub use crate::os::trusted::{Refusal, Trust};
 pub use tailer::Tailer;

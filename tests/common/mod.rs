@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
-use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
 use pia_split_tunnel_exporter::proxy_log::Proto;
 use pia_split_tunnel_exporter::sessions::Reply;
+use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 
 pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
