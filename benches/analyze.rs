@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use pia_split_tunnel_exporter::analyze::{Report, peak_rss_bytes};
 use pia_split_tunnel_exporter::ingest::LogConfig;
+use pia_split_tunnel_exporter::sessions::verdict::Thresholds;
 
 fn log_for(sessions: u64) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -59,8 +60,12 @@ fn main() {
         let mut bytes = 0;
         for _ in 0..3 {
             let started = Instant::now();
-            let report = Report::from_files(std::slice::from_ref(&path), &LogConfig::default())
-                .expect("analyze");
+            let report = Report::from_files(
+                std::slice::from_ref(&path),
+                &LogConfig::default(),
+                Thresholds::default(),
+            )
+            .expect("analyze");
             best = best.min(started.elapsed().as_secs_f64());
             lines = report.pipeline.read().lines;
             bytes = report.pipeline.read().bytes;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use pia_split_tunnel_exporter::demo::ReplayRounds;
+use pia_split_tunnel_exporter::log_state::{Limits, LogState};
 use pia_split_tunnel_exporter::metrics;
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
 use prometheus::Registry;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
@@ -27,11 +27,11 @@ mod agent;
 /// The agent's registry, less the process collectors, for `apps` apps.
 fn registry(apps: usize) -> Registry {
     use pia_split_tunnel_exporter::{fallback, health, probe};
-    let mut p = Pipeline::new(Limits::default());
+    let mut p = LogState::new(Limits::default());
     p.feed(&agent::apps_log(apps));
     let registry = Registry::new();
     metrics::register(&registry, metrics::BuildInfo).unwrap();
-    let log = metrics::LogCollector::new(Arc::new(Mutex::new(p)));
+    let log = pia_split_tunnel_exporter::log_state::LogCollector::new(Arc::new(Mutex::new(p)));
     metrics::register(&registry, log).unwrap();
     let probe = probe::ProbeMetrics::register(&registry, false).unwrap();
     // The demo's round with the bypass broken: every path has a sample.

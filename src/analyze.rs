@@ -1,6 +1,6 @@
 //! `analyze FILE...`: the offline report (per-app table, verdict, JSON).
 //!
-//! Files stream through the same [`Pipeline`] the agent uses, in bounded chunks, so memory
+//! Files stream through the same [`LogState`] the agent uses, in bounded chunks, so memory
 //! stays flat whatever the file size.
 
 use std::collections::BTreeMap;
@@ -12,9 +12,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use strum::IntoEnumIterator;
 
-use crate::fallback::FallbackConfig;
 use crate::ingest::LogConfig;
-use crate::pipeline::Pipeline;
+use crate::log_state::LogState;
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::verdict::{SessionsState, SessionsVerdict, Tally, Thresholds, judge};
 use crate::sessions::{AppCounts, CloseOutcome, Reply, proto_label};
@@ -24,16 +23,21 @@ const CHUNK: usize = 1 << 20;
 
 /// The log's story: counts per app and transport, and what they mean.
 pub struct Report {
-    pub pipeline: Pipeline,
-    /// The sessions verdict's thresholds (`fallback.no_reply_ratio`, `healthy_no_reply_ratio`,
-    /// `min_sessions`).
-    pub thresholds: Thresholds,
+    pub pipeline: LogState,
+    /// The sessions verdict's thresholds (`sessions.no_reply_ratio`, `healthy_no_reply_ratio`,
+    /// `min_sessions`), given when the report is built.
+    thresholds: Thresholds,
 }
 
 impl Report {
-    /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older).
-    pub fn from_files(paths: &[PathBuf], cfg: &LogConfig) -> anyhow::Result<Report> {
-        let mut pipeline = Pipeline::new(cfg.limits());
+    /// Reads `paths` in order, except that an archive `X.1` is read before `X` (it is older);
+    /// the sessions verdict over them is judged with `thresholds`.
+    pub fn from_files(
+        paths: &[PathBuf],
+        cfg: &LogConfig,
+        thresholds: Thresholds,
+    ) -> anyhow::Result<Report> {
+        let mut pipeline = LogState::new(cfg.limits());
         for path in chronological(paths) {
             let file =
                 File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -44,7 +48,7 @@ impl Report {
         pipeline.flush_pending();
         Ok(Report {
             pipeline,
-            thresholds: FallbackConfig::default().session_thresholds(),
+            thresholds,
         })
     }
 
@@ -175,7 +179,7 @@ impl Report {
 
     /// The log-side metrics of the agent after reading the same lines.
     pub fn to_prometheus(&self) -> String {
-        let mut families = crate::metrics::log::render(&self.pipeline);
+        let mut families = crate::log_state::metrics::render(&self.pipeline);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf)
@@ -248,11 +252,11 @@ fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Streams `reader` into the pipeline in bounded chunks, split into lines as the agent's
+/// Streams `reader` into the log state in bounded chunks, split into lines as the agent's
 /// tailer splits them: a line longer than `max_line` is skipped up to its newline and counted;
 /// a last line without a newline is fed as it is (the file is finished).
 pub fn read_into(
-    pipeline: &mut Pipeline,
+    pipeline: &mut LogState,
     mut reader: impl Read,
     max_line: usize,
 ) -> std::io::Result<()> {
@@ -317,7 +321,7 @@ mod tests {
 
     #[test]
     fn long_lines_are_skipped_and_the_stream_resyncs() {
-        let mut p = Pipeline::new(crate::pipeline::Limits::default());
+        let mut p = LogState::new(crate::log_state::Limits::default());
         let mut data = vec![b'x'; 3 * CHUNK];
         data.extend_from_slice(b"\n[t] [x.swift:1] info: Proxy started!\ntail-without-newline");
         read_into(&mut p, &data[..], 1000).unwrap();

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
 use crate::config::Config;
-use crate::http::ListenAddr;
+use crate::server::ListenAddr;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -155,7 +155,7 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<ExitCode> {
             stats,
         } => commands::analyze::run(
             &config.log,
-            config.fallback.session_thresholds(),
+            config.sessions.thresholds(),
             &files,
             json,
             prom,

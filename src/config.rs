@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub log: crate::ingest::LogConfig,
-    pub http: crate::http::HttpConfig,
+    pub sessions: crate::sessions::SessionsConfig,
+    pub http: crate::server::HttpConfig,
     pub probe: crate::probe::ProbeConfig,
     pub fallback: crate::fallback::FallbackConfig,
     pub processes: crate::presence::ProcessConfig,
@@ -58,13 +59,16 @@ impl Config {
         for arg in overrides {
             apply_override(&mut table, arg)?;
         }
+        for warning in move_sessions_keys(&mut table)? {
+            tracing::warn!("{warning}");
+        }
         let config =
             Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
                 path: origin,
                 message: e.to_string().trim_end().replace('\n', " "),
             })?;
         config.validate().map_err(ConfigError::Invalid)?;
-        if let Some(writers) = crate::tail::open::Writers::of_root_process() {
+        if let Some(writers) = crate::os::trusted::Writers::of_root_process() {
             config
                 .check_writers(path, writers)
                 .map_err(ConfigError::Invalid)?;
@@ -79,7 +83,7 @@ impl Config {
     pub fn check_writers(
         &self,
         file: Option<&std::path::Path>,
-        writers: crate::tail::open::Writers,
+        writers: crate::os::trusted::Writers,
     ) -> Result<(), String> {
         let mut named: Vec<(String, PathBuf)> = Vec::new();
         if let Some(f) = file {
@@ -88,7 +92,7 @@ impl Config {
         let web = &self.http.web_config_file;
         if !web.as_os_str().is_empty() {
             named.push(("http.web_config_file".into(), web.clone()));
-            named.extend(crate::http::WebConfig::named_files(web)?);
+            named.extend(crate::server::WebConfig::named_files(web)?);
         }
         let tools = self.fallback.tools();
         named.extend([
@@ -99,7 +103,7 @@ impl Config {
             ("the system tool".into(), tools.sysctl),
         ]);
         for (key, path) in named {
-            crate::tail::open::check_writers(&path, writers).map_err(|e| {
+            crate::os::trusted::check_writers(&path, writers).map_err(|e| {
                 format!(
                     "{key} {}: the agent runs as root and trusts only what root (or the owner \
                      of its executable) can change: {e}",
@@ -113,6 +117,7 @@ impl Config {
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
         self.log.validate()?;
+        self.sessions.validate()?;
         self.http.validate()?;
         self.processes.validate()?;
         self.probe.validate()?;
@@ -124,6 +129,48 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The sessions verdict's keys, once in `[fallback]`, are `[sessions]`'s: a `[fallback]` key
+/// (or `--set fallback.key=...`) is still read there, and each one read says its new name.
+/// The same key in both sections is an error: which one is meant cannot be guessed.
+fn move_sessions_keys(table: &mut toml::Table) -> Result<Vec<String>, ConfigError> {
+    use crate::sessions::config::{KEYS, OLD_NO_REPLY_RATIO};
+    let Some(toml::Value::Table(fallback)) = table.get_mut("fallback") else {
+        return Ok(Vec::new());
+    };
+    let mut moved = Vec::new();
+    for old in KEYS.iter().copied().chain([OLD_NO_REPLY_RATIO]) {
+        if let Some(value) = fallback.remove(old) {
+            let new = if old == OLD_NO_REPLY_RATIO {
+                KEYS[0]
+            } else {
+                old
+            };
+            moved.push((old, new, value));
+        }
+    }
+    let mut warnings = Vec::new();
+    for (old, new, value) in moved {
+        let sessions = table
+            .entry("sessions")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(sessions) = sessions else {
+            return Err(ConfigError::Invalid("sessions: expected a table".into()));
+        };
+        let taken = sessions.contains_key(new)
+            || (new == KEYS[0] && sessions.contains_key(OLD_NO_REPLY_RATIO));
+        if taken {
+            return Err(ConfigError::Invalid(format!(
+                "fallback.{old} and sessions.{new} are both set: keep sessions.{new} only"
+            )));
+        }
+        sessions.insert(new.to_owned(), value);
+        warnings.push(format!(
+            "fallback.{old} is read as sessions.{new}: move it to [sessions]"
+        ));
+    }
+    Ok(warnings)
 }
 
 fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
@@ -192,6 +239,56 @@ mod tests {
         assert!(e.contains("section.key=value"), "{e}");
     }
 
+    /// The sessions verdict's keys moved to `[sessions]`: their `[fallback]` spellings (and the
+    /// former `zero_byte_ratio`) are still read, each with a warning naming the new key.
+    #[test]
+    fn sessions_keys_are_still_read_from_fallback_with_a_warning() {
+        let mut table: toml::Table = "[fallback]\nmode = \"auto\"\nzero_byte_ratio = 0.6\n\
+                                      min_sessions = 9\nwindow_secs = 60\n"
+            .parse()
+            .unwrap();
+        let warnings = move_sessions_keys(&mut table).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "fallback.window_secs is read as sessions.window_secs: move it to [sessions]",
+                "fallback.min_sessions is read as sessions.min_sessions: move it to [sessions]",
+                "fallback.zero_byte_ratio is read as sessions.no_reply_ratio: move it to [sessions]",
+            ]
+        );
+        let c = Config::deserialize(toml::Value::Table(table)).unwrap();
+        assert_eq!(c.fallback.mode, crate::fallback::Mode::Auto);
+        assert_eq!(
+            (c.sessions.no_reply_ratio, c.sessions.min_sessions),
+            (0.6, 9)
+        );
+        assert_eq!(c.sessions.window_secs, 60);
+        // As a flag too, and a value out of range names the key it is read as.
+        let c = Config::load(None, &["fallback.healthy_no_reply_ratio=0.1".into()]).unwrap();
+        assert_eq!(c.sessions.healthy_no_reply_ratio, 0.1);
+        let e = Config::load(None, &["fallback.window_secs=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sessions.window_secs"), "{e}");
+        // Both spellings at once: which one is meant cannot be guessed.
+        let e = Config::load(
+            None,
+            &[
+                "fallback.min_sessions=3".into(),
+                "sessions.min_sessions=4".into(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("keep sessions.min_sessions only"), "{e}");
+        // Nothing to move: no warning.
+        let mut table: toml::Table = "[sessions]\nmin_sessions = 3\n".parse().unwrap();
+        assert_eq!(
+            move_sessions_keys(&mut table).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
     /// Each value here passed `check-config` once and then hurt the agent (a panic at every
     /// request, a table too big for memory) or contradicted another key.
     #[test]
@@ -211,8 +308,8 @@ mod tests {
             ),
             ("probe.timeout_secs=1e300", "probe.timeout_secs"),
             (
-                "fallback.window_secs=18446744073709551615",
-                "fallback.window_secs",
+                "sessions.window_secs=18446744073709551615",
+                "sessions.window_secs",
             ),
             (
                 "fallback.cooldown_secs=18446744073709551615",

@@ -33,8 +33,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::agent::{Sources, Stop};
 use crate::config::Config;
 use crate::fallback::OnStart;
-use crate::http::ListenAddr;
-use crate::http::activation::{self, Manager};
+use crate::server::ListenAddr;
+use crate::server::activation::{self, Manager};
 
 /// How often a rotated stderr file is looked for. Each check wakes an idle agent (every 5 s,
 /// it was about 40 % of its wake-ups in the lab); until it runs, lines go on into the newest
@@ -197,7 +197,7 @@ struct Next {
 }
 
 async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    crate::http::bind(&config.http.listen)
+    crate::server::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))
 }
@@ -324,12 +324,12 @@ async fn until_stop_or_reload(
 fn reopen_log(r: &crate::logging::Reopen) {
     // The folder may be another user's (Homebrew's var/log): no link followed, nothing
     // created there, only a regular file of root's (or the binary's owner's).
-    let trust = crate::tail::open::Trust {
+    let trust = crate::os::trusted::Trust {
         // SAFETY: geteuid cannot fail and touches no memory.
-        owner: crate::tail::open::Writers::of_root_process()
+        owner: crate::os::trusted::Writers::of_root_process()
             .map_or_else(|| unsafe { libc::geteuid() }, |w| w.user),
     };
-    match r.check(|p| crate::tail::open::open_append(p, trust)) {
+    match r.check(|p| crate::os::trusted::open_append(p, trust)) {
         Ok(true) => {
             tracing::info!(log = %r.path().display(), "the log was rotated: writing to the new file")
         }

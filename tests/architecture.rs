@@ -1,46 +1,92 @@
 //! The import graph of `src/`: no cycle among top-level modules, and every `crate::X` reference
-//! goes down the layers below, never up or sideways.
+//! goes down, never up or sideways (`docs/architecture.md` draws the same house).
 //!
-//! The layers follow the data flow (README, "Architecture"): commands → agent → ingest →
-//! health → fallback → probe → presence → metrics → pipeline → sessions → proxy_log / tail /
-//! os. The modules that are not stages sit where their imports put them:
-//! - `cli` on top: it parses and dispatches to `commands`;
-//! - `daemon` and `demo` between `commands` and `agent`: each runs the real agent (under the
-//!   admin's signals, or on replayed logs);
-//! - `config` below `agent`: the file holds every stage's section, so it sits above them all;
-//! - `status` (the page at `/`) below `config`, over the stages it shows;
-//! - `http` below `config` (which holds `[http]`): the agent's server, over `metrics`;
-//! - `analyze`, the offline twin of `ingest`, just above it (it reads `[log]`);
-//! - `logging` (the agent's own stderr, and the throttle of warnings every stage may use) and
-//!   `build_info` at the bottom: they import nothing;
-//! - `labels` (how fixed label sets are declared) below them all: every stage with a label set,
-//!   `proxy_log` included, imports it.
+//! - The ground floor ([`GROUND`]): the OS seam with the trusted-file rules and the atomic
+//!   store, the range checks, the metrics toolkit, labels, logging and the build's facts.
+//!   Anything may import it; it imports nothing above it.
+//! - Two columns on it, side by side: the log's ([`LOG_COLUMN`]: `tail` → `proxy_log` →
+//!   `sessions` → `log_state` (with its collector) → `ingest`, and `analyze`, ingest's offline
+//!   twin) and the network's ([`NETWORK_COLUMN`]: `netwatch`, `probe`, `presence`). A column
+//!   imports its own lower floors and the ground floor, never the other column and never
+//!   what stands above.
+//! - Above both ([`ABOVE`]): what joins them (`health`, `fallback`, `status`, `agent`), the
+//!   server and config they are served and set up by, and the surfaces (`daemon`, `demo`,
+//!   `commands`, `cli`).
+//!
+//! `docs/architecture.md` names every module; [`the_map_names_every_module`] holds it to that.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Top to bottom; a module may reference only modules of lower layers.
-const LAYERS: &[&[&str]] = &[
+/// Above the columns, top to bottom; each may import the floors below it, both columns and
+/// the ground floor.
+const ABOVE: &[&[&str]] = &[
     &["cli"],
     &["commands"],
     &["daemon", "demo"],
     &["agent"],
     &["config"],
     &["status"],
-    &["http"],
-    &["analyze"],
-    &["ingest"],
     &["health"],
     &["fallback"],
-    &["probe"],
-    &["presence", "netwatch"],
-    &["metrics"],
-    &["pipeline"],
+    &["server"],
+];
+
+/// The log column, top to bottom.
+const LOG_COLUMN: &[&[&str]] = &[
+    &["analyze"],
+    &["ingest"],
+    &["log_state"],
     &["sessions"],
-    &["proxy_log", "tail", "os", "build_info"],
-    &["logging"],
+    &["proxy_log", "tail"],
+];
+
+/// The network column, top to bottom: its three stages do not import each other.
+const NETWORK_COLUMN: &[&[&str]] = &[&["netwatch", "presence", "probe"]];
+
+/// The ground floor, top to bottom.
+const GROUND: &[&[&str]] = &[
+    &["metrics", "os"],
+    &["build_info", "check", "logging"],
     &["labels"],
 ];
+
+/// Where a module stands: its part of the house and its floor there (0 = top).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Above,
+    LogColumn,
+    NetworkColumn,
+    Ground,
+}
+
+const PARTS: [(Part, &[&[&str]]); 4] = [
+    (Part::Above, ABOVE),
+    (Part::LogColumn, LOG_COLUMN),
+    (Part::NetworkColumn, NETWORK_COLUMN),
+    (Part::Ground, GROUND),
+];
+
+fn place(module: &str) -> Option<(Part, usize)> {
+    PARTS.iter().find_map(|(part, floors)| {
+        floors
+            .iter()
+            .position(|f| f.contains(&module))
+            .map(|floor| (*part, floor))
+    })
+}
+
+/// May `from` import `to`? Down within its part, from a column to the ground floor, from
+/// above to anything below; never between the columns, never up.
+fn may_import(from: (Part, usize), to: (Part, usize)) -> bool {
+    use Part::*;
+    match (from.0, to.0) {
+        (a, b) if a == b => to.1 > from.1,
+        (Above, _) => true,
+        (LogColumn | NetworkColumn, Ground) => true,
+        _ => false,
+    }
+}
 
 /// Modules referenced as `crate::X` or `crate::{X, ...}` outside comments.
 fn references(text: &str) -> BTreeSet<String> {
@@ -114,10 +160,6 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     graph
 }
 
-fn layer_of(module: &str) -> Option<usize> {
-    LAYERS.iter().position(|l| l.contains(&module))
-}
-
 /// A cycle through `graph`, if there is one, as the path that closes it.
 fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     fn visit(
@@ -151,13 +193,18 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 }
 
 #[test]
-fn every_module_has_a_layer() {
+fn every_module_has_a_place() {
     let graph = graph();
-    let unplaced: Vec<&String> = graph.keys().filter(|m| layer_of(m).is_none()).collect();
-    assert!(unplaced.is_empty(), "modules without a layer: {unplaced:?}");
-    // The list names no module that is gone.
-    for m in LAYERS.iter().flat_map(|l| l.iter()) {
-        assert!(graph.contains_key(*m), "{m} is in LAYERS but not in src/");
+    let unplaced: Vec<&String> = graph.keys().filter(|m| place(m).is_none()).collect();
+    assert!(unplaced.is_empty(), "modules without a place: {unplaced:?}");
+    // The lists name no module that is gone, and each module once.
+    let mut seen = BTreeSet::new();
+    for m in PARTS
+        .iter()
+        .flat_map(|(_, floors)| floors.iter().flat_map(|f| f.iter()))
+    {
+        assert!(graph.contains_key(*m), "{m} is placed but not in src/");
+        assert!(seen.insert(*m), "{m} is placed twice");
     }
 }
 
@@ -168,23 +215,59 @@ fn no_import_cycle() {
 }
 
 #[test]
-fn imports_only_go_down_the_layers() {
+fn imports_only_go_down_and_never_between_the_columns() {
     let mut against = Vec::new();
     for (from, refs) in graph() {
-        let Some(from_layer) = layer_of(&from) else {
+        let Some(from_place) = place(&from) else {
             continue;
         };
         for to in refs {
-            match layer_of(&to) {
-                Some(to_layer) if to_layer > from_layer => {}
+            match place(&to) {
+                Some(to_place) if may_import(from_place, to_place) => {}
                 _ => against.push(format!("{from} -> {to}")),
             }
         }
     }
     assert!(
         against.is_empty(),
-        "imports against the layering: {against:#?}"
+        "imports against the house: {against:#?}"
     );
+}
+
+/// Every `src/` module (each file, each folder) is named in `docs/architecture.md`: a
+/// top-level one by a code-map heading (`### `name``), a file below it by its path under
+/// `src/` (`tail/follower.rs`).
+#[test]
+fn the_map_names_every_module() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut missing = Vec::new();
+    for module in graph().keys() {
+        if !doc.contains(&format!("### `{module}`")) {
+            missing.push(format!("### `{module}`"));
+        }
+    }
+    for file in files {
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if rel.contains('/') && !doc.contains(&format!("`{rel}`")) {
+            missing.push(rel);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not name: {missing:#?}"
+    );
+    // And `lib.rs` points to it.
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    assert!(lib.contains("docs/architecture.md"));
 }
 
 /// The checks themselves: a grouped import, a doc comment, a cycle.
@@ -207,4 +290,14 @@ fn the_checks_see_what_they_must() {
         find_cycle(&g),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
+    // Probe may not import the log side, nor tail the network side, nor anything the agent.
+    let p = |m| place(m).unwrap();
+    assert!(!may_import(p("probe"), p("sessions")));
+    assert!(!may_import(p("tail"), p("probe")));
+    assert!(!may_import(p("ingest"), p("health")));
+    assert!(!may_import(p("os"), p("tail")));
+    assert!(!may_import(p("sessions"), p("log_state")));
+    assert!(may_import(p("ingest"), p("sessions")));
+    assert!(may_import(p("probe"), p("os")));
+    assert!(may_import(p("health"), p("probe")) && may_import(p("health"), p("ingest")));
 }

@@ -12,7 +12,8 @@ use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{ApplyOutcome, Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
-use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
+use pia_split_tunnel_exporter::health::{Health, HealthConfig, Status};
+use pia_split_tunnel_exporter::ingest::LogPoll;
 use pia_split_tunnel_exporter::probe::{Round, Verdict};
 use pia_split_tunnel_exporter::sessions::window::SessionsVerdict;
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -87,7 +88,7 @@ async fn auto_applies_verifies_and_health_reports_it() {
     let r = round(true, Bypass::Physical);
     let v = Verdict::of(&r);
     health.update_round(r, v);
-    health.update_log(LogHealthInput {
+    health.update_log(LogPoll {
         file_present: true,
         lines_read: 3,
         ..Default::default()

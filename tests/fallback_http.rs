@@ -11,10 +11,11 @@ use axum::http::{Request, StatusCode};
 use common::*;
 use http_body_util::BodyExt;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
-use pia_split_tunnel_exporter::fallback::http::{SharedController, router};
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
+use pia_split_tunnel_exporter::fallback::routes::{SharedController, router};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, build_backend};
-use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput};
+use pia_split_tunnel_exporter::health::{Health, HealthConfig};
+use pia_split_tunnel_exporter::ingest::LogPoll;
 use pia_split_tunnel_exporter::probe::Verdict;
 use prometheus::Registry;
 use tower::ServiceExt;
@@ -187,7 +188,7 @@ async fn alertmanager_webhook_applies_in_auto_and_limits_bodies() {
 #[tokio::test]
 async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let health = Arc::new(Health::new(&HealthConfig::default()));
-    let app = pia_split_tunnel_exporter::health::http::router(health.clone());
+    let app = pia_split_tunnel_exporter::health::routes::router(health.clone());
     let get = |path: &'static str| {
         let app = app.clone();
         async move {
@@ -209,7 +210,7 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let r = round(true, Bypass::Timeout);
     let v = Verdict::of(&r);
     health.update_round(r, v);
-    health.update_log(LogHealthInput {
+    health.update_log(LogPoll {
         file_present: true,
         lines_read: 10,
         ..Default::default()
@@ -231,7 +232,7 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let (code, body) = get("/health").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");
-    health.update_log(LogHealthInput {
+    health.update_log(LogPoll {
         file_present: false,
         ..Default::default()
     });

@@ -16,9 +16,11 @@ use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
-use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
+use pia_split_tunnel_exporter::health::{Health, HealthConfig, Status};
+use pia_split_tunnel_exporter::ingest::LogPoll;
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
+use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use prometheus::Registry;
 
 /// One round, read from the namespace.
@@ -99,7 +101,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
         FallbackMetrics::register(&reg).unwrap(),
     );
     let health = registered_health(&c, &reg);
-    health.update_log(LogHealthInput {
+    health.update_log(LogPoll {
         file_present: true,
         lines_read: 1,
         ..Default::default()
@@ -107,7 +109,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     c.reconcile().unwrap();
 
     let t0 = Instant::now();
-    let no_sessions = cfg.session_window().verdict(t0);
+    let no_sessions = SessionsConfig::default().window().verdict(t0);
     let mut decisions = Vec::new();
     for i in 0..3 {
         let round = observe(&ns);

@@ -121,7 +121,7 @@ fn zero_byte_sessions_with_one_confirming_round_apply() {
     let mut p = Policy::new(&cfg);
     let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(4, 4));
     assert_eq!(d.reason(), Reason::AwaitingConfirmation);
-    // Under the broken share (fallback.no_reply_ratio, 0.75): inconclusive asks for nothing.
+    // Under the broken share (sessions.no_reply_ratio, 0.75): inconclusive asks for nothing.
     let mut p = Policy::new(&cfg);
     let d = p.judge(t0, &round(true, Bypass::Timeout), sessions(7, 10));
     assert_eq!(d.reason(), Reason::AwaitingConfirmation);

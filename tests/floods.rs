@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::{Limits, LogState};
 use pia_split_tunnel_exporter::sessions::{AppCounts, CloseOutcome, SessionTracker};
 
 /// Live heap bytes of the whole test process.
@@ -44,14 +44,14 @@ fn live() -> isize {
 }
 
 /// Feeds one formatted line (as the proxy writes it, `\r` at the end), reusing `buf`.
-fn line(p: &mut Pipeline, buf: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+fn line(p: &mut LogState, buf: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
     buf.clear();
     buf.write_fmt(args).unwrap();
     buf.push(b'\r');
     p.feed_line(buf);
 }
 
-fn open(p: &mut Pipeline, buf: &mut Vec<u8>, id: u64, app: &str) {
+fn open(p: &mut LogState, buf: &mut Vec<u8>, id: u64, app: &str) {
     line(
         p,
         buf,
@@ -61,7 +61,7 @@ fn open(p: &mut Pipeline, buf: &mut Vec<u8>, id: u64, app: &str) {
     );
 }
 
-fn close(p: &mut Pipeline, buf: &mut Vec<u8>, id: u64, app: &str, rx: &str) {
+fn close(p: &mut LogState, buf: &mut Vec<u8>, id: u64, app: &str, rx: &str) {
     line(
         p,
         buf,
@@ -71,7 +71,7 @@ fn close(p: &mut Pipeline, buf: &mut Vec<u8>, id: u64, app: &str, rx: &str) {
     );
 }
 
-fn restart(p: &mut Pipeline, buf: &mut Vec<u8>) {
+fn restart(p: &mut LogState, buf: &mut Vec<u8>) {
     line(
         p,
         buf,
@@ -104,7 +104,7 @@ fn total(s: &SessionTracker, f: impl Fn(&AppCounts) -> u64) -> u64 {
 fn hundred_thousand_app_ids_fold_into_other() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = Limits::default();
-    let mut p = Pipeline::new(cfg);
+    let mut p = LogState::new(cfg);
     let mut buf = Vec::new();
     let start = live();
     let mut at_half = 0;
@@ -148,7 +148,7 @@ fn hundred_thousand_app_ids_fold_into_other() {
 fn a_million_sessions_never_closed_keep_the_table_bounded() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = Limits::default();
-    let mut p = Pipeline::new(cfg);
+    let mut p = LogState::new(cfg);
     let mut buf = Vec::new();
     let start = live();
     let mut at_fifth = 0;
@@ -190,7 +190,7 @@ fn a_million_sessions_never_closed_keep_the_table_bounded() {
 #[test]
 fn ids_reused_after_a_restart_belong_to_the_new_sessions() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut p = Pipeline::new(Limits::default());
+    let mut p = LogState::new(Limits::default());
     let mut buf = Vec::new();
     for id in 1..=1_000 {
         open(&mut p, &mut buf, id, "com.apple.Safari");
@@ -222,11 +222,11 @@ fn ids_reused_after_a_restart_belong_to_the_new_sessions() {
 /// counted, and the debug log's sessions are untouched.
 #[test]
 fn a_million_app_less_errors_keep_the_pending_ids_bounded() {
-    use pia_split_tunnel_exporter::pipeline::LogFile;
+    use pia_split_tunnel_exporter::log_state::LogFile;
     use pia_split_tunnel_exporter::proxy_log::ErrorKind;
     use pia_split_tunnel_exporter::sessions::MAX_PENDING;
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut p = Pipeline::new(Limits::default());
+    let mut p = LogState::new(Limits::default());
     let start = live();
     let mut at_fifth = 0;
     let mut chunk = Vec::new();

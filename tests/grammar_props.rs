@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::{Limits, LogState};
 use pia_split_tunnel_exporter::proxy_log::{Event, RefusedReason, Text, grammar, parse_line};
 use proptest::prelude::*;
 
@@ -86,7 +86,7 @@ proptest! {
         }),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut p = Pipeline::new(Limits::default());
+        let mut p = LogState::new(Limits::default());
         let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
         let first = &bytes[..cut.index(bytes.len() + 1)];
         let used = p.feed(first);
@@ -118,7 +118,7 @@ proptest! {
         let before = allocations();
         let _ = parse_line(&line);
         prop_assert_eq!(allocations(), before, "parsing allocated");
-        let mut p = Pipeline::new(Limits::default());
+        let mut p = LogState::new(Limits::default());
         line.push(b'\n');
         prop_assert_eq!(p.feed(&line), line.len());
         prop_assert_eq!(p.read().lines, 1);

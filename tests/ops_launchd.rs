@@ -118,7 +118,7 @@ fn plist_installer_and_config_agree() {
     }
     assert!(install.contains("launchctl bootout \"system/$LABEL\""));
     // Descriptors: well above the connection cap (launchd's default soft limit is 256).
-    let max_connections = pia_split_tunnel_exporter::http::HttpConfig::default().max_connections;
+    let max_connections = pia_split_tunnel_exporter::server::HttpConfig::default().max_connections;
     for key in ["SoftResourceLimits", "HardResourceLimits"] {
         let files = d
             .get(key)
@@ -136,7 +136,7 @@ fn plist_installer_and_config_agree() {
     let socket = d
         .get("Sockets")
         .and_then(|v| v.as_dictionary())
-        .and_then(|s| s.get(pia_split_tunnel_exporter::http::activation::LAUNCHD_SOCKET))
+        .and_then(|s| s.get(pia_split_tunnel_exporter::server::activation::LAUNCHD_SOCKET))
         .and_then(|v| v.as_dictionary())
         .expect("Sockets.listeners");
     let field = |k: &str| {

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use pia_split_tunnel_exporter::metrics::{LogCollector, encode, register};
-use pia_split_tunnel_exporter::pipeline::{Limits, Pipeline};
+use pia_split_tunnel_exporter::log_state::LogCollector;
+use pia_split_tunnel_exporter::log_state::{Limits, LogState};
+use pia_split_tunnel_exporter::metrics::{encode, register};
 use pia_split_tunnel_exporter::proxy_log::{Event, Text, parse_line};
 use prometheus::Registry;
 
@@ -107,20 +108,20 @@ fn every_statement_parses_to_its_event() {
     }
 }
 
-fn metrics_text(p: Pipeline) -> String {
+fn metrics_text(p: LogState) -> String {
     let registry = Registry::new();
     register(&registry, LogCollector::new(Arc::new(Mutex::new(p)))).unwrap();
     encode(&registry)
 }
 
-fn feed_all(p: &mut Pipeline) {
+fn feed_all(p: &mut LogState) {
     let all: String = rows().iter().map(|r| format!("{}\r\n", r.line)).collect();
     assert_eq!(p.feed(all.as_bytes()), all.len());
 }
 
 #[test]
 fn no_statement_is_unrecognized_and_starts_stops_and_refusals_are_counted() {
-    let mut p = Pipeline::new(Limits::default());
+    let mut p = LogState::new(Limits::default());
     feed_all(&mut p);
     assert_eq!(p.read().lines, rows().len() as u64);
     assert_eq!(p.read().unrecognized, 0);
@@ -155,7 +156,7 @@ fn no_statement_is_unrecognized_and_starts_stops_and_refusals_are_counted() {
 #[test]
 fn only_the_transparent_proxys_start_evicts_open_sessions() {
     let open = "[2026-02-16 11:49:40:7270] [ChannelCreatorTCP.swift:50] debug: id: 1 com.plexapp.plexmediaserver Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.7:443 with bindIp: 10.0.15.15\r\n";
-    let mut p = Pipeline::new(Limits::default());
+    let mut p = LogState::new(Limits::default());
     p.feed(open.as_bytes());
     p.feed(b"[2026-02-16 11:49:41:0000] [SplitTunnelDNSProxyProvider.swift:54] info: DNS Proxy started!\r\n");
     assert_eq!((p.sessions().open_len(), p.proxy().restarts), (1, 1));
@@ -168,7 +169,7 @@ fn only_the_transparent_proxys_start_evicts_open_sessions() {
 /// it, so the family is bounded by `log.max_apps` like the others, and bad ids are counted.
 #[test]
 fn refused_flows_are_bounded_by_the_app_cap() {
-    let mut p = Pipeline::new(Limits {
+    let mut p = LogState::new(Limits {
         max_open_sessions: 16,
         max_apps: 2,
     });
@@ -180,7 +181,7 @@ fn refused_flows_are_bounded_by_the_app_cap() {
     }
     text += "[2026-02-16 11:49:40:7270] [FlowHandler.swift:44] info: blocking a vpnOnly flow from com.a b\"}\r\n";
     p.feed_file(
-        pia_split_tunnel_exporter::pipeline::LogFile::Error,
+        pia_split_tunnel_exporter::log_state::LogFile::Error,
         text.as_bytes(),
     );
     assert_eq!(p.read().unrecognized, 0);

@@ -214,3 +214,32 @@ fn readme_config_table_matches_check_config() {
         }
     }
 }
+
+/// The sessions verdict's keys moved from `[fallback]` to `[sessions]`: a config written for
+/// the old section still loads, `check-config` shows the keys where they are now, and the
+/// agent's log says which key to move.
+#[test]
+fn sessions_keys_written_in_fallback_still_load_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "[fallback]\nmin_sessions = 9\nzero_byte_ratio = 0.6\n",
+    )
+    .unwrap();
+    let out = common::run_bin(&["--config", file.to_str().unwrap(), "check-config"], &[]);
+    let effective: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(effective["sessions"]["min_sessions"].as_integer(), Some(9));
+    assert_eq!(
+        effective["sessions"]["no_reply_ratio"].as_float(),
+        Some(0.6)
+    );
+    assert!(effective["fallback"].get("min_sessions").is_none());
+    let log = String::from_utf8_lossy(&out.stderr);
+    for key in ["min_sessions", "no_reply_ratio"] {
+        assert!(
+            log.contains(&format!("sessions.{key}: move it to [sessions]")),
+            "{log}"
+        );
+    }
+}

@@ -2,9 +2,8 @@
 
 use std::fs;
 
-use pia_split_tunnel_exporter::tail::{
-    Before, CheckpointError, CheckpointStore, Cursor, Fingerprint,
-};
+use pia_split_tunnel_exporter::os::store::{CheckpointError, CheckpointStore};
+use pia_split_tunnel_exporter::tail::{Before, Cursor, Fingerprint};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -4,9 +4,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pia_split_tunnel_exporter::tail::{
-    CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Resume,
-};
+use pia_split_tunnel_exporter::os::store::CheckpointStore;
+use pia_split_tunnel_exporter::tail::{Cursor, FileState, FollowOptions, Follower, Poll, Resume};
 
 struct Log {
     _dir: tempfile::TempDir,

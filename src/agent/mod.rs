@@ -15,17 +15,19 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::fallback::controller::{Controller, Verifier};
-use crate::fallback::http::SharedController;
 use crate::fallback::metrics::SessionsCollector;
+use crate::fallback::routes::SharedController;
+use crate::health::Health;
 use crate::health::metrics::HealthCollector;
-use crate::health::{Health, LogHealthInput};
-use crate::ingest::{Ingest, IngestEvents};
-use crate::metrics::{Counter, CounterCell, Family, LogCollector};
+use crate::ingest::{Ingest, IngestEvents, LogPoll};
+use crate::log_state::LogCollector;
+use crate::metrics::{Counter, CounterCell, Family};
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
 use crate::probe::{Round, RoundSource};
 use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
 
 mod rounds;
+pub mod schedule;
 pub use rounds::RoundLoop;
 
 /// What the agent probes and watches with; the real ones by default, stand-ins for the demo.
@@ -107,7 +109,7 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let web = crate::http::WebConfig::load(Some(&config.http.web_config_file))
+    let web = crate::server::WebConfig::load(Some(&config.http.web_config_file))
         .map_err(anyhow::Error::msg)?;
     // First: creates the checkpoint's folder, by default also the pf token's.
     let ingest = Ingest::restore(&config.log)?;
@@ -134,7 +136,7 @@ pub async fn run_until(
     let probe_metrics =
         crate::probe::ProbeMetrics::register(&registry, config.probe.export_addresses)?;
 
-    let window: SharedWindow = Arc::new(Mutex::new(config.fallback.session_window()));
+    let window: SharedWindow = Arc::new(Mutex::new(config.sessions.window()));
     crate::metrics::register(&registry, SessionsCollector::new(window.clone()))?;
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
     let backend = crate::fallback::build_backend(&config.fallback);
@@ -192,12 +194,12 @@ pub async fn run_until(
         pipeline.clone(),
         controller.clone(),
     );
-    let mut app = crate::http::router(registry.clone())
-        .merge(crate::health::http::router(health.clone()))
+    let mut app = crate::server::router(registry.clone())
+        .merge(crate::health::routes::router(health.clone()))
         .merge(crate::status::adapter::router(Arc::new(status)));
-    app = crate::http::hide_addresses(app, config.probe.export_addresses);
+    app = crate::server::hide_addresses(app, config.probe.export_addresses);
     app = web.protect(app, &registry);
-    match crate::fallback::http::router(controller.clone(), &config.fallback) {
+    match crate::fallback::routes::router(controller.clone(), &config.fallback) {
         Ok(routes) => {
             let local = listener.local_addr()?;
             app = app.merge(web.control(routes, local, config.fallback.allow_plain_http));
@@ -206,7 +208,7 @@ pub async fn run_until(
     }
     tracing::info!(listen = %listener.local_addr()?, tls = web.tls.is_some(), basic_auth = web.auth.is_some(), log = %config.log.path.display(), "agent started");
     let (why_tx, why_rx) = tokio::sync::oneshot::channel();
-    let server = crate::http::serve(listener, app, &config.http, &web, async move {
+    let server = crate::server::serve(listener, app, &config.http, &web, async move {
         let _ = why_tx.send(stop.await);
         let _ = stop_tx.send(true);
     });
@@ -290,7 +292,7 @@ impl IngestEvents for AgentEvents {
         }
     }
 
-    fn emit_log_polled(&self, status: LogHealthInput) {
+    fn emit_log_polled(&self, status: LogPoll) {
         self.health.update_log(status);
     }
 

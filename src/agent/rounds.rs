@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use crate::fallback::http::SharedController;
+use super::schedule::{Followup, Schedule, ScheduleConfig, Trigger};
 use crate::fallback::policy::Reason;
+use crate::fallback::routes::SharedController;
 use crate::health::Health;
 use crate::netwatch::RouteState;
 use crate::presence::{PresenceTracker, ProcessSource};
-use crate::probe::schedule::{Followup, Schedule, ScheduleConfig, Trigger};
 use crate::probe::{ProbeMetrics, RoundSource, Verdict};
 use crate::sessions::window::SharedWindow;
 

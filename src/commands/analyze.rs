@@ -21,8 +21,7 @@ pub fn run(
     stats: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut report = Report::from_files(files, config)?;
-    report.thresholds = thresholds;
+    let report = Report::from_files(files, config, thresholds)?;
     let elapsed = started.elapsed().as_secs_f64();
     if json {
         println!(

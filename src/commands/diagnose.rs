@@ -78,8 +78,7 @@ fn binding(report: &Report) -> ProxyBinding {
 /// `diagnose`; the exit status is the verdict's (3, undetermined, when not probing).
 pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let files = log_files(config);
-    let mut report = Report::from_files(&files, &config.log)?;
-    report.thresholds = config.fallback.session_thresholds();
+    let report = Report::from_files(&files, &config.log, config.sessions.thresholds())?;
     let facts = log_facts(&report, &config.log.path, &config.log.error_path);
     let mut watch = PresenceTracker::new(SysinfoSource::new()?, config.processes.clone());
     let presence = watch.refresh();
@@ -180,8 +179,7 @@ pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<Ex
     let routes = discovery::from_netstat(&rows).map_err(anyhow::Error::msg)?;
     let interfaces = parse_ifconfig(&mac.ifconfig)?;
     let files: Vec<PathBuf> = mac.proxy_log.iter().cloned().collect();
-    let mut report = Report::from_files(&files, &config.log)?;
-    report.thresholds = config.fallback.session_thresholds();
+    let report = Report::from_files(&files, &config.log, config.sessions.thresholds())?;
     let proxy = binding(&report);
     let found = discovery::judge(&Evidence {
         interfaces: &interfaces,

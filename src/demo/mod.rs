@@ -55,7 +55,7 @@ pub fn run_blocking(mut config: Config, speed: f64) -> anyhow::Result<ExitCode> 
     config.probe.export_addresses = true;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = rt.block_on(async {
-        let listener = crate::http::bind(&config.http.listen)
+        let listener = crate::server::bind(&config.http.listen)
             .await
             .with_context(|| {
                 format!(
@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn samples_parse_without_unrecognized_lines() {
         for sample in [HEALTHY, BROKEN] {
-            let mut p = crate::pipeline::Pipeline::new(Default::default());
+            let mut p = crate::log_state::LogState::new(Default::default());
             p.feed(sample.as_bytes());
             assert_eq!((p.read().unrecognized, p.read().lines > 300), (0, true));
         }

@@ -55,9 +55,9 @@ const ALERT_REQUESTS: Family<Counter, 1> = Family::new(
 );
 const SESSIONS_VERDICT: Family<Gauge, 1> = Family::new(
     "sessions_verdict",
-    "The agent's judgement of the bypass sessions closed in the last fallback.window_secs by \
+    "The agent's judgement of the bypass sessions closed in the last sessions.window_secs by \
      what they received (broken, partial, inconclusive, working, too_few; thresholds \
-     fallback.min_sessions, no_reply_ratio, healthy_no_reply_ratio): 1 for its state, 0 for \
+     sessions.min_sessions, no_reply_ratio, healthy_no_reply_ratio): 1 for its state, 0 for \
      the others.",
     ["state"],
 );

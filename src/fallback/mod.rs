@@ -4,7 +4,7 @@
 //! - [`controller`]: drives a [`Backend`], verifies with a fresh probe, rolls back, backs off;
 //! - [`pf`] and [`policy_routing`]: the backends, chosen in one place, [`build_backend`];
 //! - the window of session closes it weighs lives in [`crate::sessions::window`];
-//! - [`http`], [`metrics`]: the surfaces (the commands live in `crate::commands`).
+//! - [`routes`], [`metrics`]: the surfaces (the commands live in `crate::commands`).
 //!
 //! Undoing the repair by hand (documented because pf is not an API products should build on):
 //! macOS `sudo pfctl -a com.apple/250.PiaSplitTunnelFallback -F all` (then `sudo pfctl -X TOKEN`
@@ -13,12 +13,12 @@
 //! these are found after the config changes too.
 
 pub mod controller;
-pub mod http;
 pub mod metrics;
-pub mod net;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
+pub mod routes;
+pub mod rule_values;
 pub mod state;
 
 use std::net::Ipv4Addr;
@@ -30,8 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::labels::{label_derives, label_set};
 use crate::os::Interfaces;
 use crate::os::command::{CommandError, Tools};
-use crate::sessions::window::{SessionWindow, Thresholds};
-pub use net::{IfName, Ipv4Net};
+pub use rule_values::{IfName, Ipv4Net};
 
 /// Destinations that never take the repair's route: private ranges and loopback (plus the
 /// configured `bypass_subnets`). Both backends render from this one list.
@@ -126,16 +125,6 @@ pub struct FallbackConfig {
     pub backend: BackendChoice,
     /// Rounds in a row with the bypass broken and the physical path working before acting.
     pub consecutive_rounds: u32,
-    /// Share of sessions (0..=1) that got no reply from which the sessions say broken: with
-    /// one confirming round, that triggers the repair. Read as `zero_byte_ratio` too (its
-    /// name before sessions were judged by what they received).
-    #[serde(alias = "zero_byte_ratio")]
-    pub no_reply_ratio: f64,
-    /// Share up to which the sessions say working (what a healthy Mac shows); between it and
-    /// `no_reply_ratio` they say inconclusive.
-    pub healthy_no_reply_ratio: f64,
-    pub window_secs: u64,
-    pub min_sessions: u32,
     /// No automatic apply or reload sooner than this after any action.
     pub cooldown_secs: u64,
     /// Ceiling of the doubling back-off after failed verifications.
@@ -183,10 +172,6 @@ impl Default for FallbackConfig {
             mode: Mode::Observe,
             backend: BackendChoice::Auto,
             consecutive_rounds: 2,
-            no_reply_ratio: 0.75,
-            healthy_no_reply_ratio: 0.2,
-            window_secs: 300,
-            min_sessions: 5,
             cooldown_secs: 120,
             backoff_max_secs: 3600,
             max_actions_per_hour: 6,
@@ -222,38 +207,9 @@ impl FallbackConfig {
         }
     }
 
-    /// The session window and the thresholds of its verdict, as configured.
-    pub fn session_window(&self) -> SessionWindow {
-        SessionWindow::new(
-            std::time::Duration::from_secs(self.window_secs),
-            self.session_thresholds(),
-        )
-    }
-
-    /// `no_reply_ratio`, `healthy_no_reply_ratio` and `min_sessions`: the sessions verdict's.
-    pub fn session_thresholds(&self) -> Thresholds {
-        Thresholds {
-            no_reply_ratio: self.no_reply_ratio,
-            healthy_no_reply_ratio: self.healthy_no_reply_ratio,
-            min_sessions: self.min_sessions,
-        }
-    }
-
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
-        let r = self.no_reply_ratio;
-        if !(r > 0.0 && r <= 1.0) {
-            return Err(format!(
-                "fallback.no_reply_ratio = {r}: use a share in (0, 1], e.g. 0.75"
-            ));
-        }
-        let h = self.healthy_no_reply_ratio;
-        if !(0.0..r).contains(&h) {
-            return Err(format!(
-                "fallback.healthy_no_reply_ratio = {h}: use a share in [0, no_reply_ratio), e.g. 0.2"
-            ));
-        }
-        use crate::tail::open::in_range;
+        use crate::check::in_range;
         for (key, v, max, default) in [
             (
                 "fallback.consecutive_rounds",
@@ -261,7 +217,6 @@ impl FallbackConfig {
                 1000,
                 "2",
             ),
-            ("fallback.min_sessions", self.min_sessions, 1_000_000, "5"),
             (
                 "fallback.max_actions_per_hour",
                 self.max_actions_per_hour,
@@ -278,7 +233,6 @@ impl FallbackConfig {
             in_range(key, v, 1..=max, default)?;
         }
         // Durations are added to clocks: bounded so they cannot overflow one.
-        in_range("fallback.window_secs", self.window_secs, 1..=86_400, "300")?;
         in_range(
             "fallback.cooldown_secs",
             self.cooldown_secs,
@@ -376,8 +330,8 @@ fn token_file_is_private(path: &std::path::Path) -> Result<(), String> {
         ));
     }
     // Whoever can replace the token can order root's repair: as root, only root's file.
-    if let Some(writers) = crate::tail::open::Writers::of_root_process() {
-        crate::tail::open::check_writers(path, writers).map_err(|e| {
+    if let Some(writers) = crate::os::trusted::Writers::of_root_process() {
+        crate::os::trusted::check_writers(path, writers).map_err(|e| {
             format!(
                 "fallback.token_file {}: the agent runs as root and trusts only what root (or \
                  the owner of its executable) can change: {e}",
@@ -637,19 +591,6 @@ on_tunnel_down = "keep"
         assert!(c.validate().is_err());
         c.anchor = "com.apple/a b".into();
         assert!(c.validate().is_err());
-        c = FallbackConfig {
-            no_reply_ratio: 1.5,
-            ..Default::default()
-        };
-        assert!(c.validate().unwrap_err().contains("no_reply_ratio"));
-        c = FallbackConfig {
-            healthy_no_reply_ratio: 0.8,
-            ..Default::default()
-        };
-        assert!(c.validate().unwrap_err().contains("healthy_no_reply_ratio"));
-        // The key's former name is still read.
-        let old: FallbackConfig = toml::from_str("zero_byte_ratio = 0.6").unwrap();
-        assert_eq!(old.no_reply_ratio, 0.6);
         c = FallbackConfig {
             route_table: 254,
             ..Default::default()

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::tail::CheckpointStore;
-use crate::tail::open::{Opened, Refusal, Trust, folder_is_shared, open_log};
+use crate::os::store::CheckpointStore;
+use crate::os::trusted::{Opened, Refusal, Trust, folder_is_shared, open_log};
 
 /// Both files hold a few dozen bytes; more is not ours.
 const MAX_BYTES: u64 = 4096;

@@ -49,7 +49,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::health::{HealthConfig, LogHealthInput};
+    use crate::health::HealthConfig;
+    use crate::ingest::LogPoll;
     use crate::metrics::{encode, register};
     use crate::probe::ProbeError;
     use crate::probe::testing::{VPN_EXIT_IP, lab_round};
@@ -65,7 +66,7 @@ mod tests {
         let round = lab_round(true, Err(ProbeError::Timeout), VPN_EXIT_IP);
         let verdict = crate::probe::Verdict::of(&round);
         health.update_round(round, verdict);
-        health.update_log(LogHealthInput {
+        health.update_log(LogPoll {
             file_present: true,
             lines_read: 3,
             ..Default::default()
@@ -79,7 +80,7 @@ mod tests {
             "{updated}"
         );
         // Reading /health and /-/ready leaves /metrics as it was.
-        let app = super::super::http::router(health.clone());
+        let app = super::super::routes::router(health.clone());
         for path in ["/health", "/-/ready", "/health"] {
             let r = app
                 .clone()

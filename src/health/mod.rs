@@ -1,10 +1,10 @@
 //! Health: a model of the agent's components ([`model`]), the state the agent loop feeds
 //! ([`Health`]), its metrics ([`metrics`], rendered from the same report at scrape time), and
-//! `GET /health`, `GET /-/ready` ([`http`]). Reading health changes nothing.
+//! `GET /health`, `GET /-/ready` ([`routes`]). Reading health changes nothing.
 
-pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod routes;
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::fallback::controller::StatusHandle;
+use crate::ingest::LogPoll;
 use crate::presence::Presence;
 use crate::probe::{Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::SharedWindow;
-pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
+pub use model::{CheckpointInput, HealthReport, Status};
 
 /// `[health]` section of the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -40,7 +41,7 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     pub fn validate(&self) -> Result<(), String> {
-        crate::tail::open::in_range(
+        crate::check::in_range(
             "health.log_stale_secs",
             self.log_stale_secs,
             1..=604_800,
@@ -60,7 +61,7 @@ pub struct Readiness {
 
 #[derive(Default)]
 struct Inputs {
-    log: Option<LogHealthInput>,
+    log: Option<LogPoll>,
     round: Option<(Round, Verdict)>,
     processes: Option<Presence>,
     checkpoint: Option<CheckpointState>,
@@ -115,7 +116,7 @@ impl Health {
     }
 
     /// After each log read.
-    pub fn update_log(&self, input: LogHealthInput) {
+    pub fn update_log(&self, input: LogPoll) {
         self.inputs.write().expect("health lock").log = Some(input);
     }
 

@@ -1,6 +1,6 @@
 //! The checkpoint: its on-disk format (versioned), restoring from it, and when it is saved.
 //!
-//! One JSON document holds where reading stopped in each log and the pipeline those lines
+//! One JSON document holds where reading stopped in each log and the log state those lines
 //! produced, so the two can never disagree. The format is a serde-tagged enum, one variant per
 //! version, named by the `version` field (as Vector's file-source checkpointer does): a later
 //! format adds a variant and still reads every earlier one.
@@ -13,8 +13,9 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::{IngestEvents, LogConfig};
-use crate::pipeline::Pipeline;
-use crate::tail::{CheckpointStore, Cursor};
+use crate::log_state::LogState;
+use crate::os::store::CheckpointStore;
+use crate::tail::Cursor;
 
 /// Where reading stopped in each log file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -67,9 +68,9 @@ pub fn decode<P: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<Checkpoin
 }
 
 /// The saved cursors and pipeline, if the checkpoint belongs to this log; else a fresh start.
-pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipeline) {
-    let fresh = || (Cursors::default(), Pipeline::new(config.limits()));
-    match store.load_with(decode::<Pipeline>) {
+pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, LogState) {
+    let fresh = || (Cursors::default(), LogState::new(config.limits()));
+    match store.load_with(decode::<LogState>) {
         Ok(Some(Checkpoint::V1(c))) if c.log_path == config.path => {
             tracing::info!(checkpoint = %store.path().display(), "resuming from checkpoint");
             let mut pipeline = c.pipeline;
@@ -93,7 +94,7 @@ pub fn restore(store: &CheckpointStore, config: &LogConfig) -> (Cursors, Pipelin
             fresh()
         }
         Ok(None) => fresh(),
-        Err(e @ crate::tail::CheckpointError::Corrupt { .. }) => {
+        Err(e @ crate::os::store::CheckpointError::Corrupt { .. }) => {
             set_aside(store, &e.to_string());
             fresh()
         }
@@ -185,7 +186,7 @@ enum Unsaved {
 /// not left unsaved for a second, in which a `kill -9` and one more rotation would lose the
 /// rest of the file it names. A failed save stays due and is retried within the budget.
 ///
-/// The state is encoded under the pipeline's lock (so it matches the cursors), and written
+/// The state is encoded under the log state's lock (so it matches the cursors), and written
 /// and fsync'd on a blocking thread while the loop reads on: a save at a rotation must not
 /// stall reading, or a burst of rotations during the fsync could rotate a file away unread.
 /// One save is in flight at a time, so saves land in order.
@@ -251,7 +252,7 @@ impl Saver {
     pub fn save_if_due(
         &mut self,
         cursors: Cursors,
-        pipeline: &Mutex<Pipeline>,
+        pipeline: &Mutex<LogState>,
         events: &dyn IngestEvents,
     ) {
         if self.wait() == Some(Duration::ZERO) {
@@ -276,7 +277,7 @@ impl Saver {
     pub async fn save_last(
         &mut self,
         cursors: Cursors,
-        pipeline: &Mutex<Pipeline>,
+        pipeline: &Mutex<LogState>,
         events: &dyn IngestEvents,
     ) {
         self.settle(events).await;
@@ -286,7 +287,7 @@ impl Saver {
 
     /// Encodes the state now and writes it on a blocking thread; the save is spent from the
     /// budget.
-    fn start(&mut self, cursors: Cursors, pipeline: &Mutex<Pipeline>, events: &dyn IngestEvents) {
+    fn start(&mut self, cursors: Cursors, pipeline: &Mutex<LogState>, events: &dyn IngestEvents) {
         self.budget.spend((self.clock)());
         let covered = std::mem::replace(&mut self.unsaved, Unsaved::Nothing);
         let json = {
@@ -356,7 +357,7 @@ mod tests {
     struct Saves(AtomicU32);
 
     impl IngestEvents for Saves {
-        fn emit_log_polled(&self, _: crate::health::LogHealthInput) {}
+        fn emit_log_polled(&self, _: crate::ingest::LogPoll) {}
         fn emit_checkpoint_saved(&self, _: &Path) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
@@ -384,7 +385,7 @@ mod tests {
         if let Some(s) = switched {
             saver.mark(s);
         }
-        let pipeline = Mutex::new(Pipeline::new(Default::default()));
+        let pipeline = Mutex::new(LogState::new(Default::default()));
         saver.save_if_due(Cursors::default(), &pipeline, saves);
         saver.settle(saves).await;
         saves.0.load(Ordering::Relaxed)
@@ -436,7 +437,7 @@ mod tests {
 
     #[test]
     fn reads_the_first_format() {
-        let Checkpoint::V1(c) = decode::<Pipeline>(FIRST_FORMAT.as_bytes()).unwrap();
+        let Checkpoint::V1(c) = decode::<LogState>(FIRST_FORMAT.as_bytes()).unwrap();
         assert_eq!(c.log_path, Path::new(PIA_LOG));
         let debug = c.cursors.debug.expect("a debug cursor");
         assert_eq!((debug.offset, c.cursors.error), (2980, None));
@@ -481,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_saved_checkpoint_reads_back_and_names_its_version() {
-        let Checkpoint::V1(old) = decode::<Pipeline>(FIRST_FORMAT.as_bytes()).unwrap();
+        let Checkpoint::V1(old) = decode::<LogState>(FIRST_FORMAT.as_bytes()).unwrap();
         let written = serde_json::to_string(&Checkpoint::V1(V1 {
             log_path: old.log_path.clone(),
             cursors: old.cursors.clone(),
@@ -492,7 +493,7 @@ mod tests {
             written.starts_with(r#"{"version":"1","log_path":"#),
             "{written}"
         );
-        let Checkpoint::V1(back) = decode::<Pipeline>(written.as_bytes()).unwrap();
+        let Checkpoint::V1(back) = decode::<LogState>(written.as_bytes()).unwrap();
         assert_eq!(back.cursors, old.cursors);
         assert_eq!(back.pipeline.read(), old.pipeline.read());
         assert_eq!(back.pipeline.proxy(), old.pipeline.proxy());
@@ -513,7 +514,7 @@ mod tests {
             ("[1, 2]".to_owned(), ""),
             (FIRST_FORMAT[..400].to_owned(), "EOF"),
         ] {
-            let e = decode::<Pipeline>(doc.as_bytes()).unwrap_err().to_string();
+            let e = decode::<LogState>(doc.as_bytes()).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
         }
     }

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::checkpoint::{Clock, Cursors, Saver, restore};
-use super::{IngestEvents, LogConfig};
-use crate::health::LogHealthInput;
-use crate::pipeline::{LogFile, Pipeline};
+use super::{IngestEvents, LogConfig, LogPoll};
+use crate::log_state::{LogFile, LogState};
+use crate::os::store::{CheckpointError, CheckpointStore, StoreLock};
 use crate::sessions::window::SharedWindow;
-use crate::tail::{CheckpointStore, Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
+use crate::tail::{Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
 
 /// Largest batch handed from the tailer to the pipeline in one lock.
 const BATCH_BYTES: usize = 1 << 20;
@@ -23,9 +23,9 @@ pub struct Ingest {
     config: LogConfig,
     store: CheckpointStore,
     cursors: Cursors,
-    pipeline: Arc<Mutex<Pipeline>>,
+    pipeline: Arc<Mutex<LogState>>,
     /// The checkpoint is this process's while the stage lives.
-    _lock: Option<crate::tail::StoreLock>,
+    _lock: Option<StoreLock>,
     /// The saver's time (see [`Saver`]); tests freeze it.
     clock: Clock,
 }
@@ -35,7 +35,7 @@ impl Ingest {
     /// else starts fresh. Creates the checkpoint's folder, which may not exist on a new machine.
     ///
     /// Fails when another agent holds the checkpoint (see [`CheckpointStore::lock`]).
-    pub fn restore(config: &LogConfig) -> Result<Ingest, crate::tail::CheckpointError> {
+    pub fn restore(config: &LogConfig) -> Result<Ingest, CheckpointError> {
         if let Some(dir) = config
             .checkpoint
             .parent()
@@ -47,7 +47,7 @@ impl Ingest {
         let store = CheckpointStore::new(config.checkpoint.clone());
         let lock = match store.lock() {
             Ok(lock) => Some(lock),
-            Err(e @ crate::tail::CheckpointError::Locked { .. }) => return Err(e),
+            Err(e @ CheckpointError::Locked { .. }) => return Err(e),
             // Counting goes on without a checkpoint; health shows the failing saves.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot lock the checkpoint");
@@ -68,7 +68,7 @@ impl Ingest {
     }
 
     /// The pipeline the loop feeds, for collectors to read.
-    pub fn pipeline(&self) -> Arc<Mutex<Pipeline>> {
+    pub fn pipeline(&self) -> Arc<Mutex<LogState>> {
         self.pipeline.clone()
     }
 
@@ -202,7 +202,7 @@ impl Ingest {
 
 /// What the loop updates after each batch.
 struct LogSide<'a> {
-    pipeline: Arc<Mutex<Pipeline>>,
+    pipeline: Arc<Mutex<LogState>>,
     window: SharedWindow,
     events: &'a dyn IngestEvents,
 }
@@ -219,7 +219,7 @@ struct Followed {
 }
 
 impl Followed {
-    /// `avoid`: the other log, which this one must never be (see `tail::open`).
+    /// `avoid`: the other log, which this one must never be (see `os::trusted`).
     fn new(
         path: PathBuf,
         cursor: Option<Cursor>,
@@ -301,7 +301,7 @@ fn feed(
             side.events.emit_sessions_closed(&w.verdict(now));
         }
         let read = p.read();
-        LogHealthInput {
+        LogPoll {
             file_present: read.file_present,
             last_line_age: file.last_line.map(|t| now - t),
             level: p.proxy().level(),
@@ -336,7 +336,7 @@ mod tests {
     }
 
     impl IngestEvents for Arc<Seen> {
-        fn emit_log_polled(&self, s: LogHealthInput) {
+        fn emit_log_polled(&self, s: LogPoll) {
             self.lines.store(s.lines_read, Ordering::SeqCst);
             self.gaps.store(s.gaps, Ordering::SeqCst);
         }

@@ -1,4 +1,4 @@
-//! The log stage: follows the proxy's two logs into the [`Pipeline`], and keeps the checkpoint
+//! The log stage: follows the proxy's two logs into the [`LogState`], and keeps the checkpoint
 //! that lets a restart resume where reading stopped.
 //!
 //! One task owns the logs (the debug log and the error-level one): it reads batches of complete
@@ -7,23 +7,46 @@
 //! offsets and the state they produced can never disagree, even after `kill -9`. What happens
 //! is reported through [`IngestEvents`]; the stage holds no health or metric handles.
 //!
-//! [`Pipeline`]: crate::pipeline::Pipeline
+//! [`LogState`]: crate::log_state::LogState
 
 pub mod checkpoint;
 mod logs;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::LogHealthInput;
-use crate::pipeline::Limits;
+use crate::log_state::Limits;
+use crate::proxy_log::Level;
 pub use logs::Ingest;
+
+/// How a log looks after a poll: what ingest reports to the rest of the agent (health
+/// judges it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogPoll {
+    pub file_present: bool,
+    pub last_line_age: Option<Duration>,
+    pub level: Option<Level>,
+    pub lines_read: u64,
+    pub unrecognized: u64,
+    /// The proxy's own `isConnected`, last seen.
+    pub proxy_connected: Option<bool>,
+    /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
+    pub error_log_present: bool,
+    /// The log file is there but cannot be opened or read (e.g. permission denied), or was
+    /// refused (a FIFO, a link in a shared folder...).
+    pub file_error: Option<String>,
+    /// The same for the error-level log: the debug log is still read, so it only degrades.
+    pub error_file_error: Option<String>,
+    /// Stretches lost unread (rotated away twice while the agent was stopped).
+    pub gaps: u64,
+}
 
 /// What the log stage tells the rest of the agent, as it happens.
 pub trait IngestEvents: Send + Sync {
     /// After each poll of a log, with or without new lines: how the log looks now.
-    fn emit_log_polled(&self, status: LogHealthInput);
+    fn emit_log_polled(&self, status: LogPoll);
     /// The checkpoint at `path` was written.
     fn emit_checkpoint_saved(&self, path: &Path);
     /// Writing the checkpoint at `path` failed; it is retried a second later.
@@ -64,7 +87,7 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    /// The pipeline's caps.
+    /// The log state's caps.
     pub fn limits(&self) -> Limits {
         Limits {
             max_open_sessions: self.max_open_sessions,
@@ -74,7 +97,7 @@ impl LogConfig {
 
     /// Checks values serde cannot; each message names the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
-        use crate::tail::open::{in_range, same_file};
+        use crate::check::{in_range, same_file};
         // Bounds of memory: an open session, an app's series and a line buffer each cost RAM.
         in_range(
             "log.max_open_sessions",

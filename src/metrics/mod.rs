@@ -11,7 +11,6 @@
 //! text encoder do the rest.
 
 pub mod family;
-pub mod log;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +20,6 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 pub use family::{Counter, Family, Gauge, Histogram, Samples};
-pub use log::LogCollector;
 
 /// The prefix of every family of this exporter, written once (node_exporter's `namespace`).
 pub const NAMESPACE: &str = "pia_split_tunnel";

@@ -24,6 +24,8 @@ pub mod discovery;
 mod facts;
 pub mod linux_output;
 pub mod macos_output;
+pub mod store;
+pub mod trusted;
 
 #[cfg_attr(target_os = "linux", path = "linux.rs")]
 #[cfg_attr(target_os = "macos", path = "macos.rs")]

@@ -5,12 +5,11 @@
 //! physical interface, bound to the tunnel, bound only to the physical *address* (what PIA's
 //! proxy does, the path that breaks), and unbound. A round is bounded by `probe.timeout_secs`
 //! whatever the endpoints do; the bypass path by less once the physical path has answered
-//! (see [`prober`]). When rounds run is [`schedule`]'s decision.
+//! (see [`prober`]). When rounds run is the agent's decision (`crate::agent::schedule`).
 
-pub mod http;
+pub mod client;
 pub mod metrics;
 pub mod prober;
-pub mod schedule;
 pub mod verdict;
 
 use std::net::Ipv4Addr;
@@ -131,7 +130,7 @@ impl Default for ProbeConfig {
 
 impl ProbeConfig {
     pub fn validate(&self) -> Result<(), String> {
-        crate::tail::open::in_range("probe.interval_secs", self.interval_secs, 1..=86_400, "300")?;
+        crate::check::in_range("probe.interval_secs", self.interval_secs, 1..=86_400, "300")?;
         if !(self.timeout_secs > 0.0 && self.timeout_secs <= 300.0) {
             return Err(
                 "probe.timeout_secs must be a number of seconds in (0, 300] (default 5)".into(),
@@ -144,7 +143,7 @@ impl ProbeConfig {
             return Err("probe.endpoints is empty: name at least one what-is-my-IP URL, or set probe.enabled = false".into());
         }
         for e in &self.endpoints {
-            http::Endpoint::parse(e).map_err(|why| format!("probe.endpoints: {e:?}: {why}"))?;
+            client::Endpoint::parse(e).map_err(|why| format!("probe.endpoints: {e:?}: {why}"))?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::http::{Bind, Endpoint, fetch};
+use super::client::{Bind, Endpoint, fetch};
 use super::{PathKind, PathResult, ProbeConfig, ProbeError, Round, RoundSource};
 use crate::os::discovery::BindingSource;
 use crate::os::{Interfaces, Os, System};

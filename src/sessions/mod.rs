@@ -18,6 +18,7 @@
 //! destructor there can evict or close only sessions of the error log, never the debug log's.
 
 pub mod apps;
+pub mod config;
 pub mod counts;
 pub mod verdict;
 pub mod window;
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use apps::{AppId, Apps};
+pub use config::SessionsConfig;
 pub use counts::{
     AppCounts, CloseOutcome, Counts, DURATION_BUCKETS_SECS, ProtoKey, Reply, channel_failure,
     proto_label,

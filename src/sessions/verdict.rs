@@ -56,7 +56,7 @@ pub enum SessionsState {
     TooFew,
 }
 
-/// The thresholds (`fallback.no_reply_ratio`, `healthy_no_reply_ratio`, `min_sessions`).
+/// The thresholds (`sessions.no_reply_ratio`, `healthy_no_reply_ratio`, `min_sessions`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
     /// Share of sessions without a reply from which the sessions say broken.

@@ -1,5 +1,5 @@
 //! Session closes over a sliding window, fed by the log stage, and the sessions verdict over
-//! it ([`super::verdict::judge`], thresholds `fallback.no_reply_ratio`,
+//! it ([`super::verdict::judge`], thresholds `sessions.no_reply_ratio`,
 //! `healthy_no_reply_ratio`, `min_sessions`, `window_secs`): the fallback policy, `/health`,
 //! the status page and `/metrics` (`sessions_verdict`, which the alert rules read) all take it
 //! from [`SessionWindow::verdict`].
@@ -139,7 +139,7 @@ fn ratio_of(c: &Close) -> Ratio {
     }
 }
 
-/// The window as shared between the log pipeline (writer), the controller and health.
+/// The window as shared between the log stage (writer), the controller and health.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
 /// When the sessions become evidence of a broken bypass (the window's verdict turns

@@ -11,9 +11,9 @@ use axum::routing::get;
 use strum::IntoEnumIterator;
 
 use super::{AppRow, FallbackView, ProbeRow, StatusView, Tone};
-use crate::fallback::http::SharedController;
+use crate::fallback::routes::SharedController;
 use crate::health::Health;
-use crate::pipeline::Pipeline;
+use crate::log_state::LogState;
 use crate::probe::verdict::State as Verdict;
 use crate::probe::{PathKind, Round};
 use crate::sessions::counts::Reply;
@@ -23,7 +23,7 @@ use crate::sessions::window::{SessionsState, SharedWindow};
 pub struct StatusSource {
     pub health: Arc<Health>,
     pub window: SharedWindow,
-    pub pipeline: Arc<Mutex<Pipeline>>,
+    pub pipeline: Arc<Mutex<LogState>>,
     pub controller: SharedController,
     /// The tone last shown and since when: the page tells how long the state has held.
     changed: Mutex<Option<(Tone, Instant)>>,
@@ -33,7 +33,7 @@ impl StatusSource {
     pub fn new(
         health: Arc<Health>,
         window: SharedWindow,
-        pipeline: Arc<Mutex<Pipeline>>,
+        pipeline: Arc<Mutex<LogState>>,
         controller: SharedController,
     ) -> Self {
         StatusSource {
@@ -147,7 +147,7 @@ pub fn tone(verdict: Option<Verdict>, sessions: SessionsState, fallback_active: 
 }
 
 /// The per-app counts since start, as `analyze` sums them over transports.
-fn since_start(pipeline: &Pipeline, apps: &mut BTreeMap<String, AppRow>) {
+fn since_start(pipeline: &LogState, apps: &mut BTreeMap<String, AppRow>) {
     let tracker = pipeline.sessions();
     let mut errors: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     for (id, _, c) in tracker.counts().iter() {

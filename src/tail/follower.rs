@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fingerprint::{Fingerprint, head_fingerprint, head_matches};
 use super::lines::LineSplitter;
-use super::open::{Opened, Refusal, Trust, folder_is_shared, open_log, stat_at};
+use crate::os::trusted::{Opened, Refusal, Trust, folder_is_shared, open_log, stat_at};
 
 /// Where reading stopped: enough to find the same file and position after a restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,18 +23,15 @@
 //!   (the file itself is replaced at rotation) and on a backstop timer, so a lost event costs
 //!   latency, never data. On Linux the folder is watched only for names coming and going and
 //!   the file at our names for writes, so writes to other files in `/tmp` raise no event.
-//! - [`CheckpointStore`] saves the cursor atomically so a restart resumes where it stopped,
+//! - [`crate::os::store::CheckpointStore`] saves the cursor atomically so a restart resumes where it stopped,
 //!   including from the archive if a rotation happened meanwhile.
 
-mod checkpoint;
 mod fingerprint;
 mod follower;
 pub(crate) mod lines;
-pub mod open;
 mod tailer;
 
-pub use checkpoint::{CheckpointError, CheckpointStore, StoreLock};
+pub use crate::os::trusted::{Refusal, Trust};
 pub use fingerprint::{FINGERPRINT_BYTES, Fingerprint};
 pub use follower::{Before, Cursor, FileState, FollowOptions, Follower, Poll, Resume};
-pub use open::{Refusal, Trust};
 pub use tailer::Tailer;

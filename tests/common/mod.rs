@@ -20,6 +20,7 @@ use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
 use pia_split_tunnel_exporter::proxy_log::Proto;
 use pia_split_tunnel_exporter::sessions::Reply;
+use pia_split_tunnel_exporter::sessions::SessionsConfig;
 use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 
 pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
@@ -112,7 +113,7 @@ pub const NO_SESSIONS: SessionsVerdict = SessionsVerdict {
 /// without a reply.
 pub fn sessions(zero: u64, total: u64) -> SessionsVerdict {
     let now = std::time::Instant::now();
-    let mut w = FallbackConfig::default().session_window();
+    let mut w = SessionsConfig::default().window();
     for i in 0..total {
         let reply = if i < zero {
             Reply::NoReply

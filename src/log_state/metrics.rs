@@ -1,4 +1,4 @@
-//! The log side's families, rendered at scrape time from the shared [`Pipeline`].
+//! The log side's families, rendered at scrape time from the shared [`LogState`].
 //!
 //! Per app and protocol: sessions opened, closed by outcome (`unknown` once it happens), open
 //! now. Per app: bytes, and
@@ -12,8 +12,8 @@ use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
-use super::{Counter, Family, Gauge, Histogram, Scrape};
-use crate::pipeline::Pipeline;
+use super::LogState;
+use crate::metrics::{Counter, Family, Gauge, Histogram, Scrape};
 use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto, RefusedReason};
 use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, Reply, proto_label};
 
@@ -162,13 +162,13 @@ const APPS_FOLDED: Family<Counter, 0> = Family::new(
     [],
 );
 
-/// Renders a shared [`Pipeline`] at scrape time.
+/// Renders a shared [`LogState`] at scrape time.
 pub struct LogCollector {
-    pipeline: Arc<Mutex<Pipeline>>,
+    pipeline: Arc<Mutex<LogState>>,
 }
 
 impl LogCollector {
-    pub fn new(pipeline: Arc<Mutex<Pipeline>>) -> LogCollector {
+    pub fn new(pipeline: Arc<Mutex<LogState>>) -> LogCollector {
         LogCollector { pipeline }
     }
 }
@@ -243,7 +243,7 @@ impl DurationSum {
 }
 
 /// All log-side families of `p`.
-pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
+pub fn render(p: &LogState) -> Vec<MetricFamily> {
     let mut opened = SESSIONS_OPENED.samples();
     let mut closed = SESSIONS_CLOSED.samples();
     let mut replies = SESSIONS_REPLIES.samples();
@@ -373,7 +373,7 @@ pub fn render(p: &Pipeline) -> Vec<MetricFamily> {
 }
 
 /// `flows_refused_total`: per app (bounded by the app cap), a reason once it happened.
-fn refused_flows(p: &Pipeline) -> MetricFamily {
+fn refused_flows(p: &LogState) -> MetricFamily {
     let apps = p.sessions().apps();
     let mut f = FLOWS_REFUSED.samples();
     for (app, row) in p.sessions().refused() {
@@ -400,17 +400,17 @@ mod tests {
     use prometheus::Registry;
 
     use super::*;
+    use crate::log_state::Limits;
     use crate::metrics::{encode, register};
-    use crate::pipeline::Limits;
 
-    fn feed(p: &mut Pipeline, id: u32, app: &str) {
+    fn feed(p: &mut LogState, id: u32, app: &str) {
         let line = format!(
             "[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: {id} {app} Creating, binding and connecting a new TCP socket - endpoint: 203.0.113.5:443 with bindIp: 10.0.15.15\r\n"
         );
         p.feed(line.as_bytes());
     }
 
-    fn text(p: Pipeline) -> String {
+    fn text(p: LogState) -> String {
         let registry = Registry::new();
         register(&registry, LogCollector::new(Arc::new(Mutex::new(p)))).unwrap();
         encode(&registry)
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn colliding_app_ids_stay_apart_and_render_whole() {
-        let mut p = Pipeline::new(Limits::default());
+        let mut p = LogState::new(Limits::default());
         feed(&mut p, 1, "ab.c");
         feed(&mut p, 2, "a.bc");
         let text = text(p);
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn error_kinds_appear_with_their_first_error_summed_over_protocols() {
-        let mut p = Pipeline::new(Limits::default());
+        let mut p = LogState::new(Limits::default());
         feed(&mut p, 1, "com.example.a");
         assert!(!text(p.clone()).contains("flow_errors_total{"));
         for (id, proto) in [(1, "TCP"), (1, "TCP")] {
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn log_level_is_a_state_set_named_after_itself() {
-        let mut p = Pipeline::new(Limits::default());
+        let mut p = LogState::new(Limits::default());
         feed(&mut p, 1, "com.example.a");
         let text = text(p);
         assert!(

@@ -1,6 +1,6 @@
 //! log → parse → sessions: everything the agent knows from the log, in one value.
 //!
-//! The pipeline is fed complete lines (from the tailer, or from files for `analyze`) and is
+//! The log state is fed complete lines (from the tailer, or from files for `analyze`) and is
 //! serializable as a whole, so the checkpoint stores the file offset together with the state
 //! that the lines before it produced: after a crash the agent resumes from both, and no line
 //! is counted twice or skipped.
@@ -10,6 +10,9 @@
 //! than now (plus [`FUTURE_SKEW_MS`]) is not believed, and what is refused is counted.
 
 use serde::{Deserialize, Serialize};
+
+pub mod metrics;
+pub use metrics::LogCollector;
 
 use crate::proxy_log::{Event, Level, LocalMillis, parse_line};
 use crate::sessions::{Closed, SessionTracker};
@@ -62,7 +65,7 @@ pub struct ReadStats {
     /// The error-level log (`log.error_path`) exists: PIA's debug logging is off.
     #[serde(default)]
     pub error_file_present: bool,
-    /// Files refused at a log's name (a FIFO, a link, a foreign owner: see `tail::open`).
+    /// Files refused at a log's name (a FIFO, a link, a foreign owner: see `os::trusted`).
     #[serde(default)]
     pub files_refused: u64,
     /// `bindInterface:` values that are not an interface name (kept out of the label).
@@ -99,7 +102,7 @@ fn latest_believable() -> LocalMillis {
     )
 }
 
-/// How much state the pipeline keeps (`log.max_open_sessions`, `log.max_apps`).
+/// How much the log state keeps (`log.max_open_sessions`, `log.max_apps`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_open_sessions: usize,
@@ -126,21 +129,21 @@ pub enum LogFile {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Pipeline {
+pub struct LogState {
     sessions: SessionTracker,
     proxy: ProxyState,
     read: ReadStats,
-    /// [`latest_believable`], refreshed once per [`Pipeline::feed`] batch (not per line).
+    /// [`latest_believable`], refreshed once per [`LogState::feed`] batch (not per line).
     #[serde(skip)]
     time_limit: Option<LocalMillis>,
-    /// The file of the lines being fed ([`Pipeline::feed_file`]).
+    /// The file of the lines being fed ([`LogState::feed_file`]).
     #[serde(skip)]
     stream: LogFile,
 }
 
-impl Pipeline {
-    pub fn new(limits: Limits) -> Pipeline {
-        Pipeline {
+impl LogState {
+    pub fn new(limits: Limits) -> LogState {
+        LogState {
             sessions: SessionTracker::new(limits.max_open_sessions, limits.max_apps),
             proxy: ProxyState::default(),
             read: ReadStats::default(),
@@ -183,9 +186,9 @@ impl Pipeline {
         self.sessions.swap_logs();
     }
 
-    /// A restored pipeline under the checks live lines pass (a checkpoint may come from a
+    /// A restored log state under the checks live lines pass (a checkpoint may come from a
     /// version that checked less): app ids refolded into `other` (invalid ones, and those past
-    /// the cap set by [`Pipeline::set_limits`]), times after now (plus [`FUTURE_SKEW_MS`])
+    /// the cap set by [`LogState::set_limits`]), times after now (plus [`FUTURE_SKEW_MS`])
     /// forgotten. What is refused is counted as a live line's would be.
     /// Returns how many values were refused.
     pub fn recheck(&mut self) -> u64 {
@@ -221,7 +224,7 @@ impl Pipeline {
         refused(self) - before
     }
 
-    /// Keeps closed sessions for [`Pipeline::drain_closed`] (off by default).
+    /// Keeps closed sessions for [`LogState::drain_closed`] (off by default).
     pub fn record_closed(&mut self, on: bool) {
         self.sessions.record_closed(on);
     }
@@ -243,7 +246,7 @@ impl Pipeline {
         self.read.gaps += 1;
     }
 
-    /// Files refused at a log's name (see `tail::open`).
+    /// Files refused at a log's name (see `os::trusted`).
     pub fn count_refused(&mut self, files: u64) {
         self.read.files_refused += files;
     }
@@ -342,7 +345,7 @@ mod tests {
 
     #[test]
     fn feed_keeps_partial_line_and_tracks_proxy_state() {
-        let mut p = Pipeline::new(Limits::default());
+        let mut p = LogState::new(Limits::default());
         let text = b"[2026-02-16 11:49:31:2040] [VpnState.swift:37] info: bindInterface: en0\r\n\
 [2026-02-16 11:49:31:2040] [VpnState.swift:58] info: isConnected: true\r\n\
 [2026-02-16 11:49:31:2040] [SplitTunnelProxyProvider.swift:60] info: Proxy started!\r\n\
@@ -365,7 +368,7 @@ garbage\r\n[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: 1 
 
     #[test]
     fn forged_values_are_counted_not_believed() {
-        let mut p = Pipeline::new(Limits::default());
+        let mut p = LogState::new(Limits::default());
         let long = "e".repeat(16);
         let text = format!(
             "[2026-02-16 11:49:31:2040] [VpnState.swift:37] info: bindInterface: en0\r\n\

@@ -435,40 +435,6 @@ fn clear_nonblock(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Checks every config section uses (they sit at the bottom layer so each section can).
-///
-/// Every numeric key has a range: a value past it is an error naming the key, the range and
-/// the default, never a panic later (a duration that overflows a clock, a table that cannot
-/// fit in memory).
-pub fn in_range<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    value: T,
-    range: std::ops::RangeInclusive<T>,
-    default: &str,
-) -> Result<(), String> {
-    if range.contains(&value) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{key} = {value}: use {}..={} (default {default})",
-            range.start(),
-            range.end()
-        ))
-    }
-}
-
-/// Same file (by name, or by identity when both exist).
-pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if a == b {
-        return true;
-    }
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,7 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<(), String> {
-        use crate::tail::open::in_range;
+        use crate::check::in_range;
         // Timers add these to now: a huge value would overflow at every request.
         in_range(
             "http.header_timeout_secs",
@@ -163,7 +163,7 @@ impl Encoder {
         }
         let started = std::time::Instant::now();
         let registry = self.registry.clone();
-        // Encoding walks the pipeline under its lock: keep it off the async workers.
+        // Encoding walks the log state under its lock: keep it off the async workers.
         let body = Arc::new(
             tokio::task::spawn_blocking(move || crate::metrics::encode(&registry))
                 .await

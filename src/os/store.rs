@@ -189,7 +189,7 @@ impl CheckpointStore {
         let meta = fs::metadata(self.dir()).map_err(|e| self.io(e))?;
         // SAFETY: geteuid cannot fail and touches no memory.
         let owner = unsafe { libc::geteuid() };
-        if super::open::folder_meta_is_shared(&meta, super::open::Trust { owner }) {
+        if super::trusted::folder_meta_is_shared(&meta, super::trusted::Trust { owner }) {
             return Err(CheckpointError::SharedFolder {
                 path: self.path.clone(),
             });
