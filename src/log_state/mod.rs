@@ -299,8 +299,12 @@ impl LogState {
         match &parsed.event {
             Event::Unrecognized => self.read.unrecognized += 1,
             // Kept only when it is an address (it is shown by `analyze` and `diagnose`).
+            // The proxy's binding steers discovery: believed from the root-owned debug log
+            // only, never from the error log in a folder others can write.
             Event::SessionOpened { bind_ip, .. }
-                if self.proxy.bind_ip.as_deref().map(str::as_bytes) != Some(bind_ip.bytes())
+                if self.stream == LogFile::Debug
+                    && self.proxy.bind_ip.as_deref().map(str::as_bytes)
+                        != Some(bind_ip.bytes())
                     && bind_ip
                         .as_str()
                         .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok()) =>
@@ -313,9 +317,12 @@ impl LogState {
             }
             Event::ProxyStopped | Event::DnsProxyStopped => self.proxy.stops += 1,
             Event::DnsFollowAppRules(on) => self.proxy.dns_follow_app_rules = Some(*on),
-            Event::BindInterface(name) if valid_interface(name.bytes()) => {
+            Event::BindInterface(name)
+                if self.stream == LogFile::Debug && valid_interface(name.bytes()) =>
+            {
                 self.proxy.bind_interface = Some(name.lossy().into_owned())
             }
+            // Malformed, or from the error log: refused, counted.
             Event::BindInterface(_) => self.read.invalid_interfaces += 1,
             Event::IsConnected(c) => self.proxy.connected = Some(*c),
             Event::LoggerLevel(level) => self.proxy.logger_level = Some(*level),
@@ -363,6 +370,29 @@ garbage\r\n[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: 1 
         assert_eq!(
             (p.proxy.connected, p.proxy.restarts, p.proxy.level()),
             (Some(true), 1, Some(Level::Info))
+        );
+    }
+
+    /// A local user can write the error log (`/tmp/STProxy.log`): its lines never name the
+    /// interface or address discovery takes from the proxy.
+    #[test]
+    fn the_error_log_never_names_the_proxys_binding() {
+        let mut p = LogState::new(Limits::default());
+        p.feed(b"[2026-02-16 11:49:31:2040] [VpnState.swift:37] info: bindInterface: en0\r\n\
+[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: 1 com.a Creating, binding and connecting a new TCP socket - endpoint: 192.0.2.7:443 with bindIp: 10.0.15.15\r\n");
+        let forged = b"[2026-02-16 11:49:32:2040] [VpnState.swift:37] info: bindInterface: en1\r\n\
+[2026-02-16 11:49:32:4330] [ChannelCreatorTCP.swift:50] debug: id: 2 com.a Creating, binding and connecting a new TCP socket - endpoint: 192.0.2.7:443 with bindIp: 10.0.15.99\r\n";
+        p.feed_file(LogFile::Error, forged);
+        assert_eq!(
+            (
+                p.proxy.bind_interface.as_deref(),
+                p.proxy.bind_ip.as_deref()
+            ),
+            (Some("en0"), Some("10.0.15.15"))
+        );
+        assert_eq!(
+            p.read.invalid_interfaces, 1,
+            "the forged interface is counted"
         );
     }
 
