@@ -7,23 +7,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
+use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{ApplyOutcome, Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
 use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
-use pia_split_tunnel_exporter::probe::{Round, Verdict};
+use pia_split_tunnel_exporter::probe::{Round, RoundSource, Verdict};
 use pia_split_tunnel_exporter::sessions::window::SessionsVerdict;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// A verifier whose next round the test sets.
-fn scripted(r: Round) -> (Arc<Mutex<Round>>, Box<dyn Verifier>) {
+fn scripted(r: Round) -> (Arc<Mutex<Round>>, Arc<dyn RoundSource>) {
     let cell = Arc::new(Mutex::new(r));
     let c = cell.clone();
     (
         cell,
-        Box::new(move || {
+        Arc::new(move || {
             let r = c.lock().unwrap().clone();
             async move { r }
         }),

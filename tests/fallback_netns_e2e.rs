@@ -95,7 +95,7 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     let mut c = Controller::new(
         &cfg,
         Box::new(ns.backend()),
-        Box::new(v),
+        Arc::new(v),
         FallbackMetrics::register(&reg).unwrap(),
     );
     let health = registered_health(&c, &reg);

@@ -14,7 +14,7 @@ use prometheus::Registry;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::fallback::controller::{Controller, Verifier};
+use crate::fallback::controller::Controller;
 use crate::fallback::http::SharedController;
 use crate::fallback::metrics::SessionsCollector;
 use crate::health::metrics::HealthCollector;
@@ -22,7 +22,7 @@ use crate::health::{Health, LogHealthInput};
 use crate::ingest::{Ingest, IngestEvents};
 use crate::metrics::{Counter, CounterCell, Family, LogCollector};
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
-use crate::probe::{Round, RoundSource};
+use crate::probe::RoundSource;
 use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
 
 mod rounds;
@@ -48,15 +48,6 @@ impl Sources {
             interval: config.probe.interval(),
             watch_routes: config.probe.watch_routes,
         })
-    }
-}
-
-/// A round source as the fallback's verifier: a fresh round after an apply.
-struct RoundVerifier(Arc<dyn RoundSource>);
-
-impl Verifier for RoundVerifier {
-    fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
-        self.0.round()
     }
 }
 
@@ -139,12 +130,7 @@ pub async fn run_until(
     let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
     let backend = crate::fallback::build_backend(&config.fallback);
     let mut controller = match &sources.rounds {
-        Some(r) => Controller::new(
-            &config.fallback,
-            backend,
-            Box::new(RoundVerifier(r.clone())),
-            fallback_metrics,
-        ),
+        Some(r) => Controller::new(&config.fallback, backend, r.clone(), fallback_metrics),
         None => Controller::without_probes(&config.fallback, backend, fallback_metrics),
     };
     if let Err(e) = controller.reconcile() {
