@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::proxy_log::{Event, Level, LocalMillis, parse_line};
 use crate::sessions::{Closed, SessionTracker};
+use crate::tail::Lines;
 
 /// What the proxy said about itself.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -130,12 +131,9 @@ pub struct Pipeline {
     sessions: SessionTracker,
     proxy: ProxyState,
     read: ReadStats,
-    /// [`latest_believable`], refreshed once per [`Pipeline::feed`] batch (not per line).
+    /// [`latest_believable`], refreshed once per batch fed (not per line).
     #[serde(skip)]
     time_limit: Option<LocalMillis>,
-    /// The file of the lines being fed ([`Pipeline::feed_file`]).
-    #[serde(skip)]
-    stream: LogFile,
 }
 
 impl Pipeline {
@@ -145,7 +143,6 @@ impl Pipeline {
             proxy: ProxyState::default(),
             read: ReadStats::default(),
             time_limit: None,
-            stream: LogFile::Debug,
         }
     }
 
@@ -256,17 +253,33 @@ impl Pipeline {
         }
     }
 
-    /// Feeds every complete line of `buf` and returns how many bytes that consumed; the rest
-    /// (a partial last line) is the caller's to keep.
+    /// Feeds every complete line of `buf`, as lines of the debug log, and returns how many
+    /// bytes that consumed; the rest (a partial last line) is the caller's to keep.
     pub fn feed(&mut self, buf: &[u8]) -> usize {
+        self.feed_file(LogFile::Debug, buf)
+    }
+
+    /// Feeds `buf` as [`feed`](Self::feed) does, as lines of `file`: the error log's sessions
+    /// are kept apart from the debug log's (see [`crate::sessions`]).
+    pub fn feed_file(&mut self, file: LogFile, buf: &[u8]) -> usize {
         self.time_limit = Some(latest_believable());
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', buf) {
-            self.feed_line(&buf[start..end]);
+            self.line(file, &buf[start..end]);
             start = end + 1;
         }
         self.read.bytes += start as u64;
         start
+    }
+
+    /// Feeds a batch of lines of `file` as the tailer split them (they are not searched for
+    /// newlines again).
+    pub fn feed_lines(&mut self, file: LogFile, lines: &Lines) {
+        self.time_limit = Some(latest_believable());
+        for line in lines.iter() {
+            self.line(file, line);
+        }
+        self.read.bytes += lines.as_bytes().len() as u64;
     }
 
     /// The last line of a finished file, which has no `\n`.
@@ -275,8 +288,13 @@ impl Pipeline {
         self.feed_line(line);
     }
 
-    /// One line, without its `\n`.
+    /// One line of the debug log, without its `\n`.
     pub fn feed_line(&mut self, line: &[u8]) {
+        self.line(LogFile::Debug, line);
+    }
+
+    /// One line of `stream`, without its `\n`.
+    fn line(&mut self, stream: LogFile, line: &[u8]) {
         self.read.lines += 1;
         let parsed = parse_line(line);
         if let Some(t) = parsed.time {
@@ -318,21 +336,12 @@ impl Pipeline {
             Event::LoggerLevel(level) => self.proxy.logger_level = Some(*level),
             _ => {}
         }
-        match (self.stream, &parsed.event) {
+        match (stream, &parsed.event) {
             // PIA's own list, from the root-owned debug log only: never from /tmp.
             (LogFile::Debug, Event::BypassApps(list)) => self.sessions.reserve_apps(*list),
             (LogFile::Debug, e) => self.sessions.apply(e, parsed.time),
             (LogFile::Error, e) => self.sessions.apply_error(e, parsed.time),
         }
-    }
-
-    /// Feeds `buf` as [`feed`](Self::feed) does, as lines of `file`: the error log's sessions
-    /// are kept apart from the debug log's (see [`crate::sessions`]).
-    pub fn feed_file(&mut self, file: LogFile, buf: &[u8]) -> usize {
-        self.stream = file;
-        let used = self.feed(buf);
-        self.stream = LogFile::Debug;
-        used
     }
 }
 

@@ -23,7 +23,7 @@ use crate::fallback::http::SharedController;
 use crate::fallback::metrics::SessionsCollector;
 use crate::health::metrics::HealthCollector;
 use crate::health::{Health, LogHealthInput};
-use crate::ingest::{Ingest, IngestEvents};
+use crate::ingest::{Ingest, IngestEvents, LogStatus};
 use crate::metrics::{Counter, CounterCell, Family, LogCollector};
 use crate::pipeline::Pipeline;
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
@@ -380,8 +380,8 @@ impl IngestEvents for AgentEvents {
         }
     }
 
-    fn emit_log_polled(&self, status: LogHealthInput) {
-        self.health.update_log(status);
+    fn emit_log_polled(&self, status: LogStatus) {
+        self.health.update_log(log_health(status));
     }
 
     fn emit_checkpoint_saved(&self, path: &Path) {
@@ -391,6 +391,22 @@ impl IngestEvents for AgentEvents {
     fn emit_checkpoint_save_failed(&self, path: &Path, error: String) {
         self.save_errors.inc();
         self.health.update_checkpoint(path, Err(error));
+    }
+}
+
+/// Health's input from what the log side reports.
+fn log_health(s: LogStatus) -> LogHealthInput {
+    LogHealthInput {
+        file_present: s.read.file_present,
+        last_line_age: s.last_line_age,
+        level: s.level,
+        lines_read: s.read.lines,
+        unrecognized: s.read.unrecognized,
+        proxy_connected: s.proxy_connected,
+        error_log_present: s.read.error_file_present,
+        file_error: s.errors.debug,
+        error_file_error: s.errors.error,
+        gaps: s.read.gaps,
     }
 }
 

@@ -36,5 +36,6 @@ mod tailer;
 pub use checkpoint::{CheckpointError, CheckpointStore, StoreLock};
 pub use fingerprint::{FINGERPRINT_BYTES, Fingerprint};
 pub use follower::{Before, Cursor, FileState, FollowOptions, Follower, Poll, Resume};
+pub use lines::{LineSink, Lines};
 pub use open::{Refusal, Trust};
 pub use tailer::Tailer;
