@@ -3,7 +3,9 @@
 //! One task runs the log stage ([`Ingest`]: tail → pipeline → session window, with its
 //! checkpoint), whose events feed health. A second ([`RoundLoop`]) looks at the process table
 //! and probes when the schedule says (agent/rounds.rs), and feeds health and the fallback
-//! controller.
+//! controller. [`run_until`] builds the stages (`Agent::build`), then serves HTTP while both
+//! tasks run by name in a `JoinSet` (`Agent::serve`): a task that ends before the stop was
+//! asked ends the agent with an error naming it.
 
 use std::collections::HashMap;
 use std::future::Future;
