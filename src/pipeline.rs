@@ -372,6 +372,31 @@ garbage\r\n[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: 1 
         );
     }
 
+    /// Lines as the tail splits them, fed without a second search for newlines, leave the
+    /// state the same bytes fed raw leave, on either stream.
+    #[test]
+    fn lines_split_by_the_tail_count_as_the_raw_bytes() {
+        let log = include_bytes!("../tests/fixtures/mixed.log");
+        for stream in [LogFile::Debug, LogFile::Error] {
+            let mut raw = Pipeline::new(Limits::default());
+            raw.feed_file(stream, log);
+            let mut split = Pipeline::new(Limits::default());
+            let mut splitter = crate::tail::lines::LineSplitter::new(1 << 20);
+            let mut lines = Lines::default();
+            for chunk in log.chunks(4096) {
+                splitter.feed(chunk, &mut lines);
+                split.feed_lines(stream, &lines);
+                lines.clear();
+            }
+            assert!(split.read.lines > 100, "{:?}", split.read);
+            assert_eq!(
+                serde_json::to_value(&split).unwrap(),
+                serde_json::to_value(&raw).unwrap(),
+                "{stream:?}"
+            );
+        }
+    }
+
     #[test]
     fn forged_values_are_counted_not_believed() {
         let mut p = Pipeline::new(Limits::default());
