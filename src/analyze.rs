@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 use strum::IntoEnumIterator;
 
 use crate::ingest::LogConfig;
-use crate::log_state::LogState;
+use crate::log_state::{LogFile, LogState};
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::verdict::{SessionsState, SessionsVerdict, Tally, Thresholds, judge};
 use crate::sessions::{AppCounts, CloseOutcome, Reply, proto_label};
+use crate::tail::Lines;
 use crate::tail::lines::LineSplitter;
 
 const CHUNK: usize = 1 << 20;
@@ -261,20 +262,21 @@ pub fn read_into(
     max_line: usize,
 ) -> std::io::Result<()> {
     let mut chunk = vec![0u8; CHUNK];
-    let mut lines = Vec::with_capacity(CHUNK);
+    let mut lines = Lines::with_capacity(CHUNK);
     let mut splitter = LineSplitter::new(max_line);
     loop {
         let n = reader.read(&mut chunk)?;
         if n == 0 {
-            if splitter.finish(&mut lines) > 0 {
+            let mut last = Vec::new();
+            if splitter.finish(&mut last) > 0 {
                 // `finish` ends the line with a `\n` the file does not have.
-                lines.pop();
-                pipeline.feed_last(&lines);
+                last.pop();
+                pipeline.feed_last(&last);
             }
             return Ok(());
         }
         let fed = splitter.feed(&chunk[..n], &mut lines);
-        pipeline.feed(&lines);
+        pipeline.feed_lines(LogFile::Debug, &lines);
         pipeline.count_file_events(0, 0, fed.too_long);
         lines.clear();
     }

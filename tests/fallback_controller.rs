@@ -7,24 +7,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
+use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{ApplyOutcome, Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnStart, build_backend};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
-use pia_split_tunnel_exporter::health::{Health, HealthConfig, Status};
-use pia_split_tunnel_exporter::ingest::LogPoll;
-use pia_split_tunnel_exporter::probe::{Round, Verdict};
+use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
+use pia_split_tunnel_exporter::probe::{Round, RoundSource, Verdict};
 use pia_split_tunnel_exporter::sessions::window::SessionsVerdict;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// A verifier whose next round the test sets.
-fn scripted(r: Round) -> (Arc<Mutex<Round>>, Box<dyn Verifier>) {
+fn scripted(r: Round) -> (Arc<Mutex<Round>>, Arc<dyn RoundSource>) {
     let cell = Arc::new(Mutex::new(r));
     let c = cell.clone();
     (
         cell,
-        Box::new(move || {
+        Arc::new(move || {
             let r = c.lock().unwrap().clone();
             async move { r }
         }),
@@ -88,7 +87,7 @@ async fn auto_applies_verifies_and_health_reports_it() {
     let r = round(true, Bypass::Physical);
     let v = Verdict::of(&r);
     health.update_round(r, v);
-    health.update_log(LogPoll {
+    health.update_log(LogHealthInput {
         file_present: true,
         lines_read: 3,
         ..Default::default()

@@ -14,8 +14,7 @@ use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::routes::{SharedController, router};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, build_backend};
-use pia_split_tunnel_exporter::health::{Health, HealthConfig};
-use pia_split_tunnel_exporter::ingest::LogPoll;
+use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput};
 use pia_split_tunnel_exporter::probe::Verdict;
 use prometheus::Registry;
 use tower::ServiceExt;
@@ -210,7 +209,7 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let r = round(true, Bypass::Timeout);
     let v = Verdict::of(&r);
     health.update_round(r, v);
-    health.update_log(LogPoll {
+    health.update_log(LogHealthInput {
         file_present: true,
         lines_read: 10,
         ..Default::default()
@@ -232,7 +231,7 @@ async fn health_is_503_when_failing_and_ready_after_round_and_log() {
     let (code, body) = get("/health").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");
-    health.update_log(LogPoll {
+    health.update_log(LogHealthInput {
         file_present: false,
         ..Default::default()
     });

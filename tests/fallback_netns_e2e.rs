@@ -16,8 +16,7 @@ use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Reason};
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode};
 use pia_split_tunnel_exporter::health::metrics::HealthCollector;
-use pia_split_tunnel_exporter::health::{Health, HealthConfig, Status};
-use pia_split_tunnel_exporter::ingest::LogPoll;
+use pia_split_tunnel_exporter::health::{Health, HealthConfig, LogHealthInput, Status};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
 use pia_split_tunnel_exporter::sessions::SessionsConfig;
@@ -97,11 +96,11 @@ async fn heals_the_bypass_then_reverts_when_the_tunnel_goes() {
     let mut c = Controller::new(
         &cfg,
         Box::new(ns.backend()),
-        Box::new(v),
+        Arc::new(v),
         FallbackMetrics::register(&reg).unwrap(),
     );
     let health = registered_health(&c, &reg);
-    health.update_log(LogPoll {
+    health.update_log(LogHealthInput {
         file_present: true,
         lines_read: 1,
         ..Default::default()

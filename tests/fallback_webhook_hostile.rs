@@ -12,10 +12,11 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use http_body_util::BodyExt;
-use pia_split_tunnel_exporter::fallback::controller::{Controller, Verifier};
+use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::metrics::FallbackMetrics;
 use pia_split_tunnel_exporter::fallback::routes::router;
 use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, build_backend};
+use pia_split_tunnel_exporter::probe::RoundSource;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -57,10 +58,9 @@ fn rig(instance: Option<&str>, probes: Probes) -> Rig {
     let reg = Registry::new();
     let m = FallbackMetrics::register(&reg).unwrap();
     let rounds = Arc::new(Mutex::new(0));
-    let counted = |inner: Box<dyn Verifier>| -> Box<dyn Verifier> {
+    let counted = |inner: Arc<dyn RoundSource>| -> Arc<dyn RoundSource> {
         let rounds = rounds.clone();
-        let inner = Arc::new(inner);
-        Box::new(move || {
+        Arc::new(move || {
             *rounds.lock().unwrap() += 1;
             let inner = inner.clone();
             async move { inner.round().await }
@@ -69,7 +69,7 @@ fn rig(instance: Option<&str>, probes: Probes) -> Rig {
     let c = match probes {
         Probes::Real => Controller::new(&cfg, build_backend(&cfg), counted(s.verifier()), m),
         Probes::Healthy => {
-            let v: Box<dyn Verifier> = Box::new(|| async { round(true, Bypass::Physical) });
+            let v: Arc<dyn RoundSource> = Arc::new(|| async { round(true, Bypass::Physical) });
             Controller::new(&cfg, build_backend(&cfg), counted(v), m)
         }
         Probes::Off => Controller::without_probes(&cfg, build_backend(&cfg), m),

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
-use pia_split_tunnel_exporter::health::{CheckpointInput, HealthReport, Status};
-use pia_split_tunnel_exporter::ingest::LogPoll;
+use pia_split_tunnel_exporter::health::{CheckpointInput, HealthReport, LogHealthInput, Status};
 use pia_split_tunnel_exporter::presence::Presence;
 use pia_split_tunnel_exporter::probe::{Round, Verdict};
 use pia_split_tunnel_exporter::proxy_log::{Level, Proto};
@@ -23,20 +22,20 @@ fn t() -> Thresholds {
     }
 }
 
-fn log(present: bool, age: u64, level: Option<Level>) -> LogPoll {
-    LogPoll {
+fn log(present: bool, age: u64, level: Option<Level>) -> LogHealthInput {
+    LogHealthInput {
         file_present: present,
         last_line_age: Some(Duration::from_secs(age)),
         level,
         lines_read: 100,
         unrecognized: 2,
-        ..LogPoll::default()
+        ..LogHealthInput::default()
     }
 }
 
 #[test]
 fn log_component() {
-    let r = |l: &LogPoll| assess(&t(), &only(Some(l), None)).components["log"].clone();
+    let r = |l: &LogHealthInput| assess(&t(), &only(Some(l), None)).components["log"].clone();
     assert_eq!(r(&log(true, 5, Some(Level::Debug))).status, Status::Ok);
     assert_eq!(r(&log(false, 5, None)).status, Status::Failing);
     let stale = r(&log(true, 3600, None));
@@ -190,22 +189,23 @@ fn presence(extension: u32, daemon: u32, vpn: u32) -> Presence {
 
 #[test]
 fn processes_component() {
-    let r = |p: Option<&Presence>, round: Option<(&Round, &Verdict)>, l: Option<&LogPoll>| {
-        assess(
-            &t(),
-            &Inputs {
-                log: l,
-                sessions: None,
-                probing: true,
-                round,
-                fallback: None,
-                processes: p,
-                checkpoint: None,
-            },
-        )
-        .components["processes"]
-            .clone()
-    };
+    let r =
+        |p: Option<&Presence>, round: Option<(&Round, &Verdict)>, l: Option<&LogHealthInput>| {
+            assess(
+                &t(),
+                &Inputs {
+                    log: l,
+                    sessions: None,
+                    probing: true,
+                    round,
+                    fallback: None,
+                    processes: p,
+                    checkpoint: None,
+                },
+            )
+            .components["processes"]
+                .clone()
+        };
     // Extension gone while a VPN process runs: the silent failure, with cause and fix.
     let gone = r(Some(&presence(0, 1, 1)), None, None);
     assert_eq!(gone.status, Status::Failing);
@@ -220,7 +220,7 @@ fn processes_component() {
         r(Some(&presence(0, 1, 0)), Some((&round, &v)), None).status,
         Status::Failing
     );
-    let connected = LogPoll {
+    let connected = LogHealthInput {
         proxy_connected: Some(true),
         ..log(true, 1, Some(Level::Debug))
     };
@@ -240,10 +240,10 @@ fn processes_component() {
 
 #[test]
 fn debug_logging_off_is_degraded_not_silent() {
-    let only_errors = LogPoll {
+    let only_errors = LogHealthInput {
         file_present: false,
         error_log_present: true,
-        ..LogPoll::default()
+        ..LogHealthInput::default()
     };
     let c = assess(&t(), &only(Some(&only_errors), None)).components["log"].clone();
     assert_eq!(c.status, Status::Degraded);
@@ -253,7 +253,7 @@ fn debug_logging_off_is_degraded_not_silent() {
         "{}",
         c.reason
     );
-    let nothing = LogPoll::default();
+    let nothing = LogHealthInput::default();
     let c = assess(&t(), &only(Some(&nothing), None)).components["log"].clone();
     assert_eq!(c.status, Status::Failing);
 }
@@ -276,7 +276,7 @@ fn log_only_mode_has_no_probe_components() {
     assert_eq!(rep.status, Status::Ok, "{rep:#?}");
 }
 
-fn only(log: Option<&LogPoll>, cp: Option<&CheckpointInput>) -> Inputs<'static> {
+fn only(log: Option<&LogHealthInput>, cp: Option<&CheckpointInput>) -> Inputs<'static> {
     // Leaked: a test-only shortcut so the snapshot can outlive this helper.
     Inputs {
         log: log.map(|l| &*Box::leak(Box::new(l.clone()))),
@@ -288,7 +288,7 @@ fn only(log: Option<&LogPoll>, cp: Option<&CheckpointInput>) -> Inputs<'static> 
 
 #[test]
 fn unreadable_log_is_failing_and_says_why() {
-    let l = LogPoll {
+    let l = LogHealthInput {
         file_present: true,
         file_error: Some("/var/log/x.log: permission denied".into()),
         ..log(true, 5, Some(Level::Debug))

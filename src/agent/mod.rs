@@ -3,8 +3,13 @@
 //! One task runs the log stage ([`Ingest`]: tail → pipeline → session window, with its
 //! checkpoint), whose events feed health. A second ([`RoundLoop`]) looks at the process table
 //! and probes when the schedule says (agent/rounds.rs), and feeds health and the fallback
-//! controller.
+//! controller. [`run_until`] builds the stages (`Agent::build`), then serves HTTP while both
+//! tasks run by name in a `JoinSet` (`Agent::serve`): a task that ends before the stop was
+//! asked ends the agent with an error naming it.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,19 +17,21 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus::Registry;
 use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
 
 use crate::config::Config;
-use crate::fallback::controller::{Controller, Verifier};
+use crate::fallback::controller::Controller;
 use crate::fallback::metrics::SessionsCollector;
 use crate::fallback::routes::SharedController;
-use crate::health::Health;
 use crate::health::metrics::HealthCollector;
-use crate::ingest::{Ingest, IngestEvents, LogPoll};
-use crate::log_state::LogCollector;
+use crate::health::{Health, LogHealthInput};
+use crate::ingest::{Ingest, IngestEvents, LogStatus};
+use crate::log_state::{LogCollector, LogState};
 use crate::metrics::{Counter, CounterCell, Family};
 use crate::presence::{PresenceCollector, PresenceTracker, ProcessSource, SelfCollector};
-use crate::probe::{Round, RoundSource};
+use crate::probe::RoundSource;
 use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
+use crate::status::adapter::StatusSource;
 
 mod rounds;
 pub mod schedule;
@@ -50,15 +57,6 @@ impl Sources {
             interval: config.probe.interval(),
             watch_routes: config.probe.watch_routes,
         })
-    }
-}
-
-/// A round source as the fallback's verifier: a fresh round after an apply.
-struct RoundVerifier(Arc<dyn RoundSource>);
-
-impl Verifier for RoundVerifier {
-    fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
-        self.0.round()
     }
 }
 
@@ -108,162 +106,256 @@ pub async fn run_until(
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let web = crate::server::WebConfig::load(Some(&config.http.web_config_file))
-        .map_err(anyhow::Error::msg)?;
-    // First: creates the checkpoint's folder, by default also the pf token's.
-    let ingest = Ingest::restore(&config.log)?;
-    let pipeline = ingest.pipeline();
-    if let Some(rounds) = &sources.rounds {
-        // Discovery takes the proxy's own word on its interface first.
-        let log = pipeline.clone();
-        rounds.follow_proxy(Arc::new(move || {
-            let p = log.lock().unwrap_or_else(|e| e.into_inner());
-            let proxy = p.proxy();
-            crate::os::ProxyBinding::from_log(
-                proxy.bind_interface.as_deref(),
-                proxy.bind_ip.as_deref(),
-            )
-        }));
-    }
+    let agent = Agent::build(&config, sources, listener.local_addr()?)?;
+    agent.serve(&config, listener, stop).await
+}
 
-    let registry = Registry::new();
-    crate::metrics::register(&registry, crate::metrics::BuildInfo)?;
-    crate::metrics::register(&registry, LogCollector::new(pipeline.clone()))?;
-    crate::metrics::register(&registry, SelfCollector::new()?)?;
-    let processes = PresenceTracker::new(sources.processes, config.processes.clone());
-    crate::metrics::register(&registry, PresenceCollector::new(processes.shared()))?;
-    let probe_metrics =
-        crate::probe::ProbeMetrics::register(&registry, config.probe.export_addresses)?;
+/// The stages built and wired, their tasks not yet started.
+struct Agent {
+    web: crate::server::WebConfig,
+    app: axum::Router,
+    ingest: Ingest,
+    events: AgentEvents,
+    window: SharedWindow,
+    rounds: RoundLoop,
+    controller: SharedController,
+}
 
-    let window: SharedWindow = Arc::new(Mutex::new(config.sessions.window()));
-    crate::metrics::register(&registry, SessionsCollector::new(window.clone()))?;
-    let fallback_metrics = crate::fallback::metrics::FallbackMetrics::register(&registry)?;
-    let backend = crate::fallback::build_backend(&config.fallback);
-    let mut controller = match &sources.rounds {
-        Some(r) => Controller::new(
-            &config.fallback,
-            backend,
-            Box::new(RoundVerifier(r.clone())),
-            fallback_metrics,
-        ),
-        None => Controller::without_probes(&config.fallback, backend, fallback_metrics),
-    };
-    if let Err(e) = controller.reconcile() {
-        tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
-    }
-    let mut health = Health::new(&config.health)
-        .with_sessions(window.clone())
-        .with_fallback(controller.status_handle());
-    if sources.rounds.is_none() {
-        health = health.without_probes();
-    }
-    let health = Arc::new(health);
-    crate::metrics::register(&registry, HealthCollector(health.clone()))?;
-    let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
+/// The agent's long-lived tasks, by name (as an error names them).
+const LOG_TASK: &str = "log";
+const PROBE_TASK: &str = "probe";
 
-    let save_errors = CounterCell::register(&registry, &CHECKPOINT_SAVE_ERRORS)?;
-    // The log side tells the rounds when the sessions become evidence.
-    let evidence = Arc::new(tokio::sync::Notify::new());
-    let events = AgentEvents {
-        evidence: evidence.clone(),
-        edge: Mutex::new(EvidenceEdge::default()),
-        health: health.clone(),
-        save_errors,
-    };
-    let tail = tokio::spawn(ingest.run(window.clone(), events, stop_rx.clone()));
-    // Every interval: who is running, then (when probing) one round for health and the fallback.
-    let periodic = tokio::spawn(
-        RoundLoop {
+impl Agent {
+    /// Builds every stage and registers its metrics; `local`: the address served on.
+    fn build(config: &Config, sources: Sources, local: SocketAddr) -> anyhow::Result<Agent> {
+        let web = crate::server::WebConfig::load(Some(&config.http.web_config_file))
+            .map_err(anyhow::Error::msg)?;
+        // First: creates the checkpoint's folder, by default also the pf token's.
+        let ingest = Ingest::restore(&config.log)?;
+        let pipeline = ingest.pipeline();
+        if let Some(rounds) = &sources.rounds {
+            follow_proxy(rounds.as_ref(), pipeline.clone());
+        }
+        let registry = Registry::new();
+        crate::metrics::register(&registry, crate::metrics::BuildInfo)?;
+        crate::metrics::register(&registry, LogCollector::new(pipeline.clone()))?;
+        crate::metrics::register(&registry, SelfCollector::new()?)?;
+        let processes = PresenceTracker::new(sources.processes, config.processes.clone());
+        crate::metrics::register(&registry, PresenceCollector::new(processes.shared()))?;
+        let probe_metrics =
+            crate::probe::ProbeMetrics::register(&registry, config.probe.export_addresses)?;
+        let window: SharedWindow = Arc::new(Mutex::new(config.sessions.window()));
+        crate::metrics::register(&registry, SessionsCollector::new(window.clone()))?;
+        let controller = controller(config, sources.rounds.clone(), &registry)?;
+        let health = health(config, &window, &controller, sources.rounds.is_some());
+        crate::metrics::register(&registry, HealthCollector(health.clone()))?;
+        let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
+        // The log side tells the rounds when the sessions become evidence.
+        let evidence = Arc::new(tokio::sync::Notify::new());
+        let events = AgentEvents {
+            evidence: evidence.clone(),
+            edge: Mutex::new(EvidenceEdge::default()),
+            health: health.clone(),
+            save_errors: CounterCell::register(&registry, &CHECKPOINT_SAVE_ERRORS)?,
+        };
+        // Every interval: who is running, then (when probing) one round for health and the
+        // fallback.
+        let rounds = RoundLoop {
             processes,
             rounds: sources.rounds,
             interval: sources.interval,
             watch_routes: sources.watch_routes,
-            evidence: evidence.clone(),
+            evidence,
             probe_metrics,
             window: window.clone(),
             controller: controller.clone(),
             health: health.clone(),
-        }
-        .run(stop_rx.clone()),
-    );
+        };
+        let status =
+            StatusSource::new(health.clone(), window.clone(), pipeline, controller.clone());
+        let app = router(config, &web, &registry, health, status, &controller, local);
+        Ok(Agent {
+            web,
+            app,
+            ingest,
+            events,
+            window,
+            rounds,
+            controller,
+        })
+    }
 
-    let status = crate::status::adapter::StatusSource::new(
-        health.clone(),
-        window.clone(),
-        pipeline.clone(),
-        controller.clone(),
-    );
+    /// Starts the log and probe tasks, serves HTTP on `listener` until `stop`, then waits for
+    /// the tasks to finish (the log task saves the checkpoint) and leaves the fallback as
+    /// `on_shutdown` says when the stop is for good.
+    async fn serve(
+        self,
+        config: &Config,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = Stop> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Tasks::default();
+        tasks.spawn(
+            LOG_TASK,
+            self.ingest.run(self.window, self.events, stop_rx.clone()),
+        );
+        tasks.spawn(PROBE_TASK, self.rounds.run(stop_rx.clone()));
+        tracing::info!(listen = %listener.local_addr()?, tls = self.web.tls.is_some(), basic_auth = self.web.auth.is_some(), log = %config.log.path.display(), "agent started");
+        let (why_tx, why_rx) = tokio::sync::oneshot::channel();
+        let server =
+            crate::server::serve(listener, self.app, &config.http, &self.web, async move {
+                let _ = why_tx.send(stop.await);
+                let _ = stop_tx.send(true);
+            });
+        tasks.supervise(server, &stop_rx).await?;
+        tasks.finish().await?;
+        if why_rx.await.unwrap_or(Stop::Exit) == Stop::Exit
+            && let Err(e) = self.controller.lock().await.shutdown()
+        {
+            tracing::warn!(error = %e, "fallback: cannot leave the system as configured (fallback.on_shutdown)");
+        }
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}
+
+/// Discovery takes the proxy's own word on its interface first: the log's latest binding.
+fn follow_proxy(rounds: &dyn RoundSource, pipeline: Arc<Mutex<LogState>>) {
+    rounds.follow_proxy(Arc::new(move || {
+        let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+        let proxy = p.proxy();
+        crate::os::ProxyBinding::from_log(proxy.bind_interface.as_deref(), proxy.bind_ip.as_deref())
+    }));
+}
+
+/// The fallback controller, reconciled with what a previous run left loaded.
+fn controller(
+    config: &Config,
+    rounds: Option<Arc<dyn RoundSource>>,
+    registry: &Registry,
+) -> anyhow::Result<Controller> {
+    let metrics = crate::fallback::metrics::FallbackMetrics::register(registry)?;
+    let backend = crate::fallback::build_backend(&config.fallback);
+    let mut controller = match rounds {
+        Some(r) => Controller::new(&config.fallback, backend, r, metrics),
+        None => Controller::without_probes(&config.fallback, backend, metrics),
+    };
+    if let Err(e) = controller.reconcile() {
+        tracing::warn!(error = %e, "fallback: cannot reconcile with what is loaded");
+    }
+    Ok(controller)
+}
+
+fn health(
+    config: &Config,
+    window: &SharedWindow,
+    controller: &Controller,
+    probing: bool,
+) -> Arc<Health> {
+    let health = Health::new(&config.health)
+        .with_sessions(window.clone())
+        .with_fallback(controller.status_handle());
+    Arc::new(if probing {
+        health
+    } else {
+        health.without_probes()
+    })
+}
+
+/// Every route the agent serves, behind the web config's TLS and authentication.
+fn router(
+    config: &Config,
+    web: &crate::server::WebConfig,
+    registry: &Registry,
+    health: Arc<Health>,
+    status: StatusSource,
+    controller: &SharedController,
+    local: SocketAddr,
+) -> axum::Router {
     let mut app = crate::server::router(registry.clone())
-        .merge(crate::health::routes::router(health.clone()))
+        .merge(crate::health::routes::router(health))
         .merge(crate::status::adapter::router(Arc::new(status)));
     app = crate::server::hide_addresses(app, config.probe.export_addresses);
-    app = web.protect(app, &registry);
+    app = web.protect(app, registry);
     match crate::fallback::routes::router(controller.clone(), &config.fallback) {
-        Ok(routes) => {
-            let local = listener.local_addr()?;
-            app = app.merge(web.control(routes, local, config.fallback.allow_plain_http));
-        }
-        Err(e) => tracing::warn!(error = %e, "fallback HTTP control disabled"),
-    }
-    tracing::info!(listen = %listener.local_addr()?, tls = web.tls.is_some(), basic_auth = web.auth.is_some(), log = %config.log.path.display(), "agent started");
-    let (why_tx, why_rx) = tokio::sync::oneshot::channel();
-    let server = crate::server::serve(listener, app, &config.http, &web, async move {
-        let _ = why_tx.send(stop.await);
-        let _ = stop_tx.send(true);
-    });
-    // A task that ends before the stop was asked died: the process ends non-zero, so launchd
-    // restarts it, rather than serving metrics and health that no longer move.
-    let (mut tail, mut periodic) = (tail, periodic);
-    let died = |what: &str, r: Result<(), tokio::task::JoinError>| {
-        anyhow::anyhow!(
-            "the {what} task ended unexpectedly ({}); exiting so the service manager restarts the agent",
-            match r {
-                Ok(()) => "returned".to_string(),
-                Err(e) => e.to_string(),
-            }
-        )
-    };
-    let stopping = stop_rx.clone();
-    let mut server = std::pin::pin!(server);
-    let (mut tail_done, mut periodic_done) = (None, None);
-    loop {
-        tokio::select! {
-            r = &mut server => {
-                r.context("HTTP server")?;
-                break;
-            }
-            r = &mut tail, if tail_done.is_none() => {
-                if !*stopping.borrow() {
-                    return Err(died("log", r));
-                }
-                tail_done = Some(r);
-            }
-            r = &mut periodic, if periodic_done.is_none() => {
-                if !*stopping.borrow() {
-                    return Err(died("probe", r));
-                }
-                periodic_done = Some(r);
-            }
+        Ok(routes) => app.merge(web.control(routes, local, config.fallback.allow_plain_http)),
+        Err(e) => {
+            tracing::warn!(error = %e, "fallback HTTP control disabled");
+            app
         }
     }
-    match tail_done {
-        Some(r) => r,
-        None => tail.await,
+}
+
+/// The agent's tasks, each known by its name.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+    /// Tasks that ended after the stop was asked, and how.
+    ended: Vec<(&'static str, Result<(), JoinError>)>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
     }
-    .context("tail task")?;
-    match periodic_done {
-        Some(r) => r,
-        None => periodic.await,
+
+    fn name(&self, id: tokio::task::Id) -> &'static str {
+        self.names.get(&id).copied().unwrap_or("unnamed")
     }
-    .context("probe task")?;
-    if why_rx.await.unwrap_or(Stop::Exit) == Stop::Exit
-        && let Err(e) = controller.lock().await.shutdown()
-    {
-        tracing::warn!(error = %e, "fallback: cannot leave the system as configured (fallback.on_shutdown)");
+
+    /// Runs `server` to its end. A task that ends before the stop was asked died: the agent
+    /// ends with an error naming it (the process exits non-zero, so the service manager
+    /// restarts it) rather than serve metrics and health that no longer move.
+    async fn supervise(
+        &mut self,
+        server: impl Future<Output = std::io::Result<()>>,
+        stopping: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut server = std::pin::pin!(server);
+        loop {
+            tokio::select! {
+                r = &mut server => return r.context("HTTP server"),
+                Some(r) = self.set.join_next_with_id() => {
+                    let (name, r) = match r {
+                        Ok((id, ())) => (self.name(id), Ok(())),
+                        Err(e) => (self.name(e.id()), Err(e)),
+                    };
+                    if !*stopping.borrow() {
+                        return Err(died(name, r));
+                    }
+                    self.ended.push((name, r));
+                }
+            }
+        }
     }
-    tracing::info!("agent stopped");
-    Ok(())
+
+    /// Waits for every task; the first that failed (a panic) is the error.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        while let Some(r) = self.set.join_next_with_id().await {
+            let ended = match r {
+                Ok((id, ())) => (self.name(id), Ok(())),
+                Err(e) => (self.name(e.id()), Err(e)),
+            };
+            self.ended.push(ended);
+        }
+        for (name, r) in self.ended {
+            r.with_context(|| format!("{name} task"))?;
+        }
+        Ok(())
+    }
+}
+
+fn died(name: &str, r: Result<(), JoinError>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the {name} task ended unexpectedly ({}); exiting so the service manager restarts the agent",
+        match r {
+            Ok(()) => "returned".to_string(),
+            Err(e) => e.to_string(),
+        }
+    )
 }
 
 const CHECKPOINT_SAVE_ERRORS: Family<Counter, 0> = Family::new(
@@ -292,8 +384,8 @@ impl IngestEvents for AgentEvents {
         }
     }
 
-    fn emit_log_polled(&self, status: LogPoll) {
-        self.health.update_log(status);
+    fn emit_log_polled(&self, status: LogStatus) {
+        self.health.update_log(log_health(status));
     }
 
     fn emit_checkpoint_saved(&self, path: &Path) {
@@ -303,5 +395,108 @@ impl IngestEvents for AgentEvents {
     fn emit_checkpoint_save_failed(&self, path: &Path, error: String) {
         self.save_errors.inc();
         self.health.update_checkpoint(path, Err(error));
+    }
+}
+
+/// Health's input from what the log side reports.
+fn log_health(s: LogStatus) -> LogHealthInput {
+    LogHealthInput {
+        file_present: s.read.file_present,
+        last_line_age: s.last_line_age,
+        level: s.level,
+        lines_read: s.read.lines,
+        unrecognized: s.read.unrecognized,
+        proxy_connected: s.proxy_connected,
+        error_log_present: s.read.error_file_present,
+        file_error: s.errors.debug,
+        error_file_error: s.errors.error,
+        gaps: s.read.gaps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presence::ProcInfo;
+    use crate::probe::Round;
+
+    struct NoProcesses;
+
+    impl ProcessSource for NoProcesses {
+        fn processes(&mut self) -> Vec<ProcInfo> {
+            Vec::new()
+        }
+    }
+
+    /// An agent on a log in `dir` that never touches the machine's network.
+    fn config(dir: &Path) -> Config {
+        let mut config = Config::default();
+        config.log.path = dir.join("transparent_proxy.log");
+        config.log.error_path = std::path::PathBuf::new();
+        config.log.checkpoint = dir.join("state/checkpoint.json");
+        config.fallback.backend = crate::fallback::BackendChoice::None;
+        config
+    }
+
+    fn sources(rounds: Option<Arc<dyn RoundSource>>) -> Sources {
+        Sources {
+            rounds,
+            processes: Box::new(NoProcesses),
+            interval: Duration::from_secs(3600),
+            watch_routes: false,
+        }
+    }
+
+    async fn listener() -> tokio::net::TcpListener {
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    /// A task that dies while the agent runs ends the agent, with the task's name in the
+    /// error, rather than leaving it serving numbers that no longer move.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_that_dies_ends_the_agent_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken: Arc<dyn RoundSource> =
+            Arc::new(|| -> std::future::Ready<Round> { panic!("the probe broke") });
+        let run = run_until(
+            config(dir.path()),
+            sources(Some(broken)),
+            listener().await,
+            std::future::pending(),
+        );
+        let err = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the agent ends by itself")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the probe task ended unexpectedly") && err.contains("panicked"),
+            "{err}"
+        );
+    }
+
+    /// Asked to stop, the agent waits for its tasks (the log task saves the checkpoint) and
+    /// ends without error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_ends_every_task_and_saves_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        std::fs::write(
+            &config.log.path,
+            "[2026-02-16 11:49:31:2040] [VpnState.swift:58] info: isConnected: true\r\n",
+        )
+        .unwrap();
+        let checkpoint = config.log.checkpoint.clone();
+        let run = run_until(config, sources(None), listener().await, async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Stop::Exit
+        });
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(checkpoint).unwrap()).unwrap();
+        assert_eq!(saved["pipeline"]["read"]["lines"], 1, "{saved}");
     }
 }

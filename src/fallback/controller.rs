@@ -7,8 +7,6 @@
 //! implies the physical path works. Without probes (`probe.enabled = false`) nothing is ever
 //! applied; a revert is always allowed.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,23 +15,8 @@ use serde::Serialize;
 use super::metrics::FallbackMetrics;
 use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
-use crate::probe::{Round, State, Verdict};
+use crate::probe::{Round, RoundSource, State, Verdict};
 use crate::sessions::window::{Ratio, SessionsVerdict};
-
-/// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
-pub trait Verifier: Send + Sync {
-    fn round(&self) -> Pin<Box<dyn Future<Output = Round> + Send + '_>>;
-}
-
-impl<F, Fut> Verifier for F
-where
-    F: Fn() -> Fut + Send + Sync,
-    Fut: Future<Output = Round> + Send + 'static,
-{
-    fn round(&self) -> Pin<Box<dyn Future<Output = Round> + Send + '_>> {
-        Box::pin(self())
-    }
-}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionRecord {
@@ -90,8 +73,8 @@ pub struct Controller {
     cfg: FallbackConfig,
     policy: Policy,
     backend: Box<dyn Backend>,
-    /// Fresh probe rounds; none when probing is off.
-    verifier: Option<Box<dyn Verifier>>,
+    /// Fresh probe rounds to verify an apply; none when probing is off.
+    rounds: Option<Arc<dyn RoundSource>>,
     metrics: FallbackMetrics,
     status: StatusHandle,
 }
@@ -104,9 +87,9 @@ fn unix_now() -> f64 {
 }
 
 /// A fresh round of this agent's own probes and its verdict; `None` without probes. (A free
-/// function: it borrows only the verifier, which is `Sync`, across the await.)
-async fn fresh_round(verifier: &Option<Box<dyn Verifier>>) -> Option<(Round, Verdict)> {
-    let round = verifier.as_ref()?.round().await;
+/// function: it borrows only the round source, which is `Sync`, across the await.)
+async fn fresh_round(rounds: &Option<Arc<dyn RoundSource>>) -> Option<(Round, Verdict)> {
+    let round = rounds.as_ref()?.round().await;
     let verdict = Verdict::of(&round);
     Some((round, verdict))
 }
@@ -115,10 +98,10 @@ impl Controller {
     pub fn new(
         cfg: &FallbackConfig,
         backend: Box<dyn Backend>,
-        verifier: Box<dyn Verifier>,
+        rounds: Arc<dyn RoundSource>,
         metrics: FallbackMetrics,
     ) -> Self {
-        Self::build(cfg, backend, Some(verifier), metrics)
+        Self::build(cfg, backend, Some(rounds), metrics)
     }
 
     /// Without probes: reverts and reports, never applies.
@@ -133,7 +116,7 @@ impl Controller {
     fn build(
         cfg: &FallbackConfig,
         backend: Box<dyn Backend>,
-        verifier: Option<Box<dyn Verifier>>,
+        rounds: Option<Arc<dyn RoundSource>>,
         metrics: FallbackMetrics,
     ) -> Self {
         metrics.set_mode(cfg.mode);
@@ -152,7 +135,7 @@ impl Controller {
             cfg: cfg.clone(),
             policy: Policy::new(cfg),
             backend,
-            verifier,
+            rounds,
             metrics,
             status,
         }
@@ -274,7 +257,7 @@ impl Controller {
     }
 
     async fn try_apply_now(&mut self, now: Instant, reason: Reason) -> Result<Plan, ControlError> {
-        let Some((round, verdict)) = fresh_round(&self.verifier).await else {
+        let Some((round, verdict)) = fresh_round(&self.rounds).await else {
             self.note_decision(&Decision::None(reason), Ratio::default());
             return Err(ControlError::NoProbe);
         };
@@ -342,7 +325,7 @@ impl Controller {
             return Err(e.into());
         }
         // The bypass must now leave as the physical path does: the verdict of a fresh round.
-        let verdict = match fresh_round(&self.verifier).await {
+        let verdict = match fresh_round(&self.rounds).await {
             Some((_, v)) => v,
             None => Verdict {
                 state: State::Undetermined,

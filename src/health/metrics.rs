@@ -49,8 +49,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::health::HealthConfig;
-    use crate::ingest::LogPoll;
+    use crate::health::{HealthConfig, LogHealthInput};
     use crate::metrics::{encode, register};
     use crate::probe::ProbeError;
     use crate::probe::testing::{VPN_EXIT_IP, lab_round};
@@ -66,7 +65,7 @@ mod tests {
         let round = lab_round(true, Err(ProbeError::Timeout), VPN_EXIT_IP);
         let verdict = crate::probe::Verdict::of(&round);
         health.update_round(round, verdict);
-        health.update_log(LogPoll {
+        health.update_log(LogHealthInput {
             file_present: true,
             lines_read: 3,
             ..Default::default()

@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::fallback::controller::StatusHandle;
-use crate::ingest::LogPoll;
 use crate::presence::Presence;
 use crate::probe::{Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::SharedWindow;
-pub use model::{CheckpointInput, HealthReport, Status};
+pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 
 /// `[health]` section of the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -61,7 +60,7 @@ pub struct Readiness {
 
 #[derive(Default)]
 struct Inputs {
-    log: Option<LogPoll>,
+    log: Option<LogHealthInput>,
     round: Option<(Round, Verdict)>,
     processes: Option<Presence>,
     checkpoint: Option<CheckpointState>,
@@ -116,7 +115,7 @@ impl Health {
     }
 
     /// After each log read.
-    pub fn update_log(&self, input: LogPoll) {
+    pub fn update_log(&self, input: LogHealthInput) {
         self.inputs.write().expect("health lock").log = Some(input);
     }
 

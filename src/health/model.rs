@@ -10,7 +10,6 @@ use serde::Serialize;
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, ApplyOutcome};
-use crate::ingest::LogPoll;
 use crate::labels::label_set;
 use crate::presence::Presence;
 use crate::probe::{PathKind, ProbeError, Round, State, Verdict};
@@ -58,6 +57,27 @@ pub struct HealthReport {
     pub components: BTreeMap<&'static str, Component>,
 }
 
+/// What the log side reports, as health judges it (the agent fills it from ingest's report).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogHealthInput {
+    pub file_present: bool,
+    pub last_line_age: Option<Duration>,
+    pub level: Option<Level>,
+    pub lines_read: u64,
+    pub unrecognized: u64,
+    /// The proxy's own `isConnected`, last seen.
+    pub proxy_connected: Option<bool>,
+    /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
+    pub error_log_present: bool,
+    /// The log file is there but cannot be opened or read (e.g. permission denied), or was
+    /// refused (a FIFO, a link in a shared folder...).
+    pub file_error: Option<String>,
+    /// The same for the error-level log: the debug log is still read, so it only degrades.
+    pub error_file_error: Option<String>,
+    /// Stretches lost unread (rotated away twice while the agent was stopped).
+    pub gaps: u64,
+}
+
 /// The checkpoint's last save, as the model sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckpointInput {
@@ -79,7 +99,7 @@ pub struct Thresholds {
 /// Snapshot of every input at one moment; the default has none, and probing off.
 #[derive(Default)]
 pub struct Inputs<'a> {
-    pub log: Option<&'a LogPoll>,
+    pub log: Option<&'a LogHealthInput>,
     /// Per-app figures and the sessions verdict, over the same window.
     pub sessions: Option<(&'a [AppRatio], SessionsVerdict)>,
     /// `probe.enabled`: without probes the probe components are absent, not degraded.
@@ -119,7 +139,7 @@ pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
     HealthReport { status, components }
 }
 
-fn log(t: &Thresholds, l: Option<&LogPoll>) -> Component {
+fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
     let Some(l) = l else {
         return c(Status::Degraded, "the log has not been read yet");
     };
@@ -215,7 +235,11 @@ const DEBUG_LOGGING_OFF: &str = "debug logging off: only errors are visible (the
 
 /// Is anyone there to write the log? The extension absent while the VPN is up is the silent
 /// failure: the log stays quiet and nothing else says so.
-fn processes(p: Option<&Presence>, round: Option<&Round>, log: Option<&LogPoll>) -> Component {
+fn processes(
+    p: Option<&Presence>,
+    round: Option<&Round>,
+    log: Option<&LogHealthInput>,
+) -> Component {
     let Some(p) = p.filter(|p| p.checked) else {
         return c(Status::Ok, "the process table has not been read yet");
     };

@@ -357,7 +357,7 @@ mod tests {
     struct Saves(AtomicU32);
 
     impl IngestEvents for Saves {
-        fn emit_log_polled(&self, _: crate::ingest::LogPoll) {}
+        fn emit_log_polled(&self, _: crate::ingest::LogStatus) {}
         fn emit_checkpoint_saved(&self, _: &Path) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }

@@ -2,18 +2,19 @@
 //! writes instead while debug logging is off. Both feed one pipeline, saved with both cursors
 //! at once.
 
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::checkpoint::{Clock, Cursors, Saver, restore};
-use super::{IngestEvents, LogConfig, LogPoll};
+use super::{IngestEvents, LogConfig, LogErrors, LogStatus};
 use crate::log_state::{LogFile, LogState};
 use crate::os::store::{CheckpointError, CheckpointStore, StoreLock};
 use crate::sessions::window::SharedWindow;
-use crate::tail::{Cursor, FileState, FollowOptions, Follower, Poll, Tailer};
+use crate::tail::{Cursor, FileState, FollowOptions, Follower, Lines, Poll, Tailer};
 
 /// Largest batch handed from the tailer to the pipeline in one lock.
 const BATCH_BYTES: usize = 1 << 20;
@@ -93,14 +94,182 @@ impl Ingest {
             window,
             events: &events,
         };
-        let mut debug = Followed::new(
+        let mut logs = Logs::new(&config, cursors);
+        let mut saver = Saver::with_clock(store, config.path.clone(), clock);
+        loop {
+            let save_in = saver.wait();
+            let (stream, result) = tokio::select! {
+                // Saves what was read even when no more lines come; armed only while something
+                // is unsaved, so an idle agent does not wake for it.
+                _ = tokio::time::sleep(save_in.unwrap_or_default()), if save_in.is_some() => {
+                    saver.save_if_due(logs.cursors(), &side.pipeline, side.events);
+                    continue;
+                }
+                // A save written meanwhile: reported, and the next one may start.
+                _ = saver.settle(side.events), if saver.saving() => continue,
+                polled = logs.next() => polled,
+                _ = stop.changed() => break,
+            };
+            if side.take(&mut logs, stream, result, &mut saver) {
+                // A failed read is retried from the same position, a second later.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            saver.save_if_due(logs.cursors(), &side.pipeline, side.events);
+        }
+        saver
+            .save_last(logs.cursors(), &side.pipeline, side.events)
+            .await;
+    }
+}
+
+/// What the loop updates after each poll.
+struct LogSide<'a> {
+    pipeline: Arc<Mutex<LogState>>,
+    window: SharedWindow,
+    events: &'a dyn IngestEvents,
+}
+
+impl LogSide<'_> {
+    /// Takes one poll of `stream`'s log: notes its error, tells `saver` what is unsaved,
+    /// feeds the lines and reports how the logs look. True when the read failed.
+    fn take(
+        &self,
+        logs: &mut Logs,
+        stream: LogFile,
+        result: io::Result<Poll>,
+        saver: &mut Saver,
+    ) -> bool {
+        let file = logs.get_mut(stream);
+        let polled = Polled::of(result, file.tailer.follower().path());
+        // After a resume, a rotation or a truncation the saved cursor names a file that the
+        // next rotation destroys: a switch, saved as soon as the budget allows rather than
+        // with the lines (see `Saver`). So too when the first file is opened: without a
+        // checkpoint, a restart would start over at the live file and miss what a rotation
+        // meanwhile moved to the archive.
+        let first_open = !file.opened && file.tailer.cursor().is_some();
+        file.opened |= first_open;
+        let urgent = first_open || polled.switched();
+        if polled.poll.is_some() && (urgent || !file.buf.is_empty()) {
+            saver.mark(urgent);
+        }
+        note_error(file, polled.error);
+        let now = Instant::now();
+        if !file.buf.is_empty() {
+            file.last_line = Some(now);
+        }
+        let last_line_age = file.last_line.map(|t| now - t);
+        let status = self.feed(stream, &file.buf, polled.poll.as_ref(), now);
+        file.buf.clear();
+        self.events.emit_log_polled(LogStatus {
+            last_line_age,
+            errors: logs.errors(),
+            ..status
+        });
+        polled.poll.is_none()
+    }
+
+    /// Feeds one poll's lines to the pipeline and the sessions they closed to the window;
+    /// returns how the log looks now (without the parts the pipeline does not know).
+    fn feed(&self, stream: LogFile, lines: &Lines, poll: Option<&Poll>, now: Instant) -> LogStatus {
+        let mut p = self.pipeline.lock().unwrap_or_else(|e| e.into_inner());
+        p.feed_lines(stream, lines);
+        count_poll(&mut p, stream, poll);
+        let closed = p.drain_closed();
+        if !closed.is_empty() {
+            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            for c in closed {
+                w.record_close(c.app, c.proto, now, c.reply);
+            }
+            self.events.emit_sessions_closed(&w.verdict(now));
+        }
+        LogStatus {
+            read: p.read().clone(),
+            level: p.proxy().level(),
+            proxy_connected: p.proxy().connected,
+            ..LogStatus::default()
+        }
+    }
+}
+
+/// What a poll met besides lines, in the pipeline's counters; `None`: the read failed.
+fn count_poll(p: &mut LogState, stream: LogFile, poll: Option<&Poll>) {
+    let Some(poll) = poll else {
+        // The file is there, and cannot be read: health says why.
+        p.set_file_present(stream, true);
+        return;
+    };
+    p.count_file_events(
+        u64::from(poll.rotations),
+        u64::from(poll.truncations),
+        poll.lines_too_long,
+    );
+    p.count_refused(u64::from(poll.refused));
+    if poll.resumed == Some(crate::tail::Resume::Gap) {
+        p.count_gap();
+    }
+    // An unreadable file is still there: health says why it cannot be read. A refused one
+    // is not the proxy's log.
+    p.set_file_present(
+        stream,
+        !matches!(poll.file, FileState::Missing | FileState::Refused(_)),
+    );
+}
+
+/// One poll of one log, whatever came of it.
+struct Polled {
+    /// What the poll read; `None` when the read failed (nothing was consumed: the next poll
+    /// retries from the same position).
+    poll: Option<Poll>,
+    /// Why the file cannot be read now (or was refused), if so.
+    error: Option<String>,
+}
+
+impl Polled {
+    fn of(result: io::Result<Poll>, path: &Path) -> Polled {
+        match result {
+            Ok(poll) => {
+                let error = match poll.file {
+                    FileState::Unreadable(kind) => Some(format!("{}: {kind}", path.display())),
+                    FileState::Refused(r) => Some(format!("{} refused: {r}", path.display())),
+                    FileState::Present | FileState::Missing => None,
+                };
+                Polled {
+                    poll: Some(poll),
+                    error,
+                }
+            }
+            Err(e) => Polled {
+                poll: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// The log switched files (a rotation, a truncation, a resume): the position the
+    /// checkpoint holds names a file that may soon be gone.
+    fn switched(&self) -> bool {
+        self.poll
+            .as_ref()
+            .is_some_and(|p| p.rotations > 0 || p.truncations > 0 || p.resumed.is_some())
+    }
+}
+
+/// The proxy's two logs: the debug log and, when configured, the error log.
+struct Logs {
+    debug: Followed,
+    error: Option<Followed>,
+}
+
+impl Logs {
+    fn new(config: &LogConfig, cursors: Cursors) -> Logs {
+        let debug = Followed::new(
             config.path.clone(),
             cursors.debug,
             config.max_line_bytes,
             None,
         );
         // The error log may sit in a folder anyone writes: it must never be the debug log again.
-        let mut error = (!config.error_path.as_os_str().is_empty()).then(|| {
+        let error = (!config.error_path.as_os_str().is_empty()).then(|| {
             Followed::new(
                 config.error_path.clone(),
                 cursors.error,
@@ -108,109 +277,49 @@ impl Ingest {
                 Some(config.path.clone()),
             )
         });
-        let mut saver = Saver::with_clock(store, config.path.clone(), clock);
-        let cursors = |debug: &Followed, error: &Option<Followed>| Cursors {
-            debug: debug.tailer.cursor(),
-            error: error.as_ref().and_then(|e| e.tailer.cursor()),
-        };
-        loop {
-            let save_in = saver.wait();
-            let (which, polled) = tokio::select! {
-                // Saves what was read even when no more lines come; armed only while something
-                // is unsaved, so an idle agent does not wake for it.
-                _ = tokio::time::sleep(save_in.unwrap_or_default()), if save_in.is_some() => {
-                    saver.save_if_due(cursors(&debug, &error), &side.pipeline, side.events);
-                    continue;
-                }
-                // A save written meanwhile: reported, and the next one may start.
-                _ = saver.settle(side.events), if saver.saving() => continue,
-                polled = debug.tailer.next(&mut debug.buf) => (LogFile::Debug, polled),
-                polled = async {
-                    let f = error.as_mut().expect("guarded by is_some");
-                    f.tailer.next(&mut f.buf).await
-                }, if error.is_some() => (LogFile::Error, polled),
-                _ = stop.changed() => break,
-            };
-            let other_error = match which {
-                LogFile::Debug => error.as_ref().and_then(|e| e.error.clone()),
-                LogFile::Error => debug.error.clone(),
-            };
-            let file = match which {
-                LogFile::Debug => &mut debug,
-                LogFile::Error => error.as_mut().expect("polled"),
-            };
-            // After a resume, a rotation or a truncation the saved cursor names a file that the
-            // next rotation destroys: a switch, saved as soon as the budget allows rather than
-            // with the lines (see `Saver`). So too when the first file is opened: without a
-            // checkpoint, a restart would start over at the live file and miss what a rotation
-            // meanwhile moved to the archive.
-            let first_open = !file.opened && file.tailer.cursor().is_some();
-            file.opened |= first_open;
-            let mut urgent = first_open;
-            let mut failed = false;
-            let poll = match polled {
-                Ok(poll) => {
-                    urgent |= poll.rotations > 0 || poll.truncations > 0 || poll.resumed.is_some();
-                    if urgent || !file.buf.is_empty() {
-                        saver.mark(urgent);
-                    }
-                    let now_error = match poll.file {
-                        FileState::Unreadable(kind) => Some(format!(
-                            "{}: {kind}",
-                            file.tailer.follower().path().display()
-                        )),
-                        FileState::Refused(r) => Some(format!(
-                            "{} refused: {r}",
-                            file.tailer.follower().path().display()
-                        )),
-                        FileState::Present | FileState::Missing => None,
-                    };
-                    note_error(file, now_error);
-                    poll
-                }
-                Err(e) => {
-                    // Nothing was consumed: the next poll retries from the same position.
-                    note_error(file, Some(e.to_string()));
-                    failed = true;
-                    Poll {
-                        bytes: 0,
-                        lines_too_long: 0,
-                        rotations: 0,
-                        truncations: 0,
-                        more: false,
-                        file: FileState::Unreadable(e.kind()),
-                        resumed: None,
-                        refused: 0,
-                    }
-                }
-            };
-            let errors = match which {
-                LogFile::Debug => (file.error.clone(), other_error),
-                LogFile::Error => (other_error, file.error.clone()),
-            };
-            feed(&side, file, which, &poll, errors);
-            if failed {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            saver.save_if_due(cursors(&debug, &error), &side.pipeline, side.events);
-        }
-        saver
-            .save_last(cursors(&debug, &error), &side.pipeline, side.events)
-            .await;
+        Logs { debug, error }
     }
-}
 
-/// What the loop updates after each batch.
-struct LogSide<'a> {
-    pipeline: Arc<Mutex<LogState>>,
-    window: SharedWindow,
-    events: &'a dyn IngestEvents,
+    /// The next poll of either log. Cancel-safe, as each tailer's.
+    async fn next(&mut self) -> (LogFile, io::Result<Poll>) {
+        let Logs { debug, error } = self;
+        tokio::select! {
+            polled = debug.next() => (LogFile::Debug, polled),
+            polled = async {
+                match error {
+                    Some(f) => f.next().await,
+                    None => std::future::pending().await,
+                }
+            } => (LogFile::Error, polled),
+        }
+    }
+
+    fn get_mut(&mut self, stream: LogFile) -> &mut Followed {
+        match stream {
+            LogFile::Debug => &mut self.debug,
+            LogFile::Error => self.error.as_mut().expect("only a followed log is polled"),
+        }
+    }
+
+    fn cursors(&self) -> Cursors {
+        Cursors {
+            debug: self.debug.tailer.cursor(),
+            error: self.error.as_ref().and_then(|e| e.tailer.cursor()),
+        }
+    }
+
+    fn errors(&self) -> LogErrors {
+        LogErrors {
+            debug: self.debug.error.clone(),
+            error: self.error.as_ref().and_then(|e| e.error.clone()),
+        }
+    }
 }
 
 /// One followed file and what the loop remembers of it.
 struct Followed {
     tailer: Tailer,
-    buf: Vec<u8>,
+    buf: Lines,
     last_line: Option<Instant>,
     /// Why the file cannot be opened or read now, if it cannot.
     error: Option<String>,
@@ -234,11 +343,15 @@ impl Followed {
         };
         Followed {
             tailer: Tailer::new(Follower::new(path, cursor, opts)),
-            buf: Vec::with_capacity(BATCH_BYTES),
+            buf: Lines::with_capacity(BATCH_BYTES),
             last_line: None,
             error: None,
             opened,
         }
+    }
+
+    async fn next(&mut self) -> io::Result<Poll> {
+        self.tailer.next(&mut self.buf).await
     }
 }
 
@@ -254,68 +367,6 @@ fn note_error(file: &mut Followed, now: Option<String>) {
         }
         file.error = now;
     }
-}
-
-/// Feeds one batch to the pipeline and passes what it changed to the window and the events.
-/// `errors`: why the debug log and the error log cannot be read (or were refused), if so.
-fn feed(
-    side: &LogSide<'_>,
-    file: &mut Followed,
-    which: LogFile,
-    poll: &Poll,
-    errors: (Option<String>, Option<String>),
-) {
-    let now = Instant::now();
-    if !file.buf.is_empty() {
-        file.last_line = Some(now);
-    }
-    let status = {
-        let mut p = side.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-        let used = p.feed_file(which, &file.buf);
-        debug_assert_eq!(
-            used,
-            file.buf.len(),
-            "the tailer hands on complete lines only"
-        );
-        p.count_file_events(
-            u64::from(poll.rotations),
-            u64::from(poll.truncations),
-            poll.lines_too_long,
-        );
-        p.count_refused(u64::from(poll.refused));
-        if poll.resumed == Some(crate::tail::Resume::Gap) {
-            p.count_gap();
-        }
-        // An unreadable file is still there: health says why it cannot be read. A refused one
-        // is not the proxy's log.
-        p.set_file_present(
-            which,
-            !matches!(poll.file, FileState::Missing | FileState::Refused(_)),
-        );
-        let closed = p.drain_closed();
-        if !closed.is_empty() {
-            let mut w = side.window.lock().unwrap_or_else(|e| e.into_inner());
-            for c in closed {
-                w.record_close(p.sessions().apps().name(c.app), c.proto, now, c.reply);
-            }
-            side.events.emit_sessions_closed(&w.verdict(now));
-        }
-        let read = p.read();
-        LogPoll {
-            file_present: read.file_present,
-            last_line_age: file.last_line.map(|t| now - t),
-            level: p.proxy().level(),
-            lines_read: read.lines,
-            unrecognized: read.unrecognized,
-            proxy_connected: p.proxy().connected,
-            error_log_present: read.error_file_present,
-            file_error: errors.0,
-            error_file_error: errors.1,
-            gaps: read.gaps,
-        }
-    };
-    file.buf.clear();
-    side.events.emit_log_polled(status);
 }
 
 #[cfg(test)]
@@ -336,9 +387,9 @@ mod tests {
     }
 
     impl IngestEvents for Arc<Seen> {
-        fn emit_log_polled(&self, s: LogPoll) {
-            self.lines.store(s.lines_read, Ordering::SeqCst);
-            self.gaps.store(s.gaps, Ordering::SeqCst);
+        fn emit_log_polled(&self, s: LogStatus) {
+            self.lines.store(s.read.lines, Ordering::SeqCst);
+            self.gaps.store(s.read.gaps, Ordering::SeqCst);
         }
         fn emit_checkpoint_saved(&self, _: &Path) {
             self.saves.fetch_add(1, Ordering::SeqCst);

@@ -17,36 +17,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log_state::Limits;
+use crate::log_state::{Limits, ReadStats};
 use crate::proxy_log::Level;
 pub use logs::Ingest;
 
-/// How a log looks after a poll: what ingest reports to the rest of the agent (health
-/// judges it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogPoll {
-    pub file_present: bool,
-    pub last_line_age: Option<Duration>,
-    pub level: Option<Level>,
-    pub lines_read: u64,
-    pub unrecognized: u64,
-    /// The proxy's own `isConnected`, last seen.
-    pub proxy_connected: Option<bool>,
-    /// The error-level log (`/tmp/STProxy.log`) exists: PIA's debug logging is off.
-    pub error_log_present: bool,
-    /// The log file is there but cannot be opened or read (e.g. permission denied), or was
-    /// refused (a FIFO, a link in a shared folder...).
-    pub file_error: Option<String>,
-    /// The same for the error-level log: the debug log is still read, so it only degrades.
-    pub error_file_error: Option<String>,
-    /// Stretches lost unread (rotated away twice while the agent was stopped).
-    pub gaps: u64,
-}
-
 /// What the log stage tells the rest of the agent, as it happens.
 pub trait IngestEvents: Send + Sync {
-    /// After each poll of a log, with or without new lines: how the log looks now.
-    fn emit_log_polled(&self, status: LogPoll);
+    /// After each poll of a log, with or without new lines: how the logs look now.
+    fn emit_log_polled(&self, status: LogStatus);
     /// The checkpoint at `path` was written.
     fn emit_checkpoint_saved(&self, path: &Path);
     /// Writing the checkpoint at `path` failed; it is retried a second later.
@@ -55,6 +33,29 @@ pub trait IngestEvents: Send + Sync {
     fn emit_sessions_closed(&self, window: &crate::sessions::window::SessionsVerdict) {
         let _ = window;
     }
+}
+
+/// How the logs look after a poll, as the log side knows them (health judges it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogStatus {
+    /// Everything read so far, both logs together.
+    pub read: ReadStats,
+    /// Since the last line of the log just polled; `None` before its first line.
+    pub last_line_age: Option<Duration>,
+    /// The level the proxy logs at, as far as the log shows it.
+    pub level: Option<Level>,
+    /// The proxy's last `isConnected:` value.
+    pub proxy_connected: Option<bool>,
+    pub errors: LogErrors,
+}
+
+/// Why each of the proxy's logs cannot be read now (or was refused), if it cannot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogErrors {
+    /// The debug log (`log.path`).
+    pub debug: Option<String>,
+    /// The error log (`log.error_path`).
+    pub error: Option<String>,
 }
 
 /// `[log]`: where the proxy writes and how much state the agent keeps.

@@ -16,6 +16,7 @@ pub use metrics::LogCollector;
 
 use crate::proxy_log::{Event, Level, LocalMillis, parse_line};
 use crate::sessions::{Closed, SessionTracker};
+use crate::tail::Lines;
 
 /// What the proxy said about itself.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -133,12 +134,9 @@ pub struct LogState {
     sessions: SessionTracker,
     proxy: ProxyState,
     read: ReadStats,
-    /// [`latest_believable`], refreshed once per [`LogState::feed`] batch (not per line).
+    /// [`latest_believable`], refreshed once per batch fed (not per line).
     #[serde(skip)]
     time_limit: Option<LocalMillis>,
-    /// The file of the lines being fed ([`LogState::feed_file`]).
-    #[serde(skip)]
-    stream: LogFile,
 }
 
 impl LogState {
@@ -148,7 +146,6 @@ impl LogState {
             proxy: ProxyState::default(),
             read: ReadStats::default(),
             time_limit: None,
-            stream: LogFile::Debug,
         }
     }
 
@@ -259,17 +256,33 @@ impl LogState {
         }
     }
 
-    /// Feeds every complete line of `buf` and returns how many bytes that consumed; the rest
-    /// (a partial last line) is the caller's to keep.
+    /// Feeds every complete line of `buf`, as lines of the debug log, and returns how many
+    /// bytes that consumed; the rest (a partial last line) is the caller's to keep.
     pub fn feed(&mut self, buf: &[u8]) -> usize {
+        self.feed_file(LogFile::Debug, buf)
+    }
+
+    /// Feeds `buf` as [`feed`](Self::feed) does, as lines of `file`: the error log's sessions
+    /// are kept apart from the debug log's (see [`crate::sessions`]).
+    pub fn feed_file(&mut self, file: LogFile, buf: &[u8]) -> usize {
         self.time_limit = Some(latest_believable());
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', buf) {
-            self.feed_line(&buf[start..end]);
+            self.line(file, &buf[start..end]);
             start = end + 1;
         }
         self.read.bytes += start as u64;
         start
+    }
+
+    /// Feeds a batch of lines of `file` as the tailer split them (they are not searched for
+    /// newlines again).
+    pub fn feed_lines(&mut self, file: LogFile, lines: &Lines) {
+        self.time_limit = Some(latest_believable());
+        for line in lines.iter() {
+            self.line(file, line);
+        }
+        self.read.bytes += lines.as_bytes().len() as u64;
     }
 
     /// The last line of a finished file, which has no `\n`.
@@ -278,8 +291,13 @@ impl LogState {
         self.feed_line(line);
     }
 
-    /// One line, without its `\n`.
+    /// One line of the debug log, without its `\n`.
     pub fn feed_line(&mut self, line: &[u8]) {
+        self.line(LogFile::Debug, line);
+    }
+
+    /// One line of `stream`, without its `\n`.
+    fn line(&mut self, stream: LogFile, line: &[u8]) {
         self.read.lines += 1;
         let parsed = parse_line(line);
         if let Some(t) = parsed.time {
@@ -302,7 +320,7 @@ impl LogState {
             // The proxy's binding steers discovery: believed from the root-owned debug log
             // only, never from the error log in a folder others can write.
             Event::SessionOpened { bind_ip, .. }
-                if self.stream == LogFile::Debug
+                if stream == LogFile::Debug
                     && self.proxy.bind_ip.as_deref().map(str::as_bytes)
                         != Some(bind_ip.bytes())
                     && bind_ip
@@ -318,7 +336,7 @@ impl LogState {
             Event::ProxyStopped | Event::DnsProxyStopped => self.proxy.stops += 1,
             Event::DnsFollowAppRules(on) => self.proxy.dns_follow_app_rules = Some(*on),
             Event::BindInterface(name)
-                if self.stream == LogFile::Debug && valid_interface(name.bytes()) =>
+                if stream == LogFile::Debug && valid_interface(name.bytes()) =>
             {
                 self.proxy.bind_interface = Some(name.lossy().into_owned())
             }
@@ -328,21 +346,12 @@ impl LogState {
             Event::LoggerLevel(level) => self.proxy.logger_level = Some(*level),
             _ => {}
         }
-        match (self.stream, &parsed.event) {
+        match (stream, &parsed.event) {
             // PIA's own list, from the root-owned debug log only: never from /tmp.
             (LogFile::Debug, Event::BypassApps(list)) => self.sessions.reserve_apps(*list),
             (LogFile::Debug, e) => self.sessions.apply(e, parsed.time),
             (LogFile::Error, e) => self.sessions.apply_error(e, parsed.time),
         }
-    }
-
-    /// Feeds `buf` as [`feed`](Self::feed) does, as lines of `file`: the error log's sessions
-    /// are kept apart from the debug log's (see [`crate::sessions`]).
-    pub fn feed_file(&mut self, file: LogFile, buf: &[u8]) -> usize {
-        self.stream = file;
-        let used = self.feed(buf);
-        self.stream = LogFile::Debug;
-        used
     }
 }
 
@@ -394,6 +403,31 @@ garbage\r\n[2026-02-16 11:49:31:4330] [ChannelCreatorTCP.swift:50] debug: id: 1 
             p.read.invalid_interfaces, 1,
             "the forged interface is counted"
         );
+    }
+
+    /// Lines as the tail splits them, fed without a second search for newlines, leave the
+    /// state the same bytes fed raw leave, on either stream.
+    #[test]
+    fn lines_split_by_the_tail_count_as_the_raw_bytes() {
+        let log = include_bytes!("../../tests/fixtures/mixed.log");
+        for stream in [LogFile::Debug, LogFile::Error] {
+            let mut raw = LogState::new(Limits::default());
+            raw.feed_file(stream, log);
+            let mut split = LogState::new(Limits::default());
+            let mut splitter = crate::tail::lines::LineSplitter::new(1 << 20);
+            let mut lines = Lines::default();
+            for chunk in log.chunks(4096) {
+                splitter.feed(chunk, &mut lines);
+                split.feed_lines(stream, &lines);
+                lines.clear();
+            }
+            assert!(split.read.lines > 100, "{:?}", split.read);
+            assert_eq!(
+                serde_json::to_value(&split).unwrap(),
+                serde_json::to_value(&raw).unwrap(),
+                "{stream:?}"
+            );
+        }
     }
 
     #[test]

@@ -77,13 +77,25 @@ impl Round {
     }
 }
 
-/// Where probe rounds come from: the real prober, or a replay (the demo, tests).
+/// Where probe rounds come from: the real prober, or a replay (the demo, tests). The round
+/// loop and the fallback controller (a fresh round to verify an apply) share one.
 pub trait RoundSource: Send + Sync + 'static {
     fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>>;
 
     /// Where discovery reads the proxy's latest `bindInterface` / `bindIp` from (the log
     /// pipeline); sources that do not discover ignore it.
     fn follow_proxy(&self, _binding: crate::os::discovery::BindingSource) {}
+}
+
+/// A closure returning rounds (scripted rounds in tests).
+impl<F, Fut> RoundSource for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Round> + Send + 'static,
+{
+    fn round(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
+        Box::pin(self())
+    }
 }
 
 /// `[probe]`: how and where egress is measured.

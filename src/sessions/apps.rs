@@ -6,6 +6,8 @@
 //! the agent's own values `unknown` and `other`. Anything else is counted
 //! ([`Apps::invalid`]) and folds into `other`: it costs a counter, never a series or memory.
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +44,8 @@ pub fn valid_app_id(b: &[u8]) -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(from = "AppsRepr", into = "AppsRepr")]
 pub struct Apps {
-    names: Vec<String>,
+    /// Shared with the closed sessions handed on (see [`Apps::shared_name`]).
+    names: Vec<Arc<str>>,
     index: FxHashMap<Box<[u8]>, AppId>,
     cap: usize,
     folded: u64,
@@ -68,7 +71,7 @@ impl From<AppsRepr> for Apps {
             .map(|(i, n)| (n.as_bytes().into(), AppId(i as u32)))
             .collect();
         Apps {
-            names: r.names,
+            names: r.names.into_iter().map(Arc::from).collect(),
             index,
             cap: r.cap,
             folded: r.folded,
@@ -80,7 +83,7 @@ impl From<AppsRepr> for Apps {
 impl From<Apps> for AppsRepr {
     fn from(a: Apps) -> Self {
         AppsRepr {
-            names: a.names,
+            names: a.names.iter().map(|n| n.to_string()).collect(),
             cap: a.cap,
             folded: a.folded,
             invalid: a.invalid,
@@ -115,7 +118,7 @@ impl Apps {
         }
         let id = AppId(self.names.len() as u32);
         self.index.insert(name.bytes().into(), id);
-        self.names.push(name.lossy().into_owned());
+        self.names.push(Arc::from(name.lossy()));
         id
     }
 
@@ -134,7 +137,7 @@ impl Apps {
         }
         self.index
             .insert(name.bytes().into(), AppId(self.names.len() as u32));
-        self.names.push(name.lossy().into_owned());
+        self.names.push(Arc::from(name.lossy()));
     }
 
     /// The config's cap, on every start: apps already known keep their label, new ones fold
@@ -173,7 +176,11 @@ impl Apps {
 
     /// The two labels of the agent's own come first, and names are distinct.
     pub fn check(&self) -> Result<(), String> {
-        if self.names.get(..2) != Some(&["unknown".to_string(), "other".to_string()][..]) {
+        if self
+            .names
+            .get(..2)
+            .is_none_or(|n| *n[0] != *"unknown" || *n[1] != *"other")
+        {
             return Err("app table does not start with unknown, other".into());
         }
         if self.index.len() != self.names.len() - 2 {
@@ -189,6 +196,11 @@ impl Apps {
 
     pub fn name(&self, id: AppId) -> &str {
         &self.names[id.0 as usize]
+    }
+
+    /// [`Apps::name`], shared: what a closed session carries out of `sessions/`.
+    pub fn shared_name(&self, id: AppId) -> Arc<str> {
+        self.names[id.0 as usize].clone()
     }
 
     /// Lookups that folded an app into `other` because the cap was reached.

@@ -89,12 +89,12 @@ pub struct Evictions {
     pub pending_expired: u64,
 }
 
-/// A closed session, for consumers that keep their own window (health).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A closed session, as the session window takes it: the app by name (shared with the app
+/// table, so handing it on allocates nothing), its protocol and whether it got a reply.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Closed {
-    pub app: AppId,
+    pub app: std::sync::Arc<str>,
     pub proto: ProtoKey,
-    pub outcome: CloseOutcome,
     pub reply: Reply,
 }
 
@@ -370,9 +370,8 @@ impl SessionTracker {
         }
         if let Some(log) = &mut self.closed_log {
             log.push(Closed {
-                app,
+                app: self.apps.shared_name(app),
                 proto,
-                outcome,
                 reply,
             });
         }
@@ -766,7 +765,7 @@ mod tests {
         );
         let c = t.drain_closed();
         assert_eq!(
-            (t.apps().name(c[0].app), c[0].reply),
+            (&*c[0].app, c[0].reply),
             ("com.plexapp.plexmediaserver", Reply::NoReply)
         );
         assert_eq!(t.pending_len(), 0);

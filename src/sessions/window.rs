@@ -66,17 +66,17 @@ impl SessionWindow {
     /// A session of `app` over `proto` closed at `at`, having received what `reply` says
     /// (closes whose size could not be read are not judged). Closes are expected roughly in
     /// time order; late ones are kept.
-    pub fn record_close(&mut self, app: &str, proto: ProtoKey, at: Instant, reply: Reply) {
+    pub fn record_close(
+        &mut self,
+        app: impl Into<Arc<str>>,
+        proto: ProtoKey,
+        at: Instant,
+        reply: Reply,
+    ) {
         if reply == Reply::Unknown {
             return;
         }
-        let app = self
-            .events
-            .iter()
-            .rev()
-            .find(|c| &*c.app == app)
-            .map(|c| c.app.clone())
-            .unwrap_or_else(|| Arc::from(app));
+        let app = app.into();
         self.events.push_back(Close {
             at,
             app,

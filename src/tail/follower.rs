@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::fingerprint::{Fingerprint, head_fingerprint, head_matches};
-use super::lines::LineSplitter;
+use super::lines::{LineSink, LineSplitter};
 use crate::os::trusted::{Opened, Refusal, Trust, folder_is_shared, open_log, stat_at};
 
 /// Where reading stopped: enough to find the same file and position after a restart.
@@ -296,7 +296,7 @@ impl Follower {
     /// Open and stat failures are reported in [`Poll::file`], not as errors; an error is a
     /// failed read of an open file, returned only when nothing was appended to `out` by this
     /// call, and the next poll retries from the same position.
-    pub fn poll(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> io::Result<Poll> {
+    pub fn poll(&mut self, out: &mut impl LineSink, max_bytes: usize) -> io::Result<Poll> {
         let mut p = Poll {
             bytes: 0,
             lines_too_long: 0,
@@ -378,7 +378,12 @@ impl Follower {
     }
 
     /// Reads the source to its end (true) or until the budget runs out (false).
-    fn drain(&mut self, out: &mut Vec<u8>, budget: &mut usize, p: &mut Poll) -> io::Result<bool> {
+    fn drain(
+        &mut self,
+        out: &mut impl LineSink,
+        budget: &mut usize,
+        p: &mut Poll,
+    ) -> io::Result<bool> {
         let src = self.src.as_mut().expect("drain needs a source");
         loop {
             if *budget == 0 {

@@ -6,6 +6,74 @@ use memchr::memchr;
 /// pin megabytes for the rest of the process's life.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
+/// Where complete lines go: raw bytes (each line with its `\n`), or [`Lines`], which also
+/// keeps where each line ends so that its reader never looks for the newlines again.
+pub trait LineSink {
+    /// Appends one complete line: `head` (the start of the line, kept from earlier reads),
+    /// then `tail`, which ends with the `\n`.
+    fn push_line(&mut self, head: &[u8], tail: &[u8]);
+}
+
+impl LineSink for Vec<u8> {
+    fn push_line(&mut self, head: &[u8], tail: &[u8]) {
+        self.extend_from_slice(head);
+        self.extend_from_slice(tail);
+    }
+}
+
+/// A batch of complete lines, split once: their bytes (each line with its `\n`) and where
+/// each ends.
+#[derive(Debug, Default)]
+pub struct Lines {
+    bytes: Vec<u8>,
+    /// Offset just after each line's `\n`. A batch stays far below 4 GiB (a read budget plus
+    /// one line of at most `log.max_line_bytes`).
+    ends: Vec<u32>,
+}
+
+impl Lines {
+    pub fn with_capacity(bytes: usize) -> Lines {
+        Lines {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Each line without its `\n` (a `\r` before it is left in place).
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&e| e as usize));
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.bytes[start..end as usize - 1])
+    }
+
+    /// The lines' bytes, `\n`s included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// How many lines.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+impl LineSink for Lines {
+    fn push_line(&mut self, head: &[u8], tail: &[u8]) {
+        self.bytes.push_line(head, tail);
+        self.ends.push(self.bytes.len() as u32);
+    }
+}
+
 /// Counts from one [`LineSplitter::feed`] call.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fed {
@@ -37,7 +105,7 @@ impl LineSplitter {
     }
 
     /// Appends each complete line of `pending + data` to `out`; keeps the unterminated rest.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Fed {
+    pub fn feed(&mut self, data: &[u8], out: &mut impl LineSink) -> Fed {
         let mut fed = Fed::default();
         let mut rest = data;
         let mut at = 0;
@@ -50,8 +118,7 @@ impl LineSplitter {
                 fed.too_long += 1;
                 self.clear_pending();
             } else {
-                out.extend_from_slice(&self.pending);
-                out.extend_from_slice(line);
+                out.push_line(&self.pending, line);
                 fed.handed += (self.pending.len() + line.len()) as u64;
                 self.clear_pending();
             }
@@ -74,11 +141,10 @@ impl LineSplitter {
 
     /// Hands on the unterminated rest as a final line (with a `\n` added), for a file that
     /// will not be written any more. Returns the bytes appended.
-    pub fn finish(&mut self, out: &mut Vec<u8>) -> u64 {
+    pub fn finish(&mut self, out: &mut impl LineSink) -> u64 {
         let mut handed = 0;
         if !self.skipping && !self.pending.is_empty() {
-            out.extend_from_slice(&self.pending);
-            out.push(b'\n');
+            out.push_line(&self.pending, b"\n");
             handed = self.pending.len() as u64 + 1;
         }
         self.reset();
@@ -129,6 +195,22 @@ mod tests {
         assert_eq!(s.pending_len(), 1);
         assert_eq!(s.finish(&mut out), 2);
         assert_eq!(out, b"ab\r\ncdef\r\ng\n");
+    }
+
+    /// Lines keep where each ends: read back without searching, as the bytes would split.
+    #[test]
+    fn lines_are_read_back_as_they_were_split() {
+        let mut s = LineSplitter::new(100);
+        let mut lines = Lines::default();
+        s.feed(b"ab\r\n\ncd", &mut lines);
+        s.feed(b"e\nf", &mut lines);
+        assert_eq!(s.finish(&mut lines), 2);
+        let got: Vec<&[u8]> = lines.iter().collect();
+        assert_eq!(got, [&b"ab\r"[..], b"", b"cde", b"f"]);
+        assert_eq!(lines.as_bytes(), b"ab\r\n\ncde\nf\n");
+        assert_eq!(lines.len(), 4);
+        lines.clear();
+        assert!(lines.is_empty() && lines.iter().next().is_none());
     }
 
     #[test]

@@ -34,4 +34,5 @@ mod tailer;
 pub use crate::os::trusted::{Refusal, Trust};
 pub use fingerprint::{FINGERPRINT_BYTES, Fingerprint};
 pub use follower::{Before, Cursor, FileState, FollowOptions, Follower, Poll, Resume};
+pub use lines::{LineSink, Lines};
 pub use tailer::Tailer;

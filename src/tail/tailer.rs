@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::follower::{Cursor, FileState, Follower, Poll};
+use super::lines::LineSink;
 
 /// Backstop poll period while the folder watch is up: events bring latency down, this only
 /// bounds what a lost event can cost (latency, never lines). Long, so an idle agent rarely
@@ -95,7 +96,7 @@ impl Tailer {
     ///
     /// Cancel-safe: lines are only appended right before returning, and everything else lives
     /// in `self`, so dropping the future (e.g. in `tokio::select!`) loses nothing.
-    pub async fn next(&mut self, out: &mut Vec<u8>) -> io::Result<Poll> {
+    pub async fn next(&mut self, out: &mut impl LineSink) -> io::Result<Poll> {
         loop {
             self.tick_if_due();
             if self.backoff {

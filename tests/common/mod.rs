@@ -223,9 +223,9 @@ impl StandIn {
     /// A verifier that sees what the stand-in holds, as real probes would: the bypass times
     /// out until the fallback is enabled (a pf reference held), then egresses as the physical
     /// path.
-    pub fn verifier(&self) -> Box<dyn pia_split_tunnel_exporter::fallback::controller::Verifier> {
+    pub fn verifier(&self) -> std::sync::Arc<dyn pia_split_tunnel_exporter::probe::RoundSource> {
         let tokens = self.dir.path().join("tokens");
-        Box::new(move || {
+        std::sync::Arc::new(move || {
             let held = std::fs::read_to_string(&tokens).is_ok_and(|t| !t.trim().is_empty());
             let r = round(
                 true,
