@@ -149,7 +149,7 @@ overflow-x:auto;font-size:.8em}.ok{color:#1b7f3b}.degraded{color:#b36b00}.failin
 pub fn render(view: &StatusView) -> String {
     let mut h = String::with_capacity(8 * 1024);
     head(&mut h, &view.version);
-    verdict(&mut h, view.tone, view.since.as_deref());
+    verdict(&mut h, view);
     health_table(&mut h, &view.components);
     apps_table(&mut h, view.window_seconds, &view.apps);
     probe_table(&mut h, &view.probe);
@@ -170,15 +170,15 @@ fn head(h: &mut String, version: &str) {
     );
 }
 
-fn verdict(h: &mut String, tone: Tone, since: Option<&str>) {
+fn verdict(h: &mut String, view: &StatusView) {
     let _ = write!(
         h,
         "<p class=\"verdict\" id=\"verdict\" data-tone=\"{:?}\" style=\"background:{}\">{}",
-        tone,
-        tone.colour(),
-        tone.sentence()
+        view.tone,
+        view.tone.colour(),
+        view.tone.sentence()
     );
-    if let Some(since) = since {
+    if let Some(since) = &view.since {
         let _ = write!(h, " <small>(since {})</small>", escape(since));
     }
     h.push_str("</p>");
