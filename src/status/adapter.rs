@@ -11,7 +11,6 @@ use axum::routing::get;
 use strum::IntoEnumIterator;
 
 use super::{AppRow, FallbackView, ProbeRow, StatusView, Tone};
-use crate::fallback::controller::FallbackStatus;
 use crate::fallback::http::SharedController;
 use crate::health::Health;
 use crate::pipeline::Pipeline;
@@ -124,7 +123,7 @@ impl StatusSource {
 
     /// The fallback's status and rules text. The controller is busy while it applies or
     /// verifies: the page then shows its status without the rules text rather than wait.
-    fn fallback(&self) -> Option<(FallbackStatus, String)> {
+    fn fallback(&self) -> Option<(crate::fallback::controller::FallbackStatus, String)> {
         match self.controller.try_lock() {
             Ok(c) => {
                 let s = c.status_handle().read().expect("status lock").clone();
