@@ -343,6 +343,10 @@ mod tests {
                 .to_string();
             assert!(e.contains(key), "{set}: {e}");
         }
+    }
+
+    #[test]
+    fn an_error_log_that_is_the_log_under_another_name_names_the_key() {
         // A hard link is the same file under another name.
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
@@ -358,8 +362,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("log.error_path"), "{e}");
-        // A token file others can read.
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_names_the_key_and_the_fix() {
         use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "0123456789abcdef0123").unwrap();
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();

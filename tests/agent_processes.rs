@@ -23,6 +23,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario; the rule is for src/")]
 #[test]
 fn a_daemon_process_comes_and_goes_on_metrics() {
     let dir = tempfile::tempdir().unwrap();

@@ -239,6 +239,7 @@ fn metric(mon: &str, target: &str, line_prefix: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario; the rule is for src/")]
 #[test]
 fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
     require_tools();

@@ -256,17 +256,19 @@ mod tests {
         ScheduleConfig::with_heartbeat(Duration::from_secs(300))
     }
 
-    #[test]
-    fn table() {
-        struct Case {
-            name: &'static str,
-            events: Vec<(u64, Ev)>,
-            round_ms: u64,
-            confirm: &'static dyn Fn(usize) -> bool,
-            until_ms: u64,
-            want: Vec<(u64, Trigger)>,
-        }
-        let cases = [
+    struct Case {
+        name: &'static str,
+        events: Vec<(u64, Ev)>,
+        round_ms: u64,
+        confirm: &'static dyn Fn(usize) -> bool,
+        until_ms: u64,
+        want: Vec<(u64, Trigger)>,
+    }
+
+    /// The schedule's table: events, how long a round takes, when the policy asks for a
+    /// confirmation, and the rounds wanted.
+    fn cases() -> [Case; 7] {
+        [
             Case {
                 name: "quiet: a start round, then heartbeats",
                 events: vec![],
@@ -333,8 +335,12 @@ mod tests {
                 until_ms: 5_000,
                 want: vec![(0, Start), (1_150, LogEvidence)],
             },
-        ];
-        for c in cases {
+        ]
+    }
+
+    #[test]
+    fn table() {
+        for c in cases() {
             let got = simulate(cfg(), &c.events, c.round_ms, c.confirm, c.until_ms);
             assert_eq!(got, c.want, "{}", c.name);
         }

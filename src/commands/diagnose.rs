@@ -248,6 +248,22 @@ pub fn explain(
     presence: &Presence,
     platform: &[String],
 ) -> Vec<String> {
+    let mut out = why_the_log_is_silent(round, log, presence);
+    let sessions = sessions_summary(log);
+    match round {
+        Some(round) => out.extend(round_sentences(round, log, &sessions)),
+        None => out.push(not_probed(log, &sessions)),
+    }
+    errors_and_facts(&mut out, log, platform);
+    out
+}
+
+/// The extension not running, no log file, or debug logging off: each keeps the log quiet.
+fn why_the_log_is_silent(
+    round: Option<&Round>,
+    log: &LogFacts,
+    presence: &Presence,
+) -> Vec<String> {
     let mut out = Vec::new();
     let vpn_up = round.is_some_and(|r| r.interfaces.tunnel.is_some()) || presence.vpn > 0;
     if presence.checked && presence.extension == 0 && vpn_up {
@@ -279,7 +295,12 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
                 .into(),
         );
     }
-    let sessions = if log.sessions_closed > 0 {
+    out
+}
+
+/// The log's sessions in one clause.
+fn sessions_summary(log: &LogFacts) -> String {
+    if log.sessions_closed > 0 {
         format!(
             "{}% of {} sessions closed with zero bytes",
             percent(log.zero_byte, log.sessions_closed),
@@ -287,26 +308,31 @@ Turn on Debug Logging in PIA's settings (Help) to see sessions."
         )
     } else {
         "no session closed in the log".into()
+    }
+}
+
+/// Without a round there is no verdict on the bypass: the log and the system speak alone.
+fn not_probed(log: &LogFacts, sessions: &str) -> String {
+    let why = if log.offline {
+        "saved files, nothing to probe"
+    } else {
+        "probe.enabled = false"
     };
-    let Some(round) = round else {
-        let why = if log.offline {
-            "saved files, nothing to probe"
-        } else {
-            "probe.enabled = false"
-        };
-        out.push(format!(
-            "Did not probe ({why}): no verdict on the bypass, only what the log \
+    format!(
+        "Did not probe ({why}): no verdict on the bypass, only what the log \
 and the system say. The log: {sessions}{}.",
-            match log.sessions {
-                Some(SessionsState::Broken) => {
-                    "; that looks broken, and a probe round (`probe`) would confirm it"
-                }
-                _ => "",
+        match log.sessions {
+            Some(SessionsState::Broken) => {
+                "; that looks broken, and a probe round (`probe`) would confirm it"
             }
-        ));
-        errors_and_facts(&mut out, log, platform);
-        return out;
-    };
+            _ => "",
+        }
+    )
+}
+
+/// What the round's verdict says of the bypass; only "bypass broken" blames the VPN's routes.
+fn round_sentences(round: &Round, log: &LogFacts, sessions: &str) -> Vec<String> {
+    let mut out = Vec::new();
     let v = Verdict::of(round);
     let bind = log
         .bind_ip
@@ -358,7 +384,6 @@ the physical address. Fix: route-to fallback (`pia-split-tunnel-exporter rules`,
         // Tunnel down, no network, VPN leak, undetermined: the verdict's words, no blame.
         _ => out.push(format!("Verdict: {}; {sessions}.", v.text)),
     }
-    errors_and_facts(&mut out, log, platform);
     out
 }
 

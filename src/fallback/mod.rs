@@ -209,6 +209,30 @@ impl FallbackConfig {
 
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_ranges()?;
+        self.validate_bypass_subnets()?;
+        if let Some(path) = &self.token_file {
+            token_file_is_private(path)?;
+        }
+        if self.backoff_max_secs < self.cooldown_secs {
+            return Err(format!(
+                "fallback.backoff_max_secs = {} is below cooldown_secs = {}: raise it",
+                self.backoff_max_secs, self.cooldown_secs
+            ));
+        }
+        self.validate_tool_paths()?;
+        validate_anchor(&self.anchor)?;
+        if self.served_ports.contains(&0) {
+            return Err("fallback.served_ports contains 0: list real TCP ports".into());
+        }
+        validate_route_table(self.route_table)?;
+        validate_rule_priority(self.rule_priority)?;
+        self.validate_backend()?;
+        self.validate_instance()
+    }
+
+    /// Counts and durations, each within its bounds.
+    fn validate_ranges(&self) -> Result<(), String> {
         use crate::check::in_range;
         for (key, v, max, default) in [
             (
@@ -251,6 +275,11 @@ impl FallbackConfig {
             1024..=1 << 20,
             "65536",
         )?;
+        Ok(())
+    }
+
+    /// A bypass subnet is a local network, never a /0 to /7.
+    fn validate_bypass_subnets(&self) -> Result<(), String> {
         if let Some(n) = self.bypass_subnets.iter().find(|n| n.prefix() < 8) {
             return Err(format!(
                 "fallback.bypass_subnets has {}/{}: a subnet that wide keeps (nearly) every \
@@ -259,15 +288,11 @@ impl FallbackConfig {
                 n.prefix()
             ));
         }
-        if let Some(path) = &self.token_file {
-            token_file_is_private(path)?;
-        }
-        if self.backoff_max_secs < self.cooldown_secs {
-            return Err(format!(
-                "fallback.backoff_max_secs = {} is below cooldown_secs = {}: raise it",
-                self.backoff_max_secs, self.cooldown_secs
-            ));
-        }
+        Ok(())
+    }
+
+    /// The tools run as root are given by absolute path.
+    fn validate_tool_paths(&self) -> Result<(), String> {
         for (key, tool) in [
             ("fallback.pfctl_path", &self.pfctl_path),
             ("fallback.ip_path", &self.ip_path),
@@ -280,12 +305,11 @@ impl FallbackConfig {
                 ));
             }
         }
-        validate_anchor(&self.anchor)?;
-        if self.served_ports.contains(&0) {
-            return Err("fallback.served_ports contains 0: list real TCP ports".into());
-        }
-        validate_route_table(self.route_table)?;
-        validate_rule_priority(self.rule_priority)?;
+        Ok(())
+    }
+
+    /// `auto` needs a backend that can act here.
+    fn validate_backend(&self) -> Result<(), String> {
         if self.mode == Mode::Auto && self.backend.resolve() == BackendKind::None {
             return Err(
                 "fallback.mode = \"auto\" with no backend on this platform: set fallback.backend \
@@ -293,6 +317,11 @@ impl FallbackConfig {
                     .into(),
             );
         }
+        Ok(())
+    }
+
+    /// `instance`, when given, is a label value.
+    fn validate_instance(&self) -> Result<(), String> {
         if self
             .instance
             .as_deref()

@@ -244,6 +244,21 @@ impl DurationSum {
 
 /// All log-side families of `p`.
 pub fn render(p: &LogState) -> Vec<MetricFamily> {
+    let mut out = Vec::from(session_families(p));
+    out.push(refused_flows(p));
+    out.extend(proxy_lifecycle(p));
+    out.extend(reader_families(p));
+    out.extend(proxy_settings(p));
+    out.push(evictions(p));
+    out.push(values_refused(p));
+    // A family without samples (no app yet, no error yet) is left out, as the registry does.
+    out.retain(|f| !f.get_metric().is_empty());
+    out
+}
+
+/// The session table's families: per app and protocol, per app, and the durations per
+/// protocol.
+fn session_families(p: &LogState) -> [MetricFamily; 8] {
     let mut opened = SESSIONS_OPENED.samples();
     let mut closed = SESSIONS_CLOSED.samples();
     let mut replies = SESSIONS_REPLIES.samples();
@@ -299,6 +314,20 @@ pub fn render(p: &LogState) -> Vec<MetricFamily> {
     if let Some(id) = current {
         flush(apps.name(id), &sum);
     }
+    [
+        opened.done(),
+        closed.done(),
+        replies.done(),
+        open.done(),
+        errors.done(),
+        rx.done(),
+        tx.done(),
+        duration_family(&durations),
+    ]
+}
+
+/// `session_duration_seconds`: one histogram per protocol that had a session.
+fn duration_family(durations: &[DurationSum]) -> MetricFamily {
     let mut duration = SESSION_DURATION.samples();
     for (i, d) in durations.iter().enumerate() {
         if d.seen {
@@ -307,26 +336,27 @@ pub fn render(p: &LogState) -> Vec<MetricFamily> {
             duration.observe([proto], buckets, d.count, d.sum_ms as f64 / 1000.0);
         }
     }
-    let mut out: Vec<MetricFamily> = vec![
-        opened.done(),
-        closed.done(),
-        replies.done(),
-        open.done(),
-        errors.done(),
-        rx.done(),
-        tx.done(),
-        duration.done(),
-        refused_flows(p),
-    ];
+    duration.done()
+}
 
+/// The proxy's last line, restarts and stops.
+fn proxy_lifecycle(p: &LogState) -> Vec<MetricFamily> {
     let proxy = p.proxy();
+    let mut out = Vec::with_capacity(3);
     if let Some(t) = proxy.last_event.and_then(local_to_unix) {
         out.push(LAST_EVENT.single(t));
     }
-    let r = p.read();
     out.extend([
         PROXY_RESTARTS.single(proxy.restarts as f64),
         PROXY_STOPS.single(proxy.stops as f64),
+    ]);
+    out
+}
+
+/// What reading the log files counted.
+fn reader_families(p: &LogState) -> [MetricFamily; 11] {
+    let r = p.read();
+    [
         LOG_LINES.single(r.lines as f64),
         LOG_UNRECOGNIZED.single(r.unrecognized as f64),
         LOG_READ_BYTES.single(r.bytes as f64),
@@ -335,10 +365,16 @@ pub fn render(p: &LogState) -> Vec<MetricFamily> {
         LOG_LINES_TOO_LONG.single(r.lines_too_long as f64),
         LOG_FILES_REFUSED.single(r.files_refused as f64),
         LOG_GAPS.single(r.gaps as f64),
-        APPS_FOLDED.single(apps.folded() as f64),
+        APPS_FOLDED.single(p.sessions().apps().folded() as f64),
         LOG_FILE_PRESENT.single(f64::from(u8::from(r.file_present))),
         ERROR_LOG_FILE_PRESENT.single(f64::from(u8::from(r.error_file_present))),
-    ]);
+    ]
+}
+
+/// The proxy's settings as its log last said them; each once a line said it.
+fn proxy_settings(p: &LogState) -> Vec<MetricFamily> {
+    let proxy = p.proxy();
+    let mut out = Vec::with_capacity(4);
     if let Some(c) = proxy.connected {
         out.push(PROXY_CONNECTED.single(f64::from(u8::from(c))));
     }
@@ -353,6 +389,11 @@ pub fn render(p: &LogState) -> Vec<MetricFamily> {
     if let Some(level) = proxy.level() {
         out.push(LOG_LEVEL.stateset(Level::iter(), &level));
     }
+    out
+}
+
+/// `session_evictions_total`, by reason.
+fn evictions(p: &LogState) -> MetricFamily {
     let e = p.sessions().evictions();
     let mut ev = SESSION_EVICTIONS.samples();
     ev.add(["table_full"], e.table_full as f64)
@@ -360,16 +401,18 @@ pub fn render(p: &LogState) -> Vec<MetricFamily> {
         .add(["id_reused"], e.id_reused as f64)
         .add(["pending_full"], e.pending_full as f64)
         .add(["pending_expired"], e.pending_expired as f64);
-    out.push(ev.done());
+    ev.done()
+}
+
+/// `log_values_refused_total`: values from the log kept out of labels and gauges, by field.
+fn values_refused(p: &LogState) -> MetricFamily {
+    let r = p.read();
     let mut refused = LOG_VALUES_REFUSED.samples();
     refused
-        .add(["app"], apps.invalid() as f64)
+        .add(["app"], p.sessions().apps().invalid() as f64)
         .add(["interface"], r.invalid_interfaces as f64)
         .add(["timestamp"], r.future_timestamps as f64);
-    out.push(refused.done());
-    // A family without samples (no app yet, no error yet) is left out, as the registry does.
-    out.retain(|f| !f.get_metric().is_empty());
-    out
+    refused.done()
 }
 
 /// `flows_refused_total`: per app (bounded by the app cap), a reason once it happened.

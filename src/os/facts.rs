@@ -73,7 +73,29 @@ impl RoutingFacts {
 
     /// One sentence per fact, for `diagnose`.
     pub fn describe(&self, ifs: &Interfaces) -> Vec<String> {
-        let mut out = Vec::new();
+        let physical = ifs.physical.as_ref();
+        let mut out: Vec<String> = [
+            self.halves_sentence(),
+            self.carrier_sentence(),
+            self.lookup_sentence(),
+            physical.and_then(|p| self.scoped_default_sentence(&p.name)),
+            self.ip_forwarding
+                .map(|on| format!("IP forwarding is {}", if on { "on" } else { "off" })),
+            self.anchors_sentence(),
+            self.kernel_route
+                .as_ref()
+                .zip(physical)
+                .map(|(route, p)| format!("the kernel routes traffic from {} as: {route}", p.ipv4)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        out.extend(self.unavailable.iter().map(|e| format!("not read: {e}")));
+        out
+    }
+
+    /// Where the VPN's 0/1 and 128/1 routes go, when the table has them.
+    fn halves_sentence(&self) -> Option<String> {
         let halves = self.vpn_halves();
         let half = |low: bool| {
             halves.iter().find(|r| {
@@ -82,96 +104,88 @@ impl RoutingFacts {
             })
         };
         match (half(true), half(false)) {
-            (Some(l), Some(h)) if l.netif == h.netif => out.push(format!(
+            (Some(l), Some(h)) if l.netif == h.netif => Some(format!(
                 "the VPN's 0/1 and 128/1 routes are present, through {}",
                 l.netif
             )),
-            (Some(l), Some(h)) => out.push(format!(
+            (Some(l), Some(h)) => Some(format!(
                 "the VPN's 0/1 route goes through {} and its 128/1 route through {}",
                 l.netif, h.netif
             )),
-            (Some(r), None) | (None, Some(r)) => out.push(format!(
+            (Some(r), None) | (None, Some(r)) => Some(format!(
                 "only one of the VPN's halves is present: {} through {}",
                 r.destination, r.netif
             )),
-            (None, None) => {}
+            (None, None) => None,
         }
-        if let Some(table) = &self.route_table {
-            out.push(match discovery::from_netstat(table) {
-                Ok(routes) => match discovery::public_carrier(&routes) {
-                    Some((via, share)) if discovery::carries_everything(share) => format!(
-                        "unscoped traffic to public addresses goes through {via} (all of the public space)"
-                    ),
-                    Some((via, share)) => format!(
-                        "unscoped traffic to public addresses goes through {via} ({:.0}% of the public space)",
-                        share * 100.0
-                    ),
-                    None => "no route carries most of the public space".into(),
-                },
-                Err(e) => format!("the routing table is not understood: {e}"),
-            });
+    }
+
+    /// Which interface carries the public address space, as the table says.
+    fn carrier_sentence(&self) -> Option<String> {
+        let table = self.route_table.as_ref()?;
+        Some(match discovery::from_netstat(table) {
+            Ok(routes) => match discovery::public_carrier(&routes) {
+                Some((via, share)) if discovery::carries_everything(share) => format!(
+                    "unscoped traffic to public addresses goes through {via} (all of the public space)"
+                ),
+                Some((via, share)) => format!(
+                    "unscoped traffic to public addresses goes through {via} ({:.0}% of the public space)",
+                    share * 100.0
+                ),
+                None => "no route carries most of the public space".into(),
+            },
+            Err(e) => format!("the routing table is not understood: {e}"),
+        })
+    }
+
+    /// Where an unscoped lookup leaves, and which route answered it.
+    fn lookup_sentence(&self) -> Option<String> {
+        let r = self.default_lookup.as_ref()?;
+        let interface = r.interface.as_ref()?;
+        let what = if r.is_whole_default() {
+            "the default route"
+        } else {
+            "a VPN route narrower than the default"
+        };
+        Some(format!(
+            "an unscoped lookup of an address leaves through {interface} (answered by {what})"
+        ))
+    }
+
+    /// Whether the physical interface has its scoped default route, and via which gateway.
+    fn scoped_default_sentence(&self, physical: &str) -> Option<String> {
+        if self.scoped_default_on(physical)? {
+            let gateway = self
+                .scoped_lookup
+                .iter()
+                .flatten()
+                .find_map(|r| r.gateway.clone())
+                .or_else(|| {
+                    self.scoped_defaults()
+                        .into_iter()
+                        .find(|r| r.netif == physical)
+                        .map(|r| r.gateway.clone())
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "a scoped default route on {physical} via {gateway} is present"
+            ))
+        } else {
+            Some(format!(
+                "no scoped default route on {physical} (PIA adds one for split tunnel)"
+            ))
         }
-        if let Some(r) = &self.default_lookup
-            && let Some(interface) = &r.interface
-        {
-            let what = if r.is_whole_default() {
-                "the default route"
-            } else {
-                "a VPN route narrower than the default"
-            };
-            out.push(format!(
-                "an unscoped lookup of an address leaves through {interface} (answered by {what})"
-            ));
-        }
-        if let Some(p) = &ifs.physical {
-            match self.scoped_default_on(&p.name) {
-                Some(true) => {
-                    let gateway = self
-                        .scoped_lookup
-                        .iter()
-                        .flatten()
-                        .find_map(|r| r.gateway.clone())
-                        .or_else(|| {
-                            self.scoped_defaults()
-                                .into_iter()
-                                .find(|r| r.netif == p.name)
-                                .map(|r| r.gateway.clone())
-                        })
-                        .unwrap_or_default();
-                    out.push(format!(
-                        "a scoped default route on {} via {gateway} is present",
-                        p.name
-                    ))
-                }
-                Some(false) => out.push(format!(
-                    "no scoped default route on {} (PIA adds one for split tunnel)",
-                    p.name
-                )),
-                None => {}
-            }
-        }
-        if let Some(on) = self.ip_forwarding {
-            out.push(format!(
-                "IP forwarding is {}",
-                if on { "on" } else { "off" }
-            ));
-        }
-        if self.pf_anchors.is_some() {
-            let pia = self.pia_anchors();
-            out.push(if pia.is_empty() {
-                "no pf anchor of PIA is loaded".into()
-            } else {
-                format!("PIA's pf anchors are loaded: {}", pia.join(", "))
-            });
-        }
-        if let (Some(route), Some(p)) = (&self.kernel_route, &ifs.physical) {
-            out.push(format!(
-                "the kernel routes traffic from {} as: {route}",
-                p.ipv4
-            ));
-        }
-        out.extend(self.unavailable.iter().map(|e| format!("not read: {e}")));
-        out
+    }
+
+    /// PIA's pf anchors, when the anchors could be listed.
+    fn anchors_sentence(&self) -> Option<String> {
+        self.pf_anchors.as_ref()?;
+        let pia = self.pia_anchors();
+        Some(if pia.is_empty() {
+            "no pf anchor of PIA is loaded".into()
+        } else {
+            format!("PIA's pf anchors are loaded: {}", pia.join(", "))
+        })
     }
 }
 

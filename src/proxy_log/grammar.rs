@@ -760,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn error_lines() {
+    fn forwarder_error_lines() {
         let e = ev(
             "[x] [FlowForwarderTCP.swift:32] error: id: 3 Empty buffer occurred during TCP flow.readData() com.plexapp.plexmediaserver",
         );
@@ -797,6 +797,10 @@ mod tests {
                 app: Some("com.noip.DUC".into())
             }
         );
+    }
+
+    #[test]
+    fn channel_error_lines() {
         let e = ev(
             "[x] [ProxySessionTCP.swift:59] error: id: 8 Unable to create channel: connectTimeout(NIOCore.TimeAmount(nanoseconds: 10000000000)), dropping the flow.",
         );
@@ -830,6 +834,10 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn inbound_and_pending_read_error_lines() {
         let e = ev(
             "[x] [InboundHandler.swift:35] error: id: 4 read(descriptor:pointer:size:): Connection reset by peer (errno: 54) in InboundHandler",
         );

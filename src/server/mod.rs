@@ -208,17 +208,7 @@ pub async fn serve(
     web: &WebConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = if web.headers.is_empty() {
-        app
-    } else {
-        app.layer(axum::middleware::map_response_with_state(
-            Arc::new(web.headers.clone()),
-            web_config::add_headers,
-        ))
-    };
-    let mut names: Vec<&str> = cfg.allowed_hosts.iter().map(String::as_str).collect();
-    names.extend(cfg.listen.host.as_deref());
-    let app = host::check(app, host::Allowed::new(names));
+    let app = with_headers_and_host_check(app, cfg, web);
     let graceful = GracefulShutdown::new();
     let slots = conns::Slots::new(conns::Limits {
         max: cfg.max_connections,
@@ -243,56 +233,15 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let (app, watcher, tls, slots) = (
+        tokio::spawn(connection(
+            stream,
+            peer,
             app.clone(),
             graceful.watcher(),
             web.tls.clone(),
             slots.clone(),
-        );
-        tokio::spawn(async move {
-            let slot = match slots.admit(peer.ip()).await {
-                Ok(slot) => slot,
-                Err(why) => {
-                    tracing::debug!(%peer, ?why, "no connection slot (http.max_connections, http.max_connections_per_peer): closing a new one");
-                    return;
-                }
-            };
-            let Ok(local) = stream.local_addr() else {
-                return;
-            };
-            // Responses nobody reads stall here within a few hundred KiB rather than after
-            // megabytes of kernel memory per connection (autotuned, it grows to 4 MiB).
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-            let conn = host::Conn { peer, local };
-            let io = conns::Tracked::new(stream, slot.state.clone());
-            let state = slot.state.clone();
-            let work = async move {
-                match tls {
-                    None => serve_connection(io, app, limits, conn, state, watcher).await,
-                    Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
-                        Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, watcher).await,
-                        // A failed or too slow handshake is the client's problem.
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => {
-                            tracing::debug!(
-                                "TLS handshake not done within http.header_timeout_secs"
-                            )
-                        }
-                    },
-                }
-            };
-            // Dropping `work` closes the connection, handshake or not.
-            tokio::select! {
-                () = work => {}
-                () = slot.state.kill.notified() => {
-                    tracing::debug!(%peer, "connection pushed out by a newcomer (http.max_connections)");
-                }
-                () = slot.state.overrun(limits.exchange) => {
-                    tracing::debug!(%peer, "exchange not done within http.exchange_timeout_secs: closing");
-                }
-            }
-            drop(slot);
-        });
+            limits,
+        ));
     }
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown())
@@ -302,6 +251,74 @@ pub async fn serve(
         tracing::debug!("connections still open after the drain time: leaving them");
     }
     Ok(())
+}
+
+/// The `web.config.file` headers on every response, and the `Host` check in front.
+fn with_headers_and_host_check(app: Router, cfg: &HttpConfig, web: &WebConfig) -> Router {
+    let app = if web.headers.is_empty() {
+        app
+    } else {
+        app.layer(axum::middleware::map_response_with_state(
+            Arc::new(web.headers.clone()),
+            web_config::add_headers,
+        ))
+    };
+    let mut names: Vec<&str> = cfg.allowed_hosts.iter().map(String::as_str).collect();
+    names.extend(cfg.listen.host.as_deref());
+    host::check(app, host::Allowed::new(names))
+}
+
+/// One accepted connection: it takes a slot, then (after the TLS handshake) serves requests
+/// until it closes, a newcomer pushes it out or an exchange overruns.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    app: Router,
+    watcher: Watcher,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    slots: Arc<conns::Slots>,
+    limits: ConnLimits,
+) {
+    let slot = match slots.admit(peer.ip()).await {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::debug!(%peer, ?why, "no connection slot (http.max_connections, http.max_connections_per_peer): closing a new one");
+            return;
+        }
+    };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    // Responses nobody reads stall here within a few hundred KiB rather than after
+    // megabytes of kernel memory per connection (autotuned, it grows to 4 MiB).
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
+    let conn = host::Conn { peer, local };
+    let io = conns::Tracked::new(stream, slot.state.clone());
+    let state = slot.state.clone();
+    let work = async move {
+        match tls {
+            None => serve_connection(io, app, limits, conn, state, watcher).await,
+            Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
+                Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, watcher).await,
+                // A failed or too slow handshake is the client's problem.
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    tracing::debug!("TLS handshake not done within http.header_timeout_secs")
+                }
+            },
+        }
+    };
+    // Dropping `work` closes the connection, handshake or not.
+    tokio::select! {
+        () = work => {}
+        () = slot.state.kill.notified() => {
+            tracing::debug!(%peer, "connection pushed out by a newcomer (http.max_connections)");
+        }
+        () = slot.state.overrun(limits.exchange) => {
+            tracing::debug!(%peer, "exchange not done within http.exchange_timeout_secs: closing");
+        }
+    }
+    drop(slot);
 }
 
 /// Largest request head (request line and headers) read; bigger ones get 431. A browser's

@@ -31,6 +31,7 @@ use base64::Engine;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
@@ -478,68 +479,8 @@ impl TlsFile {
         let provider = Arc::new(provider(&self.cipher_suites, &self.curve_preferences)?);
         let versions = versions(self.min_version.as_deref(), self.max_version.as_deref())?;
         let resolver = CertFiles::new(cert, key, provider.clone())?;
-        let client_ca = match (
-            self.client_ca.is_empty(),
-            self.client_ca_file.as_os_str().is_empty(),
-        ) {
-            (true, true) => None,
-            (false, true) => Some(self.client_ca.into_bytes()),
-            (true, false) => {
-                let p = at(&self.client_ca_file);
-                Some(std::fs::read(&p).map_err(|e| {
-                    format!("tls_server_config.client_ca_file {}: {e}", p.display())
-                })?)
-            }
-            (false, false) => {
-                return Err(
-                    "tls_server_config: client_ca and client_ca_file are both set: keep one".into(),
-                );
-            }
-        };
-        let verifier = match (self.client_auth_type.as_str(), client_ca) {
-            ("" | "NoClientCert", None) => WebPkiClientVerifier::no_client_auth(),
-            ("" | "NoClientCert", Some(_)) => {
-                return Err("tls_server_config: a client CA is set without client_auth_type: set client_auth_type: RequireAndVerifyClientCert".into());
-            }
-            (mode @ ("RequireAndVerifyClientCert" | "VerifyClientCertIfGiven"), Some(ca)) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(&ca) {
-                    let c = c.map_err(|e| format!("tls_server_config client CA: {e}"))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("tls_server_config client CA: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("tls_server_config client CA: no certificate in it".into());
-                }
-                let b =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-                let b = if mode == "VerifyClientCertIfGiven" {
-                    b.allow_unauthenticated()
-                } else {
-                    b
-                };
-                b.build()
-                    .map_err(|e| format!("tls_server_config client CA: {e}"))?
-            }
-            ("RequireAndVerifyClientCert" | "VerifyClientCertIfGiven", None) => {
-                return Err(format!(
-                    "tls_server_config.client_auth_type {}: needs client_ca_file",
-                    self.client_auth_type
-                ));
-            }
-            ("RequestClientCert" | "RequireAnyClientCert" | "RequireClientCert", _) => {
-                return Err(format!(
-                    "tls_server_config.client_auth_type {}: not supported (client certificates would not be verified): use RequireAndVerifyClientCert",
-                    self.client_auth_type
-                ));
-            }
-            (other, _) => {
-                return Err(format!(
-                    "tls_server_config.client_auth_type {other:?}: use NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"
-                ));
-            }
-        };
+        let client_ca = client_ca(self.client_ca, &at(&self.client_ca_file))?;
+        let verifier = client_verifier(&self.client_auth_type, client_ca, &provider)?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .map_err(|e| format!("tls_server_config: {e}"))?
@@ -549,6 +490,71 @@ impl TlsFile {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
+}
+
+/// The client CA's PEM, given inline or as a file (`file` already resolved against the
+/// config's folder; empty when not given), or none.
+fn client_ca(inline: String, file: &Path) -> Result<Option<Vec<u8>>, String> {
+    match (inline.is_empty(), file.as_os_str().is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Ok(Some(inline.into_bytes())),
+        (true, false) => Ok(Some(std::fs::read(file).map_err(|e| {
+            format!("tls_server_config.client_ca_file {}: {e}", file.display())
+        })?)),
+        (false, false) => {
+            Err("tls_server_config: client_ca and client_ca_file are both set: keep one".into())
+        }
+    }
+}
+
+/// How client certificates are checked: as the toolkit's `client_auth_type`, with only the
+/// modes that verify a certificate against the client CA (or ask for none).
+fn client_verifier(
+    auth_type: &str,
+    client_ca: Option<Vec<u8>>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    Ok(match (auth_type, client_ca) {
+        ("" | "NoClientCert", None) => WebPkiClientVerifier::no_client_auth(),
+        ("" | "NoClientCert", Some(_)) => {
+            return Err("tls_server_config: a client CA is set without client_auth_type: set client_auth_type: RequireAndVerifyClientCert".into());
+        }
+        (mode @ ("RequireAndVerifyClientCert" | "VerifyClientCertIfGiven"), Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&ca) {
+                let c = c.map_err(|e| format!("tls_server_config client CA: {e}"))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls_server_config client CA: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("tls_server_config client CA: no certificate in it".into());
+            }
+            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let b = if mode == "VerifyClientCertIfGiven" {
+                b.allow_unauthenticated()
+            } else {
+                b
+            };
+            b.build()
+                .map_err(|e| format!("tls_server_config client CA: {e}"))?
+        }
+        ("RequireAndVerifyClientCert" | "VerifyClientCertIfGiven", None) => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {auth_type}: needs client_ca_file"
+            ));
+        }
+        ("RequestClientCert" | "RequireAnyClientCert" | "RequireClientCert", _) => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {auth_type}: not supported (client certificates would not be verified): use RequireAndVerifyClientCert"
+            ));
+        }
+        (other, _) => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {other:?}: use NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+            ));
+        }
+    })
 }
 
 /// The ring provider narrowed to the listed TLS 1.2 suites (TLS 1.3's are not configurable,

@@ -46,53 +46,13 @@ impl StatusSource {
     }
 
     pub async fn view(&self, now: Instant) -> StatusView {
-        let report = self.health.report(now);
-        let components = report
-            .components
-            .iter()
-            .map(|(name, c)| ((*name).to_owned(), c.status.to_string(), c.reason.clone()))
-            .collect();
-        let (window_apps, sessions, window_seconds) = {
-            let w = self.window.lock().expect("window lock");
-            let v = w.verdict(now);
-            (w.per_app(now), v.state, v.window_seconds)
-        };
-        let mut apps: BTreeMap<String, AppRow> = BTreeMap::new();
-        for a in window_apps {
-            let row = apps.entry(a.app.clone()).or_default();
-            row.window_sessions = a.ratio.total;
-            row.window_zero = a.ratio.no_reply;
-        }
-        since_start(&self.pipeline.lock().expect("pipeline lock"), &mut apps);
-        let apps = apps
-            .into_iter()
-            .map(|(app, row)| AppRow { app, ..row })
-            .collect();
-
+        let components = self.components(now);
+        let (apps, sessions, window_seconds) = self.apps(now);
         let round = self.health.last_round();
-        // The controller is busy while it applies or verifies: the page then shows its status
-        // without the rules text rather than wait.
-        let fallback = match self.controller.try_lock() {
-            Ok(c) => {
-                let s = c.status_handle().read().expect("status lock").clone();
-                let rules = s.plan.as_ref().map(|p| c.render(p)).unwrap_or_default();
-                Some((s, rules))
-            }
-            Err(_) => None,
-        };
+        let fallback = self.fallback();
         let active = fallback.as_ref().is_some_and(|(s, _)| s.active);
         let tone = tone(round.as_ref().map(|(_, v)| v.state), sessions, active);
-        let since = {
-            let mut changed = self.changed.lock().expect("status lock");
-            let at = match *changed {
-                Some((t, at)) if t == tone => at,
-                _ => {
-                    *changed = Some((tone, now));
-                    now
-                }
-            };
-            Some(format!("{} s ago", now.duration_since(at).as_secs()))
-        };
+        let since = Some(self.since(tone, now));
         StatusView {
             version: env!("CARGO_PKG_VERSION").into(),
             tone,
@@ -127,6 +87,64 @@ impl StatusSource {
                     .collect(),
             }),
         }
+    }
+
+    /// Health components: name, status, reason.
+    fn components(&self, now: Instant) -> Vec<(String, String, String)> {
+        let report = self.health.report(now);
+        report
+            .components
+            .iter()
+            .map(|(name, c)| ((*name).to_owned(), c.status.to_string(), c.reason.clone()))
+            .collect()
+    }
+
+    /// One row per app, the window's counts beside those since start; with the window's
+    /// state and length.
+    fn apps(&self, now: Instant) -> (Vec<AppRow>, SessionsState, u64) {
+        let (window_apps, sessions, window_seconds) = {
+            let w = self.window.lock().expect("window lock");
+            let v = w.verdict(now);
+            (w.per_app(now), v.state, v.window_seconds)
+        };
+        let mut apps: BTreeMap<String, AppRow> = BTreeMap::new();
+        for a in window_apps {
+            let row = apps.entry(a.app.clone()).or_default();
+            row.window_sessions = a.ratio.total;
+            row.window_zero = a.ratio.no_reply;
+        }
+        since_start(&self.pipeline.lock().expect("pipeline lock"), &mut apps);
+        let apps = apps
+            .into_iter()
+            .map(|(app, row)| AppRow { app, ..row })
+            .collect();
+        (apps, sessions, window_seconds)
+    }
+
+    /// The fallback's status and rules text. The controller is busy while it applies or
+    /// verifies: the page then shows its status without the rules text rather than wait.
+    fn fallback(&self) -> Option<(crate::fallback::controller::FallbackStatus, String)> {
+        match self.controller.try_lock() {
+            Ok(c) => {
+                let s = c.status_handle().read().expect("status lock").clone();
+                let rules = s.plan.as_ref().map(|p| c.render(p)).unwrap_or_default();
+                Some((s, rules))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// How long `tone` has held: the clock restarts when the tone changes.
+    fn since(&self, tone: Tone, now: Instant) -> String {
+        let mut changed = self.changed.lock().expect("status lock");
+        let at = match *changed {
+            Some((t, at)) if t == tone => at,
+            _ => {
+                *changed = Some((tone, now));
+                now
+            }
+        };
+        format!("{} s ago", now.duration_since(at).as_secs())
     }
 }
 

@@ -145,9 +145,20 @@ table{border-collapse:collapse;width:100%;font-size:.9em}td,th{text-align:left;p
 border-bottom:1px solid #ddd;word-break:break-all}pre{background:#f4f4f4;padding:.5em;\
 overflow-x:auto;font-size:.8em}.ok{color:#1b7f3b}.degraded{color:#b36b00}.failing{color:#b3261e}";
 
-/// The whole page.
+/// The whole page: head, verdict, then one section per source, then the links.
 pub fn render(view: &StatusView) -> String {
     let mut h = String::with_capacity(8 * 1024);
+    head(&mut h, &view.version);
+    verdict(&mut h, view);
+    health_table(&mut h, &view.components);
+    apps_table(&mut h, view.window_seconds, &view.apps);
+    probe_table(&mut h, &view.probe);
+    fallback_section(&mut h, view.fallback.as_ref());
+    links(&mut h, view.tone);
+    h
+}
+
+fn head(h: &mut String, version: &str) {
     let _ = write!(
         h,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -155,8 +166,11 @@ pub fn render(view: &StatusView) -> String {
          <meta http-equiv=\"refresh\" content=\"5\">\
          <title>PIA split tunnel: status</title><style>{CSS}</style></head><body>\
          <h1>PIA split tunnel <small>pia-split-tunnel-exporter {}</small></h1>",
-        escape(&view.version)
+        escape(version)
     );
+}
+
+fn verdict(h: &mut String, view: &StatusView) {
     let _ = write!(
         h,
         "<p class=\"verdict\" id=\"verdict\" data-tone=\"{:?}\" style=\"background:{}\">{}",
@@ -168,9 +182,11 @@ pub fn render(view: &StatusView) -> String {
         let _ = write!(h, " <small>(since {})</small>", escape(since));
     }
     h.push_str("</p>");
+}
 
+fn health_table(h: &mut String, components: &[(String, String, String)]) {
     h.push_str("<h2>Health</h2><table><tr><th>component</th><th>status</th><th>reason</th></tr>");
-    for (name, status, reason) in &view.components {
+    for (name, status, reason) in components {
         let (name, status, reason) = (escape(name), escape(status), escape(reason));
         let _ = write!(
             h,
@@ -178,23 +194,17 @@ pub fn render(view: &StatusView) -> String {
         );
     }
     h.push_str("</table>");
+}
 
+fn apps_table(h: &mut String, window_seconds: u64, apps: &[AppRow]) {
     let _ = write!(
         h,
         "<h2>Apps (last {} s, worst first)</h2><table id=\"apps\"><tr><th>app</th>\
          <th>sessions</th><th>no reply</th><th>since start</th><th>no reply</th><th>bytes</th>\
          <th>top errors</th></tr>",
-        view.window_seconds
+        window_seconds
     );
-    let mut apps: Vec<&AppRow> = view.apps.iter().collect();
-    // Worst first: most sessions without a reply, then the highest share.
-    apps.sort_by(|a, b| {
-        b.window_zero
-            .cmp(&a.window_zero)
-            .then(share(b).total_cmp(&share(a)))
-            .then(b.total_zero.cmp(&a.total_zero))
-            .then(a.app.cmp(&b.app))
-    });
+    let apps = worst_first(apps);
     for a in apps.iter().take(MAX_APPS) {
         let _ = write!(
             h,
@@ -220,12 +230,27 @@ pub fn render(view: &StatusView) -> String {
         h.push_str("<tr><td colspan=\"7\">no proxied session closed in the window</td></tr>");
     }
     h.push_str("</table>");
+}
 
+/// Worst first: most sessions without a reply, then the highest share.
+fn worst_first(apps: &[AppRow]) -> Vec<&AppRow> {
+    let mut apps: Vec<&AppRow> = apps.iter().collect();
+    apps.sort_by(|a, b| {
+        b.window_zero
+            .cmp(&a.window_zero)
+            .then(share(b).total_cmp(&share(a)))
+            .then(b.total_zero.cmp(&a.total_zero))
+            .then(a.app.cmp(&b.app))
+    });
+    apps
+}
+
+fn probe_table(h: &mut String, probe: &[ProbeRow]) {
     h.push_str(
         "<h2>Last probe round</h2><table><tr><th>path</th><th>bound to</th><th>egress</th>\
          <th>time</th><th>error</th></tr>",
     );
-    for p in &view.probe {
+    for p in probe {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td></tr>",
@@ -236,44 +261,47 @@ pub fn render(view: &StatusView) -> String {
             escape(&p.error)
         );
     }
-    if view.probe.is_empty() {
+    if probe.is_empty() {
         h.push_str("<tr><td colspan=\"5\">no round yet (or probing is off)</td></tr>");
     }
     h.push_str("</table>");
+}
 
+fn fallback_section(h: &mut String, fallback: Option<&FallbackView>) {
     h.push_str("<h2>Fallback</h2>");
-    match &view.fallback {
-        Some(f) => {
-            let _ = write!(
-                h,
-                "<p>mode <b>{}</b>, backend <b>{}</b>, {}</p>",
-                escape(&f.mode),
-                escape(&f.backend),
-                if f.active {
-                    "<b>active</b>: its rules are in place"
-                } else {
-                    "not active"
-                }
-            );
-            if !f.rules.is_empty() {
-                let _ = write!(h, "<pre>{}</pre>", escape_block(&f.rules));
-            }
-            if !f.last.is_empty() {
-                h.push_str("<ul>");
-                for l in &f.last {
-                    let _ = write!(h, "<li>{}</li>", escape(l));
-                }
-                h.push_str("</ul>");
-            }
+    let Some(f) = fallback else {
+        h.push_str("<p>not configured</p>");
+        return;
+    };
+    let _ = write!(
+        h,
+        "<p>mode <b>{}</b>, backend <b>{}</b>, {}</p>",
+        escape(&f.mode),
+        escape(&f.backend),
+        if f.active {
+            "<b>active</b>: its rules are in place"
+        } else {
+            "not active"
         }
-        None => h.push_str("<p>not configured</p>"),
+    );
+    if !f.rules.is_empty() {
+        let _ = write!(h, "<pre>{}</pre>", escape_block(&f.rules));
     }
+    if !f.last.is_empty() {
+        h.push_str("<ul>");
+        for l in &f.last {
+            let _ = write!(h, "<li>{}</li>", escape(l));
+        }
+        h.push_str("</ul>");
+    }
+}
 
+fn links(h: &mut String, tone: Tone) {
     h.push_str(
         "<h2>More</h2><ul><li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
          <li><a href=\"/health\">/health</a>: health as JSON</li>",
     );
-    if let Some(anchor) = view.tone.runbook() {
+    if let Some(anchor) = tone.runbook() {
         let _ = write!(
             h,
             "<li><a id=\"runbook\" href=\"{}#{anchor}\">the runbook for this problem</a> \
@@ -282,7 +310,6 @@ pub fn render(view: &StatusView) -> String {
         );
     }
     h.push_str("</ul></body></html>\n");
-    h
 }
 
 /// Rules text: several lines, each escaped and bounded, at most 100 lines.
