@@ -11,7 +11,7 @@
 //! - surfaces: [`http`] (axum), [`cli`] → [`commands`], [`analyze`] (offline), [`demo`];
 //! - [`labels`] at the bottom: how the stages declare their fixed label sets.
 //!
-//! Imports go one way only; `tests/architecture.rs` states the layers and checks them.
+//! Imports go one way only; `tests/it/architecture.rs` states the layers and checks them.
 
 pub mod agent;
 pub mod analyze;

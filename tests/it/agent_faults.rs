@@ -6,7 +6,7 @@
 //! permission-override capabilities: they need root, as CI runs them, and fail (not skip)
 //! without it.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

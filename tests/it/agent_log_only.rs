@@ -2,7 +2,7 @@
 //! the log alone, the probe components are absent from `/health` and `/metrics` (not
 //! degraded), and the fallback says it never applies without probes.
 
-mod common;
+use crate::common;
 
 use common::agent::Agent;
 use common::sessions_of;

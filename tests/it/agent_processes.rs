@@ -1,7 +1,7 @@
 //! A real process named like PIA's daemon comes and goes, and the agent's /metrics follows;
 //! the agent's own process_* metrics are there and plausible.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -5,7 +5,7 @@
 //!
 //! `SOAK_SECS` (default 20) sets the length, `SOAK_SEED` the random moments.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The running agent: what it serves on /metrics after tailing a log that is written,
 //! rotated, truncated, created late, and read across restarts.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! `analyze` reports exactly the counts the generator wrote down.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

@@ -3,7 +3,7 @@
 //! with a broken config keeps the running one and says which key is wrong, SIGTERM still
 //! removes the fallback (`on_shutdown = "remove"`).
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,7 @@
 //! The controller on the pf backend (stand-in pfctl) with a scripted verifier: apply, verify,
 //! roll back, observe mode, reconcile and shutdown; metrics and health follow.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

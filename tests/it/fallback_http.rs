@@ -1,7 +1,7 @@
 //! The mutating endpoints: bearer token required, wrong token refused, disabled without a token
 //! file, body limit; and `/health`, `/-/ready`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

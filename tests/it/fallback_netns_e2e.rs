@@ -4,7 +4,7 @@
 //! physical path), so no packet leaves. The full lab (real probes, NAT, `run`) is the
 //! follow-up; this pins the controller–backend–health wiring it relies on.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The pf backend against the stand-in pfctl: golden rules, apply, read-back, revert, failures,
 //! rollback and token release.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! The decision state machine: scripted rounds and session windows in, decisions out.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! physical gateway after apply and through the tunnel again after revert, with no stray rule.
 //! Needs root and `ip netns`; fails with the reason when they are missing.
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 

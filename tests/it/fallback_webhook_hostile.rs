@@ -3,7 +3,7 @@
 //! several instances, malformed bodies, probes off. Nothing is applied unless this agent's own
 //! fresh probe round shows the bypass broken; every refusal is answered and counted.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

@@ -11,7 +11,7 @@
 //! Needs root, iproute2, nftables, python3, prometheus and prometheus-alertmanager
 //! (`sudo bash .ci/setup`); without them the test fails and says why.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

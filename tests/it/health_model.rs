@@ -1,6 +1,6 @@
 //! The health model from snapshots: each component's status and reason.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! action, say what it refused, and stop within 5 s of SIGTERM. Each test prints its figures
 //! (peak RSS, `/metrics` size, checkpoint writes per second) for the README.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

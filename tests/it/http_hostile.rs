@@ -4,7 +4,7 @@
 //! responses or slow keep-alive, 255 half-sent 400 KB heads, 200 wrong-password clients.
 //! `/metrics` must keep answering; each attack prints its figures (`-- --nocapture`).
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -273,13 +273,6 @@ fn closed(s: &TcpStream) -> bool {
     let r = (&*s).read(&mut [0u8; 16]);
     s.set_nonblocking(false).unwrap();
     !matches!(r, Err(e) if e.kind() == ErrorKind::WouldBlock)
-}
-
-/// Run as nobody by the tests below (see `common::attacker`); fails when run any other way.
-#[test]
-#[ignore = "the attacker process of the hostile tests, started by them as nobody"]
-fn attacker() {
-    common::attacker::run_from_env();
 }
 
 /// The agent with the default connection limits, and `more` settings.

@@ -2,7 +2,7 @@
 //! certificates, the header timeout and connection cap over TLS, the control endpoints off
 //! loopback, and a real Prometheus scraping over TLS with and without credentials.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -449,13 +449,6 @@ fn real_prometheus_scrapes_over_tls_with_basic_auth() {
     // Prometheus's own view of the refused target says why.
     let targets = prom.get("/api/v1/targets").unwrap();
     assert!(targets.contains("401"), "{targets}");
-}
-
-/// Run as nobody by the tests below (see `common::attacker`); fails when run any other way.
-#[test]
-#[ignore = "the attacker process of the hostile tests, started by them as nobody"]
-fn attacker() {
-    common::attacker::run_from_env();
 }
 
 #[test]

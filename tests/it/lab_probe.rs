@@ -2,7 +2,7 @@
 //! `diagnose` and the agent itself, before and after the repair. Needs root (CI runs as root);
 //! without it, or without iproute2/nftables/python3, these tests fail and say why.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! when stderr is not a terminal, JSON lines that parse, colours only on a terminal and never
 //! with `NO_COLOR`, `--log.level` over `RUST_LOG`, `RUST_LOG` when no flag is given.
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

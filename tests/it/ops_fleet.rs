@@ -4,7 +4,7 @@
 //! `--web.enable-remote-write-receiver` and the exporter toolkit's web config); the central one
 //! has the agent's series under the Mac's `instance`. Needs the `prometheus` package.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

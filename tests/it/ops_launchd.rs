@@ -2,7 +2,7 @@
 //! the scripts parse, and behave against a stand-in launchctl: an immediate reinstall waits
 //! for the bootout, `--purge` removes the log and its archives.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

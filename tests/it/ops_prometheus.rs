@@ -4,7 +4,7 @@
 //! `promtool check metrics` finds no problem in the agent's output. Needs the `prometheus`
 //! package (sudo bash .ci/setup).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::Write;

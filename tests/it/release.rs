@@ -2,7 +2,7 @@
 //! Homebrew formula, `--version`, and the README's table of config keys against
 //! `check-config`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

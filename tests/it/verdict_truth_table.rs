@@ -6,7 +6,7 @@
 //! - every reader of the verdict against it: the policy applies only on "bypass broken",
 //!   `/health`'s bypass component and `/metrics`' `verdict` follow the state.
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -180,7 +180,7 @@ fn expanded() -> String {
         "# The verdict's truth table\n\n\
          Every combination of the four probe paths' outcomes and the state the agent names \
          (`probe/verdict.rs`, where the rules behind it are written; this file is checked by \
-         `tests/verdict_truth_table.rs`, `UPDATE_GOLDEN=1` rewrites it). Egress A and B are two \
+         `tests/it/verdict_truth_table.rs`, `UPDATE_GOLDEN=1` rewrites it). Egress A and B are two \
          different public addresses; \"absent\" is a path whose interface is missing.\n\n\
          | # | physical | tunnel | bypass | default | state |\n\
          |---|----------|--------|--------|---------|-------|\n",

@@ -1,5 +1,5 @@
 //! HTTP attackers run as `nobody` against the root agent: the test binary runs itself again
-//! under `setpriv --reuid 65534`, as its ignored `attacker` test, with the attack named in
+//! under `setpriv --reuid 65534`, as its ignored `common::attacker::attacker` test, with the attack named in
 //! [`ENV`]. Each attack holds its connections (reconnecting when the agent closes them) until
 //! killed.
 
@@ -28,7 +28,7 @@ pub fn start_with_ca(attack: &str, addr: SocketAddr, ca_pem: &str) -> Child {
     Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(exe)
-        .args(["--exact", "attacker", "--ignored", "--nocapture"])
+        .args(["--exact", "common::attacker::attacker", "--ignored", "--nocapture"])
         .env(ENV, attack)
         .env(ADDR, addr.to_string())
         .env(CA, ca_pem)
@@ -37,8 +37,15 @@ pub fn start_with_ca(attack: &str, addr: SocketAddr, ca_pem: &str) -> Child {
         .expect("setpriv runs the attacker")
 }
 
-/// The body of the ignored `attacker` test: runs the attack named in the environment.
-pub fn run_from_env() {
+/// Run as nobody by the hostile tests through [`start`]; fails when run any other way.
+#[test]
+#[ignore = "the attacker process of the hostile tests, started by them as nobody"]
+fn attacker() {
+    run_from_env();
+}
+
+/// Runs the attack named in the environment.
+fn run_from_env() {
     let (Ok(attack), Ok(addr)) = (std::env::var(ENV), std::env::var(ADDR)) else {
         panic!("run by the hostile tests through common::attacker::start, as nobody");
     };

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: the agent binary and generated logs; scripted
 //! probe rounds and the stand-in pfctl for the fallback.
-#![allow(dead_code)]
 
 pub mod agent;
 pub mod attacker;
