@@ -24,7 +24,7 @@ use prometheus::Registry;
 /// One round, read from the namespace.
 fn observe(ns: &Netns) -> Round {
     let tunnel = ns.has_tunnel();
-    let via_physical = ns.route_from_source("198.51.100.47").contains("dev phys0");
+    let via_physical = ns.route_from_source(PHYS_EGRESS).contains("dev phys0");
     let r = |path, outcome| PathResult {
         path,
         outcome,
@@ -46,7 +46,7 @@ fn observe(ns: &Netns) -> Round {
             tunnel: tunnel.then(|| TunnelIf {
                 name: "utun0".into(),
                 index: 3,
-                ipv4: "10.16.0.2".parse().unwrap(),
+                ipv4: TUNNEL_IP,
             }),
             problems: Vec::new(),
         },

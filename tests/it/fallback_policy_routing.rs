@@ -7,6 +7,7 @@ use crate::common;
 
 use std::net::Ipv4Addr;
 
+use common::PHYS_EGRESS;
 use common::netns::{Netns, PRIORITY, TABLE};
 
 use pia_split_tunnel_exporter::fallback::policy_routing::{PolicyRouting, PolicyRoutingOptions};
@@ -39,14 +40,14 @@ fn policy_routing_apply_steers_the_bypass_and_revert_leaves_nothing() {
     let ns = Netns::new();
     let rules_before = ns.rules();
     assert!(
-        ns.route_from_source("198.51.100.47").contains("dev utun0"),
+        ns.route_from_source(PHYS_EGRESS).contains("dev utun0"),
         "broken before"
     );
     let mut b = ns.backend();
     assert!(b.status().unwrap().is_empty());
 
     b.apply(&plan(SRC, GW)).expect("apply");
-    let r = ns.route_from_source("198.51.100.47");
+    let r = ns.route_from_source(PHYS_EGRESS);
     assert!(
         r.contains("via 10.0.15.1 dev phys0") && r.contains("table 100"),
         "{r}"
@@ -71,7 +72,7 @@ fn policy_routing_apply_steers_the_bypass_and_revert_leaves_nothing() {
     b.revert().expect("revert");
     assert_eq!(ns.rules(), rules_before, "no stray rule");
     assert!(b.status().unwrap().is_empty());
-    assert!(ns.route_from_source("198.51.100.47").contains("dev utun0"));
+    assert!(ns.route_from_source(PHYS_EGRESS).contains("dev utun0"));
 }
 
 #[test]
@@ -181,7 +182,7 @@ fn policy_routing_changed_table_and_priority_still_remove_the_earlier_install() 
         "{rules}"
     );
     assert!(ns.ip("-4 route show table 100").trim().is_empty());
-    let r = ns.route_from_source("198.51.100.47");
+    let r = ns.route_from_source(PHYS_EGRESS);
     assert!(r.contains("table 200") && r.contains("dev phys0"), "{r}");
     // Even a process that knows only the state file, not the new config, finds it.
     ns.backend_with(100, 100, &state).revert().unwrap();
@@ -217,7 +218,7 @@ fn policy_routing_never_adopts_nor_flushes_another_tools_table() {
     // On the free table it names, the fallback works and its revert leaves theirs alone.
     let mut b = ns.backend_with(101, PRIORITY, &state);
     b.apply(&plan(SRC, GW)).unwrap();
-    assert!(ns.route_from_source("198.51.100.47").contains("table 101"));
+    assert!(ns.route_from_source(PHYS_EGRESS).contains("table 101"));
     b.revert().unwrap();
     assert_eq!((ns.ip("-4 route show table 100"), ns.rules()), theirs);
 }

@@ -145,7 +145,8 @@ fn probe_components_per_path() {
     let bypass = &rep.components["probe_bypass"];
     assert_eq!(bypass.status, Status::Failing);
     assert!(
-        bypass.reason.contains("203.0.113.9") && bypass.reason.contains("198.51.100.47"),
+        bypass.reason.contains(&TUNNEL_EGRESS.to_string())
+            && bypass.reason.contains(&PHYS_EGRESS.to_string()),
         "{}",
         bypass.reason
     );

@@ -13,8 +13,10 @@ use common::lab::Lab;
 use common::{BIN, fixture};
 use serde_json::Value;
 
-const HOME_IP: &str = "198.51.100.47";
-const VPN_EXIT_IP: &str = "192.0.2.18";
+use pia_split_tunnel_exporter::probe::lab::{
+    GATEWAY, HOME_IP, PHYSICAL_IF, PHYSICAL_IP, TUNNEL_GATEWAY, TUNNEL_IF, TUNNEL_IP, VPN_EXIT_IP,
+    WHOAMI_IP,
+};
 
 const PROBE_SETTINGS: [&str; 6] = [
     "--set",
@@ -24,6 +26,27 @@ const PROBE_SETTINGS: [&str; 6] = [
     "--set",
     "log.error_path=\"\"",
 ];
+
+/// `lab/lab.sh` builds the topology `probe::lab` names, the one vocabulary of the lab, the demo
+/// and the tests.
+#[test]
+fn the_lab_script_builds_the_lab_addresses() {
+    let script = std::fs::read_to_string(common::lab::lab_script()).unwrap();
+    for line in [
+        format!("addr add {PHYSICAL_IP}/24 dev {PHYSICAL_IF}"),
+        format!("addr add {TUNNEL_IP}/16 dev {TUNNEL_IF}"),
+        format!("addr add {GATEWAY}/24 dev lan"),
+        format!("addr add {HOME_IP}/24 dev wan"),
+        format!("addr add {TUNNEL_GATEWAY}/16 dev tun"),
+        format!("addr add {VPN_EXIT_IP}/24 dev wan"),
+        format!("addr add {WHOAMI_IP}/32 dev lo"),
+        format!("route add default via {GATEWAY} dev {PHYSICAL_IF}"),
+        format!("route add 0.0.0.0/1 via {TUNNEL_GATEWAY} dev {TUNNEL_IF}"),
+        format!("route add 128.0.0.0/1 via {TUNNEL_GATEWAY} dev {TUNNEL_IF}"),
+    ] {
+        assert!(script.contains(&line), "lab/lab.sh lacks `{line}`");
+    }
+}
 
 /// One path of `probe --json`: plain fields (`egress_ip`, `error`, `duration_seconds`).
 fn path<'a>(v: &'a Value, name: &str) -> &'a Value {
@@ -51,12 +74,12 @@ fn probe_tells_the_truth_before_and_after_the_repair() {
     assert_eq!(v["interfaces"]["physical"]["name"], "en0");
     assert_eq!(v["interfaces"]["physical"]["gateway"], "10.0.15.1");
     assert_eq!(v["interfaces"]["tunnel"]["name"], "utun4");
-    assert_eq!(path(&v, "physical")["egress_ip"], HOME_IP);
+    assert_eq!(path(&v, "physical")["egress_ip"], HOME_IP.to_string());
     assert_eq!(path(&v, "physical")["error"], Value::Null);
     assert_eq!(path(&v, "physical")["bound_to"], "en0");
     assert!(path(&v, "physical")["duration_seconds"].as_f64().unwrap() < 5.0);
-    assert_eq!(path(&v, "tunnel")["egress_ip"], VPN_EXIT_IP);
-    assert_eq!(path(&v, "default")["egress_ip"], VPN_EXIT_IP);
+    assert_eq!(path(&v, "tunnel")["egress_ip"], VPN_EXIT_IP.to_string());
+    assert_eq!(path(&v, "default")["egress_ip"], VPN_EXIT_IP.to_string());
     assert_eq!(
         path(&v, "bypass")["error"],
         "timeout",
@@ -74,7 +97,7 @@ fn probe_tells_the_truth_before_and_after_the_repair() {
         String::from_utf8_lossy(&after.stdout)
     );
     let v: Value = serde_json::from_slice(&after.stdout).unwrap();
-    assert_eq!(path(&v, "bypass")["egress_ip"], HOME_IP);
+    assert_eq!(path(&v, "bypass")["egress_ip"], HOME_IP.to_string());
     assert_eq!(v["verdict"]["state"], "bypass_working", "{v}");
 
     let mut table_args = vec!["probe"];

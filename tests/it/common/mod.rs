@@ -15,34 +15,24 @@ use std::time::Duration;
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
 use pia_split_tunnel_exporter::fallback::controller::Controller;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
-use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
+use pia_split_tunnel_exporter::os::Interfaces;
+use pia_split_tunnel_exporter::probe::lab::interfaces as lab_interfaces;
 use pia_split_tunnel_exporter::probe::{PathKind, PathResult, ProbeError, Round, Verdict};
 use pia_split_tunnel_exporter::proxy_log::Proto;
 use pia_split_tunnel_exporter::sessions::Reply;
 use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 
-pub const PHYS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 15);
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 15, 1);
-/// What the physical path egresses as (documentation range).
-pub const PHYS_EGRESS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
-/// What the tunnel egresses as.
-pub const TUNNEL_EGRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+pub use pia_split_tunnel_exporter::probe::lab::{
+    GATEWAY, HOME_IP as PHYS_EGRESS, PHYSICAL_IP as PHYS_IP, TUNNEL_IP, VPN_EXIT_IP as TUNNEL_EGRESS,
+};
 
+/// The lab's interfaces (`probe::lab`), the physical address replaced by `phys_ip`.
 pub fn interfaces(tunnel: bool, phys_ip: Ipv4Addr) -> Interfaces {
-    Interfaces {
-        physical: Some(PhysicalIf {
-            name: "en0".into(),
-            index: 4,
-            ipv4: phys_ip,
-            gateway: Some(GATEWAY),
-        }),
-        tunnel: tunnel.then(|| TunnelIf {
-            name: "utun4".into(),
-            index: 20,
-            ipv4: Ipv4Addr::new(10, 16, 0, 2),
-        }),
-        problems: Vec::new(),
+    let mut interfaces = lab_interfaces(tunnel);
+    if let Some(physical) = &mut interfaces.physical {
+        physical.ipv4 = phys_ip;
     }
+    interfaces
 }
 
 /// What the bypass probe did in a scripted round.

@@ -4,6 +4,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pia_split_tunnel_exporter::fallback::policy_routing::{PolicyRouting, PolicyRoutingOptions};
+use pia_split_tunnel_exporter::probe::lab::{TUNNEL_GATEWAY, TUNNEL_IP};
+
+use super::{GATEWAY, PHYS_IP};
 
 pub const TABLE: u32 = 100;
 pub const PRIORITY: u32 = 100;
@@ -33,23 +36,23 @@ impl Netns {
             String::from_utf8_lossy(&out.stderr)
         );
         let ns = Netns(name);
-        // A physical side (10.0.15.15, gateway 10.0.15.1) and a tunnel side with the VPN's
+        // The lab's physical side (address and gateway) and a tunnel side with the VPN's
         // 0/1 + 128/1 routes, as PIA installs them.
         for cmd in [
-            "link add phys0 type veth peer name physpeer0",
-            "link add utun0 type veth peer name utunpeer0",
-            "link set lo up",
-            "link set phys0 up",
-            "link set physpeer0 up",
-            "link set utun0 up",
-            "link set utunpeer0 up",
-            "addr add 10.0.15.15/24 dev phys0",
-            "addr add 10.16.0.2/16 dev utun0",
-            "route add default via 10.0.15.1 dev phys0",
-            "route add 0.0.0.0/1 via 10.16.0.1 dev utun0",
-            "route add 128.0.0.0/1 via 10.16.0.1 dev utun0",
+            "link add phys0 type veth peer name physpeer0".to_string(),
+            "link add utun0 type veth peer name utunpeer0".into(),
+            "link set lo up".into(),
+            "link set phys0 up".into(),
+            "link set physpeer0 up".into(),
+            "link set utun0 up".into(),
+            "link set utunpeer0 up".into(),
+            format!("addr add {PHYS_IP}/24 dev phys0"),
+            format!("addr add {TUNNEL_IP}/16 dev utun0"),
+            format!("route add default via {GATEWAY} dev phys0"),
+            format!("route add 0.0.0.0/1 via {TUNNEL_GATEWAY} dev utun0"),
+            format!("route add 128.0.0.0/1 via {TUNNEL_GATEWAY} dev utun0"),
         ] {
-            ns.ip(cmd);
+            ns.ip(&cmd);
         }
         ns
     }
@@ -71,8 +74,8 @@ impl Netns {
     }
 
     /// The kernel's choice for a packet from the bypass source.
-    pub fn route_from_source(&self, dst: &str) -> String {
-        self.ip(&format!("-4 route get {dst} from 10.0.15.15"))
+    pub fn route_from_source(&self, dst: impl std::fmt::Display) -> String {
+        self.ip(&format!("-4 route get {dst} from {PHYS_IP}"))
     }
 
     pub fn rules(&self) -> String {
