@@ -18,8 +18,8 @@ use crate::agent::Sources;
 use std::os::unix::fs::DirBuilderExt;
 
 use crate::config::Config;
-use crate::probe::lab::{self, HOME_IP, VPN_EXIT_IP};
 use crate::presence::ProcInfo;
+use crate::probe::lab::{self, HOME_IP, VPN_EXIT_IP};
 use crate::probe::{PathKind, PathResult, ProbeError, Round, RoundSource};
 
 mod processes;
@@ -122,7 +122,6 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
 pub struct ReplayRounds {
     broken: Arc<AtomicBool>,
 }
-
 
 impl ReplayRounds {
     /// Rounds as the demo replays them, the bypass broken or not.

@@ -171,8 +171,8 @@ pub(crate) mod testing {
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
-    use super::{PathKind, PathResult, ProbeError, Round};
     pub use super::lab::{HOME_IP, VPN_EXIT_IP};
+    use super::{PathKind, PathResult, ProbeError, Round};
 
     /// en0 10.0.15.15 (egress: the home IP) and, with `tunnel`, utun4 (egress: the VPN's exit).
     pub fn lab_round(

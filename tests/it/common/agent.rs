@@ -291,7 +291,10 @@ impl Metrics {
 
 /// A log with `apps` apps, TCP and UDP, transferred and zero-byte sessions and errors (the
 /// benches' load).
-#[allow(dead_code, reason = "used by benches/live.rs and benches/metrics_render.rs only")]
+#[allow(
+    dead_code,
+    reason = "used by benches/live.rs and benches/metrics_render.rs only"
+)]
 pub fn apps_log(apps: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut id = 0;

@@ -28,7 +28,12 @@ pub fn start_with_ca(attack: &str, addr: SocketAddr, ca_pem: &str) -> Child {
     Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(exe)
-        .args(["--exact", "common::attacker::attacker", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "common::attacker::attacker",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(ENV, attack)
         .env(ADDR, addr.to_string())
         .env(CA, ca_pem)

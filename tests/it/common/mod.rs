@@ -23,7 +23,8 @@ use pia_split_tunnel_exporter::sessions::Reply;
 use pia_split_tunnel_exporter::sessions::window::{Ratio, SessionsState, SessionsVerdict};
 
 pub use pia_split_tunnel_exporter::probe::lab::{
-    GATEWAY, HOME_IP as PHYS_EGRESS, PHYSICAL_IP as PHYS_IP, TUNNEL_IP, VPN_EXIT_IP as TUNNEL_EGRESS,
+    GATEWAY, HOME_IP as PHYS_EGRESS, PHYSICAL_IP as PHYS_IP, TUNNEL_IP,
+    VPN_EXIT_IP as TUNNEL_EGRESS,
 };
 
 /// The lab's interfaces (`probe::lab`), the physical address replaced by `phys_ip`.
