@@ -7,8 +7,9 @@
 //! `probe_black_hole` counts the process's open descriptors, `tail_idle` the process's CPU time.
 //!
 //! Tests here share one process: none changes its environment, current directory, umask or
-//! signal dispositions, installs a global subscriber or binds a fixed port; each works in its
-//! own temporary folder.
+//! signal dispositions or installs a global subscriber; each works in its own temporary folder,
+//! binds port 0 on loopback (fixed ports only inside a namespace of its own) and names its
+//! namespaces and labs after its tag and the process id.
 
 mod common;
 
