@@ -235,7 +235,7 @@ fn try_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -555,7 +555,7 @@ fn alertmanager_status(addr: SocketAddr, token: &str) -> u16 {
     status_of(
         addr,
         &format!(
-            "POST /alertmanager HTTP/1.0\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+            "POST /alertmanager HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
              Content-Length: 8\r\n\r\nnot json"
         ),
     )
@@ -566,7 +566,9 @@ fn metrics_status(addr: SocketAddr, user: &str, password: &str) -> u16 {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     status_of(
         addr,
-        &format!("GET /metrics HTTP/1.0\r\nHost: t\r\nAuthorization: Basic {basic}\r\n\r\n"),
+        &format!(
+            "GET /metrics HTTP/1.0\r\nHost: localhost\r\nAuthorization: Basic {basic}\r\n\r\n"
+        ),
     )
 }
 
