@@ -23,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
 
 /// The tests' agent harness: the binary on a free loopback port (probes off) and a writer
 /// that rotates like the proxy.
-#[path = "../tests/common/agent.rs"]
+#[path = "../tests/it/common/agent.rs"]
 #[allow(dead_code)]
 mod agent;
 

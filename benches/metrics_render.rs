@@ -20,7 +20,7 @@ use prometheus::Registry;
 const BIN: &str = env!("CARGO_BIN_EXE_pia-split-tunnel-exporter");
 
 /// The tests' agent harness, for its log generator.
-#[path = "../tests/common/agent.rs"]
+#[path = "../tests/it/common/agent.rs"]
 #[allow(dead_code)]
 mod agent;
 

@@ -6,7 +6,7 @@
 //! [`probe`], [`presence`]) on [`os`], [`check`], [`metrics`], [`labels`], [`logging`] and
 //! [`build_info`]; [`health`], [`fallback`], [`status`] and [`agent`] join them, [`server`]
 //! serves them, [`config`], [`daemon`], [`demo`], [`commands`] and [`cli`] sit on top.
-//! `docs/architecture.md` is the map (a code map with its invariants); `tests/architecture.rs`
+//! `docs/architecture.md` is the map (a code map with its invariants); `tests/it/architecture.rs`
 //! checks that imports only go down and never between the columns.
 
 pub mod agent;

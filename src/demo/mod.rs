@@ -6,7 +6,6 @@
 //! real agent tails that file and serves its metrics. The failure repeats until Ctrl-C.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,15 +18,16 @@ use crate::agent::Sources;
 use std::os::unix::fs::DirBuilderExt;
 
 use crate::config::Config;
-use crate::os::{Interfaces, PhysicalIf, TunnelIf};
 use crate::presence::ProcInfo;
+use crate::probe::lab::{self, HOME_IP, VPN_EXIT_IP};
 use crate::probe::{PathKind, PathResult, ProbeError, Round, RoundSource};
 
 mod processes;
 pub use processes::ProcessTable;
 
-const HEALTHY: &str = include_str!("healthy.log");
-const BROKEN: &str = include_str!("broken.log");
+// One copy of the replayed logs: the tests' fixtures.
+const HEALTHY: &str = include_str!("../../tests/fixtures/healthy.log");
+const BROKEN: &str = include_str!("../../tests/fixtures/broken.log");
 /// The proxy's rotation threshold.
 pub const ROTATE_AT: u64 = 512_000;
 /// Longest pause between two replayed lines, whatever the sample says.
@@ -118,13 +118,10 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
     }
 }
 
-/// Probe rounds of the lab's topology: home IP 198.51.100.47, VPN exit 192.0.2.18.
+/// Probe rounds of the lab's topology (`probe::lab`): home IP, VPN exit.
 pub struct ReplayRounds {
     broken: Arc<AtomicBool>,
 }
-
-pub const HOME_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
-pub const VPN_EXIT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
 
 impl ReplayRounds {
     /// Rounds as the demo replays them, the bypass broken or not.
@@ -151,20 +148,7 @@ impl ReplayRounds {
             ok(PathKind::Bypass, HOME_IP, 38)
         };
         Round {
-            interfaces: Interfaces {
-                physical: Some(PhysicalIf {
-                    name: "en0".into(),
-                    index: 4,
-                    ipv4: Ipv4Addr::new(10, 0, 15, 15),
-                    gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
-                }),
-                tunnel: Some(TunnelIf {
-                    name: "utun4".into(),
-                    index: 20,
-                    ipv4: Ipv4Addr::new(10, 16, 11, 143),
-                }),
-                problems: Vec::new(),
-            },
+            interfaces: lab::interfaces(true),
             results: vec![
                 ok(PathKind::Physical, HOME_IP, 35),
                 ok(PathKind::Tunnel, VPN_EXIT_IP, 81),

@@ -1,5 +1,5 @@
 //! `process_running{process}`: 1 when at least one PIA process of the role runs (tested in
-//! tests/presence.rs).
+//! tests/it/presence.rs).
 
 use std::sync::{Arc, Mutex};
 

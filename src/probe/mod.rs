@@ -8,6 +8,7 @@
 //! (see [`prober`]). When rounds run is the agent's decision (`crate::agent::schedule`).
 
 pub mod client;
+pub mod lab;
 pub mod metrics;
 pub mod prober;
 pub mod verdict;
@@ -181,11 +182,8 @@ pub(crate) mod testing {
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
+    pub use super::lab::{HOME_IP, VPN_EXIT_IP};
     use super::{PathKind, PathResult, ProbeError, Round};
-    use crate::os::{Interfaces, PhysicalIf, TunnelIf};
-
-    pub const HOME_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 47);
-    pub const VPN_EXIT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
 
     /// en0 10.0.15.15 (egress: the home IP) and, with `tunnel`, utun4 (egress: the VPN's exit).
     pub fn lab_round(
@@ -199,20 +197,7 @@ pub(crate) mod testing {
             duration: Duration::from_millis(40),
         };
         Round {
-            interfaces: Interfaces {
-                physical: Some(PhysicalIf {
-                    name: "en0".into(),
-                    index: 2,
-                    ipv4: Ipv4Addr::new(10, 0, 15, 15),
-                    gateway: Some(Ipv4Addr::new(10, 0, 15, 1)),
-                }),
-                tunnel: tunnel.then(|| TunnelIf {
-                    name: "utun4".into(),
-                    index: 3,
-                    ipv4: Ipv4Addr::new(10, 16, 11, 143),
-                }),
-                problems: Vec::new(),
-            },
+            interfaces: super::lab::interfaces(tunnel),
             results: vec![
                 r(PathKind::Physical, Ok(HOME_IP)),
                 r(

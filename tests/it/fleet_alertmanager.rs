@@ -1,0 +1,425 @@
+//! A real Alertmanager in the repair chain, for a fleet of two "Macs": two labs (`lab/lab.sh`),
+//! each with an agent; mac A's bypass is broken, mac B's is repaired by hand. A monitoring
+//! namespace runs Debian's Prometheus (scraping both agents, the shipped rules, a `site`
+//! target label) and Alertmanager with one receiver that sends every alert to both agents
+//! (the README's example). Only mac A's alert may fire, only mac A may repair (mac B answers
+//! `not_for_this_instance`), and the alert must resolve after the repair. The agents' own
+//! policy is kept from acting (`consecutive_rounds = 1000`) so the repair can only come from
+//! the alert. Intervals are short (scrape and evaluation 1 s, the alert's `for` 2 s, group
+//! wait and interval 1 s) to keep the wall time modest; the timeline is printed.
+//!
+//! Needs root, iproute2, nftables, python3, prometheus and prometheus-alertmanager
+//! (`sudo bash .ci/setup`); without them the test fails and says why.
+
+use crate::common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::BIN;
+use common::lab::{Lab, http_in, require_prerequisites};
+use serde_json::Value;
+
+const ALERT: &str = "PiaSplitTunnelBypassBroken";
+const TOKEN: &str = "fleet-token-0123456789abcdef";
+const MAC_A: &str = "203.0.113.66:9847";
+const MAC_B: &str = "203.0.113.70:9847";
+const PROM: &str = "127.0.0.1:9090";
+const AM: &str = "127.0.0.1:9093";
+
+/// A namespace of the test's own, deleted on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new(name: String) -> Ns {
+        run("ip", &["netns", "add", &name]);
+        let ns = Ns(name);
+        run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("{cmd}: {e} (sudo bash .ci/setup installs what this test needs)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Processes killed on drop, also when the test fails.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_in(ns: &str, program: &str, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+/// A point-to-point link from the monitoring namespace to a Mac: `mon_ip` there, `mac_ip` in
+/// the Mac (a /30 from 203.0.113.64/28, more specific than the VPN's 0/1 routes).
+fn link(mon: &Ns, lab: &Lab, name: &str, mon_ip: &str, mac_ip: &str) {
+    let mac = lab.mac();
+    run(
+        "ip",
+        &[
+            "-n", &mon.0, "link", "add", "name", name, "type", "veth", "peer", "name", "mon0",
+            "netns", &mac,
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "-n",
+            &mon.0,
+            "addr",
+            "add",
+            &format!("{mon_ip}/30"),
+            "dev",
+            name,
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "-n",
+            &mac,
+            "addr",
+            "add",
+            &format!("{mac_ip}/30"),
+            "dev",
+            "mon0",
+        ],
+    );
+    run("ip", &["-n", &mon.0, "link", "set", name, "up"]);
+    run("ip", &["-n", &mac, "link", "set", "mon0", "up"]);
+}
+
+fn agent_config(dir: &Path, name: &str, instance: &str, table: u32) -> std::path::PathBuf {
+    let log = dir.join(format!("{name}-proxy.log"));
+    std::fs::write(&log, b"").unwrap();
+    let config = format!(
+        "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
+[http]\nlisten = \"0.0.0.0:9847\"\n\
+[probe]\nendpoints = [\"http://203.0.113.10/\"]\ninterval_secs = 1\ntimeout_secs = 0.5\n\
+[processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
+[fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 1000\n\
+route_table = {table}\nrule_priority = {table}\ntoken_file = {token:?}\ninstance = {instance:?}\n\
+allow_plain_http = true\nstate_file = {state:?}\n",
+        cp = dir.join(format!("{name}-cp.json")),
+        // No PIA here: the agent stands in for its processes (recognised by executable path).
+        me = std::fs::canonicalize(BIN).unwrap().display().to_string(),
+        token = dir.join("token"),
+        state = dir.join(format!("{name}-fallback-state.json")),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// The shipped rules with the bypass alert's `for` shortened to 2 s (the test's only change).
+fn rules(dir: &Path) -> std::path::PathBuf {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts/pia-split-tunnel.rules.yml"),
+    )
+    .unwrap();
+    let start = shipped.find(&format!("- alert: {ALERT}")).unwrap();
+    let at = shipped[start..].find("for: 5m").unwrap() + start;
+    let rules = format!(
+        "{}for: 2s{}",
+        &shipped[..at],
+        &shipped[at + "for: 5m".len()..]
+    );
+    let path = dir.join("rules.yml");
+    std::fs::write(&path, rules).unwrap();
+    path
+}
+
+/// The Alertmanager configuration of the README: one receiver for the fleet, every Mac's
+/// webhook in it, the token read from a file.
+fn alertmanager_config(dir: &Path) -> std::path::PathBuf {
+    let token = dir.join("token");
+    let hook = |target: &str| {
+        format!(
+            "      - url: http://{target}/alertmanager\n        send_resolved: true\n        \
+             http_config:\n          authorization:\n            credentials_file: {token:?}\n"
+        )
+    };
+    let config = format!(
+        "route:\n  receiver: pia-fleet\n  group_by: [alertname, job, instance]\n  \
+         group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+receivers:\n  - name: pia-fleet\n    webhook_configs:\n{}{}",
+        hook(MAC_A),
+        hook(MAC_B)
+    );
+    let path = dir.join("alertmanager.yml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn prometheus_config(dir: &Path, rules: &Path) -> std::path::PathBuf {
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+rule_files:\n  - {rules:?}\n\
+alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{AM}\"]\n\
+scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      \
+- targets: [\"{MAC_A}\", \"{MAC_B}\"]\n        labels:\n          site: lab\n"
+    );
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn require_tools() {
+    require_prerequisites();
+    for tool in ["prometheus", "prometheus-alertmanager"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "this test needs `{tool}`: sudo bash .ci/setup (installs Debian's prometheus and \
+             prometheus-alertmanager)"
+        );
+    }
+}
+
+/// Active alerts in Alertmanager as (alertname, instance, site, job).
+fn am_alerts(mon: &str) -> Vec<(String, String, String, String)> {
+    let (code, body) = http_in(
+        mon,
+        "GET",
+        &format!("http://{AM}/api/v2/alerts?active=true&silenced=false&inhibited=false"),
+        None,
+    );
+    if code != 200 {
+        return vec![];
+    }
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let l = |k: &str| a["labels"][k].as_str().unwrap_or("").to_owned();
+            (l("alertname"), l("instance"), l("site"), l("job"))
+        })
+        .collect()
+}
+
+fn metric(mon: &str, target: &str, line_prefix: &str) -> Option<f64> {
+    let (_, body) = http_in(mon, "GET", &format!("http://{target}/metrics"), None);
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[allow(clippy::too_many_lines, reason = "one scenario; the rule is for src/")]
+#[test]
+fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
+    require_tools();
+    let a = Lab::up("fa");
+    let b = Lab::up("fb");
+    b.script(&["repair"]);
+    let mon = Ns::new(format!("pstemon{}", std::process::id() % 100_000));
+    link(&mon, &a, "tomaca", "203.0.113.65", "203.0.113.66");
+    link(&mon, &b, "tomacb", "203.0.113.69", "203.0.113.70");
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("token"), TOKEN).unwrap();
+    std::fs::set_permissions(d.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let rules_a_before = a.ip(&["rule"]);
+    let rules_b_before = b.ip(&["rule"]);
+    let (log_a, log_b) = (d.join("agent-a.log"), d.join("agent-b.log"));
+    let env = [("RUST_LOG", "info")];
+    let mut procs = Procs(vec![]);
+    let (cfg_a, cfg_b) = (
+        agent_config(d, "a", MAC_A, 100),
+        agent_config(d, "b", MAC_B, 101),
+    );
+    for (lab, cfg, log) in [(&a, &cfg_a, &log_a), (&b, &cfg_b, &log_b)] {
+        let args = ["--config", cfg.to_str().unwrap(), "run"];
+        procs.0.push(spawn_in(&lab.mac(), BIN, &args, log, &env));
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let logs = || format!("agent A:\n{}\nagent B:\n{}", read(&log_a), read(&log_b));
+    let until = |what: &str, secs: u64, check: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within {secs} s\n{}\nprometheus:\n{}\nalertmanager:\n{}",
+                logs(),
+                read(&d.join("prometheus.log")),
+                read(&d.join("alertmanager.log"))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for target in [MAC_A, MAC_B] {
+        until("the agents' first round", 30, &mut || {
+            http_in(&mon.0, "GET", &format!("http://{target}/-/ready"), None).0 == 200
+        });
+    }
+    let verdict = |target: &str, state: &str| {
+        metric(
+            &mon.0,
+            target,
+            &format!("pia_split_tunnel_verdict{{state=\"{state}\"}} "),
+        )
+    };
+    assert_eq!(verdict(MAC_A, "bypass_broken"), Some(1.0), "{}", logs());
+    assert_eq!(verdict(MAC_B, "bypass_working"), Some(1.0), "{}", logs());
+
+    let rules = rules(d);
+    let prom_cfg = prometheus_config(d, &rules);
+    let am_cfg = alertmanager_config(d);
+    let t0 = Instant::now();
+    procs.0.push(spawn_in(
+        &mon.0,
+        "prometheus-alertmanager",
+        &[
+            &format!("--config.file={}", am_cfg.display()),
+            &format!("--storage.path={}", d.join("am-data").display()),
+            &format!("--web.listen-address={AM}"),
+            "--cluster.listen-address=",
+        ],
+        &d.join("alertmanager.log"),
+        &[],
+    ));
+    procs.0.push(spawn_in(
+        &mon.0,
+        "prometheus",
+        &[
+            &format!("--config.file={}", prom_cfg.display()),
+            &format!("--storage.tsdb.path={}", d.join("prom-data").display()),
+            &format!("--web.listen-address={PROM}"),
+            "--rules.alert.resend-delay=1s",
+        ],
+        &d.join("prometheus.log"),
+        &[],
+    ));
+    let at = |t: Instant| t.duration_since(t0).as_secs_f64();
+    let mut timeline: Vec<(f64, String)> = Vec::new();
+
+    // Firing: mac A's alert, one, with its labels; never mac B's.
+    let mut seen = Vec::new();
+    until("mac A's alert firing in Alertmanager", 60, &mut || {
+        seen = am_alerts(&mon.0);
+        !seen.is_empty()
+    });
+    timeline.push((
+        at(Instant::now()),
+        format!("alert firing in Alertmanager: {seen:?}"),
+    ));
+    let ours: Vec<_> = seen.iter().filter(|x| x.0 == ALERT).collect();
+    assert_eq!(ours.len(), 1, "one alert per incident: {seen:?}");
+    assert_eq!(
+        ours[0],
+        &(
+            ALERT.into(),
+            MAC_A.into(),
+            "lab".into(),
+            "pia-split-tunnel".into()
+        )
+    );
+
+    until("the webhook reaching mac A", 30, &mut || {
+        read(&log_a).contains("Alertmanager asks for the repair")
+    });
+    timeline.push((
+        at(Instant::now()),
+        "webhook at mac A (it probes first)".into(),
+    ));
+    until("mac B answering not_for_this_instance", 30, &mut || {
+        read(&log_b).contains("alert for another instance")
+    });
+    timeline.push((
+        at(Instant::now()),
+        "webhook at mac B: not_for_this_instance".into(),
+    ));
+    until("mac A's repair verified", 30, &mut || {
+        read(&log_a).contains("applied and verified")
+    });
+    timeline.push((at(Instant::now()), "repair verified at mac A".into()));
+
+    // Resolved: no active alert, and the resolved notice delivered to mac A.
+    until("the alert resolving", 60, &mut || {
+        am_alerts(&mon.0).iter().all(|x| x.0 != ALERT)
+    });
+    timeline.push((at(Instant::now()), "alert resolved in Alertmanager".into()));
+    until("the resolved notice reaching mac A", 30, &mut || {
+        metric(
+            &mon.0,
+            MAC_A,
+            "pia_split_tunnel_fallback_alert_requests_total{result=\"ignored\"} ",
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    timeline.push((
+        at(Instant::now()),
+        "resolved notice at mac A (ignored)".into(),
+    ));
+
+    println!("fleet timeline (seconds after Prometheus and Alertmanager started):");
+    for (t, what) in &timeline {
+        println!("  {t:6.1} s  {what}");
+    }
+
+    // Only mac A repaired; mac B untouched and never alerted.
+    let applied = |target| {
+        metric(
+            &mon.0,
+            target,
+            "pia_split_tunnel_fallback_actions_total{action=\"apply\",result=\"ok\"} ",
+        )
+    };
+    assert_eq!(applied(MAC_A), Some(1.0), "{}", logs());
+    assert_eq!(applied(MAC_B), Some(0.0), "{}", logs());
+    assert_eq!(verdict(MAC_A, "bypass_working"), Some(1.0));
+    assert!(a.ip(&["rule"]).contains("from 10.0.15.15 lookup 100"));
+    assert_ne!(a.ip(&["rule"]), rules_a_before);
+    assert_eq!(b.ip(&["rule"]), rules_b_before, "mac B unchanged");
+    assert_eq!(
+        metric(
+            &mon.0,
+            MAC_B,
+            "pia_split_tunnel_fallback_alert_requests_total{result=\"not_for_this_instance\"} "
+        )
+        .map(|n| n >= 1.0),
+        Some(true)
+    );
+    assert!(
+        !read(&log_b).contains("Alertmanager asks for the repair"),
+        "{}",
+        logs()
+    );
+    let (_, prom_alerts) = http_in(&mon.0, "GET", &format!("http://{PROM}/api/v1/alerts"), None);
+    assert!(!prom_alerts.contains(MAC_B), "{prom_alerts}");
+}
