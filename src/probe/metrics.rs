@@ -65,7 +65,7 @@ const INTERFACES_ADDRESSED: Family<Gauge, 4> = Family::new(
 );
 
 #[derive(Default)]
-struct State {
+struct ProbeFigures {
     last: Option<(Round, Verdict)>,
     rounds: u64,
     last_round_unix: f64,
@@ -76,7 +76,7 @@ struct State {
 /// Keeps the last round and the counters; renders them at scrape time.
 #[derive(Clone, Default)]
 pub struct ProbeMetrics {
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<ProbeFigures>>,
 }
 
 impl ProbeMetrics {
