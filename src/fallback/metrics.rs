@@ -62,7 +62,7 @@ const SESSIONS_VERDICT: Family<Gauge, 1> = Family::new(
     ["state"],
 );
 
-struct State {
+struct FallbackFigures {
     active: bool,
     mode: Mode,
     backend: BackendKind,
@@ -77,13 +77,13 @@ struct State {
 
 #[derive(Clone)]
 pub struct FallbackMetrics {
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<FallbackFigures>>,
 }
 
 impl FallbackMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = FallbackMetrics {
-            state: Arc::new(Mutex::new(State {
+            state: Arc::new(Mutex::new(FallbackFigures {
                 active: false,
                 mode: Mode::default(),
                 backend: BackendKind::None,
@@ -98,7 +98,7 @@ impl FallbackMetrics {
         Ok(m)
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> std::sync::MutexGuard<'_, FallbackFigures> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
