@@ -16,7 +16,7 @@ use crate::os::discovery::{self, Discovery, Evidence, saved};
 use crate::os::macos_output::{parse_anchors, parse_ifconfig, parse_netstat_inet, parse_route_get};
 use crate::os::{Os as _, ProxyBinding, RoutingFacts, System};
 use crate::presence::{Presence, PresenceTracker, SysinfoSource};
-use crate::probe::{PathKind, Round, State, Verdict};
+use crate::probe::{PathKind, Round, ProbeState, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::window::SessionsState;
 
@@ -106,7 +106,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     {
         println!("{line}");
     }
-    let state = round.map_or(State::Undetermined, |r| Verdict::of(&r).state);
+    let state = round.map_or(ProbeState::Undetermined, |r| Verdict::of(&r).state);
     Ok(ExitCode::from(state.exit_code()))
 }
 
@@ -328,7 +328,7 @@ and the system say. The log: {sessions}{}.",
         .map_or("the tunnel".to_owned(), |t| t.name.clone());
     let bypass = round.result(PathKind::Bypass).map(|r| r.outcome);
     match v.state {
-        State::BypassWorking => {
+        ProbeState::BypassWorking => {
             out.push(format!(
                 "Bypass works: traffic bound to {bind} egresses as {} (the physical path); {sessions}.",
                 round
@@ -341,7 +341,7 @@ and the system say. The log: {sessions}{}.",
             }
         }
         // Only this state blames the VPN's routes: the physical path works, a tunnel is up.
-        State::BypassBroken => {
+        ProbeState::BypassBroken => {
             let how = match bypass {
                 Some(Ok(ip)) if Some(ip) == round.egress(PathKind::Tunnel) => {
                     format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::metrics::FallbackMetrics;
 use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
-use crate::probe::{Round, State, Verdict};
+use crate::probe::{Round, ProbeState, Verdict};
 use crate::sessions::window::{Ratio, SessionsVerdict};
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.
@@ -345,12 +345,12 @@ impl Controller {
         let verdict = match fresh_round(&self.verifier).await {
             Some((_, v)) => v,
             None => Verdict {
-                state: State::Undetermined,
+                state: ProbeState::Undetermined,
                 physical_egress: None,
                 text: "no probe round (probing is off)".into(),
             },
         };
-        if verdict.is(State::BypassWorking) {
+        if verdict.is(ProbeState::BypassWorking) {
             tracing::info!(action = %action, egress = ?verdict.physical_egress, interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");

@@ -11,7 +11,7 @@ use macro_rules_attribute::apply;
 
 use super::{FallbackConfig, OnTunnelDown, Plan};
 use crate::labels::label_set;
-use crate::probe::{Round, State, Verdict};
+use crate::probe::{Round, ProbeState, Verdict};
 use crate::sessions::window::SessionsVerdict;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
@@ -54,14 +54,14 @@ pub enum Reason {
 
 impl Reason {
     /// Why nothing is applied in a state other than "bypass broken"; `None` for that one.
-    pub fn not_broken(state: State) -> Option<Reason> {
+    pub fn not_broken(state: ProbeState) -> Option<Reason> {
         match state {
-            State::BypassBroken => None,
-            State::BypassWorking => Some(Reason::BypassHealthy),
-            State::TunnelDown => Some(Reason::NoTunnel),
-            State::NoNetwork => Some(Reason::NoNetwork),
-            State::Undetermined => Some(Reason::Undetermined),
-            State::VpnLeak => Some(Reason::VpnLeak),
+            ProbeState::BypassBroken => None,
+            ProbeState::BypassWorking => Some(Reason::BypassHealthy),
+            ProbeState::TunnelDown => Some(Reason::NoTunnel),
+            ProbeState::NoNetwork => Some(Reason::NoNetwork),
+            ProbeState::Undetermined => Some(Reason::Undetermined),
+            ProbeState::VpnLeak => Some(Reason::VpnLeak),
         }
     }
 }
@@ -191,8 +191,8 @@ impl Policy {
         verdict: &Verdict,
         sessions: SessionsVerdict,
     ) -> Decision {
-        let tunnel_down = verdict.is(State::TunnelDown);
-        let broken = verdict.is(State::BypassBroken);
+        let tunnel_down = verdict.is(ProbeState::TunnelDown);
+        let broken = verdict.is(ProbeState::BypassBroken);
         self.tunnel_down_streak = if tunnel_down {
             self.tunnel_down_streak.saturating_add(1)
         } else {

@@ -12,7 +12,7 @@ use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, ApplyOutcome};
 use crate::labels::label_set;
 use crate::presence::Presence;
-use crate::probe::{PathKind, ProbeError, Round, State, Verdict};
+use crate::probe::{PathKind, ProbeError, Round, ProbeState, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::{AppRatio, SessionsState, SessionsVerdict};
 
@@ -332,11 +332,11 @@ fn probe(round: Option<(&Round, &Verdict)>, path: PathKind, fallback_active: boo
         // The bypass component carries the round's verdict: it says what the round means.
         (PathKind::Bypass, _) => {
             let status = match verdict.state {
-                State::BypassWorking | State::TunnelDown => Status::Ok,
-                State::BypassBroken | State::VpnLeak | State::NoNetwork => Status::Failing,
-                State::Undetermined => Status::Degraded,
+                ProbeState::BypassWorking | ProbeState::TunnelDown => Status::Ok,
+                ProbeState::BypassBroken | ProbeState::VpnLeak | ProbeState::NoNetwork => Status::Failing,
+                ProbeState::Undetermined => Status::Degraded,
             };
-            let through = if fallback_active && verdict.is(State::BypassWorking) {
+            let through = if fallback_active && verdict.is(ProbeState::BypassWorking) {
                 " (through the fallback)"
             } else {
                 ""
@@ -373,7 +373,7 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
         };
         return c(status, what);
     }
-    let broken = verdict.is_some_and(|v| v.is(State::BypassBroken));
+    let broken = verdict.is_some_and(|v| v.is(ProbeState::BypassBroken));
     match (f.mode, f.active) {
         (_, true) => c(
             Status::Ok,

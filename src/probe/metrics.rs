@@ -9,7 +9,7 @@ use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
-use super::State as VerdictState;
+use super::ProbeState;
 use super::{PathKind, ProbeError, Round, Verdict};
 use crate::metrics::{Counter, Family, Gauge, Scrape};
 
@@ -171,10 +171,10 @@ impl Scrape for ProbeCollector {
             errors.done(),
             ROUNDS.single(s.rounds as f64),
             LAST_ROUND.single(s.last_round_unix),
-            VERDICT.stateset(VerdictState::iter(), &v.state),
-            gauge(BYPASS_WORKING, v.is(VerdictState::BypassWorking)),
-            gauge(VPN_LEAK, v.is(VerdictState::VpnLeak)),
-            gauge(TUNNEL_DOWN, v.is(VerdictState::TunnelDown)),
+            VERDICT.stateset(ProbeState::iter(), &v.state),
+            gauge(BYPASS_WORKING, v.is(ProbeState::BypassWorking)),
+            gauge(VPN_LEAK, v.is(ProbeState::VpnLeak)),
+            gauge(TUNNEL_DOWN, v.is(ProbeState::TunnelDown)),
         ];
         let ifs = &round.interfaces;
         if self.export_addresses {

@@ -14,7 +14,7 @@ use super::{AppRow, FallbackView, ProbeRow, StatusView, Tone};
 use crate::fallback::http::SharedController;
 use crate::health::Health;
 use crate::pipeline::Pipeline;
-use crate::probe::verdict::State as Verdict;
+use crate::probe::ProbeState;
 use crate::probe::{PathKind, Round};
 use crate::sessions::counts::Reply;
 use crate::sessions::window::{SessionsState, SharedWindow};
@@ -131,16 +131,16 @@ impl StatusSource {
 }
 
 /// The page's verdict: the probe's when there is a round, else the session window's.
-pub fn tone(verdict: Option<Verdict>, sessions: SessionsState, fallback_active: bool) -> Tone {
+pub fn tone(verdict: Option<ProbeState>, sessions: SessionsState, fallback_active: bool) -> Tone {
     match (verdict, sessions) {
-        (Some(Verdict::BypassWorking), _) if fallback_active => Tone::Repaired,
-        (Some(Verdict::BypassWorking), _) => Tone::Working,
-        (Some(Verdict::BypassBroken | Verdict::VpnLeak), _) => Tone::Broken,
-        (Some(Verdict::TunnelDown), _) => Tone::VpnDown,
+        (Some(ProbeState::BypassWorking), _) if fallback_active => Tone::Repaired,
+        (Some(ProbeState::BypassWorking), _) => Tone::Working,
+        (Some(ProbeState::BypassBroken | ProbeState::VpnLeak), _) => Tone::Broken,
+        (Some(ProbeState::TunnelDown), _) => Tone::VpnDown,
         (_, SessionsState::Broken) => Tone::Broken,
         (None, SessionsState::Partial | SessionsState::Inconclusive) => Tone::Failing,
         (None, SessionsState::Working) => Tone::Working,
-        (Some(Verdict::NoNetwork | Verdict::Undetermined), _) | (None, SessionsState::TooFew) => {
+        (Some(ProbeState::NoNetwork | ProbeState::Undetermined), _) | (None, SessionsState::TooFew) => {
             Tone::NotMeasured
         }
     }
@@ -217,19 +217,19 @@ mod tests {
     #[test]
     fn tone_follows_the_probe_then_the_sessions() {
         assert_eq!(
-            tone(Some(Verdict::BypassWorking), SessionsState::Broken, false),
+            tone(Some(ProbeState::BypassWorking), SessionsState::Broken, false),
             Tone::Working
         );
         assert_eq!(
-            tone(Some(Verdict::BypassWorking), SessionsState::Working, true),
+            tone(Some(ProbeState::BypassWorking), SessionsState::Working, true),
             Tone::Repaired
         );
         assert_eq!(
-            tone(Some(Verdict::BypassBroken), SessionsState::Working, false),
+            tone(Some(ProbeState::BypassBroken), SessionsState::Working, false),
             Tone::Broken
         );
         assert_eq!(
-            tone(Some(Verdict::TunnelDown), SessionsState::TooFew, false),
+            tone(Some(ProbeState::TunnelDown), SessionsState::TooFew, false),
             Tone::VpnDown
         );
         assert_eq!(tone(None, SessionsState::Broken, false), Tone::Broken);
@@ -239,7 +239,7 @@ mod tests {
             assert_eq!(tone(None, s, false), Tone::Failing);
         }
         assert_eq!(
-            tone(Some(Verdict::Undetermined), SessionsState::Working, false),
+            tone(Some(ProbeState::Undetermined), SessionsState::Working, false),
             Tone::NotMeasured
         );
     }
