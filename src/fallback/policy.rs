@@ -121,7 +121,7 @@ impl Decision {
 
 /// What the backend holds, as far as the policy knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Installed {
+enum Held {
     Nothing,
     /// Adopted from a previous run; its plan is taken from the next round.
     Unknown,
@@ -132,7 +132,7 @@ enum Installed {
 #[derive(Debug)]
 pub struct Policy {
     cfg: FallbackConfig,
-    installed: Installed,
+    installed: Held,
     broken_streak: u32,
     tunnel_down_streak: u32,
     last_action: Option<Instant>,
@@ -149,7 +149,7 @@ impl Policy {
     pub fn new(cfg: &FallbackConfig) -> Self {
         Policy {
             cfg: cfg.clone(),
-            installed: Installed::Nothing,
+            installed: Held::Nothing,
             broken_streak: 0,
             tunnel_down_streak: 0,
             last_action: None,
@@ -161,20 +161,20 @@ impl Policy {
 
     /// Whether the fallback is installed, as far as the policy knows.
     pub fn active(&self) -> bool {
-        self.installed != Installed::Nothing
+        self.installed != Held::Nothing
     }
 
     /// The plan installed, when known.
     pub fn installed_plan(&self) -> Option<&Plan> {
         match &self.installed {
-            Installed::Plan(p) => Some(p),
+            Held::Plan(p) => Some(p),
             _ => None,
         }
     }
 
     /// A leftover of a previous run is now ours.
     pub fn adopt(&mut self) {
-        self.installed = Installed::Unknown;
+        self.installed = Held::Unknown;
     }
 
     /// Failed actions in a row.
@@ -223,12 +223,12 @@ impl Policy {
                 return Decision::None(Reason::NoPlan);
             };
             match &self.installed {
-                Installed::Unknown => {
+                Held::Unknown => {
                     // Take the leftover as rendered from today's facts; if it is not, the
                     // bypass stays broken and `StillBroken` reloads it.
-                    self.installed = Installed::Plan(plan.clone());
+                    self.installed = Held::Plan(plan.clone());
                 }
-                Installed::Plan(p) if *p != plan => {
+                Held::Plan(p) if *p != plan => {
                     return self.gate(now, Decision::Reload(plan, Reason::AddressChanged));
                 }
                 _ => {}
@@ -299,18 +299,18 @@ impl Policy {
         self.broken_streak = 0;
         match (action, outcome) {
             (Action::Apply | Action::Reload, ApplyOutcome::Ok) => {
-                self.installed = plan.cloned().map_or(Installed::Unknown, Installed::Plan);
+                self.installed = plan.cloned().map_or(Held::Unknown, Held::Plan);
                 self.failures = 0;
                 self.not_before = None;
             }
             (Action::Revert, ApplyOutcome::Ok) => {
-                self.installed = Installed::Nothing;
+                self.installed = Held::Nothing;
                 self.failures = 0;
                 self.not_before = None;
             }
             (Action::Apply | Action::Reload, _) => {
                 // Backends leave nothing of theirs after a failed apply or a rollback.
-                self.installed = Installed::Nothing;
+                self.installed = Held::Nothing;
                 self.back_off(now);
             }
             (Action::Revert, _) => self.back_off(now),
