@@ -58,8 +58,10 @@ pub struct Readiness {
     pub log_read: bool,
 }
 
+/// The latest of each input the agent fed, owned; `report` lends them to the model as
+/// `model::Inputs`.
 #[derive(Default)]
-struct Inputs {
+struct Latest {
     log: Option<LogHealthInput>,
     round: Option<(Round, Verdict)>,
     processes: Option<Presence>,
@@ -78,7 +80,7 @@ pub struct Health {
     thresholds: model::Thresholds,
     /// `probe.enabled`.
     probing: bool,
-    inputs: RwLock<Inputs>,
+    inputs: RwLock<Latest>,
     sessions: Option<SharedWindow>,
     fallback: Option<StatusHandle>,
 }
