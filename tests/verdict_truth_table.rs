@@ -15,7 +15,7 @@ use common::*;
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::health::Status;
-use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
+use pia_split_tunnel_exporter::health::model::{Inputs, HealthThresholds, assess};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::verdict::{Seen, decide};
 use pia_split_tunnel_exporter::probe::{
@@ -257,7 +257,7 @@ fn policy_health_and_metrics_all_read_the_verdict() {
         consecutive_rounds: 1,
         ..FallbackConfig::default()
     };
-    let t = Thresholds {
+    let t = HealthThresholds {
         log_stale: Duration::from_secs(900),
         log_max_level: Level::Debug,
     };

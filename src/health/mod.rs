@@ -77,7 +77,7 @@ struct CheckpointState {
 
 /// The agent's health, fed by the agent loop, read by `/health`, `/-/ready` and `/metrics`.
 pub struct Health {
-    thresholds: model::Thresholds,
+    thresholds: model::HealthThresholds,
     /// `probe.enabled`.
     probing: bool,
     inputs: RwLock<Latest>,
@@ -89,7 +89,7 @@ impl Health {
     /// Its metrics: [`metrics::HealthCollector`].
     pub fn new(cfg: &HealthConfig) -> Self {
         Health {
-            thresholds: model::Thresholds {
+            thresholds: model::HealthThresholds {
                 log_stale: Duration::from_secs(cfg.log_stale_secs),
                 log_max_level: cfg.log_max_level,
             },

@@ -90,7 +90,7 @@ pub struct CheckpointInput {
 
 /// Thresholds the model uses (the sessions' are the sessions verdict's own).
 #[derive(Clone, Debug)]
-pub struct Thresholds {
+pub struct HealthThresholds {
     pub log_stale: Duration,
     /// A proxy logging at a level above this does not write the session lines.
     pub log_max_level: Level,
@@ -111,7 +111,7 @@ pub struct Inputs<'a> {
     pub checkpoint: Option<&'a CheckpointInput>,
 }
 
-pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
+pub fn assess(t: &HealthThresholds, i: &Inputs<'_>) -> HealthReport {
     let mut components = BTreeMap::new();
     components.insert("log", log(t, i.log));
     components.insert("checkpoint", checkpoint(i.checkpoint));
@@ -139,7 +139,7 @@ pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
     HealthReport { status, components }
 }
 
-fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
+fn log(t: &HealthThresholds, l: Option<&LogHealthInput>) -> Component {
     let Some(l) = l else {
         return c(Status::Degraded, "the log has not been read yet");
     };
