@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use macro_rules_attribute::apply;
 use serde::Serialize;
+use strum::IntoEnumIterator;
 
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, ApplyOutcome};
 use crate::labels::label_set;
 use crate::presence::Presence;
-use crate::probe::{PathKind, ProbeError, Round, ProbeState, Verdict};
+use crate::probe::{PathKind, ProbeError, ProbeState, Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::{AppRatio, SessionsState, SessionsVerdict};
 
@@ -37,23 +38,43 @@ fn c(status: Status, reason: impl Into<String>) -> Component {
     }
 }
 
-/// Component names, fixed: they are metric labels.
-pub const COMPONENTS: [&str; 9] = [
-    "log",
-    "checkpoint",
-    "processes",
-    "sessions",
-    "probe_physical",
-    "probe_tunnel",
-    "probe_bypass",
-    "probe_default",
-    "fallback",
-];
+/// The components, fixed: each one's snake_case name is the `component` label of
+/// `health_status` and its key in `/health`.
+#[apply(label_set!)]
+pub enum HealthComponent {
+    Log,
+    Checkpoint,
+    Processes,
+    Sessions,
+    ProbePhysical,
+    ProbeTunnel,
+    ProbeBypass,
+    ProbeDefault,
+    Fallback,
+}
+
+impl HealthComponent {
+    /// The component judging one probe path.
+    pub fn probe(path: PathKind) -> HealthComponent {
+        match path {
+            PathKind::Physical => HealthComponent::ProbePhysical,
+            PathKind::Tunnel => HealthComponent::ProbeTunnel,
+            PathKind::Bypass => HealthComponent::ProbeBypass,
+            PathKind::Default => HealthComponent::ProbeDefault,
+        }
+    }
+
+    /// Its name: the label value and the key in the report.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HealthReport {
     /// The worst of the components.
     pub status: Status,
+    /// By [`HealthComponent::name`] (so `/health` lists them by name).
     pub components: BTreeMap<&'static str, Component>,
 }
 
@@ -113,24 +134,29 @@ pub struct Inputs<'a> {
 
 pub fn assess(t: &HealthThresholds, i: &Inputs<'_>) -> HealthReport {
     let mut components = BTreeMap::new();
-    components.insert("log", log(t, i.log));
-    components.insert("checkpoint", checkpoint(i.checkpoint));
-    components.insert("sessions", sessions(i.sessions.clone()));
+    components.insert(HealthComponent::Log.name(), log(t, i.log));
+    components.insert(HealthComponent::Checkpoint.name(), checkpoint(i.checkpoint));
+    components.insert(
+        HealthComponent::Sessions.name(),
+        sessions(i.sessions.clone()),
+    );
     let round = i.round.map(|(r, _)| r);
-    components.insert("processes", processes(i.processes, round, i.log));
+    components.insert(
+        HealthComponent::Processes.name(),
+        processes(i.processes, round, i.log),
+    );
     let active = i.fallback.is_some_and(|f| f.active);
     if i.probing {
-        for (name, path) in [
-            ("probe_physical", PathKind::Physical),
-            ("probe_tunnel", PathKind::Tunnel),
-            ("probe_bypass", PathKind::Bypass),
-            ("probe_default", PathKind::Default),
-        ] {
+        for path in PathKind::iter() {
+            let name = HealthComponent::probe(path).name();
             components.insert(name, probe(i.round, path, active));
         }
     }
     let verdict = i.round.map(|(_, v)| v);
-    components.insert("fallback", fallback(i.fallback, verdict, i.probing));
+    components.insert(
+        HealthComponent::Fallback.name(),
+        fallback(i.fallback, verdict, i.probing),
+    );
     let status = components
         .values()
         .map(|c| c.status)
@@ -333,7 +359,9 @@ fn probe(round: Option<(&Round, &Verdict)>, path: PathKind, fallback_active: boo
         (PathKind::Bypass, _) => {
             let status = match verdict.state {
                 ProbeState::BypassWorking | ProbeState::TunnelDown => Status::Ok,
-                ProbeState::BypassBroken | ProbeState::VpnLeak | ProbeState::NoNetwork => Status::Failing,
+                ProbeState::BypassBroken | ProbeState::VpnLeak | ProbeState::NoNetwork => {
+                    Status::Failing
+                }
                 ProbeState::Undetermined => Status::Degraded,
             };
             let through = if fallback_active && verdict.is(ProbeState::BypassWorking) {
@@ -401,5 +429,46 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
                 }
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_has_one_key_per_component_spelled_as_its_label() {
+        let names: Vec<&str> = HealthComponent::iter().map(HealthComponent::name).collect();
+        assert_eq!(
+            names,
+            [
+                "log",
+                "checkpoint",
+                "processes",
+                "sessions",
+                "probe_physical",
+                "probe_tunnel",
+                "probe_bypass",
+                "probe_default",
+                "fallback"
+            ]
+        );
+        let t = HealthThresholds {
+            log_stale: Duration::from_secs(900),
+            log_max_level: Level::Debug,
+        };
+        let probing = Inputs {
+            probing: true,
+            ..Inputs::default()
+        };
+        let keys: Vec<&str> = assess(&t, &probing).components.into_keys().collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted, "every component, listed by name");
+        let log_only = assess(&t, &Inputs::default());
+        assert_eq!(
+            log_only.components.len(),
+            HealthComponent::iter().count() - 4
+        );
     }
 }
