@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pia_split_tunnel_exporter::health::model::{Inputs, HealthThresholds, assess};
+use pia_split_tunnel_exporter::health::model::{HealthThresholds, Inputs, assess};
 use pia_split_tunnel_exporter::health::{CheckpointInput, HealthReport, LogHealthInput, Status};
 use pia_split_tunnel_exporter::presence::Presence;
 use pia_split_tunnel_exporter::probe::{Round, Verdict};

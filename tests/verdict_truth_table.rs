@@ -15,11 +15,11 @@ use common::*;
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::health::Status;
-use pia_split_tunnel_exporter::health::model::{Inputs, HealthThresholds, assess};
+use pia_split_tunnel_exporter::health::model::{HealthThresholds, Inputs, assess};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::verdict::{Seen, decide};
 use pia_split_tunnel_exporter::probe::{
-    PathKind, PathResult, ProbeError, ProbeMetrics, Round, ProbeState, Verdict,
+    PathKind, PathResult, ProbeError, ProbeMetrics, ProbeState, Round, Verdict,
 };
 use pia_split_tunnel_exporter::proxy_log::Level;
 use strum::EnumCount;
@@ -109,13 +109,49 @@ const RULES: &[(P, P, P, P, ProbeState)] = &[
     (P::Egress, P::Absent, P::Any, P::Any, ProbeState::TunnelDown),
     (P::Egress, P::Same, P::Any, P::Any, ProbeState::Undetermined),
     (P::Egress, P::Any, P::Any, P::Same, ProbeState::VpnLeak),
-    (P::Egress, P::Any, P::Same, P::Any, ProbeState::BypassWorking),
-    (P::Egress, P::Any, P::Tunnel, P::Any, ProbeState::BypassBroken),
+    (
+        P::Egress,
+        P::Any,
+        P::Same,
+        P::Any,
+        ProbeState::BypassWorking,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Tunnel,
+        P::Any,
+        ProbeState::BypassBroken,
+    ),
     (P::Egress, P::Any, P::Dflt, P::Any, ProbeState::BypassBroken),
-    (P::Egress, P::Any, P::Other, P::Any, ProbeState::Undetermined),
-    (P::Egress, P::Any, P::Timeout, P::Any, ProbeState::BypassBroken),
-    (P::Egress, P::Any, P::Failed, P::Any, ProbeState::BypassBroken),
-    (P::Egress, P::Any, P::Absent, P::Any, ProbeState::Undetermined),
+    (
+        P::Egress,
+        P::Any,
+        P::Other,
+        P::Any,
+        ProbeState::Undetermined,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Timeout,
+        P::Any,
+        ProbeState::BypassBroken,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Failed,
+        P::Any,
+        ProbeState::BypassBroken,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Absent,
+        P::Any,
+        ProbeState::Undetermined,
+    ),
 ];
 
 fn all() -> impl Iterator<Item = Combo> {
@@ -297,7 +333,9 @@ fn policy_health_and_metrics_all_read_the_verdict() {
         let want = match state {
             ProbeState::BypassWorking | ProbeState::TunnelDown => Status::Ok,
             ProbeState::Undetermined => Status::Degraded,
-            ProbeState::BypassBroken | ProbeState::VpnLeak | ProbeState::NoNetwork => Status::Failing,
+            ProbeState::BypassBroken | ProbeState::VpnLeak | ProbeState::NoNetwork => {
+                Status::Failing
+            }
         };
         assert_eq!(bypass.status, want, "{what}");
         assert!(bypass.reason.contains(&v.text), "{what}: {}", bypass.reason);

@@ -16,7 +16,7 @@ use crate::os::discovery::{self, Discovery, Evidence, saved};
 use crate::os::macos_output::{parse_anchors, parse_ifconfig, parse_netstat_inet, parse_route_get};
 use crate::os::{Os as _, ProxyBinding, RoutingFacts, System};
 use crate::presence::{Presence, PresenceTracker, SysinfoSource};
-use crate::probe::{PathKind, Round, ProbeState, Verdict};
+use crate::probe::{PathKind, ProbeState, Round, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
 use crate::sessions::window::SessionsState;
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::metrics::FallbackMetrics;
 use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
-use crate::probe::{Round, ProbeState, Verdict};
+use crate::probe::{ProbeState, Round, Verdict};
 use crate::sessions::window::{Ratio, SessionsVerdict};
 
 /// Runs a fresh probe round (at least the physical and bypass paths) to verify an apply.

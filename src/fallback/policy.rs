@@ -11,7 +11,7 @@ use macro_rules_attribute::apply;
 
 use super::{FallbackConfig, OnTunnelDown, Plan};
 use crate::labels::label_set;
-use crate::probe::{Round, ProbeState, Verdict};
+use crate::probe::{ProbeState, Round, Verdict};
 use crate::sessions::window::SessionsVerdict;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.

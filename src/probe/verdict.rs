@@ -127,7 +127,9 @@ pub fn decide(p: Seen, t: Seen, x: Seen, d: Seen) -> ProbeState {
     }
     match x {
         Seen::Egress(ip) if ip == a => ProbeState::BypassWorking,
-        Seen::Egress(ip) if t.egress() == Some(ip) || d.egress() == Some(ip) => ProbeState::BypassBroken,
+        Seen::Egress(ip) if t.egress() == Some(ip) || d.egress() == Some(ip) => {
+            ProbeState::BypassBroken
+        }
         Seen::Egress(_) | Seen::Absent => ProbeState::Undetermined,
         Seen::Timeout | Seen::Failed => ProbeState::BypassBroken,
     }

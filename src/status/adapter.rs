@@ -140,9 +140,8 @@ pub fn tone(verdict: Option<ProbeState>, sessions: SessionsState, fallback_activ
         (_, SessionsState::Broken) => Tone::Broken,
         (None, SessionsState::Partial | SessionsState::Inconclusive) => Tone::Failing,
         (None, SessionsState::Working) => Tone::Working,
-        (Some(ProbeState::NoNetwork | ProbeState::Undetermined), _) | (None, SessionsState::TooFew) => {
-            Tone::NotMeasured
-        }
+        (Some(ProbeState::NoNetwork | ProbeState::Undetermined), _)
+        | (None, SessionsState::TooFew) => Tone::NotMeasured,
     }
 }
 
@@ -217,15 +216,27 @@ mod tests {
     #[test]
     fn tone_follows_the_probe_then_the_sessions() {
         assert_eq!(
-            tone(Some(ProbeState::BypassWorking), SessionsState::Broken, false),
+            tone(
+                Some(ProbeState::BypassWorking),
+                SessionsState::Broken,
+                false
+            ),
             Tone::Working
         );
         assert_eq!(
-            tone(Some(ProbeState::BypassWorking), SessionsState::Working, true),
+            tone(
+                Some(ProbeState::BypassWorking),
+                SessionsState::Working,
+                true
+            ),
             Tone::Repaired
         );
         assert_eq!(
-            tone(Some(ProbeState::BypassBroken), SessionsState::Working, false),
+            tone(
+                Some(ProbeState::BypassBroken),
+                SessionsState::Working,
+                false
+            ),
             Tone::Broken
         );
         assert_eq!(
@@ -239,7 +250,11 @@ mod tests {
             assert_eq!(tone(None, s, false), Tone::Failing);
         }
         assert_eq!(
-            tone(Some(ProbeState::Undetermined), SessionsState::Working, false),
+            tone(
+                Some(ProbeState::Undetermined),
+                SessionsState::Working,
+                false
+            ),
             Tone::NotMeasured
         );
     }
