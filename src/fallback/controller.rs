@@ -14,8 +14,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::metrics::FallbackMetrics;
-use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
+use super::metrics::{AlertResult, FallbackMetrics};
+use super::policy::{Action, ApplyOutcome, Decision, DecisionKind, Policy, Reason};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{ProbeState, Round, Verdict};
 use crate::sessions::window::{Ratio, SessionsVerdict};
@@ -37,7 +37,7 @@ where
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionRecord {
-    pub decision: &'static str,
+    pub decision: DecisionKind,
     pub reason: Reason,
     pub at_unix: f64,
 }
@@ -263,7 +263,7 @@ impl Controller {
     }
 
     /// The alert webhook's answer, counted.
-    pub fn count_alert(&self, result: &'static str) {
+    pub fn count_alert(&self, result: AlertResult) {
         self.metrics.alert(result);
     }
 
@@ -298,19 +298,20 @@ impl Controller {
 
     fn note_decision(&self, d: &Decision, sessions: Ratio) {
         self.metrics.decision(d);
+        let decision: &'static str = d.label().into();
         let reason: &'static str = d.reason().into();
         let mode: &'static str = self.cfg.mode.into();
         match d {
             Decision::None(_) => {
-                tracing::debug!(decision = d.label(), reason, mode, "fallback decision")
+                tracing::debug!(decision, reason, mode, "fallback decision")
             }
             _ => tracing::info!(
-                decision = d.label(),
+                decision,
                 reason,
                 mode,
                 no_reply_sessions = sessions.no_reply,
                 sessions = sessions.total,
-                acting = self.cfg.mode == Mode::Auto || reason == "manual",
+                acting = self.cfg.mode == Mode::Auto || d.reason() == Reason::Manual,
                 "fallback decision"
             ),
         }

@@ -93,6 +93,15 @@ pub enum ApplyOutcome {
     RolledBack,
 }
 
+/// What a decision does: the `decision` label of `fallback_decisions_total`.
+#[apply(label_set!)]
+pub enum DecisionKind {
+    None,
+    Apply,
+    Reload,
+    Revert,
+}
+
 impl Decision {
     pub fn reason(&self) -> Reason {
         match self {
@@ -100,13 +109,13 @@ impl Decision {
             Decision::Apply(_, r) | Decision::Reload(_, r) => *r,
         }
     }
-    /// `none`, `apply`, `reload` or `revert`: the metric label.
-    pub fn label(&self) -> &'static str {
+    /// What it does, as the metric label.
+    pub fn label(&self) -> DecisionKind {
         match self {
-            Decision::None(_) => "none",
-            Decision::Apply(..) => "apply",
-            Decision::Reload(..) => "reload",
-            Decision::Revert(_) => "revert",
+            Decision::None(_) => DecisionKind::None,
+            Decision::Apply(..) => DecisionKind::Apply,
+            Decision::Reload(..) => DecisionKind::Reload,
+            Decision::Revert(_) => DecisionKind::Revert,
         }
     }
     pub fn action(&self) -> Option<Action> {
