@@ -177,23 +177,25 @@ impl Scrape for ProbeCollector {
             gauge(TUNNEL_DOWN, v.is(ProbeState::TunnelDown)),
         ];
         let ifs = &round.interfaces;
+        // The `role` label: the interface's path, spelled as the `path` label.
+        let (physical, tunnel) = (PathKind::Physical.into(), PathKind::Tunnel.into());
         if self.export_addresses {
             let mut f = INTERFACES_ADDRESSED.samples();
             if let Some(p) = &ifs.physical {
                 let gw = p.gateway.map(|g| g.to_string()).unwrap_or_default();
-                f.set(["physical", &p.name, &p.ipv4.to_string(), &gw], 1.0);
+                f.set([physical, &p.name, &p.ipv4.to_string(), &gw], 1.0);
             }
             if let Some(t) = &ifs.tunnel {
-                f.set(["tunnel", &t.name, &t.ipv4.to_string(), ""], 1.0);
+                f.set([tunnel, &t.name, &t.ipv4.to_string(), ""], 1.0);
             }
             out.extend([egress.done(), f.done()]);
         } else {
             let mut f = INTERFACES.samples();
             if let Some(p) = &ifs.physical {
-                f.set(["physical", &p.name], 1.0);
+                f.set([physical, &p.name], 1.0);
             }
             if let Some(t) = &ifs.tunnel {
-                f.set(["tunnel", &t.name], 1.0);
+                f.set([tunnel, &t.name], 1.0);
             }
             out.push(f.done());
         }
