@@ -11,6 +11,7 @@ use axum::routing::get;
 use strum::IntoEnumIterator;
 
 use super::{AppRow, FallbackView, ProbeRow, StatusView, Tone};
+use crate::fallback::controller::FallbackStatus;
 use crate::fallback::http::SharedController;
 use crate::health::Health;
 use crate::pipeline::Pipeline;
@@ -104,29 +105,34 @@ impl StatusSource {
                 .as_ref()
                 .map(|(r, _)| probe_rows(r))
                 .unwrap_or_default(),
-            fallback: fallback.map(|(s, rules)| FallbackView {
-                mode: format!("{:?}", s.mode).to_lowercase(),
-                backend: format!("{:?}", s.backend).to_lowercase(),
-                active: s.active,
-                rules,
-                last: s
-                    .last_decision
-                    .iter()
-                    .map(|d| format!("last decision: {} ({:?})", d.decision, d.reason))
-                    .chain(s.last_action.iter().map(|a| {
-                        format!(
-                            "last action: {:?}: {:?}{}",
-                            a.action,
-                            a.outcome,
-                            a.error
-                                .as_ref()
-                                .map(|e| format!(" ({e})"))
-                                .unwrap_or_default()
-                        )
-                    }))
-                    .collect(),
-            }),
+            fallback: fallback.map(|(s, rules)| fallback_view(&s, rules)),
         }
+    }
+}
+
+/// The fallback's part of the page, its labels spelled as in `/metrics`.
+fn fallback_view(s: &FallbackStatus, rules: String) -> FallbackView {
+    FallbackView {
+        mode: s.mode.to_string(),
+        backend: s.backend.to_string(),
+        active: s.active,
+        rules,
+        last: s
+            .last_decision
+            .iter()
+            .map(|d| format!("last decision: {} ({})", d.decision, d.reason))
+            .chain(s.last_action.iter().map(|a| {
+                format!(
+                    "last action: {}: {}{}",
+                    a.action,
+                    a.outcome,
+                    a.error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )
+            }))
+            .collect(),
     }
 }
 
@@ -212,6 +218,43 @@ async fn page(State(source): State<Arc<StatusSource>>) -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fallback::controller::{ActionRecord, DecisionRecord};
+    use crate::fallback::policy::{Action, ApplyOutcome, DecisionKind, Reason};
+    use crate::fallback::{BackendKind, Mode};
+
+    #[test]
+    fn the_fallback_part_spells_labels_as_the_metrics_do() {
+        let s = FallbackStatus {
+            mode: Mode::Auto,
+            backend: BackendKind::PolicyRouting,
+            active: false,
+            plan: None,
+            last_decision: Some(DecisionRecord {
+                decision: DecisionKind::None,
+                reason: Reason::BypassHealthy,
+                at_unix: 0.0,
+            }),
+            last_action: Some(ActionRecord {
+                action: Action::Apply,
+                outcome: ApplyOutcome::RolledBack,
+                error: Some("no egress".into()),
+                at_unix: 0.0,
+            }),
+            consecutive_failures: 0,
+        };
+        let v = fallback_view(&s, String::new());
+        assert_eq!(
+            (v.mode.as_str(), v.backend.as_str()),
+            ("auto", "policy-routing")
+        );
+        assert_eq!(
+            v.last,
+            [
+                "last decision: none (bypass_healthy)",
+                "last action: apply: rolled_back (no egress)"
+            ]
+        );
+    }
 
     #[test]
     fn tone_follows_the_probe_then_the_sessions() {
