@@ -349,8 +349,8 @@ fn a_route_change_starts_a_round_without_waiting_for_the_heartbeat() {
     );
     let took = added.elapsed();
     let log = agent.log();
-    assert!(log.contains("trigger=RouteChange"), "{log}");
-    assert!(log.contains("trigger=Confirm"), "{log}");
+    assert!(log.contains("trigger=route_change"), "{log}");
+    assert!(log.contains("trigger=confirm"), "{log}");
     // Far inside the 300 s heartbeat (not a timing target: the bench measures that).
     assert!(took < Duration::from_secs(60), "{took:?}\n{log}");
     assert!(

@@ -54,7 +54,7 @@ impl StatusSource {
             .map(|(name, c)| ((*name).to_owned(), c.status.to_string(), c.reason.clone()))
             .collect();
         let (window_apps, sessions, window_seconds) = {
-            let w = self.window.lock().expect("window lock");
+            let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
             let v = w.verdict(now);
             (w.per_app(now), v.state, v.window_seconds)
         };
@@ -64,7 +64,10 @@ impl StatusSource {
             row.window_sessions = a.ratio.total;
             row.window_zero = a.ratio.no_reply;
         }
-        since_start(&self.pipeline.lock().expect("pipeline lock"), &mut apps);
+        since_start(
+            &self.pipeline.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut apps,
+        );
         let apps = apps
             .into_iter()
             .map(|(app, row)| AppRow { app, ..row })
