@@ -18,6 +18,7 @@ use crate::os::{Os as _, ProxyBinding, RoutingFacts, System};
 use crate::presence::{Presence, PresenceTracker, SysinfoSource};
 use crate::probe::{PathKind, ProbeState, Round, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
+use crate::sessions::verdict::percent;
 use crate::sessions::window::SessionsState;
 
 /// The log files that exist: the archive first, then the live file, then the error log.
@@ -236,10 +237,6 @@ pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<Ex
         }
     }
     Ok(ExitCode::from(if ifs.trusted() { 0 } else { 3 }))
-}
-
-fn percent(part: u64, whole: u64) -> u64 {
-    (part * 100 + whole / 2) / whole.max(1)
 }
 
 /// A few lines of plain English: what was measured, the likely cause, the repair. Findings

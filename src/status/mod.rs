@@ -10,6 +10,8 @@ pub mod adapter;
 
 use std::fmt::Write;
 
+use crate::sessions::verdict::percent;
+
 /// The one-sentence state of the split tunnel, with its colour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tone {
@@ -198,11 +200,11 @@ pub fn render(view: &StatusView) -> String {
     for a in apps.iter().take(MAX_APPS) {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td><td>{:.0} %</td><td>{}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{} %</td><td>{}</td><td>{} %</td><td>{}</td>\
              <td>{}</td></tr>",
             escape(&a.app),
             a.window_sessions,
-            share(a) * 100.0,
+            percent(a.window_zero, a.window_sessions),
             a.total_sessions,
             percent(a.total_zero, a.total_sessions),
             a.total_bytes,
@@ -295,15 +297,12 @@ fn escape_block(s: &str) -> String {
     out
 }
 
+/// The window's share without a reply, for sorting.
 fn share(a: &AppRow) -> f64 {
-    percent(a.window_zero, a.window_sessions) / 100.0
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
+    if a.window_sessions == 0 {
         0.0
     } else {
-        part as f64 * 100.0 / whole as f64
+        a.window_zero as f64 / a.window_sessions as f64
     }
 }
 
