@@ -401,7 +401,7 @@ fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
         Duration::from_secs(30),
     );
     let log = agent.log();
-    assert!(log.contains("trigger=LogEvidence"), "{log}");
+    assert!(log.contains("trigger=log_evidence"), "{log}");
 }
 
 /// Two physical interfaces whose defaults tie and a second tunnel (a work VPN's subnet): the

@@ -352,7 +352,8 @@ impl Controller {
             },
         };
         if verdict.is(ProbeState::BypassWorking) {
-            tracing::info!(action = %action, egress = ?verdict.physical_egress, interface = %plan.interface,
+            tracing::info!(action = %action, egress = verdict.physical_egress.map(tracing::field::display),
+                interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
             self.finish(now, action, ApplyOutcome::Ok, None, Some(plan));
