@@ -68,7 +68,7 @@ pub type StatusHandle = Arc<RwLock<FallbackStatus>>;
 /// Why a manual or alert-triggered action did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("fallback.mode is {0:?}: alerts are acted on only in auto mode")]
+    #[error("fallback.mode is {0}: alerts are acted on only in auto mode")]
     NotAuto(Mode),
     #[error("not now: {0}")]
     Gated(Reason),
