@@ -12,8 +12,10 @@ use std::fmt::Write;
 
 use crate::sessions::verdict::percent;
 
-/// The one-sentence state of the split tunnel, with its colour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The one-sentence state of the split tunnel, with its colour; its snake_case name is the
+/// page's `data-tone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum Tone {
     Working,
     Broken,
@@ -161,7 +163,7 @@ pub fn render(view: &StatusView) -> String {
     );
     let _ = write!(
         h,
-        "<p class=\"verdict\" id=\"verdict\" data-tone=\"{:?}\" style=\"background:{}\">{}",
+        "<p class=\"verdict\" id=\"verdict\" data-tone=\"{}\" style=\"background:{}\">{}",
         view.tone,
         view.tone.colour(),
         view.tone.sentence()
@@ -349,10 +351,14 @@ mod tests {
     fn shows_verdict_apps_worst_first_probe_and_fallback() {
         let page = render(&view(vec![row("com.good", 10, 0), row("com.plex", 10, 9)]));
         assert!(page.contains("The split tunnel is broken"));
+        assert!(page.contains("data-tone=\"broken\""));
+        assert_eq!(Tone::VpnDown.to_string(), "vpn_down");
         assert!(page.contains("http-equiv=\"refresh\" content=\"5\""));
         assert!(page.contains("name=\"viewport\""));
         assert!(page.find("com.plex").unwrap() < page.find("com.good").unwrap());
         assert!(page.contains("<td>90 %</td>"));
+        let eighth = render(&view(vec![row("com.a", 8, 1)]));
+        assert!(eighth.contains("<td>13 %</td>"), "12.5 % rounds half up");
         assert!(page.contains("en0 &lt;b&gt;"));
         assert!(page.contains("to ! &lt;x&gt;"));
         assert!(page.contains("#runbook-piasplittunnelbypassbroken"));
