@@ -15,7 +15,7 @@ use strum::IntoEnumIterator;
 use crate::ingest::LogConfig;
 use crate::log_state::{LogFile, LogState};
 use crate::proxy_log::{ErrorKind, Level};
-use crate::sessions::verdict::{SessionsState, SessionsVerdict, Tally, Thresholds, judge};
+use crate::sessions::verdict::{SessionsState, SessionsVerdict, Tally, Thresholds, judge, percent};
 use crate::sessions::{AppCounts, CloseOutcome, Reply, proto_label};
 use crate::tail::Lines;
 use crate::tail::lines::LineSplitter;
@@ -231,10 +231,6 @@ impl Report {
         let _ = writeln!(out, "verdict: {}", self.verdict());
         out
     }
-}
-
-fn percent(part: u64, whole: u64) -> u64 {
-    (part * 100 + whole / 2) / whole
 }
 
 /// `X.1` before `X`: the archive holds the older lines.

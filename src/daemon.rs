@@ -36,9 +36,9 @@ use crate::fallback::OnStart;
 use crate::server::ListenAddr;
 use crate::server::activation::{self, Manager};
 
-/// How often a rotated stderr file is looked for. Each check wakes an idle agent (every 5 s,
-/// it was about 40 % of its wake-ups in the lab); until it runs, lines go on into the newest
-/// archive, which newsyslog leaves uncompressed, so nothing is lost.
+/// How often a rotated stderr file is looked for. Each check wakes an idle agent (every 5 s
+/// would be about 40 % of its wake-ups, measured in the lab); until it runs, lines go on into
+/// the newest archive, which newsyslog leaves uncompressed, so nothing is lost.
 pub const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The signals the daemon listens to, registered at once.
@@ -209,7 +209,7 @@ pub fn run_blocking(
 ) -> anyhow::Result<ExitCode> {
     // One worker: a timer firing in an idle agent then wakes one thread, not also a second
     // one looking for work to steal (a quarter of the idle wake-ups in the lab). Blocking work
-    // (the process table, /metrics encoding) runs on tokio's blocking pool as before.
+    // (the process table, /metrics encoding) runs on tokio's blocking pool.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -16,20 +16,20 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Least severe level written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Level {
+pub enum Verbosity {
     Error,
     Warn,
     Info,
     Debug,
 }
 
-impl Level {
+impl Verbosity {
     fn directive(self) -> &'static str {
         match self {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
+            Verbosity::Error => "error",
+            Verbosity::Warn => "warn",
+            Verbosity::Info => "info",
+            Verbosity::Debug => "debug",
         }
     }
 }
@@ -46,7 +46,7 @@ pub enum Format {
 pub struct LogFlags {
     /// Least severe level logged [default: info; RUST_LOG when set and this flag is not].
     #[arg(long = "log.level", global = true, value_enum, value_name = "LEVEL")]
-    pub level: Option<Level>,
+    pub level: Option<Verbosity>,
     /// Format of the log lines on stderr.
     #[arg(
         long = "log.format",
@@ -60,9 +60,9 @@ pub struct LogFlags {
 
 /// The filter: the flag, else `RUST_LOG`, else `info`. A `RUST_LOG` that does not parse is
 /// reported once on stderr and replaced by `info`, never a silent default.
-fn filter(level: Option<Level>) -> EnvFilter {
+fn filter(level: Option<Verbosity>) -> EnvFilter {
     if let Some(l) = level {
-        return quiet_libraries(EnvFilter::new(l.directive()), l == Level::Debug);
+        return quiet_libraries(EnvFilter::new(l.directive()), l == Verbosity::Debug);
     }
     match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
@@ -230,11 +230,11 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_rust_log() {
-        let warn = filter(Some(Level::Warn)).to_string();
+        let warn = filter(Some(Verbosity::Warn)).to_string();
         assert!(warn.split(',').any(|d| d == "warn"), "{warn}");
         // What a TLS client sends (an IP as server name) is not worth a warning line.
         assert!(warn.split(',').any(|d| d == "rustls=error"), "{warn}");
-        assert_eq!(filter(Some(Level::Debug)).to_string(), "debug");
+        assert_eq!(filter(Some(Verbosity::Debug)).to_string(), "debug");
     }
 }
 

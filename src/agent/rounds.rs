@@ -97,9 +97,9 @@ impl RoundLoop {
             return Followup::None;
         };
         if why == Trigger::Heartbeat {
-            tracing::debug!(trigger = ?why, "probe round");
+            tracing::debug!(trigger = %why, "probe round");
         } else {
-            tracing::info!(trigger = ?why, "probe round");
+            tracing::info!(trigger = %why, "probe round");
         }
         let round = rounds.round().await;
         // The round's one verdict, read by the metrics, the controller and health.

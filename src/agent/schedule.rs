@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// Why a round runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// Why a round runs (the `trigger` field of the round's log line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Trigger {
     /// The first round, at start.
     Start,

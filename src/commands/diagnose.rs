@@ -16,8 +16,9 @@ use crate::os::discovery::{self, Discovery, Evidence, saved};
 use crate::os::macos_output::{parse_anchors, parse_ifconfig, parse_netstat_inet, parse_route_get};
 use crate::os::{Os as _, ProxyBinding, RoutingFacts, System};
 use crate::presence::{Presence, PresenceTracker, SysinfoSource};
-use crate::probe::{PathKind, Round, State, Verdict};
+use crate::probe::{PathKind, ProbeState, Round, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
+use crate::sessions::verdict::percent;
 use crate::sessions::window::SessionsState;
 
 /// The log files that exist: the archive first, then the live file, then the error log.
@@ -105,7 +106,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     {
         println!("{line}");
     }
-    let state = round.map_or(State::Undetermined, |r| Verdict::of(&r).state);
+    let state = round.map_or(ProbeState::Undetermined, |r| Verdict::of(&r).state);
     Ok(ExitCode::from(state.exit_code()))
 }
 
@@ -236,10 +237,6 @@ pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<Ex
     Ok(ExitCode::from(if ifs.trusted() { 0 } else { 3 }))
 }
 
-fn percent(part: u64, whole: u64) -> u64 {
-    (part * 100 + whole / 2) / whole.max(1)
-}
-
 /// A few lines of plain English: what was measured, the likely cause, the repair. Findings
 /// that explain a silent log come first.
 pub fn explain(
@@ -352,7 +349,7 @@ fn round_sentences(round: &Round, log: &LogFacts, sessions: &str) -> Vec<String>
         .map_or("the tunnel".to_owned(), |t| t.name.clone());
     let bypass = round.result(PathKind::Bypass).map(|r| r.outcome);
     match v.state {
-        State::BypassWorking => {
+        ProbeState::BypassWorking => {
             out.push(format!(
                 "Bypass works: traffic bound to {bind} egresses as {} (the physical path); {sessions}.",
                 round
@@ -365,7 +362,7 @@ fn round_sentences(round: &Round, log: &LogFacts, sessions: &str) -> Vec<String>
             }
         }
         // Only this state blames the VPN's routes: the physical path works, a tunnel is up.
-        State::BypassBroken => {
+        ProbeState::BypassBroken => {
             let how = match bypass {
                 Some(Ok(ip)) if Some(ip) == round.egress(PathKind::Tunnel) => {
                     format!("leaves through {tunnel} (egresses as {ip}, the VPN's exit)")

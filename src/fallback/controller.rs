@@ -12,15 +12,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::metrics::FallbackMetrics;
-use super::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
+use super::metrics::{AlertResult, FallbackMetrics};
+use super::policy::{Action, ApplyOutcome, Decision, DecisionKind, Policy, Reason};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
-use crate::probe::{Round, RoundSource, State, Verdict};
+use crate::probe::{ProbeState, Round, RoundSource, Verdict};
 use crate::sessions::window::{Ratio, SessionsVerdict};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionRecord {
-    pub decision: &'static str,
+    pub decision: DecisionKind,
     pub reason: Reason,
     pub at_unix: f64,
 }
@@ -51,7 +51,7 @@ pub type StatusHandle = Arc<RwLock<FallbackStatus>>;
 /// Why a manual or alert-triggered action did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("fallback.mode is {0:?}: alerts are acted on only in auto mode")]
+    #[error("fallback.mode is {0}: alerts are acted on only in auto mode")]
     NotAuto(Mode),
     #[error("not now: {0}")]
     Gated(Reason),
@@ -246,7 +246,7 @@ impl Controller {
     }
 
     /// The alert webhook's answer, counted.
-    pub fn count_alert(&self, result: &'static str) {
+    pub fn count_alert(&self, result: AlertResult) {
         self.metrics.alert(result);
     }
 
@@ -281,19 +281,20 @@ impl Controller {
 
     fn note_decision(&self, d: &Decision, sessions: Ratio) {
         self.metrics.decision(d);
+        let decision: &'static str = d.label().into();
         let reason: &'static str = d.reason().into();
         let mode: &'static str = self.cfg.mode.into();
         match d {
             Decision::None(_) => {
-                tracing::debug!(decision = d.label(), reason, mode, "fallback decision")
+                tracing::debug!(decision, reason, mode, "fallback decision")
             }
             _ => tracing::info!(
-                decision = d.label(),
+                decision,
                 reason,
                 mode,
                 no_reply_sessions = sessions.no_reply,
                 sessions = sessions.total,
-                acting = self.cfg.mode == Mode::Auto || reason == "manual",
+                acting = self.cfg.mode == Mode::Auto || d.reason() == Reason::Manual,
                 "fallback decision"
             ),
         }
@@ -328,13 +329,14 @@ impl Controller {
         let verdict = match fresh_round(&self.rounds).await {
             Some((_, v)) => v,
             None => Verdict {
-                state: State::Undetermined,
+                state: ProbeState::Undetermined,
                 physical_egress: None,
                 text: "no probe round (probing is off)".into(),
             },
         };
-        if verdict.is(State::BypassWorking) {
-            tracing::info!(action = %action, egress = ?verdict.physical_egress, interface = %plan.interface,
+        if verdict.is(ProbeState::BypassWorking) {
+            tracing::info!(action = %action, egress = verdict.physical_egress.map(tracing::field::display),
+                interface = %plan.interface,
                 gateway = %plan.gateway, source = %plan.source,
                 "fallback: applied and verified: the bypass egresses as the physical path");
             self.finish(now, action, ApplyOutcome::Ok, None, Some(plan));

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use macro_rules_attribute::apply;
 use prometheus::Registry;
 use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
@@ -12,6 +13,7 @@ use strum::{EnumCount, IntoEnumIterator};
 
 use super::policy::{Action, ApplyOutcome, Decision};
 use super::{BackendKind, Mode};
+use crate::labels::label_set;
 use crate::metrics::{Counter, Family, Gauge, Scrape};
 use crate::sessions::window::{SessionsState, SharedWindow};
 
@@ -62,7 +64,24 @@ const SESSIONS_VERDICT: Family<Gauge, 1> = Family::new(
     ["state"],
 );
 
-struct State {
+/// The Alertmanager webhook's answer: the `result` label of `fallback_alert_requests_total`
+/// and the `result` field of its JSON body.
+#[apply(label_set!)]
+pub enum AlertResult {
+    /// Not an Alertmanager payload.
+    Malformed,
+    /// No firing alert of the configured names.
+    Ignored,
+    NotForThisInstance,
+    /// Addressed here, but the controller declined (mode, gates, round, ambiguity).
+    NotActed,
+    Applied,
+    AlreadyActive,
+    /// The repair was tried and failed.
+    Failed,
+}
+
+struct FallbackFigures {
     active: bool,
     mode: Mode,
     backend: BackendKind,
@@ -72,18 +91,18 @@ struct State {
     verify_failures: u64,
     last_action: Option<f64>,
     /// Webhook answers: only those given are rendered.
-    alerts: BTreeMap<String, u64>,
+    alerts: [u64; AlertResult::COUNT],
 }
 
 #[derive(Clone)]
 pub struct FallbackMetrics {
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<FallbackFigures>>,
 }
 
 impl FallbackMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = FallbackMetrics {
-            state: Arc::new(Mutex::new(State {
+            state: Arc::new(Mutex::new(FallbackFigures {
                 active: false,
                 mode: Mode::default(),
                 backend: BackendKind::None,
@@ -91,14 +110,14 @@ impl FallbackMetrics {
                 decisions: BTreeMap::new(),
                 verify_failures: 0,
                 last_action: None,
-                alerts: BTreeMap::new(),
+                alerts: [0; AlertResult::COUNT],
             })),
         };
         crate::metrics::register(registry, m.clone())?;
         Ok(m)
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> std::sync::MutexGuard<'_, FallbackFigures> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -110,8 +129,8 @@ impl FallbackMetrics {
         self.state().backend = backend;
     }
 
-    pub fn alert(&self, result: &str) {
-        *self.state().alerts.entry(result.to_owned()).or_default() += 1;
+    pub fn alert(&self, result: AlertResult) {
+        self.state().alerts[result as usize] += 1;
     }
 
     pub fn set_active(&self, active: bool) {
@@ -122,7 +141,7 @@ impl FallbackMetrics {
         *self
             .state()
             .decisions
-            .entry((d.label(), d.reason().into()))
+            .entry((d.label().into(), d.reason().into()))
             .or_default() += 1;
     }
 
@@ -181,11 +200,11 @@ impl Scrape for FallbackMetrics {
         if let Some(t) = s.last_action {
             out.push(LAST_ACTION.single(t));
         }
-        if !s.alerts.is_empty() {
-            let mut alerts = ALERT_REQUESTS.samples();
-            for (result, n) in &s.alerts {
-                alerts.add([result], *n as f64);
-            }
+        let mut alerts = ALERT_REQUESTS.samples();
+        for r in AlertResult::iter().filter(|r| s.alerts[*r as usize] > 0) {
+            alerts.add([r.into()], s.alerts[r as usize] as f64);
+        }
+        if !alerts.is_empty() {
             out.push(alerts.done());
         }
         out
@@ -215,5 +234,41 @@ impl Scrape for SessionsCollector {
             .unwrap_or_else(|e| e.into_inner())
             .verdict(Instant::now());
         vec![SESSIONS_VERDICT.stateset(SessionsState::iter(), &v.state)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fallback::policy::Reason;
+
+    #[test]
+    fn webhook_answers_and_decisions_are_counted_under_their_labels() {
+        let registry = Registry::new();
+        let m = FallbackMetrics::register(&registry).unwrap();
+        m.alert(AlertResult::NotForThisInstance);
+        m.alert(AlertResult::NotForThisInstance);
+        m.decision(&Decision::None(Reason::BypassHealthy));
+        let text = crate::metrics::encode(&registry);
+        assert!(
+            text.contains(
+                "pia_split_tunnel_fallback_alert_requests_total{result=\"not_for_this_instance\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("result=\"applied\""),
+            "only answers given: {text}"
+        );
+        assert!(
+            text.contains(
+                "fallback_decisions_total{decision=\"none\",reason=\"bypass_healthy\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::to_value(AlertResult::AlreadyActive).unwrap(),
+            "already_active"
+        );
     }
 }

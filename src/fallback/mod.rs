@@ -583,6 +583,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refusal_names_the_mode_as_the_config_spells_it() {
+        let e = controller::ControlError::NotAuto(Mode::Observe).to_string();
+        assert_eq!(
+            e,
+            "fallback.mode is observe: alerts are acted on only in auto mode"
+        );
+    }
+
+    #[test]
     fn defaults_validate_and_round_trip() {
         let c = FallbackConfig::default();
         c.validate().unwrap();

@@ -11,7 +11,7 @@ use macro_rules_attribute::apply;
 
 use super::{FallbackConfig, OnTunnelDown, Plan};
 use crate::labels::label_set;
-use crate::probe::{Round, State, Verdict};
+use crate::probe::{ProbeState, Round, Verdict};
 use crate::sessions::window::SessionsVerdict;
 
 /// Why a decision was taken: a small fixed set, used as a metric label.
@@ -54,14 +54,14 @@ pub enum Reason {
 
 impl Reason {
     /// Why nothing is applied in a state other than "bypass broken"; `None` for that one.
-    pub fn not_broken(state: State) -> Option<Reason> {
+    pub fn not_broken(state: ProbeState) -> Option<Reason> {
         match state {
-            State::BypassBroken => None,
-            State::BypassWorking => Some(Reason::BypassHealthy),
-            State::TunnelDown => Some(Reason::NoTunnel),
-            State::NoNetwork => Some(Reason::NoNetwork),
-            State::Undetermined => Some(Reason::Undetermined),
-            State::VpnLeak => Some(Reason::VpnLeak),
+            ProbeState::BypassBroken => None,
+            ProbeState::BypassWorking => Some(Reason::BypassHealthy),
+            ProbeState::TunnelDown => Some(Reason::NoTunnel),
+            ProbeState::NoNetwork => Some(Reason::NoNetwork),
+            ProbeState::Undetermined => Some(Reason::Undetermined),
+            ProbeState::VpnLeak => Some(Reason::VpnLeak),
         }
     }
 }
@@ -93,6 +93,15 @@ pub enum ApplyOutcome {
     RolledBack,
 }
 
+/// What a decision does: the `decision` label of `fallback_decisions_total`.
+#[apply(label_set!)]
+pub enum DecisionKind {
+    None,
+    Apply,
+    Reload,
+    Revert,
+}
+
 impl Decision {
     pub fn reason(&self) -> Reason {
         match self {
@@ -100,13 +109,13 @@ impl Decision {
             Decision::Apply(_, r) | Decision::Reload(_, r) => *r,
         }
     }
-    /// `none`, `apply`, `reload` or `revert`: the metric label.
-    pub fn label(&self) -> &'static str {
+    /// What it does, as the metric label.
+    pub fn label(&self) -> DecisionKind {
         match self {
-            Decision::None(_) => "none",
-            Decision::Apply(..) => "apply",
-            Decision::Reload(..) => "reload",
-            Decision::Revert(_) => "revert",
+            Decision::None(_) => DecisionKind::None,
+            Decision::Apply(..) => DecisionKind::Apply,
+            Decision::Reload(..) => DecisionKind::Reload,
+            Decision::Revert(_) => DecisionKind::Revert,
         }
     }
     pub fn action(&self) -> Option<Action> {
@@ -121,7 +130,7 @@ impl Decision {
 
 /// What the backend holds, as far as the policy knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Installed {
+enum Held {
     Nothing,
     /// Adopted from a previous run; its plan is taken from the next round.
     Unknown,
@@ -132,7 +141,7 @@ enum Installed {
 #[derive(Debug)]
 pub struct Policy {
     cfg: FallbackConfig,
-    installed: Installed,
+    installed: Held,
     broken_streak: u32,
     tunnel_down_streak: u32,
     last_action: Option<Instant>,
@@ -149,7 +158,7 @@ impl Policy {
     pub fn new(cfg: &FallbackConfig) -> Self {
         Policy {
             cfg: cfg.clone(),
-            installed: Installed::Nothing,
+            installed: Held::Nothing,
             broken_streak: 0,
             tunnel_down_streak: 0,
             last_action: None,
@@ -161,20 +170,20 @@ impl Policy {
 
     /// Whether the fallback is installed, as far as the policy knows.
     pub fn active(&self) -> bool {
-        self.installed != Installed::Nothing
+        self.installed != Held::Nothing
     }
 
     /// The plan installed, when known.
     pub fn installed_plan(&self) -> Option<&Plan> {
         match &self.installed {
-            Installed::Plan(p) => Some(p),
+            Held::Plan(p) => Some(p),
             _ => None,
         }
     }
 
     /// A leftover of a previous run is now ours.
     pub fn adopt(&mut self) {
-        self.installed = Installed::Unknown;
+        self.installed = Held::Unknown;
     }
 
     /// Failed actions in a row.
@@ -191,8 +200,8 @@ impl Policy {
         verdict: &Verdict,
         sessions: SessionsVerdict,
     ) -> Decision {
-        let tunnel_down = verdict.is(State::TunnelDown);
-        let broken = verdict.is(State::BypassBroken);
+        let tunnel_down = verdict.is(ProbeState::TunnelDown);
+        let broken = verdict.is(ProbeState::BypassBroken);
         self.tunnel_down_streak = if tunnel_down {
             self.tunnel_down_streak.saturating_add(1)
         } else {
@@ -223,12 +232,12 @@ impl Policy {
                 return Decision::None(Reason::NoPlan);
             };
             match &self.installed {
-                Installed::Unknown => {
+                Held::Unknown => {
                     // Take the leftover as rendered from today's facts; if it is not, the
                     // bypass stays broken and `StillBroken` reloads it.
-                    self.installed = Installed::Plan(plan.clone());
+                    self.installed = Held::Plan(plan.clone());
                 }
-                Installed::Plan(p) if *p != plan => {
+                Held::Plan(p) if *p != plan => {
                     return self.gate(now, Decision::Reload(plan, Reason::AddressChanged));
                 }
                 _ => {}
@@ -299,18 +308,18 @@ impl Policy {
         self.broken_streak = 0;
         match (action, outcome) {
             (Action::Apply | Action::Reload, ApplyOutcome::Ok) => {
-                self.installed = plan.cloned().map_or(Installed::Unknown, Installed::Plan);
+                self.installed = plan.cloned().map_or(Held::Unknown, Held::Plan);
                 self.failures = 0;
                 self.not_before = None;
             }
             (Action::Revert, ApplyOutcome::Ok) => {
-                self.installed = Installed::Nothing;
+                self.installed = Held::Nothing;
                 self.failures = 0;
                 self.not_before = None;
             }
             (Action::Apply | Action::Reload, _) => {
                 // Backends leave nothing of theirs after a failed apply or a rollback.
-                self.installed = Installed::Nothing;
+                self.installed = Held::Nothing;
                 self.back_off(now);
             }
             (Action::Revert, _) => self.back_off(now),

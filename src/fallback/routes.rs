@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 
 use super::FallbackConfig;
 use super::controller::{ControlError, Controller};
+use super::metrics::AlertResult;
 
 /// The controller as shared by the agent loop and the HTTP handlers.
 pub type SharedController = Arc<tokio::sync::Mutex<Controller>>;
@@ -232,7 +233,7 @@ fn addressed(hook: &Webhook, names: &[String], me: Option<&str>) -> Addressed {
     }
 }
 
-fn answer(c: &Controller, result: &'static str, extra: serde_json::Value) -> Response {
+fn answer(c: &Controller, result: AlertResult, extra: serde_json::Value) -> Response {
     c.count_alert(result);
     let mut body = json!({ "result": result });
     if let (Some(b), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
@@ -245,7 +246,10 @@ async fn alertmanager(State(s): State<ControlState>, body: axum::body::Bytes) ->
     let hook: Webhook = match serde_json::from_slice(&body) {
         Ok(h) => h,
         Err(e) => {
-            s.controller.lock().await.count_alert("malformed");
+            s.controller
+                .lock()
+                .await
+                .count_alert(AlertResult::Malformed);
             return (
                 StatusCode::BAD_REQUEST,
                 format!("not an Alertmanager webhook payload: {e}\n"),
@@ -257,11 +261,11 @@ async fn alertmanager(State(s): State<ControlState>, body: axum::body::Bytes) ->
     let mut c = s.controller.lock().await;
     let instance = match to {
         // Resolved alerts are not a reason to revert: the repair is what resolved them.
-        Addressed::Nothing => return answer(&c, "ignored", json!({})),
+        Addressed::Nothing => return answer(&c, AlertResult::Ignored, json!({})),
         Addressed::Others(others) => {
             tracing::info!(alerts_for = ?others, this_instance = s.instance.as_deref().unwrap_or(""),
                 "fallback: Alertmanager alert for another instance; nothing done");
-            return answer(&c, "not_for_this_instance", json!({}));
+            return answer(&c, AlertResult::NotForThisInstance, json!({}));
         }
         Addressed::Ambiguous(named) => {
             tracing::warn!(instances = ?named,
@@ -270,7 +274,7 @@ async fn alertmanager(State(s): State<ControlState>, body: axum::body::Bytes) ->
                  machine's instance label)");
             return answer(
                 &c,
-                "not_acted",
+                AlertResult::NotActed,
                 json!({"reason": format!(
                     "the payload names {} instances and fallback.instance is unset",
                     named.len()
@@ -286,17 +290,17 @@ async fn alertmanager(State(s): State<ControlState>, body: axum::body::Bytes) ->
     }
     tracing::info!(instance = %instance, "fallback: Alertmanager asks for the repair; probing first");
     match c.alert_apply(Instant::now()).await {
-        Ok(Some(plan)) => answer(&c, "applied", json!({"plan": plan})),
-        Ok(None) => answer(&c, "already_active", json!({})),
+        Ok(Some(plan)) => answer(&c, AlertResult::Applied, json!({"plan": plan})),
+        Ok(None) => answer(&c, AlertResult::AlreadyActive, json!({})),
         // Answer 200 to a decision not to act, so Alertmanager does not retry it.
         Err(
             e @ (ControlError::Gated(_)
             | ControlError::NotAuto(_)
             | ControlError::NotBroken(_)
             | ControlError::NoProbe),
-        ) => answer(&c, "not_acted", json!({"reason": e.to_string()})),
+        ) => answer(&c, AlertResult::NotActed, json!({"reason": e.to_string()})),
         Err(e) => {
-            c.count_alert("failed");
+            c.count_alert(AlertResult::Failed);
             error_response(e)
         }
     }

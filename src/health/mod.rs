@@ -58,8 +58,10 @@ pub struct Readiness {
     pub log_read: bool,
 }
 
+/// The latest of each input the agent fed, owned; `report` lends them to the model as
+/// `model::Inputs`.
 #[derive(Default)]
-struct Inputs {
+struct Latest {
     log: Option<LogHealthInput>,
     round: Option<(Round, Verdict)>,
     processes: Option<Presence>,
@@ -75,10 +77,10 @@ struct CheckpointState {
 
 /// The agent's health, fed by the agent loop, read by `/health`, `/-/ready` and `/metrics`.
 pub struct Health {
-    thresholds: model::Thresholds,
+    thresholds: model::HealthThresholds,
     /// `probe.enabled`.
     probing: bool,
-    inputs: RwLock<Inputs>,
+    inputs: RwLock<Latest>,
     sessions: Option<SharedWindow>,
     fallback: Option<StatusHandle>,
 }
@@ -87,7 +89,7 @@ impl Health {
     /// Its metrics: [`metrics::HealthCollector`].
     pub fn new(cfg: &HealthConfig) -> Self {
         Health {
-            thresholds: model::Thresholds {
+            thresholds: model::HealthThresholds {
                 log_stale: Duration::from_secs(cfg.log_stale_secs),
                 log_max_level: cfg.log_max_level,
             },

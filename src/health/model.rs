@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use macro_rules_attribute::apply;
 use serde::Serialize;
+use strum::IntoEnumIterator;
 
 use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, ApplyOutcome};
 use crate::labels::label_set;
 use crate::presence::Presence;
-use crate::probe::{PathKind, ProbeError, Round, State, Verdict};
+use crate::probe::{PathKind, ProbeError, ProbeState, Round, Verdict};
 use crate::proxy_log::Level;
 use crate::sessions::window::{AppRatio, SessionsState, SessionsVerdict};
 
@@ -37,23 +38,43 @@ fn c(status: Status, reason: impl Into<String>) -> Component {
     }
 }
 
-/// Component names, fixed: they are metric labels.
-pub const COMPONENTS: [&str; 9] = [
-    "log",
-    "checkpoint",
-    "processes",
-    "sessions",
-    "probe_physical",
-    "probe_tunnel",
-    "probe_bypass",
-    "probe_default",
-    "fallback",
-];
+/// The components, fixed: each one's snake_case name is the `component` label of
+/// `health_status` and its key in `/health`.
+#[apply(label_set!)]
+pub enum HealthComponent {
+    Log,
+    Checkpoint,
+    Processes,
+    Sessions,
+    ProbePhysical,
+    ProbeTunnel,
+    ProbeBypass,
+    ProbeDefault,
+    Fallback,
+}
+
+impl HealthComponent {
+    /// The component judging one probe path.
+    pub fn probe(path: PathKind) -> HealthComponent {
+        match path {
+            PathKind::Physical => HealthComponent::ProbePhysical,
+            PathKind::Tunnel => HealthComponent::ProbeTunnel,
+            PathKind::Bypass => HealthComponent::ProbeBypass,
+            PathKind::Default => HealthComponent::ProbeDefault,
+        }
+    }
+
+    /// Its name: the label value and the key in the report.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HealthReport {
     /// The worst of the components.
     pub status: Status,
+    /// By [`HealthComponent::name`] (so `/health` lists them by name).
     pub components: BTreeMap<&'static str, Component>,
 }
 
@@ -90,7 +111,7 @@ pub struct CheckpointInput {
 
 /// Thresholds the model uses (the sessions' are the sessions verdict's own).
 #[derive(Clone, Debug)]
-pub struct Thresholds {
+pub struct HealthThresholds {
     pub log_stale: Duration,
     /// A proxy logging at a level above this does not write the session lines.
     pub log_max_level: Level,
@@ -111,26 +132,31 @@ pub struct Inputs<'a> {
     pub checkpoint: Option<&'a CheckpointInput>,
 }
 
-pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
+pub fn assess(t: &HealthThresholds, i: &Inputs<'_>) -> HealthReport {
     let mut components = BTreeMap::new();
-    components.insert("log", log(t, i.log));
-    components.insert("checkpoint", checkpoint(i.checkpoint));
-    components.insert("sessions", sessions(i.sessions.clone()));
+    components.insert(HealthComponent::Log.name(), log(t, i.log));
+    components.insert(HealthComponent::Checkpoint.name(), checkpoint(i.checkpoint));
+    components.insert(
+        HealthComponent::Sessions.name(),
+        sessions(i.sessions.clone()),
+    );
     let round = i.round.map(|(r, _)| r);
-    components.insert("processes", processes(i.processes, round, i.log));
+    components.insert(
+        HealthComponent::Processes.name(),
+        processes(i.processes, round, i.log),
+    );
     let active = i.fallback.is_some_and(|f| f.active);
     if i.probing {
-        for (name, path) in [
-            ("probe_physical", PathKind::Physical),
-            ("probe_tunnel", PathKind::Tunnel),
-            ("probe_bypass", PathKind::Bypass),
-            ("probe_default", PathKind::Default),
-        ] {
+        for path in PathKind::iter() {
+            let name = HealthComponent::probe(path).name();
             components.insert(name, probe(i.round, path, active));
         }
     }
     let verdict = i.round.map(|(_, v)| v);
-    components.insert("fallback", fallback(i.fallback, verdict, i.probing));
+    components.insert(
+        HealthComponent::Fallback.name(),
+        fallback(i.fallback, verdict, i.probing),
+    );
     let status = components
         .values()
         .map(|c| c.status)
@@ -139,7 +165,7 @@ pub fn assess(t: &Thresholds, i: &Inputs<'_>) -> HealthReport {
     HealthReport { status, components }
 }
 
-fn log(t: &Thresholds, l: Option<&LogHealthInput>) -> Component {
+fn log(t: &HealthThresholds, l: Option<&LogHealthInput>) -> Component {
     let Some(l) = l else {
         return c(Status::Degraded, "the log has not been read yet");
     };
@@ -332,11 +358,13 @@ fn probe(round: Option<(&Round, &Verdict)>, path: PathKind, fallback_active: boo
         // The bypass component carries the round's verdict: it says what the round means.
         (PathKind::Bypass, _) => {
             let status = match verdict.state {
-                State::BypassWorking | State::TunnelDown => Status::Ok,
-                State::BypassBroken | State::VpnLeak | State::NoNetwork => Status::Failing,
-                State::Undetermined => Status::Degraded,
+                ProbeState::BypassWorking | ProbeState::TunnelDown => Status::Ok,
+                ProbeState::BypassBroken | ProbeState::VpnLeak | ProbeState::NoNetwork => {
+                    Status::Failing
+                }
+                ProbeState::Undetermined => Status::Degraded,
             };
-            let through = if fallback_active && verdict.is(State::BypassWorking) {
+            let through = if fallback_active && verdict.is(ProbeState::BypassWorking) {
                 " (through the fallback)"
             } else {
                 ""
@@ -373,7 +401,7 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
         };
         return c(status, what);
     }
-    let broken = verdict.is_some_and(|v| v.is(State::BypassBroken));
+    let broken = verdict.is_some_and(|v| v.is(ProbeState::BypassBroken));
     match (f.mode, f.active) {
         (_, true) => c(
             Status::Ok,
@@ -401,5 +429,46 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
                 }
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_has_one_key_per_component_spelled_as_its_label() {
+        let names: Vec<&str> = HealthComponent::iter().map(HealthComponent::name).collect();
+        assert_eq!(
+            names,
+            [
+                "log",
+                "checkpoint",
+                "processes",
+                "sessions",
+                "probe_physical",
+                "probe_tunnel",
+                "probe_bypass",
+                "probe_default",
+                "fallback"
+            ]
+        );
+        let t = HealthThresholds {
+            log_stale: Duration::from_secs(900),
+            log_max_level: Level::Debug,
+        };
+        let probing = Inputs {
+            probing: true,
+            ..Inputs::default()
+        };
+        let keys: Vec<&str> = assess(&t, &probing).components.into_keys().collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted, "every component, listed by name");
+        let log_only = assess(&t, &Inputs::default());
+        assert_eq!(
+            log_only.components.len(),
+            HealthComponent::iter().count() - 4
+        );
     }
 }

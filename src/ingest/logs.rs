@@ -380,13 +380,13 @@ mod tests {
 
     /// What the stage reported: lines read, gaps, saves.
     #[derive(Default)]
-    struct Seen {
+    struct Reported {
         lines: AtomicU64,
         gaps: AtomicU64,
         saves: AtomicU64,
     }
 
-    impl IngestEvents for Arc<Seen> {
+    impl IngestEvents for Arc<Reported> {
         fn emit_log_polled(&self, s: LogStatus) {
             self.lines.store(s.read.lines, Ordering::SeqCst);
             self.gaps.store(s.read.gaps, Ordering::SeqCst);
@@ -402,7 +402,7 @@ mod tests {
     /// The stage on a frozen clock: its save budget never refills, so which saves happen
     /// does not depend on timing.
     struct Running {
-        seen: Arc<Seen>,
+        seen: Arc<Reported>,
         task: tokio::task::JoinHandle<()>,
         _stop: watch::Sender<bool>,
     }
@@ -418,7 +418,7 @@ mod tests {
             let frozen = Instant::now();
             let mut ingest = Ingest::restore(config).unwrap();
             ingest.clock = Arc::new(move || frozen);
-            let seen = Arc::new(Seen::default());
+            let seen = Arc::new(Reported::default());
             let window = Arc::new(Mutex::new(SessionWindow::new(
                 Duration::from_secs(60),
                 Thresholds::default(),
@@ -432,7 +432,7 @@ mod tests {
             }
         }
 
-        async fn wait(&self, what: &str, get: impl Fn(&Seen) -> u64, want: u64) {
+        async fn wait(&self, what: &str, get: impl Fn(&Reported) -> u64, want: u64) {
             let deadline = Instant::now() + Duration::from_secs(20);
             while get(&self.seen) < want {
                 assert!(

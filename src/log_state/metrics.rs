@@ -8,14 +8,18 @@
 
 use std::sync::{Arc, Mutex};
 
+use macro_rules_attribute::apply;
 use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
 use super::LogState;
+use crate::labels::label_set;
 use crate::metrics::{Counter, Family, Gauge, Histogram, Scrape};
 use crate::proxy_log::{ErrorKind, Level, LocalMillis, Proto, RefusedReason};
-use crate::sessions::{AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, Reply, proto_label};
+use crate::sessions::{
+    AppCounts, CloseOutcome, DURATION_BUCKETS_SECS, EvictionReason, Reply, proto_label,
+};
 
 const SESSIONS_OPENED: Family<Counter, 2> = Family::new(
     "sessions_opened_total",
@@ -151,6 +155,14 @@ const LOG_GAPS: Family<Counter, 0> = Family::new(
     "Stretches of a log lost unread: the file being read was rotated away twice while the agent was stopped.",
     [],
 );
+/// A log value kept out of labels and gauges: the `field` label of `log_values_refused_total`.
+#[apply(label_set!)]
+enum RefusedField {
+    App,
+    Interface,
+    Timestamp,
+}
+
 const LOG_VALUES_REFUSED: Family<Counter, 1> = Family::new(
     "log_values_refused_total",
     "Values from the log kept out of labels and gauges, by field: app ids that are not a code-signing id (too long, other characters, `other`/`unknown`; counted as app=\"other\"), interface names, times in the future.",
@@ -396,11 +408,9 @@ fn proxy_settings(p: &LogState) -> Vec<MetricFamily> {
 fn evictions(p: &LogState) -> MetricFamily {
     let e = p.sessions().evictions();
     let mut ev = SESSION_EVICTIONS.samples();
-    ev.add(["table_full"], e.table_full as f64)
-        .add(["proxy_restart"], e.proxy_restart as f64)
-        .add(["id_reused"], e.id_reused as f64)
-        .add(["pending_full"], e.pending_full as f64)
-        .add(["pending_expired"], e.pending_expired as f64);
+    for reason in EvictionReason::iter() {
+        ev.add([reason.into()], e.count(reason) as f64);
+    }
     ev.done()
 }
 
@@ -409,9 +419,15 @@ fn values_refused(p: &LogState) -> MetricFamily {
     let r = p.read();
     let mut refused = LOG_VALUES_REFUSED.samples();
     refused
-        .add(["app"], p.sessions().apps().invalid() as f64)
-        .add(["interface"], r.invalid_interfaces as f64)
-        .add(["timestamp"], r.future_timestamps as f64);
+        .add(
+            [RefusedField::App.into()],
+            p.sessions().apps().invalid() as f64,
+        )
+        .add(
+            [RefusedField::Interface.into()],
+            r.invalid_interfaces as f64,
+        )
+        .add([RefusedField::Timestamp.into()], r.future_timestamps as f64);
     refused.done()
 }
 

@@ -3,6 +3,8 @@
 //! the text encoding. Families are declared beside their collector, one file per collector:
 //! [`log`] (the log side), `probe/metrics.rs`, `fallback/metrics.rs`, `health/metrics.rs`,
 //! `presence/metrics.rs` (PIA's processes) and `presence/process.rs` (the agent's own `process_*`).
+//! A lone counter is a [`CounterCell`] declared beside the stage that counts:
+//! `checkpoint_save_errors_total` in `agent`, `http_unauthorized_total` in `http/web_config.rs`.
 //!
 //! No collector uses the crate's `*Vec` metrics: their label values are joined without a
 //! separator before hashing (prometheus 0.14), so `["ab","c"]` and `["a","bc"]` would share a

@@ -136,7 +136,6 @@ mod tests {
             state.half_routes,
             ["0.0.0.0/1 dev tun0", "128.0.0.0/1 dev tun0"]
         );
-        assert_eq!(state.split_interface(), Some("tun0"));
         assert_eq!(
             state.default_route,
             Some(("eth0".into(), Some(Ipv4Addr::new(10, 0, 15, 1))))

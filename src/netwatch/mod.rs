@@ -64,20 +64,6 @@ pub struct RouteState {
     pub interfaces: Vec<(String, Vec<Ipv4Addr>)>,
 }
 
-impl RouteState {
-    /// Both halves present, through one interface: the VPN's routes (the one that breaks the
-    /// bypass); its name.
-    pub fn split_interface(&self) -> Option<&str> {
-        let via = |dst: &str| {
-            self.half_routes
-                .iter()
-                .find_map(|r| r.strip_prefix(dst)?.strip_prefix(" dev "))
-        };
-        let low = via("0.0.0.0/1")?;
-        (Some(low) == via("128.0.0.0/1")).then_some(low)
-    }
-}
-
 /// The state a table and an interface list amount to. Pure: tested with made-up tables.
 pub fn state_of(routes: &[Route], ifaces: &[IfaceInfo]) -> RouteState {
     let name = |r: &Route| {
@@ -252,7 +238,6 @@ mod tests {
         let healthy = [route([0; 4], 0, 4, false), route([0; 4], 0, 4, true)];
         let s = state_of(&healthy, &ifaces);
         assert_eq!(s.half_routes, Vec::<String>::new());
-        assert_eq!(s.split_interface(), None);
         assert_eq!(
             s.default_route,
             Some(("en0".into(), Some(Ipv4Addr::new(10, 0, 15, 1))))
@@ -264,7 +249,6 @@ mod tests {
         vpn.push(route([128, 0, 0, 0], 1, 20, false));
         let one_half = state_of(&vpn, &ifaces);
         assert_ne!(one_half, s, "a single half is a change");
-        assert_eq!(one_half.split_interface(), None);
         vpn.push(route([0, 0, 0, 0], 1, 20, false));
         // A scoped /1 and an unrelated /1 are not the VPN's halves.
         vpn.push(route([0, 0, 0, 0], 1, 4, true));
@@ -274,7 +258,6 @@ mod tests {
             up.half_routes,
             ["0.0.0.0/1 dev utun4", "128.0.0.0/1 dev utun4"]
         );
-        assert_eq!(up.split_interface(), Some("utun4"));
         // Same table in another order: the same state (no spurious round).
         vpn.reverse();
         assert_eq!(state_of(&vpn, &ifaces), up);

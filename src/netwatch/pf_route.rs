@@ -106,8 +106,9 @@ fn roundup32(len: usize) -> usize {
     if len == 0 { 4 } else { 1 + ((len - 1) | 3) }
 }
 
-/// Parses one message from the start of `buf`; returns it and its length (`rtm_msglen`), so
-/// a dump can be walked.
+/// Parses one message from the start of `buf`; returns it and its length (`rtm_msglen`). A
+/// read from the routing socket holds one message; a buffer of several is walked by that
+/// length.
 pub fn parse(buf: &[u8]) -> Result<(Msg, usize), Error> {
     if buf.len() < 4 {
         return Err(Error::Short(buf.len()));

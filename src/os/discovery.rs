@@ -483,8 +483,8 @@ fn table_primary(ev: &Evidence, routes: &[RouteEntry]) -> Result<Option<String>,
     }
 }
 
-/// The saved Mac that `diagnose --from DIR` reads, one file per tool's output; `diagnose
-/// --save` is meant to write the same names.
+/// The saved Mac that `diagnose --from DIR` reads, one file per tool's output, saved by hand
+/// (README, `diagnose --from`).
 pub mod saved {
     /// `netstat -rn -f inet`.
     pub const NETSTAT: &str = "netstat-rn.txt";

@@ -55,10 +55,6 @@ impl RouteGet {
     pub fn is_whole_default(&self) -> bool {
         self.destination == "default" && self.mask.as_deref().is_none_or(|m| m == "default")
     }
-
-    pub fn gateway_v4(&self) -> Option<Ipv4Addr> {
-        self.gateway.as_deref()?.parse().ok()
-    }
 }
 
 pub fn parse_route_get(text: &str) -> Result<RouteGet, ParseError> {
@@ -402,7 +398,7 @@ pub(crate) mod tests {
             }
         );
         assert!(r.is_whole_default() && !r.is_scoped());
-        assert_eq!(r.gateway_v4(), Some(Ipv4Addr::new(10, 62, 96, 1)));
+        assert_eq!(r.gateway.as_deref(), Some("10.62.96.1"));
     }
 
     #[test]
@@ -418,7 +414,7 @@ pub(crate) mod tests {
         let r = parse_route_get(&fixture("route-get-ifscope-en0-default.txt")).unwrap();
         assert!(r.is_scoped() && r.is_whole_default());
         assert_eq!(r.interface.as_deref(), Some("en0"));
-        assert_eq!(r.gateway_v4(), Some(Ipv4Addr::new(192, 168, 1, 1)));
+        assert_eq!(r.gateway.as_deref(), Some("192.168.1.1"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
-use super::State as VerdictState;
+use super::ProbeState;
 use super::{PathKind, ProbeError, Round, Verdict};
 use crate::metrics::{Counter, Family, Gauge, Scrape};
 
@@ -65,7 +65,7 @@ const INTERFACES_ADDRESSED: Family<Gauge, 4> = Family::new(
 );
 
 #[derive(Default)]
-struct State {
+struct ProbeFigures {
     last: Option<(Round, Verdict)>,
     rounds: u64,
     last_round_unix: f64,
@@ -76,7 +76,7 @@ struct State {
 /// Keeps the last round and the counters; renders them at scrape time.
 #[derive(Clone, Default)]
 pub struct ProbeMetrics {
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<ProbeFigures>>,
 }
 
 impl ProbeMetrics {
@@ -171,29 +171,31 @@ impl Scrape for ProbeCollector {
             errors.done(),
             ROUNDS.single(s.rounds as f64),
             LAST_ROUND.single(s.last_round_unix),
-            VERDICT.stateset(VerdictState::iter(), &v.state),
-            gauge(BYPASS_WORKING, v.is(VerdictState::BypassWorking)),
-            gauge(VPN_LEAK, v.is(VerdictState::VpnLeak)),
-            gauge(TUNNEL_DOWN, v.is(VerdictState::TunnelDown)),
+            VERDICT.stateset(ProbeState::iter(), &v.state),
+            gauge(BYPASS_WORKING, v.is(ProbeState::BypassWorking)),
+            gauge(VPN_LEAK, v.is(ProbeState::VpnLeak)),
+            gauge(TUNNEL_DOWN, v.is(ProbeState::TunnelDown)),
         ];
         let ifs = &round.interfaces;
+        // The `role` label: the interface's path, spelled as the `path` label.
+        let (physical, tunnel) = (PathKind::Physical.into(), PathKind::Tunnel.into());
         if self.export_addresses {
             let mut f = INTERFACES_ADDRESSED.samples();
             if let Some(p) = &ifs.physical {
                 let gw = p.gateway.map(|g| g.to_string()).unwrap_or_default();
-                f.set(["physical", &p.name, &p.ipv4.to_string(), &gw], 1.0);
+                f.set([physical, &p.name, &p.ipv4.to_string(), &gw], 1.0);
             }
             if let Some(t) = &ifs.tunnel {
-                f.set(["tunnel", &t.name, &t.ipv4.to_string(), ""], 1.0);
+                f.set([tunnel, &t.name, &t.ipv4.to_string(), ""], 1.0);
             }
             out.extend([egress.done(), f.done()]);
         } else {
             let mut f = INTERFACES.samples();
             if let Some(p) = &ifs.physical {
-                f.set(["physical", &p.name], 1.0);
+                f.set([physical, &p.name], 1.0);
             }
             if let Some(t) = &ifs.tunnel {
-                f.set(["tunnel", &t.name], 1.0);
+                f.set([tunnel, &t.name], 1.0);
             }
             out.push(f.done());
         }

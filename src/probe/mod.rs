@@ -24,7 +24,7 @@ use crate::labels::label_set;
 use crate::os::Interfaces;
 pub use metrics::ProbeMetrics;
 pub use prober::Prober;
-pub use verdict::{State, Verdict};
+pub use verdict::{ProbeState, Verdict};
 
 /// A way out of the machine.
 #[apply(label_set!)]

@@ -38,7 +38,7 @@ use crate::labels::label_set;
 
 /// The state a probe round shows; its snake_case name is the `state` label of `verdict`.
 #[apply(label_set!)]
-pub enum State {
+pub enum ProbeState {
     /// Traffic bound to the physical address egresses as the physical path does.
     BypassWorking,
     /// The physical path works, a tunnel is up, and traffic bound to the physical address
@@ -54,16 +54,16 @@ pub enum State {
     Undetermined,
 }
 
-impl State {
+impl ProbeState {
     /// In words, as the truth table names it.
     pub fn words(self) -> &'static str {
         match self {
-            State::BypassWorking => "bypass working",
-            State::BypassBroken => "bypass broken",
-            State::VpnLeak => "VPN leak",
-            State::TunnelDown => "tunnel down",
-            State::NoNetwork => "no network",
-            State::Undetermined => "undetermined",
+            ProbeState::BypassWorking => "bypass working",
+            ProbeState::BypassBroken => "bypass broken",
+            ProbeState::VpnLeak => "VPN leak",
+            ProbeState::TunnelDown => "tunnel down",
+            ProbeState::NoNetwork => "no network",
+            ProbeState::Undetermined => "undetermined",
         }
     }
 
@@ -71,9 +71,9 @@ impl State {
     /// repair, 1 when the bypass is broken, 3 for the other problems (2 is a usage error).
     pub fn exit_code(self) -> u8 {
         match self {
-            State::BypassWorking | State::TunnelDown => 0,
-            State::BypassBroken => 1,
-            State::VpnLeak | State::NoNetwork | State::Undetermined => 3,
+            ProbeState::BypassWorking | ProbeState::TunnelDown => 0,
+            ProbeState::BypassBroken => 1,
+            ProbeState::VpnLeak | ProbeState::NoNetwork | ProbeState::Undetermined => 3,
         }
     }
 }
@@ -108,35 +108,37 @@ impl Seen {
 }
 
 /// The truth table: physical, tunnel, bypass, default.
-pub fn decide(p: Seen, t: Seen, x: Seen, d: Seen) -> State {
+pub fn decide(p: Seen, t: Seen, x: Seen, d: Seen) -> ProbeState {
     let Some(a) = p.egress() else {
         return if [t, x, d].iter().any(|s| s.egress().is_some()) {
-            State::Undetermined
+            ProbeState::Undetermined
         } else {
-            State::NoNetwork
+            ProbeState::NoNetwork
         };
     };
     if t == Seen::Absent {
-        return State::TunnelDown;
+        return ProbeState::TunnelDown;
     }
     if t.egress() == Some(a) {
-        return State::Undetermined;
+        return ProbeState::Undetermined;
     }
     if d.egress() == Some(a) {
-        return State::VpnLeak;
+        return ProbeState::VpnLeak;
     }
     match x {
-        Seen::Egress(ip) if ip == a => State::BypassWorking,
-        Seen::Egress(ip) if t.egress() == Some(ip) || d.egress() == Some(ip) => State::BypassBroken,
-        Seen::Egress(_) | Seen::Absent => State::Undetermined,
-        Seen::Timeout | Seen::Failed => State::BypassBroken,
+        Seen::Egress(ip) if ip == a => ProbeState::BypassWorking,
+        Seen::Egress(ip) if t.egress() == Some(ip) || d.egress() == Some(ip) => {
+            ProbeState::BypassBroken
+        }
+        Seen::Egress(_) | Seen::Absent => ProbeState::Undetermined,
+        Seen::Timeout | Seen::Failed => ProbeState::BypassBroken,
     }
 }
 
 /// A round's verdict: its state and the sentence that explains it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
-    pub state: State,
+    pub state: ProbeState,
     /// What the physical path egresses as, when it gets out.
     pub physical_egress: Option<Ipv4Addr>,
     /// The state in one sentence, with the addresses measured.
@@ -160,7 +162,7 @@ impl Verdict {
         }
     }
 
-    pub fn is(&self, state: State) -> bool {
+    pub fn is(&self, state: ProbeState) -> bool {
         self.state == state
     }
 }
@@ -174,41 +176,41 @@ fn show(s: Seen) -> String {
     }
 }
 
-fn explain(state: State, p: Seen, t: Seen, x: Seen, d: Seen) -> String {
+fn explain(state: ProbeState, p: Seen, t: Seen, x: Seen, d: Seen) -> String {
     let (ps, ts, xs, ds) = (show(p), show(t), show(x), show(d));
     match state {
-        State::BypassWorking => format!(
+        ProbeState::BypassWorking => format!(
             "bypass working: traffic bound to the physical address egresses as {xs}, as the \
              physical path does"
         ),
-        State::BypassBroken if x.egress().is_some() => format!(
+        ProbeState::BypassBroken if x.egress().is_some() => format!(
             "bypass broken: traffic bound to the physical address egresses through the tunnel \
              as {xs}, while the physical path egresses as {ps}"
         ),
-        State::BypassBroken => format!(
+        ProbeState::BypassBroken => format!(
             "bypass broken: traffic bound to the physical address gets {xs}, while the \
              physical path egresses as {ps} and a tunnel is up"
         ),
-        State::VpnLeak => format!(
+        ProbeState::VpnLeak => format!(
             "VPN leak: unbound traffic egresses as {ds}, the physical path's address, while \
              a tunnel is up"
         ),
-        State::TunnelDown => format!(
+        ProbeState::TunnelDown => format!(
             "tunnel down: no tunnel interface, so nothing is bypassed (the physical path \
              egresses as {ps})"
         ),
-        State::NoNetwork => "no network: no path gets out (physical, tunnel, bypass and \
+        ProbeState::NoNetwork => "no network: no path gets out (physical, tunnel, bypass and \
              default all fail)"
             .into(),
-        State::Undetermined if p.egress().is_none() => format!(
+        ProbeState::Undetermined if p.egress().is_none() => format!(
             "undetermined: the physical path gets {ps} while another path gets out (tunnel \
              {ts}, bypass {xs}, default {ds})"
         ),
-        State::Undetermined if t.egress() == p.egress() => format!(
+        ProbeState::Undetermined if t.egress() == p.egress() => format!(
             "undetermined: the tunnel and the physical path both egress as {ps}, so the \
              bypass cannot be told apart from either"
         ),
-        State::Undetermined => format!(
+        ProbeState::Undetermined => format!(
             "undetermined: the bypass gets {xs}, the physical path {ps}, the tunnel {ts}, \
              the default path {ds}"
         ),
@@ -224,25 +226,25 @@ mod tests {
     fn lab_rounds() {
         let (home, exit) = (HOME_IP, VPN_EXIT_IP);
         let broken = Verdict::of(&round(true, Err(ProbeError::Timeout), exit));
-        assert_eq!(broken.state, State::BypassBroken);
+        assert_eq!(broken.state, ProbeState::BypassBroken);
         assert_eq!(
             broken.text,
             "bypass broken: traffic bound to the physical address gets nothing (timeout), \
              while the physical path egresses as 198.51.100.47 and a tunnel is up"
         );
         let through = Verdict::of(&round(true, Ok(exit), exit));
-        assert_eq!(through.state, State::BypassBroken);
+        assert_eq!(through.state, ProbeState::BypassBroken);
         assert!(through.text.contains("through the tunnel as 192.0.2.18"));
         assert_eq!(
             Verdict::of(&round(true, Ok(home), exit)).state,
-            State::BypassWorking
+            ProbeState::BypassWorking
         );
         assert_eq!(
             Verdict::of(&round(true, Ok(home), home)).state,
-            State::VpnLeak
+            ProbeState::VpnLeak
         );
         let down = Verdict::of(&round(false, Ok(home), home));
-        assert_eq!(down.state, State::TunnelDown);
+        assert_eq!(down.state, ProbeState::TunnelDown);
         assert_eq!(down.physical_egress, Some(home));
     }
 }

@@ -25,6 +25,7 @@ pub mod window;
 
 use std::collections::BTreeMap;
 
+use macro_rules_attribute::apply;
 use serde::{Deserialize, Serialize};
 
 pub use apps::{AppId, Apps};
@@ -36,6 +37,7 @@ pub use counts::{
 
 use strum::EnumCount;
 
+use crate::labels::label_set;
 use crate::proxy_log::{ErrorKind, Event, LocalMillis, Proto, RefusedReason, Size, Text};
 
 /// A session whose creation line was seen and whose destructor was not yet.
@@ -71,6 +73,17 @@ pub const MAX_PENDING: usize = 4096;
 /// after its last line: its destructor follows a channel error within milliseconds.
 pub const PENDING_MAX_MS: i64 = 5 * 60 * 1000;
 
+/// Why sessions left the open table without a destructor line: the `reason` label of
+/// `session_evictions_total`, one [`Evictions`] field each.
+#[apply(label_set!)]
+pub enum EvictionReason {
+    TableFull,
+    ProxyRestart,
+    IdReused,
+    PendingFull,
+    PendingExpired,
+}
+
 /// Why sessions left the open table without a destructor line.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evictions {
@@ -87,6 +100,19 @@ pub struct Evictions {
     /// Sessions without a creation line that no line named within [`PENDING_MAX_MS`].
     #[serde(default)]
     pub pending_expired: u64,
+}
+
+impl Evictions {
+    /// The count for one reason.
+    pub fn count(&self, reason: EvictionReason) -> u64 {
+        match reason {
+            EvictionReason::TableFull => self.table_full,
+            EvictionReason::ProxyRestart => self.proxy_restart,
+            EvictionReason::IdReused => self.id_reused,
+            EvictionReason::PendingFull => self.pending_full,
+            EvictionReason::PendingExpired => self.pending_expired,
+        }
+    }
 }
 
 /// A closed session, as the session window takes it: the app by name (shared with the app

@@ -35,10 +35,16 @@ impl Ratio {
 
     /// Whole percent, rounded.
     pub fn percent(self) -> u64 {
-        (self.no_reply * 100 + self.total / 2)
-            .checked_div(self.total)
-            .unwrap_or(0)
+        percent(self.no_reply, self.total)
     }
+}
+
+/// `part` of `whole` in whole percent, half up (12.5 % is 13 %); 0 of nothing is 0. The one
+/// rounding every report, the page and `diagnose` print.
+pub fn percent(part: u64, whole: u64) -> u64 {
+    (part.saturating_mul(100) + whole / 2)
+        .checked_div(whole)
+        .unwrap_or(0)
 }
 
 /// What the sessions say; its snake_case name is the `state` label of `sessions_verdict`.
@@ -242,6 +248,21 @@ pub fn judge(t: Thresholds, tally: &Tally, window_seconds: u64) -> SessionsVerdi
 mod tests {
     use super::*;
     use crate::proxy_log::Proto;
+
+    #[test]
+    fn percent_rounds_half_up_and_nothing_is_zero() {
+        assert_eq!(percent(1, 8), 13, "12.5 % is 13 %");
+        assert_eq!(percent(3, 8), 38, "37.5 % is 38 %");
+        assert_eq!(percent(1, 3), 33);
+        assert_eq!(percent(2, 3), 67);
+        assert_eq!(percent(5, 5), 100);
+        assert_eq!(percent(0, 0), 0);
+        let r = Ratio {
+            no_reply: 1,
+            total: 8,
+        };
+        assert_eq!(r.percent(), percent(1, 8));
+    }
 
     const T: Thresholds = Thresholds {
         no_reply_ratio: 0.75,

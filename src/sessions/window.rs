@@ -140,6 +140,11 @@ fn ratio_of(c: &Close) -> Ratio {
 }
 
 /// The window as shared between the log stage (writer), the controller and health.
+///
+/// Every holder recovers a poisoned lock (`unwrap_or_else(|e| e.into_inner())`), as every
+/// holder of the log's shared state does: each write is one fold of one event, so what a
+/// panicking writer leaves is still counts, and a scrape, the page or a round must not turn
+/// one panic into a dead agent.
 pub type SharedWindow = Arc<std::sync::Mutex<SessionWindow>>;
 
 /// When the sessions become evidence of a broken bypass (the window's verdict turns

@@ -14,7 +14,8 @@ use super::{AppRow, FallbackView, ProbeRow, StatusView, Tone};
 use crate::fallback::routes::SharedController;
 use crate::health::Health;
 use crate::log_state::LogState;
-use crate::probe::verdict::State as Verdict;
+use crate::fallback::controller::FallbackStatus;
+use crate::probe::ProbeState;
 use crate::probe::{PathKind, Round};
 use crate::sessions::counts::Reply;
 use crate::sessions::window::{SessionsState, SharedWindow};
@@ -64,28 +65,7 @@ impl StatusSource {
                 .as_ref()
                 .map(|(r, _)| probe_rows(r))
                 .unwrap_or_default(),
-            fallback: fallback.map(|(s, rules)| FallbackView {
-                mode: format!("{:?}", s.mode).to_lowercase(),
-                backend: format!("{:?}", s.backend).to_lowercase(),
-                active: s.active,
-                rules,
-                last: s
-                    .last_decision
-                    .iter()
-                    .map(|d| format!("last decision: {} ({:?})", d.decision, d.reason))
-                    .chain(s.last_action.iter().map(|a| {
-                        format!(
-                            "last action: {:?}: {:?}{}",
-                            a.action,
-                            a.outcome,
-                            a.error
-                                .as_ref()
-                                .map(|e| format!(" ({e})"))
-                                .unwrap_or_default()
-                        )
-                    }))
-                    .collect(),
-            }),
+            fallback: fallback.map(|(s, rules)| fallback_view(&s, rules)),
         }
     }
 
@@ -103,7 +83,7 @@ impl StatusSource {
     /// state and length.
     fn apps(&self, now: Instant) -> (Vec<AppRow>, SessionsState, u64) {
         let (window_apps, sessions, window_seconds) = {
-            let w = self.window.lock().expect("window lock");
+            let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
             let v = w.verdict(now);
             (w.per_app(now), v.state, v.window_seconds)
         };
@@ -113,7 +93,10 @@ impl StatusSource {
             row.window_sessions = a.ratio.total;
             row.window_zero = a.ratio.no_reply;
         }
-        since_start(&self.pipeline.lock().expect("pipeline lock"), &mut apps);
+        since_start(
+            &self.pipeline.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut apps,
+        );
         let apps = apps
             .into_iter()
             .map(|(app, row)| AppRow { app, ..row })
@@ -148,19 +131,44 @@ impl StatusSource {
     }
 }
 
+/// The fallback's part of the page, its labels spelled as in `/metrics`.
+fn fallback_view(s: &FallbackStatus, rules: String) -> FallbackView {
+    FallbackView {
+        mode: s.mode.to_string(),
+        backend: s.backend.to_string(),
+        active: s.active,
+        rules,
+        last: s
+            .last_decision
+            .iter()
+            .map(|d| format!("last decision: {} ({})", d.decision, d.reason))
+            .chain(s.last_action.iter().map(|a| {
+                format!(
+                    "last action: {}: {}{}",
+                    a.action,
+                    a.outcome,
+                    a.error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )
+            }))
+            .collect(),
+    }
+}
+
 /// The page's verdict: the probe's when there is a round, else the session window's.
-pub fn tone(verdict: Option<Verdict>, sessions: SessionsState, fallback_active: bool) -> Tone {
+pub fn tone(verdict: Option<ProbeState>, sessions: SessionsState, fallback_active: bool) -> Tone {
     match (verdict, sessions) {
-        (Some(Verdict::BypassWorking), _) if fallback_active => Tone::Repaired,
-        (Some(Verdict::BypassWorking), _) => Tone::Working,
-        (Some(Verdict::BypassBroken | Verdict::VpnLeak), _) => Tone::Broken,
-        (Some(Verdict::TunnelDown), _) => Tone::VpnDown,
+        (Some(ProbeState::BypassWorking), _) if fallback_active => Tone::Repaired,
+        (Some(ProbeState::BypassWorking), _) => Tone::Working,
+        (Some(ProbeState::BypassBroken | ProbeState::VpnLeak), _) => Tone::Broken,
+        (Some(ProbeState::TunnelDown), _) => Tone::VpnDown,
         (_, SessionsState::Broken) => Tone::Broken,
         (None, SessionsState::Partial | SessionsState::Inconclusive) => Tone::Failing,
         (None, SessionsState::Working) => Tone::Working,
-        (Some(Verdict::NoNetwork | Verdict::Undetermined), _) | (None, SessionsState::TooFew) => {
-            Tone::NotMeasured
-        }
+        (Some(ProbeState::NoNetwork | ProbeState::Undetermined), _)
+        | (None, SessionsState::TooFew) => Tone::NotMeasured,
     }
 }
 
@@ -231,23 +239,72 @@ async fn page(State(source): State<Arc<StatusSource>>) -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fallback::controller::{ActionRecord, DecisionRecord};
+    use crate::fallback::policy::{Action, ApplyOutcome, DecisionKind, Reason};
+    use crate::fallback::{BackendKind, Mode};
+
+    #[test]
+    fn the_fallback_part_spells_labels_as_the_metrics_do() {
+        let s = FallbackStatus {
+            mode: Mode::Auto,
+            backend: BackendKind::PolicyRouting,
+            active: false,
+            plan: None,
+            last_decision: Some(DecisionRecord {
+                decision: DecisionKind::None,
+                reason: Reason::BypassHealthy,
+                at_unix: 0.0,
+            }),
+            last_action: Some(ActionRecord {
+                action: Action::Apply,
+                outcome: ApplyOutcome::RolledBack,
+                error: Some("no egress".into()),
+                at_unix: 0.0,
+            }),
+            consecutive_failures: 0,
+        };
+        let v = fallback_view(&s, String::new());
+        assert_eq!(
+            (v.mode.as_str(), v.backend.as_str()),
+            ("auto", "policy-routing")
+        );
+        assert_eq!(
+            v.last,
+            [
+                "last decision: none (bypass_healthy)",
+                "last action: apply: rolled_back (no egress)"
+            ]
+        );
+    }
 
     #[test]
     fn tone_follows_the_probe_then_the_sessions() {
         assert_eq!(
-            tone(Some(Verdict::BypassWorking), SessionsState::Broken, false),
+            tone(
+                Some(ProbeState::BypassWorking),
+                SessionsState::Broken,
+                false
+            ),
             Tone::Working
         );
         assert_eq!(
-            tone(Some(Verdict::BypassWorking), SessionsState::Working, true),
+            tone(
+                Some(ProbeState::BypassWorking),
+                SessionsState::Working,
+                true
+            ),
             Tone::Repaired
         );
         assert_eq!(
-            tone(Some(Verdict::BypassBroken), SessionsState::Working, false),
+            tone(
+                Some(ProbeState::BypassBroken),
+                SessionsState::Working,
+                false
+            ),
             Tone::Broken
         );
         assert_eq!(
-            tone(Some(Verdict::TunnelDown), SessionsState::TooFew, false),
+            tone(Some(ProbeState::TunnelDown), SessionsState::TooFew, false),
             Tone::VpnDown
         );
         assert_eq!(tone(None, SessionsState::Broken, false), Tone::Broken);
@@ -257,7 +314,11 @@ mod tests {
             assert_eq!(tone(None, s, false), Tone::Failing);
         }
         assert_eq!(
-            tone(Some(Verdict::Undetermined), SessionsState::Working, false),
+            tone(
+                Some(ProbeState::Undetermined),
+                SessionsState::Working,
+                false
+            ),
             Tone::NotMeasured
         );
     }

@@ -10,8 +10,12 @@ pub mod adapter;
 
 use std::fmt::Write;
 
-/// The one-sentence state of the split tunnel, with its colour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::sessions::verdict::percent;
+
+/// The one-sentence state of the split tunnel, with its colour; its snake_case name is the
+/// page's `data-tone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum Tone {
     Working,
     Broken,
@@ -173,7 +177,7 @@ fn head(h: &mut String, version: &str) {
 fn verdict(h: &mut String, view: &StatusView) {
     let _ = write!(
         h,
-        "<p class=\"verdict\" id=\"verdict\" data-tone=\"{:?}\" style=\"background:{}\">{}",
+        "<p class=\"verdict\" id=\"verdict\" data-tone=\"{}\" style=\"background:{}\">{}",
         view.tone,
         view.tone.colour(),
         view.tone.sentence()
@@ -208,11 +212,11 @@ fn apps_table(h: &mut String, window_seconds: u64, apps: &[AppRow]) {
     for a in apps.iter().take(MAX_APPS) {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td><td>{:.0} %</td><td>{}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{} %</td><td>{}</td><td>{} %</td><td>{}</td>\
              <td>{}</td></tr>",
             escape(&a.app),
             a.window_sessions,
-            share(a) * 100.0,
+            percent(a.window_zero, a.window_sessions),
             a.total_sessions,
             percent(a.total_zero, a.total_sessions),
             a.total_bytes,
@@ -322,15 +326,12 @@ fn escape_block(s: &str) -> String {
     out
 }
 
+/// The window's share without a reply, for sorting.
 fn share(a: &AppRow) -> f64 {
-    percent(a.window_zero, a.window_sessions) / 100.0
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
+    if a.window_sessions == 0 {
         0.0
     } else {
-        part as f64 * 100.0 / whole as f64
+        a.window_zero as f64 / a.window_sessions as f64
     }
 }
 
@@ -377,10 +378,14 @@ mod tests {
     fn shows_verdict_apps_worst_first_probe_and_fallback() {
         let page = render(&view(vec![row("com.good", 10, 0), row("com.plex", 10, 9)]));
         assert!(page.contains("The split tunnel is broken"));
+        assert!(page.contains("data-tone=\"broken\""));
+        assert_eq!(Tone::VpnDown.to_string(), "vpn_down");
         assert!(page.contains("http-equiv=\"refresh\" content=\"5\""));
         assert!(page.contains("name=\"viewport\""));
         assert!(page.find("com.plex").unwrap() < page.find("com.good").unwrap());
         assert!(page.contains("<td>90 %</td>"));
+        let eighth = render(&view(vec![row("com.a", 8, 1)]));
+        assert!(eighth.contains("<td>13 %</td>"), "12.5 % rounds half up");
         assert!(page.contains("en0 &lt;b&gt;"));
         assert!(page.contains("to ! &lt;x&gt;"));
         assert!(page.contains("#runbook-piasplittunnelbypassbroken"));

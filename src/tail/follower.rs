@@ -197,7 +197,7 @@ impl Source {
 /// A file known to be older than (or the same as) the one being read: found at the archive
 /// name when a file was opened, or read to its end before. Never reread from the archive.
 #[derive(Debug)]
-struct Seen {
+struct PastFile {
     id: FileId,
     len: u64,
     fp: Fingerprint,
@@ -221,7 +221,7 @@ pub struct Follower {
     start: Option<Cursor>,
     lines: LineSplitter,
     chunk: Vec<u8>,
-    seen: VecDeque<Seen>,
+    seen: VecDeque<PastFile>,
     /// Last file refused at the path and at the archive name, so each is counted once.
     refused: [Option<(FileId, Refusal)>; 2],
 }
@@ -534,7 +534,7 @@ impl Follower {
         })
     }
 
-    fn remember(&mut self, seen: Seen) {
+    fn remember(&mut self, seen: PastFile) {
         self.seen.retain(|s| s.id != seen.id);
         if self.seen.len() >= SEEN_MAX {
             self.seen.pop_front();
@@ -546,7 +546,7 @@ impl Follower {
     fn remember_archive(&mut self, file: &File, meta: &Metadata) -> Before {
         match head_fingerprint(file) {
             Ok(fp) => {
-                self.remember(Seen {
+                self.remember(PastFile {
                     id: FileId::of(meta),
                     len: meta.len(),
                     fp,
@@ -562,7 +562,7 @@ impl Follower {
         // for a tiny file (a full fingerprint matches regardless of length).
         let len = old.file.metadata().map(|m| m.len()).unwrap_or(old.pos);
         let fp = head_fingerprint(&old.file).unwrap_or(old.fp);
-        self.remember(Seen {
+        self.remember(PastFile {
             id: old.id,
             len,
             fp,

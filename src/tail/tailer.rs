@@ -140,10 +140,6 @@ impl Tailer {
         &self.follower
     }
 
-    pub fn into_follower(self) -> Follower {
-        self.follower
-    }
-
     /// True while the folder watch is up (otherwise only the backstop timer drives reads).
     pub fn is_watching(&self) -> bool {
         self.watch.is_some() && !self.broken.load(Ordering::Relaxed)

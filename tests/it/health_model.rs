@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
+use pia_split_tunnel_exporter::health::model::{HealthThresholds, Inputs, assess};
 use pia_split_tunnel_exporter::health::{CheckpointInput, HealthReport, LogHealthInput, Status};
 use pia_split_tunnel_exporter::presence::Presence;
 use pia_split_tunnel_exporter::probe::{Round, Verdict};
@@ -15,8 +15,8 @@ use pia_split_tunnel_exporter::sessions::window::{
     AppRatio, Ratio, SessionsState, SessionsVerdict,
 };
 
-fn t() -> Thresholds {
-    Thresholds {
+fn t() -> HealthThresholds {
+    HealthThresholds {
         log_stale: Duration::from_secs(900),
         log_max_level: Level::Info,
     }

@@ -372,8 +372,8 @@ fn a_route_change_starts_a_round_without_waiting_for_the_heartbeat() {
     );
     let took = added.elapsed();
     let log = agent.log();
-    assert!(log.contains("trigger=RouteChange"), "{log}");
-    assert!(log.contains("trigger=Confirm"), "{log}");
+    assert!(log.contains("trigger=route_change"), "{log}");
+    assert!(log.contains("trigger=confirm"), "{log}");
     // Far inside the 300 s heartbeat (not a timing target: the bench measures that).
     assert!(took < Duration::from_secs(60), "{took:?}\n{log}");
     assert!(
@@ -424,7 +424,7 @@ fn log_evidence_starts_a_round_without_waiting_for_the_heartbeat() {
         Duration::from_secs(30),
     );
     let log = agent.log();
-    assert!(log.contains("trigger=LogEvidence"), "{log}");
+    assert!(log.contains("trigger=log_evidence"), "{log}");
 }
 
 /// Two physical interfaces whose defaults tie and a second tunnel (a work VPN's subnet): the

@@ -107,14 +107,14 @@ fn chromium_shows_the_demo_healthy_then_broken() {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
     let healthy = wait_for(
         &url,
-        "Working",
+        "working",
         &target.join("status-page-healthy.png"),
         Duration::from_secs(20),
     );
     assert!(healthy.contains("The split tunnel is working"));
     let broken = wait_for(
         &url,
-        "Broken",
+        "broken",
         &target.join("status-page-broken.png"),
         Duration::from_secs(90),
     );

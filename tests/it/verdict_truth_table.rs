@@ -15,11 +15,11 @@ use common::*;
 use pia_split_tunnel_exporter::fallback::FallbackConfig;
 use pia_split_tunnel_exporter::fallback::policy::{Decision, Policy};
 use pia_split_tunnel_exporter::health::Status;
-use pia_split_tunnel_exporter::health::model::{Inputs, Thresholds, assess};
+use pia_split_tunnel_exporter::health::model::{HealthThresholds, Inputs, assess};
 use pia_split_tunnel_exporter::os::{Interfaces, PhysicalIf, TunnelIf};
 use pia_split_tunnel_exporter::probe::verdict::{Seen, decide};
 use pia_split_tunnel_exporter::probe::{
-    PathKind, PathResult, ProbeError, ProbeMetrics, Round, State, Verdict,
+    PathKind, PathResult, ProbeError, ProbeMetrics, ProbeState, Round, Verdict,
 };
 use pia_split_tunnel_exporter::proxy_log::Level;
 use strum::EnumCount;
@@ -103,19 +103,55 @@ fn matches(pat: P, o: O, c: &Combo) -> bool {
 }
 
 /// The table of the module doc of `probe/verdict.rs`: physical, tunnel, bypass, default.
-const RULES: &[(P, P, P, P, State)] = &[
-    (P::Fail, P::Fail, P::Fail, P::Fail, State::NoNetwork),
-    (P::Fail, P::Any, P::Any, P::Any, State::Undetermined),
-    (P::Egress, P::Absent, P::Any, P::Any, State::TunnelDown),
-    (P::Egress, P::Same, P::Any, P::Any, State::Undetermined),
-    (P::Egress, P::Any, P::Any, P::Same, State::VpnLeak),
-    (P::Egress, P::Any, P::Same, P::Any, State::BypassWorking),
-    (P::Egress, P::Any, P::Tunnel, P::Any, State::BypassBroken),
-    (P::Egress, P::Any, P::Dflt, P::Any, State::BypassBroken),
-    (P::Egress, P::Any, P::Other, P::Any, State::Undetermined),
-    (P::Egress, P::Any, P::Timeout, P::Any, State::BypassBroken),
-    (P::Egress, P::Any, P::Failed, P::Any, State::BypassBroken),
-    (P::Egress, P::Any, P::Absent, P::Any, State::Undetermined),
+const RULES: &[(P, P, P, P, ProbeState)] = &[
+    (P::Fail, P::Fail, P::Fail, P::Fail, ProbeState::NoNetwork),
+    (P::Fail, P::Any, P::Any, P::Any, ProbeState::Undetermined),
+    (P::Egress, P::Absent, P::Any, P::Any, ProbeState::TunnelDown),
+    (P::Egress, P::Same, P::Any, P::Any, ProbeState::Undetermined),
+    (P::Egress, P::Any, P::Any, P::Same, ProbeState::VpnLeak),
+    (
+        P::Egress,
+        P::Any,
+        P::Same,
+        P::Any,
+        ProbeState::BypassWorking,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Tunnel,
+        P::Any,
+        ProbeState::BypassBroken,
+    ),
+    (P::Egress, P::Any, P::Dflt, P::Any, ProbeState::BypassBroken),
+    (
+        P::Egress,
+        P::Any,
+        P::Other,
+        P::Any,
+        ProbeState::Undetermined,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Timeout,
+        P::Any,
+        ProbeState::BypassBroken,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Failed,
+        P::Any,
+        ProbeState::BypassBroken,
+    ),
+    (
+        P::Egress,
+        P::Any,
+        P::Absent,
+        P::Any,
+        ProbeState::Undetermined,
+    ),
 ];
 
 fn all() -> impl Iterator<Item = Combo> {
@@ -128,7 +164,7 @@ fn all() -> impl Iterator<Item = Combo> {
     })
 }
 
-fn state_of(c: &Combo) -> State {
+fn state_of(c: &Combo) -> ProbeState {
     decide(c.p.seen(), c.t.seen(), c.x.seen(), c.d.seen())
 }
 
@@ -257,7 +293,7 @@ fn policy_health_and_metrics_all_read_the_verdict() {
         consecutive_rounds: 1,
         ..FallbackConfig::default()
     };
-    let t = Thresholds {
+    let t = HealthThresholds {
         log_stale: Duration::from_secs(900),
         log_max_level: Level::Debug,
     };
@@ -281,7 +317,7 @@ fn policy_health_and_metrics_all_read_the_verdict() {
         let d = p.evaluate(Instant::now(), &round, &v, sessions(50, 50));
         assert_eq!(
             matches!(d, Decision::Apply(..)),
-            state == State::BypassBroken,
+            state == ProbeState::BypassBroken,
             "{what}: {d:?}"
         );
         // /health: the bypass component carries the verdict.
@@ -295,9 +331,11 @@ fn policy_health_and_metrics_all_read_the_verdict() {
         );
         let bypass = &rep.components["probe_bypass"];
         let want = match state {
-            State::BypassWorking | State::TunnelDown => Status::Ok,
-            State::Undetermined => Status::Degraded,
-            State::BypassBroken | State::VpnLeak | State::NoNetwork => Status::Failing,
+            ProbeState::BypassWorking | ProbeState::TunnelDown => Status::Ok,
+            ProbeState::Undetermined => Status::Degraded,
+            ProbeState::BypassBroken | ProbeState::VpnLeak | ProbeState::NoNetwork => {
+                Status::Failing
+            }
         };
         assert_eq!(bypass.status, want, "{what}");
         assert!(bypass.reason.contains(&v.text), "{what}: {}", bypass.reason);
@@ -317,7 +355,7 @@ fn policy_health_and_metrics_all_read_the_verdict() {
             .map(|m| m.get_label()[0].value().to_owned())
             .collect();
         assert_eq!(on, [state.to_string()], "{what}");
-        assert_eq!(fam.get_metric().len(), State::COUNT);
+        assert_eq!(fam.get_metric().len(), ProbeState::COUNT);
     }
 }
 
@@ -332,7 +370,7 @@ fn physical_equal_to_tunnel_is_undetermined_everywhere() {
     };
     let round = round_of(&c);
     let v = Verdict::of(&round);
-    assert_eq!(v.state, State::Undetermined);
+    assert_eq!(v.state, ProbeState::Undetermined);
     assert_eq!(
         v.text,
         "undetermined: the tunnel and the physical path both egress as 198.51.100.47, so the \
