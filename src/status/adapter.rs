@@ -11,10 +11,10 @@ use axum::routing::get;
 use strum::IntoEnumIterator;
 
 use super::{AppRow, FallbackView, ProbeRow, StatusView, Tone};
+use crate::fallback::controller::FallbackStatus;
 use crate::fallback::routes::SharedController;
 use crate::health::Health;
 use crate::log_state::LogState;
-use crate::fallback::controller::FallbackStatus;
 use crate::probe::ProbeState;
 use crate::probe::{PathKind, Round};
 use crate::sessions::counts::Reply;
