@@ -104,5 +104,5 @@ fn pias_report_reads_broken_without_probes() {
         "{reason}"
     );
     let page = agent.get("/");
-    assert!(page.contains("data-tone=\"Broken\""), "{page}");
+    assert!(page.contains("data-tone=\"broken\""), "{page}");
 }
