@@ -66,15 +66,9 @@ pub fn routes() -> Vec<Route> {
 /// default comes first.
 fn from_table(mut rows: Vec<ProcRoute>) -> Vec<Route> {
     rows.sort_by_key(|r| r.metric);
-    rows.into_iter()
-        .map(|r| Route {
-            dst: r.dst,
-            prefix: r.prefix,
-            gateway: r.gateway,
-            ifindex: 0,
-            ifname: Some(r.interface),
-            scoped: false,
-        })
+    crate::os::discovery::from_proc(&rows)
+        .into_iter()
+        .map(Route::from)
         .collect()
 }
 

@@ -89,17 +89,7 @@ impl EventSocket {
 pub fn routes() -> Vec<Route> {
     use crate::os::Os as _;
     match crate::os::System::default().route_table() {
-        Ok(rows) => rows
-            .into_iter()
-            .map(|r| Route {
-                dst: r.dst,
-                prefix: r.prefix,
-                gateway: r.gateway,
-                ifindex: 0,
-                ifname: Some(r.interface),
-                scoped: r.scoped,
-            })
-            .collect(),
+        Ok(rows) => rows.into_iter().map(Route::from).collect(),
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the routing table");
             Vec::new()

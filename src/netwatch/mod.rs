@@ -52,6 +52,21 @@ pub struct Route {
     pub scoped: bool,
 }
 
+/// A row of `os`'s one table reader, as the watcher compares it (no index: the row names the
+/// interface).
+impl From<crate::os::discovery::RouteEntry> for Route {
+    fn from(r: crate::os::discovery::RouteEntry) -> Route {
+        Route {
+            dst: r.dst,
+            prefix: r.prefix,
+            gateway: r.gateway,
+            ifindex: 0,
+            ifname: Some(r.interface),
+            scoped: r.scoped,
+        }
+    }
+}
+
 /// What the rounds care about in the routing table and interfaces; equal states mean nothing
 /// worth a round happened.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
