@@ -1,4 +1,12 @@
-//! A real Alertmanager in the repair chain, for a fleet of two "Macs": two labs (`lab/lab.sh`),
+//! Alertmanager in the repair chain, with the shipped example `prometheus/alertmanager.yml`.
+//!
+//! As written: `amtool check-config` passes it and `amtool config routes test` routes as its
+//! comments say; a real Alertmanager running it (addresses, files and waits substituted, nothing
+//! else) brings a Mac its own `PiaSplitTunnelBypassBroken` over https (the example's CA, the
+//! Mac's token), to a real agent serving TLS, and every alert to the `humans` receiver (a
+//! loopback listener), never another Mac's alert nor an ExporterDown to a Mac.
+//!
+//! In a fleet of two "Macs": two labs (`lab/lab.sh`),
 //! each with an agent; mac A's bypass is broken, mac B's is repaired by hand. A monitoring
 //! namespace runs Debian's Prometheus (scraping both agents, the shipped rules, a `site`
 //! target label) and Alertmanager with one receiver that sends every alert to both agents
@@ -422,4 +430,351 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
     );
     let (_, prom_alerts) = http_in(&mon.0, "GET", &format!("http://{PROM}/api/v1/alerts"), None);
     assert!(!prom_alerts.contains(MAC_B), "{prom_alerts}");
+}
+
+// The shipped example, `prometheus/alertmanager.yml`, as written.
+
+const MAC_MINI: &str = "mac-mini.lan:9847";
+const STUDIO: &str = "studio.lan:9847";
+const EXPORTER_DOWN: &str = "PiaSplitTunnelExporterDown";
+
+fn shipped_alertmanager() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/alertmanager.yml"),
+    )
+    .unwrap()
+}
+
+/// Replaces each placeholder, which must be in the shipped file (so the test breaks when the
+/// file changes shape, rather than testing something else).
+fn fill(text: &str, pairs: &[(&str, String)]) -> String {
+    let mut out = text.to_owned();
+    for (from, to) in pairs {
+        assert!(
+            out.contains(from),
+            "prometheus/alertmanager.yml no longer has {from:?}"
+        );
+        out = out.replace(from, to);
+    }
+    out
+}
+
+fn amtool(args: &[&str]) -> std::process::Output {
+    Command::new("amtool")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "amtool: {e} (sudo bash .ci/setup installs prometheus-alertmanager, which has it)"
+            )
+        })
+}
+
+#[test]
+fn the_shipped_alertmanager_example_passes_amtool_and_routes_as_it_says() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/alertmanager.yml");
+    let file = file.to_str().unwrap();
+    let out = amtool(&["check-config", file]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = format!("--config.file={file}");
+    let routed = |labels: &[&str]| {
+        let out = amtool(&[&["config", "routes", "test", &config], labels].concat());
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let broken = format!("alertname={ALERT}");
+    let down = format!("alertname={EXPORTER_DOWN}");
+    let on = |i: &str| format!("instance={i}");
+    assert_eq!(routed(&[&broken, &on(MAC_MINI)]), "humans,mac-mini");
+    assert_eq!(routed(&[&broken, &on(STUDIO)]), "humans,studio");
+    // Every other alert, and a Mac without a route of its own, reach a person only.
+    assert_eq!(routed(&[&down, &on(MAC_MINI)]), "humans");
+    assert_eq!(routed(&[&broken, "instance=laptop.lan:9847"]), "humans");
+    assert_eq!(routed(&["alertname=PiaSplitTunnelLogStale"]), "humans");
+}
+
+/// A loopback listener standing in for the `humans` receiver: records each notification's
+/// alerts as (alertname, instance).
+struct Listener {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Listener {
+    fn start() -> Listener {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                if let Some(body) = read_post(conn) {
+                    into.lock().unwrap().extend(alerts_of(&body));
+                }
+            }
+        });
+        Listener { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// One HTTP/1.1 request's body (by Content-Length), answered 200.
+fn read_post(mut conn: std::net::TcpStream) -> Option<String> {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = conn.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned())
+}
+
+fn alerts_of(webhook: &str) -> Vec<(String, String)> {
+    let v: Value = serde_json::from_str(webhook).unwrap_or(Value::Null);
+    v["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let l = |k: &str| a["labels"][k].as_str().unwrap_or("").to_owned();
+            (l("alertname"), l("instance"))
+        })
+        .collect()
+}
+
+/// An agent as a Mac of the example runs it: TLS and basic auth from its web config, the
+/// token and its own `instance`.
+fn tls_agent(d: &Path, name: &str, pki: &common::tls::Pki, instance: &str) -> common::agent::Agent {
+    let web = d.join(format!("{name}-web.yml"));
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {:?}\n  key_file: {:?}\nbasic_auth_users:\n  \
+             prometheus: '{}'\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            bcrypt::hash("scrape secret", 4).unwrap()
+        ),
+    )
+    .unwrap();
+    let token = d.join(format!("{name}.token"));
+    std::fs::write(&token, format!("{name}-{TOKEN}")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = d.join(format!("{name}-proxy.log"));
+    std::fs::write(&log, b"").unwrap();
+    let (token_set, instance_set) = (
+        format!("fallback.token_file={token:?}"),
+        format!("fallback.instance={instance:?}"),
+    );
+    let args = [
+        "--web.config.file",
+        web.to_str().unwrap(),
+        "--set",
+        &token_set,
+        "--set",
+        &instance_set,
+    ];
+    common::agent::Agent::start_with(&log, &d.join(format!("{name}-cp.json")), &args, &[])
+}
+
+/// `fallback_alert_requests_total` by result, read over TLS with the scrape credentials.
+fn alert_requests(agent: &common::agent::Agent, pki: &common::tls::Pki) -> Vec<(String, f64)> {
+    let auth = common::tls::basic("prometheus", "scrape secret");
+    let (code, text) = common::tls::request(
+        agent.addr,
+        pki.client(None),
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
+    let prefix = "pia_split_tunnel_fallback_alert_requests_total{result=\"";
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|l| {
+            let (result, value) = l.split_once("\"} ")?;
+            Some((result.to_owned(), value.parse().ok()?))
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect()
+}
+
+/// Alertmanager on a free loopback port with `config`; killed on drop.
+fn start_alertmanager(d: &Path, config: &str) -> (Procs, std::net::SocketAddr) {
+    let file = d.join("alertmanager.yml");
+    std::fs::write(&file, config).unwrap();
+    let addr = common::agent::free_port();
+    let log = d.join("alertmanager.log");
+    let child = Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!("--storage.path={}", d.join("am-data").display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("prometheus-alertmanager: {e} (sudo bash .ci/setup)"));
+    let mut am = Procs(vec![child]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = std::net::TcpStream::connect(addr).is_ok()
+            && common::agent::http_get(addr, "/-/ready").contains("OK");
+        if up {
+            return (am, addr);
+        }
+        let exited = am.0[0].try_wait().unwrap();
+        assert!(
+            Instant::now() < deadline && exited.is_none(),
+            "alertmanager exited ({exited:?}) or not ready after 30 s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_shipped_example_brings_each_mac_its_own_repair_alert_over_https_and_every_alert_to_humans() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = common::tls::Pki::new(d, "macs");
+    let mini = tls_agent(d, "mac-mini", &pki, MAC_MINI);
+    let studio = tls_agent(d, "studio", &pki, STUDIO);
+    let humans = Listener::start();
+    let config = example_config(d, &pki, [mini.addr, studio.addr], humans.addr);
+    let (_am, am) = start_alertmanager(d, &config);
+    post_alerts(am);
+
+    // mac-mini's own alert reaches it over https with its token, and is accepted: answered
+    // (observe mode, probes off: "not_acted") and counted, not refused (401, 403, TLS).
+    let why = || {
+        format!(
+            "humans saw {:?}; alertmanager:\n{}",
+            humans.seen(),
+            std::fs::read_to_string(d.join("alertmanager.log")).unwrap_or_default()
+        )
+    };
+    wait_until("an alert at mac-mini", &why, || {
+        !alert_requests(&mini, &pki).is_empty()
+    });
+    let want = [
+        (ALERT, MAC_MINI),
+        (EXPORTER_DOWN, MAC_MINI),
+        (EXPORTER_DOWN, STUDIO),
+    ];
+    wait_until("every alert at humans", &why, || {
+        want.iter()
+            .all(|(n, i)| humans.seen().contains(&((*n).to_owned(), (*i).to_owned())))
+    });
+    // Give a misrouted notification the time to arrive (groups flush every second).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        alert_requests(&mini, &pki),
+        vec![("not_acted".to_owned(), 1.0)],
+        "mac-mini: its own alert, once, and not ExporterDown (which would be \"ignored\")"
+    );
+    assert_eq!(
+        alert_requests(&studio, &pki),
+        vec![],
+        "studio: nothing of mac-mini's"
+    );
+}
+
+/// The shipped example with the test's addresses and files, and seconds where it waits minutes.
+fn example_config(
+    d: &Path,
+    pki: &common::tls::Pki,
+    [mini, studio]: [std::net::SocketAddr; 2],
+    humans: std::net::SocketAddr,
+) -> String {
+    let etc = "/etc/alertmanager/pia-split-tunnel";
+    fill(
+        &shipped_alertmanager(),
+        &[
+            ("https://mac-mini.lan:9847/", format!("https://{}/", mini)),
+            ("https://studio.lan:9847/", format!("https://{}/", studio)),
+            (
+                "https://chat.example/hooks/pia-split-tunnel",
+                format!("http://{}/humans", humans),
+            ),
+            (
+                &format!("{etc}/mac-mini.token"),
+                d.join("mac-mini.token").display().to_string(),
+            ),
+            (
+                &format!("{etc}/studio.token"),
+                d.join("studio.token").display().to_string(),
+            ),
+            (
+                &format!("{etc}/macs-ca.crt"),
+                pki.path("ca.pem").display().to_string(),
+            ),
+            ("group_wait: 30s", "group_wait: 1s".into()),
+            ("group_interval: 5m", "group_interval: 1s".into()),
+        ],
+    )
+}
+
+/// mac-mini's repair alert and an ExporterDown for each Mac, posted with amtool.
+fn post_alerts(am: std::net::SocketAddr) {
+    let url = format!("--alertmanager.url=http://{am}");
+    for labels in [
+        [ALERT, MAC_MINI],
+        [EXPORTER_DOWN, MAC_MINI],
+        [EXPORTER_DOWN, STUDIO],
+    ] {
+        let (name, instance) = (
+            format!("alertname={}", labels[0]),
+            format!("instance={}", labels[1]),
+        );
+        let out = amtool(&[
+            "alert",
+            "add",
+            &url,
+            &name,
+            &instance,
+            "job=pia-split-tunnel",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Polls `done` every 200 ms for 30 s; fails with `what` and `why()`.
+fn wait_until(what: &str, why: &dyn Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 30 s; {}",
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

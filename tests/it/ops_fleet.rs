@@ -168,12 +168,12 @@ impl Drop for AgentMode {
 /// The arguments of the `prometheus ...` command in the shipped file's header comment (with
 /// its `\` continuation lines), without the program's name.
 fn documented_command(shipped: &str) -> Vec<String> {
-    let mut lines = shipped
+    let lines = shipped
         .lines()
         .map(|l| l.trim_start_matches('#').trim())
         .skip_while(|l| !l.starts_with("prometheus "));
     let mut words = Vec::new();
-    while let Some(line) = lines.next() {
+    for line in lines {
         let (text, more) = match line.strip_suffix('\\') {
             Some(t) => (t, true),
             None => (line, false),
