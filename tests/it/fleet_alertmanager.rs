@@ -6,12 +6,12 @@
 //! Mac's token), to a real agent serving TLS, and every alert to the `humans` receiver (a
 //! loopback listener), never another Mac's alert nor an ExporterDown to a Mac.
 //!
-//! In a fleet of two "Macs": two labs (`lab/lab.sh`),
-//! each with an agent; mac A's bypass is broken, mac B's is repaired by hand. A monitoring
-//! namespace runs Debian's Prometheus (scraping both agents, the shipped rules, a `site`
-//! target label) and Alertmanager with one receiver that sends every alert to both agents
-//! (the README's example). Only mac A's alert may fire, only mac A may repair (mac B answers
-//! `not_for_this_instance`), and the alert must resolve after the repair. The agents' own
+//! In a fleet of two "Macs": two labs (`lab/lab.sh`), each with an agent serving TLS; mac A's
+//! bypass is broken, mac B's is repaired by hand. A monitoring namespace runs Debian's
+//! Prometheus (scraping both agents over https, the shipped rules, a `site` target label) and
+//! Alertmanager with the shipped example (mac-mini is mac A, studio mac B, `humans` a listener
+//! in the namespace). Only mac A's alert may fire, reach a Mac (mac A only) and the humans, only
+//! mac A may repair, and the alert must resolve after the repair. The agents' own
 //! policy is kept from acting (`consecutive_rounds = 1000`) so the repair can only come from
 //! the alert. Intervals are short (scrape and evaluation 1 s, the alert's `for` 2 s, group
 //! wait and interval 1 s) to keep the wall time modest; the timeline is printed.
@@ -133,16 +133,17 @@ fn agent_config(dir: &Path, name: &str, instance: &str, table: u32) -> std::path
     std::fs::write(&log, b"").unwrap();
     let config = format!(
         "[log]\npath = {log:?}\nerror_path = \"\"\ncheckpoint = {cp:?}\n\
-[http]\nlisten = \"0.0.0.0:9847\"\n\
+[http]\nlisten = \"0.0.0.0:9847\"\nweb_config_file = {web:?}\n\
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\ninterval_secs = 1\ntimeout_secs = 0.5\n\
 [processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 1000\n\
 route_table = {table}\nrule_priority = {table}\ntoken_file = {token:?}\ninstance = {instance:?}\n\
-allow_plain_http = true\nstate_file = {state:?}\n",
+state_file = {state:?}\n",
         cp = dir.join(format!("{name}-cp.json")),
         // No PIA here: the agent stands in for its processes (recognised by executable path).
         me = std::fs::canonicalize(BIN).unwrap().display().to_string(),
-        token = dir.join("token"),
+        token = dir.join(format!("{name}.token")),
+        web = dir.join("web.yml"),
         state = dir.join(format!("{name}-fallback-state.json")),
     );
     let path = dir.join(format!("{name}.toml"));
@@ -168,22 +169,26 @@ fn rules(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// The Alertmanager configuration of the README: one receiver for the fleet, every Mac's
-/// webhook in it, the token read from a file.
-fn alertmanager_config(dir: &Path) -> std::path::PathBuf {
-    let token = dir.join("token");
-    let hook = |target: &str| {
-        format!(
-            "      - url: http://{target}/alertmanager\n        send_resolved: true\n        \
-             http_config:\n          authorization:\n            credentials_file: {token:?}\n"
-        )
-    };
-    let config = format!(
-        "route:\n  receiver: pia-fleet\n  group_by: [alertname, job, instance]\n  \
-         group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-receivers:\n  - name: pia-fleet\n    webhook_configs:\n{}{}",
-        hook(MAC_A),
-        hook(MAC_B)
+/// The shipped example with the lab's Macs for mac-mini and studio (their addresses are their
+/// `instance`), the `humans` receiver at `humans`, the test's files and 1 s waits.
+fn alertmanager_config(dir: &Path, humans: std::net::SocketAddr) -> std::path::PathBuf {
+    let etc = "/etc/alertmanager/pia-split-tunnel";
+    let file = |name: &str| dir.join(name).display().to_string();
+    let config = fill(
+        &shipped_alertmanager(),
+        &[
+            (MAC_MINI, MAC_A.into()),
+            (STUDIO, MAC_B.into()),
+            (
+                "https://chat.example/hooks/pia-split-tunnel",
+                format!("http://{humans}/humans"),
+            ),
+            (&format!("{etc}/mac-mini.token"), file("mac-mini.token")),
+            (&format!("{etc}/studio.token"), file("studio.token")),
+            (&format!("{etc}/macs-ca.crt"), file("macs/ca.pem")),
+            ("group_wait: 30s", "group_wait: 1s".into()),
+            ("group_interval: 5m", "group_interval: 1s".into()),
+        ],
     );
     let path = dir.join("alertmanager.yml");
     std::fs::write(&path, config).unwrap();
@@ -191,11 +196,13 @@ receivers:\n  - name: pia-fleet\n    webhook_configs:\n{}{}",
 }
 
 fn prometheus_config(dir: &Path, rules: &Path) -> std::path::PathBuf {
+    let ca = dir.join("macs/ca.pem");
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
 rule_files:\n  - {rules:?}\n\
 alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{AM}\"]\n\
-scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      \
+scrape_configs:\n  - job_name: pia-split-tunnel\n    scheme: https\n    \
+tls_config:\n      ca_file: {ca:?}\n    static_configs:\n      \
 - targets: [\"{MAC_A}\", \"{MAC_B}\"]\n        labels:\n          site: lab\n"
     );
     let path = dir.join("prometheus.yml");
@@ -240,11 +247,51 @@ fn am_alerts(mon: &str) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
-fn metric(mon: &str, target: &str, line_prefix: &str) -> Option<f64> {
-    let (_, body) = http_in(mon, "GET", &format!("http://{target}/metrics"), None);
+/// A GET in namespace `ns` over https, trusting the CA at `ca` only.
+fn https_in(ns: &str, url: &str, ca: &Path) -> (u16, String) {
+    let script = "import sys, ssl, urllib.request, urllib.error\n\
+ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5, context=ctx); print(r.status); \
+print(r.read().decode())\n\
+except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n\
+except Exception as e:\n    print(0); print(e)\n";
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script, url])
+        .arg(ca)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text.split_once('\n').unwrap_or(("0", ""));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The sum of the samples of `target`'s metrics whose line starts with `line_prefix`.
+fn metric(mon: &str, target: &str, line_prefix: &str, ca: &Path) -> Option<f64> {
+    let (_, body) = https_in(mon, &format!("https://{target}/metrics"), ca);
     body.lines()
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The Macs' TLS (one certificate for both addresses, `macs/ca.pem` the example's CA) and their
+/// tokens, one per Mac as the example has them; returns the CA's path.
+fn lab_tls(d: &Path) -> std::path::PathBuf {
+    let pki = common::tls::Pki::with_server_names(d, "macs", &["203.0.113.66", "203.0.113.70"]);
+    std::fs::write(
+        d.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {:?}\n  key_file: {:?}\n",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        ),
+    )
+    .unwrap();
+    for mac in ["mac-mini", "studio"] {
+        let token = d.join(format!("{mac}.token"));
+        std::fs::write(&token, format!("{mac}-{TOKEN}")).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    pki.path("ca.pem")
 }
 
 #[allow(clippy::too_many_lines, reason = "one scenario; the rule is for src/")]
@@ -260,16 +307,15 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("token"), TOKEN).unwrap();
-    std::fs::set_permissions(d.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ca = lab_tls(d);
     let rules_a_before = a.ip(&["rule"]);
     let rules_b_before = b.ip(&["rule"]);
     let (log_a, log_b) = (d.join("agent-a.log"), d.join("agent-b.log"));
     let env = [("RUST_LOG", "info")];
     let mut procs = Procs(vec![]);
     let (cfg_a, cfg_b) = (
-        agent_config(d, "a", MAC_A, 100),
-        agent_config(d, "b", MAC_B, 101),
+        agent_config(d, "mac-mini", MAC_A, 100),
+        agent_config(d, "studio", MAC_B, 101),
     );
     for (lab, cfg, log) in [(&a, &cfg_a, &log_a), (&b, &cfg_b, &log_b)] {
         let args = ["--config", cfg.to_str().unwrap(), "run"];
@@ -292,7 +338,7 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
     };
     for target in [MAC_A, MAC_B] {
         until("the agents' first round", 30, &mut || {
-            http_in(&mon.0, "GET", &format!("http://{target}/-/ready"), None).0 == 200
+            https_in(&mon.0, &format!("https://{target}/-/ready"), &ca).0 == 200
         });
     }
     let verdict = |target: &str, state: &str| {
@@ -300,6 +346,7 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
             &mon.0,
             target,
             &format!("pia_split_tunnel_verdict{{state=\"{state}\"}} "),
+            &ca,
         )
     };
     assert_eq!(verdict(MAC_A, "bypass_broken"), Some(1.0), "{}", logs());
@@ -307,7 +354,8 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
 
     let rules = rules(d);
     let prom_cfg = prometheus_config(d, &rules);
-    let am_cfg = alertmanager_config(d);
+    let humans = Listener::start_in(Some(&mon.0));
+    let am_cfg = alertmanager_config(d, humans.addr);
     let t0 = Instant::now();
     procs.0.push(spawn_in(
         &mon.0,
@@ -365,13 +413,10 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
         at(Instant::now()),
         "webhook at mac A (it probes first)".into(),
     ));
-    until("mac B answering not_for_this_instance", 30, &mut || {
-        read(&log_b).contains("alert for another instance")
+    until("the alert at the humans' receiver", 30, &mut || {
+        humans.seen().contains(&(ALERT.into(), MAC_A.into()))
     });
-    timeline.push((
-        at(Instant::now()),
-        "webhook at mac B: not_for_this_instance".into(),
-    ));
+    timeline.push((at(Instant::now()), "alert at the humans' receiver".into()));
     until("mac A's repair verified", 30, &mut || {
         read(&log_a).contains("applied and verified")
     });
@@ -387,6 +432,7 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
             &mon.0,
             MAC_A,
             "pia_split_tunnel_fallback_alert_requests_total{result=\"ignored\"} ",
+            &ca,
         )
         .is_some_and(|n| n >= 1.0)
     });
@@ -406,6 +452,7 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
             &mon.0,
             target,
             "pia_split_tunnel_fallback_actions_total{action=\"apply\",result=\"ok\"} ",
+            &ca,
         )
     };
     assert_eq!(applied(MAC_A), Some(1.0), "{}", logs());
@@ -414,14 +461,18 @@ fn only_the_broken_mac_is_alerted_and_repaired_and_the_alert_resolves() {
     assert!(a.ip(&["rule"]).contains("from 10.0.15.15 lookup 100"));
     assert_ne!(a.ip(&["rule"]), rules_a_before);
     assert_eq!(b.ip(&["rule"]), rules_b_before, "mac B unchanged");
-    assert_eq!(
-        metric(
-            &mon.0,
-            MAC_B,
-            "pia_split_tunnel_fallback_alert_requests_total{result=\"not_for_this_instance\"} "
-        )
-        .map(|n| n >= 1.0),
-        Some(true)
+    // Mac B never heard of mac A's alert (its own route only matches its own instance).
+    let (_, b_metrics) = https_in(&mon.0, &format!("https://{MAC_B}/metrics"), &ca);
+    let b_alerts: Vec<_> = b_metrics
+        .lines()
+        .filter(|l| l.starts_with("pia_split_tunnel_fallback_alert_requests_total{"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(b_alerts.is_empty(), "{b_alerts:?}");
+    assert!(
+        !humans.seen().iter().any(|(_, i)| i == MAC_B),
+        "{:?}",
+        humans.seen()
     );
     assert!(
         !read(&log_b).contains("Alertmanager asks for the repair"),
@@ -502,22 +553,54 @@ fn the_shipped_alertmanager_example_passes_amtool_and_routes_as_it_says() {
 struct Listener {
     addr: std::net::SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Listener {
     fn start() -> Listener {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+        Listener::start_in(None)
+    }
+
+    /// On 127.0.0.1 of network namespace `ns` (by name), or of the test's own.
+    fn start_in(ns: Option<&str>) -> Listener {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let into = seen.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (into, stopped) = (seen.clone(), stop.clone());
+        let ns = ns.map(|n| format!("/var/run/netns/{n}"));
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                if let Some(body) = read_post(conn) {
-                    into.lock().unwrap().extend(alerts_of(&body));
+            // setns moves this thread only; the socket stays in that namespace.
+            if let Some(path) = ns {
+                use std::os::fd::AsRawFd;
+                let f = std::fs::File::open(&path).unwrap();
+                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "{path}: {}", std::io::Error::last_os_error());
+            }
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        if let Some(body) = read_post(conn) {
+                            into.lock().unwrap().extend(alerts_of(&body));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         });
-        Listener { addr, seen }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the listener starts");
+        Listener { addr, seen, stop }
     }
 
     fn seen(&self) -> Vec<(String, String)> {
