@@ -260,3 +260,51 @@ fn the_agent_mode_flag_is_read_from_the_help_of_either_version() {
     assert_eq!(agent_mode_flag_in("      --agent-mode-x   other\n"), None);
     assert_eq!(agent_mode_flag_in("      --storage.agent.path=DIR\n"), None);
 }
+
+/// docs/operations.md shows the fleet files as they are: the agent-mode command of
+/// `prometheus/agent.yml`'s header, and the Alertmanager example's lines verbatim.
+#[test]
+fn the_operations_doc_shows_the_fleet_files_as_they_are() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let doc = read("docs/operations.md");
+    let fleet = section(&doc, "## A fleet of Macs");
+    let commands: Vec<_> = code_blocks(fleet, "sh")
+        .into_iter()
+        .filter(|b| b.starts_with("prometheus "))
+        .map(|b| documented_command(&b))
+        .collect();
+    assert_eq!(
+        commands,
+        vec![documented_command(&read("prometheus/agent.yml"))],
+        "the fleet section's agent-mode command differs from prometheus/agent.yml's"
+    );
+    let example = read("prometheus/alertmanager.yml");
+    let blocks = code_blocks(section(&doc, "## Alertmanager"), "yaml");
+    assert!(!blocks.is_empty(), "the Alertmanager section shows no YAML");
+    for b in blocks {
+        assert!(
+            example.contains(&b),
+            "docs/operations.md shows YAML that prometheus/alertmanager.yml does not have:\n{b}"
+        );
+    }
+}
+
+/// The text from `heading` to the next heading of the same level.
+fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
+    let start = doc
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("docs/operations.md has no {heading:?}"));
+    let rest = &doc[start + heading.len() + 2..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The bodies of the fenced blocks of `lang`.
+fn code_blocks(text: &str, lang: &str) -> Vec<String> {
+    let fence = format!("```{lang}\n");
+    text.split(&fence)
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(body, _)| body.to_owned()))
+        .collect()
+}
