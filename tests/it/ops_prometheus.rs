@@ -248,6 +248,24 @@ scrape_configs:\n  - job_name: pia-split-tunnel\n    static_configs:\n      - ta
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Every probe state the agent exports has a Mac in the dashboard's fixture, so the verdict
+    // panels are tested to show it in its own words (ops_promtool).
+    let macs = std::fs::read_to_string(root().join("tests/alerts/dashboard-macs.yml")).unwrap();
+    let states: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("pia_split_tunnel_verdict{state=\"")?
+                .split('"')
+                .next()
+        })
+        .collect();
+    assert!(states.len() >= 6, "{states:?}");
+    for state in states {
+        assert!(
+            macs.contains(&format!("verdict: {{ state: {state}, ")),
+            "no Mac in tests/alerts/dashboard-macs.yml has the verdict {state}"
+        );
+    }
     // The agent's own output passes promtool's lint.
     let mut lint = Command::new("promtool")
         .args(["check", "metrics"])
