@@ -3,7 +3,7 @@
 //! dashboard is the alert's and evaluates, under promtool, to what the alert says for each Mac
 //! of `tests/alerts/dashboard-macs.yml`. Needs promtool (sudo bash .ci/setup).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -109,6 +109,23 @@ struct Mac {
     series: String,
 }
 
+impl Mac {
+    fn works(&self) -> bool {
+        self.verdict.state == "bypass_working"
+    }
+
+    /// The labels of the Mac's series of `family` (its versions), as `{name="value",...}`.
+    fn labels_of(&self, family: &str) -> String {
+        let prefix = format!("pia_split_tunnel_{family}{{");
+        let line = self
+            .series
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{}: no {family}", self.mac));
+        format!("{{{}", line.rsplit_once(' ').unwrap().0)
+    }
+}
+
 /// What a state panel must show for a Mac.
 #[derive(serde::Deserialize)]
 struct Shown {
@@ -136,6 +153,34 @@ impl Query {
     fn counts_broken(&self) -> bool {
         self.panel.to_lowercase().contains("broken")
             || self.ref_id.to_lowercase().contains("broken")
+    }
+
+    /// A count of Macs the probes see with the bypass working (the versions' tables).
+    fn counts_working(&self) -> bool {
+        self.ref_id == "working"
+    }
+
+    /// What this query counts of one Mac (0 or 1), when it counts Macs.
+    fn count_of(&self, mac: &Mac) -> Option<i64> {
+        if self.counts_broken() {
+            Some(i64::from(mac.broken))
+        } else if self.counts_working() {
+            Some(i64::from(mac.works()))
+        } else if self.ref_id == "macs" {
+            Some(1)
+        } else {
+            None
+        }
+    }
+
+    /// The version family whose labels a versions' table groups by.
+    fn grouped_by(&self) -> Option<&'static str> {
+        if !self.expr.starts_with("count by (") {
+            return None;
+        }
+        ["pia_info", "macos_info"]
+            .into_iter()
+            .find(|f| self.expr.contains(&format!("pia_split_tunnel_{f}{{")))
     }
 
     /// A state code shown as words, one of which says broken.
@@ -315,8 +360,8 @@ fn expect(expr: &str, value: i64) -> serde_json::Value {
 fn expectations(mac: &Mac, queries: &[Query]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for q in queries {
-        if q.counts_broken() {
-            out.push(expect(&q.concrete(), i64::from(mac.broken)));
+        if let Some(count) = q.count_of(mac) {
+            out.push(expect(&q.concrete(), count));
         } else if q.shows_state() {
             let shown = if q.expr.contains("sessions_verdict") {
                 &mac.sessions
@@ -329,10 +374,38 @@ fn expectations(mac: &Mac, queries: &[Query]) -> Vec<serde_json::Value> {
     out
 }
 
+/// Over the whole fleet, each count is the number of Macs it counts; in the versions' tables,
+/// per version.
+fn fleet_expectations(macs: &[Mac], queries: &[Query]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for q in queries.iter().filter(|q| q.count_of(&macs[0]).is_some()) {
+        let count = |m: &Mac| q.count_of(m).unwrap();
+        let Some(family) = q.grouped_by() else {
+            out.push(expect(&q.concrete(), macs.iter().map(count).sum()));
+            continue;
+        };
+        let mut groups: BTreeMap<String, i64> = BTreeMap::new();
+        for m in macs {
+            *groups.entry(m.labels_of(family)).or_default() += count(m);
+        }
+        let samples: Vec<serde_json::Value> = groups
+            .into_iter()
+            .map(|(labels, value)| serde_json::json!({ "labels": labels, "value": value }))
+            .collect();
+        out.push(serde_json::json!({
+            "expr": q.concrete(),
+            "eval_time": "5m",
+            "exp_samples": samples,
+        }));
+    }
+    out
+}
+
 /// Every dashboard "broken" expression, taken from the JSON, evaluated by promtool over the
 /// Macs of tests/alerts/dashboard-macs.yml: 0 for a Mac with its VPN off (or no network, a
 /// leak, an undetermined verdict), 1 for a broken one, the number of broken Macs over the
-/// whole fleet; the verdict panels show every probe state in its own words.
+/// whole fleet (per version in the versions' tables, with the Macs the probes see working);
+/// the verdict panels show every probe state in its own words.
 #[test]
 fn dashboard_broken_expressions_hold_for_every_mac() {
     let fixture = std::fs::read_to_string(root().join("tests/alerts/dashboard-macs.yml")).unwrap();
@@ -366,15 +439,12 @@ fn dashboard_broken_expressions_hold_for_every_mac() {
         }));
     }
     let fleet: Vec<serde_json::Value> = macs.macs.iter().flat_map(input_series).collect();
-    let broken: i64 = macs.macs.iter().map(|m| i64::from(m.broken)).sum();
+    let counts = fleet_expectations(&macs.macs, &queries);
+    assert!(counts.len() >= 8, "{counts:?}");
     tests.push(serde_json::json!({
         "interval": "1m",
         "input_series": fleet,
-        "promql_expr_test": queries
-            .iter()
-            .filter(|q| q.counts_broken())
-            .map(|q| expect(&q.concrete(), broken))
-            .collect::<Vec<_>>(),
+        "promql_expr_test": counts,
     }));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dashboard.test.json");
