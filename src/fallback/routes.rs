@@ -72,6 +72,13 @@ pub fn router(controller: SharedController, cfg: &FallbackConfig) -> Result<Rout
         .as_deref()
         .map(Token::from_file)
         .transpose()?;
+    if token.is_some() && cfg.instance.is_none() {
+        tracing::warn!(
+            "fallback.instance is unset: the Alertmanager webhook will act on no alert, as it \
+             cannot tell this machine's alerts from another's (set it to this machine's \
+             instance label)"
+        );
+    }
     Ok(router_with_token(controller, cfg, token))
 }
 

@@ -861,3 +861,25 @@ fn wait_until(what: &str, why: &dyn Fn() -> String, mut done: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn an_agent_with_a_token_and_no_instance_says_at_start_that_alerts_will_not_act() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = d.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = d.join("transparent_proxy.log");
+    std::fs::write(&log, b"").unwrap();
+    let stderr = d.join("agent.log");
+    let set = format!("fallback.token_file={token:?}");
+    let agent =
+        common::agent::Agent::start_logged(&log, &d.join("cp.json"), &["--set", &set], &stderr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    while !said().contains("fallback.instance is unset") {
+        assert!(Instant::now() < deadline, "no warning in 10 s: {}", said());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agent);
+}
