@@ -562,6 +562,21 @@ impl Drop for Listener {
     }
 }
 
+/// Moves the calling thread (only) into the network namespace at `path`.
+#[cfg(target_os = "linux")]
+fn enter_netns(path: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "{path}: {}", std::io::Error::last_os_error());
+}
+
+/// Network namespaces are Linux's: the lab tests type-check on macOS but cannot run there.
+#[cfg(not(target_os = "linux"))]
+fn enter_netns(path: &str) {
+    panic!("{path}: network namespaces need Linux");
+}
+
 impl Listener {
     fn start() -> Listener {
         Listener::start_in(None)
@@ -577,10 +592,7 @@ impl Listener {
         std::thread::spawn(move || {
             // setns moves this thread only; the socket stays in that namespace.
             if let Some(path) = ns {
-                use std::os::fd::AsRawFd;
-                let f = std::fs::File::open(&path).unwrap();
-                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "{path}: {}", std::io::Error::last_os_error());
+                enter_netns(&path);
             }
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.set_nonblocking(true).unwrap();
