@@ -489,10 +489,7 @@ mod tests {
         let registry = Registry::new();
         crate::metrics::register(&registry, crate::metrics::BuildInfo).unwrap();
         let (_, content_type, _) = get_typed(&router(registry), false).await;
-        assert_eq!(
-            content_type,
-            "text/plain; version=0.0.4; charset=utf-8"
-        );
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
     }
 
     /// A connection accepted before the stop, whose request the client sends only after it,
