@@ -345,6 +345,7 @@ async fn run(mut config: Config, load: impl Fn() -> anyhow::Result<Config>) -> a
             // The old address closes only now, after the old agent has drained.
             port = new;
         }
+        crate::logging::apply(&next.config.agent_log);
         config = next.config;
         files = next.files;
         sources = next.sources;

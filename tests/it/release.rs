@@ -323,3 +323,36 @@ fn the_readme_is_short_and_every_docs_link_resolves() {
     }
     assert!(checked >= 20, "{checked} links checked");
 }
+
+/// What the command line says about a config it refuses: the flag that brought a wrong key
+/// (not "config file (defaults)"), a missing file once; and `check-config` shows the keys
+/// without a value as unset instead of hiding them.
+#[test]
+fn config_errors_name_their_source_once_and_check_config_shows_unset_keys() {
+    let out = common::run_bin_exiting(&["--set", "log.max_appz=3", "check-config"], &[], &[2]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("error: --set log.max_appz=3: unknown field `max_appz`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = common::run_bin_exiting(
+        &["--config", "/nonexistent/config.toml", "check-config"],
+        &[],
+        &[2],
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err,
+        "error: cannot read config file /nonexistent/config.toml: No such file or directory (os error 2)\n"
+    );
+    let out = common::run_bin(&["check-config"], &[("RUST_LOG", "")]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let fallback = &text[text.find("[fallback]\n").unwrap()..];
+    let fallback = &fallback[..fallback.find("\n\n").unwrap_or(fallback.len())];
+    for key in ["token_file", "instance"] {
+        assert!(fallback.contains(&format!("\n# {key}: unset")), "{text}");
+    }
+    let effective: toml::Table = text.parse().unwrap();
+    assert!(effective["fallback"].get("token_file").is_none());
+}
