@@ -174,18 +174,18 @@ fn read_table(path: &std::path::Path) -> Result<toml::Table, ConfigError> {
         path: path.into(),
         cause,
     })?;
-    text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-        path: path.into(),
-        message: e.to_string(),
-    })
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
 }
 
 /// The config a table spells, and the warnings of keys read under their former names.
 fn from_table(mut table: toml::Table) -> Result<(Config, Vec<String>), ConfigError> {
     let warnings = move_sessions_keys(&mut table)?;
-    let config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
-        ConfigError::Invalid(e.to_string().trim_end().replace('\n', " "))
-    })?;
+    let config = Config::deserialize(toml::Value::Table(table))
+        .map_err(|e| ConfigError::Invalid(e.to_string().trim_end().replace('\n', " ")))?;
     Ok((config, warnings))
 }
 
@@ -500,13 +500,19 @@ mod tests {
         let e = Config::load(Some(&p), &["log.max_apps=many".into()])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("--set log.max_apps=many: invalid type"), "{e}");
+        assert!(
+            e.starts_with("--set log.max_apps=many: invalid type"),
+            "{e}"
+        );
         std::fs::write(&p, "[log]\nmax_appz = 10\n").unwrap();
         let e = Config::load(Some(&p), &["log.max_apps=20".into()])
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with(&format!("config file {}: unknown field `max_appz`", p.display())),
+            e.starts_with(&format!(
+                "config file {}: unknown field `max_appz`",
+                p.display()
+            )),
             "{e}"
         );
         // A flag can still mend the file's wrong type.

@@ -76,7 +76,8 @@ pub struct AgentLogConfig {
 /// not parse is reported once on stderr and replaced by the configured level, never a silent
 /// default.
 fn filter(flag: Option<Verbosity>, rust_log: Option<&str>, configured: Verbosity) -> EnvFilter {
-    let level = |l: Verbosity| quiet_libraries(EnvFilter::new(l.directive()), l == Verbosity::Debug);
+    let level =
+        |l: Verbosity| quiet_libraries(EnvFilter::new(l.directive()), l == Verbosity::Debug);
     if let Some(l) = flag {
         return level(l);
     }
@@ -299,7 +300,11 @@ mod tests {
             filter(Some(Verbosity::Debug), None, Verbosity::Error).to_string(),
             "debug"
         );
-        let env = filter(None, Some("pia_split_tunnel_exporter=debug"), Verbosity::Error);
+        let env = filter(
+            None,
+            Some("pia_split_tunnel_exporter=debug"),
+            Verbosity::Error,
+        );
         assert_eq!(env.to_string(), "pia_split_tunnel_exporter=debug");
         // Neither: the config's level; a RUST_LOG that does not parse falls back to it too.
         assert_eq!(filter(None, None, Verbosity::Debug).to_string(), "debug");

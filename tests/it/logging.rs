@@ -223,7 +223,12 @@ fn agent_log_format_from_the_config_and_the_flag_over_it() {
     let (child, _, stderr) = start_with_agent_log(dir.path(), "format = \"json\"", &flags);
     let log = wait_for(&stderr, "agent started");
     stop(child);
-    assert!(log.contains("level=info target=pia_split_tunnel_exporter::agent message=\"agent started\""), "logfmt: {log}");
+    assert!(
+        log.contains(
+            "level=info target=pia_split_tunnel_exporter::agent message=\"agent started\""
+        ),
+        "logfmt: {log}"
+    );
 }
 
 /// `agent_log.level` from the config file, changed by a reload without a restart of the
@@ -237,7 +242,11 @@ fn agent_log_level_from_the_config_and_a_reload_changes_it() {
     std::fs::write(&config, "[agent_log]\nlevel = \"info\"\n").unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     wait_for(&stderr, "SIGHUP: the new config is applied");
-    std::fs::write(&config, "[agent_log]\nlevel = \"info\"\nformat = \"json\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[agent_log]\nlevel = \"info\"\nformat = \"json\"\n",
+    )
+    .unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     wait_for(&stderr, "agent_log.format changes at the next start");
     stop(child);

@@ -356,3 +356,36 @@ fn config_errors_name_their_source_once_and_check_config_shows_unset_keys() {
     let effective: toml::Table = text.parse().unwrap();
     assert!(effective["fallback"].get("token_file").is_none());
 }
+
+/// Homebrew users are not second-class: wherever the runbooks or the operations guide's
+/// "Logs, reload and stop" name the launchd script's label or log, the same paragraph (or
+/// table) gives the Homebrew form, whose label and log are the formula's own.
+#[test]
+fn every_reload_restart_and_log_instruction_has_its_homebrew_form() {
+    let formula = read("Formula/pia-split-tunnel-exporter.rb");
+    assert!(formula.contains("log_path var/\"log/pia-split-tunnel-exporter.log\""));
+    assert!(formula.contains("etc/\"pia-split-tunnel-exporter/config.toml\""));
+    // brew services names a formula's job homebrew.mxcl.<formula>.
+    let brew_label = "system/homebrew.mxcl.pia-split-tunnel-exporter";
+    let brew_log = "$(brew --prefix)/var/log/pia-split-tunnel-exporter.log";
+    let ops = read("docs/operations.md");
+    let section = &ops[ops.find("## Logs, reload and stop").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").unwrap()];
+    let runbooks = read("docs/runbooks.md");
+    for (doc, text) in [
+        ("operations.md", section),
+        ("runbooks.md", runbooks.as_str()),
+    ] {
+        assert!(
+            text.contains(brew_label) && text.contains(brew_log),
+            "{doc}"
+        );
+        for block in text.split("\n\n") {
+            let launchd = block.contains("system/io.github.pia-split-tunnel-exporter")
+                || block.contains("`/var/log/pia-split-tunnel-exporter.log`");
+            let brew = block.contains("homebrew.mxcl.pia-split-tunnel-exporter")
+                || block.contains("brew services");
+            assert!(!launchd || brew, "{doc}: no Homebrew form in: {block}");
+        }
+    }
+}
