@@ -370,12 +370,13 @@ async fn serve_connection<I>(
     }
     // hyper closes at once a connection it has read nothing from (as if idle), so a client
     // accepted just before the stop would get no answer: its first request is waited for
-    // (within the header timeout) and answered, then the connection closes.
+    // (briefly: a browser's silent preconnect must not hold a reload) and answered, then the
+    // connection closes.
     if !state.has_begun() {
         tokio::select! {
             _ = http.as_mut() => return,
             () = state.first_bytes() => {}
-            () = tokio::time::sleep(limits.header) => {}
+            () = tokio::time::sleep(limits.header.min(FIRST_REQUEST_WAIT)) => {}
         }
     }
     http.as_mut().graceful_shutdown();
@@ -421,6 +422,10 @@ async fn exchange(
     }
     Ok(resp.map(|body| axum::body::Body::new(conns::Watched::new(body, state))))
 }
+
+/// How long a connection accepted before the stop, silent so far, may take to send its first
+/// request: the client was about to send it; one that stays silent holds the stop no longer.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(1);
 
 /// How long open requests may take to finish after shutdown was asked.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -531,5 +536,40 @@ mod tests {
             .expect("the server ends once the connection is closed")
             .unwrap()
             .unwrap();
+    }
+
+    /// A client that connected and stays silent (a browser's preconnect) holds the stop for
+    /// [`FIRST_REQUEST_WAIT`] at most, then is closed.
+    #[tokio::test]
+    async fn a_silent_connection_holds_the_stop_briefly() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let cfg = HttpConfig::default();
+            serve(
+                listener,
+                Router::new(),
+                &cfg,
+                &WebConfig::default(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stopped = std::time::Instant::now();
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(FIRST_REQUEST_WAIT * 2, server)
+            .await
+            .expect("a silent connection does not hold the stop")
+            .unwrap()
+            .unwrap();
+        assert!(stopped.elapsed() >= FIRST_REQUEST_WAIT - Duration::from_millis(50));
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0, "closed");
     }
 }
