@@ -390,7 +390,12 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
         let what = format!(
             "last {} {}: {}",
             a.action,
-            a.outcome,
+            // In words: the reason is read by people (`/health`, the status page).
+            match a.outcome {
+                ApplyOutcome::Ok => "ok",
+                ApplyOutcome::Failed => "failed",
+                ApplyOutcome::RolledBack => "rolled back",
+            },
             a.error.as_deref().unwrap_or("no detail")
         );
         // A failing backend (pfctl, ip) needs a human; a rolled-back apply backs off and retries.
