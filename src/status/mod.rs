@@ -124,10 +124,10 @@ impl Tone {
             Tone::Repaired | Tone::Broken => Some("runbook-piasplittunnelbypassbroken"),
             Tone::VpnLeak => Some("runbook-piasplittunnelvpnleak"),
             Tone::Failing => Some("runbook-piasplittunnelsessionsfailing"),
-            Tone::VpnDown => Some("status-vpn-off"),
-            Tone::NoNetwork => Some("status-no-network"),
-            Tone::Undetermined => Some("status-undetermined"),
-            Tone::NotMeasured => Some("status-not-measured-yet"),
+            Tone::VpnDown => Some("status-page-vpn-off"),
+            Tone::NoNetwork => Some("status-page-no-network"),
+            Tone::Undetermined => Some("status-page-undetermined"),
+            Tone::NotMeasured => Some("status-page-not-measured-yet"),
         }
     }
 
@@ -164,10 +164,7 @@ impl Tone {
             Tone::NoNetwork => &[Part::Text(
                 "Check Wi-Fi or the cable. The agent probes again when the routes change.",
             )],
-            Tone::Undetermined => &[
-                Part::Text("See which path bound traffic takes: "),
-                DIAGNOSE,
-            ],
+            Tone::Undetermined => &[Part::Text("See which path bound traffic takes: "), DIAGNOSE],
             Tone::NotMeasured => &[Part::Text(
                 "Wait a few seconds for the first probe round; with probes off, open a bypass \
                  app so that its sessions can be judged.",
@@ -269,7 +266,7 @@ pub fn human_bytes(n: u64) -> String {
     }
     let mut value = n as f64 / 1000.0;
     let mut unit = 0;
-    while value >= 999.95 && unit + 1 < UNITS.len() {
+    while value >= 999.5 && unit + 1 < UNITS.len() {
         value /= 1000.0;
         unit += 1;
     }
@@ -505,3 +502,199 @@ fn share(a: &AppRow) -> f64 {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use strum::IntoEnumIterator;
+
+    use super::*;
+
+    fn view(apps: Vec<AppRow>) -> StatusView {
+        StatusView {
+            version: "0.0.0".into(),
+            tone: Tone::Broken,
+            since: Some(Since {
+                words: "14:02".into(),
+                rfc3339: "2026-12-04T14:02:30+01:00".into(),
+            }),
+            components: vec![HealthRow {
+                name: "bypass sessions".into(),
+                status: Status::Failing,
+                reason: "90 % zero".into(),
+            }],
+            window_seconds: 300,
+            apps,
+            probe: vec![ProbeRow {
+                path: "default route".into(),
+                bound_to: "en0 <b>".into(),
+                egress: String::new(),
+                millis: 3000,
+                error: "no answer (timed out)".into(),
+            }],
+            fallback: Some(FallbackView {
+                mode: "auto".into(),
+                backend: "pf".into(),
+                active: true,
+                rules: "pass out route-to (en0 10.0.15.1) from 10.0.15.15 to ! <x>".into(),
+                last: vec!["14:02: applying the repair: done".into()],
+            }),
+        }
+    }
+
+    fn row(app: &str, sessions: u64, zero: u64) -> AppRow {
+        AppRow {
+            app: app.into(),
+            window_sessions: sessions,
+            window_zero: zero,
+            top_errors: "connect timeout 3".into(),
+            ..AppRow::default()
+        }
+    }
+
+    #[test]
+    fn shows_verdict_since_remedy_apps_worst_first_probe_and_fallback() {
+        let page = render(&view(vec![row("com.good", 10, 0), row("com.plex", 10, 9)]));
+        assert!(page.contains("The split tunnel is broken"));
+        assert!(page.contains("data-tone=\"broken\""));
+        assert!(page.contains("Since <time datetime=\"2026-12-04T14:02:30+01:00\">14:02</time>"));
+        // The remedy is on the page, not only behind the link.
+        assert!(page.contains("<code>sudo pia-split-tunnel-exporter fallback apply</code>"));
+        assert!(page.contains("<code>fallback.mode = &quot;auto&quot;</code>"));
+        assert!(page.contains("http-equiv=\"refresh\" content=\"5\""));
+        assert!(page.contains("name=\"viewport\""));
+        assert!(page.find("com.plex").unwrap() < page.find("com.good").unwrap());
+        assert!(page.contains("10, 90 % no reply"));
+        let eighth = render(&view(vec![row("com.a", 8, 1)]));
+        assert!(eighth.contains("8, 13 % no reply"), "12.5 % rounds half up");
+        assert!(page.contains("en0 &lt;b&gt;"));
+        assert!(page.contains("to ! &lt;x&gt;"));
+        assert!(page.contains("/blob/main/docs/runbooks.md#runbook-piasplittunnelbypassbroken"));
+        assert!(!page.contains("break-all"));
+        // No external asset, no script, no form.
+        assert!(!page.contains("<script"));
+        assert!(!page.contains("<form"));
+        assert!(!page.contains("src="));
+    }
+
+    #[test]
+    fn every_tone_has_its_own_sentence_colour_and_runbook() {
+        let tones: Vec<Tone> = Tone::iter().collect();
+        for (i, a) in tones.iter().enumerate() {
+            for b in &tones[i + 1..] {
+                assert_ne!(a.sentence(), b.sentence(), "{a:?} and {b:?}");
+                assert_ne!(a.title(), b.title(), "{a:?} and {b:?}");
+            }
+            let page = render(&StatusView {
+                tone: *a,
+                ..view(Vec::new())
+            });
+            assert!(page.contains(&format!("data-tone=\"{a}\"")));
+            assert!(page.contains(a.sentence().split(':').next().unwrap()));
+            assert_eq!(page.contains("id=\"runbook\""), a.runbook().is_some());
+            assert_eq!(page.contains("id=\"remedy\""), !a.remedy().is_empty());
+        }
+        // A leak is the opposite emergency of broken: its own colour, words and runbook.
+        assert_ne!(Tone::VpnLeak.colour(), Tone::Broken.colour());
+        assert_ne!(Tone::VpnLeak.runbook(), Tone::Broken.runbook());
+        assert_ne!(Tone::NoNetwork.runbook(), Tone::NotMeasured.runbook());
+        assert_eq!(Tone::Working.runbook(), None);
+    }
+
+    #[test]
+    fn every_runbook_anchor_is_a_section_of_the_runbooks() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbooks.md"),
+        )
+        .unwrap();
+        // GitHub's anchor of a heading: lowercase, spaces to '-', punctuation dropped.
+        let anchors: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("## "))
+            .map(|h| {
+                h.to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect()
+            })
+            .collect();
+        for tone in Tone::iter() {
+            if let Some(anchor) = tone.runbook() {
+                assert!(
+                    anchors.iter().any(|a| a == anchor),
+                    "{tone:?}: no section #{anchor} in docs/runbooks.md"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_read_in_units() {
+        let shown: Vec<String> = [
+            0,
+            999,
+            1000,
+            1_234,
+            56_700,
+            999_949,
+            1_200_000,
+            12_300_000_000,
+        ]
+        .into_iter()
+        .map(human_bytes)
+        .collect();
+        assert_eq!(
+            shown,
+            [
+                "0 B", "999 B", "1.0 KB", "1.2 KB", "57 KB", "1.0 MB", "1.2 MB", "12 GB"
+            ]
+        );
+        assert_eq!(human_bytes(u64::MAX), "18446744 TB");
+        let mut a = row("com.a", 1, 0);
+        (a.rx_bytes, a.tx_bytes) = (1_200_000, 3_400);
+        let page = render(&view(vec![a]));
+        assert!(
+            page.contains(">1.2 MB<") && page.contains(">3.4 KB<"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn hostile_ids_are_escaped_and_bounded() {
+        let huge = "<".repeat(1 << 20);
+        let hostile = [
+            "<script>alert(1)</script>",
+            "\"><img onerror=x>",
+            "a&b'c",
+            huge.as_str(),
+        ];
+        let apps = hostile.iter().map(|id| row(id, 1, 1)).collect();
+        let mut v = view(apps);
+        v.components.push(HealthRow {
+            name: "<i>".into(),
+            status: Status::Ok,
+            reason: huge.clone(),
+        });
+        v.fallback.as_mut().unwrap().rules = format!("{huge}\n").repeat(1000);
+        v.version = "\"><script>".into();
+        let page = render(&v);
+        assert!(!page.contains("<script"));
+        assert!(!page.contains("<img"));
+        assert!(page.contains("&quot;&gt;&lt;img onerror=x&gt;"));
+        assert!(!page.contains("<i>"));
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(page.contains("a&amp;b'c"));
+        // Bounded: the 1 MB id (and 1000 lines of it) take at most MAX_TEXT characters each.
+        assert!(page.len() < 200_000, "page of {} bytes", page.len());
+        assert_eq!(cut(&huge).chars().count(), MAX_TEXT + 1);
+        assert_eq!(cut("é".repeat(MAX_TEXT).as_str()), "é".repeat(MAX_TEXT));
+    }
+
+    #[test]
+    fn many_apps_are_cut_with_a_count() {
+        let apps = (0..(MAX_APPS + 7))
+            .map(|i| row(&format!("app{i}"), 1, 0))
+            .collect();
+        let page = render(&view(apps));
+        assert!(page.contains("and 7 more"));
+    }
+}
