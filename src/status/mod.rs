@@ -261,8 +261,9 @@ const MAX_RULE_LINES: usize = 100;
 /// Bytes in decimal units, as macOS (and the proxy's own log) counts them.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    // A no-break space: a figure never wraps away from its unit.
     if n < 1000 {
-        return format!("{n} B");
+        return format!("{n}\u{a0}B");
     }
     let mut value = n as f64 / 1000.0;
     let mut unit = 0;
@@ -271,15 +272,15 @@ pub fn human_bytes(n: u64) -> String {
         unit += 1;
     }
     if value < 10.0 {
-        format!("{value:.1} {}", UNITS[unit])
+        format!("{value:.1}\u{a0}{}", UNITS[unit])
     } else {
-        format!("{value:.0} {}", UNITS[unit])
+        format!("{value:.0}\u{a0}{}", UNITS[unit])
     }
 }
 
-/// Why: the cells may hold long ids and addresses, which break anywhere rather than widen the
-/// table past a phone's screen; headers and prose break only between words. Wide tables
-/// scroll sideways inside their own box.
+/// Why: ids, reasons and commands may hold long tokens, which break anywhere rather than
+/// widen the page past a phone's screen (`.id`, `.why`, `code`); headers and the short cells
+/// (`.k`) break only between words. A table still too wide scrolls sideways in its own box.
 const CSS: &str = "body{font-family:-apple-system,system-ui,sans-serif;margin:0;padding:1em;\
 max-width:60em;color:#222;line-height:1.4}h1{font-size:1.2em;margin:0 0 .6em}\
 h1 small{display:block;font-size:.7em;font-weight:normal;color:#666}\
@@ -289,7 +290,7 @@ h2{font-size:1.05em;margin-top:1.5em}\
 code{background:#f0f0f0;color:#111;padding:0 .2em;border-radius:.2em;overflow-wrap:anywhere}\
 .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.9em}\
 td,th{text-align:left;vertical-align:top;padding:.25em .4em;border-bottom:1px solid #ddd}\
-td{overflow-wrap:anywhere}th{font-weight:600}td.n,th.n{text-align:right;white-space:nowrap}\
+th{font-weight:600}.id,.why{overflow-wrap:anywhere}tr.app td{border-bottom:0;padding-top:.6em}\
 pre{background:#f4f4f4;padding:.5em;overflow-x:auto;font-size:.8em}\
 .ok{color:#1b7f3b}.degraded{color:#9a5a00}.failing{color:#b3261e;font-weight:600}";
 
@@ -357,56 +358,59 @@ fn health_table(components: &[HealthRow]) -> Markup {
             tr { th { "part" } th { "status" } th { "why" } }
             @for c in components {
                 tr {
-                    td { (cut(&c.name)) }
-                    td class=(status_words(c.status)) { (status_words(c.status)) }
-                    td { (cut(&c.reason)) }
+                    td.k { (cut(&c.name)) }
+                    td class={ "k " (status_words(c.status)) } { (status_words(c.status)) }
+                    td.why { (cut(&c.reason)) }
                 }
             }
         } }
     }
 }
 
+/// One row with the app's id and errors across the table, then one with its figures.
 fn apps_table(window_seconds: u64, apps: &[AppRow]) -> Markup {
     let apps = worst_first(apps);
     html! {
         h2 { "Bypass apps, worst first" }
         div.scroll { table #apps {
             tr {
-                th { "app" }
-                th.n { "last " (minutes(window_seconds)) }
-                th.n { "since start" }
-                th.n { "received" }
-                th.n { "sent" }
-                th { "errors" }
+                th { "no reply, last " (minutes(window_seconds)) }
+                th { "no reply, since start" }
+                th { "received" }
+                th { "sent" }
             }
             @for a in apps.iter().take(MAX_APPS) {
+                tr.app {
+                    td.id colspan="4" {
+                        b { (cut(&a.app)) }
+                        @if !a.top_errors.is_empty() { " · errors: " (cut(&a.top_errors)) }
+                    }
+                }
                 tr {
-                    td { (cut(&a.app)) }
-                    td.n { (sessions(a.window_sessions, a.window_zero)) }
-                    td.n { (sessions(a.total_sessions, a.total_zero)) }
-                    td.n { (human_bytes(a.rx_bytes)) }
-                    td.n { (human_bytes(a.tx_bytes)) }
-                    td { (cut(&a.top_errors)) }
+                    td.k { (no_reply(a.window_sessions, a.window_zero)) }
+                    td.k { (no_reply(a.total_sessions, a.total_zero)) }
+                    td.k { (human_bytes(a.rx_bytes)) }
+                    td.k { (human_bytes(a.tx_bytes)) }
                 }
             }
             @if apps.len() > MAX_APPS {
-                tr { td colspan="6" { "and " (apps.len() - MAX_APPS) " more" } }
+                tr { td colspan="4" { "and " (apps.len() - MAX_APPS) " more" } }
             }
             @if apps.is_empty() {
-                tr { td colspan="6" { "no proxied session closed yet" } }
+                tr { td colspan="4" { "no proxied session closed yet" } }
             }
         } }
-        p { small { "Sessions closed, and the share that got no reply; bytes received and \
-            sent since start, as the proxy's log counts them." } }
+        p { small { "Sessions that got no reply, of those closed; bytes received and sent \
+            since start, as the proxy's log counts them." } }
     }
 }
 
-/// "12, 90 % no reply"; "none" when no session closed.
-fn sessions(total: u64, zero: u64) -> String {
+/// "9 of 10 (90 %)"; "no session" when none closed.
+fn no_reply(total: u64, zero: u64) -> String {
     if total == 0 {
-        "none".into()
+        "no session".into()
     } else {
-        format!("{total}, {} % no reply", percent(zero, total))
+        format!("{zero} of {total} ({}\u{a0}%)", percent(zero, total))
     }
 }
 
@@ -435,16 +439,16 @@ fn probe_table(probe: &[ProbeRow]) -> Markup {
     html! {
         h2 { "Last probe round" }
         div.scroll { table #probe {
-            tr { th { "path" } th { "bound to" } th { "leaves as" } th.n { "time" } }
+            tr { th { "path" } th { "bound to" } th { "leaves as" } th { "time" } }
             @for p in probe {
                 tr {
-                    td { (cut(&p.path)) }
-                    td { (cut(&p.bound_to)) }
-                    td {
+                    td.k { (cut(&p.path)) }
+                    td.why { (cut(&p.bound_to)) }
+                    td.why {
                         (cut(&p.egress))
                         @if !p.error.is_empty() { (cut(&p.error)) }
                     }
-                    td.n { (p.millis) " ms" }
+                    td.k { (p.millis) " ms" }
                 }
             }
             @if probe.is_empty() {
@@ -562,9 +566,13 @@ mod tests {
         assert!(page.contains("http-equiv=\"refresh\" content=\"5\""));
         assert!(page.contains("name=\"viewport\""));
         assert!(page.find("com.plex").unwrap() < page.find("com.good").unwrap());
-        assert!(page.contains("10, 90 % no reply"));
+        assert!(page.contains("9 of 10 (90\u{a0}%)"));
+        assert!(page.contains("<td class=\"k failing\">failing</td>"));
         let eighth = render(&view(vec![row("com.a", 8, 1)]));
-        assert!(eighth.contains("8, 13 % no reply"), "12.5 % rounds half up");
+        assert!(
+            eighth.contains("1 of 8 (13\u{a0}%)"),
+            "12.5 % rounds half up"
+        );
         assert!(page.contains("en0 &lt;b&gt;"));
         assert!(page.contains("to ! &lt;x&gt;"));
         assert!(page.contains("/blob/main/docs/runbooks.md#runbook-piasplittunnelbypassbroken"));
@@ -642,20 +650,16 @@ mod tests {
         .into_iter()
         .map(human_bytes)
         .collect();
+        // Shown with a no-break space ("_" here) between figure and unit.
         assert_eq!(
-            shown,
-            [
-                "0 B", "999 B", "1.0 KB", "1.2 KB", "57 KB", "1.0 MB", "1.2 MB", "12 GB"
-            ]
+            shown.join(" | ").replace('\u{a0}', "_"),
+            "0_B | 999_B | 1.0_KB | 1.2_KB | 57_KB | 1.0_MB | 1.2_MB | 12_GB"
         );
-        assert_eq!(human_bytes(u64::MAX), "18446744 TB");
+        assert_eq!(human_bytes(u64::MAX), "18446744\u{a0}TB");
         let mut a = row("com.a", 1, 0);
         (a.rx_bytes, a.tx_bytes) = (1_200_000, 3_400);
         let page = render(&view(vec![a]));
-        assert!(
-            page.contains(">1.2 MB<") && page.contains(">3.4 KB<"),
-            "{page}"
-        );
+        assert!(page.contains(">1.2\u{a0}MB<") && page.contains(">3.4\u{a0}KB<"));
     }
 
     #[test]
