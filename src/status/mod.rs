@@ -415,7 +415,7 @@ fn no_reply(total: u64, zero: u64) -> String {
 }
 
 fn minutes(seconds: u64) -> String {
-    if seconds % 60 == 0 && seconds >= 60 {
+    if seconds.is_multiple_of(60) && seconds >= 60 {
         format!("{} min", seconds / 60)
     } else {
         format!("{seconds} s")
