@@ -297,3 +297,46 @@ fn readable_on_a_phone(addr: &std::net::SocketAddr, tone: &str, shot: Option<&Pa
         }
     }
 }
+
+/// The running agent (probes off, so the sessions judge) on a log whose app names itself with
+/// markup (an app's bundle id is its author's choice): the id is not a valid app id, so it is
+/// counted as `other` and none of it reaches the page (maud would escape it; the unit tests
+/// show that). The page's "since" is when the agent saw the sessions break, the same on two
+/// views seconds apart, not the time of the first view.
+#[test]
+fn the_live_page_escapes_app_ids_and_keeps_its_since() {
+    use crate::common::agent::Agent;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("transparent_proxy.log");
+    std::fs::write(&log, b"").unwrap();
+    let agent = Agent::start(&log, &dir.path().join("cp.json"));
+    agent.wait_lines(0);
+    let hostile = "\"><script>alert(1)</script><img/src=x/onerror=alert(2)>";
+    let text = crate::common::sessions_of("pia-desktop-93.txt", 40)
+        .replace("com.plexapp.plexmediaserver", hostile);
+    std::fs::write(&log, &text).unwrap();
+    agent.wait_lines(text.lines().count() as u64);
+    let read = chrono::Utc::now();
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let since = |page: &str| {
+        let at = page.find("<time datetime=\"").expect("a since") + 16;
+        let stamp = &page[at..at + page[at..].find('"').unwrap()];
+        chrono::DateTime::parse_from_rfc3339(stamp).unwrap()
+    };
+    let first = agent.get("/");
+    assert!(first.contains("data-tone=\"broken\""), "{first}");
+    assert!(
+        !first.contains("<script") && !first.contains("alert("),
+        "{first}"
+    );
+    assert!(first.contains("<b>other</b>"), "{first}");
+    assert!(
+        since(&first) <= read,
+        "since {} is after the lines were read ({read})",
+        since(&first)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(since(&agent.get("/")), since(&first));
+}
