@@ -394,6 +394,8 @@ struct AgentEvents {
 
 impl IngestEvents for AgentEvents {
     fn emit_sessions_closed(&self, window: &SessionsVerdict) {
+        self.health
+            .update_sessions_state(window.state, std::time::SystemTime::now());
         let crossed = self
             .edge
             .lock()
