@@ -418,7 +418,13 @@ mod tests {
                 events: vec![],
                 round_ms: 800,
                 mode: Mode::Auto,
-                decide: &|n| if n < 2 { broken(n) } else { Decision::None(Reason::Active) },
+                decide: &|n| {
+                    if n < 2 {
+                        broken(n)
+                    } else {
+                        Decision::None(Reason::Active)
+                    }
+                },
                 until_ms: 303_000,
                 want: vec![
                     (0, Start),
@@ -432,7 +438,13 @@ mod tests {
                 events: vec![],
                 round_ms: 800,
                 mode: Mode::Auto,
-                decide: &|n| if n == 0 { broken(0) } else { Decision::None(Reason::Cooldown) },
+                decide: &|n| {
+                    if n == 0 {
+                        broken(0)
+                    } else {
+                        Decision::None(Reason::Cooldown)
+                    }
+                },
                 until_ms: 302_000,
                 want: vec![(0, Start), (1_050, Confirm), (301_050, Heartbeat)],
             },
@@ -442,7 +454,11 @@ mod tests {
                 round_ms: 800,
                 mode: Mode::Auto,
                 decide: &|n| {
-                    Decision::None(if n % 2 == 0 { Reason::RateLimited } else { Reason::Backoff })
+                    Decision::None(if n % 2 == 0 {
+                        Reason::RateLimited
+                    } else {
+                        Reason::Backoff
+                    })
                 },
                 until_ms: 331_000,
                 want: vec![(0, Start), (30_000, LogEvidence), (330_000, Heartbeat)],

@@ -306,13 +306,26 @@ async fn decisions_are_logged_on_change_not_per_round() {
     assert_eq!(log.count("INFO", would), 1);
     assert_eq!(log.count("DEBUG", would), 4);
     assert_eq!(log.count("INFO", "awaiting_confirmation"), 1);
-    assert_eq!(log.count("INFO", "fallback decision"), 2, "awaiting, then would apply");
-    on_round(&mut c, t0 + Duration::from_secs(10), &round(true, Bypass::Physical), NONE).await;
+    assert_eq!(
+        log.count("INFO", "fallback decision"),
+        2,
+        "awaiting, then would apply"
+    );
+    on_round(
+        &mut c,
+        t0 + Duration::from_secs(10),
+        &round(true, Bypass::Physical),
+        NONE,
+    )
+    .await;
     assert_eq!(log.count("INFO", "bypass_healthy"), 1);
     for i in 11..14 {
         on_round(&mut c, t0 + Duration::from_secs(i), &broken, NONE).await;
     }
     assert_eq!(log.count("INFO", would), 2, "again after the change");
     assert_eq!(log.count("INFO", "fallback decision"), 5);
-    assert!(s.call_lines().iter().all(|l| !l.contains("-f")), "observe never loads rules");
+    assert!(
+        s.call_lines().iter().all(|l| !l.contains("-f")),
+        "observe never loads rules"
+    );
 }

@@ -338,17 +338,42 @@ fn under_a_cooldown_or_back_off_nothing_is_awaited() {
     // A rolled-back apply at round 2: back-off (120 s) covers rounds 3 and 4 (30 s apart).
     let mut p = Policy::new(&cfg);
     let mut ds = run(&mut p, t0, &broken[..2], ApplyOutcome::RolledBack);
-    ds.extend(run(&mut p, t0 + Duration::from_secs(60), &broken[..2], ApplyOutcome::RolledBack));
+    ds.extend(run(
+        &mut p,
+        t0 + Duration::from_secs(60),
+        &broken[..2],
+        ApplyOutcome::RolledBack,
+    ));
     assert_eq!(
         reasons(&ds),
-        ["awaiting_confirmation", "probe_broken", "backoff", "backoff"]
+        [
+            "awaiting_confirmation",
+            "probe_broken",
+            "backoff",
+            "backoff"
+        ]
     );
     // A good apply that the bypass then outlives (reverted by hand): cooldown, then awaiting.
     let mut p = Policy::new(&cfg);
     let ds = run(&mut p, t0, &broken[..2], ApplyOutcome::Ok);
-    p.record(t0 + Duration::from_secs(31), Action::Revert, ApplyOutcome::Ok, None);
-    let later = run(&mut p, t0 + Duration::from_secs(60), &broken[..1], ApplyOutcome::Ok);
-    let much_later = run(&mut p, t0 + Duration::from_secs(600), &broken[..1], ApplyOutcome::Ok);
+    p.record(
+        t0 + Duration::from_secs(31),
+        Action::Revert,
+        ApplyOutcome::Ok,
+        None,
+    );
+    let later = run(
+        &mut p,
+        t0 + Duration::from_secs(60),
+        &broken[..1],
+        ApplyOutcome::Ok,
+    );
+    let much_later = run(
+        &mut p,
+        t0 + Duration::from_secs(600),
+        &broken[..1],
+        ApplyOutcome::Ok,
+    );
     assert_eq!(reasons(&ds), ["awaiting_confirmation", "probe_broken"]);
     assert_eq!(reasons(&later), ["cooldown"]);
     assert_eq!(reasons(&much_later), ["probe_broken"]);
