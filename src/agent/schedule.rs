@@ -275,6 +275,15 @@ mod tests {
         }
     }
 
+    /// As [`broken`] for the first `rounds` rounds, then nothing, for `reason`.
+    fn then(n: usize, rounds: usize, reason: Reason) -> Decision {
+        if n < rounds {
+            broken(n)
+        } else {
+            Decision::None(reason)
+        }
+    }
+
     /// Nothing to decide: the bypass works.
     fn healthy(_: usize) -> Decision {
         Decision::None(Reason::BypassHealthy)
@@ -301,7 +310,7 @@ mod tests {
 
     /// The schedule's table: events, how long a round takes, when the policy asks for a
     /// confirmation, and the rounds wanted.
-    fn cases() -> [Case; 13] {
+    fn cases() -> [Case; 7] {
         [
             Case {
                 name: "quiet: a start round, then heartbeats",
@@ -376,6 +385,13 @@ mod tests {
                 until_ms: 5_000,
                 want: vec![(0, Start), (1_150, LogEvidence)],
             },
+        ]
+    }
+
+    /// Confirmations by mode and decision: only where the next round could change what is
+    /// done (`auto` awaiting its count) or shows an action's effect.
+    fn mode_cases() -> [Case; 6] {
+        [
             Case {
                 name: "observe, bypass broken from the start: no confirmation, heartbeats only",
                 events: vec![],
@@ -418,13 +434,7 @@ mod tests {
                 events: vec![],
                 round_ms: 800,
                 mode: Mode::Auto,
-                decide: &|n| {
-                    if n < 2 {
-                        broken(n)
-                    } else {
-                        Decision::None(Reason::Active)
-                    }
-                },
+                decide: &|n| then(n, 2, Reason::Active),
                 until_ms: 303_000,
                 want: vec![
                     (0, Start),
@@ -438,13 +448,7 @@ mod tests {
                 events: vec![],
                 round_ms: 800,
                 mode: Mode::Auto,
-                decide: &|n| {
-                    if n == 0 {
-                        broken(0)
-                    } else {
-                        Decision::None(Reason::Cooldown)
-                    }
-                },
+                decide: &|n| then(n, 1, Reason::Cooldown),
                 until_ms: 302_000,
                 want: vec![(0, Start), (1_050, Confirm), (301_050, Heartbeat)],
             },
@@ -453,13 +457,7 @@ mod tests {
                 events: vec![(30_000, Ev::Log)],
                 round_ms: 800,
                 mode: Mode::Auto,
-                decide: &|n| {
-                    Decision::None(if n % 2 == 0 {
-                        Reason::RateLimited
-                    } else {
-                        Reason::Backoff
-                    })
-                },
+                decide: &|n| then(n, 0, [Reason::RateLimited, Reason::Backoff][n % 2]),
                 until_ms: 331_000,
                 want: vec![(0, Start), (30_000, LogEvidence), (330_000, Heartbeat)],
             },
@@ -468,7 +466,7 @@ mod tests {
 
     #[test]
     fn table() {
-        for c in cases() {
+        for c in cases().into_iter().chain(mode_cases()) {
             let got = simulate(cfg(), &c.events, c.round_ms, (c.mode, c.decide), c.until_ms);
             assert_eq!(got, c.want, "{}", c.name);
         }

@@ -549,7 +549,12 @@ fn observe_with_the_bypass_broken_probes_only_when_something_changes() {
     assert_eq!(rounds(&m), Some(1.0), "{m}");
     std::thread::sleep(Duration::from_secs(12));
     let (_, m) = lab.get(METRICS);
-    assert_eq!(rounds(&m), Some(1.0), "no confirmation rounds in observe\n{}", agent.log());
+    assert_eq!(
+        rounds(&m),
+        Some(1.0),
+        "no confirmation rounds in observe\n{}",
+        agent.log()
+    );
     // The field failure in the log: the sessions cross the threshold, one round confirms.
     std::fs::OpenOptions::new()
         .append(true)
@@ -571,7 +576,8 @@ fn observe_with_the_bypass_broken_probes_only_when_something_changes() {
     assert!(log.contains("trigger=log_evidence"), "{log}");
     assert!(!log.contains("trigger=confirm"), "{log}");
     assert_eq!(
-        log.matches("would apply the repair; mode is observe").count(),
+        log.matches("would apply the repair; mode is observe")
+            .count(),
         1,
         "{log}"
     );
