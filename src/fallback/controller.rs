@@ -84,6 +84,9 @@ pub struct Controller {
 /// The decision in words for the log line ("would apply the repair; mode is observe").
 fn decision_words(d: &Decision, mode: Mode, acting: bool) -> String {
     let verb = match d {
+        Decision::None(Reason::AwaitingConfirmation) => {
+            return "waiting for the next round to confirm".into();
+        }
         Decision::None(_) => return "nothing to do".into(),
         Decision::Apply(..) => ("apply", "applying"),
         Decision::Reload(..) => ("reload", "reloading"),
