@@ -30,8 +30,13 @@ class PiaSplitTunnelExporter < Formula
         sudo brew services start pia-split-tunnel-exporter
       PIA's debug logging (Settings > Help) must be on for sessions to be counted.
       Metrics: http://127.0.0.1:9847/metrics. Dashboard and alert rules: #{opt_pkgshare}.
-      The log is not rotated by this formula; launchd/install.sh in the source installs a
-      newsyslog entry for the launchd script's log.
+      Reload after editing the config:
+        sudo launchctl kill SIGHUP system/homebrew.mxcl.pia-split-tunnel-exporter
+      The log is #{var}/log/pia-split-tunnel-exporter.log, not rotated by this formula (a
+      newsyslog line for it: docs/operations.md). Its level and format are the config's
+      [agent_log] keys (brew services passes no flags).
+      brew uninstall leaves the config, the log and /var/db/pia-split-tunnel-exporter/:
+      docs/operations.md#uninstall removes them.
       The agent runs as root and trusts its config only because no one but root, the owner of
       #{HOMEBREW_PREFIX} and the admin group (who can replace its binary, so already are root)
       can change it: keep it so, or it refuses to start and names the file.

@@ -109,6 +109,11 @@ pub enum Command {
 
 impl Cli {
     fn config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref(), &self.overrides())?)
+    }
+
+    /// The `--set` flags and the shorthands, as `section.key=value`.
+    fn overrides(&self) -> Vec<String> {
         let mut set = self.set.clone();
         let c = &self.common;
         if let Some(l) = &c.listen {
@@ -123,7 +128,7 @@ impl Cli {
         if let Some(p) = &c.checkpoint {
             set.push(format!("log.checkpoint={}", toml_string(p)));
         }
-        Ok(Config::load(self.config.as_deref(), &set)?)
+        set
     }
 }
 
@@ -143,8 +148,13 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(mut cli: Cli) -> anyhow::Result<ExitCode> {
-    crate::logging::init(&cli.log);
-    let config = cli.config()?;
+    // The config first: it sets the log's level and format (an error is printed by `main`);
+    // what loading it had to say is logged once the log is set up.
+    let (config, warnings) = Config::load_quietly(cli.config.as_deref(), &cli.overrides())?;
+    crate::logging::init(&cli.log, &config.agent_log);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     match cli.command.take().unwrap_or(Command::Run) {
         // SIGHUP reads the same file with the same flags again.
         Command::Run => commands::run(config, move || cli.config()),

@@ -15,15 +15,17 @@ pub struct Config {
     pub fallback: crate::fallback::FallbackConfig,
     pub processes: crate::presence::ProcessConfig,
     pub health: crate::health::HealthConfig,
+    pub agent_log: crate::logging::AgentLogConfig,
 }
 
 /// A config that could not be loaded: the message names the key and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The cause is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -40,40 +42,38 @@ impl Config {
         path: Option<&std::path::Path>,
         overrides: &[String],
     ) -> Result<Config, ConfigError> {
-        let (mut table, origin) = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.into(),
-                    source,
-                })?;
-                let table: toml::Table =
-                    text.parse()
-                        .map_err(|e: toml::de::Error| ConfigError::Parse {
-                            path: p.into(),
-                            message: e.to_string(),
-                        })?;
-                (table, p.to_path_buf())
-            }
-            None => (toml::Table::new(), PathBuf::from("(defaults)")),
+        let (config, warnings) = Config::load_quietly(path, overrides)?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
+    }
+
+    /// [`Config::load`], returning its warnings (keys read under their former names) instead
+    /// of logging them: the log's own settings come from the config.
+    pub fn load_quietly(
+        path: Option<&std::path::Path>,
+        overrides: &[String],
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let file = match path {
+            Some(p) => read_table(p)?,
+            None => toml::Table::new(),
         };
+        let mut table = file.clone();
         for arg in overrides {
             apply_override(&mut table, arg)?;
         }
-        for warning in move_sessions_keys(&mut table)? {
-            tracing::warn!("{warning}");
-        }
-        let config =
-            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                path: origin,
-                message: e.to_string().trim_end().replace('\n', " "),
-            })?;
+        let (config, warnings) = match from_table(table) {
+            Ok(parsed) => parsed,
+            Err(e) => return Err(blame(path, file, overrides, e)),
+        };
         config.validate().map_err(ConfigError::Invalid)?;
         if let Some(writers) = crate::os::trusted::Writers::of_root_process() {
             config
                 .check_writers(path, writers)
                 .map_err(ConfigError::Invalid)?;
         }
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// As root: the config file, the web config and its TLS files, and every tool the agent
@@ -125,10 +125,104 @@ impl Config {
         self.health.validate()
     }
 
-    /// The effective config as TOML, for `check-config`.
+    /// The effective config as TOML, for `check-config`; a key without a value (TOML has no
+    /// null) is shown as a comment at the end of its section, `# token_file: unset`, so every
+    /// key is seen.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let text =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        let unset = self.unset_keys();
+        let blocks: Vec<String> = text
+            .trim_end()
+            .split("\n\n")
+            .map(|block| {
+                let section = block
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix('[')?.strip_suffix(']'));
+                let mut block = block.to_owned();
+                for (_, key) in unset.iter().filter(|(s, _)| Some(s.as_str()) == section) {
+                    block.push_str(&format!("\n# {key}: unset"));
+                }
+                block
+            })
+            .collect();
+        blocks.join("\n\n") + "\n"
     }
+
+    /// (section, key) of every key that has no value.
+    fn unset_keys(&self) -> Vec<(String, String)> {
+        let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(self) else {
+            return Vec::new();
+        };
+        let mut unset = Vec::new();
+        for (section, keys) in sections {
+            if let serde_json::Value::Object(keys) = keys {
+                unset.extend(
+                    keys.into_iter()
+                        .filter(|(_, v)| v.is_null())
+                        .map(|(k, _)| (section.clone(), k)),
+                );
+            }
+        }
+        unset
+    }
+}
+
+fn read_table(path: &std::path::Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.into(),
+        cause,
+    })?;
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+}
+
+/// The config a table spells, and the warnings of keys read under their former names.
+fn from_table(mut table: toml::Table) -> Result<(Config, Vec<String>), ConfigError> {
+    let warnings = move_sessions_keys(&mut table)?;
+    let config = Config::deserialize(toml::Value::Table(table))
+        .map_err(|e| ConfigError::Invalid(e.to_string().trim_end().replace('\n', " ")))?;
+    Ok((config, warnings))
+}
+
+/// Who a config that does not parse is the fault of: the file, when it fails alone, else the
+/// first `--set` after which it fails (an unknown key or a wrong type in a flag names the
+/// flag, not the file).
+fn blame(
+    path: Option<&std::path::Path>,
+    file: toml::Table,
+    overrides: &[String],
+    error: ConfigError,
+) -> ConfigError {
+    let message = |e: ConfigError| match e {
+        ConfigError::Invalid(m) => m,
+        other => other.to_string(),
+    };
+    if let Err(e) = from_table(file.clone()) {
+        return match path {
+            Some(p) => ConfigError::Parse {
+                path: p.into(),
+                message: message(e),
+            },
+            None => e,
+        };
+    }
+    let mut table = file;
+    for arg in overrides {
+        if apply_override(&mut table, arg).is_ok()
+            && let Err(e) = from_table(table.clone())
+        {
+            return ConfigError::Override {
+                arg: arg.clone(),
+                message: message(e),
+            };
+        }
+    }
+    error
 }
 
 /// The sessions verdict's keys, once in `[fallback]`, are `[sessions]`'s: a `[fallback]` key
@@ -228,7 +322,10 @@ mod tests {
         let e = Config::load(None, &["log.max_appz=3".into()])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("max_appz"), "{e}");
+        assert!(
+            e.starts_with("--set log.max_appz=3: unknown field `max_appz`"),
+            "the flag, not a file: {e}"
+        );
         let e = Config::load(None, &["log.max_apps=lots".into()])
             .unwrap_err()
             .to_string();
@@ -383,6 +480,60 @@ mod tests {
         Config::load(None, &[set]).unwrap();
     }
 
+    /// A config that does not parse names who wrote the wrong key: the file, or the `--set`
+    /// that brought it (the first one after which it fails).
+    #[test]
+    fn a_bad_key_names_the_file_or_the_flag_that_brought_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[log]\nmax_apps = 10\n").unwrap();
+        let e = Config::load(
+            Some(&p),
+            &["log.max_apps=20".into(), "http.listn=\":1\"".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--set http.listn=\":1\": unknown field `listn`"),
+            "{e}"
+        );
+        let e = Config::load(Some(&p), &["log.max_apps=many".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--set log.max_apps=many: invalid type"),
+            "{e}"
+        );
+        std::fs::write(&p, "[log]\nmax_appz = 10\n").unwrap();
+        let e = Config::load(Some(&p), &["log.max_apps=20".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "config file {}: unknown field `max_appz`",
+                p.display()
+            )),
+            "{e}"
+        );
+        // A flag can still mend the file's wrong type.
+        std::fs::write(&p, "[log]\nmax_apps = \"many\"\n").unwrap();
+        let c = Config::load(Some(&p), &["log.max_apps=20".into()]).unwrap();
+        assert_eq!(c.log.max_apps, 20);
+    }
+
+    /// The cause is said once, also through anyhow's `{:#}` (which prints the source chain).
+    #[test]
+    fn a_missing_file_is_said_once() {
+        let e = Config::load(Some(std::path::Path::new("/nonexistent/c.toml")), &[]).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            chain.matches("No such file or directory").count(),
+            1,
+            "{chain}"
+        );
+        assert!(chain.starts_with("cannot read config file /nonexistent/c.toml: "));
+    }
+
     #[test]
     fn file_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -394,6 +545,12 @@ mod tests {
             "{e}"
         );
         let back = Config::load(None, &[]).unwrap().to_toml();
+        // Keys without a value are shown as such, in their section, and read back as unset.
+        let fallback = &back[back.find("[fallback]").unwrap()..];
+        let fallback = &fallback[..fallback.find("\n\n").unwrap_or(fallback.len())];
+        for key in ["token_file", "instance"] {
+            assert!(fallback.contains(&format!("\n# {key}: unset")), "{back}");
+        }
         std::fs::write(&p, back).unwrap();
         assert_eq!(Config::load(Some(&p), &[]).unwrap(), Config::default());
     }

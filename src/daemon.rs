@@ -23,18 +23,87 @@
 //!
 //! The handlers are installed before the port is bound, so a signal can never meet the
 //! default action (which for SIGHUP is to die without cleaning up).
+//!
+//! Whether the last SIGHUP was applied is exported ([`ReloadStatus`], as Prometheus exports
+//! its own), so a fleet sees a refused reload, not only this Mac's log.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::agent::{Sources, Stop};
 use crate::config::Config;
 use crate::fallback::OnStart;
+use crate::metrics::{Family, Gauge, Scrape};
 use crate::server::ListenAddr;
 use crate::server::activation::{self, Manager};
+
+const RELOAD_SUCCESSFUL: Family<Gauge, 0> = Family::new(
+    "config_last_reload_successful",
+    "Whether the last SIGHUP's config was applied (1; also at start) or refused (0: the agent \
+     runs on with the previous config, and its log says why).",
+    [],
+);
+
+const RELOAD_SUCCESS_TIME: Family<Gauge, 0> = Family::new(
+    "config_last_reload_success_timestamp_seconds",
+    "When a config was last loaded successfully (at start or at a SIGHUP), in Unix seconds.",
+    [],
+);
+
+/// The outcome of the last reload, shared by the daemon (which sets it) and each agent run's
+/// registry (which renders it): it outlives the runs.
+#[derive(Clone)]
+pub struct ReloadStatus(std::sync::Arc<std::sync::Mutex<(bool, f64)>>);
+
+impl ReloadStatus {
+    /// A config was loaded just now (the one the agent starts with).
+    pub fn new() -> ReloadStatus {
+        ReloadStatus(std::sync::Arc::new(std::sync::Mutex::new((
+            true,
+            unix_now(),
+        ))))
+    }
+
+    /// A SIGHUP was applied (or found nothing new), or refused.
+    pub fn record(&self, applied: bool) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = applied;
+        if applied {
+            s.1 = unix_now();
+        }
+    }
+}
+
+impl Default for ReloadStatus {
+    fn default() -> Self {
+        ReloadStatus::new()
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Scrape for ReloadStatus {
+    fn descs(&self) -> Vec<Desc> {
+        vec![RELOAD_SUCCESSFUL.desc(), RELOAD_SUCCESS_TIME.desc()]
+    }
+
+    fn scrape(&self) -> Vec<MetricFamily> {
+        let (applied, at) = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        vec![
+            RELOAD_SUCCESSFUL.single(if applied { 1.0 } else { 0.0 }),
+            RELOAD_SUCCESS_TIME.single(at),
+        ]
+    }
+}
 
 /// How often a rotated stderr file is looked for. Each check wakes an idle agent (every 5 s
 /// would be about 40 % of its wake-ups, measured in the lab); until it runs, lines go on into
@@ -238,6 +307,7 @@ async fn run(mut config: Config, load: impl Fn() -> anyhow::Result<Config>) -> a
     let mut port = Port::open(&config).await?;
     let mut sources = Sources::real(&config)?;
     let mut files = StartFiles::read(&config);
+    let reloads = ReloadStatus::new();
     let mut reloaded = false;
     loop {
         let mut run_config = config.clone();
@@ -246,16 +316,18 @@ async fn run(mut config: Config, load: impl Fn() -> anyhow::Result<Config>) -> a
             run_config.fallback.on_start = OnStart::Adopt;
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let mut agent = tokio::spawn(crate::agent::run_until(
+        let mut agent = tokio::spawn(crate::agent::run_with_families(
             run_config,
             sources,
             port.for_agent()?,
             async move { stop_rx.await.unwrap_or(Stop::Exit) },
+            vec![Box::new(reloads.clone())],
         ));
         let running = Running {
             config: &config,
             files: &files,
             port: &port,
+            reloads: &reloads,
         };
         let next = tokio::select! {
             next = until_stop_or_reload(&mut signals, &load, &running, reopen.as_deref()) => next,
@@ -273,6 +345,7 @@ async fn run(mut config: Config, load: impl Fn() -> anyhow::Result<Config>) -> a
             // The old address closes only now, after the old agent has drained.
             port = new;
         }
+        crate::logging::apply(&next.config.agent_log);
         config = next.config;
         files = next.files;
         sources = next.sources;
@@ -286,6 +359,8 @@ struct Running<'a> {
     config: &'a Config,
     files: &'a StartFiles,
     port: &'a Port,
+    /// Where each SIGHUP's outcome is recorded.
+    reloads: &'a ReloadStatus,
 }
 
 /// Waits for SIGTERM or SIGINT (`None`) or a SIGHUP whose new config is ready to run; a SIGHUP
@@ -303,7 +378,9 @@ async fn until_stop_or_reload(
         if let Some(r) = reopen {
             reopen_log(r);
         }
-        match prepare(load, running).await {
+        let prepared = prepare(load, running).await;
+        running.reloads.record(prepared.is_ok());
+        match prepared {
             Ok(Some(next)) => return Some(next),
             Ok(None) => tracing::info!(
                 "SIGHUP: the config is unchanged, and so are the token file and web config"
@@ -420,6 +497,37 @@ mod tests {
         let p = every.socket.local_addr().unwrap().port();
         assert!(every.is_at(&at(format!(":{p}"))).await);
         assert!(!every.is_at(&at(format!("127.0.0.1:{p}"))).await);
+    }
+
+    #[test]
+    fn a_refused_reload_reads_0_and_keeps_the_last_success_time() {
+        let status = ReloadStatus::new();
+        let registry = prometheus::Registry::new();
+        crate::metrics::register(&registry, status.clone()).unwrap();
+        let read = || {
+            let text = crate::metrics::encode(&registry);
+            let value = |name: &str| -> f64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("pia_split_tunnel_{name} ")))
+                    .unwrap_or_else(|| panic!("{name} in {text}"))
+                    .parse()
+                    .unwrap()
+            };
+            (
+                value("config_last_reload_successful"),
+                value("config_last_reload_success_timestamp_seconds"),
+            )
+        };
+        let (ok, started) = read();
+        assert_eq!(ok, 1.0, "the config the agent started with loaded");
+        assert!(started > 1.7e9, "Unix seconds: {started}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        status.record(false);
+        assert_eq!(read(), (0.0, started));
+        status.record(true);
+        let (ok, applied) = read();
+        assert_eq!(ok, 1.0);
+        assert!(applied > started, "{applied} after {started}");
     }
 
     #[test]

@@ -1,24 +1,32 @@
 //! The agent's own log (stderr): `--log.level` and `--log.format`, spelled as Prometheus
-//! exporters spell them, so a fleet's log shipper parses this agent like the others.
+//! exporters spell them, so a fleet's log shipper parses this agent like the others; and the
+//! same two as config keys (`[agent_log]`), for `brew services`, which passes no flags.
 //!
 //! - level: `--log.level` if given, else `RUST_LOG` (full `tracing` directives, e.g.
-//!   `pia_split_tunnel_exporter::fallback=debug`) if set, else `info`;
-//! - format: `logfmt` (tracing-logfmt) or `json` (one object a line, tracing-subscriber);
+//!   `pia_split_tunnel_exporter::fallback=debug`) if set, else `agent_log.level` (`info`); a
+//!   reload (SIGHUP) applies a new `agent_log.level` at once ([`apply`]);
+//! - format: `--log.format`, else `agent_log.format`: `logfmt` (tracing-logfmt) or `json` (one
+//!   object a line, tracing-subscriber); a new format needs a restart (the writer is chosen
+//!   once);
 //! - colours only in logfmt, only when stderr is a terminal, and never with `NO_COLOR` set
 //!   (<https://no-color.org>): under launchd stderr is a file, which must hold plain text.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use clap::{Args, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// Least severe level written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verbosity {
     Error,
     Warn,
+    #[default]
     Info,
     Debug,
 }
@@ -34,7 +42,8 @@ impl Verbosity {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
     Logfmt,
@@ -44,38 +53,49 @@ pub enum Format {
 /// The log flags, global: they go before or after the subcommand (`run` is the default one).
 #[derive(Args, Debug, Default, Clone)]
 pub struct LogFlags {
-    /// Least severe level logged [default: info; RUST_LOG when set and this flag is not].
+    /// Least severe level logged [default: RUST_LOG when set, else agent_log.level (info)].
     #[arg(long = "log.level", global = true, value_enum, value_name = "LEVEL")]
     pub level: Option<Verbosity>,
-    /// Format of the log lines on stderr.
-    #[arg(
-        long = "log.format",
-        global = true,
-        value_enum,
-        default_value_t = Format::Logfmt,
-        value_name = "FORMAT"
-    )]
+    /// Format of the log lines on stderr [default: agent_log.format (logfmt)].
+    #[arg(long = "log.format", global = true, value_enum, value_name = "FORMAT")]
+    pub format: Option<Format>,
+}
+
+/// `[agent_log]`: the agent's own log (`[log]` is the proxy's), for services that pass no
+/// flags (`brew services`); `--log.level` and `--log.format` win over it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentLogConfig {
+    /// Least severe level logged when neither `--log.level` nor `RUST_LOG` is given.
+    pub level: Verbosity,
+    /// `logfmt` or `json`, when `--log.format` is not given.
     pub format: Format,
 }
 
-/// The filter: the flag, else `RUST_LOG`, else `info`. A `RUST_LOG` that does not parse is
-/// reported once on stderr and replaced by `info`, never a silent default.
-fn filter(level: Option<Verbosity>) -> EnvFilter {
-    if let Some(l) = level {
-        return quiet_libraries(EnvFilter::new(l.directive()), l == Verbosity::Debug);
+/// The filter: the flag, else `RUST_LOG`, else the configured level. A `RUST_LOG` that does
+/// not parse is reported once on stderr and replaced by the configured level, never a silent
+/// default.
+fn filter(flag: Option<Verbosity>, rust_log: Option<&str>, configured: Verbosity) -> EnvFilter {
+    let level =
+        |l: Verbosity| quiet_libraries(EnvFilter::new(l.directive()), l == Verbosity::Debug);
+    if let Some(l) = flag {
+        return level(l);
     }
-    match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+    match rust_log {
+        Some(v) if !v.trim().is_empty() => match EnvFilter::try_new(v) {
             Ok(f) => {
                 let debugging = v.contains("debug") || v.contains("trace") || v.contains("rustls");
                 quiet_libraries(f, debugging)
             }
             Err(e) => {
-                eprintln!("RUST_LOG={v:?} is not a log filter ({e}); logging at info");
-                quiet_libraries(EnvFilter::new("info"), false)
+                eprintln!(
+                    "RUST_LOG={v:?} is not a log filter ({e}); logging at {}",
+                    configured.directive()
+                );
+                level(configured)
             }
         },
-        _ => quiet_libraries(EnvFilter::new("info"), false),
+        _ => level(configured),
     }
 }
 
@@ -92,20 +112,35 @@ fn quiet_libraries(filter: EnvFilter, debugging: bool) -> EnvFilter {
     }
 }
 
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok()
+}
+
 /// Colours: only for a person at a terminal who did not opt out.
 pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// What [`apply`] needs to change the level of the subscriber [`init`] installed.
+struct Installed {
+    flags: LogFlags,
+    format: Format,
+    filter: reload::Handle<EnvFilter, Registry>,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
 /// Installs the process's log subscriber; a second call does nothing.
-pub fn init(flags: &LogFlags) {
-    let filter = filter(flags.level);
+pub fn init(flags: &LogFlags, config: &AgentLogConfig) {
+    let format = flags.format.unwrap_or(config.format);
+    let (filter, handle) =
+        reload::Layer::new(filter(flags.level, rust_log().as_deref(), config.level));
     let colour = use_colour(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
     let registry = tracing_subscriber::registry().with(filter);
-    let _ = match flags.format {
+    let installed = match format {
         Format::Logfmt => registry
             .with(
                 tracing_logfmt::builder()
@@ -125,6 +160,33 @@ pub fn init(flags: &LogFlags) {
             )
             .try_init(),
     };
+    if installed.is_ok() {
+        let _ = INSTALLED.set(Installed {
+            flags: flags.clone(),
+            format,
+            filter: handle,
+        });
+    }
+}
+
+/// A reloaded config's `[agent_log]`: a new level applies now (unless a flag or `RUST_LOG`
+/// sets it); a new format is only said, as it needs a restart.
+pub fn apply(config: &AgentLogConfig) {
+    let Some(installed) = INSTALLED.get() else {
+        return;
+    };
+    let new = filter(installed.flags.level, rust_log().as_deref(), config.level);
+    if let Err(e) = installed.filter.reload(new) {
+        tracing::warn!(error = %e, "cannot change the log level");
+    }
+    let format = installed.flags.format.unwrap_or(config.format);
+    if format != installed.format {
+        tracing::warn!(
+            running = ?installed.format,
+            configured = ?format,
+            "agent_log.format changes at the next start (restart the service)"
+        );
+    }
 }
 
 /// Stderr as a file that newsyslog rotates (launchd's `StandardErrorPath`): newsyslog renames
@@ -229,12 +291,34 @@ mod tests {
     }
 
     #[test]
-    fn the_flag_wins_over_rust_log() {
-        let warn = filter(Some(Verbosity::Warn)).to_string();
+    fn the_flag_wins_over_rust_log_which_wins_over_the_config() {
+        let warn = filter(Some(Verbosity::Warn), Some("debug"), Verbosity::Error).to_string();
         assert!(warn.split(',').any(|d| d == "warn"), "{warn}");
         // What a TLS client sends (an IP as server name) is not worth a warning line.
         assert!(warn.split(',').any(|d| d == "rustls=error"), "{warn}");
-        assert_eq!(filter(Some(Verbosity::Debug)).to_string(), "debug");
+        assert_eq!(
+            filter(Some(Verbosity::Debug), None, Verbosity::Error).to_string(),
+            "debug"
+        );
+        let env = filter(
+            None,
+            Some("pia_split_tunnel_exporter=debug"),
+            Verbosity::Error,
+        );
+        assert_eq!(env.to_string(), "pia_split_tunnel_exporter=debug");
+        // Neither: the config's level; a RUST_LOG that does not parse falls back to it too.
+        assert_eq!(filter(None, None, Verbosity::Debug).to_string(), "debug");
+        let error = filter(None, Some("=[nonsense"), Verbosity::Error).to_string();
+        assert!(error.split(',').any(|d| d == "error"), "{error}");
+    }
+
+    #[test]
+    fn agent_log_keys_are_lowercase_words() {
+        let c: AgentLogConfig = toml::from_str("level = \"debug\"\nformat = \"json\"").unwrap();
+        assert_eq!((c.level, c.format), (Verbosity::Debug, Format::Json));
+        assert_eq!(AgentLogConfig::default().level, Verbosity::Info);
+        let e = toml::from_str::<AgentLogConfig>("level = \"loud\"").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `loud`"), "{e}");
     }
 }
 

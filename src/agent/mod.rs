@@ -106,7 +106,19 @@ pub async fn run_until(
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let agent = Agent::build(&config, sources, listener.local_addr()?)?;
+    run_with_families(config, sources, listener, stop, Vec::new()).await
+}
+
+/// [`run_until`], serving also the families of the layers above (the daemon's reload status),
+/// which outlive one run.
+pub async fn run_with_families(
+    config: Config,
+    sources: Sources,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = Stop> + Send + 'static,
+    above: Vec<Box<dyn crate::metrics::Scrape>>,
+) -> anyhow::Result<()> {
+    let agent = Agent::build(&config, sources, listener.local_addr()?, above)?;
     agent.serve(&config, listener, stop).await
 }
 
@@ -127,7 +139,12 @@ const PROBE_TASK: &str = "probe";
 
 impl Agent {
     /// Builds every stage and registers its metrics; `local`: the address served on.
-    fn build(config: &Config, sources: Sources, local: SocketAddr) -> anyhow::Result<Agent> {
+    fn build(
+        config: &Config,
+        sources: Sources,
+        local: SocketAddr,
+        above: Vec<Box<dyn crate::metrics::Scrape>>,
+    ) -> anyhow::Result<Agent> {
         let web = crate::server::WebConfig::load(Some(&config.http.web_config_file))
             .map_err(anyhow::Error::msg)?;
         // First: creates the checkpoint's folder, by default also the pf token's.
@@ -138,6 +155,9 @@ impl Agent {
         }
         let registry = Registry::new();
         crate::metrics::register(&registry, crate::metrics::BuildInfo)?;
+        for families in above {
+            crate::metrics::register(&registry, families)?;
+        }
         crate::metrics::register(&registry, LogCollector::new(pipeline.clone()))?;
         crate::metrics::register(&registry, SelfCollector::new()?)?;
         let processes = PresenceTracker::new(sources.processes, config.processes.clone());
@@ -374,6 +394,8 @@ struct AgentEvents {
 
 impl IngestEvents for AgentEvents {
     fn emit_sessions_closed(&self, window: &SessionsVerdict) {
+        self.health
+            .update_sessions_state(window.state, std::time::SystemTime::now());
         let crossed = self
             .edge
             .lock()

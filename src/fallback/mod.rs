@@ -161,7 +161,7 @@ pub struct FallbackConfig {
     /// Alertmanager alerts (by `alertname`) whose firing asks for the repair.
     pub alert_names: Vec<String>,
     /// The `instance` label Prometheus gives this machine: alerts for others are answered
-    /// `not_for_this_instance`. Unset: only payloads naming a single instance are acted on.
+    /// `not_for_this_instance`. Unset: no alert is acted on (whose it is cannot be told).
     pub instance: Option<String>,
     pub max_body_bytes: usize,
 }

@@ -2,9 +2,10 @@
 //! webhook JSON). All require `Authorization: Bearer TOKEN`, the token read from
 //! `fallback.token_file` (mode 0600); without a token file they answer 404 and do nothing.
 //!
-//! An alert only asks. The webhook is fleet-safe: with `fallback.instance` set, alerts for any
-//! other `instance` are answered `not_for_this_instance`; without it, only a payload whose
-//! firing alerts name one single instance is considered (and that is logged). Even then the
+//! An alert only asks. The webhook is fleet-safe: alerts for any `instance` other than
+//! `fallback.instance` are answered `not_for_this_instance`; without `fallback.instance` the
+//! agent cannot tell its own alert from another machine's (a fleet's Alertmanager groups by
+//! instance, so every payload names one), and no alert is acted on. Even for its own alert the
 //! controller applies only if a fresh probe round of this agent shows the bypass broken.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +72,13 @@ pub fn router(controller: SharedController, cfg: &FallbackConfig) -> Result<Rout
         .as_deref()
         .map(Token::from_file)
         .transpose()?;
+    if token.is_some() && cfg.instance.is_none() {
+        tracing::warn!(
+            "fallback.instance is unset: the Alertmanager webhook will act on no alert, as it \
+             cannot tell this machine's alerts from another's (set it to this machine's \
+             instance label)"
+        );
+    }
     Ok(router_with_token(controller, cfg, token))
 }
 
@@ -203,8 +211,8 @@ enum Addressed {
     Me(String),
     /// Only for other instances (with `fallback.instance` set).
     Others(Vec<String>),
-    /// Without `fallback.instance`: not exactly one instance named (or an alert without one).
-    Ambiguous(Vec<String>),
+    /// Without `fallback.instance`: whose it is cannot be told (the instances named).
+    Unattributed(Vec<String>),
 }
 
 fn addressed(hook: &Webhook, names: &[String], me: Option<&str>) -> Addressed {
@@ -224,12 +232,7 @@ fn addressed(hook: &Webhook, names: &[String], me: Option<&str>) -> Addressed {
         _ if instances.is_empty() => Addressed::Nothing,
         Some(me) if instances.contains(me) => Addressed::Me(me.to_owned()),
         Some(_) => Addressed::Others(list()),
-        None => match instances.iter().next() {
-            Some(only) if instances.len() == 1 && !only.is_empty() => {
-                Addressed::Me((*only).to_owned())
-            }
-            _ => Addressed::Ambiguous(list()),
-        },
+        None => Addressed::Unattributed(list()),
     }
 }
 
@@ -267,27 +270,20 @@ async fn alertmanager(State(s): State<ControlState>, body: axum::body::Bytes) ->
                 "fallback: Alertmanager alert for another instance; nothing done");
             return answer(&c, AlertResult::NotForThisInstance, json!({}));
         }
-        Addressed::Ambiguous(named) => {
+        Addressed::Unattributed(named) => {
             tracing::warn!(instances = ?named,
-                "fallback: Alertmanager payload does not name one single instance and \
-                 fallback.instance is unset; nothing done (set fallback.instance to this \
+                "fallback: Alertmanager alert not acted on: fallback.instance is unset, so \
+                 this agent cannot tell its own alerts from another machine's (set it to this \
                  machine's instance label)");
             return answer(
                 &c,
                 AlertResult::NotActed,
-                json!({"reason": format!(
-                    "the payload names {} instances and fallback.instance is unset",
-                    named.len()
-                )}),
+                json!({"reason": "fallback.instance is unset: this agent cannot tell its own \
+                    alerts from another machine's"}),
             );
         }
         Addressed::Me(i) => i,
     };
-    if s.instance.is_none() {
-        tracing::info!(instance = %instance,
-            "fallback: acting on an alert for the only instance the payload names \
-             (fallback.instance is unset)");
-    }
     tracing::info!(instance = %instance, "fallback: Alertmanager asks for the repair; probing first");
     match c.alert_apply(Instant::now()).await {
         Ok(Some(plan)) => answer(&c, AlertResult::Applied, json!({"plan": plan})),
@@ -340,16 +336,20 @@ mod tests {
             a(&one, Some("mac2:9847")),
             Addressed::Me("mac2:9847".into())
         );
-        assert_eq!(a(&one, None), Addressed::Me("mac2:9847".into()));
+        // Without its own name the agent cannot tell mac2's alert from its own.
+        assert_eq!(
+            a(&one, None),
+            Addressed::Unattributed(vec!["mac2:9847".into()])
+        );
         let two = hook(&[broken(Some("mac1:9847")), broken(Some("mac2:9847"))]);
         assert_eq!(
             a(&two, Some("mac1:9847")),
             Addressed::Me("mac1:9847".into())
         );
-        assert!(matches!(a(&two, None), Addressed::Ambiguous(v) if v.len() == 2));
+        assert!(matches!(a(&two, None), Addressed::Unattributed(v) if v.len() == 2));
         assert!(matches!(
             a(&hook(&[broken(None)]), None),
-            Addressed::Ambiguous(_)
+            Addressed::Unattributed(_)
         ));
         assert_eq!(
             a(&hook(&[broken(None)]), Some("mac1:9847")),

@@ -7,15 +7,15 @@ pub mod model;
 pub mod routes;
 
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fallback::controller::StatusHandle;
 use crate::presence::Presence;
-use crate::probe::{Round, Verdict};
+use crate::probe::{ProbeState, Round, Verdict};
 use crate::proxy_log::Level;
-use crate::sessions::window::SharedWindow;
+use crate::sessions::window::{SessionsState, SharedWindow};
 pub use model::{CheckpointInput, HealthReport, LogHealthInput, Status};
 
 /// `[health]` section of the config.
@@ -66,6 +66,17 @@ struct Latest {
     round: Option<(Round, Verdict)>,
     processes: Option<Presence>,
     checkpoint: Option<CheckpointState>,
+    /// The round verdict's state and when it last changed (the status page's "since").
+    verdict_since: Option<(ProbeState, SystemTime)>,
+    /// The same for the sessions verdict, as of the last closes seen.
+    sessions_since: Option<(SessionsState, SystemTime)>,
+}
+
+/// Keeps `value` with the time it changed: `at` only when it differs from the one kept.
+fn note_change<T: PartialEq>(slot: &mut Option<(T, SystemTime)>, value: T, at: SystemTime) {
+    if slot.as_ref().is_none_or(|(kept, _)| *kept != value) {
+        *slot = Some((value, at));
+    }
 }
 
 /// The checkpoint's last save attempt.
@@ -133,7 +144,33 @@ impl Health {
 
     /// After each probe round (and after the fallback controller saw it), with its verdict.
     pub fn update_round(&self, round: Round, verdict: Verdict) {
-        self.inputs.write().expect("health lock").round = Some((round, verdict));
+        self.update_round_at(round, verdict, SystemTime::now());
+    }
+
+    /// [`Health::update_round`] with the wall-clock time of the round (tests pass their own).
+    pub fn update_round_at(&self, round: Round, verdict: Verdict, at: SystemTime) {
+        let mut i = self.inputs.write().expect("health lock");
+        note_change(&mut i.verdict_since, verdict.state, at);
+        i.round = Some((round, verdict));
+    }
+
+    /// The round verdict's state and since when it has held.
+    pub fn verdict_since(&self) -> Option<(ProbeState, SystemTime)> {
+        self.inputs.read().expect("health lock").verdict_since
+    }
+
+    /// After each batch of closed sessions, with the window's state then.
+    pub fn update_sessions_state(&self, state: SessionsState, at: SystemTime) {
+        note_change(
+            &mut self.inputs.write().expect("health lock").sessions_since,
+            state,
+            at,
+        );
+    }
+
+    /// The sessions verdict's state, as of the last closes, and since when it has held.
+    pub fn sessions_since(&self) -> Option<(SessionsState, SystemTime)> {
+        self.inputs.read().expect("health lock").sessions_since
     }
 
     /// After each checkpoint save attempt: `Err` carries why it failed.

@@ -8,9 +8,9 @@ use macro_rules_attribute::apply;
 use serde::Serialize;
 use strum::IntoEnumIterator;
 
-use crate::fallback::Mode;
 use crate::fallback::controller::FallbackStatus;
 use crate::fallback::policy::{Action, ApplyOutcome};
+use crate::fallback::{BackendKind, Mode};
 use crate::labels::label_set;
 use crate::presence::Presence;
 use crate::probe::{PathKind, ProbeError, ProbeState, Round, Verdict};
@@ -390,7 +390,12 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
         let what = format!(
             "last {} {}: {}",
             a.action,
-            a.outcome,
+            // In words: the reason is read by people (`/health`, the status page).
+            match a.outcome {
+                ApplyOutcome::Ok => "ok",
+                ApplyOutcome::Failed => "failed",
+                ApplyOutcome::RolledBack => "rolled back",
+            },
             a.error.as_deref().unwrap_or("no detail")
         );
         // A failing backend (pfctl, ip) needs a human; a rolled-back apply backs off and retries.
@@ -408,9 +413,12 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
             match &f.plan {
                 Some(p) => format!(
                     "active ({}): {} leaves via {} gateway {}",
-                    f.backend, p.source, p.interface, p.gateway
+                    backend_words(f.backend),
+                    p.source,
+                    p.interface,
+                    p.gateway
                 ),
-                None => format!("active ({})", f.backend),
+                None => format!("active ({})", backend_words(f.backend)),
             },
         ),
         (Mode::Observe, false) if broken => c(
@@ -421,7 +429,7 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
             Status::Ok,
             format!(
                 "inactive (mode {mode}, backend {}){}",
-                f.backend,
+                backend_words(f.backend),
                 if probing {
                     ""
                 } else {
@@ -429,6 +437,15 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
                 }
             ),
         ),
+    }
+}
+
+/// The backend in words (its config spelling, `policy-routing`, is not for people).
+pub fn backend_words(b: BackendKind) -> &'static str {
+    match b {
+        BackendKind::Pf => "pf",
+        BackendKind::PolicyRouting => "policy routing",
+        BackendKind::None => "none",
     }
 }
 

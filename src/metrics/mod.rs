@@ -38,6 +38,17 @@ pub fn register(registry: &Registry, collector: impl Scrape) -> prometheus::Resu
     registry.register(Box::new(Collected { collector, descs }))
 }
 
+/// A collector handed down from a layer above (the daemon's reload status to the agent).
+impl Scrape for Box<dyn Scrape> {
+    fn descs(&self) -> Vec<Desc> {
+        (**self).descs()
+    }
+
+    fn scrape(&self) -> Vec<MetricFamily> {
+        (**self).scrape()
+    }
+}
+
 struct Collected<S> {
     collector: S,
     descs: Vec<Desc>,

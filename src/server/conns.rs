@@ -54,6 +54,9 @@ pub struct ConnState {
     pub kill: Notify,
     /// An exchange began: the deadline watcher re-arms.
     began: Notify,
+    /// The same, for [`ConnState::first_bytes`] (`began` keeps its one permit for the
+    /// deadline watcher).
+    any_began: Notify,
 }
 
 impl ConnState {
@@ -67,6 +70,7 @@ impl ConnState {
             requests: AtomicU32::new(0),
             kill: Notify::new(),
             began: Notify::new(),
+            any_began: Notify::new(),
         }
     }
 
@@ -84,6 +88,25 @@ impl ConnState {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
             self.body_done.store(false, Ordering::Relaxed);
             self.began.notify_one();
+            self.any_began.notify_waiters();
+        }
+    }
+
+    /// Whether the client has sent anything yet.
+    pub fn has_begun(&self) -> bool {
+        self.in_exchange.load(Ordering::Acquire) || self.requests.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves once the client has sent its first bytes.
+    pub async fn first_bytes(&self) {
+        loop {
+            let notified = self.any_began.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_begun() {
+                return;
+            }
+            notified.await;
         }
     }
 

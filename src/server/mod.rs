@@ -23,7 +23,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 use tower_http::CompressionLevel;
@@ -174,6 +173,10 @@ impl Encoder {
     }
 }
 
+/// The text format's type, with the charset the format mandates (node_exporter's, and what
+/// Prometheus's own /metrics says); the crate's `TEXT_FORMAT` lacks it.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 async fn metrics(State(encoder): State<Arc<Encoder>>) -> impl IntoResponse {
     let body = encoder.encode().await;
     // Never 200 with nothing: Prometheus would keep `up` at 1 over no data.
@@ -186,7 +189,7 @@ async fn metrics(State(encoder): State<Arc<Encoder>>) -> impl IntoResponse {
     }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         String::clone(&body),
     )
 }
@@ -209,7 +212,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = with_headers_and_host_check(app, cfg, web);
-    let graceful = GracefulShutdown::new();
+    let (drain, stopping) = tokio::sync::watch::channel(false);
     let slots = conns::Slots::new(conns::Limits {
         max: cfg.max_connections,
         per_peer: cfg.max_connections_per_peer.min(cfg.max_connections),
@@ -237,17 +240,17 @@ pub async fn serve(
             stream,
             peer,
             app.clone(),
-            graceful.watcher(),
+            stopping.clone(),
             web.tls.clone(),
             slots.clone(),
             limits,
         ));
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(stopping);
+    drain.send_replace(true);
+    // Every connection holds a receiver until it has closed.
+    if tokio::time::timeout(DRAIN, drain.closed()).await.is_err() {
         tracing::debug!("connections still open after the drain time: leaving them");
     }
     Ok(())
@@ -274,7 +277,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     app: Router,
-    watcher: Watcher,
+    stopping: Stopping,
     tls: Option<tokio_rustls::TlsAcceptor>,
     slots: Arc<conns::Slots>,
     limits: ConnLimits,
@@ -297,9 +300,9 @@ async fn connection(
     let state = slot.state.clone();
     let work = async move {
         match tls {
-            None => serve_connection(io, app, limits, conn, state, watcher).await,
+            None => serve_connection(io, app, limits, conn, state, stopping).await,
             Some(tls) => match tokio::time::timeout(limits.header, tls.accept(io)).await {
-                Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, watcher).await,
+                Ok(Ok(io)) => serve_connection(io, app, limits, conn, state, stopping).await,
                 // A failed or too slow handshake is the client's problem.
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => {
@@ -343,7 +346,7 @@ async fn serve_connection<I>(
     limits: ConnLimits,
     conn: host::Conn,
     state: Arc<conns::ConnState>,
-    watcher: Watcher,
+    stopping: Stopping,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -360,7 +363,34 @@ async fn serve_connection<I>(
         .max_buf_size(4 * MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(io), service);
     // Errors here are the client's (reset, timeout, bad request): nothing to report.
-    let _ = watcher.watch(http).await;
+    let mut http = std::pin::pin!(http);
+    tokio::select! {
+        _ = http.as_mut() => return,
+        () = stop_asked(stopping.clone()) => {}
+    }
+    // hyper closes at once a connection it has read nothing from (as if idle), so a client
+    // accepted just before the stop would get no answer: its first request is waited for
+    // (briefly: a browser's silent preconnect must not hold a reload) and answered, then the
+    // connection closes.
+    if !state.has_begun() {
+        tokio::select! {
+            _ = http.as_mut() => return,
+            () = state.first_bytes() => {}
+            () = tokio::time::sleep(limits.header.min(FIRST_REQUEST_WAIT)) => {}
+        }
+    }
+    http.as_mut().graceful_shutdown();
+    let _ = http.await;
+    drop(stopping);
+}
+
+/// The server's stop, as each connection sees it; the server drains until every receiver is
+/// dropped.
+type Stopping = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves when the server stops (or is gone).
+async fn stop_asked(mut stopping: Stopping) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 /// One request through `app`: tells the connection's state when the handler runs and when the
@@ -393,6 +423,10 @@ async fn exchange(
     Ok(resp.map(|body| axum::body::Body::new(conns::Watched::new(body, state))))
 }
 
+/// How long a connection accepted before the stop, silent so far, may take to send its first
+/// request: the client was about to send it; one that stays silent holds the stop no longer.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(1);
+
 /// How long open requests may take to finish after shutdown was asked.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -408,6 +442,11 @@ mod tests {
     use super::*;
 
     async fn get(app: &Router, gzip: bool) -> (Option<String>, Vec<u8>) {
+        let (encoding, _, body) = get_typed(app, gzip).await;
+        (encoding, body)
+    }
+
+    async fn get_typed(app: &Router, gzip: bool) -> (Option<String>, String, Vec<u8>) {
         let mut req = Request::get("/metrics");
         if gzip {
             req = req.header(header::ACCEPT_ENCODING, "gzip");
@@ -421,8 +460,12 @@ mod tests {
             .headers()
             .get(header::CONTENT_ENCODING)
             .map(|v| v.to_str().unwrap().to_owned());
+        let content_type = resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (encoding, body.to_vec())
+        (encoding, content_type, body.to_vec())
     }
 
     #[tokio::test]
@@ -444,5 +487,89 @@ mod tests {
             .read_to_string(&mut unzipped)
             .unwrap();
         assert_eq!(unzipped, plain);
+    }
+
+    #[tokio::test]
+    async fn metrics_say_their_charset() {
+        let registry = Registry::new();
+        crate::metrics::register(&registry, crate::metrics::BuildInfo).unwrap();
+        let (_, content_type, _) = get_typed(&router(registry), false).await;
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    /// A connection accepted before the stop, whose request the client sends only after it,
+    /// is answered (hyper alone closes it unanswered: it has read nothing, so it looks idle),
+    /// and the server waits for it before it returns.
+    #[tokio::test]
+    async fn a_connection_accepted_before_the_stop_gets_its_request_answered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "answered\n" }));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let cfg = HttpConfig::default();
+            serve(listener, app, &cfg, &WebConfig::default(), async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Accepted and given its slot before the stop.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!server.is_finished(), "the server waits for the connection");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut answer))
+            .await
+            .expect("the connection closes after its answer")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.ends_with("answered\n"), "{answer:?}");
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("the server ends once the connection is closed")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A client that connected and stays silent (a browser's preconnect) holds the stop for
+    /// [`FIRST_REQUEST_WAIT`] at most, then is closed.
+    #[tokio::test]
+    async fn a_silent_connection_holds_the_stop_briefly() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let cfg = HttpConfig::default();
+            serve(
+                listener,
+                Router::new(),
+                &cfg,
+                &WebConfig::default(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stopped = std::time::Instant::now();
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(FIRST_REQUEST_WAIT * 2, server)
+            .await
+            .expect("a silent connection does not hold the stop")
+            .unwrap()
+            .unwrap();
+        assert!(stopped.elapsed() >= FIRST_REQUEST_WAIT - Duration::from_millis(50));
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0, "closed");
     }
 }

@@ -162,6 +162,51 @@ fn sighup_reloads_a_valid_config_keeps_on_a_broken_one_and_sigterm_still_cleans_
     );
 }
 
+/// `config_last_reload_successful` and its timestamp, as a fleet reads them.
+fn reload_status(addr: SocketAddr) -> (f64, f64) {
+    let m = Metrics::parse(&http_get(addr, "/metrics"));
+    (
+        m.value("pia_split_tunnel_config_last_reload_successful", &[]),
+        m.value(
+            "pia_split_tunnel_config_last_reload_success_timestamp_seconds",
+            &[],
+        ),
+    )
+}
+
+/// A refused reload is seen in `/metrics` (0, the last success's time kept), not only in this
+/// Mac's log; the next good one reads 1 with its own time.
+#[test]
+fn a_refused_reload_shows_0_in_metrics_and_a_good_one_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let pf = StandIn::new();
+    let addr = free_port();
+    let (mut agent, stderr) = start_idle(dir.path(), &pf, addr);
+    wait_until("the port", || TcpStream::connect(addr).is_ok());
+    let (ok, started) = reload_status(addr);
+    assert_eq!(ok, 1.0, "the config it started with loaded");
+    let config = dir.path().join("config.toml");
+
+    std::fs::write(&config, config_text(dir.path(), &pf, addr, "max_apps = 0")).unwrap();
+    signal(&agent, libc::SIGHUP);
+    wait_for_line(&stderr, "not valid", 1);
+    assert_eq!(reload_status(addr), (0.0, started), "refused: 0, time kept");
+    assert!(alive(&mut agent));
+
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&config, config_text(dir.path(), &pf, addr, "max_apps = 99")).unwrap();
+    signal(&agent, libc::SIGHUP);
+    wait_for_line(&stderr, "the new config is applied", 1);
+    wait_until("the new agent serving", || {
+        try_get(addr, "/metrics").is_some()
+    });
+    let (ok, applied) = reload_status(addr);
+    assert_eq!(ok, 1.0, "applied: 1");
+    assert!(applied >= started + 1.0, "{applied} after {started}");
+    signal(&agent, libc::SIGTERM);
+    assert!(agent.wait().unwrap().success());
+}
+
 #[test]
 fn sighup_right_after_start_never_kills_the_agent() {
     // The handlers are in place before the port is bound: a SIGHUP as soon as it listens is

@@ -132,6 +132,7 @@ async fn alertmanager_webhook_applies_in_auto_and_limits_bodies() {
     let cfg = FallbackConfig {
         mode: Mode::Auto,
         token_file: Some(token_file(s.dir.path(), 0o600)),
+        instance: Some("mac1:9847".into()),
         max_body_bytes: 4096,
         ..s.config()
     };

@@ -1,6 +1,6 @@
 //! The Alertmanager webhook and the manual apply as a hostile or careless sender would use
-//! them: forged alerts while the bypass works, alerts for other instances, payloads naming
-//! several instances, malformed bodies, probes off. Nothing is applied unless this agent's own
+//! them: forged alerts while the bypass works, alerts for other instances, alerts to an agent
+//! that does not know its own instance, malformed bodies, probes off. Nothing is applied unless this agent's own
 //! fresh probe round shows the bypass broken; every refusal is answered and counted.
 
 use crate::common;
@@ -202,23 +202,33 @@ async fn alerts_for_other_instances_are_not_for_this_one() {
 }
 
 #[tokio::test]
-async fn without_the_instance_key_only_single_instance_payloads_count() {
+async fn without_the_instance_key_no_alert_is_acted_on() {
+    // A fleet's Alertmanager groups by instance: every payload names one Mac, which may be
+    // another one. Without `fallback.instance` this agent cannot tell, so it does nothing,
+    // even while its own bypass is broken (its own policy and `fallback apply` still can).
     let r = rig(None, Probes::Real);
-    let (_, v) = r.alert(&[(ALERT, Some(OTHER)), (ALERT, Some(ME))]).await;
-    assert_eq!(v["result"], "not_acted", "{v}");
-    assert!(
-        v["reason"].as_str().unwrap().contains("names 2 instances"),
-        "{v}"
-    );
-    let (_, v) = r.alert(&[(ALERT, None)]).await;
-    assert_eq!(v["result"], "not_acted", "{v}");
-    assert_eq!(r.rounds(), 0);
-    assert!(!r.applied());
-    // One instance named: acted on (logged), once the probes agree.
-    let (_, v) = r.alert(&[(ALERT, Some(ME)), (ALERT, Some(ME))]).await;
-    assert_eq!(v["result"], "applied", "{v}");
-    let (_, v) = r.alert(&[(ALERT, Some(ME))]).await;
-    assert_eq!(v["result"], "already_active", "{v}");
+    for alerts in [
+        vec![(ALERT, Some(OTHER))],
+        vec![(ALERT, Some(ME))],
+        vec![(ALERT, Some(OTHER)), (ALERT, Some(ME))],
+        vec![(ALERT, None)],
+    ] {
+        let (code, v) = r.alert(&alerts).await;
+        assert_eq!(
+            (code, v["result"].as_str()),
+            (StatusCode::OK, Some("not_acted"))
+        );
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .contains("fallback.instance is unset"),
+            "{v}"
+        );
+    }
+    assert_eq!(r.rounds(), 0, "not even probed");
+    assert!(!r.applied(), "{:?}", r.s.call_lines());
+    assert_eq!(r.counted("not_acted"), 4.0);
 }
 
 #[tokio::test]

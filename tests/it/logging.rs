@@ -1,6 +1,7 @@
 //! The agent's own log as a daemon's log file and a person's terminal see it: plain logfmt
 //! when stderr is not a terminal, JSON lines that parse, colours only on a terminal and never
-//! with `NO_COLOR`, `--log.level` over `RUST_LOG`, `RUST_LOG` when no flag is given.
+//! with `NO_COLOR`, `--log.level` over `RUST_LOG`, `RUST_LOG` when no flag is given, and
+//! `[agent_log]` in the config (level and format; a reload changes the level) below both.
 
 use crate::common;
 
@@ -9,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::BIN;
-use common::agent::free_port;
+use common::agent::{free_port, http_get};
 
 /// The agent's arguments for a short run on a free port with an empty log, no probes.
 fn agent_args(dir: &std::path::Path, listen: &str) -> Vec<String> {
@@ -157,4 +158,96 @@ fn colours_on_a_terminal_unless_no_color() {
     );
     let plain = stderr_on_a_terminal(true);
     assert!(!plain.contains('\x1b'), "NO_COLOR is honoured: {plain:?}");
+}
+
+/// The agent with `[agent_log]` in its config file and stderr in a file, as under
+/// `brew services` (which passes no flags); returns it, its config and its stderr.
+fn start_with_agent_log(
+    dir: &std::path::Path,
+    agent_log: &str,
+    flags: &[&str],
+) -> (std::process::Child, std::path::PathBuf, std::path::PathBuf) {
+    let addr = free_port();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, format!("[agent_log]\n{agent_log}\n")).unwrap();
+    let stderr = dir.join("agent.log");
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(agent_args(dir, &addr.to_string()))
+        .args(flags)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "agent did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Answered: the agent has started (and said so, at info) before it serves.
+    assert!(http_get(addr, "/-/healthy").contains("OK"));
+    (child, config, stderr)
+}
+
+fn stop(mut child: std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+fn wait_for(stderr: &std::path::Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(stderr).unwrap();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `agent_log.format` in the config file sets the format; `--log.format` wins over it.
+#[test]
+fn agent_log_format_from_the_config_and_the_flag_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _, stderr) = start_with_agent_log(dir.path(), "format = \"json\"", &[]);
+    let log = wait_for(&stderr, "agent started");
+    stop(child);
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--log.format", "logfmt"];
+    let (child, _, stderr) = start_with_agent_log(dir.path(), "format = \"json\"", &flags);
+    let log = wait_for(&stderr, "agent started");
+    stop(child);
+    assert!(
+        log.contains(
+            "level=info target=pia_split_tunnel_exporter::agent message=\"agent started\""
+        ),
+        "logfmt: {log}"
+    );
+}
+
+/// `agent_log.level` from the config file, changed by a reload without a restart of the
+/// process; a changed format is said to need a restart.
+#[test]
+fn agent_log_level_from_the_config_and_a_reload_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, config, stderr) = start_with_agent_log(dir.path(), "level = \"warn\"", &[]);
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!log.contains("agent started"), "at warn: {log}");
+    std::fs::write(&config, "[agent_log]\nlevel = \"info\"\n").unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_for(&stderr, "SIGHUP: the new config is applied");
+    std::fs::write(
+        &config,
+        "[agent_log]\nlevel = \"info\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_for(&stderr, "agent_log.format changes at the next start");
+    stop(child);
 }

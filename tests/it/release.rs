@@ -323,3 +323,69 @@ fn the_readme_is_short_and_every_docs_link_resolves() {
     }
     assert!(checked >= 20, "{checked} links checked");
 }
+
+/// What the command line says about a config it refuses: the flag that brought a wrong key
+/// (not "config file (defaults)"), a missing file once; and `check-config` shows the keys
+/// without a value as unset instead of hiding them.
+#[test]
+fn config_errors_name_their_source_once_and_check_config_shows_unset_keys() {
+    let out = common::run_bin_exiting(&["--set", "log.max_appz=3", "check-config"], &[], &[2]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("error: --set log.max_appz=3: unknown field `max_appz`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = common::run_bin_exiting(
+        &["--config", "/nonexistent/config.toml", "check-config"],
+        &[],
+        &[2],
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err,
+        "error: cannot read config file /nonexistent/config.toml: No such file or directory (os error 2)\n"
+    );
+    let out = common::run_bin(&["check-config"], &[("RUST_LOG", "")]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let fallback = &text[text.find("[fallback]\n").unwrap()..];
+    let fallback = &fallback[..fallback.find("\n\n").unwrap_or(fallback.len())];
+    for key in ["token_file", "instance"] {
+        assert!(fallback.contains(&format!("\n# {key}: unset")), "{text}");
+    }
+    let effective: toml::Table = text.parse().unwrap();
+    assert!(effective["fallback"].get("token_file").is_none());
+}
+
+/// Homebrew users are not second-class: wherever the runbooks or the operations guide's
+/// "Logs, reload and stop" name the launchd script's label or log, the same paragraph (or
+/// table) gives the Homebrew form, whose label and log are the formula's own.
+#[test]
+fn every_reload_restart_and_log_instruction_has_its_homebrew_form() {
+    let formula = read("Formula/pia-split-tunnel-exporter.rb");
+    assert!(formula.contains("log_path var/\"log/pia-split-tunnel-exporter.log\""));
+    assert!(formula.contains("etc/\"pia-split-tunnel-exporter/config.toml\""));
+    // brew services names a formula's job homebrew.mxcl.<formula>.
+    let brew_label = "system/homebrew.mxcl.pia-split-tunnel-exporter";
+    let brew_log = "$(brew --prefix)/var/log/pia-split-tunnel-exporter.log";
+    let ops = read("docs/operations.md");
+    let section = &ops[ops.find("## Logs, reload and stop").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").unwrap()];
+    let runbooks = read("docs/runbooks.md");
+    for (doc, text) in [
+        ("operations.md", section),
+        ("runbooks.md", runbooks.as_str()),
+    ] {
+        assert!(
+            text.contains(brew_label) && text.contains(brew_log),
+            "{doc}"
+        );
+        for block in text.split("\n\n") {
+            let launchd = block.contains("system/io.github.pia-split-tunnel-exporter")
+                || block.contains("`/var/log/pia-split-tunnel-exporter.log`");
+            let brew = block.contains("homebrew.mxcl.pia-split-tunnel-exporter")
+                || block.contains("brew services");
+            assert!(!launchd || brew, "{doc}: no Homebrew form in: {block}");
+        }
+    }
+}

@@ -20,6 +20,11 @@ pub struct Pki {
 impl Pki {
     /// A CA named `name` and the certificates it signs, written under `dir/name/`.
     pub fn new(dir: &Path, name: &str) -> Pki {
+        Pki::with_server_names(dir, name, &["127.0.0.1", "localhost"])
+    }
+
+    /// As [`Pki::new`], the server certificate for `names` (addresses or DNS names).
+    pub fn with_server_names(dir: &Path, name: &str, names: &[&str]) -> Pki {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -29,10 +34,7 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         for (who, sans) in [
-            (
-                "server",
-                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-            ),
+            ("server", names.iter().map(|n| (*n).to_owned()).collect()),
             ("client", vec!["prometheus.test".to_owned()]),
         ] {
             let key = KeyPair::generate().unwrap();
