@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::schedule::{Followup, Schedule, ScheduleConfig, Trigger};
-use crate::fallback::policy::Reason;
 use crate::fallback::routes::SharedController;
 use crate::health::Health;
 use crate::netwatch::RouteState;
@@ -110,16 +109,18 @@ impl RoundLoop {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .verdict(Instant::now());
-        let decision = self
-            .controller
-            .lock()
-            .await
-            .on_round(Instant::now(), &round, &verdict, sessions)
-            .await;
+        let confirm = {
+            let mut controller = self.controller.lock().await;
+            let decision = controller
+                .on_round(Instant::now(), &round, &verdict, sessions)
+                .await;
+            controller.wants_confirmation(&decision)
+        };
         self.health.update_round(round, verdict);
-        // After an action, one more round shows its effect on health and the metrics (the
-        // controller's own verification round is not reported there).
-        if decision.reason() == Reason::AwaitingConfirmation || decision.action().is_some() {
+        // Only while a decision the next round could change is pending, or after an action
+        // (one more round shows its effect on health and the metrics; the controller's own
+        // verification round is not reported there).
+        if confirm {
             Followup::Confirm
         } else {
             Followup::None

@@ -6,9 +6,10 @@
 //!   `debounce` (more changes in between join it).
 //! - **Log evidence**: the zero-byte share of bypass sessions crossed the policy's threshold;
 //!   a confirming round starts now.
-//! - **Confirm**: the last round left the policy awaiting confirmation (or led to an action,
-//!   whose effect the next round shows); the next one follows `spacing` later instead of a
-//!   heartbeat later.
+//! - **Confirm**: the last round left a decision pending that the next one could change (in
+//!   `auto`, the policy awaiting its consecutive rounds) or led to an action, whose effect the
+//!   next round shows; the next one follows `spacing` later instead of a heartbeat later. The
+//!   caller asks ([`crate::fallback::policy::wants_confirmation`]); in `observe` it never does.
 //!
 //! Rounds never overlap and start at least `spacing` apart. Rounds other than the heartbeat
 //! are capped at `max_triggered` per `cap_window`, so a flapping interface cannot turn into a
@@ -182,6 +183,9 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fallback::policy::{Decision, Reason, wants_confirmation};
+    use crate::fallback::{FallbackConfig, Mode, Plan};
+    use crate::probe::lab::interfaces;
 
     #[derive(Clone, Copy, Debug)]
     enum Ev {
@@ -190,13 +194,13 @@ mod tests {
     }
 
     /// Runs the schedule over `events` (ms, event) until `until_ms`; each round lasts
-    /// `round_ms` and asks for confirmation while `confirm(n)` is true for the n-th round.
-    /// Returns the rounds started, as (ms, trigger).
+    /// `round_ms`, the n-th round's decision is `decide(n)`, and the follow-up is what the
+    /// agent asks for it in `mode`. Returns the rounds started, as (ms, trigger).
     fn simulate(
         cfg: ScheduleConfig,
         events: &[(u64, Ev)],
         round_ms: u64,
-        confirm: &dyn Fn(usize) -> bool,
+        (mode, decide): (Mode, &dyn Fn(usize) -> Decision),
         until_ms: u64,
     ) -> Vec<(u64, Trigger)> {
         let t0 = Instant::now();
@@ -241,7 +245,7 @@ mod tests {
             let n = rounds.len() - 1;
             s.finished(
                 now,
-                if confirm(n) {
+                if wants_confirmation(mode, &decide(n)) {
                     Followup::Confirm
                 } else {
                     Followup::None
@@ -257,11 +261,49 @@ mod tests {
         ScheduleConfig::with_heartbeat(Duration::from_secs(300))
     }
 
+    /// The lab's plan, for decisions that carry one.
+    fn plan() -> Plan {
+        Plan::from_interfaces(&interfaces(true), &FallbackConfig::default()).unwrap()
+    }
+
+    /// What the policy decides, round after round, when the bypass stays broken: waiting for
+    /// the second round, then the repair (`consecutive_rounds = 2`).
+    fn broken(n: usize) -> Decision {
+        match n {
+            0 => Decision::None(Reason::AwaitingConfirmation),
+            _ => Decision::Apply(plan(), Reason::ProbeBroken),
+        }
+    }
+
+    /// As [`broken`] for the first `rounds` rounds, then nothing, for `reason`.
+    fn then(n: usize, rounds: usize, reason: Reason) -> Decision {
+        if n < rounds {
+            broken(n)
+        } else {
+            Decision::None(reason)
+        }
+    }
+
+    /// Nothing to decide: the bypass works.
+    fn healthy(_: usize) -> Decision {
+        Decision::None(Reason::BypassHealthy)
+    }
+
+    /// Awaiting confirmation in rounds 1 and 2 (after a route change), healthy otherwise.
+    fn awaits_in_1_and_2(n: usize) -> Decision {
+        if n == 1 || n == 2 {
+            Decision::None(Reason::AwaitingConfirmation)
+        } else {
+            healthy(n)
+        }
+    }
+
     struct Case {
         name: &'static str,
         events: Vec<(u64, Ev)>,
         round_ms: u64,
-        confirm: &'static dyn Fn(usize) -> bool,
+        mode: Mode,
+        decide: &'static dyn Fn(usize) -> Decision,
         until_ms: u64,
         want: Vec<(u64, Trigger)>,
     }
@@ -274,7 +316,8 @@ mod tests {
                 name: "quiet: a start round, then heartbeats",
                 events: vec![],
                 round_ms: 40,
-                confirm: &|_| false,
+                mode: Mode::Auto,
+                decide: &healthy,
                 until_ms: 901_000,
                 want: vec![
                     (0, Start),
@@ -287,7 +330,8 @@ mod tests {
                 name: "a route change starts a round after the debounce and moves the heartbeat",
                 events: vec![(100_000, Ev::Route)],
                 round_ms: 40,
-                confirm: &|_| false,
+                mode: Mode::Auto,
+                decide: &healthy,
                 until_ms: 401_000,
                 want: vec![(0, Start), (100_200, RouteChange), (400_200, Heartbeat)],
             },
@@ -295,7 +339,8 @@ mod tests {
                 name: "a burst of changes is one round",
                 events: (0..5).map(|i| (50_000 + i * 30, Ev::Route)).collect(),
                 round_ms: 40,
-                confirm: &|_| false,
+                mode: Mode::Auto,
+                decide: &healthy,
                 until_ms: 60_000,
                 want: vec![(0, Start), (50_200, RouteChange)],
             },
@@ -303,7 +348,8 @@ mod tests {
                 name: "a change during a round runs after it, spaced",
                 events: vec![(1_000, Ev::Route)],
                 round_ms: 1_500,
-                confirm: &|_| false,
+                mode: Mode::Auto,
+                decide: &healthy,
                 until_ms: 10_000,
                 want: vec![(0, Start), (1_750, RouteChange)],
             },
@@ -311,7 +357,8 @@ mod tests {
                 name: "log evidence starts a round at once",
                 events: vec![(42_000, Ev::Log)],
                 round_ms: 40,
-                confirm: &|_| false,
+                mode: Mode::Auto,
+                decide: &healthy,
                 until_ms: 50_000,
                 want: vec![(0, Start), (42_000, LogEvidence)],
             },
@@ -319,7 +366,8 @@ mod tests {
                 name: "confirmations run back to back until the policy has enough",
                 events: vec![(10_000, Ev::Route)],
                 round_ms: 1_000,
-                confirm: &|n| n == 1 || n == 2,
+                mode: Mode::Auto,
+                decide: &awaits_in_1_and_2,
                 until_ms: 20_000,
                 want: vec![
                     (0, Start),
@@ -332,17 +380,94 @@ mod tests {
                 name: "an earlier trigger wins over a pending confirmation",
                 events: vec![(1_000, Ev::Log)],
                 round_ms: 900,
-                confirm: &|n| n == 0,
+                mode: Mode::Auto,
+                decide: &|n| if n == 0 { broken(0) } else { healthy(n) },
                 until_ms: 5_000,
                 want: vec![(0, Start), (1_150, LogEvidence)],
             },
         ]
     }
 
+    /// Confirmations by mode and decision: only where the next round could change what is
+    /// done (`auto` awaiting its count) or shows an action's effect.
+    fn mode_cases() -> [Case; 6] {
+        [
+            Case {
+                name: "observe, bypass broken from the start: no confirmation, heartbeats only",
+                events: vec![],
+                round_ms: 800,
+                mode: Mode::Observe,
+                decide: &broken,
+                until_ms: 901_000,
+                want: vec![
+                    (0, Start),
+                    (300_000, Heartbeat),
+                    (600_000, Heartbeat),
+                    (900_000, Heartbeat),
+                ],
+            },
+            Case {
+                name: "observe, broken after a route change and the log: one round each",
+                events: vec![(60_000, Ev::Route), (90_000, Ev::Log)],
+                round_ms: 800,
+                mode: Mode::Observe,
+                decide: &broken,
+                until_ms: 400_000,
+                want: vec![
+                    (0, Start),
+                    (60_200, RouteChange),
+                    (90_000, LogEvidence),
+                    (390_000, Heartbeat),
+                ],
+            },
+            Case {
+                name: "off: no confirmation either",
+                events: vec![],
+                round_ms: 800,
+                mode: Mode::Off,
+                decide: &|_| Decision::None(Reason::ModeOff),
+                until_ms: 301_000,
+                want: vec![(0, Start), (300_000, Heartbeat)],
+            },
+            Case {
+                name: "auto, broken: one confirmation reaches the count, one more shows the repair",
+                events: vec![],
+                round_ms: 800,
+                mode: Mode::Auto,
+                decide: &|n| then(n, 2, Reason::Active),
+                until_ms: 303_000,
+                want: vec![
+                    (0, Start),
+                    (1_050, Confirm),
+                    (2_100, Confirm),
+                    (302_100, Heartbeat),
+                ],
+            },
+            Case {
+                name: "auto, broken, the count reached under a cooldown: no more confirmations",
+                events: vec![],
+                round_ms: 800,
+                mode: Mode::Auto,
+                decide: &|n| then(n, 1, Reason::Cooldown),
+                until_ms: 302_000,
+                want: vec![(0, Start), (1_050, Confirm), (301_050, Heartbeat)],
+            },
+            Case {
+                name: "auto, broken past the hourly cap or in a back-off: heartbeats only",
+                events: vec![(30_000, Ev::Log)],
+                round_ms: 800,
+                mode: Mode::Auto,
+                decide: &|n| then(n, 0, [Reason::RateLimited, Reason::Backoff][n % 2]),
+                until_ms: 331_000,
+                want: vec![(0, Start), (30_000, LogEvidence), (330_000, Heartbeat)],
+            },
+        ]
+    }
+
     #[test]
     fn table() {
-        for c in cases() {
-            let got = simulate(cfg(), &c.events, c.round_ms, c.confirm, c.until_ms);
+        for c in cases().into_iter().chain(mode_cases()) {
+            let got = simulate(cfg(), &c.events, c.round_ms, (c.mode, c.decide), c.until_ms);
             assert_eq!(got, c.want, "{}", c.name);
         }
     }
@@ -354,7 +479,7 @@ mod tests {
         let events: Vec<(u64, Ev)> = (1..3600)
             .map(|s| (s * 1_000, if s % 2 == 0 { Ev::Route } else { Ev::Log }))
             .collect();
-        let got = simulate(cfg(), &events, 40, &|_| false, 3_600_000);
+        let got = simulate(cfg(), &events, 40, (Mode::Auto, &healthy), 3_600_000);
         let triggered: Vec<u64> = got
             .iter()
             .filter(|(_, w)| *w != Heartbeat)
@@ -382,7 +507,7 @@ mod tests {
     #[test]
     fn spacing_holds_even_for_immediate_triggers() {
         let events: Vec<(u64, Ev)> = vec![(100, Ev::Log), (110, Ev::Log), (120, Ev::Log)];
-        let got = simulate(cfg(), &events, 50, &|_| false, 2_000);
+        let got = simulate(cfg(), &events, 50, (Mode::Auto, &healthy), 2_000);
         assert_eq!(got, vec![(0, Start), (300, LogEvidence)]);
     }
 }

@@ -77,6 +77,26 @@ pub struct Controller {
     rounds: Option<Arc<dyn RoundSource>>,
     metrics: FallbackMetrics,
     status: StatusHandle,
+    /// The decision last written at info: the same one again, round after round, is debug.
+    logged: Option<(DecisionKind, Reason)>,
+}
+
+/// The decision in words for the log line ("would apply the repair; mode is observe").
+fn decision_words(d: &Decision, mode: Mode, acting: bool) -> String {
+    let verb = match d {
+        Decision::None(Reason::AwaitingConfirmation) => {
+            return "waiting for the next round to confirm".into();
+        }
+        Decision::None(_) => return "nothing to do".into(),
+        Decision::Apply(..) => ("apply", "applying"),
+        Decision::Reload(..) => ("reload", "reloading"),
+        Decision::Revert(_) => ("remove", "removing"),
+    };
+    if acting {
+        format!("{} the repair", verb.1)
+    } else {
+        format!("would {} the repair; mode is {mode}", verb.0)
+    }
 }
 
 fn unix_now() -> f64 {
@@ -138,12 +158,19 @@ impl Controller {
             rounds,
             metrics,
             status,
+            logged: None,
         }
     }
 
     /// A shared view of the status, updated after every round and action.
     pub fn status_handle(&self) -> StatusHandle {
         self.status.clone()
+    }
+
+    /// Whether the next round should follow this one's `decision` at once (see
+    /// [`policy::wants_confirmation`](super::policy::wants_confirmation)).
+    pub fn wants_confirmation(&self, decision: &Decision) -> bool {
+        super::policy::wants_confirmation(self.cfg.mode, decision)
     }
 
     pub fn status(&self) -> FallbackStatus {
@@ -279,24 +306,29 @@ impl Controller {
         self.execute(now, &d).await.map(|()| plan)
     }
 
-    fn note_decision(&self, d: &Decision, sessions: Ratio) {
+    fn note_decision(&mut self, d: &Decision, sessions: Ratio) {
         self.metrics.decision(d);
+        let acting =
+            d.action().is_some() && (self.cfg.mode == Mode::Auto || d.reason() == Reason::Manual);
+        let key = (d.label(), d.reason());
+        let changed = self.logged.replace(key) != Some(key);
         let decision: &'static str = d.label().into();
         let reason: &'static str = d.reason().into();
         let mode: &'static str = self.cfg.mode.into();
-        match d {
-            Decision::None(_) => {
-                tracing::debug!(decision, reason, mode, "fallback decision")
-            }
-            _ => tracing::info!(
+        let what = decision_words(d, self.cfg.mode, acting);
+        // Once when it becomes true and on every action; the same decision again is debug.
+        if changed || acting {
+            tracing::info!(
                 decision,
                 reason,
                 mode,
                 no_reply_sessions = sessions.no_reply,
                 sessions = sessions.total,
-                acting = self.cfg.mode == Mode::Auto || d.reason() == Reason::Manual,
-                "fallback decision"
-            ),
+                acting,
+                "fallback decision: {what}"
+            );
+        } else {
+            tracing::debug!(decision, reason, mode, acting, "fallback decision: {what}");
         }
         self.status.write().expect("status lock").last_decision = Some(DecisionRecord {
             decision: d.label(),

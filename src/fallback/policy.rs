@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use macro_rules_attribute::apply;
 
-use super::{FallbackConfig, OnTunnelDown, Plan};
+use super::{FallbackConfig, Mode, OnTunnelDown, Plan};
 use crate::labels::label_set;
 use crate::probe::{ProbeState, Round, Verdict};
 use crate::sessions::window::SessionsVerdict;
@@ -128,6 +128,15 @@ impl Decision {
     }
 }
 
+/// Whether the round after one that decided `d` should follow at once (the schedule's
+/// confirmation) rather than at the heartbeat: only while a decision that round could change
+/// is pending — `auto` waiting for its consecutive rounds — or to show an action's effect.
+/// Never in `observe` or `off`: nothing would act on the answer, and every round sends
+/// requests to the probe endpoints.
+pub fn wants_confirmation(mode: Mode, d: &Decision) -> bool {
+    mode == Mode::Auto && (d.reason() == Reason::AwaitingConfirmation || d.action().is_some())
+}
+
 /// What the backend holds, as far as the policy knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Held {
@@ -217,7 +226,10 @@ impl Policy {
         if self.active() {
             if tunnel_down {
                 if self.tunnel_down_streak < self.cfg.tunnel_down_rounds {
-                    return Decision::None(Reason::AwaitingConfirmation);
+                    return match self.not_before {
+                        Some(t) if now < t => Decision::None(Reason::Backoff),
+                        _ => Decision::None(Reason::AwaitingConfirmation),
+                    };
                 }
                 return match self.cfg.on_tunnel_down {
                     OnTunnelDown::Keep => Decision::None(Reason::KeepOnTunnelDown),
@@ -260,7 +272,9 @@ impl Policy {
             // The sessions are the evidence; this round's probes are the confirmation.
             Reason::SessionsZeroBytes
         } else {
-            return Decision::None(Reason::AwaitingConfirmation);
+            // Waiting only while the count, once reached, could act: under a back-off,
+            // cooldown or cap that is named instead (and asks for no confirmation round).
+            return self.gate(now, Decision::None(Reason::AwaitingConfirmation));
         };
         self.gate(now, Decision::Apply(plan, reason))
     }

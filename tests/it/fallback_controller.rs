@@ -257,3 +257,75 @@ async fn reconcile_adopts_or_removes_a_leftover_and_shutdown_removes() {
     assert!(build_backend(&cfg).status().unwrap().is_empty());
     assert!(s.held_tokens().is_empty());
 }
+
+/// The agent's log as a `tracing` subscriber writes it, kept for the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Lines at `level` (as the plain formatter spells it) containing `text`.
+    fn count(&self, level: &str, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(level) && l.contains(text))
+            .count()
+    }
+}
+
+/// In `observe` with the bypass broken round after round, "would apply the repair; mode is
+/// observe" is written once at info when it becomes true, then at debug; again at info only
+/// after the decision changed (the bypass worked for a round in between).
+#[tokio::test]
+async fn decisions_are_logged_on_change_not_per_round() {
+    let log = Captured::default();
+    let sink = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let s = StandIn::new();
+    let (mut c, _reg, _) = controller(&s.config(), round(true, Bypass::Physical));
+    let t0 = Instant::now();
+    let broken = round(true, Bypass::Timeout);
+    let would = "would apply the repair; mode is observe";
+    for i in 0..6 {
+        on_round(&mut c, t0 + Duration::from_secs(i), &broken, NONE).await;
+    }
+    assert_eq!(log.count("INFO", would), 1);
+    assert_eq!(log.count("DEBUG", would), 4);
+    assert_eq!(log.count("INFO", "awaiting_confirmation"), 1);
+    assert_eq!(
+        log.count("INFO", "fallback decision"),
+        2,
+        "awaiting, then would apply"
+    );
+    on_round(
+        &mut c,
+        t0 + Duration::from_secs(10),
+        &round(true, Bypass::Physical),
+        NONE,
+    )
+    .await;
+    assert_eq!(log.count("INFO", "bypass_healthy"), 1);
+    for i in 11..14 {
+        on_round(&mut c, t0 + Duration::from_secs(i), &broken, NONE).await;
+    }
+    assert_eq!(log.count("INFO", would), 2, "again after the change");
+    assert_eq!(log.count("INFO", "fallback decision"), 5);
+    assert!(
+        s.call_lines().iter().all(|l| !l.contains("-f")),
+        "observe never loads rules"
+    );
+}

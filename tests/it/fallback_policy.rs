@@ -5,8 +5,10 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pia_split_tunnel_exporter::fallback::policy::{Action, ApplyOutcome, Decision, Policy, Reason};
-use pia_split_tunnel_exporter::fallback::{FallbackConfig, OnTunnelDown};
+use pia_split_tunnel_exporter::fallback::policy::{
+    Action, ApplyOutcome, Decision, Policy, Reason, wants_confirmation,
+};
+use pia_split_tunnel_exporter::fallback::{FallbackConfig, Mode, OnTunnelDown};
 
 /// Feeds rounds 30 s apart; each decision that acts is recorded as `outcome`.
 fn run(
@@ -323,4 +325,66 @@ fn uncertain_interfaces_never_apply() {
         ApplyOutcome::Ok,
     );
     assert!(agreed.iter().any(|d| d.action().is_some()), "{agreed:?}");
+}
+
+/// Once an action was taken, a broken round under its cooldown or back-off names that, not
+/// "awaiting confirmation": reaching the count could not act, so no confirmation round is
+/// asked for (in `auto`, where confirmations run at all; never in `observe`).
+#[test]
+fn under_a_cooldown_or_back_off_nothing_is_awaited() {
+    let cfg = FallbackConfig::default();
+    let t0 = Instant::now();
+    let broken = [(true, Bypass::Timeout); 3];
+    // A rolled-back apply at round 2: back-off (120 s) covers rounds 3 and 4 (30 s apart).
+    let mut p = Policy::new(&cfg);
+    let mut ds = run(&mut p, t0, &broken[..2], ApplyOutcome::RolledBack);
+    ds.extend(run(
+        &mut p,
+        t0 + Duration::from_secs(60),
+        &broken[..2],
+        ApplyOutcome::RolledBack,
+    ));
+    assert_eq!(
+        reasons(&ds),
+        [
+            "awaiting_confirmation",
+            "probe_broken",
+            "backoff",
+            "backoff"
+        ]
+    );
+    // A good apply that the bypass then outlives (reverted by hand): cooldown, then awaiting.
+    let mut p = Policy::new(&cfg);
+    let ds = run(&mut p, t0, &broken[..2], ApplyOutcome::Ok);
+    p.record(
+        t0 + Duration::from_secs(31),
+        Action::Revert,
+        ApplyOutcome::Ok,
+        None,
+    );
+    let later = run(
+        &mut p,
+        t0 + Duration::from_secs(60),
+        &broken[..1],
+        ApplyOutcome::Ok,
+    );
+    let much_later = run(
+        &mut p,
+        t0 + Duration::from_secs(600),
+        &broken[..1],
+        ApplyOutcome::Ok,
+    );
+    assert_eq!(reasons(&ds), ["awaiting_confirmation", "probe_broken"]);
+    assert_eq!(reasons(&later), ["cooldown"]);
+    assert_eq!(reasons(&much_later), ["probe_broken"]);
+    for (mode, d, want) in [
+        (Mode::Auto, &ds[0], true),
+        (Mode::Auto, &ds[1], true),
+        (Mode::Auto, &later[0], false),
+        (Mode::Observe, &ds[0], false),
+        (Mode::Observe, &ds[1], false),
+        (Mode::Off, &ds[0], false),
+    ] {
+        assert_eq!(wants_confirmation(mode, d), want, "{mode} {d:?}");
+    }
 }

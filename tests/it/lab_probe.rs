@@ -185,6 +185,11 @@ struct LabAgent<'a> {
 impl<'a> LabAgent<'a> {
     /// `probe` is the `[probe]` section's lines beside the lab's endpoint.
     fn start(lab: &'a Lab, probe: &str) -> LabAgent<'a> {
+        Self::start_in(lab, probe, "auto")
+    }
+
+    /// As [`start`](Self::start), in `fallback.mode = mode`.
+    fn start_in(lab: &'a Lab, probe: &str, mode: &str) -> LabAgent<'a> {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("transparent_proxy.log");
         std::fs::write(&log, b"").unwrap();
@@ -197,7 +202,7 @@ impl<'a> LabAgent<'a> {
 [http]\nlisten = \"10.0.15.15:9847\"\n\
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\nexport_addresses = true\n{probe}\n\
 [processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
-[fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n\
+[fallback]\nmode = {mode:?}\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n\
 state_file = {state:?}\n",
             cp = dir.path().join("cp.json"),
             state = dir.path().join("fallback-state.json"),
@@ -516,5 +521,69 @@ fn ambiguous_evidence_refuses_to_apply() {
         &|b| has(b, "pia_split_tunnel_fallback_active 1"),
         METRICS,
         within,
+    );
+}
+
+/// `pia_split_tunnel_probe_rounds_total` in a `/metrics` body.
+fn rounds(body: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("pia_split_tunnel_probe_rounds_total "))
+        .and_then(|v| v.parse().ok())
+}
+
+/// With the bypass broken and `fallback.mode = "observe"` (the default) nothing acts on a
+/// confirmation, so none is asked for: with the real schedule (heartbeat 300 s), the start
+/// round, then nothing for 12 s (the previous rule ran 12 rounds in 11 s here); the log's
+/// evidence asks for one round, then nothing for 15 s more. The decision is written once.
+/// (A real window of about 30 s: the next round is the heartbeat, 300 s after the last.)
+#[test]
+fn observe_with_the_bypass_broken_probes_only_when_something_changes() {
+    let lab = Lab::up("o");
+    let agent = LabAgent::start_in(&lab, "interval_secs = 300", "observe");
+    let m = agent.wait_for(
+        "the first round",
+        &|b| has(b, "pia_split_tunnel_verdict{state=\"bypass_broken\"} 1"),
+        METRICS,
+        Duration::from_secs(20),
+    );
+    assert_eq!(rounds(&m), Some(1.0), "{m}");
+    std::thread::sleep(Duration::from_secs(12));
+    let (_, m) = lab.get(METRICS);
+    assert_eq!(
+        rounds(&m),
+        Some(1.0),
+        "no confirmation rounds in observe\n{}",
+        agent.log()
+    );
+    // The field failure in the log: the sessions cross the threshold, one round confirms.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&agent.proxy_log)
+        .unwrap()
+        .write_all(&std::fs::read(fixture("broken.log")).unwrap())
+        .unwrap();
+    agent.wait_for(
+        "the round the log asked for",
+        &|b| rounds(b) == Some(2.0),
+        METRICS,
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_secs(15));
+    let (_, m) = lab.get(METRICS);
+    let log = agent.log();
+    assert_eq!(rounds(&m), Some(2.0), "{m}\n{log}");
+    assert!(has(&m, "pia_split_tunnel_fallback_active 0"), "{m}");
+    assert!(log.contains("trigger=log_evidence"), "{log}");
+    assert!(!log.contains("trigger=confirm"), "{log}");
+    assert_eq!(
+        log.matches("would apply the repair; mode is observe")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !lab.ip(&["rule"]).contains("lookup 100"),
+        "observe installs nothing: {}",
+        lab.ip(&["rule"])
     );
 }
