@@ -262,6 +262,7 @@ mod tests {
                 at_unix: 0.0,
             }),
             consecutive_failures: 0,
+            recheck: Default::default(),
         };
         let v = fallback_view(&s, String::new());
         assert_eq!(
