@@ -33,6 +33,7 @@ use crate::probe::RoundSource;
 use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
 use crate::status::adapter::StatusSource;
 
+pub mod platform;
 mod rounds;
 pub mod schedule;
 pub use rounds::RoundLoop;
@@ -46,6 +47,8 @@ pub struct Sources {
     pub interval: Duration,
     /// Start a round when routes, links or addresses change.
     pub watch_routes: bool,
+    /// Where PIA's and macOS's versions are read each round; `None`: not read.
+    pub platform: Option<Arc<dyn crate::os::Os>>,
 }
 
 impl Sources {
@@ -56,6 +59,7 @@ impl Sources {
             processes: Box::new(crate::presence::SysinfoSource::new()?),
             interval: config.probe.interval(),
             watch_routes: config.probe.watch_routes,
+            platform: Some(Arc::new(crate::os::System::default())),
         })
     }
 }
@@ -150,6 +154,10 @@ impl Agent {
         let health = health(config, &window, &controller, sources.rounds.is_some());
         crate::metrics::register(&registry, HealthCollector(health.clone()))?;
         let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
+        let platform = sources.platform.map(platform::PlatformWatch::new);
+        if let Some(p) = &platform {
+            crate::metrics::register(&registry, p.clone())?;
+        }
         // The log side tells the rounds when the sessions become evidence.
         let evidence = Arc::new(tokio::sync::Notify::new());
         let events = AgentEvents {
@@ -170,6 +178,7 @@ impl Agent {
             window: window.clone(),
             controller: controller.clone(),
             health: health.clone(),
+            platform,
         };
         let status =
             StatusSource::new(health.clone(), window.clone(), pipeline, controller.clone());
@@ -444,6 +453,7 @@ mod tests {
             processes: Box::new(NoProcesses),
             interval: Duration::from_secs(3600),
             watch_routes: false,
+            platform: None,
         }
     }
 

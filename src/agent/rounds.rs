@@ -38,6 +38,8 @@ pub struct RoundLoop {
     pub window: SharedWindow,
     pub controller: SharedController,
     pub health: Arc<Health>,
+    /// PIA's and macOS's versions, read each round (see agent/platform.rs).
+    pub platform: Option<super::platform::PlatformWatch>,
 }
 
 impl RoundLoop {
@@ -110,12 +112,18 @@ impl RoundLoop {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .verdict(Instant::now());
-        let decision = self
-            .controller
-            .lock()
-            .await
+        let versions = self
+            .platform
+            .as_ref()
+            .map(|p| tokio::task::block_in_place(|| p.read()));
+        let mut controller = self.controller.lock().await;
+        if let Some(v) = versions {
+            controller.note_versions(v);
+        }
+        let decision = controller
             .on_round(Instant::now(), &round, &verdict, sessions)
             .await;
+        drop(controller);
         self.health.update_round(round, verdict);
         // After an action, one more round shows its effect on health and the metrics (the
         // controller's own verification round is not reported there).

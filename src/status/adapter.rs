@@ -153,6 +153,8 @@ fn fallback_view(s: &FallbackStatus, rules: String) -> FallbackView {
                         .unwrap_or_default()
                 )
             }))
+            // A recheck due, or the retirement, in the status data's own words.
+            .chain(s.recheck.line())
             .collect(),
     }
 }

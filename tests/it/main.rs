@@ -28,6 +28,7 @@ mod fallback_netns_e2e;
 mod fallback_pf;
 mod fallback_policy;
 mod fallback_policy_routing;
+mod fallback_recheck;
 mod fallback_webhook_hostile;
 mod fleet_alertmanager;
 mod health_model;
