@@ -343,7 +343,7 @@ impl Controller {
             return Err(e.into());
         }
         // Bounded: a broken bypass is a black hole, and the rules must not stay off long.
-        let verdict = tokio::time::timeout(LIFT_WINDOW, rounds.round())
+        let verdict = tokio::time::timeout_at((lifted_at + LIFT_WINDOW).into(), rounds.round())
             .await
             .map(|r| Verdict::of(&r));
         let record = |result, lifted: Instant, detail: String| RecheckRecord {

@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::label_set;
 
-/// Longest a recheck keeps the rules lifted waiting for its round: a round that has not shown
-/// the bypass working by then counts as "still broken" and the rules go back. The probe's
-/// bypass deadline (750 ms once the physical path answered) fits inside it.
-pub const LIFT_WINDOW: Duration = Duration::from_millis(850);
+/// Longest a recheck keeps the rules lifted before putting them back, counted from the start
+/// of the lift (putting them back takes a few commands more, so the whole gap stays under a
+/// second): a round that has not shown the bypass working by then counts as "still broken".
+/// A working bypass answers in about the physical path's time, well inside it; a broken one
+/// is a black hole that would otherwise hold the rules off for the probe's whole deadline.
+pub const LIFT_WINDOW: Duration = Duration::from_millis(750);
 
 /// Longest version string kept: the state file is small and a version is a few characters.
 const MAX_VERSION_CHARS: usize = 64;

@@ -344,9 +344,12 @@ async fn a_round_that_never_answers_puts_the_rules_back_at_the_window() {
     );
     let lift = ev[1].1 - ev[0].1;
     println!("recheck with a round that never answers: rules lifted for {lift:?}");
-    assert!(lift >= LIFT_WINDOW, "waited the whole window: {lift:?}");
+    assert!(
+        lift >= LIFT_WINDOW - Duration::from_millis(5),
+        "waited the whole window: {lift:?}"
+    );
     assert!(lift < Duration::from_secs(10), "and then came back: {lift:?}");
     assert!(LIFT_WINDOW < Duration::from_secs(1));
-    assert!(rec.detail.contains("within 850 ms"), "{}", rec.detail);
+    assert!(rec.detail.contains("within 750 ms"), "{}", rec.detail);
     assert!(c.status().active);
 }

@@ -173,19 +173,29 @@ fn diagnose_names_the_cause_and_the_repair() {
 
 /// The agent binary running inside the lab's `mac` namespace, in `auto` with the
 /// policy-routing backend; killed on drop.
-struct LabAgent<'a> {
+pub(crate) struct LabAgent<'a> {
     lab: &'a Lab,
     child: Child,
     log: PathBuf,
     /// The proxy log the agent follows.
     proxy_log: PathBuf,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl<'a> LabAgent<'a> {
     /// `probe` is the `[probe]` section's lines beside the lab's endpoint.
-    fn start(lab: &'a Lab, probe: &str) -> LabAgent<'a> {
+    pub(crate) fn start(lab: &'a Lab, probe: &str) -> LabAgent<'a> {
+        Self::start_with(lab, probe, |_| String::new())
+    }
+
+    /// As [`LabAgent::start`], with more `[fallback]` lines, written for the agent's folder.
+    pub(crate) fn start_with(
+        lab: &'a Lab,
+        probe: &str,
+        fallback: impl FnOnce(&std::path::Path) -> String,
+    ) -> LabAgent<'a> {
         let dir = tempfile::tempdir().unwrap();
+        let more = fallback(dir.path());
         let log = dir.path().join("transparent_proxy.log");
         std::fs::write(&log, b"").unwrap();
         let agent_log = dir.path().join("agent.log");
@@ -198,7 +208,7 @@ impl<'a> LabAgent<'a> {
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\nexport_addresses = true\n{probe}\n\
 [processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
 [fallback]\nmode = \"auto\"\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n\
-state_file = {state:?}\n",
+state_file = {state:?}\n{more}\n",
             cp = dir.path().join("cp.json"),
             state = dir.path().join("fallback-state.json"),
             me = me.display().to_string(),
@@ -222,16 +232,16 @@ state_file = {state:?}\n",
             child,
             log: agent_log,
             proxy_log: log,
-            _dir: dir,
+            dir,
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Polls `url` until `check` holds (or fails after `within`); the last body.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         what: &str,
         check: &dyn Fn(&str) -> bool,
@@ -261,10 +271,10 @@ impl Drop for LabAgent<'_> {
     }
 }
 
-const METRICS: &str = "http://10.0.15.15:9847/metrics";
+pub(crate) const METRICS: &str = "http://10.0.15.15:9847/metrics";
 
 /// Whole lines: a HELP text may contain the same words.
-fn has(body: &str, line: &str) -> bool {
+pub(crate) fn has(body: &str, line: &str) -> bool {
     body.lines().any(|l| l == line)
 }
 

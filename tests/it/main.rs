@@ -36,6 +36,7 @@ mod hostile_local;
 mod http_hostile;
 mod http_tls;
 mod lab_probe;
+mod lab_retire;
 mod logging;
 mod ops_fleet;
 mod ops_launchd;
