@@ -179,7 +179,7 @@ pub(crate) struct LabAgent<'a> {
     log: PathBuf,
     /// The proxy log the agent follows.
     proxy_log: PathBuf,
-    pub(crate) dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl<'a> LabAgent<'a> {
@@ -232,7 +232,7 @@ state_file = {state:?}\n{more}\n",
             child,
             log: agent_log,
             proxy_log: log,
-            dir,
+            _dir: dir,
         }
     }
 
