@@ -134,7 +134,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("pia_split_tunnel_macos_info{build=\"24D60\",version=\"15.3\"} 1"),
+            text.contains("pia_split_tunnel_macos_info{version=\"15.3\",build=\"24D60\"} 1"),
             "{text}"
         );
         // PIA removed: its series goes, macOS's stays.

@@ -269,6 +269,49 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_outlives_the_install_and_format_1_still_reads() {
+        use crate::fallback::recheck::{RetireReason, Retirement, Versions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fallback.json");
+        let r = Record::new(Some(path.clone()));
+        // An earlier agent's record (format 1) reads as an install without memory.
+        std::fs::write(&path, br#"{"version": "1", "route_table": 200}"#).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(r.load(|_| Ok(())).route_table, Some(200));
+        assert_eq!(r.memory(), Memory::default());
+        let memory = Memory {
+            needed_under: None,
+            retired: Some(Retirement {
+                reason: RetireReason::BypassWorksWithout,
+                versions: Versions::new(Some("3.7.0"), Some("15.3"), Some("24D60")),
+                at_unix: 1_800_000_000,
+            }),
+        };
+        r.remember(&memory);
+        assert_eq!(r.load(|_| Ok(())).route_table, Some(200), "install kept");
+        // Reverted: the install goes, the retirement stays (a restart must still know it).
+        r.clear();
+        assert_eq!(r.load(|_| Ok(())), Installed::default());
+        assert_eq!(r.memory(), memory);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], "2", "{v}");
+        // Applied again: a new install beside the memory; nothing left: no file.
+        r.save(&Installed {
+            anchor: Some("com.apple/x".into()),
+            ..Installed::default()
+        });
+        assert_eq!(r.memory(), memory);
+        r.remember(&Memory::default());
+        r.clear();
+        assert!(!path.exists());
+        // A record without a path keeps nothing and says nothing.
+        let none = Record::new(None);
+        none.remember(&memory);
+        assert_eq!(none.memory(), Memory::default());
+    }
+
+    #[test]
     fn hostile_files_are_refused_and_their_targets_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
