@@ -274,7 +274,11 @@ impl Controller {
             ),
             // One thing per round: an action just taken is seen first.
             (Mode::Auto, d) if d.action().is_some() => Some("after the action just taken".into()),
-            (Mode::Auto, _) => self.policy.may_act(now).err().map(|r| format!("not now: {r}")),
+            (Mode::Auto, _) => self
+                .policy
+                .may_act(now)
+                .err()
+                .map(|r| format!("not now: {r}")),
         };
         match held {
             Some(why) => self.set_due(Some(format!("{change}; {why}"))),
@@ -291,7 +295,10 @@ impl Controller {
         self.metrics.set_recheck_due(due.is_some());
         let mut s = self.status.write().expect("status lock");
         if due.is_some() && s.recheck.due != due {
-            tracing::info!(due = due.as_deref().unwrap_or(""), "fallback: a recheck is due");
+            tracing::info!(
+                due = due.as_deref().unwrap_or(""),
+                "fallback: a recheck is due"
+            );
         }
         s.recheck.due = due;
     }
@@ -339,7 +346,13 @@ impl Controller {
         if let Err(e) = self.backend.revert() {
             tracing::error!(error = %e, "fallback: recheck: cannot lift the rules");
             self.metrics.recheck(RecheckResult::Failed, 0.0);
-            self.finish(now, Action::Revert, ApplyOutcome::Failed, Some(e.to_string()), None);
+            self.finish(
+                now,
+                Action::Revert,
+                ApplyOutcome::Failed,
+                Some(e.to_string()),
+                None,
+            );
             return Err(e.into());
         }
         // Bounded: a broken bypass is a black hole, and the rules must not stay off long.
@@ -413,8 +426,15 @@ impl Controller {
             }
             Err(e) => {
                 tracing::error!(error = %e, "fallback: recheck: cannot put the rules back");
-                self.metrics.recheck(RecheckResult::Failed, lifted_at.elapsed().as_secs_f64());
-                self.finish(now, Action::Apply, ApplyOutcome::Failed, Some(e.to_string()), None);
+                self.metrics
+                    .recheck(RecheckResult::Failed, lifted_at.elapsed().as_secs_f64());
+                self.finish(
+                    now,
+                    Action::Apply,
+                    ApplyOutcome::Failed,
+                    Some(e.to_string()),
+                    None,
+                );
                 Err(e.into())
             }
         }

@@ -96,7 +96,13 @@ impl Rig {
         self.c.note_versions(versions(OLD));
         let broken = round(true, Bypass::Timeout);
         on_round(&mut self.c, t0, &broken, NO_SESSIONS).await;
-        let d = on_round(&mut self.c, t0 + Duration::from_secs(1), &broken, NO_SESSIONS).await;
+        let d = on_round(
+            &mut self.c,
+            t0 + Duration::from_secs(1),
+            &broken,
+            NO_SESSIONS,
+        )
+        .await;
         assert!(matches!(d, Decision::Apply(..)), "{d:?}");
         assert!(self.c.status().active);
     }
@@ -123,14 +129,26 @@ async fn a_pia_fix_retires_the_rules_and_they_stay_off() {
     r.applied(t0).await;
     let working = round(true, Bypass::Physical);
     // Same versions: nothing to recheck.
-    let d = on_round(&mut r.c, t0 + Duration::from_secs(120), &working, NO_SESSIONS).await;
+    let d = on_round(
+        &mut r.c,
+        t0 + Duration::from_secs(120),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
     assert_eq!(d, Decision::None(Reason::Active));
     assert!(r.c.status().recheck.last.is_none());
 
     // PIA ships a fix: its new version starts the recheck with the next round.
     r.fixed.store(true, Ordering::SeqCst);
     r.c.note_versions(versions(NEW_PIA));
-    on_round(&mut r.c, t0 + Duration::from_secs(240), &working, NO_SESSIONS).await;
+    on_round(
+        &mut r.c,
+        t0 + Duration::from_secs(240),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
     let st = r.c.status();
     assert!(!st.active, "{st:?}");
     let last = st.recheck.last.as_ref().unwrap();
@@ -191,15 +209,27 @@ async fn without_a_fix_the_rules_are_back_and_the_same_versions_ask_nothing_more
     let calls_before = r.s.call_lines().len();
     r.c.note_versions(versions(NEW_PIA));
     let working = round(true, Bypass::Physical);
-    let d = on_round(&mut r.c, t0 + Duration::from_secs(120), &working, NO_SESSIONS).await;
+    let d = on_round(
+        &mut r.c,
+        t0 + Duration::from_secs(120),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
     assert_eq!(d, Decision::None(Reason::Active));
     let st = r.c.status();
     assert!(st.active, "{st:?}");
     let last = st.recheck.last.as_ref().unwrap();
     assert_eq!(last.result, RecheckResult::StillNeeded);
     // How long includes the stand-in pfctl's own start-ups: printed, not asserted.
-    println!("recheck on the stand-in pf: rules lifted for {:.3} s", last.lifted_seconds);
-    assert!(last.detail.contains("timeout") || last.detail.contains("within"), "{last:?}");
+    println!(
+        "recheck on the stand-in pf: rules lifted for {:.3} s",
+        last.lifted_seconds
+    );
+    assert!(
+        last.detail.contains("timeout") || last.detail.contains("within"),
+        "{last:?}"
+    );
     assert!(st.recheck.retired.is_none());
     assert_eq!(r.s.held_tokens().len(), 1, "the rules are back");
     // Lifted (flush, release) then loaded again, and nothing else.
@@ -219,12 +249,24 @@ async fn without_a_fix_the_rules_are_back_and_the_same_versions_ask_nothing_more
 
     // The same versions do not ask again: no further lift.
     let calls = r.s.call_lines().len();
-    on_round(&mut r.c, t0 + Duration::from_secs(125), &working, NO_SESSIONS).await;
+    on_round(
+        &mut r.c,
+        t0 + Duration::from_secs(125),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
     assert_eq!(r.s.call_lines().len(), calls, "{:?}", r.s.call_lines());
 
     // Another change inside the cooldown waits for it, and says so.
     r.c.note_versions(versions(("3.6.3", "15.3", "24D60")));
-    on_round(&mut r.c, t0 + Duration::from_secs(130), &working, NO_SESSIONS).await;
+    on_round(
+        &mut r.c,
+        t0 + Duration::from_secs(130),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
     let due = r.c.status().recheck.due.unwrap();
     assert!(
         due.contains("PIA 3.6.2 → 3.6.3") && due.contains("cooldown"),
@@ -232,7 +274,13 @@ async fn without_a_fix_the_rules_are_back_and_the_same_versions_ask_nothing_more
     );
     assert!(has(&r.text(), "pia_split_tunnel_fallback_recheck_due 1"));
     assert_eq!(r.s.call_lines().len(), calls);
-    on_round(&mut r.c, t0 + Duration::from_secs(200), &working, NO_SESSIONS).await;
+    on_round(
+        &mut r.c,
+        t0 + Duration::from_secs(200),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
     assert_eq!(r.c.status().recheck.due, None);
     assert_eq!(
         r.c.status().recheck.last.unwrap().versions,
@@ -250,7 +298,13 @@ async fn observe_mode_only_says_a_recheck_is_due() {
     r.c.note_versions(versions(NEW_PIA));
     let calls = r.s.call_lines().len();
     let working = round(true, Bypass::Physical);
-    on_round(&mut r.c, Instant::now() + Duration::from_secs(300), &working, NO_SESSIONS).await;
+    on_round(
+        &mut r.c,
+        Instant::now() + Duration::from_secs(300),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
     assert_eq!(r.s.call_lines().len(), calls, "nothing lifted");
     let st = r.c.status();
     assert!(st.active);
@@ -259,10 +313,17 @@ async fn observe_mode_only_says_a_recheck_is_due() {
         due.contains("PIA 3.6.1 → 3.6.2") && due.contains("observe"),
         "{due}"
     );
-    assert!(r.fallback_reason().contains("recheck due"), "{}", r.fallback_reason());
+    assert!(
+        r.fallback_reason().contains("recheck due"),
+        "{}",
+        r.fallback_reason()
+    );
     assert!(has(&r.text(), "pia_split_tunnel_fallback_recheck_due 1"));
     // Asked by hand (POST /fallback/recheck), it checks.
-    let rec = r.c.recheck(Instant::now(), RecheckCause::Manual).await.unwrap();
+    let rec =
+        r.c.recheck(Instant::now(), RecheckCause::Manual)
+            .await
+            .unwrap();
     assert_eq!(rec.result, RecheckResult::Retired);
     assert!(!r.c.status().active);
 }
@@ -316,7 +377,11 @@ async fn a_round_that_never_answers_puts_the_rules_back_at_the_window() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
     let rounds: Arc<dyn RoundSource> = Arc::new(move || {
-        let lifted = ev.lock().unwrap().last().is_some_and(|(what, _)| *what == "revert");
+        let lifted = ev
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|(what, _)| *what == "revert");
         async move {
             if lifted {
                 std::future::pending::<()>().await;
@@ -335,7 +400,10 @@ async fn a_round_that_never_answers_puts_the_rules_back_at_the_window() {
     on_round(&mut c, t0 + Duration::from_secs(1), &broken, NO_SESSIONS).await;
     assert!(c.status().active, "{:?}", c.status());
     events.lock().unwrap().clear();
-    let rec = c.recheck(Instant::now(), RecheckCause::Manual).await.unwrap();
+    let rec = c
+        .recheck(Instant::now(), RecheckCause::Manual)
+        .await
+        .unwrap();
     assert_eq!(rec.result, RecheckResult::StillNeeded);
     let ev = events.lock().unwrap().clone();
     assert_eq!(
@@ -348,7 +416,10 @@ async fn a_round_that_never_answers_puts_the_rules_back_at_the_window() {
         lift >= LIFT_WINDOW - Duration::from_millis(5),
         "waited the whole window: {lift:?}"
     );
-    assert!(lift < Duration::from_secs(10), "and then came back: {lift:?}");
+    assert!(
+        lift < Duration::from_secs(10),
+        "and then came back: {lift:?}"
+    );
     assert!(LIFT_WINDOW < Duration::from_secs(1));
     assert!(rec.detail.contains("within 750 ms"), "{}", rec.detail);
     assert!(c.status().active);

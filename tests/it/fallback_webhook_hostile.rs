@@ -295,6 +295,10 @@ async fn a_recheck_request_is_not_evidence() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["result"], "still_needed", "{v}");
     assert_eq!(v["recheck"]["cause"], "manual", "{v}");
-    assert_eq!(r.rounds(), rounds + 1, "one round of its own, without the rules");
+    assert_eq!(
+        r.rounds(),
+        rounds + 1,
+        "one round of its own, without the rules"
+    );
     assert_eq!(r.s.held_tokens().len(), 1, "the rules are back");
 }

@@ -136,7 +136,12 @@ fn wrong_tokens_are_refused_and_bodies_are_limited() {
         Some(longer.as_str()),
         Some(long.as_str()),
     ] {
-        for path in ["/fallback/apply", "/fallback/revert", "/fallback/recheck", "/alertmanager"] {
+        for path in [
+            "/fallback/apply",
+            "/fallback/revert",
+            "/fallback/recheck",
+            "/alertmanager",
+        ] {
             let r = raw(agent.addr, &post(path, auth, b"{}"));
             assert!(
                 status_line(&r).starts_with("HTTP/1.1 401"),
@@ -437,7 +442,12 @@ fn a_foreign_host_gets_421_on_every_route_and_addresses_stay_hidden() {
             );
         }
     }
-    for path in ["/fallback/apply", "/fallback/revert", "/fallback/recheck", "/alertmanager"] {
+    for path in [
+        "/fallback/apply",
+        "/fallback/revert",
+        "/fallback/recheck",
+        "/alertmanager",
+    ] {
         let req = post(path, Some(&format!("Bearer {TOKEN}")), b"{}");
         let req = String::from_utf8(req)
             .unwrap()

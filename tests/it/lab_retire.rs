@@ -28,6 +28,30 @@ fn recheck(lab: &Lab) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Three rechecks without a fix: each puts the rules back, the routing as it was; the
+/// interruption of each printed.
+fn without_a_fix_the_rules_come_back(lab: &Lab) {
+    // No fix: each recheck puts the rules back, and the routing is as it was.
+    let before = routing(lab);
+    let mut lifts = Vec::new();
+    for _ in 0..3 {
+        let v = recheck(lab);
+        assert_eq!(v["result"], "still_needed", "{v}");
+        lifts.push(v["recheck"]["lifted_seconds"].as_f64().unwrap());
+        assert_eq!(routing(lab), before, "nothing else changes");
+    }
+    println!("lab recheck without a fix: rules lifted for {lifts:?} s");
+    let (_, m) = lab.get(METRICS);
+    for line in [
+        "pia_split_tunnel_fallback_active 1",
+        "pia_split_tunnel_fallback_rechecks_total{result=\"still_needed\"} 3",
+        "pia_split_tunnel_fallback_retired_total{reason=\"bypass_works_without\"} 0",
+        "pia_split_tunnel_fallback_actions_total{action=\"apply\",result=\"ok\"} 1",
+    ] {
+        assert!(has(&m, line), "missing {line}\n{m}");
+    }
+}
+
 #[test]
 fn a_pia_fix_retires_the_rules_and_no_fix_keeps_them() {
     let lab = Lab::up("t");
@@ -47,25 +71,7 @@ fn a_pia_fix_retires_the_rules_and_no_fix_keeps_them() {
         within,
     );
 
-    // No fix: each recheck puts the rules back, and the routing is as it was.
-    let before = routing(&lab);
-    let mut lifts = Vec::new();
-    for _ in 0..3 {
-        let v = recheck(&lab);
-        assert_eq!(v["result"], "still_needed", "{v}");
-        lifts.push(v["recheck"]["lifted_seconds"].as_f64().unwrap());
-        assert_eq!(routing(&lab), before, "nothing else changes");
-    }
-    println!("lab recheck without a fix: rules lifted for {lifts:?} s");
-    let (_, m) = lab.get(METRICS);
-    for line in [
-        "pia_split_tunnel_fallback_active 1",
-        "pia_split_tunnel_fallback_rechecks_total{result=\"still_needed\"} 3",
-        "pia_split_tunnel_fallback_retired_total{reason=\"bypass_works_without\"} 0",
-        "pia_split_tunnel_fallback_actions_total{action=\"apply\",result=\"ok\"} 1",
-    ] {
-        assert!(has(&m, line), "missing {line}\n{m}");
-    }
+    without_a_fix_the_rules_come_back(&lab);
 
     // PIA ships the fix: the next recheck retires the rules.
     lab.script(&["pia-fix"]);
