@@ -303,7 +303,7 @@ impl Controller {
         s.recheck.due = due;
     }
 
-    /// `POST /fallback/recheck`, `fallback recheck`, or a version change in `auto`: lifts the
+    /// `POST /fallback/recheck`, or a version change in `auto`: lifts the
     /// rules for one probe round of this agent's own (at most [`LIFT_WINDOW`]); when it shows
     /// the bypass egressing as the physical path they stay off (the fallback retired itself),
     /// otherwise they are put back at once. A request to recheck is never evidence.

@@ -102,7 +102,7 @@ impl Versions {
 pub enum RecheckCause {
     /// PIA's version or the macOS build changed while the fallback was in place.
     VersionChanged,
-    /// `POST /fallback/recheck` or `fallback recheck`.
+    /// `POST /fallback/recheck`.
     Manual,
 }
 
