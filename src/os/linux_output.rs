@@ -75,7 +75,14 @@ pub fn parse_ip_route_get(text: &str) -> Option<String> {
 /// Route types `ip route` prints before the destination; such a route has no device, so no
 /// interface carries it and discovery has nothing to take from it.
 const TYPED: &[&str] = &[
-    "unreachable", "blackhole", "prohibit", "throw", "broadcast", "local", "multicast", "nat",
+    "unreachable",
+    "blackhole",
+    "prohibit",
+    "throw",
+    "broadcast",
+    "local",
+    "multicast",
+    "nat",
     "anycast",
 ];
 
@@ -101,7 +108,10 @@ pub fn parse_ip_route(text: &str) -> Result<Vec<ProcRoute>, String> {
         };
         let interface = after("dev").ok_or_else(|| format!("ip route: no device in {line:?}"))?;
         let gateway = match after("via") {
-            Some(g) => Some(g.parse().map_err(|_| format!("ip route: gateway {g:?} not understood"))?),
+            Some(g) => Some(
+                g.parse()
+                    .map_err(|_| format!("ip route: gateway {g:?} not understood"))?,
+            ),
             None => None,
         };
         out.push(ProcRoute {
@@ -286,7 +296,15 @@ en0\tnothex\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         let rows = parse_ip_route(&fixture("ip-4-route.txt")).unwrap();
         let seen: Vec<(String, u8, Option<Ipv4Addr>, &str, u32)> = rows
             .iter()
-            .map(|r| (r.dst.to_string(), r.prefix, r.gateway, r.interface.as_str(), r.metric))
+            .map(|r| {
+                (
+                    r.dst.to_string(),
+                    r.prefix,
+                    r.gateway,
+                    r.interface.as_str(),
+                    r.metric,
+                )
+            })
             .collect();
         let vpn = Some(Ipv4Addr::new(10, 16, 0, 1));
         let gw = Some(Ipv4Addr::new(10, 0, 15, 1));
@@ -311,7 +329,15 @@ en0\tnothex\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         let ifs = parse_ip_addr(&fixture("ip-4-addr.txt")).unwrap();
         let seen: Vec<(&str, u32, bool, bool, Vec<Ipv4Addr>)> = ifs
             .iter()
-            .map(|i| (i.name.as_str(), i.index, i.loopback, i.point_to_point, i.ipv4.clone()))
+            .map(|i| {
+                (
+                    i.name.as_str(),
+                    i.index,
+                    i.loopback,
+                    i.point_to_point,
+                    i.ipv4.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             seen,
