@@ -54,7 +54,7 @@ impl Tone {
         }
     }
 
-    /// The README's runbook for this state, when there is a problem.
+    /// The runbook (docs/runbooks.md) for this state, when there is a problem.
     fn runbook(self) -> Option<&'static str> {
         match self {
             Tone::Broken | Tone::Failing | Tone::Repaired => {
@@ -308,8 +308,8 @@ fn links(h: &mut String, tone: Tone) {
     if let Some(anchor) = tone.runbook() {
         let _ = write!(
             h,
-            "<li><a id=\"runbook\" href=\"{}#{anchor}\">the runbook for this problem</a> \
-             (README)</li>",
+            "<li><a id=\"runbook\" href=\"{}/blob/main/docs/runbooks.md#{anchor}\">the runbook for this problem</a> \
+             (docs/runbooks.md)</li>",
             env!("CARGO_PKG_REPOSITORY")
         );
     }

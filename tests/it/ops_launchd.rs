@@ -215,6 +215,28 @@ fn plist_installer_and_config_agree() {
     );
 }
 
+/// launchd/README.md, which a user reads beside the files, names what the scripts install: the
+/// label, the binary, the config, the log and the state folder, as common.sh spells them.
+#[test]
+fn the_folders_readme_names_what_the_scripts_install() {
+    let common = read("launchd/common.sh");
+    let readme = read("launchd/README.md");
+    for var in ["LABEL", "BIN", "CONF_DIR", "LOG", "STATE_DIR"] {
+        let value = shell_var(&common, var);
+        assert!(!value.is_empty(), "{var} in common.sh");
+        assert!(
+            readme.contains(&value),
+            "launchd/README.md does not name {var} = {value}"
+        );
+    }
+    for file in ["install.sh", "uninstall.sh", "config.toml", "common.sh"] {
+        assert!(
+            readme.contains(&format!("`{file}`")),
+            "launchd/README.md: {file}"
+        );
+    }
+}
+
 #[test]
 fn scripts_parse() {
     for script in ["common.sh", "install.sh", "uninstall.sh"] {

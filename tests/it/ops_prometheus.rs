@@ -94,8 +94,8 @@ fn dashboard_schema_basics() {
         vars.iter()
             .any(|v| v["name"] == "job" && v["multi"] == true)
     );
-    // Runbook links (dashboard and panels) point at sections of the README.
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    // Runbook links (dashboard and panels) point at sections of docs/runbooks.md.
+    let readme = std::fs::read_to_string(root().join("docs/runbooks.md")).unwrap();
     let anchors: BTreeSet<String> = readme
         .lines()
         .filter_map(|l| {
@@ -112,12 +112,15 @@ fn dashboard_schema_basics() {
         .collect();
     let text = serde_json::to_string(&d).unwrap();
     let mut links = 0;
-    for (i, _) in text.match_indices("/pia-split-tunnel-exporter#") {
-        let anchor: String = text[i + "/pia-split-tunnel-exporter#".len()..]
+    for (i, _) in text.match_indices("/docs/runbooks.md#") {
+        let anchor: String = text[i + "/docs/runbooks.md#".len()..]
             .chars()
             .take_while(|c| *c != '"')
             .collect();
-        assert!(anchors.contains(&anchor), "no README section for #{anchor}");
+        assert!(
+            anchors.contains(&anchor),
+            "no section of docs/runbooks.md for #{anchor}"
+        );
         links += 1;
     }
     assert!(links >= 6, "{links} runbook links");

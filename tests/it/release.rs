@@ -1,6 +1,6 @@
 //! What a release needs is there and agrees: licences, package metadata, the changelog, the
-//! Homebrew formula, `--version`, and the README's table of config keys against
-//! `check-config`.
+//! Homebrew formula, `--version`, docs/configuration.md's table of config keys against
+//! `check-config`, and a short README whose links, like every doc's, lead somewhere.
 
 use crate::common;
 
@@ -119,12 +119,10 @@ fn items(cell: &str) -> Vec<String> {
     out
 }
 
-/// The README's configuration table as (`section.key`, default as written).
-fn readme_defaults() -> Vec<(String, String)> {
-    let readme = read("README.md");
-    let table = &readme[readme
-        .find("## Configuration")
-        .expect("a Configuration section")..];
+/// docs/configuration.md's table as (`section.key`, default as written).
+fn documented_defaults() -> Vec<(String, String)> {
+    let readme = read("docs/configuration.md");
+    let table = &readme[readme.find("\n| key |").expect("a table of keys")..];
     let mut rows = Vec::new();
     for line in table.lines().skip_while(|l| !l.starts_with('|')) {
         if !line.starts_with('|') {
@@ -165,10 +163,10 @@ fn readme_defaults() -> Vec<(String, String)> {
 }
 
 #[test]
-fn readme_config_table_matches_check_config() {
+fn documented_config_table_matches_check_config() {
     let out = common::run_bin(&["check-config"], &[]);
     let effective: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
-    let rows = readme_defaults();
+    let rows = documented_defaults();
     assert!(rows.len() > 30, "the table was found: {rows:?}");
     for (key, written) in &rows {
         let (section, name) = key.split_once('.').unwrap();
@@ -192,13 +190,13 @@ fn readme_config_table_matches_check_config() {
                 };
                 assert!(
                     same,
-                    "README says {key} = {literal}, check-config says {actual}"
+                    "docs/configuration.md says {key} = {literal}, check-config says {actual}"
                 );
             }
             // A word ("none", "discovered"): the key has no value of its own.
             None => assert!(
                 actual.is_none(),
-                "README says {key} is {written}, check-config says {}",
+                "docs/configuration.md says {key} is {written}, check-config says {}",
                 actual.unwrap()
             ),
         }
@@ -209,7 +207,7 @@ fn readme_config_table_matches_check_config() {
             let key = format!("{section}.{name}");
             assert!(
                 rows.iter().any(|(k, _)| *k == key),
-                "{key} is missing from the README's table"
+                "{key} is missing from docs/configuration.md's table"
             );
         }
     }
@@ -242,4 +240,86 @@ fn sessions_keys_written_in_fallback_still_load_with_a_warning() {
             "{log}"
         );
     }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The headings' anchors of a Markdown file (fenced code left out).
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// The front door is for a Mac user: short, the demo and test commands first, and every
+/// relative link of it and of the docs behind it leads to a file and heading that exist.
+#[test]
+fn the_readme_is_short_and_every_docs_link_resolves() {
+    let readme = read("README.md");
+    assert!(
+        readme.lines().count() <= 250,
+        "README: {} lines",
+        readme.lines().count()
+    );
+    let head: Vec<&str> = readme.lines().take(6).collect();
+    assert!(
+        head.iter()
+            .any(|l| l.starts_with("cargo run --release -- demo"))
+    );
+    assert!(head.iter().any(|l| l.starts_with("cargo test")));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec!["README.md".to_owned(), "launchd/README.md".to_owned()];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") {
+            files.push(format!("docs/{name}"));
+        }
+    }
+    let mut checked = 0;
+    for file in &files {
+        let text = read(file);
+        let dir = Path::new(file).parent().unwrap();
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.starts_with("http") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (path, frag) = target.split_once('#').unwrap_or((&target, ""));
+            let linked = if path.is_empty() {
+                file.clone()
+            } else {
+                let p = dir.join(path);
+                assert!(
+                    root.join(&p).exists(),
+                    "{file}: link to {target}: no such file"
+                );
+                p.to_string_lossy().into_owned()
+            };
+            if !frag.is_empty() && linked.ends_with(".md") {
+                let heads = anchors(&read(&linked));
+                assert!(
+                    heads.iter().any(|a| a == frag),
+                    "{file}: link to {target}: no such heading"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked} links checked");
 }
