@@ -201,7 +201,7 @@ fn what_happens(out: &mut String, b: &Bundle, j: &Judged, ev: &LogEvidence) {
     let _ = writeln!(
         out,
         "From `transparent_proxy.log`: {} of {closed} proxied sessions closed with zero bytes \
-         both ways ({}% ); the proxy bound them to {}.\n",
+         both ways ({}%); the proxy bound them to {}.\n",
         j.report.zero_byte_closures(),
         percent(j.report.zero_byte_closures(), closed),
         j.report
@@ -309,7 +309,12 @@ fn route_lines(b: &Bundle) -> Vec<&str> {
 fn routing(out: &mut String, b: &Bundle, j: &Judged) {
     let _ = writeln!(out, "## Routing\n");
     for s in &j.sentences {
-        let _ = writeln!(out, "- {s}");
+        let mut chars = s.chars();
+        let first = chars
+            .next()
+            .map(|c| c.to_uppercase().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(out, "- {first}{}", chars.as_str());
     }
     let lines = route_lines(b);
     if !lines.is_empty() {
@@ -373,6 +378,23 @@ fn probe_evidence(out: &mut String, b: &Bundle) {
             let _ = writeln!(out, "- {what}, `{bound}`: {result}");
         }
     }
+    let egress = |path: &str| {
+        let p = round["paths"]
+            .as_array()?
+            .iter()
+            .find(|p| p["path"] == path)?;
+        p["egress_ip"].as_str().map(str::to_owned)
+    };
+    if let (Some(x), Some(t), Some(p)) = (egress("bypass"), egress("tunnel"), egress("physical"))
+        && x == t
+        && x != p
+    {
+        let _ = writeln!(
+            out,
+            "\nTraffic bound to the physical address leaves through the tunnel: it egresses as \
+             the VPN's exit ({x}), not as the physical path ({p})."
+        );
+    }
     if let Some(text) = round["verdict"]["text"].as_str() {
         let _ = writeln!(out, "\nVerdict: {text}");
     }
@@ -405,10 +427,10 @@ fn workaround(out: &mut String, b: &Bundle, j: &Judged, config: &Config) {
     }
     let _ = writeln!(
         out,
-        "- Loaded: {}",
+        "- Loaded now: {}",
         loaded(b, &cfg.anchor, cfg.rule_priority)
     );
-    let _ = writeln!(out, "- Verified: {}\n", verified(b));
+    let _ = writeln!(out, "- The agent's verdict: {}\n", verified(b));
 }
 
 /// Whether the saved anchor (or `ip rule`) holds the agent's rules.
@@ -471,5 +493,5 @@ fn verified(b: &Bundle) -> String {
     };
     let fallback = say("fallback").unwrap_or_else(|| "no fallback component".into());
     let bypass = say("probe_bypass").unwrap_or_else(|| "no bypass probe".into());
-    format!("the agent's /health says of the fallback: {fallback}; of the bypass probe: {bypass}")
+    format!("its /health says of the fallback: {fallback}; of the bypass probe: {bypass}")
 }
