@@ -89,9 +89,10 @@ pub enum Command {
     /// Log statistics, one probe round and what the system says, in plain English: the cause
     /// and the repair. Exit 1 when the bypass is broken.
     Diagnose {
-        /// Judge a saved Mac instead, offline: a folder with netstat-rn.txt (`netstat -rn -f
-        /// inet`), ifconfig.txt (`ifconfig -a`) and optionally route-get-default.txt,
-        /// transparent_proxy.log, pfctl-anchors.txt. Exit 3 when the interfaces are uncertain.
+        /// Judge a saved machine instead, offline: a folder with netstat-rn.txt (`netstat -rn -f
+        /// inet`) and ifconfig.txt (`ifconfig -a`), or Linux's ip-route.txt and ip-addr.txt,
+        /// and optionally route-get-default.txt, transparent_proxy.log, pfctl-anchors.txt (what
+        /// --save writes). Exit 3 when the interfaces are uncertain.
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
         /// With --from: print JSON.

@@ -260,6 +260,34 @@ fn in_ns(ns: &Netns) -> Command {
     c
 }
 
+/// A Linux bundle's files: private, complete, PIA's settings without a secret.
+fn assert_saved_linux_bundle(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for name in [
+        "ip-route.txt",
+        "ip-addr.txt",
+        "ip-rule.txt",
+        "uname-m.txt",
+        "bundle.json",
+    ] {
+        assert!(dir.join(name).is_file(), "{name} not saved");
+    }
+    let kept = std::fs::read_to_string(dir.join("pia-split-tunnel-settings.json")).unwrap();
+    assert!(kept.contains("\"method\": \"openvpn\""), "{kept}");
+    for secret in ["hunter2", "abcdef0123456789", "proxy.example", "username"] {
+        assert!(!kept.contains(secret), "{secret} in {kept}");
+    }
+    let manifest = std::fs::read_to_string(dir.join("bundle.json")).unwrap();
+    assert!(
+        manifest.contains("probe.enabled = false: not probed"),
+        "{manifest}"
+    );
+}
+
 #[test]
 fn a_linux_machine_saved_live_reads_back_the_same_judgement() {
     let ns = Netns::new();
@@ -291,30 +319,7 @@ fn a_linux_machine_saved_live_reads_back_the_same_judgement() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(
-        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
-    for name in [
-        "ip-route.txt",
-        "ip-addr.txt",
-        "ip-rule.txt",
-        "uname-m.txt",
-        "bundle.json",
-    ] {
-        assert!(dir.join(name).is_file(), "{name} not saved");
-    }
-    let kept = std::fs::read_to_string(dir.join("pia-split-tunnel-settings.json")).unwrap();
-    assert!(kept.contains("\"method\": \"openvpn\""), "{kept}");
-    for secret in ["hunter2", "abcdef0123456789", "proxy.example", "username"] {
-        assert!(!kept.contains(secret), "{secret} in {kept}");
-    }
-    let manifest = std::fs::read_to_string(dir.join("bundle.json")).unwrap();
-    assert!(
-        manifest.contains("probe.enabled = false: not probed"),
-        "{manifest}"
-    );
+    assert_saved_linux_bundle(&dir);
     // The saved folder, judged anywhere, says what the namespace's own discovery says.
     let (code, got) = from_json(&dir);
     assert_eq!(code, Some(0), "{got}");
