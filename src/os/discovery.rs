@@ -516,6 +516,8 @@ pub mod saved {
     pub const IP_ADDR: &str = "ip-addr.txt";
     /// Linux: `ip rule`.
     pub const IP_RULE: &str = "ip-rule.txt";
+    /// What the bundle is: the tool's version, whether it was redacted, why files are missing.
+    pub const BUNDLE: &str = "bundle.json";
 }
 
 #[cfg(test)]

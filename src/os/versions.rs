@@ -95,6 +95,11 @@ pub fn parse_info_plist_version(text: &str) -> Result<String, String> {
     token(value).ok_or_else(|| format!("Info.plist: version {value:?} not understood"))
 }
 
+/// A saved version line (`pia-version.txt`): one short token.
+pub fn parse_version_line(text: &str) -> Result<String, String> {
+    token(text).ok_or_else(|| format!("version {:?} not understood", text.trim()))
+}
+
 /// `uname -m`: one word.
 pub fn parse_uname_m(text: &str) -> Result<String, String> {
     token(text).ok_or_else(|| format!("uname -m: {:?} not understood", text.trim()))

@@ -21,6 +21,7 @@ mod agent_tailing;
 mod analyze;
 mod architecture;
 mod daemon_signals;
+mod diagnose_bundle;
 mod diagnose_from;
 mod fallback_controller;
 mod fallback_http;
