@@ -461,6 +461,82 @@ mod tests {
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
     }
 
+    /// A Mac with PIA, as the `Os` seam tells it; nothing else of it is asked.
+    struct Mac;
+
+    impl crate::os::Os for Mac {
+        fn interfaces(&self) -> Vec<crate::os::IfaceInfo> {
+            Vec::new()
+        }
+        fn route_table(&self) -> Result<Vec<crate::os::RouteEntry>, String> {
+            Ok(Vec::new())
+        }
+        fn routing_facts(&self, _ifs: &crate::os::Interfaces) -> crate::os::RoutingFacts {
+            crate::os::RoutingFacts::default()
+        }
+        fn platform(&self) -> crate::os::Platform {
+            crate::os::Platform {
+                macos: Some(crate::os::MacosVersion {
+                    version: "15.3".into(),
+                    build: "24D60".into(),
+                }),
+                pia_version: Some("3.7.0".into()),
+                ..Default::default()
+            }
+        }
+    }
+
+    /// `GET /metrics` from the agent at `addr`.
+    async fn scrape(addr: SocketAddr) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// The versions are read with the probe round and exported by the agent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_versions_read_with_a_round_are_on_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let rounds: Arc<dyn RoundSource> = Arc::new(|| async {
+            Round {
+                interfaces: crate::probe::lab::interfaces(true),
+                results: Vec::new(),
+            }
+        });
+        let mut sources = sources(Some(rounds));
+        sources.platform = Some(Arc::new(Mac));
+        let listener = listener().await;
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(run_until(config(dir.path()), sources, listener, async {
+            let _ = stop_rx.await;
+            Stop::Exit
+        }));
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = scrape(addr).await;
+            if text.contains("pia_info{") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            text.contains("pia_split_tunnel_pia_info{version=\"3.7.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pia_split_tunnel_macos_info{version=\"15.3\",build=\"24D60\"} 1"),
+            "{text}"
+        );
+        let _ = stop_tx.send(());
+        run.await.unwrap().unwrap();
+    }
+
     /// A task that dies while the agent runs ends the agent, with the task's name in the
     /// error, rather than leaving it serving numbers that no longer move.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
