@@ -272,8 +272,12 @@ impl Controller {
             (Mode::Observe, _) => Some(
                 "mode is observe: nothing is lifted; POST /fallback/recheck checks now".to_owned(),
             ),
-            // One thing per round: an action just taken is seen first.
-            (Mode::Auto, d) if d.action().is_some() => Some("after the action just taken".into()),
+            // Only from a round where the repair does its job (not during an action, a tunnel
+            // going down, or a still-broken bypass the policy is confirming).
+            (Mode::Auto, d) if *d != Decision::None(Reason::Active) => Some(format!(
+                "waiting for a quiet round (this one: {})",
+                d.reason()
+            )),
             (Mode::Auto, _) => self
                 .policy
                 .may_act(now)

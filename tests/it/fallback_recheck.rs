@@ -424,3 +424,33 @@ async fn a_round_that_never_answers_puts_the_rules_back_at_the_window() {
     assert!(rec.detail.contains("within 750 ms"), "{}", rec.detail);
     assert!(c.status().active);
 }
+
+/// A version change seen in a round where the repair is not simply doing its job (here the
+/// tunnel is going down) waits for a quiet round: nothing is lifted meanwhile.
+#[tokio::test]
+async fn a_recheck_waits_for_a_quiet_round() {
+    let mut r = rig(Mode::Auto);
+    let t0 = Instant::now();
+    r.applied(t0).await;
+    r.c.note_versions(versions(NEW_PIA));
+    let calls = r.s.call_lines().len();
+    let gone = round(false, Bypass::Physical);
+    let d = on_round(&mut r.c, t0 + Duration::from_secs(120), &gone, NO_SESSIONS).await;
+    assert_eq!(d, Decision::None(Reason::AwaitingConfirmation));
+    assert_eq!(r.s.call_lines().len(), calls, "nothing lifted");
+    let due = r.c.status().recheck.due.unwrap();
+    assert!(due.contains("waiting for a quiet round"), "{due}");
+    let working = round(true, Bypass::Physical);
+    on_round(
+        &mut r.c,
+        t0 + Duration::from_secs(150),
+        &working,
+        NO_SESSIONS,
+    )
+    .await;
+    assert_eq!(r.c.status().recheck.due, None);
+    assert_eq!(
+        r.c.status().recheck.last.unwrap().result,
+        RecheckResult::StillNeeded
+    );
+}
