@@ -5,6 +5,9 @@
 #   lab.sh down PREFIX     remove it (also the what-is-my-IP server)
 #   lab.sh repair PREFIX   the manual fix: ip rule from 10.0.15.15 lookup 100 + default via 10.0.15.1 in table 100
 #   lab.sh unrepair PREFIX undo it
+#   lab.sh pia-fix PREFIX  a "fixed PIA": the tunnel side routes the bound address out of en0
+#                          itself (ip rule from 10.0.15.15 lookup 200, after the agent's 100)
+#   lab.sh pia-unfix PREFIX  undo it
 #   lab.sh exec PREFIX CMD...  run CMD inside the "mac" namespace
 #
 #  mac:  en0 10.0.15.15/24 ── router: 10.0.15.1, masquerades to 198.51.100.47 ──┐
@@ -23,7 +26,7 @@ cmd=${1:-}
 prefix=${2:-}
 
 die() { echo "lab: $*" >&2; exit 1; }
-[ -n "$cmd" ] || die "usage: lab.sh up|down|repair|unrepair|exec PREFIX [CMD...]"
+[ -n "$cmd" ] || die "usage: lab.sh up|down|repair|unrepair|pia-fix|pia-unfix|exec PREFIX [CMD...]"
 # A prefix keeps parallel labs apart and makes sure no name is the default namespace.
 [[ "$prefix" =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "PREFIX must be 1-8 lower-case letters or digits (got '$prefix')"
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces); run as root or with sudo"
@@ -115,6 +118,17 @@ case "$cmd" in
   unrepair)
     ip -n "$mac" rule del from 10.0.15.15 lookup 100 priority 100 2>/dev/null || true
     ip -n "$mac" route flush table 100 2>/dev/null || true
+    ;;
+  pia-fix)
+    # What a PIA that fixed the bug does: the bound source leaves by the physical interface
+    # without anyone's repair. Its own table and a lower priority than the agent's rule, so
+    # it works exactly when the agent's rule is lifted.
+    ip -n "$mac" rule add from 10.0.15.15 lookup 200 priority 200
+    ip -n "$mac" route add default via 10.0.15.1 dev en0 table 200
+    ;;
+  pia-unfix)
+    ip -n "$mac" rule del from 10.0.15.15 lookup 200 priority 200 2>/dev/null || true
+    ip -n "$mac" route flush table 200 2>/dev/null || true
     ;;
   exec)
     shift 2

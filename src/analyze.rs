@@ -53,6 +53,21 @@ impl Report {
         })
     }
 
+    /// The report of a log already in memory (a support bundle's), as [`Report::from_files`].
+    pub fn from_text(
+        text: &[u8],
+        cfg: &LogConfig,
+        thresholds: Thresholds,
+    ) -> anyhow::Result<Report> {
+        let mut pipeline = LogState::new(cfg.limits());
+        read_into(&mut pipeline, text, cfg.max_line_bytes).context("cannot read the log")?;
+        pipeline.flush_pending();
+        Ok(Report {
+            pipeline,
+            thresholds,
+        })
+    }
+
     fn rows(&self) -> impl Iterator<Item = (&str, &'static str, &AppCounts)> {
         let apps = self.pipeline.sessions().apps();
         self.pipeline

@@ -89,14 +89,31 @@ pub enum Command {
     /// Log statistics, one probe round and what the system says, in plain English: the cause
     /// and the repair. Exit 1 when the bypass is broken.
     Diagnose {
-        /// Judge a saved Mac instead, offline: a folder with netstat-rn.txt (`netstat -rn -f
-        /// inet`), ifconfig.txt (`ifconfig -a`) and optionally route-get-default.txt,
-        /// transparent_proxy.log, pfctl-anchors.txt. Exit 3 when the interfaces are uncertain.
+        /// Judge a saved machine instead, offline: a folder with netstat-rn.txt (`netstat -rn -f
+        /// inet`) and ifconfig.txt (`ifconfig -a`), or Linux's ip-route.txt and ip-addr.txt,
+        /// and optionally route-get-default.txt, transparent_proxy.log, pfctl-anchors.txt (what
+        /// --save writes). Exit 3 when the interfaces are uncertain.
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
         /// With --from: print JSON.
-        #[arg(long, requires = "from")]
+        #[arg(long, requires = "from", conflicts_with_all = ["save", "report"])]
         json: bool,
+        /// Save a support bundle (this machine's, or the --from folder's) into DIR, a new or
+        /// empty folder made with mode 0700: what --from reads back, and more (versions,
+        /// PIA's split-tunnel settings, the end of the proxy's log, a probe round, /health).
+        #[arg(long, value_name = "DIR", conflicts_with = "report")]
+        save: Option<PathBuf>,
+        /// Print a bug report for PIA's tracker in Markdown (this machine's, or the --from
+        /// folder's).
+        #[arg(long)]
+        report: bool,
+        /// With --save or --report: replace public addresses, MAC addresses and home folders
+        /// by stable placeholders.
+        #[arg(long)]
+        redact: bool,
+        /// PIA's settings.json, read for its split-tunnel keys only (default: PIA's own path).
+        #[arg(long, value_name = "FILE")]
+        pia_settings: Option<PathBuf>,
     },
     /// Print the rules the fallback would load.
     Rules(commands::fallback::TargetArgs),
@@ -174,11 +191,29 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { speed } => commands::demo(config, speed),
         Command::CheckConfig => commands::check_config(&config),
         Command::Probe { json } => commands::probe::run(&config.probe, json),
-        Command::Diagnose { from: None, .. } => commands::diagnose::run(&config),
         Command::Diagnose {
-            from: Some(dir),
+            from,
             json,
-        } => commands::diagnose::run_from(&config, &dir, json),
+            save,
+            report,
+            redact,
+            pia_settings,
+        } => {
+            let args = commands::diagnose::BundleArgs {
+                from: from.as_deref(),
+                redact,
+                pia_settings: pia_settings.as_deref(),
+            };
+            if (redact || args.pia_settings.is_some()) && save.is_none() && !report {
+                anyhow::bail!("--redact and --pia-settings go with --save or --report");
+            }
+            match (save, report, &from) {
+                (Some(out), _, _) => commands::diagnose::run_save(&config, &out, &args),
+                (None, true, _) => commands::diagnose::run_report(&config, &args),
+                (None, false, Some(dir)) => commands::diagnose::run_from(&config, dir, json),
+                (None, false, None) => commands::diagnose::run(&config),
+            }
+        }
         Command::Rules(target) => commands::rules::run(&config.fallback, &config.probe, &target),
         Command::Fallback { op } => commands::fallback::run(&config.fallback, &config.probe, &op),
     }

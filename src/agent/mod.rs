@@ -33,6 +33,7 @@ use crate::probe::RoundSource;
 use crate::sessions::window::{EvidenceEdge, SessionsVerdict, SharedWindow};
 use crate::status::adapter::StatusSource;
 
+pub mod platform;
 mod rounds;
 pub mod schedule;
 pub use rounds::RoundLoop;
@@ -46,6 +47,8 @@ pub struct Sources {
     pub interval: Duration,
     /// Start a round when routes, links or addresses change.
     pub watch_routes: bool,
+    /// Where PIA's and macOS's versions are read each round; `None`: not read.
+    pub platform: Option<Arc<dyn crate::os::Os>>,
 }
 
 impl Sources {
@@ -56,6 +59,7 @@ impl Sources {
             processes: Box::new(crate::presence::SysinfoSource::new()?),
             interval: config.probe.interval(),
             watch_routes: config.probe.watch_routes,
+            platform: Some(Arc::new(crate::os::System::default())),
         })
     }
 }
@@ -170,6 +174,10 @@ impl Agent {
         let health = health(config, &window, &controller, sources.rounds.is_some());
         crate::metrics::register(&registry, HealthCollector(health.clone()))?;
         let controller: SharedController = Arc::new(tokio::sync::Mutex::new(controller));
+        let platform = sources.platform.map(platform::PlatformWatch::new);
+        if let Some(p) = &platform {
+            crate::metrics::register(&registry, p.clone())?;
+        }
         // The log side tells the rounds when the sessions become evidence.
         let evidence = Arc::new(tokio::sync::Notify::new());
         let events = AgentEvents {
@@ -190,6 +198,7 @@ impl Agent {
             window: window.clone(),
             controller: controller.clone(),
             health: health.clone(),
+            platform,
         };
         let status =
             StatusSource::new(health.clone(), window.clone(), pipeline, controller.clone());
@@ -466,11 +475,88 @@ mod tests {
             processes: Box::new(NoProcesses),
             interval: Duration::from_secs(3600),
             watch_routes: false,
+            platform: None,
         }
     }
 
     async fn listener() -> tokio::net::TcpListener {
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    /// A Mac with PIA, as the `Os` seam tells it; nothing else of it is asked.
+    struct Mac;
+
+    impl crate::os::Os for Mac {
+        fn interfaces(&self) -> Vec<crate::os::IfaceInfo> {
+            Vec::new()
+        }
+        fn route_table(&self) -> Result<Vec<crate::os::RouteEntry>, String> {
+            Ok(Vec::new())
+        }
+        fn routing_facts(&self, _ifs: &crate::os::Interfaces) -> crate::os::RoutingFacts {
+            crate::os::RoutingFacts::default()
+        }
+        fn platform(&self) -> crate::os::Platform {
+            crate::os::Platform {
+                macos: Some(crate::os::MacosVersion {
+                    version: "15.3".into(),
+                    build: "24D60".into(),
+                }),
+                pia_version: Some("3.7.0".into()),
+                ..Default::default()
+            }
+        }
+    }
+
+    /// `GET /metrics` from the agent at `addr`.
+    async fn scrape(addr: SocketAddr) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// The versions are read with the probe round and exported by the agent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_versions_read_with_a_round_are_on_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let rounds: Arc<dyn RoundSource> = Arc::new(|| async {
+            Round {
+                interfaces: crate::probe::lab::interfaces(true),
+                results: Vec::new(),
+            }
+        });
+        let mut sources = sources(Some(rounds));
+        sources.platform = Some(Arc::new(Mac));
+        let listener = listener().await;
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(run_until(config(dir.path()), sources, listener, async {
+            let _ = stop_rx.await;
+            Stop::Exit
+        }));
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = scrape(addr).await;
+            if text.contains("pia_info{") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            text.contains("pia_split_tunnel_pia_info{version=\"3.7.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pia_split_tunnel_macos_info{version=\"15.3\",build=\"24D60\"} 1"),
+            "{text}"
+        );
+        let _ = stop_tx.send(());
+        run.await.unwrap().unwrap();
     }
 
     /// A task that dies while the agent runs ends the agent, with the task's name in the

@@ -37,6 +37,8 @@ pub struct RoundLoop {
     pub window: SharedWindow,
     pub controller: SharedController,
     pub health: Arc<Health>,
+    /// PIA's and macOS's versions, read each round (see agent/platform.rs).
+    pub platform: Option<super::platform::PlatformWatch>,
 }
 
 impl RoundLoop {
@@ -109,8 +111,15 @@ impl RoundLoop {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .verdict(Instant::now());
+        let versions = self
+            .platform
+            .as_ref()
+            .map(|p| tokio::task::block_in_place(|| p.read()));
         let confirm = {
             let mut controller = self.controller.lock().await;
+            if let Some(v) = versions {
+                controller.note_versions(v);
+            }
             let decision = controller
                 .on_round(Instant::now(), &round, &verdict, sessions)
                 .await;

@@ -6,15 +6,23 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use serde_json::json;
+
+mod bundle;
+mod evidence;
+mod redact;
+mod report;
+mod save;
+
+use bundle::{Bundle, Kind, pia_settings_path};
 
 use super::probe::one_round;
 use crate::analyze::Report;
 use crate::config::Config;
-use crate::os::discovery::{self, Discovery, Evidence, saved};
+use crate::os::discovery::{self, Discovery, Evidence, RouteEntry, saved};
+use crate::os::linux_output::{parse_ip_addr, parse_ip_route};
 use crate::os::macos_output::{parse_anchors, parse_ifconfig, parse_netstat_inet, parse_route_get};
-use crate::os::{Os as _, ProxyBinding, RoutingFacts, System};
+use crate::os::{IfaceInfo, Os as _, ProxyBinding, RoutingFacts, System};
 use crate::presence::{Presence, PresenceTracker, SysinfoSource};
 use crate::probe::{PathKind, ProbeState, Round, Verdict};
 use crate::proxy_log::{ErrorKind, Level};
@@ -145,42 +153,61 @@ pub fn discovery_sentences(d: &Discovery) -> Vec<String> {
     out
 }
 
-/// A saved Mac, read from `dir` (the file names are [`saved`]'s).
-struct SavedMac {
-    netstat: String,
-    ifconfig: String,
-    route_get_default: Option<String>,
-    pf_anchors: Option<String>,
-    proxy_log: Option<PathBuf>,
+/// A bundle judged: discovery on its interfaces and table, its routing facts, its log.
+pub struct Judged {
+    pub found: Discovery,
+    pub proxy: ProxyBinding,
+    pub report: Report,
+    /// Discovery's and the routing facts' sentences, as `diagnose` prints them after "Measured:".
+    pub sentences: Vec<String>,
 }
 
-impl SavedMac {
-    fn read(dir: &Path) -> anyhow::Result<SavedMac> {
-        let need = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .with_context(|| format!("{}: cannot read {name}", dir.display()))
-        };
-        let optional = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-        let log = dir.join(saved::PROXY_LOG);
-        Ok(SavedMac {
-            netstat: need(saved::NETSTAT)?,
-            ifconfig: need(saved::IFCONFIG)?,
-            route_get_default: optional(saved::ROUTE_GET_DEFAULT),
-            pf_anchors: optional(saved::PF_ANCHORS),
-            proxy_log: log.is_file().then_some(log),
-        })
+/// A saved file the judgement needs, or why it is not there.
+fn need<'a>(b: &'a Bundle, dir: &Path, name: &str) -> anyhow::Result<&'a str> {
+    b.get(name).ok_or_else(|| {
+        let why = b
+            .missing
+            .get(name)
+            .map_or("not in the folder", String::as_str);
+        anyhow::anyhow!("{}: cannot read {name}: {why}", dir.display())
+    })
+}
+
+/// Interfaces, the table and the routing facts of a saved Mac or Linux machine.
+fn saved_system(
+    b: &Bundle,
+    dir: &Path,
+) -> anyhow::Result<(Vec<IfaceInfo>, Vec<RouteEntry>, RoutingFacts)> {
+    match b.kind() {
+        Some(Kind::Linux) => {
+            let rows =
+                parse_ip_route(need(b, dir, saved::IP_ROUTE)?).map_err(anyhow::Error::msg)?;
+            let ifs = parse_ip_addr(need(b, dir, saved::IP_ADDR)?).map_err(anyhow::Error::msg)?;
+            Ok((ifs, discovery::from_proc(&rows), RoutingFacts::default()))
+        }
+        _ => {
+            let rows = parse_netstat_inet(need(b, dir, saved::NETSTAT)?)?;
+            let routes = discovery::from_netstat(&rows).map_err(anyhow::Error::msg)?;
+            let interfaces = parse_ifconfig(need(b, dir, saved::IFCONFIG)?)?;
+            let facts = RoutingFacts {
+                route_table: Some(rows),
+                default_lookup: b
+                    .get(saved::ROUTE_GET_DEFAULT)
+                    .map(parse_route_get)
+                    .transpose()?,
+                pf_anchors: b.get(saved::PF_ANCHORS).map(parse_anchors),
+                ..RoutingFacts::default()
+            };
+            Ok((interfaces, routes, facts))
+        }
     }
 }
 
-/// `diagnose --from DIR`: the same judgement as the agent's discovery, on a saved Mac's files;
-/// exit 0 when the interfaces are certain, 3 when they are not.
-pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
-    let mac = SavedMac::read(dir)?;
-    let rows = parse_netstat_inet(&mac.netstat)?;
-    let routes = discovery::from_netstat(&rows).map_err(anyhow::Error::msg)?;
-    let interfaces = parse_ifconfig(&mac.ifconfig)?;
-    let files: Vec<PathBuf> = mac.proxy_log.iter().cloned().collect();
-    let report = Report::from_files(&files, &config.log, config.sessions.thresholds())?;
+/// The same judgement as the agent's discovery, on a bundle (`dir` names it in errors).
+pub fn judge(config: &Config, b: &Bundle, dir: &Path) -> anyhow::Result<Judged> {
+    let (interfaces, routes, facts) = saved_system(b, dir)?;
+    let log = b.get(saved::PROXY_LOG).unwrap_or_default();
+    let report = Report::from_text(log.as_bytes(), &config.log, config.sessions.thresholds())?;
     let proxy = binding(&report);
     let found = discovery::judge(&Evidence {
         interfaces: &interfaces,
@@ -189,43 +216,44 @@ pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<Ex
         tunnel_name: config.probe.tunnel_interface.as_deref(),
         proxy: &proxy,
     });
-    let facts = RoutingFacts {
-        route_table: Some(rows),
-        default_lookup: mac
-            .route_get_default
-            .as_deref()
-            .map(parse_route_get)
-            .transpose()?,
-        pf_anchors: mac.pf_anchors.as_deref().map(parse_anchors),
-        ..RoutingFacts::default()
-    };
-    let mut platform = discovery_sentences(&found);
-    platform.extend(facts.describe(&found.interfaces));
-    let log_path = mac
-        .proxy_log
-        .clone()
-        .unwrap_or_else(|| dir.join(saved::PROXY_LOG));
+    let mut sentences = discovery_sentences(&found);
+    sentences.extend(facts.describe(&found.interfaces));
+    Ok(Judged {
+        found,
+        proxy,
+        report,
+        sentences,
+    })
+}
+
+/// `diagnose --from DIR`: the same judgement as the agent's discovery, on a saved Mac's or
+/// Linux machine's files; exit 0 when the interfaces are certain, 3 when they are not.
+pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let b = Bundle::read(dir);
+    let j = judge(config, &b, dir)?;
     let log = LogFacts {
         offline: true,
-        ..log_facts(&report, &log_path, Path::new(""))
+        debug_log_present: b.get(saved::PROXY_LOG).is_some(),
+        debug_log_path: dir.join(saved::PROXY_LOG).display().to_string(),
+        ..log_facts(&j.report, Path::new(""), Path::new(""))
     };
-    let mut sentences = discovery_doubts(&found);
-    sentences.extend(explain(None, &log, &Presence::default(), &platform));
-    let ifs = &found.interfaces;
+    let mut sentences = discovery_doubts(&j.found);
+    sentences.extend(explain(None, &log, &Presence::default(), &j.sentences));
+    let ifs = &j.found.interfaces;
     if as_json {
         let out = json!({
             "physical": ifs.physical.as_ref().map(|p| json!({
                 "interface": p.name, "address": p.ipv4, "gateway": p.gateway,
-                "from": found.physical_from,
+                "from": j.found.physical_from,
             })),
             "tunnel": ifs.tunnel.as_ref().map(|t| json!({"interface": t.name, "address": t.ipv4})),
-            "vpn_routes_everything": found.vpn_routes_everything,
-            "public_carrier": found.public_carrier,
+            "vpn_routes_everything": j.found.vpn_routes_everything,
+            "public_carrier": j.found.public_carrier,
             "certain": ifs.trusted(),
             "problems": ifs.problems,
-            "proxy_binding": proxy,
-            "sessions_verdict": report.verdict(),
-            "sessions": report.to_json()["_summary"].clone(),
+            "proxy_binding": j.proxy,
+            "sessions_verdict": j.report.verdict(),
+            "sessions": j.report.to_json()["_summary"].clone(),
             "sentences": sentences,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -235,6 +263,53 @@ pub fn run_from(config: &Config, dir: &Path, as_json: bool) -> anyhow::Result<Ex
         }
     }
     Ok(ExitCode::from(if ifs.trusted() { 0 } else { 3 }))
+}
+
+/// What `--save` and `--report` work on.
+pub struct BundleArgs<'a> {
+    /// A saved folder instead of this machine.
+    pub from: Option<&'a Path>,
+    pub redact: bool,
+    /// PIA's settings.json, read for its split-tunnel keys.
+    pub pia_settings: Option<&'a Path>,
+}
+
+impl BundleArgs<'_> {
+    fn bundle(&self, config: &Config) -> Bundle {
+        let mut b = match self.from {
+            Some(dir) => Bundle::read(dir),
+            None => {
+                let settings = self
+                    .pia_settings
+                    .map_or_else(pia_settings_path, Path::to_path_buf);
+                Bundle::gather(config, &settings)
+            }
+        };
+        if self.redact {
+            b.redact();
+        }
+        b
+    }
+}
+
+/// `diagnose --save DIR`: this machine (or a saved folder, to redact it) into a new folder.
+pub fn run_save(config: &Config, out: &Path, args: &BundleArgs) -> anyhow::Result<ExitCode> {
+    let b = args.bundle(config);
+    save::write(out, &b)?;
+    println!("Saved {} files to {}.", b.files.len(), out.display());
+    for (name, why) in &b.missing {
+        println!("Not saved: {name}: {why}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diagnose --report`: the bug report, in Markdown, on stdout.
+pub fn run_report(config: &Config, args: &BundleArgs) -> anyhow::Result<ExitCode> {
+    let b = args.bundle(config);
+    let dir = args.from.unwrap_or(Path::new("this machine"));
+    let j = judge(config, &b, dir)?;
+    print!("{}", report::render(&b, &j, config));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A few lines of plain English: what was measured, the likely cause, the repair. Findings

@@ -39,27 +39,34 @@ pub fn run(config: &ProbeConfig, json: bool) -> anyhow::Result<ExitCode> {
     let round = one_round(config)?;
     let v = Verdict::of(&round);
     if json {
-        let doc = RoundJson {
-            verdict: &v,
-            interfaces: &round.interfaces,
-            paths: round
-                .results
-                .iter()
-                .map(|r| PathJson {
-                    path: r.path,
-                    bound_to: bound_to(&round, r.path),
-                    egress_ip: r.outcome.ok(),
-                    error: r.outcome.err(),
-                    duration_seconds: r.duration.as_secs_f64(),
-                })
-                .collect(),
-        };
+        let doc = round_json(&round);
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", table(&round));
         println!("{}", v.text);
     }
     Ok(ExitCode::from(v.state.exit_code()))
+}
+
+/// One round as `probe --json` prints it (also a support bundle's probe-round.json).
+pub fn round_json(round: &Round) -> serde_json::Value {
+    let v = Verdict::of(round);
+    let doc = RoundJson {
+        verdict: &v,
+        interfaces: &round.interfaces,
+        paths: round
+            .results
+            .iter()
+            .map(|r| PathJson {
+                path: r.path,
+                bound_to: bound_to(round, r.path),
+                egress_ip: r.outcome.ok(),
+                error: r.outcome.err(),
+                duration_seconds: r.duration.as_secs_f64(),
+            })
+            .collect(),
+    };
+    serde_json::to_value(doc).unwrap_or_default()
 }
 
 /// What a path's socket is bound to.

@@ -115,6 +115,7 @@ pub fn sources(broken: Arc<AtomicBool>) -> Sources {
         interval: Duration::from_secs(5),
         // Replayed rounds: the demo machine's own routes play no part.
         watch_routes: false,
+        platform: None,
     }
 }
 

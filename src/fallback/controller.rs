@@ -14,6 +14,11 @@ use serde::Serialize;
 
 use super::metrics::{AlertResult, FallbackMetrics};
 use super::policy::{Action, ApplyOutcome, Decision, DecisionKind, Policy, Reason};
+use super::recheck::{
+    LIFT_WINDOW, RecheckCause, RecheckRecord, RecheckResult, RecheckStatus, RetireReason,
+    Retirement, Versions,
+};
+use super::state::{Memory, Record};
 use super::{Backend, BackendError, BackendKind, FallbackConfig, Mode, OnShutdown, OnStart, Plan};
 use crate::probe::{ProbeState, Round, RoundSource, Verdict};
 use crate::sessions::window::{Ratio, SessionsVerdict};
@@ -44,6 +49,8 @@ pub struct FallbackStatus {
     pub last_decision: Option<DecisionRecord>,
     pub last_action: Option<ActionRecord>,
     pub consecutive_failures: u32,
+    /// Whether the fallback is still needed: a recheck due, the last one, a retirement.
+    pub recheck: RecheckStatus,
 }
 
 pub type StatusHandle = Arc<RwLock<FallbackStatus>>;
@@ -67,6 +74,8 @@ pub enum ControlError {
         "probe.enabled = false: the agent cannot check the bypass itself, so it applies nothing"
     )]
     NoProbe,
+    #[error("the fallback is not in place: there is nothing to recheck")]
+    NotActive,
 }
 
 pub struct Controller {
@@ -79,6 +88,11 @@ pub struct Controller {
     status: StatusHandle,
     /// The decision last written at info: the same one again, round after round, is debug.
     logged: Option<(DecisionKind, Reason)>,
+    /// Where the recheck's memory is kept (the backend's state file); none without one.
+    record: Option<Record>,
+    memory: Memory,
+    /// The versions the system reported last ([`Controller::note_versions`]).
+    versions: Option<Versions>,
 }
 
 /// The decision in words for the log line ("would apply the repair; mode is observe").
@@ -150,7 +164,11 @@ impl Controller {
             last_decision: None,
             last_action: None,
             consecutive_failures: 0,
+            recheck: RecheckStatus::default(),
         }));
+        let record = backend.record();
+        let memory = record.as_ref().map(Record::memory).unwrap_or_default();
+        status.write().expect("status lock").recheck.retired = memory.retired.clone();
         Controller {
             cfg: cfg.clone(),
             policy: Policy::new(cfg),
@@ -159,6 +177,9 @@ impl Controller {
             metrics,
             status,
             logged: None,
+            record,
+            memory,
+            versions: None,
         }
     }
 
@@ -230,8 +251,224 @@ impl Controller {
         if self.cfg.mode == Mode::Auto {
             let _ = self.execute(now, &decision).await;
         }
+        self.recheck_if_due(now, &decision).await;
         self.publish();
         decision
+    }
+
+    /// The versions the system reports now (read each probe round). While the fallback is in
+    /// place, a change from those it was last found needed under makes a recheck due; it runs
+    /// with the next round ([`Controller::on_round`]) in `auto`, and is only reported in
+    /// `observe`.
+    pub fn note_versions(&mut self, versions: Versions) {
+        if let Some(retired) = &self.memory.retired
+            && self.versions.is_none()
+            && versions.changed_since(&retired.versions).is_none()
+        {
+            // Retired under these versions by an earlier run: its sessions are still stale.
+            self.policy.retired_before();
+        }
+        if self.policy.active() && self.memory.needed_under.is_none() {
+            // Adopted, or applied before the versions were known: they are the baseline.
+            self.remember(Memory {
+                needed_under: Some(versions.clone()),
+                retired: None,
+            });
+        }
+        self.versions = Some(versions);
+    }
+
+    /// What changed since the fallback was last found needed, while it is in place.
+    fn recheck_due(&self) -> Option<String> {
+        if !self.policy.active() {
+            return None;
+        }
+        let before = self.memory.needed_under.as_ref()?;
+        self.versions.as_ref()?.changed_since(before)
+    }
+
+    /// After a round's decision: a due recheck runs in `auto` when the gates allow it, and is
+    /// reported (health, `/`, the log) otherwise.
+    async fn recheck_if_due(&mut self, now: Instant, decision: &Decision) {
+        let Some(change) = self.recheck_due() else {
+            self.set_due(None);
+            return;
+        };
+        let held = match (self.cfg.mode, decision) {
+            (Mode::Off, _) => return self.set_due(None),
+            (Mode::Observe, _) => Some(
+                "mode is observe: nothing is lifted; POST /fallback/recheck checks now".to_owned(),
+            ),
+            // Only from a round where the repair does its job (not during an action, a tunnel
+            // going down, or a still-broken bypass the policy is confirming).
+            (Mode::Auto, d) if *d != Decision::None(Reason::Active) => Some(format!(
+                "waiting for a quiet round (this one: {})",
+                d.reason()
+            )),
+            (Mode::Auto, _) => self
+                .policy
+                .may_act(now)
+                .err()
+                .map(|r| format!("not now: {r}")),
+        };
+        match held {
+            Some(why) => self.set_due(Some(format!("{change}; {why}"))),
+            None => {
+                self.set_due(None);
+                tracing::info!(change = %change, "fallback: versions changed; checking whether the rules are still needed");
+                let _ = self.recheck(now, RecheckCause::VersionChanged).await;
+            }
+        }
+    }
+
+    /// A due recheck, logged once when it becomes due (or its reason changes).
+    fn set_due(&self, due: Option<String>) {
+        self.metrics.set_recheck_due(due.is_some());
+        let mut s = self.status.write().expect("status lock");
+        if due.is_some() && s.recheck.due != due {
+            tracing::info!(
+                due = due.as_deref().unwrap_or(""),
+                "fallback: a recheck is due"
+            );
+        }
+        s.recheck.due = due;
+    }
+
+    /// `POST /fallback/recheck`, or a version change in `auto`: lifts the
+    /// rules for one probe round of this agent's own (at most [`LIFT_WINDOW`]); when it shows
+    /// the bypass egressing as the physical path they stay off (the fallback retired itself),
+    /// otherwise they are put back at once. A request to recheck is never evidence.
+    pub async fn recheck(
+        &mut self,
+        now: Instant,
+        cause: RecheckCause,
+    ) -> Result<RecheckRecord, ControlError> {
+        let result = self.try_recheck(now, cause).await;
+        if let Ok(r) = &result {
+            self.metrics.recheck(r.result, r.lifted_seconds);
+            self.status.write().expect("status lock").recheck.last = Some(r.clone());
+        }
+        self.publish();
+        result
+    }
+
+    async fn try_recheck(
+        &mut self,
+        now: Instant,
+        cause: RecheckCause,
+    ) -> Result<RecheckRecord, ControlError> {
+        if !self.policy.active() {
+            return Err(ControlError::NotActive);
+        }
+        let Some(rounds) = self.rounds.clone() else {
+            return Err(ControlError::NoProbe);
+        };
+        let plan = match self.policy.installed_plan() {
+            Some(p) => p.clone(),
+            // Adopted from an earlier run: what to put back is rendered from today's facts.
+            None => {
+                let round = rounds.round().await;
+                Plan::from_interfaces(&round.interfaces, &self.cfg)
+                    .map_err(|e| ControlError::NoPlan(e.to_string()))?
+            }
+        };
+        let versions = self.versions.clone().unwrap_or_default();
+        let lifted_at = Instant::now();
+        if let Err(e) = self.backend.revert() {
+            tracing::error!(error = %e, "fallback: recheck: cannot lift the rules");
+            self.metrics.recheck(RecheckResult::Failed, 0.0);
+            self.finish(
+                now,
+                Action::Revert,
+                ApplyOutcome::Failed,
+                Some(e.to_string()),
+                None,
+            );
+            return Err(e.into());
+        }
+        // Bounded: a broken bypass is a black hole, and the rules must not stay off long.
+        let verdict = tokio::time::timeout_at((lifted_at + LIFT_WINDOW).into(), rounds.round())
+            .await
+            .map(|r| Verdict::of(&r));
+        let record = |result, lifted: Instant, detail: String| RecheckRecord {
+            cause,
+            result,
+            lifted_seconds: lifted.elapsed().as_secs_f64(),
+            detail,
+            versions: versions.clone(),
+            at_unix: unix_now(),
+        };
+        match verdict {
+            Ok(v) if v.is(ProbeState::BypassWorking) => {
+                let r = record(RecheckResult::Retired, lifted_at, v.text);
+                self.retire(now, &r);
+                Ok(r)
+            }
+            other => {
+                let detail = match other {
+                    Ok(v) => v.text,
+                    Err(_) => format!(
+                        "no round showed the bypass working within {} ms",
+                        LIFT_WINDOW.as_millis()
+                    ),
+                };
+                self.restore(now, &plan, versions.clone(), lifted_at, &detail)
+                    .map(|result| record(result, lifted_at, detail))
+            }
+        }
+    }
+
+    /// The bypass works without the rules: they stay off, and it is said everywhere.
+    fn retire(&mut self, now: Instant, r: &RecheckRecord) {
+        self.policy.retire(now);
+        tracing::info!(cause = %r.cause, fixed_by = %r.versions.describe(),
+            lifted_seconds = r.lifted_seconds, round = %r.detail,
+            "fallback: retired: the bypass works without the rules, so they stay off");
+        self.remember(Memory {
+            needed_under: None,
+            retired: Some(Retirement {
+                reason: RetireReason::BypassWorksWithout,
+                versions: r.versions.clone(),
+                at_unix: r.at_unix as u64,
+            }),
+        });
+    }
+
+    /// The bypass is still broken without the rules: they go back at once.
+    fn restore(
+        &mut self,
+        now: Instant,
+        plan: &Plan,
+        versions: Versions,
+        lifted_at: Instant,
+        detail: &str,
+    ) -> Result<RecheckResult, ControlError> {
+        match self.backend.apply(plan) {
+            Ok(()) => {
+                self.policy.rechecked(now);
+                tracing::info!(lifted_seconds = lifted_at.elapsed().as_secs_f64(), round = %detail,
+                    versions = %versions.describe(),
+                    "fallback: recheck: the bypass is still broken without the rules; they are back");
+                self.remember(Memory {
+                    needed_under: Some(versions),
+                    retired: None,
+                });
+                Ok(RecheckResult::StillNeeded)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fallback: recheck: cannot put the rules back");
+                self.metrics
+                    .recheck(RecheckResult::Failed, lifted_at.elapsed().as_secs_f64());
+                self.finish(
+                    now,
+                    Action::Apply,
+                    ApplyOutcome::Failed,
+                    Some(e.to_string()),
+                    None,
+                );
+                Err(e.into())
+            }
+        }
     }
 
     /// `POST /fallback/apply`, `fallback apply`: in any mode, outside cooldown and cap, and
@@ -419,6 +656,13 @@ impl Controller {
         plan: Option<&Plan>,
     ) {
         self.policy.record(now, action, outcome, plan);
+        if action != Action::Revert && outcome == ApplyOutcome::Ok {
+            // Needed under today's versions: a later change of them is what a recheck is for.
+            self.remember(Memory {
+                needed_under: self.versions.clone(),
+                retired: None,
+            });
+        }
         self.metrics.action(action, outcome);
         self.status.write().expect("status lock").last_action = Some(ActionRecord {
             action,
@@ -435,6 +679,17 @@ impl Controller {
         s.active = active;
         s.plan = self.policy.installed_plan().cloned();
         s.consecutive_failures = self.policy.consecutive_failures();
+        s.recheck.retired = self.memory.retired.clone();
+    }
+
+    /// Keeps `memory` here and in the state file.
+    fn remember(&mut self, memory: Memory) {
+        if memory != self.memory
+            && let Some(r) = &self.record
+        {
+            r.remember(&memory);
+        }
+        self.memory = memory;
     }
 
     /// The rules the backend would install for `plan`.

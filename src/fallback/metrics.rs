@@ -12,6 +12,7 @@ use prometheus::proto::MetricFamily;
 use strum::{EnumCount, IntoEnumIterator};
 
 use super::policy::{Action, ApplyOutcome, Decision};
+use super::recheck::{RecheckResult, RetireReason};
 use super::{BackendKind, Mode};
 use crate::labels::label_set;
 use crate::metrics::{Counter, Family, Gauge, Scrape};
@@ -55,6 +56,29 @@ const ALERT_REQUESTS: Family<Counter, 1> = Family::new(
      not_for_this_instance, ignored, malformed, failed).",
     ["result"],
 );
+const RETIRED: Family<Counter, 1> = Family::new(
+    "fallback_retired_total",
+    "Times the fallback retired itself: with its rules lifted for one probe round, the bypass \
+     egressed as the physical path, so they stay off.",
+    ["reason"],
+);
+const RECHECKS: Family<Counter, 1> = Family::new(
+    "fallback_rechecks_total",
+    "Rechecks of whether the fallback is still needed (after a PIA or macOS version change, or \
+     asked for), by result.",
+    ["result"],
+);
+const RECHECK_DUE: Family<Gauge, 0> = Family::new(
+    "fallback_recheck_due",
+    "1 while a recheck is due and has not run (observe mode, or held back by the cooldown or \
+     the hourly cap).",
+    [],
+);
+const RECHECK_LIFTED: Family<Gauge, 0> = Family::new(
+    "fallback_recheck_lifted_seconds",
+    "How long the last recheck kept the fallback's rules lifted.",
+    [],
+);
 const SESSIONS_VERDICT: Family<Gauge, 1> = Family::new(
     "sessions_verdict",
     "The agent's judgement of the bypass sessions closed in the last sessions.window_secs by \
@@ -92,6 +116,10 @@ struct FallbackFigures {
     last_action: Option<f64>,
     /// Webhook answers: only those given are rendered.
     alerts: [u64; AlertResult::COUNT],
+    retired: [u64; RetireReason::COUNT],
+    rechecks: [u64; RecheckResult::COUNT],
+    recheck_due: bool,
+    recheck_lifted: Option<f64>,
 }
 
 #[derive(Clone)]
@@ -111,6 +139,10 @@ impl FallbackMetrics {
                 verify_failures: 0,
                 last_action: None,
                 alerts: [0; AlertResult::COUNT],
+                retired: [0; RetireReason::COUNT],
+                rechecks: [0; RecheckResult::COUNT],
+                recheck_due: false,
+                recheck_lifted: None,
             })),
         };
         crate::metrics::register(registry, m.clone())?;
@@ -131,6 +163,20 @@ impl FallbackMetrics {
 
     pub fn alert(&self, result: AlertResult) {
         self.state().alerts[result as usize] += 1;
+    }
+
+    /// A recheck ended; `retired` when it retired the fallback.
+    pub fn recheck(&self, result: RecheckResult, lifted_seconds: f64) {
+        let mut s = self.state();
+        s.rechecks[result as usize] += 1;
+        s.recheck_lifted = Some(lifted_seconds);
+        if result == RecheckResult::Retired {
+            s.retired[RetireReason::BypassWorksWithout as usize] += 1;
+        }
+    }
+
+    pub fn set_recheck_due(&self, due: bool) {
+        self.state().recheck_due = due;
     }
 
     pub fn set_active(&self, active: bool) {
@@ -170,6 +216,10 @@ impl Scrape for FallbackMetrics {
             VERIFY_FAILURES.desc(),
             LAST_ACTION.desc(),
             ALERT_REQUESTS.desc(),
+            RETIRED.desc(),
+            RECHECKS.desc(),
+            RECHECK_DUE.desc(),
+            RECHECK_LIFTED.desc(),
         ]
     }
 
@@ -200,6 +250,7 @@ impl Scrape for FallbackMetrics {
         if let Some(t) = s.last_action {
             out.push(LAST_ACTION.single(t));
         }
+        out.extend(recheck_families(&s));
         let mut alerts = ALERT_REQUESTS.samples();
         for r in AlertResult::iter().filter(|r| s.alerts[*r as usize] > 0) {
             alerts.add([r.into()], s.alerts[r as usize] as f64);
@@ -209,6 +260,27 @@ impl Scrape for FallbackMetrics {
         }
         out
     }
+}
+
+/// The recheck's families; every reason and result from the start, so rate() sees the first.
+fn recheck_families(s: &FallbackFigures) -> Vec<MetricFamily> {
+    let mut retired = RETIRED.samples();
+    for r in RetireReason::iter() {
+        retired.add([r.into()], s.retired[r as usize] as f64);
+    }
+    let mut rechecks = RECHECKS.samples();
+    for r in RecheckResult::iter() {
+        rechecks.add([r.into()], s.rechecks[r as usize] as f64);
+    }
+    let mut out = vec![
+        retired.done(),
+        rechecks.done(),
+        RECHECK_DUE.single(f64::from(u8::from(s.recheck_due))),
+    ];
+    if let Some(t) = s.recheck_lifted {
+        out.push(RECHECK_LIFTED.single(t));
+    }
+    out
 }
 
 /// Renders the sessions verdict at scrape time.

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod pf;
 pub mod policy;
 pub mod policy_routing;
+pub mod recheck;
 pub mod routes;
 pub mod rule_values;
 pub mod state;
@@ -543,6 +544,11 @@ pub trait Backend: Send {
     /// Removes everything the backend owns (also a leftover of a previous run).
     fn revert(&mut self) -> Result<(), BackendError>;
     fn status(&self) -> Result<Loaded, BackendError>;
+    /// Where the backend keeps its state file, which also holds the recheck's memory; none
+    /// without one.
+    fn record(&self) -> Option<state::Record> {
+        None
+    }
 }
 
 /// Stands in when no backend is configured: reports nothing loaded and refuses to act.

@@ -236,6 +236,10 @@ impl Backend for Pf {
         BackendKind::Pf
     }
 
+    fn record(&self) -> Option<Record> {
+        Some(self.record.clone())
+    }
+
     fn render(&self, plan: &Plan) -> String {
         // Only typed, validated values are interpolated: IfName, Ipv4Addr, Ipv4Net, u16.
         let mut s = String::new();

@@ -159,6 +159,10 @@ pub struct Policy {
     /// Failed actions in a row, for the back-off.
     failures: u32,
     not_before: Option<Instant>,
+    /// The fallback retired itself and has not been applied since: the sessions window still
+    /// holds the closes from before the fix, so only this agent's own broken rounds
+    /// (`consecutive_rounds` of them) bring it back.
+    retired: bool,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -174,7 +178,35 @@ impl Policy {
             actions: VecDeque::new(),
             failures: 0,
             not_before: None,
+            retired: false,
         }
+    }
+
+    /// The rules were lifted because the bypass works without them (see [`super::recheck`]):
+    /// nothing is installed, the cooldown starts, and the sessions seen before no longer count.
+    pub fn retire(&mut self, now: Instant) {
+        self.note_action(now);
+        self.installed = Held::Nothing;
+        self.retired = true;
+        self.failures = 0;
+        self.not_before = None;
+    }
+
+    /// A retirement remembered from an earlier run (under the same versions).
+    pub fn retired_before(&mut self) {
+        self.retired = true;
+    }
+
+    /// A recheck found the rules still needed and put them back: it counts as an action for
+    /// the cooldown and the hourly cap, and the streak starts over.
+    pub fn rechecked(&mut self, now: Instant) {
+        self.note_action(now);
+    }
+
+    fn note_action(&mut self, now: Instant) {
+        self.last_action = Some(now);
+        self.actions.push_back(now);
+        self.broken_streak = 0;
     }
 
     /// Whether the fallback is installed, as far as the policy knows.
@@ -268,7 +300,7 @@ impl Policy {
         };
         let reason = if self.broken_streak >= self.cfg.consecutive_rounds {
             Reason::ProbeBroken
-        } else if sessions.broken() {
+        } else if sessions.broken() && !self.retired {
             // The sessions are the evidence; this round's probes are the confirmation.
             Reason::SessionsZeroBytes
         } else {
@@ -317,12 +349,11 @@ impl Policy {
         outcome: ApplyOutcome,
         plan: Option<&Plan>,
     ) {
-        self.last_action = Some(now);
-        self.actions.push_back(now);
-        self.broken_streak = 0;
+        self.note_action(now);
         match (action, outcome) {
             (Action::Apply | Action::Reload, ApplyOutcome::Ok) => {
                 self.installed = plan.cloned().map_or(Held::Unknown, Held::Plan);
+                self.retired = false;
                 self.failures = 0;
                 self.not_before = None;
             }

@@ -245,6 +245,10 @@ impl Backend for PolicyRouting {
         BackendKind::PolicyRouting
     }
 
+    fn record(&self) -> Option<Record> {
+        Some(self.record.clone())
+    }
+
     fn render(&self, plan: &Plan) -> String {
         let mut s = String::new();
         for cmd in self.commands(plan) {

@@ -1,6 +1,7 @@
-//! `POST /fallback/apply`, `POST /fallback/revert` and `POST /alertmanager` (Alertmanager's
-//! webhook JSON). All require `Authorization: Bearer TOKEN`, the token read from
-//! `fallback.token_file` (mode 0600); without a token file they answer 404 and do nothing.
+//! `POST /fallback/apply`, `POST /fallback/revert`, `POST /fallback/recheck` and
+//! `POST /alertmanager` (Alertmanager's webhook JSON). All require `Authorization: Bearer
+//! TOKEN`, the token read from `fallback.token_file` (mode 0600); without a token file they
+//! answer 404 and do nothing.
 //!
 //! An alert only asks. The webhook is fleet-safe: alerts for any `instance` other than
 //! `fallback.instance` are answered `not_for_this_instance`; without `fallback.instance` the
@@ -26,6 +27,7 @@ use subtle::ConstantTimeEq;
 use super::FallbackConfig;
 use super::controller::{ControlError, Controller};
 use super::metrics::AlertResult;
+use super::recheck::RecheckCause;
 
 /// The controller as shared by the agent loop and the HTTP handlers.
 pub type SharedController = Arc<tokio::sync::Mutex<Controller>>;
@@ -92,6 +94,7 @@ pub fn router_with_token(
         return Router::new()
             .route("/fallback/apply", post(disabled))
             .route("/fallback/revert", post(disabled))
+            .route("/fallback/recheck", post(disabled))
             .route("/alertmanager", post(disabled));
     };
     let state = ControlState {
@@ -104,6 +107,7 @@ pub fn router_with_token(
     Router::new()
         .route("/fallback/apply", post(apply))
         .route("/fallback/revert", post(revert))
+        .route("/fallback/recheck", post(recheck))
         .route("/alertmanager", post(alertmanager))
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
@@ -163,7 +167,8 @@ fn error_response(e: ControlError) -> Response {
         ControlError::NotAuto(_)
         | ControlError::NoPlan(_)
         | ControlError::NotBroken(_)
-        | ControlError::NoProbe => StatusCode::CONFLICT,
+        | ControlError::NoProbe
+        | ControlError::NotActive => StatusCode::CONFLICT,
         ControlError::Backend(_) | ControlError::RolledBack(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (
@@ -185,6 +190,17 @@ async fn revert(State(s): State<ControlState>) -> Response {
     let mut c = s.controller.lock().await;
     match c.manual_revert(Instant::now()) {
         Ok(()) => Json(json!({"result": "reverted"})).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// Asks the agent to check now whether the fallback is still needed: a request, never
+/// evidence (the agent's own round without the rules decides). In any mode, as an apply by
+/// hand: only a version change waits for `auto`.
+async fn recheck(State(s): State<ControlState>) -> Response {
+    let mut c = s.controller.lock().await;
+    match c.recheck(Instant::now(), RecheckCause::Manual).await {
+        Ok(r) => Json(json!({"result": r.result, "recheck": r})).into_response(),
         Err(e) => error_response(e),
     }
 }

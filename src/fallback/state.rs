@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::recheck::{Retirement, Versions};
 use crate::os::store::CheckpointStore;
 use crate::os::trusted::{Opened, Refusal, Trust, folder_is_shared, open_log};
 
@@ -111,6 +112,27 @@ pub struct Installed {
     pub anchor: Option<String>,
 }
 
+/// What the fallback remembers beside the install, for a later process: the versions the
+/// rules were last found needed under (so a restart after an upgrade still sees the change)
+/// and a retirement (so a restart under the same versions does not bring the rules back on
+/// the sessions it saw before the fix).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Memory {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needed_under: Option<Versions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired: Option<Retirement>,
+}
+
+/// Format 2: format 1's install and the [`Memory`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct V2 {
+    installed: Installed,
+    memory: Memory,
+}
+
 /// The state file, by format version (the checkpoint's scheme: a later format adds a
 /// variant and still reads every earlier one).
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,6 +140,20 @@ pub struct Installed {
 enum StateFile {
     #[serde(rename = "1")]
     V1(Installed),
+    #[serde(rename = "2")]
+    V2(V2),
+}
+
+impl StateFile {
+    fn into_v2(self) -> V2 {
+        match self {
+            StateFile::V1(installed) => V2 {
+                installed,
+                memory: Memory::default(),
+            },
+            StateFile::V2(v) => v,
+        }
+    }
 }
 
 /// The record of what was installed, at `fallback.state_file`; none kept without a path.
@@ -134,36 +170,70 @@ impl Record {
     /// What an earlier run recorded; nothing when there is no record or it is refused (with
     /// a warning) or names values the config could not hold (`check` says why).
     pub fn load(&self, check: impl FnOnce(&Installed) -> Result<(), String>) -> Installed {
+        let read = self.read().and_then(|v| {
+            check(&v.installed)?;
+            Ok(v.installed)
+        });
+        self.refused(read).unwrap_or_default()
+    }
+
+    /// What the fallback remembers; nothing without a record or when it is refused.
+    pub fn memory(&self) -> Memory {
+        let read = self.read().map(|v| v.memory);
+        self.refused(read).unwrap_or_default()
+    }
+
+    /// Records what is about to be installed (before it is, so a crash halfway is found too),
+    /// keeping the memory.
+    pub fn save(&self, installed: &Installed) {
+        self.update(|v| v.installed = installed.clone());
+    }
+
+    /// Nothing is installed any more (the memory stays).
+    pub fn clear(&self) {
+        self.update(|v| v.installed = Installed::default());
+    }
+
+    /// Replaces the memory, keeping what is installed.
+    pub fn remember(&self, memory: &Memory) {
+        self.update(|v| v.memory = memory.clone());
+    }
+
+    /// The file as format 2; `Ok` default without a path or a file.
+    fn read(&self) -> Result<V2, String> {
         let Some(path) = &self.path else {
-            return Installed::default();
+            return Ok(V2::default());
         };
-        let read = read_private::<StateFile>(path)
-            .and_then(|s| match s {
-                None => Ok(Installed::default()),
-                Some(StateFile::V1(i)) => check(&i).map(|()| i),
-            })
-            .map_err(|why| {
+        Ok(read_private::<StateFile>(path)?
+            .map(StateFile::into_v2)
+            .unwrap_or_default())
+    }
+
+    fn refused<T>(&self, read: Result<T, String>) -> Option<T> {
+        read.map_err(|why| {
+            if let Some(path) = &self.path {
                 tracing::warn!(file = %path.display(), reason = %why,
                     "fallback state file refused; only what the config names is looked for");
-            });
-        read.unwrap_or_default()
+            }
+        })
+        .ok()
     }
 
-    /// Records what is about to be installed (before it is, so a crash halfway is found too).
-    pub fn save(&self, installed: &Installed) {
+    /// Reads, changes and writes the record; a record with nothing in it is removed.
+    fn update(&self, change: impl FnOnce(&mut V2)) {
         let Some(path) = &self.path else { return };
-        if let Err(e) = write_private(path, &StateFile::V1(installed.clone())) {
+        // A refused file is not carried over: only what this process knows is written.
+        let mut v = self.read().unwrap_or_default();
+        change(&mut v);
+        let result = if v.installed == Installed::default() && v.memory == Memory::default() {
+            remove(path).map_err(|e| e.to_string())
+        } else {
+            write_private(path, &StateFile::V2(v))
+        };
+        if let Err(e) = result {
             tracing::warn!(file = %path.display(), error = %e,
-                "cannot record what the fallback installs; after a change of its settings a \
-                 later run will not find it");
-        }
-    }
-
-    /// Nothing is installed any more.
-    pub fn clear(&self) {
-        let Some(path) = &self.path else { return };
-        if let Err(e) = remove(path) {
-            tracing::warn!(file = %path.display(), error = %e, "cannot remove the fallback state file");
+                "cannot record the fallback's state; after a change of its settings a later run \
+                 will not find what it installed, nor remember a recheck");
         }
     }
 }
@@ -196,6 +266,49 @@ mod tests {
         r.clear();
         assert!(!path.exists());
         r.clear();
+    }
+
+    #[test]
+    fn the_memory_outlives_the_install_and_format_1_still_reads() {
+        use crate::fallback::recheck::{RetireReason, Retirement, Versions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fallback.json");
+        let r = Record::new(Some(path.clone()));
+        // An earlier agent's record (format 1) reads as an install without memory.
+        std::fs::write(&path, br#"{"version": "1", "route_table": 200}"#).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(r.load(|_| Ok(())).route_table, Some(200));
+        assert_eq!(r.memory(), Memory::default());
+        let memory = Memory {
+            needed_under: None,
+            retired: Some(Retirement {
+                reason: RetireReason::BypassWorksWithout,
+                versions: Versions::new(Some("3.7.0"), Some("15.3"), Some("24D60")),
+                at_unix: 1_800_000_000,
+            }),
+        };
+        r.remember(&memory);
+        assert_eq!(r.load(|_| Ok(())).route_table, Some(200), "install kept");
+        // Reverted: the install goes, the retirement stays (a restart must still know it).
+        r.clear();
+        assert_eq!(r.load(|_| Ok(())), Installed::default());
+        assert_eq!(r.memory(), memory);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], "2", "{v}");
+        // Applied again: a new install beside the memory; nothing left: no file.
+        r.save(&Installed {
+            anchor: Some("com.apple/x".into()),
+            ..Installed::default()
+        });
+        assert_eq!(r.memory(), memory);
+        r.remember(&Memory::default());
+        r.clear();
+        assert!(!path.exists());
+        // A record without a path keeps nothing and says nothing.
+        let none = Record::new(None);
+        none.remember(&memory);
+        assert_eq!(none.memory(), Memory::default());
     }
 
     #[test]

@@ -406,6 +406,15 @@ fn fallback(f: Option<&FallbackStatus>, verdict: Option<&Verdict>, probing: bool
         };
         return c(status, what);
     }
+    let mut component = fallback_state(f, verdict, probing);
+    // A recheck due or a retirement is said beside the state, which it does not change.
+    if let Some(line) = f.recheck.line() {
+        component.reason = format!("{}; {line}", component.reason);
+    }
+    component
+}
+
+fn fallback_state(f: &FallbackStatus, verdict: Option<&Verdict>, probing: bool) -> Component {
     let broken = verdict.is_some_and(|v| v.is(ProbeState::BypassBroken));
     match (f.mode, f.active) {
         (_, true) => c(

@@ -483,8 +483,8 @@ fn table_primary(ev: &Evidence, routes: &[RouteEntry]) -> Result<Option<String>,
     }
 }
 
-/// The saved Mac that `diagnose --from DIR` reads, one file per tool's output, saved by hand
-/// (README, `diagnose --from`).
+/// The saved machine that `diagnose --from DIR` reads, one file per tool's output, written by
+/// `diagnose --save DIR` or by hand.
 pub mod saved {
     /// `netstat -rn -f inet`.
     pub const NETSTAT: &str = "netstat-rn.txt";
@@ -496,6 +496,28 @@ pub mod saved {
     pub const PROXY_LOG: &str = "transparent_proxy.log";
     /// `pfctl -v -s Anchors` (optional).
     pub const PF_ANCHORS: &str = "pfctl-anchors.txt";
+    /// The rules of the fallback's anchor, `pfctl -a ANCHOR -s rules` (optional).
+    pub const PF_RULES: &str = "pfctl-rules.txt";
+    /// `sw_vers` (optional).
+    pub const SW_VERS: &str = "sw_vers.txt";
+    /// `uname -m` (optional).
+    pub const UNAME_M: &str = "uname-m.txt";
+    /// PIA's `CFBundleShortVersionString`, one line (optional).
+    pub const PIA_VERSION: &str = "pia-version.txt";
+    /// The split-tunnel keys of PIA's settings.json, and nothing else (optional).
+    pub const PIA_SETTINGS: &str = "pia-split-tunnel-settings.json";
+    /// One probe round as JSON (optional).
+    pub const PROBE_ROUND: &str = "probe-round.json";
+    /// The agent's `/health` (optional).
+    pub const HEALTH: &str = "health.json";
+    /// Linux: `ip -4 route` (instead of netstat-rn.txt).
+    pub const IP_ROUTE: &str = "ip-route.txt";
+    /// Linux: `ip -4 addr` (instead of ifconfig.txt).
+    pub const IP_ADDR: &str = "ip-addr.txt";
+    /// Linux: `ip rule`.
+    pub const IP_RULE: &str = "ip-rule.txt";
+    /// What the bundle is: the tool's version, whether it was redacted, why files are missing.
+    pub const BUNDLE: &str = "bundle.json";
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! What Linux prints, read by pure functions: the IPv4 routing table in `/proc/net/route` and
-//! `ip -4 route get`. Built on every platform, like [`super::macos_output`], so the parsers are
+//! What Linux prints, read by pure functions: the IPv4 routing table in `/proc/net/route`,
+//! `ip -4 route get`, and `ip -4 route` / `ip -4 addr` as a support bundle saves them. Built on every platform, like [`super::macos_output`], so the parsers are
 //! tested anywhere, against the layout kept under `tests/fixtures/linux/`.
 //!
 //! `/proc/net/route` has one reader, here: interface discovery keeps its default routes
@@ -70,6 +70,104 @@ pub fn parse_proc_net_route(text: &str) -> Vec<ProcRoute> {
 /// `ip -4 route get DST from SRC`: the first line is the route; `cache` lines follow.
 pub fn parse_ip_route_get(text: &str) -> Option<String> {
     Some(text.lines().next()?.trim().to_owned()).filter(|l| !l.is_empty())
+}
+
+/// Route types `ip route` prints before the destination; such a route has no device, so no
+/// interface carries it and discovery has nothing to take from it.
+const TYPED: &[&str] = &[
+    "unreachable",
+    "blackhole",
+    "prohibit",
+    "throw",
+    "broadcast",
+    "local",
+    "multicast",
+    "nat",
+    "anycast",
+];
+
+/// `ip -4 route` (the main table) as the rows of `/proc/net/route`, for the same discovery; a
+/// row whose destination or device does not read is an error, never a skipped row.
+pub fn parse_ip_route(text: &str) -> Result<Vec<ProcRoute>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if TYPED.contains(&words[0]) {
+            continue;
+        }
+        let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
+        let (dst, prefix) = match words[0] {
+            "default" => (Ipv4Addr::UNSPECIFIED, 0),
+            d => {
+                let (a, p) = d.split_once('/').unwrap_or((d, "32"));
+                match (a.parse(), p.parse::<u8>()) {
+                    (Ok(a), Ok(p)) if p <= 32 => (a, p),
+                    _ => return Err(format!("ip route: destination {d:?} not understood")),
+                }
+            }
+        };
+        let interface = after("dev").ok_or_else(|| format!("ip route: no device in {line:?}"))?;
+        let gateway = match after("via") {
+            Some(g) => Some(
+                g.parse()
+                    .map_err(|_| format!("ip route: gateway {g:?} not understood"))?,
+            ),
+            None => None,
+        };
+        out.push(ProcRoute {
+            interface: interface.to_owned(),
+            dst,
+            prefix,
+            gateway,
+            metric: after("metric").and_then(|m| m.parse().ok()).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// `ip -4 addr`: `N: NAME[@PEER]: <FLAGS> ...` then indented `inet A[/P]` lines.
+pub fn parse_ip_addr(text: &str) -> Result<Vec<super::IfaceInfo>, String> {
+    let mut out: Vec<super::IfaceInfo> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if !line.starts_with(char::is_whitespace) {
+            out.push(ip_addr_header(line)?);
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        if words.next() == Some("inet") {
+            let word = words.next().unwrap_or_default();
+            let addr = word.split('/').next().unwrap_or_default();
+            let ip = addr
+                .parse()
+                .map_err(|_| format!("ip addr: address {word:?} not understood"))?;
+            out.last_mut()
+                .ok_or("ip addr: an address before any interface")?
+                .ipv4
+                .push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// One interface line of `ip addr`: its index, name (without `@peer`) and flags.
+fn ip_addr_header(line: &str) -> Result<super::IfaceInfo, String> {
+    let bad = || format!("ip addr: line {line:?} names no interface");
+    let (index, rest) = line.split_once(": ").ok_or_else(bad)?;
+    let (name, rest) = rest.split_once(": ").ok_or_else(bad)?;
+    let flags = rest
+        .strip_prefix('<')
+        .and_then(|r| r.split_once('>'))
+        .map(|(f, _)| f)
+        .ok_or_else(bad)?;
+    let has = |f: &str| flags.split(',').any(|x| x == f);
+    Ok(super::IfaceInfo {
+        name: name.split('@').next().unwrap_or(name).to_owned(),
+        index: index.trim().parse().map_err(|_| bad())?,
+        up: has("UP"),
+        point_to_point: has("POINTOPOINT"),
+        loopback: has("LOOPBACK"),
+        ipv4: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -191,5 +289,66 @@ en0\tnothex\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
             Some("203.0.113.10 from 10.0.15.15 via 10.16.0.1 dev wg0 uid 0")
         );
         assert_eq!(parse_ip_route_get(""), None);
+    }
+
+    #[test]
+    fn ip_route_reads_the_saved_table() {
+        let rows = parse_ip_route(&fixture("ip-4-route.txt")).unwrap();
+        let seen: Vec<(String, u8, Option<Ipv4Addr>, &str, u32)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.dst.to_string(),
+                    r.prefix,
+                    r.gateway,
+                    r.interface.as_str(),
+                    r.metric,
+                )
+            })
+            .collect();
+        let vpn = Some(Ipv4Addr::new(10, 16, 0, 1));
+        let gw = Some(Ipv4Addr::new(10, 0, 15, 1));
+        assert_eq!(
+            seen,
+            [
+                ("0.0.0.0".into(), 1, vpn, "tun0", 0),
+                ("0.0.0.0".into(), 0, gw, "eth0", 100),
+                ("10.0.15.0".into(), 24, None, "eth0", 0),
+                ("10.16.0.1".into(), 32, None, "tun0", 0),
+                ("128.0.0.0".into(), 1, vpn, "tun0", 0),
+                ("203.0.113.9".into(), 32, gw, "eth0", 0),
+            ],
+            "the typed `unreachable` route has no device and is left out"
+        );
+        assert!(parse_ip_route("10.0.15/24 dev eth0\n").is_err());
+        assert!(parse_ip_route("10.0.15.0/24 via 10.0.15.1\n").is_err());
+    }
+
+    #[test]
+    fn ip_addr_reads_interfaces_flags_and_addresses() {
+        let ifs = parse_ip_addr(&fixture("ip-4-addr.txt")).unwrap();
+        let seen: Vec<(&str, u32, bool, bool, Vec<Ipv4Addr>)> = ifs
+            .iter()
+            .map(|i| {
+                (
+                    i.name.as_str(),
+                    i.index,
+                    i.loopback,
+                    i.point_to_point,
+                    i.ipv4.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("lo", 1, true, false, vec![Ipv4Addr::LOCALHOST]),
+                ("eth0", 2, false, false, vec![Ipv4Addr::new(10, 0, 15, 15)]),
+                ("tun0", 3, false, true, vec![Ipv4Addr::new(10, 16, 11, 143)]),
+            ]
+        );
+        assert!(ifs.iter().all(|i| i.up));
+        assert!(parse_ip_addr("    inet 10.0.15.15/24 scope global eth0\n").is_err());
+        assert!(parse_ip_addr("garbage\n").is_err());
     }
 }

@@ -18,6 +18,7 @@
 //! The rest of the crate sees the OS only through [`Os`]: [`System`] is the real one, tests
 //! and the demo pass their own. Choosing the interfaces is one pure function, [`choose`].
 //! Discovery runs every probe round: DHCP changes the address, the tunnel comes and goes.
+//! [`versions`] reads which macOS, PIA and CPU these are (`Os::platform`).
 
 pub mod command;
 pub mod discovery;
@@ -26,6 +27,7 @@ pub mod linux_output;
 pub mod macos_output;
 pub mod store;
 pub mod trusted;
+pub mod versions;
 
 #[cfg_attr(target_os = "linux", path = "linux.rs")]
 #[cfg_attr(target_os = "macos", path = "macos.rs")]
@@ -37,6 +39,7 @@ pub use discovery::{Discovery, ProxyBinding, RouteEntry};
 pub use facts::RoutingFacts;
 #[cfg(target_os = "linux")]
 pub use platform::route_table;
+pub use versions::{MacosVersion, Platform};
 
 use std::net::Ipv4Addr;
 
@@ -112,6 +115,10 @@ pub trait Os: Send + Sync {
     /// The IPv4 routing table, from the platform's one reader; `Err` with why not.
     fn route_table(&self) -> Result<Vec<RouteEntry>, String>;
     fn routing_facts(&self, ifs: &Interfaces) -> RoutingFacts;
+    /// macOS's and PIA's versions and the architecture; unknown (`None`) unless said.
+    fn platform(&self) -> Platform {
+        Platform::default()
+    }
 }
 
 /// The machine the agent runs on, asked through its tools.
@@ -137,6 +144,11 @@ impl Os for System {
 
     fn routing_facts(&self, ifs: &Interfaces) -> RoutingFacts {
         platform::routing_facts(&self.tools, ifs)
+    }
+
+    /// `sw_vers`, PIA's `Info.plist` (macOS only) and `uname -m`.
+    fn platform(&self) -> Platform {
+        versions::read(self.tools.timeout)
     }
 }
 

@@ -229,6 +229,8 @@ fn fallback_view<Tz: TimeZone>(
                     .iter()
                     .map(|a| format!("{}: {}", at(a.at_unix), action_words(a))),
             )
+            // A recheck due, or the retirement, in the status data's own words.
+            .chain(s.recheck.line())
             .collect(),
     }
 }
@@ -635,6 +637,7 @@ mod tests {
                 at_unix: wall(20).timestamp() as f64,
             }),
             consecutive_failures: 0,
+            recheck: Default::default(),
         }
     }
 

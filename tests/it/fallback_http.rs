@@ -65,7 +65,12 @@ async fn disabled_without_a_token_file() {
     let s = StandIn::new();
     let cfg = s.config();
     let app = router(shared(&s, &cfg), &cfg).unwrap();
-    for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
+    for path in [
+        "/fallback/apply",
+        "/fallback/revert",
+        "/fallback/recheck",
+        "/alertmanager",
+    ] {
         let (code, body) = call(&app, path, Some(&format!("Bearer {TOKEN}")), "{}").await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
         assert!(body.contains("token_file"), "{body}");
@@ -87,7 +92,12 @@ async fn token_required_and_wrong_token_refused() {
         Some(&*format!("Basic {TOKEN}")),
         Some("Bearer "),
     ] {
-        for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
+        for path in [
+            "/fallback/apply",
+            "/fallback/revert",
+            "/fallback/recheck",
+            "/alertmanager",
+        ] {
             let (code, _) = call(&app, path, auth, "{}").await;
             assert_eq!(code, StatusCode::UNAUTHORIZED, "{path} with {auth:?}");
         }

@@ -1,7 +1,8 @@
-//! The Alertmanager webhook and the manual apply as a hostile or careless sender would use
-//! them: forged alerts while the bypass works, alerts for other instances, alerts to an agent
-//! that does not know its own instance, malformed bodies, probes off. Nothing is applied unless this agent's own
-//! fresh probe round shows the bypass broken; every refusal is answered and counted.
+//! The Alertmanager webhook, the manual apply and the recheck as a hostile or careless sender
+//! would use them: forged alerts while the bypass works, alerts for other instances, alerts to
+//! an agent that does not know its own instance, malformed bodies, probes off, a recheck that
+//! claims the bypass works. Nothing is applied (or retired) unless this agent's own fresh probe
+//! round shows it; every refusal is answered and counted.
 
 use crate::common;
 
@@ -286,4 +287,28 @@ async fn probes_off_never_apply() {
     // Undoing needs no evidence.
     let (code, body) = r.post("/fallback/revert", "").await;
     assert_eq!(code, StatusCode::OK, "{body}");
+}
+
+/// A recheck only asks: whatever its body says, the rules are retired only when this agent's
+/// own round without them shows the bypass working. Here it does not: they are back.
+#[tokio::test]
+async fn a_recheck_request_is_not_evidence() {
+    let r = rig(Some(ME), Probes::Real);
+    let (code, body) = r.post("/fallback/recheck", "").await;
+    assert_eq!(code, StatusCode::CONFLICT, "nothing in place yet: {body}");
+    let (code, body) = r.post("/fallback/apply", "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let rounds = r.rounds();
+    let claims = json!({"result": "retired", "bypass": "working", "versions": {"pia": "9.9.9"}});
+    let (code, body) = r.post("/fallback/recheck", claims.to_string()).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"], "still_needed", "{v}");
+    assert_eq!(v["recheck"]["cause"], "manual", "{v}");
+    assert_eq!(
+        r.rounds(),
+        rounds + 1,
+        "one round of its own, without the rules"
+    );
+    assert_eq!(r.s.held_tokens().len(), 1, "the rules are back");
 }

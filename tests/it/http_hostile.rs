@@ -136,7 +136,12 @@ fn wrong_tokens_are_refused_and_bodies_are_limited() {
         Some(longer.as_str()),
         Some(long.as_str()),
     ] {
-        for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
+        for path in [
+            "/fallback/apply",
+            "/fallback/revert",
+            "/fallback/recheck",
+            "/alertmanager",
+        ] {
             let r = raw(agent.addr, &post(path, auth, b"{}"));
             assert!(
                 status_line(&r).starts_with("HTTP/1.1 401"),
@@ -150,6 +155,13 @@ fn wrong_tokens_are_refused_and_bodies_are_limited() {
     // The right token gets through (observe mode: applying is refused as a conflict).
     let r = raw(agent.addr, &post("/fallback/apply", Some(&good), b""));
     assert!(status_line(&r).starts_with("HTTP/1.1 409"), "{r}");
+    // A recheck with nothing in place is refused the same way, whatever its body claims.
+    let r = raw(
+        agent.addr,
+        &post("/fallback/recheck", Some(&good), br#"{"bypass":"working"}"#),
+    );
+    assert!(status_line(&r).starts_with("HTTP/1.1 409"), "{r}");
+    assert!(r.contains("nothing to recheck"), "{r}");
     // A body over fallback.max_body_bytes (64 KiB), with and without the token.
     let big = vec![b'{'; 1 << 20];
     let r = raw(agent.addr, &post("/alertmanager", Some(&good), &big));
@@ -430,7 +442,12 @@ fn a_foreign_host_gets_421_on_every_route_and_addresses_stay_hidden() {
             );
         }
     }
-    for path in ["/fallback/apply", "/fallback/revert", "/alertmanager"] {
+    for path in [
+        "/fallback/apply",
+        "/fallback/revert",
+        "/fallback/recheck",
+        "/alertmanager",
+    ] {
         let req = post(path, Some(&format!("Bearer {TOKEN}")), b"{}");
         let req = String::from_utf8(req)
             .unwrap()

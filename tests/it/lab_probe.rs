@@ -173,7 +173,7 @@ fn diagnose_names_the_cause_and_the_repair() {
 
 /// The agent binary running inside the lab's `mac` namespace, in `auto` with the
 /// policy-routing backend; killed on drop.
-struct LabAgent<'a> {
+pub(crate) struct LabAgent<'a> {
     lab: &'a Lab,
     child: Child,
     log: PathBuf,
@@ -184,13 +184,25 @@ struct LabAgent<'a> {
 
 impl<'a> LabAgent<'a> {
     /// `probe` is the `[probe]` section's lines beside the lab's endpoint.
-    fn start(lab: &'a Lab, probe: &str) -> LabAgent<'a> {
+    pub(crate) fn start(lab: &'a Lab, probe: &str) -> LabAgent<'a> {
         Self::start_in(lab, probe, "auto")
     }
 
     /// As [`start`](Self::start), in `fallback.mode = mode`.
     fn start_in(lab: &'a Lab, probe: &str, mode: &str) -> LabAgent<'a> {
+        Self::start_with(lab, probe, mode, |_| String::new())
+    }
+
+    /// As [`start_in`](Self::start_in), with more `[fallback]` lines, written for the agent's
+    /// folder.
+    pub(crate) fn start_with(
+        lab: &'a Lab,
+        probe: &str,
+        mode: &str,
+        fallback: impl FnOnce(&std::path::Path) -> String,
+    ) -> LabAgent<'a> {
         let dir = tempfile::tempdir().unwrap();
+        let more = fallback(dir.path());
         let log = dir.path().join("transparent_proxy.log");
         std::fs::write(&log, b"").unwrap();
         let agent_log = dir.path().join("agent.log");
@@ -203,7 +215,7 @@ impl<'a> LabAgent<'a> {
 [probe]\nendpoints = [\"http://203.0.113.10/\"]\nexport_addresses = true\n{probe}\n\
 [processes]\nextension = [{me:?}]\ndaemon = [{me:?}]\nvpn = [{me:?}]\n\
 [fallback]\nmode = {mode:?}\nbackend = \"policy-routing\"\nconsecutive_rounds = 2\ntunnel_down_rounds = 2\ncooldown_secs = 1\n\
-state_file = {state:?}\n",
+state_file = {state:?}\n{more}\n",
             cp = dir.path().join("cp.json"),
             state = dir.path().join("fallback-state.json"),
             me = me.display().to_string(),
@@ -231,12 +243,12 @@ state_file = {state:?}\n",
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Polls `url` until `check` holds (or fails after `within`); the last body.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         what: &str,
         check: &dyn Fn(&str) -> bool,
@@ -266,10 +278,10 @@ impl Drop for LabAgent<'_> {
     }
 }
 
-const METRICS: &str = "http://10.0.15.15:9847/metrics";
+pub(crate) const METRICS: &str = "http://10.0.15.15:9847/metrics";
 
 /// Whole lines: a HELP text may contain the same words.
-fn has(body: &str, line: &str) -> bool {
+pub(crate) fn has(body: &str, line: &str) -> bool {
     body.lines().any(|l| l == line)
 }
 
