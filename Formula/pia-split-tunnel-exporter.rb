@@ -19,7 +19,7 @@ class PiaSplitTunnelExporter < Formula
     ENV["PIA_STE_GIT_REVISION"] = Utils.git_short_head(cached_download, length: 12) if build.head?
     system "cargo", "install", *std_cargo_args
     (etc/"pia-split-tunnel-exporter").install "launchd/config.toml"
-    pkgshare.install "dashboards", "alerts"
+    pkgshare.install "dashboards", "alerts", "prometheus"
   end
 
   def caveats
@@ -29,7 +29,8 @@ class PiaSplitTunnelExporter < Formula
       anchor): start it with
         sudo brew services start pia-split-tunnel-exporter
       PIA's debug logging (Settings > Help) must be on for sessions to be counted.
-      Metrics: http://127.0.0.1:9847/metrics. Dashboard and alert rules: #{opt_pkgshare}.
+      Metrics: http://127.0.0.1:9847/metrics. Dashboard, alert rules and the fleet examples (Prometheus agent mode,
+      Alertmanager): #{opt_pkgshare}.
       Reload after editing the config:
         sudo launchctl kill SIGHUP system/homebrew.mxcl.pia-split-tunnel-exporter
       The log is #{var}/log/pia-split-tunnel-exporter.log, not rotated by this formula (a

@@ -17,7 +17,7 @@ pub fn one_round(config: &ProbeConfig) -> anyhow::Result<Round> {
     Ok(rt.block_on(Prober::new(config.clone()).round_now()))
 }
 
-/// `probe --json`: plain fields, documented in the README.
+/// `probe --json`: plain fields, documented in docs/operations.md.
 #[derive(Serialize)]
 struct RoundJson<'a> {
     verdict: &'a Verdict,

@@ -7,7 +7,7 @@
 //! priority) that `fallback.state_file` (or this process) records it installed. Routes another
 //! tool keeps in the configured table are never adopted nor flushed: apply refuses that table,
 //! naming a free one. Without a record (no `state_file`, or an install by a version before it)
-//! nothing is removed: a leftover is then for the admin (README, "What the fallback changes").
+//! nothing is removed: a leftover is then for the admin (docs/operations.md, "What the fallback changes").
 
 use std::ffi::OsString;
 use std::fmt::Write as _;

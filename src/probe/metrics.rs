@@ -46,7 +46,7 @@ const VERDICT: Family<Gauge, 1> = Family::new(
 );
 const BYPASS_WORKING: Family<Gauge, 0> = Family::new(
     "bypass_working",
-    "1 when the verdict is bypass_working (the verdict family, for dashboards).",
+    "1 when the verdict is bypass_working, else 0 (also for VPN off or no network: broken is verdict{state=\"bypass_broken\"}).",
     [],
 );
 const VPN_LEAK: Family<Gauge, 0> = Family::new("vpn_leak", "1 when the verdict is vpn_leak.", []);

@@ -6,7 +6,7 @@
 //! not skip, without it). After each attack the agent must still read the main log exactly,
 //! answer `/metrics` (non-empty) and `/health`, stay under 50 MB of resident memory, take no
 //! action, say what it refused, and stop within 5 s of SIGTERM. Each test prints its figures
-//! (peak RSS, `/metrics` size, checkpoint writes per second) for the README.
+//! (peak RSS, `/metrics` size, checkpoint writes per second) for docs/security.md.
 
 use crate::common;
 
