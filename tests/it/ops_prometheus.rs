@@ -104,20 +104,7 @@ fn dashboard_schema_basics() {
     );
     // Runbook links (dashboard and panels) point at sections of docs/runbooks.md.
     let readme = std::fs::read_to_string(root().join("docs/runbooks.md")).unwrap();
-    let anchors: BTreeSet<String> = readme
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("#")
-                .map(|h| h.trim_start_matches('#').trim())
-        })
-        .map(|h| {
-            h.to_lowercase()
-                .chars()
-                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
-                .map(|c| if c == ' ' { '-' } else { c })
-                .collect()
-        })
-        .collect();
+    let anchors: BTreeSet<String> = common::markdown_anchors(&readme).into_iter().collect();
     let text = serde_json::to_string(&d).unwrap();
     let mut links = 0;
     for (i, _) in text.match_indices("/docs/runbooks.md#") {

@@ -242,31 +242,6 @@ fn sessions_keys_written_in_fallback_still_load_with_a_warning() {
     }
 }
 
-/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
-fn anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
-
-/// The headings' anchors of a Markdown file (fenced code left out).
-fn anchors(text: &str) -> Vec<String> {
-    let mut fenced = false;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            out.push(anchor(line.trim_start_matches('#')));
-        }
-    }
-    out
-}
-
 /// The front door is for a Mac user: short, the demo and test commands first, and every
 /// relative link of it and of the docs behind it leads to a file and heading that exist.
 #[test]
@@ -312,7 +287,7 @@ fn the_readme_is_short_and_every_docs_link_resolves() {
                 p.to_string_lossy().into_owned()
             };
             if !frag.is_empty() && linked.ends_with(".md") {
-                let heads = anchors(&read(&linked));
+                let heads = common::markdown_anchors(&read(&linked));
                 assert!(
                     heads.iter().any(|a| a == frag),
                     "{file}: link to {target}: no such heading"

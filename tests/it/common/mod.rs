@@ -346,3 +346,28 @@ pub fn assert_subset(expected: &Value, got: &Value, path: &str) {
         _ => assert_eq!(expected, got, "at {path}"),
     }
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+pub fn markdown_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The headings' anchors of a Markdown file, as GitHub makes them (fenced code left out).
+pub fn markdown_anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(markdown_anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
