@@ -82,10 +82,11 @@ fn pias_report_reads_broken_without_probes() {
     agent.wait_lines(0);
     let text = sessions_of("pia-desktop-93.txt", 40);
     std::fs::write(&log, &text).unwrap();
-    let m = agent.wait_lines(text.lines().count() as u64);
-    assert_eq!(
-        m.value("pia_split_tunnel_sessions_verdict", &[("state", "broken")]),
-        1.0
+    agent.wait_lines(text.lines().count() as u64);
+    let m = agent.wait_metric(
+        "pia_split_tunnel_sessions_verdict",
+        &[("state", "broken")],
+        1.0,
     );
     let closed = |outcome| {
         m.value(

@@ -124,6 +124,26 @@ impl Agent {
         }
     }
 
+    /// Scrapes until `name{labels}` reads `want` (or fails after 30 s); that scrape. A
+    /// scrape gathers the families in no fixed order, so one can count a poll's lines (the
+    /// log's family) before the sessions verdict (the window's) shows what they closed; the
+    /// next one shows both.
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.metrics();
+            let got = m.value(name, labels);
+            if got == want {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {got}, not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn stop(mut self) {
         // SIGTERM: graceful shutdown saves the checkpoint.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
